@@ -1,0 +1,402 @@
+//! The on-prem daemon: holds `tunnels` parallel tunnels to each configured gateway,
+//! reconnecting forever with jittered exponential backoff, and serves the streams the
+//! gateway opens.
+//!
+//! One stream's path: [`serve_tunnel`] receives the open → [`serve_open`] finds the
+//! destination, asks the ACL, dials, accepts → [`relay`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use crate::acl::{Acl, Request};
+use crate::config::{ClientConfig, GatewayLink, Reconnect};
+use crate::dial;
+use crate::mux::{Incoming, Mux, MuxConfig, Role};
+use crate::proto::{ConfigPush, DestinationSpec, Hello, Reason, PROTO_MAJOR, PROTO_MINOR};
+use crate::relay::relay;
+use crate::tunnel::{self, ConnectError};
+
+/// How long open streams may finish after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("gateway {gateway}: {message}")]
+    Tls { gateway: String, message: String },
+}
+
+/// Client-wide counters.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    pub streams_opened: AtomicU64,
+    pub streams_denied: AtomicU64,
+    pub streams_failed: AtomicU64,
+    pub tunnel_connects: AtomicU64,
+    pub tunnel_failures: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+/// What the client looks like from outside right now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub tunnels_up: usize,
+    /// Client id per gateway id, once assigned.
+    pub client_ids: Vec<(String, String)>,
+}
+
+struct Link {
+    cfg: GatewayLink,
+    tls: TlsConnector,
+    dests: RwLock<Arc<HashMap<String, DestinationSpec>>>,
+}
+
+struct Shared {
+    cfg: ClientConfig,
+    acl: RwLock<Arc<Acl>>,
+    hello: Hello,
+    mux_cfg: MuxConfig,
+    status: watch::Sender<Status>,
+    stats: ClientStats,
+    tracker: TaskTracker,
+}
+
+/// A configured, not yet running client.
+pub struct Client {
+    shared: Arc<Shared>,
+    links: Vec<Arc<Link>>,
+}
+
+/// Read access to a running client.
+#[derive(Clone)]
+pub struct ClientHandle {
+    shared: Arc<Shared>,
+}
+
+fn detect_env() -> &'static str {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() || std::env::var_os("INVOCATION_ID").is_some() {
+        "systemd"
+    } else if std::path::Path::new("/.dockerenv").exists()
+        || std::env::var_os("container").is_some()
+    {
+        "docker"
+    } else {
+        "standalone"
+    }
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig, acl: Acl) -> Result<Client, ClientError> {
+        let mut links = Vec::new();
+        for g in &cfg.gateways {
+            let tls = tunnel::client_tls(&g.trust).map_err(|message| ClientError::Tls {
+                gateway: g.gateway_id.clone(),
+                message,
+            })?;
+            links.push(Arc::new(Link {
+                cfg: g.clone(),
+                tls,
+                dests: RwLock::new(Arc::new(HashMap::new())),
+            }));
+        }
+        let hello = Hello {
+            version: env!("CARGO_PKG_VERSION").into(),
+            proto: [PROTO_MAJOR, PROTO_MINOR],
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            env: detect_env().into(),
+            instance: format!("{:032x}", rand::random::<u128>()),
+        };
+        let l = &cfg.limits;
+        let mux_cfg = MuxConfig {
+            role: Role::Client,
+            initial_window: l.stream_window,
+            max_window: l.max_stream_window,
+            tunnel_window_budget: l.tunnel_buffer,
+            max_streams: l.max_streams,
+            accept_backlog: l.accept_backlog,
+            keepalive_interval: cfg.keepalive.interval,
+            keepalive_timeout: cfg.keepalive.timeout,
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            acl: RwLock::new(Arc::new(acl)),
+            hello,
+            mux_cfg,
+            status: watch::channel(Status::default()).0,
+            stats: ClientStats::default(),
+            tracker: TaskTracker::new(),
+        });
+        Ok(Client { shared, links })
+    }
+
+    pub fn handle(&self) -> ClientHandle {
+        ClientHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until `shutdown`, then drains streams for at most [`SHUTDOWN_GRACE`].
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(version = %self.shared.hello.version, env = %self.shared.hello.env, gateways = self.links.len(), "client started");
+        let slots = TaskTracker::new();
+        for link in &self.links {
+            for slot in 0..link.cfg.tunnels {
+                slots.spawn(tunnel_slot(
+                    self.shared.clone(),
+                    link.clone(),
+                    slot,
+                    shutdown.clone(),
+                ));
+            }
+        }
+        slots.close();
+        slots.wait().await;
+        self.shared.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.tracker.wait()).await;
+        info!("client stopped");
+    }
+}
+
+impl ClientHandle {
+    /// Watch the status (tunnels up, client ids).
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    pub fn stats(&self) -> &ClientStats {
+        &self.shared.stats
+    }
+
+    /// Replaces the ACL for new streams.
+    pub fn set_acl(&self, acl: Acl) {
+        *self.shared.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+    }
+}
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential from `initial` to `max`,
+/// with full jitter in the upper half so a fleet does not reconnect in lockstep.
+pub fn backoff(attempt: u32, r: &Reconnect) -> Duration {
+    let exp = r.initial.saturating_mul(1u32 << attempt.min(20));
+    let cap = exp.min(r.max);
+    let half = cap / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Keeps one tunnel to one gateway up, forever (until shutdown).
+async fn tunnel_slot(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %link.cfg.url, tunnel.slot = slot);
+    async move {
+        let mut attempt = 0u32;
+        loop {
+            let connect = tunnel::connect(&link.cfg, &link.tls, &shared.hello);
+            let res = tokio::select! {
+                r = connect => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match res {
+                Ok((ws, welcome)) => {
+                    attempt = 0;
+                    shared.stats.tunnel_connects.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("up", client.id = %welcome.client_id);
+                    let reason = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown).instrument(span).await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    warn!(client.id = %welcome.client_id, reason = %reason, "tunnel down");
+                }
+                Err(ConnectError::Unauthorized) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    error!("gateway rejected the security token; check token / token_file for this gateway");
+                }
+                Err(e) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "cannot connect tunnel");
+                }
+            }
+            let delay = backoff(attempt, &shared.cfg.reconnect);
+            attempt = attempt.saturating_add(1);
+            debug!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn update_status(shared: &Shared, gateway_id: &str, client_id: &str, delta: isize) {
+    shared.status.send_modify(|s| {
+        s.tunnels_up = s.tunnels_up.saturating_add_signed(delta);
+        if !s.client_ids.iter().any(|(g, _)| g == gateway_id) {
+            s.client_ids
+                .push((gateway_id.to_owned(), client_id.to_owned()));
+        } else if let Some(e) = s.client_ids.iter_mut().find(|(g, _)| g == gateway_id) {
+            e.1 = client_id.to_owned();
+        }
+    });
+}
+
+fn apply_config(link: &Link, payload: &[u8]) {
+    match serde_json::from_slice::<ConfigPush>(payload) {
+        Ok(push) => {
+            let n = push.destinations.len();
+            let map = push
+                .destinations
+                .into_iter()
+                .map(|d| (d.id.clone(), d))
+                .collect();
+            *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+            info!(destinations = n, "destinations updated by gateway");
+        }
+        Err(e) => warn!(error = %e, "ignoring malformed destination push from gateway"),
+    }
+}
+
+/// Serves one connected tunnel until it closes; returns why it closed.
+async fn serve_tunnel(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    ws: tunnel::ClientWs,
+    client_id: &str,
+    shutdown: &CancellationToken,
+) -> String {
+    let (r, w) = tunnel::split(ws);
+    let (mux, mut events) = Mux::start(r, w, shared.mux_cfg.clone());
+    update_status(shared, &link.cfg.gateway_id, client_id, 1);
+    info!("tunnel up");
+    loop {
+        tokio::select! {
+            inc = events.incoming.recv() => match inc {
+                Some(inc) => {
+                    // The reader stores CONFIG before queueing later OPENs: apply it first.
+                    if events.config.has_changed().unwrap_or(false) {
+                        if let Some(p) = events.config.borrow_and_update().clone() {
+                            apply_config(link, &p);
+                        }
+                    }
+                    let fut = serve_open(shared.clone(), link.clone(), inc, client_id.to_owned());
+                    shared.tracker.spawn(fut);
+                }
+                None => break,
+            },
+            changed = events.config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(p) = events.config.borrow_and_update().clone() {
+                    apply_config(link, &p);
+                }
+            }
+            _ = mux.closed() => break,
+            _ = shutdown.cancelled() => {
+                drain(&mux).await;
+                break;
+            }
+        }
+    }
+    update_status(shared, &link.cfg.gateway_id, client_id, -1);
+    mux.close("client closed the tunnel");
+    mux.close_reason().unwrap_or_default()
+}
+
+/// Stops new streams and waits, bounded, for open ones to finish.
+async fn drain(mux: &Mux) {
+    mux.go_away(Reason::Shutdown, "client shutting down");
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while mux.active_streams() > 0 && !mux.is_closed() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One stream the gateway opened: destination lookup, ACL, dial, relay.
+async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_id: String) {
+    let span = tracing::info_span!(
+        "stream",
+        client.id = %client_id,
+        stream.id = inc.id(),
+        dest.id = %inc.meta.dest,
+        caller.addr = %inc.meta.caller,
+        dest.addr = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let dest = link
+            .dests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&inc.meta.dest)
+            .cloned();
+        let Some(dest) = dest else {
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            info!(
+                reason = "unknown_dest",
+                "stream refused: no such destination"
+            );
+            let msg = format!("client has no destination `{}`", inc.meta.dest);
+            inc.reject(Reason::UnknownDest, &msg).await;
+            return;
+        };
+        tracing::Span::current().record("dest.addr", format!("{}:{}", dest.ip, dest.port));
+        let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let decision = acl.check(&Request {
+            host: &dest.ip,
+            port: dest.port,
+        });
+        if !decision.allow {
+            shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+            let why = decision.explain(&acl.file);
+            info!(reason = "acl_denied", acl.rule = %why, "stream denied by ACL");
+            inc.reject(Reason::AclDenied, &format!("denied by {why}"))
+                .await;
+            return;
+        }
+        let timeout = Duration::from_secs(u64::from(dest.timeout.clamp(1, 180)));
+        let tcp = match dial::tcp(&dest.ip, dest.port, timeout).await {
+            Ok(t) => t,
+            Err(e) => {
+                shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                info!(reason = %e.reason, error = %e.message, "dial failed");
+                inc.reject(e.reason, &e.message).await;
+                return;
+            }
+        };
+        let Ok(stream) = inc.accept().await else {
+            return;
+        };
+        shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let out = relay(tcp, stream).await;
+        // Seen from the caller: up is toward the endpoint.
+        shared
+            .stats
+            .bytes_up
+            .fetch_add(out.to_socket, Ordering::Relaxed);
+        shared
+            .stats
+            .bytes_down
+            .fetch_add(out.to_stream, Ordering::Relaxed);
+        info!(
+            bytes.up = out.to_socket,
+            bytes.down = out.to_stream,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = out.ending.reason(),
+            "stream closed"
+        );
+    }
+    .instrument(span)
+    .await
+}

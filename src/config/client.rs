@@ -1,0 +1,299 @@
+//! `client.toml`: the on-prem daemon's configuration (SPEC §4).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+use super::walk::{Cx, Tbl};
+use super::{
+    read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, ConfigErrors,
+    Keepalive, Limits, LogSettings, Policy, Secret,
+};
+
+/// A validated `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WssUrl {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl WssUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("wss://")
+            .ok_or_else(|| format!("`{s}` must start with wss:// (the tunnel is always TLS)"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') {
+            return Err("credentials in the URL are not allowed; use token / token_file".into());
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6.find(']').ok_or("unclosed [ in IPv6 address")?;
+            let port = v6[end + 1..].strip_prefix(':');
+            (v6[..end].to_owned(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host"));
+        }
+        let port = match port {
+            None => 443,
+            Some(p) => p.parse::<u16>().map_err(|_| format!("bad port `{p}`"))?,
+        };
+        Ok(WssUrl {
+            host,
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for WssUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "wss://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            write!(f, "wss://{}:{}{}", self.host, self.port, self.path)
+        }
+    }
+}
+
+/// Which certificates the client trusts for the gateway.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The operating system's trust store.
+    System,
+    /// Only these CA certificates.
+    Certs(Vec<CertificateDer<'static>>),
+}
+
+/// One `[[gateway]]` entry.
+#[derive(Debug, Clone)]
+pub struct GatewayLink {
+    pub url: WssUrl,
+    pub gateway_id: String,
+    pub token: Secret,
+    pub trust: Trust,
+    pub tunnels: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Reconnect {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+/// Validated client configuration.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub gateways: Vec<GatewayLink>,
+    pub acl_file: PathBuf,
+    pub default_policy: Policy,
+    pub reconnect: Reconnect,
+    pub keepalive: Keepalive,
+    pub admin_listen: SocketAddr,
+    pub limits: Limits,
+    pub log: LogSettings,
+}
+
+const LATER: &[&str] = &["outbound_proxy", "no_proxy", "socks5_listen"];
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let src = super::read_file(path)?;
+        Self::from_toml(path, &src)
+    }
+
+    pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
+        let cx = Cx::new(path, src);
+        let Some(doc) = cx.parse() else {
+            return Err(ConfigErrors(cx.into_errors()));
+        };
+        let root = Tbl::root(&cx, &doc);
+        let cfg = read(&root);
+        root.finish(LATER);
+        match cfg {
+            Some(c) if !cx.has_errors() => Ok(c),
+            _ => Err(ConfigErrors(cx.into_errors())),
+        }
+    }
+}
+
+fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
+    let mut gateways = Vec::new();
+    let entries = root.tables("gateway");
+    if entries.is_empty() && root.get("gateway").is_none() {
+        root.missing("gateway");
+    }
+    for g in entries {
+        let url = g.req_str("url").and_then(|u| match WssUrl::parse(&u) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                if let Some(v) = g.get("url") {
+                    g.err("url", v, e);
+                }
+                None
+            }
+        });
+        let gateway_id = g.req_str("gateway_id");
+        let token = read_secret(&g, "token", "token_file");
+        let trust = match g.get("ca_file") {
+            None => Some(Trust::System),
+            Some(_) => read_certs(&g, "ca_file").map(Trust::Certs),
+        };
+        let tunnels = g.int_in("tunnels", 1..=16).unwrap_or(2) as usize;
+        g.finish(&[]);
+        if let (Some(url), Some(gateway_id), Some(token), Some(trust)) =
+            (url, gateway_id, token, trust)
+        {
+            gateways.push(GatewayLink {
+                url,
+                gateway_id,
+                token,
+                trust,
+                tunnels,
+            });
+        }
+    }
+    let acl_file = relative_to(
+        root.cx.file(),
+        &root.str("acl_file").unwrap_or_else(|| "acl.list".into()),
+    );
+    let default_policy = match root.str("default_policy").as_deref() {
+        None | Some("deny") => Policy::Deny,
+        Some("allow") => Policy::Allow,
+        Some(other) => {
+            if let Some(v) = root.get("default_policy") {
+                root.err(
+                    "default_policy",
+                    v,
+                    format!("`{other}` is not one of deny, allow"),
+                );
+            }
+            Policy::Deny
+        }
+    };
+    let mut reconnect = Reconnect {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    };
+    if let Some(t) = root.table("reconnect") {
+        if let Some(d) = t.duration("initial") {
+            reconnect.initial = d;
+        }
+        if let Some(d) = t.duration("max") {
+            reconnect.max = d;
+        }
+        if reconnect.initial.is_zero() || reconnect.max < reconnect.initial {
+            if let Some(v) = t.get("max") {
+                t.err(
+                    "max",
+                    v,
+                    "must be at least reconnect.initial, which must be > 0",
+                );
+            } else if let Some(v) = t.get("initial") {
+                t.err("initial", v, "must be > 0 and at most reconnect.max");
+            }
+        }
+        t.finish(&[]);
+    }
+    let keepalive = read_keepalive(root.table("keepalive"));
+    let admin_listen = match root.str("admin_listen") {
+        None => SocketAddr::from(([127, 0, 0, 1], 9003)),
+        Some(s) => match s.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                if let Some(v) = root.get("admin_listen") {
+                    root.err(
+                        "admin_listen",
+                        v,
+                        format!("`{s}` is not an ip:port address"),
+                    );
+                }
+                SocketAddr::from(([127, 0, 0, 1], 9003))
+            }
+        },
+    };
+    let limits = read_limits(root.table("limits"));
+    let log = read_log(root);
+    Some(ClientConfig {
+        gateways,
+        acl_file,
+        default_policy,
+        reconnect,
+        keepalive,
+        admin_listen,
+        limits,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = WssUrl::parse("wss://gw.example:8443/tunnel").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("gw.example", 8443, "/tunnel")
+        );
+        let u = WssUrl::parse("wss://[::1]:9/").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9));
+        assert_eq!(WssUrl::parse("wss://h").unwrap().port, 443);
+        assert!(WssUrl::parse("ws://h").is_err());
+        assert!(WssUrl::parse("wss://u:p@h").is_err());
+        assert!(WssUrl::parse("wss://h:99999").is_err());
+    }
+
+    #[test]
+    fn all_errors_at_once_with_lines() {
+        let src = r#"
+log_level = "loud"
+bogus = 1
+[[gateway]]
+url = "http://x"
+gateway_id = "g"
+token = "t"
+tunnels = 99
+[reconnect]
+initial = "soon"
+[limits]
+stream_window = "1KiB"
+"#;
+        let errs = ClientConfig::from_toml(Path::new("c.toml"), src)
+            .unwrap_err()
+            .0;
+        let all = errs.join("\n");
+        for want in [
+            "c.toml:2:13: log_level: `loud` is not one of",
+            "c.toml:3:1: bogus: unknown key",
+            "c.toml:5:7: gateway[0].url: `http://x` must start with wss://",
+            "c.toml:8:11: gateway[0].tunnels: 99 is out of range 1..=16",
+            "c.toml:10:11: reconnect.initial: `soon` is not a duration",
+            "c.toml:12:17: limits.stream_window: 1024 is out of range",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in\n{all}");
+        }
+        assert_eq!(errs.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let src = "[[gateway]]\nurl = \"wss://127.0.0.1:1/\"\ngateway_id = \"g\"\ntoken = \"s3cr3t-token\"\n";
+        let c = ClientConfig::from_toml(Path::new("c.toml"), src).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert_eq!(c.gateways[0].tunnels, 2);
+        assert_eq!(c.default_policy, Policy::Deny);
+    }
+}

@@ -1,0 +1,270 @@
+//! `gateway.toml`: the cloud side's configuration (SPEC §4; destination fields from seed 000).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::walk::{Cx, Tbl};
+use super::{
+    read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, ConfigErrors,
+    Keepalive, Limits, LogSettings, Secret,
+};
+
+/// Destination protocol (seed 000 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    /// TLS carried end to end, not terminated: a TCP relay.
+    Tls,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        }
+    }
+}
+
+/// One destination: where callers connect on the gateway, and the on-prem endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub id: String,
+    pub desc: String,
+    pub enabled: bool,
+    pub protocol: Protocol,
+    /// On-prem endpoint host (name or address) and port, dialled by the client.
+    pub ip: String,
+    pub port: u16,
+    /// Where the gateway listens for callers; port 0 picks a free port.
+    pub cloud_host: String,
+    pub cloud_port: u16,
+    /// Connect timeout on the client's side (1..=180 s).
+    pub timeout: Duration,
+}
+
+/// The gateway's own certificate and key for the tunnel endpoint.
+#[derive(Clone)]
+pub struct TlsIdentity {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: std::sync::Arc<PrivateKeyDer<'static>>,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("certs", &self.certs.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One `[[gateways]]` entry: a gateway id with its token and destinations.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    pub id: String,
+    pub desc: String,
+    pub token: Secret,
+    /// Enforce the security token (seed 000 `enf_tok_sec`).
+    pub enf_tok_sec: bool,
+    pub destinations: Vec<Destination>,
+}
+
+/// Validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub tls: TlsIdentity,
+    pub keepalive: Keepalive,
+    pub limits: Limits,
+    pub log: LogSettings,
+    pub gateways: Vec<TenantConfig>,
+}
+
+const LATER: &[&str] = &[
+    "api_listen",
+    "admin_token",
+    "admin_token_file",
+    "state_file",
+    "egress_allow",
+    "admin_listen",
+];
+const DEST_LATER: &[&str] = &[
+    "reverse",
+    "local_port",
+    "enable_client_tls",
+    "tls",
+    "reject_unauth",
+    "client_certs",
+    "sni",
+    "client_tls",
+    "server_cert",
+    "dest_cert",
+    "dest_key",
+    "proxy",
+    "compression",
+    "private",
+    "ip_table_rules",
+    "host_rewrite",
+];
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let src = super::read_file(path)?;
+        Self::from_toml(path, &src)
+    }
+
+    pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
+        let cx = Cx::new(path, src);
+        let Some(doc) = cx.parse() else {
+            return Err(ConfigErrors(cx.into_errors()));
+        };
+        let root = Tbl::root(&cx, &doc);
+        let cfg = read(&root);
+        root.finish(LATER);
+        match cfg {
+            Some(c) if !cx.has_errors() => Ok(c),
+            _ => Err(ConfigErrors(cx.into_errors())),
+        }
+    }
+}
+
+fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
+    let listen = root
+        .req_str("listen")
+        .and_then(|s| match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                if let Some(v) = root.get("listen") {
+                    root.err("listen", v, format!("`{s}` is not an ip:port address"));
+                }
+                None
+            }
+        });
+    if root.get("tls_cert").is_none() {
+        root.missing("tls_cert");
+    }
+    if root.get("tls_key").is_none() {
+        root.missing("tls_key");
+    }
+    let certs = read_certs(root, "tls_cert");
+    let key = read_key(root, "tls_key");
+    let keepalive = read_keepalive(root.table("keepalive"));
+    let limits = read_limits(root.table("limits"));
+    let log = read_log(root);
+    let mut gateways = Vec::new();
+    let mut ids = HashSet::new();
+    let mut cloud_ports = HashSet::new();
+    for g in root.tables("gateways") {
+        let id = g.req_str("id");
+        if let (Some(id), Some(v)) = (&id, g.get("id")) {
+            if !ids.insert(id.clone()) {
+                g.err("id", v, format!("duplicate gateway id `{id}`"));
+            }
+        }
+        let desc = g.str("desc").unwrap_or_default();
+        let token = read_secret(&g, "security_token", "token_file");
+        let enf_tok_sec = g.bool("enf_tok_sec").unwrap_or(true);
+        let mut dests = Vec::new();
+        let mut dest_ids = HashSet::new();
+        for d in g.tables("destinations") {
+            if let Some(dest) = read_destination(&d, &mut dest_ids, &mut cloud_ports) {
+                dests.push(dest);
+            }
+            d.finish(DEST_LATER);
+        }
+        g.finish(&["token_exp"]);
+        if let (Some(id), Some(token)) = (id, token) {
+            gateways.push(TenantConfig {
+                id,
+                desc,
+                token,
+                enf_tok_sec,
+                destinations: dests,
+            });
+        }
+    }
+    Some(GatewayConfig {
+        listen: listen?,
+        tls: TlsIdentity {
+            certs: certs?,
+            key: std::sync::Arc::new(key?),
+        },
+        keepalive,
+        limits,
+        log,
+        gateways,
+    })
+}
+
+fn read_destination(
+    d: &Tbl<'_, '_>,
+    ids: &mut HashSet<String>,
+    ports: &mut HashSet<(String, u16)>,
+) -> Option<Destination> {
+    let id = d.req_str("id");
+    if let (Some(id), Some(v)) = (&id, d.get("id")) {
+        if !ids.insert(id.clone()) {
+            d.err("id", v, format!("duplicate destination id `{id}`"));
+        }
+    }
+    let protocol = match d.str("protocol").as_deref() {
+        None | Some("TCP") => Some(Protocol::Tcp),
+        Some("TLS") => Some(Protocol::Tls),
+        Some(p @ ("UDP" | "HTTP" | "HTTPS")) => {
+            if let Some(v) = d.get("protocol") {
+                d.err(
+                    "protocol",
+                    v,
+                    format!("{p} destinations are not supported by this version yet"),
+                );
+            }
+            None
+        }
+        Some(other) => {
+            if let Some(v) = d.get("protocol") {
+                d.err(
+                    "protocol",
+                    v,
+                    format!("`{other}` is not one of TCP, UDP, TLS, HTTP, HTTPS"),
+                );
+            }
+            None
+        }
+    };
+    let ip = d.req_str("ip");
+    let port = d.int_in("port", 1..=65535);
+    if d.get("port").is_none() {
+        d.missing("port");
+    }
+    let cloud_host = d.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into());
+    let cloud_port = d.int_in("cloud_port", 0..=65535);
+    if d.get("cloud_port").is_none() {
+        d.missing("cloud_port");
+    }
+    if let (Some(p), Some(v)) = (cloud_port, d.get("cloud_port")) {
+        if p != 0 && !ports.insert((cloud_host.clone(), p as u16)) {
+            d.err(
+                "cloud_port",
+                v,
+                format!("cloud port {p} is used by another destination"),
+            );
+        }
+    }
+    let timeout = d.int_in("timeout", 1..=180).unwrap_or(30);
+    Some(Destination {
+        id: id?,
+        desc: d.str("desc").unwrap_or_default(),
+        enabled: d.bool("enabled").unwrap_or(true),
+        protocol: protocol?,
+        ip: ip?,
+        port: port? as u16,
+        cloud_host,
+        cloud_port: cloud_port? as u16,
+        timeout: Duration::from_secs(timeout as u64),
+    })
+}

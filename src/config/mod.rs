@@ -1,0 +1,349 @@
+//! Configuration: TOML files parsed into raw spanned values, then converted into validated
+//! structs with defaults applied. Every error is reported, each with file, line and dotted
+//! path; nothing here touches the network or spawns tasks.
+
+mod client;
+mod gateway;
+mod walk;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use client::{ClientConfig, GatewayLink, Reconnect, Trust, WssUrl};
+pub use gateway::{Destination, GatewayConfig, Protocol, TenantConfig, TlsIdentity};
+pub use walk::{parse_duration, parse_size};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A secret string (token, password). Never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison, so response timing does not reveal a prefix.
+    pub fn ct_eq(&self, other: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.as_bytes());
+        let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+        for i in 0..a.len() {
+            diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// All problems found in a config file, one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// What to do when no ACL rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+}
+
+/// Bounds on memory and concurrency, per tunnel.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_streams: usize,
+    pub max_udp_flows: usize,
+    pub stream_window: u32,
+    pub max_stream_window: u32,
+    pub tunnel_buffer: u64,
+    pub accept_backlog: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams: 10_000,
+            max_udp_flows: 4096,
+            stream_window: 256 * 1024,
+            max_stream_window: 16 * 1024 * 1024,
+            tunnel_buffer: 64 * 1024 * 1024,
+            accept_backlog: 1024,
+        }
+    }
+}
+
+fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
+    let mut l = Limits::default();
+    let Some(t) = t else { return l };
+    if let Some(v) = t.int_in("max_streams", 1..=1_000_000) {
+        l.max_streams = v as usize;
+    }
+    if let Some(v) = t.int_in("max_udp_flows", 1..=1_000_000) {
+        l.max_udp_flows = v as usize;
+    }
+    if let Some(v) = t.int_in("accept_backlog", 1..=65_536) {
+        l.accept_backlog = v as usize;
+    }
+    let range = 16 * 1024..=(1u64 << 30);
+    for (key, slot) in [
+        ("stream_window", &mut l.stream_window),
+        ("max_stream_window", &mut l.max_stream_window),
+    ] {
+        if let Some(v) = t.size(key) {
+            if range.contains(&v) {
+                *slot = v as u32;
+            } else if let Some(val) = t.get(key) {
+                t.err(key, val, format!("{v} is out of range 16KiB..=1GiB"));
+            }
+        }
+    }
+    if let Some(v) = t.size("tunnel_buffer") {
+        l.tunnel_buffer = v;
+    }
+    if l.max_stream_window < l.stream_window {
+        l.max_stream_window = l.stream_window;
+    }
+    t.finish(&[]);
+    l
+}
+
+fn read_keepalive(t: Option<walk::Tbl<'_, '_>>) -> Keepalive {
+    let mut k = Keepalive {
+        interval: std::time::Duration::from_secs(15),
+        timeout: std::time::Duration::from_secs(45),
+    };
+    let Some(t) = t else { return k };
+    if let Some(d) = t.duration("interval") {
+        k.interval = d;
+    }
+    if let Some(d) = t.duration("timeout") {
+        k.timeout = d;
+    }
+    if k.interval.is_zero() || k.timeout <= k.interval {
+        if let Some(v) = t.get("timeout") {
+            t.err(
+                "timeout",
+                v,
+                "must be longer than keepalive.interval, which must be > 0",
+            );
+        }
+    }
+    t.finish(&[]);
+    k
+}
+
+fn read_log(t: &walk::Tbl<'_, '_>) -> LogSettings {
+    let level = t.str("log_level").unwrap_or_else(|| "info".into());
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        if let Some(v) = t.get("log_level") {
+            t.err(
+                "log_level",
+                v,
+                format!("`{level}` is not one of trace, debug, info, warn, error"),
+            );
+        }
+    }
+    let format = match t.str("log_format").as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            if let Some(v) = t.get("log_format") {
+                t.err(
+                    "log_format",
+                    v,
+                    format!("`{other}` is not one of text, json"),
+                );
+            }
+            LogFormat::Text
+        }
+    };
+    LogSettings { level, format }
+}
+
+/// Resolves a path in a config file relative to the file's directory.
+fn relative_to(file: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// Reads a secret given inline (`key`) or as a file (`key_file`); exactly one is required.
+fn read_secret(t: &walk::Tbl<'_, '_>, key: &str, file_key: &str) -> Option<Secret> {
+    let inline = t.str(key);
+    let file = t.str(file_key);
+    match (inline, file) {
+        (Some(_), Some(_)) => {
+            if let Some(v) = t.get(file_key) {
+                t.err(
+                    file_key,
+                    v,
+                    format!("give either {key} or {file_key}, not both"),
+                );
+            }
+            None
+        }
+        (Some(s), None) if !s.is_empty() => Some(Secret::new(s)),
+        (Some(_), None) => {
+            if let Some(v) = t.get(key) {
+                t.err(key, v, "must not be empty");
+            }
+            None
+        }
+        (None, Some(f)) => {
+            let path = relative_to(t.cx.file(), &f);
+            match std::fs::read_to_string(&path) {
+                Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim())),
+                Ok(_) => {
+                    if let Some(v) = t.get(file_key) {
+                        t.err(file_key, v, format!("{} is empty", path.display()));
+                    }
+                    None
+                }
+                Err(e) => {
+                    if let Some(v) = t.get(file_key) {
+                        t.err(file_key, v, format!("cannot read {}: {e}", path.display()));
+                    }
+                    None
+                }
+            }
+        }
+        (None, None) => {
+            t.missing(&format!("{key}` or `{file_key}"));
+            None
+        }
+    }
+}
+
+/// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.
+fn pem_source(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<u8>> {
+    let s = t.str(key)?;
+    if s.trim_start().starts_with("-----BEGIN") {
+        return Some(s.into_bytes());
+    }
+    let path = relative_to(t.cx.file(), &s);
+    match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            if let Some(v) = t.get(key) {
+                t.err(key, v, format!("cannot read {}: {e}", path.display()));
+            }
+            None
+        }
+    }
+}
+
+fn read_certs(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<CertificateDer<'static>>> {
+    let pem = pem_source(t, key)?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Some(c),
+        Ok(_) => {
+            if let Some(v) = t.get(key) {
+                t.err(key, v, "contains no PEM certificate");
+            }
+            None
+        }
+        Err(e) => {
+            if let Some(v) = t.get(key) {
+                t.err(key, v, format!("bad PEM certificate: {e}"));
+            }
+            None
+        }
+    }
+}
+
+fn read_key(t: &walk::Tbl<'_, '_>, key: &str) -> Option<PrivateKeyDer<'static>> {
+    let pem = pem_source(t, key)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(k) => Some(k),
+        Err(_) => {
+            // The error text could quote key material; say only what is wrong.
+            if let Some(v) = t.get(key) {
+                t.err(
+                    key,
+                    v,
+                    "contains no usable PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                );
+            }
+            None
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))
+}
+
+/// A client or gateway config, told apart by their top-level keys.
+#[derive(Debug)]
+pub enum AnyConfig {
+    Client(Box<ClientConfig>),
+    Gateway(Box<GatewayConfig>),
+}
+
+/// Loads a file as a client config if it has `[[gateway]]`, else as a gateway config.
+pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigErrors> {
+    let src = read_file(path)?;
+    let is_client = src
+        .lines()
+        .any(|l| l.trim_start().starts_with("[[gateway]]"));
+    if is_client {
+        ClientConfig::from_toml(path, &src).map(|c| AnyConfig::Client(Box::new(c)))
+    } else {
+        GatewayConfig::from_toml(path, &src).map(|c| AnyConfig::Gateway(Box::new(c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+        assert!(s.ct_eq("hunter2"));
+        assert!(!s.ct_eq("hunter"));
+        assert!(!s.ct_eq("hunter23"));
+        assert!(!s.ct_eq(""));
+    }
+}

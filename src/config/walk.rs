@@ -1,0 +1,379 @@
+//! A small typed walker over a spanned TOML document that collects every error (with file,
+//! line, column and dotted path) instead of stopping at the first, and reports unknown keys.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+/// Error collector for one file.
+pub(crate) struct Cx<'a> {
+    file: &'a Path,
+    src: &'a str,
+    errors: RefCell<Vec<String>>,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(file: &'a Path, src: &'a str) -> Self {
+        Cx {
+            file,
+            src,
+            errors: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn file(&self) -> &Path {
+        self.file
+    }
+
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.src[..offset.min(self.src.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before
+            .rfind('\n')
+            .map_or(before.len(), |i| before.len() - i - 1)
+            + 1;
+        (line, col)
+    }
+
+    pub fn error_at(&self, span: Range<usize>, path: &str, msg: impl std::fmt::Display) {
+        let (line, col) = self.position(span.start);
+        let where_ = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        self.errors.borrow_mut().push(format!(
+            "{}:{line}:{col}: {where_}{msg}",
+            self.file.display()
+        ));
+    }
+
+    pub fn into_errors(self) -> Vec<String> {
+        self.errors.into_inner()
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+
+    /// Parses the document; syntax errors are recorded and give `None`.
+    pub fn parse(&self) -> Option<Spanned<DeTable<'a>>> {
+        let (doc, errs) = DeTable::parse_recoverable(self.src);
+        for e in &errs {
+            let span = e.span().unwrap_or(0..0);
+            self.error_at(span, "", format!("TOML syntax: {}", e.message()));
+        }
+        errs.is_empty().then_some(doc)
+    }
+}
+
+/// One TOML table being read; remembers which keys were used.
+pub(crate) struct Tbl<'c, 'a> {
+    pub cx: &'c Cx<'a>,
+    pub path: String,
+    map: &'c DeTable<'a>,
+    span: Range<usize>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+pub(crate) type Val<'c, 'a> = &'c Spanned<DeValue<'a>>;
+
+impl<'c, 'a> Tbl<'c, 'a> {
+    pub fn root(cx: &'c Cx<'a>, doc: &'c Spanned<DeTable<'a>>) -> Self {
+        Tbl {
+            cx,
+            path: String::new(),
+            map: doc.get_ref(),
+            span: doc.span(),
+            used: Default::default(),
+        }
+    }
+
+    fn child_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Val<'c, 'a>> {
+        self.used.borrow_mut().insert(key.to_owned());
+        self.map
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn err(&self, key: &str, v: Val<'c, 'a>, msg: impl std::fmt::Display) {
+        self.cx.error_at(v.span(), &self.child_path(key), msg);
+    }
+
+    pub fn missing(&self, key: &str) {
+        self.cx.error_at(
+            self.span.clone(),
+            &self.child_path(key),
+            "missing required key",
+        );
+    }
+
+    fn typed<T>(&self, key: &str, what: &str, f: impl Fn(&DeValue<'a>) -> Option<T>) -> Option<T> {
+        let v = self.get(key)?;
+        let out = f(v.get_ref());
+        if out.is_none() {
+            self.err(
+                key,
+                v,
+                format!("expected {what}, found {}", v.get_ref().type_str()),
+            );
+        }
+        out
+    }
+
+    pub fn str(&self, key: &str) -> Option<String> {
+        self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
+    }
+
+    pub fn req_str(&self, key: &str) -> Option<String> {
+        if self.get(key).is_none() {
+            self.missing(key);
+            return None;
+        }
+        self.str(key)
+    }
+
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.typed(key, "a boolean", |v| v.as_bool())
+    }
+
+    pub fn int_in(&self, key: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
+        let n = self.typed(key, "an integer", |v| {
+            let i = v.as_integer()?;
+            i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+        })?;
+        if !range.contains(&n) {
+            if let Some(v) = self.get(key) {
+                self.err(
+                    key,
+                    v,
+                    format!("{n} is out of range {}..={}", range.start(), range.end()),
+                );
+            }
+            return None;
+        }
+        Some(n)
+    }
+
+    /// Duration given as `"30s"`, `"5m"`, `"250ms"`, `"1h"`.
+    pub fn duration(&self, key: &str) -> Option<Duration> {
+        let s = self.str(key)?;
+        match parse_duration(&s) {
+            Some(d) => Some(d),
+            None => {
+                if let Some(v) = self.get(key) {
+                    self.err(
+                        key,
+                        v,
+                        format!("`{s}` is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")"),
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Byte size given as an integer or `"256KiB"`, `"16MiB"`.
+    pub fn size(&self, key: &str) -> Option<u64> {
+        let v = self.get(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(i) => {
+                u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
+            }
+            DeValue::String(s) => parse_size(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.err(
+                key,
+                v,
+                "expected a size in bytes (e.g. 262144 or \"256KiB\")",
+            );
+        }
+        parsed
+    }
+
+    pub fn table(&self, key: &str) -> Option<Tbl<'c, 'a>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Tbl {
+                cx: self.cx,
+                path: self.child_path(key),
+                map: t,
+                span: v.span(),
+                used: Default::default(),
+            }),
+            other => {
+                self.err(
+                    key,
+                    v,
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// An array of tables (`[[key]]`); each element's path is `key[i]`.
+    pub fn tables(&self, key: &str) -> Vec<Tbl<'c, 'a>> {
+        let Some(v) = self.get(key) else {
+            return Vec::new();
+        };
+        let Some(arr) = v.get_ref().as_array() else {
+            self.err(
+                key,
+                v,
+                format!(
+                    "expected an array of tables, found {}",
+                    v.get_ref().type_str()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in arr.iter().enumerate() {
+            let path = format!("{}[{i}]", self.child_path(key));
+            match item.get_ref() {
+                DeValue::Table(t) => out.push(Tbl {
+                    cx: self.cx,
+                    path,
+                    map: t,
+                    span: item.span(),
+                    used: Default::default(),
+                }),
+                other => self.cx.error_at(
+                    item.span(),
+                    &path,
+                    format!("expected a table, found {}", other.type_str()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Reports every key that was never asked for. `later` names keys this version knows
+    /// but does not implement yet, so the message says so instead of "unknown".
+    pub fn finish(self, later: &[&str]) {
+        let used = self.used.borrow();
+        for (k, v) in self.map.iter() {
+            let key = k.get_ref().as_ref();
+            if used.contains(key) {
+                continue;
+            }
+            let path = self.child_path(key);
+            if later.contains(&key) {
+                self.cx.error_at(
+                    k.span(),
+                    &path,
+                    "is not supported by this version of sgw yet",
+                );
+            } else {
+                self.cx.error_at(k.span(), &path, "unknown key");
+            }
+            let _ = v;
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let idx = s.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+    let (num, unit) = s.split_at(idx);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let idx = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(idx);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_size("256KiB"), Some(262144));
+        assert_eq!(parse_size("16MiB"), Some(16 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1TB"), None);
+    }
+
+    #[test]
+    fn every_error_with_line_and_path() {
+        let src = "a = 1\n[t]\nx = \"y\"\nbad = true\n[[arr]]\nn = \"str\"\n[[arr]]\nn = 500\n";
+        let path = Path::new("f.toml");
+        let cx = Cx::new(path, src);
+        let doc = cx.parse().unwrap();
+        let root = Tbl::root(&cx, &doc);
+        let t = root.table("t").unwrap();
+        assert_eq!(t.str("x").as_deref(), Some("y"));
+        t.finish(&[]);
+        for a in root.tables("arr") {
+            a.int_in("n", 1..=180);
+            a.finish(&[]);
+        }
+        root.req_str("missing");
+        root.finish(&[]);
+        let errs = cx.into_errors();
+        let all = errs.join("\n");
+        assert!(all.contains("f.toml:4:1: t.bad: unknown key"), "{all}");
+        assert!(
+            all.contains("f.toml:6:5: arr[0].n: expected an integer, found string"),
+            "{all}"
+        );
+        assert!(
+            all.contains("f.toml:8:5: arr[1].n: 500 is out of range 1..=180"),
+            "{all}"
+        );
+        assert!(all.contains("missing: missing required key"), "{all}");
+        assert!(all.contains("f.toml:1:1: a: unknown key"), "{all}");
+        assert_eq!(errs.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let cx = Cx::new(Path::new("s.toml"), "a = \n[x\n");
+        assert!(cx.parse().is_none());
+        let errs = cx.into_errors();
+        assert!(!errs.is_empty());
+        assert!(errs[0].starts_with("s.toml:1:"), "{errs:?}");
+    }
+}

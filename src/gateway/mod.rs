@@ -1,0 +1,388 @@
+//! The cloud side: accepts client tunnels, listens on each destination's `cloud_port`, and
+//! for each caller opens a stream on a connected client of that gateway id.
+//!
+//! One caller's path: [`serve_caller`] → [`Tenant::open`] (pick a client and tunnel, open a
+//! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
+
+mod registry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+pub use registry::ClientInfo;
+use registry::Tenant;
+
+use crate::config::{Destination, GatewayConfig};
+use crate::mux::{Mux, MuxConfig, Role};
+use crate::proto::{
+    ConfigPush, DestinationSpec, Frame, OpenMeta, Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
+};
+use crate::relay::{self, relay};
+use crate::tunnel;
+
+/// How long open streams may finish after shutdown starts.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Gateway-wide counters.
+#[derive(Debug, Default)]
+pub struct GatewayStats {
+    pub tunnels_accepted: AtomicU64,
+    pub tunnels_rejected: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub streams_failed: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+struct Inner {
+    tls: TlsAcceptor,
+    mux_cfg: MuxConfig,
+    tenants: HashMap<String, Arc<Tenant>>,
+    stats: GatewayStats,
+    dest_addrs: HashMap<String, SocketAddr>,
+    tracker: TaskTracker,
+}
+
+/// A bound, not yet running gateway.
+pub struct Gateway {
+    inner: Arc<Inner>,
+    tunnel_listener: TcpListener,
+    dest_listeners: Vec<(Arc<Tenant>, Destination, TcpListener)>,
+}
+
+/// Read access to a running gateway (status, tests).
+#[derive(Clone)]
+pub struct GatewayHandle {
+    inner: Arc<Inner>,
+    tunnel_addr: SocketAddr,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+impl Gateway {
+    /// Binds the tunnel endpoint and every enabled destination's cloud port.
+    pub async fn bind(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
+        let tls = tunnel::server_tls(&cfg.tls).map_err(GatewayError::Tls)?;
+        let tunnel_listener = bind(&cfg.listen.to_string()).await?;
+        let mut tenants = HashMap::new();
+        let mut dest_listeners = Vec::new();
+        let mut dest_addrs = HashMap::new();
+        for t in &cfg.gateways {
+            if !t.enf_tok_sec {
+                warn!(gateway.id = %t.id, "enf_tok_sec = false: clients may join without the security token");
+            }
+            let push = ConfigPush {
+                destinations: t
+                    .destinations
+                    .iter()
+                    .filter(|d| d.enabled)
+                    .map(|d| DestinationSpec {
+                        id: d.id.clone(),
+                        protocol: d.protocol.as_str().into(),
+                        ip: d.ip.clone(),
+                        port: d.port,
+                        timeout: d.timeout.as_secs() as u32,
+                    })
+                    .collect(),
+            };
+            let tenant = Arc::new(Tenant::new(
+                t.clone(),
+                Bytes::from(serde_json::to_vec(&push).unwrap_or_default()),
+            ));
+            for d in t.destinations.iter().filter(|d| d.enabled) {
+                let addr = if d.cloud_host.contains(':') {
+                    format!("[{}]:{}", d.cloud_host, d.cloud_port)
+                } else {
+                    format!("{}:{}", d.cloud_host, d.cloud_port)
+                };
+                let l = bind(&addr).await?;
+                if let Ok(a) = l.local_addr() {
+                    dest_addrs.insert(d.id.clone(), a);
+                }
+                dest_listeners.push((tenant.clone(), d.clone(), l));
+            }
+            tenants.insert(t.id.clone(), tenant);
+        }
+        let mux_cfg = MuxConfig {
+            role: Role::Gateway,
+            initial_window: cfg.limits.stream_window,
+            max_window: cfg.limits.max_stream_window,
+            tunnel_window_budget: cfg.limits.tunnel_buffer,
+            max_streams: cfg.limits.max_streams,
+            accept_backlog: cfg.limits.accept_backlog,
+            keepalive_interval: cfg.keepalive.interval,
+            keepalive_timeout: cfg.keepalive.timeout,
+        };
+        let inner = Arc::new(Inner {
+            tls,
+            mux_cfg,
+            tenants,
+            stats: GatewayStats::default(),
+            dest_addrs,
+            tracker: TaskTracker::new(),
+        });
+        Ok(Gateway {
+            inner,
+            tunnel_listener,
+            dest_listeners,
+        })
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        let tunnel_addr = self
+            .tunnel_listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        GatewayHandle {
+            inner: self.inner.clone(),
+            tunnel_addr,
+        }
+    }
+
+    /// Serves until `shutdown`, then tells clients to go away and lets streams finish for
+    /// at most [`SHUTDOWN_GRACE`].
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = self.inner;
+        if let Ok(a) = self.tunnel_listener.local_addr() {
+            info!(tunnel.listen = %a, "gateway started");
+        }
+        for (tenant, dest, listener) in self.dest_listeners {
+            if let Ok(a) = listener.local_addr() {
+                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, dest.addr = %format!("{}:{}", dest.ip, dest.port), "destination listening");
+            }
+            let inner2 = inner.clone();
+            let shutdown = shutdown.clone();
+            inner.tracker.spawn(async move {
+                let dest = Arc::new(dest);
+                accept_loop(&listener, &shutdown, |tcp, caller| {
+                    let fut =
+                        serve_caller(inner2.clone(), tenant.clone(), dest.clone(), tcp, caller);
+                    inner2.tracker.spawn(fut);
+                })
+                .await
+            });
+        }
+        let inner2 = inner.clone();
+        accept_loop(&self.tunnel_listener, &shutdown, |tcp, peer| {
+            let fut = serve_tunnel(inner2.clone(), tcp, peer, shutdown.clone());
+            inner2.tracker.spawn(fut);
+        })
+        .await;
+        // Drain: no new streams anywhere, open ones get a bounded grace period.
+        let tunnels: Vec<Mux> = inner
+            .tenants
+            .values()
+            .flat_map(|t| t.all_tunnels())
+            .collect();
+        for m in &tunnels {
+            m.go_away(Reason::Shutdown, "gateway shutting down");
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while tunnels.iter().any(|m| m.active_streams() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for m in &tunnels {
+            m.close("gateway shut down");
+        }
+        inner.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), inner.tracker.wait()).await;
+        info!("gateway stopped");
+    }
+}
+
+impl GatewayHandle {
+    /// Where clients connect their tunnels.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// Where a destination's callers connect (resolves port 0 to the bound port).
+    pub fn dest_addr(&self, dest_id: &str) -> Option<SocketAddr> {
+        self.inner.dest_addrs.get(dest_id).copied()
+    }
+
+    /// Connected clients of a gateway id.
+    pub fn clients(&self, gateway_id: &str) -> Vec<ClientInfo> {
+        self.inner
+            .tenants
+            .get(gateway_id)
+            .map(|t| t.client_infos())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> &GatewayStats {
+        &self.inner.stats
+    }
+}
+
+/// Accepts until shutdown. Accept errors (e.g. out of file descriptors) are logged and
+/// retried after a pause instead of spinning.
+async fn accept_loop(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    mut on_conn: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => on_conn(tcp, peer),
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One client tunnel from TLS accept to close.
+async fn serve_tunnel(
+    inner: Arc<Inner>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let accepted = tunnel::accept(tcp, &inner.tls, |req| {
+        let tenant = inner.tenants.get(req.gateway_id)?;
+        let ok = !tenant.cfg.enf_tok_sec || req.token.is_some_and(|t| tenant.cfg.token.ct_eq(t));
+        ok.then(|| tenant.clone())
+    })
+    .await;
+    let (mut ws, tenant, hello) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            inner.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(peer.addr = %peer, error = %e, "tunnel refused");
+            return;
+        }
+    };
+    let client_id = tenant.client_id_for(&hello.instance);
+    let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.cfg.id, peer.addr = %peer);
+    async move {
+        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.cfg.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
+        let hello_frames = [
+            Frame::Welcome(Bytes::from(serde_json::to_vec(&welcome).unwrap_or_default())),
+            Frame::Config(tenant.config_push.clone()),
+        ];
+        for f in &hello_frames {
+            if let Err(e) = ws.send(Message::Binary(tunnel::frame_message(f))).await {
+                warn!(error = %e, "tunnel lost during handshake");
+                return;
+            }
+        }
+        let (r, w) = tunnel::split(ws);
+        let (mux, mut events) = Mux::start(r, w, inner.mux_cfg.clone());
+        inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+        let tunnel_id = tenant.register(&client_id, &hello, mux.clone());
+        info!(client.version = %hello.version, client.hostname = %hello.hostname, client.env = %hello.env, "tunnel up");
+        loop {
+            tokio::select! {
+                inc = events.incoming.recv() => match inc {
+                    // Reverse (client-opened) streams come with reverse destinations.
+                    Some(i) => i.reject(Reason::UnknownDest, "this gateway has no reverse destinations").await,
+                    None => break,
+                },
+                log = events.logs.recv() => if let Some(line) = log {
+                    info!(client.log = %String::from_utf8_lossy(&line), "client log");
+                },
+                _ = mux.closed() => break,
+                _ = shutdown.cancelled() => {
+                    // `run` drains and closes every tunnel; just wait for that.
+                    mux.closed().await;
+                    break;
+                }
+            }
+        }
+        tenant.unregister(&client_id, tunnel_id);
+        let reason = mux.close_reason().unwrap_or_default();
+        info!(reason = %reason, "tunnel down");
+    }
+    .instrument(span)
+    .await
+}
+
+/// One caller from accept to close.
+async fn serve_caller(
+    inner: Arc<Inner>,
+    tenant: Arc<Tenant>,
+    dest: Arc<Destination>,
+    tcp: TcpStream,
+    caller: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let span = tracing::info_span!(
+        "stream",
+        dest.id = %dest.id,
+        caller.addr = %caller,
+        client.id = tracing::field::Empty,
+        stream.id = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string() };
+        // The client enforces the destination timeout on its dial; allow for the tunnel too.
+        let limit = dest.timeout + Duration::from_secs(5);
+        let opened = match tokio::time::timeout(limit, tenant.open(&meta)).await {
+            Ok(r) => r,
+            Err(_) => Err((Reason::Timeout, format!("no answer from the client within {} s", limit.as_secs()))),
+        };
+        let (client_id, stream) = match opened {
+            Ok(x) => x,
+            Err((reason, message)) => {
+                inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                info!(reason = %reason, error = %message, duration_ms = started.elapsed().as_millis() as u64, "stream refused");
+                relay::abort(&tcp);
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("client.id", client_id.as_str());
+        span.record("stream.id", stream.id());
+        inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let out = relay(tcp, stream).await;
+        inner.stats.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
+        inner.stats.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);
+        info!(
+            bytes.up = out.to_stream,
+            bytes.down = out.to_socket,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = out.ending.reason(),
+            "stream closed"
+        );
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,201 @@
+//! Connected clients of one gateway id, and the choice of tunnel for a new stream:
+//! the client with the fewest active streams (round robin on ties), then its least busy
+//! tunnel.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::config::TenantConfig;
+use crate::mux::{Mux, MuxStream, OpenError};
+use crate::proto::{Hello, OpenMeta, Reason};
+
+/// A connected client as status shows it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub version: String,
+    pub hostname: String,
+    pub env: String,
+    pub tunnels: usize,
+    pub active_streams: usize,
+    pub streams_opened: u64,
+}
+
+struct ClientEntry {
+    client_id: String,
+    hello: Hello,
+    tunnels: Vec<(u64, Mux)>,
+    opened: u64,
+}
+
+#[derive(Default)]
+struct Clients {
+    /// Keyed by the client's instance id (all tunnels of one process).
+    entries: HashMap<String, ClientEntry>,
+    /// Client ids assigned to instances, kept while the gateway runs so a reconnecting
+    /// client keeps its id.
+    ids: HashMap<String, String>,
+    rr: usize,
+    next_tunnel: u64,
+}
+
+pub(crate) struct Tenant {
+    pub cfg: TenantConfig,
+    pub config_push: Bytes,
+    clients: Mutex<Clients>,
+}
+
+const OPEN_ATTEMPTS: usize = 3;
+
+impl Tenant {
+    pub fn new(cfg: TenantConfig, config_push: Bytes) -> Self {
+        Tenant {
+            cfg,
+            config_push,
+            clients: Mutex::new(Clients::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Clients> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn client_id_for(&self, instance: &str) -> String {
+        let mut c = self.lock();
+        if let Some(id) = c.ids.get(instance) {
+            return id.clone();
+        }
+        // Bound the id memory: forget ids of instances that are not connected.
+        if c.ids.len() >= 100_000 {
+            let live: std::collections::HashSet<String> = c.entries.keys().cloned().collect();
+            c.ids.retain(|k, _| live.contains(k));
+        }
+        let id = format!(
+            "{}_{:012x}",
+            self.cfg.id,
+            rand::random::<u64>() & 0xffff_ffff_ffff
+        );
+        c.ids.insert(instance.to_owned(), id.clone());
+        id
+    }
+
+    pub fn register(&self, client_id: &str, hello: &Hello, mux: Mux) -> u64 {
+        let mut c = self.lock();
+        c.next_tunnel += 1;
+        let tid = c.next_tunnel;
+        let e = c
+            .entries
+            .entry(hello.instance.clone())
+            .or_insert_with(|| ClientEntry {
+                client_id: client_id.to_owned(),
+                hello: hello.clone(),
+                tunnels: Vec::new(),
+                opened: 0,
+            });
+        e.tunnels.push((tid, mux));
+        tid
+    }
+
+    pub fn unregister(&self, client_id: &str, tunnel_id: u64) {
+        let mut c = self.lock();
+        c.entries.retain(|_, e| {
+            if e.client_id == client_id {
+                e.tunnels.retain(|(t, _)| *t != tunnel_id);
+            }
+            !e.tunnels.is_empty()
+        });
+    }
+
+    pub fn all_tunnels(&self) -> Vec<Mux> {
+        self.lock()
+            .entries
+            .values()
+            .flat_map(|e| e.tunnels.iter().map(|(_, m)| m.clone()))
+            .collect()
+    }
+
+    pub fn client_infos(&self) -> Vec<ClientInfo> {
+        let c = self.lock();
+        let mut v: Vec<_> = c
+            .entries
+            .values()
+            .map(|e| ClientInfo {
+                client_id: e.client_id.clone(),
+                version: e.hello.version.clone(),
+                hostname: e.hello.hostname.clone(),
+                env: e.hello.env.clone(),
+                tunnels: e.tunnels.len(),
+                active_streams: e.tunnels.iter().map(|(_, m)| m.active_streams()).sum(),
+                streams_opened: e.opened,
+            })
+            .collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// Picks a usable tunnel: least active streams per client, round robin among equals.
+    fn pick(&self, skip: &[Mux]) -> Option<(String, Mux)> {
+        let mut c = self.lock();
+        let usable =
+            |m: &Mux| !m.is_closed() && !m.is_going_away() && !skip.iter().any(|s| same(s, m));
+        let mut keys: Vec<&String> = c.entries.keys().collect();
+        keys.sort();
+        let loads: Vec<(String, usize)> = keys
+            .iter()
+            .filter_map(|k| {
+                let e = &c.entries[*k];
+                let ms: Vec<_> = e.tunnels.iter().filter(|(_, m)| usable(m)).collect();
+                (!ms.is_empty()).then(|| {
+                    (
+                        (*k).clone(),
+                        ms.iter().map(|(_, m)| m.active_streams()).sum(),
+                    )
+                })
+            })
+            .collect();
+        let min = loads.iter().map(|(_, l)| *l).min()?;
+        let tied: Vec<&String> = loads
+            .iter()
+            .filter(|(_, l)| *l == min)
+            .map(|(k, _)| k)
+            .collect();
+        let key = tied[c.rr % tied.len()].clone();
+        c.rr = c.rr.wrapping_add(1);
+        let e = c.entries.get_mut(&key)?;
+        let mux = e
+            .tunnels
+            .iter()
+            .filter(|(_, m)| usable(m))
+            .min_by_key(|(_, m)| m.active_streams())?
+            .1
+            .clone();
+        e.opened += 1;
+        Some((e.client_id.clone(), mux))
+    }
+
+    /// Opens a stream for a caller on some client, retrying on another tunnel when the chosen
+    /// one turns out to be closing.
+    pub async fn open(&self, meta: &OpenMeta) -> Result<(String, MuxStream), (Reason, String)> {
+        let mut tried: Vec<Mux> = Vec::new();
+        for _ in 0..OPEN_ATTEMPTS {
+            let Some((client_id, mux)) = self.pick(&tried) else {
+                break;
+            };
+            match mux.open(meta).await {
+                Ok(s) => return Ok((client_id, s)),
+                Err(e @ OpenError::Refused { .. }) => return Err((e.reason(), e.to_string())),
+                Err(_) => tried.push(mux),
+            }
+        }
+        Err((
+            Reason::Unreachable,
+            format!("no connected client for gateway `{}`", self.cfg.id),
+        ))
+    }
+}
+
+fn same(a: &Mux, b: &Mux) -> bool {
+    a.ptr_eq(b)
+}

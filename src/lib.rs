@@ -1,0 +1,18 @@
+//! sgw: an on-premise tunnel client daemon and the gateway it connects to.
+//!
+//! Data flow of one connection: a caller connects to a destination's `cloud_port` on the
+//! [`gateway`], which opens a stream over a [`mux`]ed [`tunnel`] to a [`client`]; the client
+//! checks its [`acl`], [`dial`]s the on-prem endpoint and [`relay`]s bytes both ways.
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod client;
+pub mod config;
+pub mod dial;
+pub mod gateway;
+pub mod init;
+pub mod mux;
+pub mod proto;
+pub mod relay;
+pub mod telemetry;
+pub mod tunnel;

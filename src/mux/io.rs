@@ -1,0 +1,358 @@
+//! The mux's three tasks: frame reader/dispatcher, batching writer, keepalive.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use super::stream::{Delivery, Incoming, MuxStream, StreamShared, StreamState};
+use super::{Role, Shared, BATCH_BYTES};
+use crate::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
+
+pub(crate) struct ReaderSinks {
+    pub incoming: mpsc::Sender<Incoming>,
+    pub config: watch::Sender<Option<Bytes>>,
+    pub logs: mpsc::Sender<Bytes>,
+}
+
+pub(crate) async fn reader_loop<R>(shared: Arc<Shared>, mut reader: R, sinks: ReaderSinks)
+where
+    R: Stream<Item = std::io::Result<Bytes>> + Unpin,
+{
+    let mut frames = Vec::with_capacity(64);
+    loop {
+        let msg = tokio::select! {
+            m = reader.next() => m,
+            _ = shared.closed.cancelled() => return,
+        };
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                shared.close(format!("tunnel read failed: {e}"));
+                return;
+            }
+            None => {
+                shared.close("peer closed the tunnel".into());
+                return;
+            }
+        };
+        shared.last_rx_ms.store(
+            shared.started.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        let decoded = decode_message(&msg, |f| frames.push(f));
+        shared
+            .stats
+            .frames_in
+            .fetch_add(frames.len() as u64, Ordering::Relaxed);
+        for frame in frames.drain(..) {
+            if let Err(e) = dispatch(&shared, frame, &sinks) {
+                shared.protocol_error(e);
+                return;
+            }
+        }
+        if let Err(e) = decoded {
+            shared.protocol_error(e.to_string());
+            return;
+        }
+    }
+}
+
+fn is_local(role: Role, id: u32) -> bool {
+    match role {
+        Role::Gateway => id % 2 == 1,
+        Role::Client => id % 2 == 0,
+    }
+}
+
+/// Handles one frame. `Err` is a tunnel-level protocol error.
+fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(), String> {
+    let role = shared.cfg.role;
+    match frame {
+        Frame::Ping(v) => {
+            shared.push_urgent(Frame::Pong(v));
+            Ok(())
+        }
+        Frame::Pong(v) => {
+            let sample = shared.now_us().saturating_sub(v).max(1);
+            let old = shared.rtt_us.load(Ordering::Relaxed);
+            let srtt = if old == 0 {
+                sample
+            } else {
+                (old * 7 + sample) / 8
+            };
+            shared.rtt_us.store(srtt, Ordering::Relaxed);
+            Ok(())
+        }
+        Frame::GoAway { reason, message } => {
+            tracing::info!(%reason, message = %message, "peer sent go-away");
+            shared.peer_go_away.store(true, Ordering::Release);
+            Ok(())
+        }
+        Frame::Config(payload) if role == Role::Client => {
+            sinks.config.send_replace(Some(payload));
+            Ok(())
+        }
+        Frame::Log(payload) if role == Role::Gateway => {
+            // Logs are best effort: a slow consumer loses lines, never memory.
+            let _ = sinks.logs.try_send(payload);
+            Ok(())
+        }
+        Frame::Hello(_) | Frame::Welcome(_) | Frame::Config(_) | Frame::Log(_) => {
+            Err(format!("unexpected {} frame", frame_name(&frame)))
+        }
+        Frame::Open { id, window, meta } => on_open(shared, id, window, meta, sinks),
+        Frame::OpenOk { id, window } => {
+            if !is_local(role, id) {
+                return Err(format!("OPEN_OK for peer stream {id}"));
+            }
+            let stream = shared.lock_streams().map.get(&id).cloned();
+            match stream {
+                Some(s) if s.on_open_result(Ok(window)) => {}
+                Some(_) => return Err(format!("duplicate OPEN_OK for stream {id}")),
+                // We gave up on it while the peer was opening: tell it.
+                None => shared.push_urgent(Frame::Reset {
+                    id,
+                    reason: Reason::Reset,
+                    message: "opener went away".into(),
+                }),
+            }
+            Ok(())
+        }
+        Frame::OpenErr {
+            id,
+            reason,
+            message,
+        } => {
+            if !is_local(role, id) {
+                return Err(format!("OPEN_ERR for peer stream {id}"));
+            }
+            let stream = shared.lock_streams().map.remove(&id);
+            if let Some(s) = stream {
+                s.on_open_result(Err((reason, message)));
+            }
+            Ok(())
+        }
+        Frame::Reset {
+            id,
+            reason,
+            message,
+        } => {
+            let stream = shared.lock_streams().map.remove(&id);
+            if let Some(s) = stream {
+                s.fail_with(
+                    super::StreamError::ResetByPeer { reason, message },
+                    &shared.stats,
+                );
+            }
+            Ok(())
+        }
+        Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, &shared.stats)),
+        Frame::Fin { id } => with_stream(shared, id, |s| s.on_fin()),
+        Frame::Window { id, increment } => with_stream(shared, id, |s| s.on_window(increment)),
+    }
+}
+
+fn frame_name(f: &Frame) -> &'static str {
+    match f {
+        Frame::Hello(_) => "HELLO",
+        Frame::Welcome(_) => "WELCOME",
+        Frame::Config(_) => "CONFIG",
+        Frame::Log(_) => "LOG",
+        _ => "stream",
+    }
+}
+
+/// Routes a stream frame. Frames for streams that already ended are ignored (they were in
+/// flight); frames for peer ids never opened are protocol errors.
+fn with_stream(
+    shared: &Arc<Shared>,
+    id: u32,
+    f: impl FnOnce(&StreamShared) -> Delivery,
+) -> Result<(), String> {
+    let stream = {
+        let t = shared.lock_streams();
+        match t.map.get(&id) {
+            Some(s) => s.clone(),
+            None if !is_local(shared.cfg.role, id) && id > t.max_peer => {
+                return Err(format!("frame for stream {id} that was never opened"));
+            }
+            None => return Ok(()),
+        }
+    };
+    match f(&stream) {
+        Delivery::Ok => {}
+        Delivery::Finished => shared.remove_stream(id),
+        Delivery::Violation(what) => {
+            shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");
+            shared.remove_stream(id);
+            stream.fail(Reason::Protocol, &what, &shared.stats);
+            shared.push_urgent(Frame::Reset {
+                id,
+                reason: Reason::Protocol,
+                message: what,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn on_open(
+    shared: &Arc<Shared>,
+    id: u32,
+    window: u32,
+    meta: Bytes,
+    sinks: &ReaderSinks,
+) -> Result<(), String> {
+    let refuse = |reason: Reason, message: &str| {
+        shared.push_urgent(Frame::OpenErr {
+            id,
+            reason,
+            message: message.to_owned(),
+        });
+        Ok(())
+    };
+    let stream = {
+        let mut t = shared.lock_streams();
+        if is_local(shared.cfg.role, id) || id <= t.max_peer {
+            return Err(format!(
+                "OPEN with invalid stream id {id} (last peer id {})",
+                t.max_peer
+            ));
+        }
+        t.max_peer = id;
+        if shared.local_go_away.load(Ordering::Acquire) {
+            drop(t);
+            return refuse(Reason::Shutdown, "tunnel is going away");
+        }
+        if t.map.len() >= shared.cfg.max_streams {
+            drop(t);
+            return refuse(Reason::Limit, "stream limit reached");
+        }
+        let s = Arc::new(StreamShared::new(
+            id,
+            StreamState::accepted(shared.cfg.initial_window, window),
+        ));
+        t.map.insert(id, s.clone());
+        s
+    };
+    let stream = MuxStream::new(stream, shared.clone());
+    let meta: OpenMeta = match serde_json::from_slice(&meta) {
+        Ok(m) => m,
+        Err(e) => {
+            stream.forget();
+            return refuse(Reason::Protocol, &format!("bad OPEN metadata: {e}"));
+        }
+    };
+    if let Err(e) = sinks.incoming.try_send(Incoming::new(meta, stream)) {
+        let incoming = match e {
+            mpsc::error::TrySendError::Full(i) | mpsc::error::TrySendError::Closed(i) => i,
+        };
+        tracing::warn!(
+            stream.id = incoming.id(),
+            "accept backlog full, refusing stream"
+        );
+        incoming.refuse_now(Reason::Limit, "accept backlog full");
+    }
+    Ok(())
+}
+
+pub(crate) async fn writer_loop<W>(
+    shared: Arc<Shared>,
+    mut writer: W,
+    mut data_rx: mpsc::Receiver<Frame>,
+) where
+    W: Sink<Bytes, Error = std::io::Error> + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
+    let mut count = 0u64;
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break,
+            _ = shared.wake_writer.notified() => None,
+            f = data_rx.recv() => match f {
+                Some(f) => Some(f),
+                None => break,
+            },
+        };
+        drain_urgent(&shared, &mut buf, &mut count);
+        if let Some(f) = first {
+            encode_frame(&f, &mut buf);
+            count += 1;
+        }
+        while buf.len() < BATCH_BYTES {
+            match data_rx.try_recv() {
+                Ok(f) => {
+                    encode_frame(&f, &mut buf);
+                    count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        shared
+            .stats
+            .frames_out
+            .fetch_add(std::mem::take(&mut count), Ordering::Relaxed);
+        if let Err(e) = writer.send(buf.split().freeze()).await {
+            shared.close(format!("tunnel write failed: {e}"));
+            return;
+        }
+        if buf.capacity() < BATCH_BYTES / 2 {
+            buf.reserve(BATCH_BYTES + 64 * 1024);
+        }
+    }
+    // Closing: flush what explains the close (GO_AWAY), then close the transport, bounded.
+    drain_urgent(&shared, &mut buf, &mut count);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if !buf.is_empty() {
+            writer.send(buf.split().freeze()).await?;
+        }
+        writer.close().await
+    })
+    .await;
+}
+
+fn drain_urgent(shared: &Shared, buf: &mut BytesMut, count: &mut u64) {
+    let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
+    for f in q.drain(..) {
+        encode_frame(&f, buf);
+        *count += 1;
+    }
+}
+
+pub(crate) async fn keepalive_loop(shared: Arc<Shared>) {
+    let interval = shared.cfg.keepalive_interval;
+    let timeout = shared.cfg.keepalive_timeout;
+    // Ping often while streams are active: auto-tuning needs a current RTT.
+    let tick = interval.min(Duration::from_secs(1));
+    let mut last_ping = None::<tokio::time::Instant>;
+    shared.push_urgent(Frame::Ping(shared.now_us()));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shared.closed.cancelled() => return,
+        }
+        let now_ms = shared.started.elapsed().as_millis() as u64;
+        let silent = now_ms.saturating_sub(shared.last_rx_ms.load(Ordering::Relaxed));
+        if silent > timeout.as_millis() as u64 {
+            shared.close(format!(
+                "keepalive timeout: nothing received for {silent} ms"
+            ));
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let active = !shared.lock_streams().map.is_empty();
+        if active || last_ping.is_none_or(|t| now.duration_since(t) >= interval) {
+            last_ping = Some(now);
+            shared.push_urgent(Frame::Ping(shared.now_us()));
+        }
+    }
+}

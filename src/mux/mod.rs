@@ -1,0 +1,403 @@
+//! The stream multiplexer: many byte streams over one message transport (a tunnel).
+//!
+//! One `Mux` per tunnel. Three tasks drive it:
+//! - the **reader** decodes messages and dispatches frames. It never waits on anything but
+//!   the transport: data goes into the stream's buffer (bounded by the credit the stream
+//!   granted), control answers go into the bounded urgent queue;
+//! - the **writer** batches frames into messages: urgent frames first, then queued data, up to
+//!   [`BATCH_BYTES`] per message;
+//! - the **keepalive** task sends PINGs (RTT for auto-tuning) and closes a silent tunnel.
+//!
+//! Streams talk to the writer through a bounded channel, so a full tunnel pushes back on the
+//! sockets feeding it. The transport is any `Stream`/`Sink` of messages, so benches and tests
+//! can run the mux over an in-memory pipe; `tunnel` adapts a WebSocket to it.
+
+mod io;
+mod stream;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::{Frame, OpenMeta, Reason};
+
+pub use stream::{Incoming, MuxStream, StreamError};
+use stream::{StreamShared, StreamState};
+
+/// Frames are batched into messages of at most about this many bytes.
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// Frames the writer queue holds before stream writers wait.
+const DATA_QUEUE: usize = 256;
+
+/// Which side of the tunnel this mux is; decides stream id parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens odd stream ids.
+    Gateway,
+    /// Opens even stream ids.
+    Client,
+}
+
+/// Limits and timers of one mux.
+#[derive(Debug, Clone)]
+pub struct MuxConfig {
+    pub role: Role,
+    /// Receive window each new stream starts with.
+    pub initial_window: u32,
+    /// Largest receive window auto-tuning may grow a stream to.
+    pub max_window: u32,
+    /// Cap on the sum of window growth over all streams of this tunnel.
+    pub tunnel_window_budget: u64,
+    /// Streams open at once (both directions).
+    pub max_streams: usize,
+    /// Opens from the peer waiting to be accepted.
+    pub accept_backlog: usize,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        MuxConfig {
+            role: Role::Client,
+            initial_window: 256 * 1024,
+            max_window: 16 * 1024 * 1024,
+            tunnel_window_budget: 64 * 1024 * 1024,
+            max_streams: 10_000,
+            accept_backlog: 1024,
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// Why opening a stream failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum OpenError {
+    #[error("peer refused the stream: {reason}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Refused { reason: Reason, message: String },
+    #[error("tunnel is closed")]
+    TunnelClosed,
+    #[error("tunnel is going away")]
+    GoingAway,
+    #[error("stream limit of {0} reached on this tunnel")]
+    Limit(usize),
+}
+
+impl OpenError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            OpenError::Refused { reason, .. } => *reason,
+            OpenError::TunnelClosed => Reason::TunnelLost,
+            OpenError::GoingAway => Reason::Shutdown,
+            OpenError::Limit(_) => Reason::Limit,
+        }
+    }
+}
+
+/// Counters of one mux, read by status and metrics.
+#[derive(Debug, Default)]
+pub struct MuxStats {
+    /// Bytes of DATA currently buffered for readers that have not read them.
+    pub buffered: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+pub(crate) struct StreamTable {
+    map: HashMap<u32, Arc<StreamShared>>,
+    next_local: u32,
+    max_peer: u32,
+}
+
+pub(crate) struct Shared {
+    cfg: MuxConfig,
+    streams: Mutex<StreamTable>,
+    urgent: Mutex<VecDeque<Frame>>,
+    urgent_cap: usize,
+    wake_writer: Notify,
+    data_tx: mpsc::Sender<Frame>,
+    closed: CancellationToken,
+    close_reason: Mutex<Option<String>>,
+    local_go_away: AtomicBool,
+    peer_go_away: AtomicBool,
+    rtt_us: AtomicU64,
+    window_growth: AtomicU64,
+    started: Instant,
+    last_rx_ms: AtomicU64,
+    stats: MuxStats,
+}
+
+/// Events for the layer above the mux.
+#[derive(Debug)]
+pub struct Events {
+    /// Peer-opened streams, waiting for `accept` or `reject`.
+    pub incoming: mpsc::Receiver<Incoming>,
+    /// Latest CONFIG payload (gateway to client); each replaces the previous.
+    pub config: watch::Receiver<Option<Bytes>>,
+    /// LOG payloads (client to gateway); dropped, not queued without bound, when slow.
+    pub logs: mpsc::Receiver<Bytes>,
+}
+
+/// Handle to one multiplexed tunnel. Cheap to clone.
+#[derive(Clone)]
+pub struct Mux {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux")
+            .field("role", &self.shared.cfg.role)
+            .field("active_streams", &self.active_streams())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Mux {
+    /// Starts the mux over a message transport and returns its handle and event receivers.
+    /// The tasks stop when the transport ends, on a protocol error, or on [`Mux::close`].
+    pub fn start<R, W>(reader: R, writer: W, cfg: MuxConfig) -> (Mux, Events)
+    where
+        R: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
+        W: Sink<Bytes, Error = std::io::Error> + Send + Unpin + 'static,
+    {
+        let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+        let (incoming_tx, incoming) = mpsc::channel(cfg.accept_backlog.max(1));
+        let (config_tx, config) = watch::channel(None);
+        let (logs_tx, logs) = mpsc::channel(256);
+        // Per stream at most two window updates and one reset can be pending (each update
+        // needs the peer to use half a window first), plus pings and go-away.
+        let urgent_cap = cfg.max_streams.saturating_mul(3).saturating_add(256);
+        let next_local = match cfg.role {
+            Role::Gateway => 1,
+            Role::Client => 2,
+        };
+        let shared = Arc::new(Shared {
+            cfg,
+            streams: Mutex::new(StreamTable {
+                map: HashMap::new(),
+                next_local,
+                max_peer: 0,
+            }),
+            urgent: Mutex::new(VecDeque::new()),
+            urgent_cap,
+            wake_writer: Notify::new(),
+            data_tx,
+            closed: CancellationToken::new(),
+            close_reason: Mutex::new(None),
+            local_go_away: AtomicBool::new(false),
+            peer_go_away: AtomicBool::new(false),
+            rtt_us: AtomicU64::new(0),
+            window_growth: AtomicU64::new(0),
+            started: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+            stats: MuxStats::default(),
+        });
+        let sinks = io::ReaderSinks {
+            incoming: incoming_tx,
+            config: config_tx,
+            logs: logs_tx,
+        };
+        tokio::spawn(io::reader_loop(shared.clone(), reader, sinks));
+        tokio::spawn(io::writer_loop(shared.clone(), writer, data_rx));
+        tokio::spawn(io::keepalive_loop(shared.clone()));
+        (
+            Mux { shared },
+            Events {
+                incoming,
+                config,
+                logs,
+            },
+        )
+    }
+
+    /// Opens a stream to the peer and waits for its answer.
+    ///
+    /// Dropping the future before it completes resets the stream on the peer.
+    pub async fn open(&self, meta: &OpenMeta) -> Result<MuxStream, OpenError> {
+        let s = &self.shared;
+        if s.closed.is_cancelled() {
+            return Err(OpenError::TunnelClosed);
+        }
+        if s.peer_go_away.load(Ordering::Acquire) || s.local_go_away.load(Ordering::Acquire) {
+            return Err(OpenError::GoingAway);
+        }
+        let (tx, rx) = oneshot::channel();
+        let stream = {
+            let mut t = s.lock_streams();
+            if t.map.len() >= s.cfg.max_streams {
+                return Err(OpenError::Limit(s.cfg.max_streams));
+            }
+            let id = t.next_local;
+            let Some(next) = id.checked_add(2) else {
+                drop(t);
+                // Ids are exhausted after 2^31 opens: drain this tunnel, the owner reconnects.
+                self.go_away(Reason::Shutdown, "stream ids exhausted");
+                return Err(OpenError::GoingAway);
+            };
+            t.next_local = next;
+            let shared = Arc::new(StreamShared::new(
+                id,
+                StreamState::opening(s.cfg.initial_window, tx),
+            ));
+            t.map.insert(id, shared.clone());
+            MuxStream::new(shared, self.shared.clone())
+        };
+        let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
+        let frame = Frame::Open {
+            id: stream.id(),
+            window: s.cfg.initial_window,
+            meta,
+        };
+        if s.data_tx.send(frame).await.is_err() {
+            return Err(OpenError::TunnelClosed);
+        }
+        match rx.await {
+            Ok(Ok(())) => {
+                s.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                Ok(stream)
+            }
+            Ok(Err((reason, message))) => {
+                stream.forget();
+                if reason == Reason::TunnelLost {
+                    Err(OpenError::TunnelClosed)
+                } else {
+                    Err(OpenError::Refused { reason, message })
+                }
+            }
+            Err(_) => Err(OpenError::TunnelClosed),
+        }
+    }
+
+    /// Streams currently open on this tunnel.
+    pub fn active_streams(&self) -> usize {
+        self.shared.lock_streams().map.len()
+    }
+
+    /// Smoothed round-trip time from PING/PONG, if measured yet.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.shared.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    pub fn stats(&self) -> &MuxStats {
+        &self.shared.stats
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// True once either side said it takes no new streams.
+    pub fn is_going_away(&self) -> bool {
+        self.shared.peer_go_away.load(Ordering::Acquire)
+            || self.shared.local_go_away.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the tunnel is closed.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await
+    }
+
+    /// Why the tunnel closed, once it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.shared.close_reason.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Tells the peer no new streams will be accepted here; open streams continue.
+    pub fn go_away(&self, reason: Reason, message: &str) {
+        if !self.shared.local_go_away.swap(true, Ordering::AcqRel) {
+            self.shared.push_urgent(Frame::GoAway {
+                reason,
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
+    pub fn close(&self, why: &str) {
+        self.shared.close(why.to_owned());
+    }
+}
+
+impl Shared {
+    fn lock_streams(&self) -> MutexGuard<'_, StreamTable> {
+        // A poisoned lock means a panic elsewhere already; the table itself is still sound.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a control frame for the writer without waiting. Overflow means the peer makes
+    /// us answer faster than we can write: the tunnel is closed rather than buffering more.
+    fn push_urgent(&self, frame: Frame) {
+        {
+            let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.urgent_cap {
+                drop(q);
+                self.protocol_error("control queue overflow (peer floods requests)".into());
+                return;
+            }
+            q.push_back(frame);
+        }
+        self.wake_writer.notify_one();
+    }
+
+    fn protocol_error(&self, what: String) {
+        self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %what, "tunnel protocol error");
+        {
+            let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            q.push_back(Frame::GoAway {
+                reason: Reason::Protocol,
+                message: what.clone(),
+            });
+        }
+        self.close(format!("protocol error: {what}"));
+    }
+
+    fn close(&self, why: String) {
+        {
+            let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+            if r.is_some() {
+                return;
+            }
+            *r = Some(why);
+        }
+        self.closed.cancel();
+        self.wake_writer.notify_one();
+        let streams: Vec<_> = self.lock_streams().map.drain().map(|(_, s)| s).collect();
+        for s in streams {
+            s.fail(Reason::TunnelLost, "tunnel closed", &self.stats);
+        }
+    }
+
+    fn remove_stream(&self, id: u32) {
+        self.lock_streams().map.remove(&id);
+    }
+
+    fn rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
+    fn now_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+}
+
+impl Mux {
+    /// True when both handles drive the same tunnel.
+    pub fn ptr_eq(&self, other: &Mux) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}

@@ -1,0 +1,527 @@
+//! One multiplexed stream: receive buffer, credit, half-close and reset state.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{MuxStats, Shared};
+use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StreamError {
+    #[error("stream reset by peer: {reason}{}", fmt_msg(.message))]
+    ResetByPeer { reason: Reason, message: String },
+    #[error("stream reset: {reason}{}", fmt_msg(.message))]
+    Reset { reason: Reason, message: String },
+    #[error("stream already finished sending")]
+    AlreadyFinished,
+}
+
+fn fmt_msg(m: &str) -> String {
+    if m.is_empty() {
+        String::new()
+    } else {
+        format!(": {m}")
+    }
+}
+
+impl StreamError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            StreamError::ResetByPeer { reason, .. } | StreamError::Reset { reason, .. } => *reason,
+            StreamError::AlreadyFinished => Reason::Internal,
+        }
+    }
+}
+
+type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
+
+pub(crate) struct StreamState {
+    open_waiter: Option<OpenWaiter>,
+    // Receive direction.
+    recv: VecDeque<Bytes>,
+    recv_bytes: usize,
+    recv_fin: bool,
+    recv_waker: Option<Waker>,
+    /// Total credit granted to the peer and total DATA bytes received: the peer may never
+    /// have sent more than it was granted.
+    granted: u64,
+    received: u64,
+    window: u32,
+    unacked: u32,
+    epoch: Instant,
+    growth: u64,
+    // Send direction.
+    credit: u64,
+    send_waker: Option<Waker>,
+    fin_sent: bool,
+    // Both.
+    error: Option<StreamError>,
+    /// Set once the stream is finished or reset; Drop then sends nothing.
+    done: bool,
+}
+
+impl StreamState {
+    fn new(window: u32, credit: u64) -> Self {
+        StreamState {
+            open_waiter: None,
+            recv: VecDeque::new(),
+            recv_bytes: 0,
+            recv_fin: false,
+            recv_waker: None,
+            granted: u64::from(window),
+            received: 0,
+            window,
+            unacked: 0,
+            epoch: Instant::now(),
+            growth: 0,
+            credit,
+            send_waker: None,
+            fin_sent: false,
+            error: None,
+            done: false,
+        }
+    }
+
+    pub(crate) fn opening(window: u32, waiter: OpenWaiter) -> Self {
+        let mut s = Self::new(window, 0);
+        s.open_waiter = Some(waiter);
+        s
+    }
+
+    pub(crate) fn accepted(window: u32, peer_window: u32) -> Self {
+        Self::new(window, u64::from(peer_window))
+    }
+
+    fn wake_all(&mut self) {
+        if let Some(w) = self.recv_waker.take() {
+            w.wake();
+        }
+        if let Some(w) = self.send_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What the reader does with a frame for a stream: the outcome decides map removal.
+pub(crate) enum Delivery {
+    Ok,
+    /// Stream finished in both directions: drop it from the table.
+    Finished,
+    /// The peer broke the stream's rules: reset it.
+    Violation(String),
+}
+
+pub(crate) struct StreamShared {
+    pub(crate) id: u32,
+    state: Mutex<StreamState>,
+}
+
+impl StreamShared {
+    pub(crate) fn new(id: u32, state: StreamState) -> Self {
+        StreamShared {
+            id,
+            state: Mutex::new(state),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// DATA from the peer. Never blocks: the peer's credit bounds what we hold.
+    pub(crate) fn on_data(&self, data: Bytes, stats: &MuxStats) -> Delivery {
+        let mut st = self.lock();
+        if st.error.is_some() {
+            return Delivery::Ok;
+        }
+        if st.recv_fin {
+            return Delivery::Violation("DATA after FIN".into());
+        }
+        st.received += data.len() as u64;
+        if st.received > st.granted {
+            return Delivery::Violation(format!(
+                "flow-control violation: {} bytes received, {} granted",
+                st.received, st.granted
+            ));
+        }
+        stats
+            .buffered
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        st.recv_bytes += data.len();
+        st.recv.push_back(data);
+        if let Some(w) = st.recv_waker.take() {
+            w.wake();
+        }
+        Delivery::Ok
+    }
+
+    pub(crate) fn on_fin(&self) -> Delivery {
+        let mut st = self.lock();
+        if st.recv_fin {
+            return Delivery::Violation("second FIN".into());
+        }
+        st.recv_fin = true;
+        if let Some(w) = st.recv_waker.take() {
+            w.wake();
+        }
+        if st.fin_sent {
+            st.done = true;
+            Delivery::Finished
+        } else {
+            Delivery::Ok
+        }
+    }
+
+    pub(crate) fn on_window(&self, increment: u32) -> Delivery {
+        let mut st = self.lock();
+        st.credit += u64::from(increment);
+        if st.credit > MAX_CREDIT {
+            return Delivery::Violation(format!("credit above 2^31-1 ({})", st.credit));
+        }
+        if let Some(w) = st.send_waker.take() {
+            w.wake();
+        }
+        Delivery::Ok
+    }
+
+    pub(crate) fn on_open_result(&self, result: Result<u32, (Reason, String)>) -> bool {
+        let mut st = self.lock();
+        let Some(waiter) = st.open_waiter.take() else {
+            return false;
+        };
+        match result {
+            Ok(window) => {
+                st.credit = u64::from(window);
+                let _ = waiter.send(Ok(()));
+            }
+            Err(e) => {
+                st.done = true;
+                let _ = waiter.send(Err(e));
+            }
+        }
+        true
+    }
+
+    /// Ends the stream with an error (peer reset, tunnel loss, violation).
+    pub(crate) fn fail(&self, reason: Reason, message: &str, stats: &MuxStats) {
+        self.fail_with(
+            StreamError::Reset {
+                reason,
+                message: message.to_owned(),
+            },
+            stats,
+        )
+    }
+
+    pub(crate) fn fail_with(&self, err: StreamError, stats: &MuxStats) {
+        let mut st = self.lock();
+        if let Some(w) = st.open_waiter.take() {
+            let _ = w.send(Err((err.reason(), err.to_string())));
+        }
+        if st.error.is_none() {
+            st.error = Some(err);
+        }
+        st.done = true;
+        stats
+            .buffered
+            .fetch_sub(st.recv_bytes as u64, Ordering::Relaxed);
+        st.recv_bytes = 0;
+        st.recv.clear();
+        st.wake_all();
+    }
+}
+
+/// An open stream. Send and receive take `&self`, so one task can drive both directions.
+///
+/// Dropping a stream that has not finished both directions resets it on the peer.
+pub struct MuxStream {
+    shared: Arc<StreamShared>,
+    mux: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxStream")
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+impl MuxStream {
+    pub(crate) fn new(shared: Arc<StreamShared>, mux: Arc<Shared>) -> Self {
+        MuxStream { shared, mux }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// Current receive window (grows with auto-tuning).
+    pub fn window(&self) -> u32 {
+        self.shared.lock().window
+    }
+
+    /// Forgets the stream without telling the peer (it already knows: open failed).
+    pub(crate) fn forget(&self) {
+        self.shared.lock().done = true;
+        self.mux.remove_stream(self.shared.id);
+    }
+
+    /// Sends bytes, waiting for credit and queue space; splits into DATA frames as needed.
+    pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
+        while !data.is_empty() {
+            let n = poll_fn(|cx| {
+                let mut st = self.shared.lock();
+                if let Some(e) = &st.error {
+                    return Poll::Ready(Err(e.clone()));
+                }
+                if st.fin_sent {
+                    return Poll::Ready(Err(StreamError::AlreadyFinished));
+                }
+                if st.credit == 0 {
+                    st.send_waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                let n = (st.credit as usize).min(data.len()).min(MAX_DATA);
+                st.credit -= n as u64;
+                Poll::Ready(Ok(n))
+            })
+            .await?;
+            let chunk = data.split_to(n);
+            let frame = Frame::Data {
+                id: self.shared.id,
+                data: chunk,
+            };
+            if self.mux.data_tx.send(frame).await.is_err() {
+                return Err(self.tunnel_lost());
+            }
+        }
+        Ok(())
+    }
+
+    /// Half-closes the sending direction (FIN); receiving continues.
+    pub async fn finish(&self) -> Result<(), StreamError> {
+        {
+            let mut st = self.shared.lock();
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            if st.fin_sent {
+                return Ok(());
+            }
+            st.fin_sent = true;
+        }
+        if self
+            .mux
+            .data_tx
+            .send(Frame::Fin { id: self.shared.id })
+            .await
+            .is_err()
+        {
+            return Err(self.tunnel_lost());
+        }
+        let finished = {
+            let mut st = self.shared.lock();
+            let f = st.recv_fin && st.error.is_none();
+            if f {
+                st.done = true;
+            }
+            f
+        };
+        if finished {
+            self.mux.remove_stream(self.shared.id);
+        }
+        Ok(())
+    }
+
+    /// Next chunk of data; `Ok(None)` once the peer finished sending.
+    pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
+        let chunk = poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(b) = st.recv.pop_front() {
+                st.recv_bytes -= b.len();
+                return Poll::Ready(Ok(Some(b)));
+            }
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.recv_fin {
+                return Poll::Ready(Ok(None));
+            }
+            st.recv_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await?;
+        if let Some(b) = &chunk {
+            self.mux
+                .stats
+                .buffered
+                .fetch_sub(b.len() as u64, Ordering::Relaxed);
+            self.consumed(b.len());
+        }
+        Ok(chunk)
+    }
+
+    /// Returns credit to the peer once half the window is consumed, growing the window when
+    /// the reader keeps up with a window-limited sender (PROTOCOL.md §5).
+    fn consumed(&self, n: usize) {
+        let update = {
+            let mut st = self.shared.lock();
+            st.unacked = st.unacked.saturating_add(n as u32);
+            if st.recv_fin || st.error.is_some() || st.unacked < st.window / 2 {
+                return;
+            }
+            let cfg = &self.mux.cfg;
+            let now = Instant::now();
+            // On loopback the RTT is microseconds; a floor keeps growth possible there.
+            let rtt = self.mux.rtt().max(Duration::from_millis(1));
+            let mut inc = st.unacked;
+            if now.duration_since(st.epoch) < 2 * rtt && st.window < cfg.max_window {
+                let grow = st.window.min(cfg.max_window - st.window);
+                let budget = &self.mux.window_growth;
+                let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
+                if before + u64::from(grow) <= cfg.tunnel_window_budget {
+                    st.window += grow;
+                    st.growth += u64::from(grow);
+                    inc += grow;
+                } else {
+                    budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
+                }
+            }
+            st.epoch = now;
+            st.unacked = 0;
+            st.granted += u64::from(inc);
+            inc
+        };
+        self.mux.push_urgent(Frame::Window {
+            id: self.shared.id,
+            increment: update,
+        });
+    }
+
+    /// Resets the stream on both sides with a reason.
+    pub fn reset(&self, reason: Reason, message: &str) {
+        let send = {
+            let st = self.shared.lock();
+            !st.done
+        };
+        self.shared.fail(reason, message, &self.mux.stats);
+        self.mux.remove_stream(self.shared.id);
+        if send {
+            self.mux.push_urgent(Frame::Reset {
+                id: self.shared.id,
+                reason,
+                message: message.to_owned(),
+            });
+        }
+    }
+
+    fn tunnel_lost(&self) -> StreamError {
+        let st = self.shared.lock();
+        st.error.clone().unwrap_or(StreamError::Reset {
+            reason: Reason::TunnelLost,
+            message: "tunnel closed".into(),
+        })
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        let (done, growth, buffered) = {
+            let mut st = self.shared.lock();
+            let g = std::mem::take(&mut st.growth);
+            let b = std::mem::take(&mut st.recv_bytes);
+            st.recv.clear();
+            (st.done, g, b)
+        };
+        self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
+        self.mux
+            .stats
+            .buffered
+            .fetch_sub(buffered as u64, Ordering::Relaxed);
+        self.mux.remove_stream(self.shared.id);
+        if !done {
+            self.shared.lock().done = true;
+            if !self.mux.closed.is_cancelled() {
+                self.mux.push_urgent(Frame::Reset {
+                    id: self.shared.id,
+                    reason: Reason::Reset,
+                    message: "stream dropped".into(),
+                });
+            }
+        }
+    }
+}
+
+/// A stream the peer opened, waiting for this side's decision.
+pub struct Incoming {
+    pub meta: OpenMeta,
+    stream: MuxStream,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("id", &self.stream.id())
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Incoming {
+    pub(crate) fn new(meta: OpenMeta, stream: MuxStream) -> Self {
+        Incoming { meta, stream }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.stream.id()
+    }
+
+    /// Accepts the stream (OPEN_OK) and returns it.
+    pub async fn accept(self) -> Result<MuxStream, StreamError> {
+        let s = &self.stream;
+        if let Some(e) = &s.shared.lock().error {
+            return Err(e.clone());
+        }
+        let frame = Frame::OpenOk {
+            id: s.id(),
+            window: s.mux.cfg.initial_window,
+        };
+        if s.mux.data_tx.send(frame).await.is_err() {
+            return Err(s.tunnel_lost());
+        }
+        Ok(self.stream)
+    }
+
+    /// Refuses without waiting for queue space (used by the reader, which must not block).
+    pub(crate) fn refuse_now(self, reason: Reason, message: &str) {
+        let s = &self.stream;
+        s.forget();
+        s.mux.push_urgent(Frame::OpenErr {
+            id: s.id(),
+            reason,
+            message: message.to_owned(),
+        });
+    }
+
+    /// Refuses the stream (OPEN_ERR) with a reason the gateway shows the caller.
+    pub async fn reject(self, reason: Reason, message: &str) {
+        let s = &self.stream;
+        let id = s.id();
+        s.forget();
+        let frame = Frame::OpenErr {
+            id,
+            reason,
+            message: message.to_owned(),
+        };
+        let _ = s.mux.data_tx.send(frame).await;
+    }
+}

@@ -1,0 +1,615 @@
+//! Binary frame codec (PROTOCOL.md §2).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{MAX_CONTROL_JSON, MAX_CREDIT, MAX_DATA, MAX_LOG_JSON, MAX_OPEN_JSON, MAX_REASON_TEXT};
+
+/// Bytes of the fixed frame header.
+pub const HEADER_LEN: usize = 10;
+
+/// A frame type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    Hello = 0x01,
+    Welcome = 0x02,
+    Open = 0x03,
+    OpenOk = 0x04,
+    OpenErr = 0x05,
+    Data = 0x06,
+    Fin = 0x07,
+    Reset = 0x08,
+    Window = 0x09,
+    Ping = 0x0A,
+    Pong = 0x0B,
+    GoAway = 0x0C,
+    Config = 0x0D,
+    Log = 0x0E,
+}
+
+impl FrameType {
+    fn from_u8(b: u8) -> Option<Self> {
+        use FrameType::*;
+        Some(match b {
+            0x01 => Hello,
+            0x02 => Welcome,
+            0x03 => Open,
+            0x04 => OpenOk,
+            0x05 => OpenErr,
+            0x06 => Data,
+            0x07 => Fin,
+            0x08 => Reset,
+            0x09 => Window,
+            0x0A => Ping,
+            0x0B => Pong,
+            0x0C => GoAway,
+            0x0D => Config,
+            0x0E => Log,
+            _ => return None,
+        })
+    }
+
+    fn is_connection_level(self) -> bool {
+        use FrameType::*;
+        matches!(self, Hello | Welcome | Ping | Pong | GoAway | Config | Log)
+    }
+}
+
+/// Why a stream or tunnel ended, or an open failed (PROTOCOL.md "Reason codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    AclDenied,
+    Refused,
+    Timeout,
+    Dns,
+    Tls,
+    Proxy,
+    Limit,
+    UnknownDest,
+    Protocol,
+    Internal,
+    Shutdown,
+    Reset,
+    Unreachable,
+    TunnelLost,
+    Other(u8),
+}
+
+impl Reason {
+    pub fn code(self) -> u8 {
+        use Reason::*;
+        match self {
+            AclDenied => 1,
+            Refused => 2,
+            Timeout => 3,
+            Dns => 4,
+            Tls => 5,
+            Proxy => 6,
+            Limit => 7,
+            UnknownDest => 8,
+            Protocol => 9,
+            Internal => 10,
+            Shutdown => 11,
+            Reset => 12,
+            Unreachable => 13,
+            TunnelLost => 14,
+            Other(c) => c,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Self {
+        use Reason::*;
+        match c {
+            1 => AclDenied,
+            2 => Refused,
+            3 => Timeout,
+            4 => Dns,
+            5 => Tls,
+            6 => Proxy,
+            7 => Limit,
+            8 => UnknownDest,
+            9 => Protocol,
+            10 => Internal,
+            11 => Shutdown,
+            12 => Reset,
+            13 => Unreachable,
+            14 => TunnelLost,
+            c => Other(c),
+        }
+    }
+
+    /// Stable name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        use Reason::*;
+        match self {
+            AclDenied => "acl_denied",
+            Refused => "refused",
+            Timeout => "timeout",
+            Dns => "dns",
+            Tls => "tls",
+            Proxy => "proxy",
+            Limit => "limit",
+            UnknownDest => "unknown_dest",
+            Protocol => "protocol",
+            Internal => "internal",
+            Shutdown => "shutdown",
+            Reset => "reset",
+            Unreachable => "unreachable",
+            TunnelLost => "tunnel_lost",
+            Other(_) => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Other(c) => write!(f, "other({c})"),
+            r => f.write_str(r.as_str()),
+        }
+    }
+}
+
+/// One decoded frame. Payloads borrow the message buffer (`Bytes` slices, no copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Bytes),
+    Welcome(Bytes),
+    Open {
+        id: u32,
+        window: u32,
+        meta: Bytes,
+    },
+    OpenOk {
+        id: u32,
+        window: u32,
+    },
+    OpenErr {
+        id: u32,
+        reason: Reason,
+        message: String,
+    },
+    Data {
+        id: u32,
+        data: Bytes,
+    },
+    Fin {
+        id: u32,
+    },
+    Reset {
+        id: u32,
+        reason: Reason,
+        message: String,
+    },
+    Window {
+        id: u32,
+        increment: u32,
+    },
+    Ping(u64),
+    Pong(u64),
+    GoAway {
+        reason: Reason,
+        message: String,
+    },
+    Config(Bytes),
+    Log(Bytes),
+}
+
+impl Frame {
+    /// Stream id, 0 for connection-level frames.
+    pub fn stream_id(&self) -> u32 {
+        match self {
+            Frame::Open { id, .. }
+            | Frame::OpenOk { id, .. }
+            | Frame::OpenErr { id, .. }
+            | Frame::Data { id, .. }
+            | Frame::Fin { id }
+            | Frame::Reset { id, .. }
+            | Frame::Window { id, .. } => *id,
+            _ => 0,
+        }
+    }
+
+    /// Bytes this frame occupies on the wire.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN
+            + match self {
+                Frame::Hello(b) | Frame::Welcome(b) | Frame::Config(b) | Frame::Log(b) => b.len(),
+                Frame::Open { meta, .. } => 4 + meta.len(),
+                Frame::OpenOk { .. } | Frame::Window { .. } => 4,
+                Frame::OpenErr { message, .. }
+                | Frame::Reset { message, .. }
+                | Frame::GoAway { message, .. } => 1 + clamp_text(message).len(),
+                Frame::Data { data, .. } => data.len(),
+                Frame::Fin { .. } => 0,
+                Frame::Ping(_) | Frame::Pong(_) => 8,
+            }
+    }
+}
+
+/// Errors found while decoding a message. Each is a tunnel-level protocol error.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("truncated frame header at offset {offset}")]
+    TruncatedHeader { offset: usize },
+    #[error("frame at offset {offset} declares {len} payload bytes but only {left} remain")]
+    TruncatedPayload {
+        offset: usize,
+        len: usize,
+        left: usize,
+    },
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("{kind:?} frame has stream id {id}, expected {expected}")]
+    BadStreamId {
+        kind: FrameType,
+        id: u32,
+        expected: &'static str,
+    },
+    #[error("{kind:?} frame payload of {len} bytes is outside {min}..={max}")]
+    BadLength {
+        kind: FrameType,
+        len: usize,
+        min: usize,
+        max: usize,
+    },
+    #[error("WINDOW increment {0} is outside 1..=2^31-1")]
+    BadIncrement(u32),
+    #[error("reason text is not UTF-8")]
+    BadText,
+    #[error("empty message")]
+    Empty,
+}
+
+fn clamp_text(s: &str) -> &str {
+    if s.len() <= MAX_REASON_TEXT {
+        return s;
+    }
+    let mut end = MAX_REASON_TEXT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends `frame` to `buf`. Reason texts longer than the limit are cut at a char boundary;
+/// every other payload must already respect the limits (the mux guarantees it).
+pub fn encode_frame(frame: &Frame, buf: &mut BytesMut) {
+    let (ty, id) = match frame {
+        Frame::Hello(_) => (FrameType::Hello, 0),
+        Frame::Welcome(_) => (FrameType::Welcome, 0),
+        Frame::Open { id, .. } => (FrameType::Open, *id),
+        Frame::OpenOk { id, .. } => (FrameType::OpenOk, *id),
+        Frame::OpenErr { id, .. } => (FrameType::OpenErr, *id),
+        Frame::Data { id, .. } => (FrameType::Data, *id),
+        Frame::Fin { id } => (FrameType::Fin, *id),
+        Frame::Reset { id, .. } => (FrameType::Reset, *id),
+        Frame::Window { id, .. } => (FrameType::Window, *id),
+        Frame::Ping(_) => (FrameType::Ping, 0),
+        Frame::Pong(_) => (FrameType::Pong, 0),
+        Frame::GoAway { .. } => (FrameType::GoAway, 0),
+        Frame::Config(_) => (FrameType::Config, 0),
+        Frame::Log(_) => (FrameType::Log, 0),
+    };
+    let len = frame.encoded_len() - HEADER_LEN;
+    buf.reserve(HEADER_LEN + len);
+    buf.put_u8(ty as u8);
+    buf.put_u8(0);
+    buf.put_u32(id);
+    buf.put_u32(len as u32);
+    match frame {
+        Frame::Hello(b) | Frame::Welcome(b) | Frame::Config(b) | Frame::Log(b) => buf.put_slice(b),
+        Frame::Open { window, meta, .. } => {
+            buf.put_u32(*window);
+            buf.put_slice(meta);
+        }
+        Frame::OpenOk { window, .. } => buf.put_u32(*window),
+        Frame::Window { increment, .. } => buf.put_u32(*increment),
+        Frame::OpenErr {
+            reason, message, ..
+        }
+        | Frame::Reset {
+            reason, message, ..
+        }
+        | Frame::GoAway { reason, message } => {
+            buf.put_u8(reason.code());
+            buf.put_slice(clamp_text(message).as_bytes());
+        }
+        Frame::Data { data, .. } => buf.put_slice(data),
+        Frame::Fin { .. } => {}
+        Frame::Ping(v) | Frame::Pong(v) => buf.put_u64(*v),
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+fn length_limits(ty: FrameType) -> (usize, usize) {
+    use FrameType::*;
+    match ty {
+        Hello | Welcome | Config => (2, MAX_CONTROL_JSON),
+        Log => (2, MAX_LOG_JSON),
+        Open => (4 + 2, 4 + MAX_OPEN_JSON),
+        OpenOk | Window => (4, 4),
+        OpenErr | Reset | GoAway => (1, 1 + MAX_REASON_TEXT),
+        Data => (1, MAX_DATA),
+        Fin => (0, 0),
+        Ping | Pong => (8, 8),
+    }
+}
+
+fn reason_and_text(p: &[u8]) -> Result<(Reason, String), ProtoError> {
+    let reason = Reason::from_code(p[0]);
+    let text = std::str::from_utf8(&p[1..]).map_err(|_| ProtoError::BadText)?;
+    Ok((reason, text.to_owned()))
+}
+
+/// Decodes every frame of one WebSocket message, calling `f` for each in order.
+///
+/// Stops at the first malformed frame and returns its error; frames before it have been
+/// delivered (the caller closes the tunnel either way).
+pub fn decode_message(msg: &Bytes, mut f: impl FnMut(Frame)) -> Result<(), ProtoError> {
+    if msg.is_empty() {
+        return Err(ProtoError::Empty);
+    }
+    let mut off = 0usize;
+    while off < msg.len() {
+        let rest = &msg[off..];
+        if rest.len() < HEADER_LEN {
+            return Err(ProtoError::TruncatedHeader { offset: off });
+        }
+        let ty = FrameType::from_u8(rest[0]).ok_or(ProtoError::UnknownType(rest[0]))?;
+        let id = be32(&rest[2..6]);
+        let len = be32(&rest[6..10]) as usize;
+        let left = rest.len() - HEADER_LEN;
+        if len > left {
+            return Err(ProtoError::TruncatedPayload {
+                offset: off,
+                len,
+                left,
+            });
+        }
+        let (min, max) = length_limits(ty);
+        if len < min || len > max {
+            return Err(ProtoError::BadLength {
+                kind: ty,
+                len,
+                min,
+                max,
+            });
+        }
+        if ty.is_connection_level() != (id == 0) {
+            let expected = if ty.is_connection_level() {
+                "0"
+            } else {
+                "non-zero"
+            };
+            return Err(ProtoError::BadStreamId {
+                kind: ty,
+                id,
+                expected,
+            });
+        }
+        let start = off + HEADER_LEN;
+        let payload = msg.slice(start..start + len);
+        let p = &payload[..];
+        let frame = match ty {
+            FrameType::Hello => Frame::Hello(payload),
+            FrameType::Welcome => Frame::Welcome(payload),
+            FrameType::Config => Frame::Config(payload),
+            FrameType::Log => Frame::Log(payload),
+            FrameType::Open => Frame::Open {
+                id,
+                window: be32(p),
+                meta: payload.slice(4..),
+            },
+            FrameType::OpenOk => Frame::OpenOk {
+                id,
+                window: be32(p),
+            },
+            FrameType::OpenErr => {
+                let (reason, message) = reason_and_text(p)?;
+                Frame::OpenErr {
+                    id,
+                    reason,
+                    message,
+                }
+            }
+            FrameType::Data => Frame::Data { id, data: payload },
+            FrameType::Fin => Frame::Fin { id },
+            FrameType::Reset => {
+                let (reason, message) = reason_and_text(p)?;
+                Frame::Reset {
+                    id,
+                    reason,
+                    message,
+                }
+            }
+            FrameType::Window => {
+                let increment = be32(p);
+                if increment == 0 || u64::from(increment) > MAX_CREDIT {
+                    return Err(ProtoError::BadIncrement(increment));
+                }
+                Frame::Window { id, increment }
+            }
+            FrameType::Ping => Frame::Ping(be64(p)),
+            FrameType::Pong => Frame::Pong(be64(p)),
+            FrameType::GoAway => {
+                let (reason, message) = reason_and_text(p)?;
+                Frame::GoAway { reason, message }
+            }
+        };
+        f(frame);
+        off = start + len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Bytes::from_static(b"{\"a\":1}")),
+            Frame::Welcome(Bytes::from_static(b"{}")),
+            Frame::Open {
+                id: 1,
+                window: 262144,
+                meta: Bytes::from_static(b"{\"dest\":\"d\"}"),
+            },
+            Frame::OpenOk {
+                id: 1,
+                window: 65536,
+            },
+            Frame::OpenErr {
+                id: 3,
+                reason: Reason::AclDenied,
+                message: "rule 4".into(),
+            },
+            Frame::Data {
+                id: 1,
+                data: Bytes::from(vec![7u8; 1000]),
+            },
+            Frame::Fin { id: 1 },
+            Frame::Reset {
+                id: 5,
+                reason: Reason::Other(200),
+                message: String::new(),
+            },
+            Frame::Window {
+                id: 1,
+                increment: 131072,
+            },
+            Frame::Ping(42),
+            Frame::Pong(u64::MAX),
+            Frame::GoAway {
+                reason: Reason::Shutdown,
+                message: "bye".into(),
+            },
+            Frame::Config(Bytes::from_static(b"{\"destinations\":[]}")),
+            Frame::Log(Bytes::from_static(b"{}")),
+        ]
+    }
+
+    fn encode_all(frames: &[Frame]) -> Bytes {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            encode_frame(f, &mut buf);
+        }
+        buf.freeze()
+    }
+
+    fn decode_all(msg: &Bytes) -> Result<Vec<Frame>, ProtoError> {
+        let mut out = Vec::new();
+        decode_message(msg, |f| out.push(f))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn round_trip_every_type_in_one_message() {
+        let frames = samples();
+        let msg = encode_all(&frames);
+        assert_eq!(
+            msg.len(),
+            frames.iter().map(Frame::encoded_len).sum::<usize>()
+        );
+        assert_eq!(decode_all(&msg).unwrap(), frames);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_never_a_panic() {
+        let msg = encode_all(&samples());
+        for cut in 0..msg.len() {
+            let part = msg.slice(..cut);
+            let res = decode_all(&part);
+            // Only cuts on a frame boundary decode; all others must be reported.
+            let boundary = {
+                let mut off = 0;
+                let mut ok = cut == 0;
+                for f in samples() {
+                    off += f.encoded_len();
+                    ok |= off == cut;
+                }
+                ok
+            };
+            if cut == 0 {
+                assert_eq!(res, Err(ProtoError::Empty));
+            } else if boundary {
+                assert!(res.is_ok(), "cut {cut}");
+            } else {
+                assert!(res.is_err(), "cut {cut} decoded");
+            }
+        }
+    }
+
+    fn raw(ty: u8, id: u32, payload: &[u8]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u8(ty);
+        b.put_u8(0);
+        b.put_u32(id);
+        b.put_u32(payload.len() as u32);
+        b.put_slice(payload);
+        b.freeze()
+    }
+
+    #[test]
+    fn hand_written_malformed_frames() {
+        let cases: Vec<(Bytes, &str)> = vec![
+            (raw(0x7f, 1, b""), "unknown frame type 0x7f"),
+            (raw(0x06, 0, b"x"), "stream id 0"),
+            (raw(0x0A, 3, &[0; 8]), "stream id 3"),
+            (raw(0x06, 1, b""), "outside 1..=65536"),
+            (raw(0x06, 1, &vec![0; MAX_DATA + 1]), "outside 1..=65536"),
+            (raw(0x09, 1, &[0, 0, 0, 0]), "WINDOW increment 0"),
+            (
+                raw(0x09, 1, &[0x80, 0, 0, 0]),
+                "WINDOW increment 2147483648",
+            ),
+            (raw(0x04, 1, &[0, 0]), "outside 4..=4"),
+            (raw(0x07, 1, b"x"), "outside 0..=0"),
+            (raw(0x08, 1, &[9, 0xff, 0xfe]), "not UTF-8"),
+            (raw(0x0A, 0, &[1, 2, 3]), "outside 8..=8"),
+            (raw(0x03, 1, &[0, 0, 0, 1]), "outside 6..="),
+            (
+                Bytes::from_static(&[6, 0, 0, 0, 0, 1, 0, 0, 0, 9, 1]),
+                "declares 9 payload bytes",
+            ),
+            (Bytes::from_static(&[6, 0, 0]), "truncated frame header"),
+        ];
+        for (msg, want) in cases {
+            let err = decode_all(&msg).expect_err(want).to_string();
+            assert!(err.contains(want), "got {err:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn reason_codes_round_trip_and_unknown_is_kept() {
+        for c in 0..=255u8 {
+            assert_eq!(Reason::from_code(c).code(), c);
+        }
+        assert_eq!(Reason::from_code(99).to_string(), "other(99)");
+        assert_eq!(Reason::AclDenied.to_string(), "acl_denied");
+    }
+
+    #[test]
+    fn long_reason_text_is_cut_on_a_char_boundary() {
+        let f = Frame::Reset {
+            id: 1,
+            reason: Reason::Internal,
+            message: "é".repeat(2000),
+        };
+        let msg = encode_all(std::slice::from_ref(&f));
+        match decode_all(&msg).unwrap().pop() {
+            Some(Frame::Reset { message, .. }) => assert!(message.len() <= MAX_REASON_TEXT),
+            other => panic!("{other:?}"),
+        }
+    }
+}

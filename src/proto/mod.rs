@@ -1,0 +1,32 @@
+//! The tunnel wire format: frame types, the binary codec and the JSON control messages.
+//!
+//! `docs/PROTOCOL.md` is the specification; this module is its implementation and knows
+//! nothing of sockets, tasks or streams. Decoding never panics on any input: every malformed
+//! byte sequence becomes a [`ProtoError`].
+
+mod frame;
+mod messages;
+
+pub use frame::{decode_message, encode_frame, Frame, FrameType, ProtoError, Reason, HEADER_LEN};
+pub use messages::{ConfigPush, DestinationSpec, Hello, LogPush, OpenMeta, Welcome};
+
+/// Protocol major version; part of the WebSocket subprotocol name.
+pub const PROTO_MAJOR: u8 = 1;
+/// Protocol minor version; additive changes only.
+pub const PROTO_MINOR: u8 = 0;
+/// The WebSocket subprotocol this build speaks.
+pub const SUBPROTOCOL: &str = "sgw.v1";
+/// Largest DATA payload.
+pub const MAX_DATA: usize = 64 * 1024;
+/// Largest WebSocket message a peer may send.
+pub const MAX_MESSAGE: usize = 2 * 1024 * 1024;
+/// Largest CONFIG/HELLO/WELCOME payload.
+pub const MAX_CONTROL_JSON: usize = 1024 * 1024;
+/// Largest OPEN JSON part.
+pub const MAX_OPEN_JSON: usize = 16 * 1024;
+/// Largest reason message in OPEN_ERR/RESET/GO_AWAY.
+pub const MAX_REASON_TEXT: usize = 1024;
+/// Largest LOG payload.
+pub const MAX_LOG_JSON: usize = 64 * 1024;
+/// Largest credit a sender may hold for one stream.
+pub const MAX_CREDIT: u64 = (1 << 31) - 1;

@@ -1,0 +1,341 @@
+//! Tunnel connections: TLS, the WebSocket upgrade with token auth and version check, and
+//! the HELLO/WELCOME exchange. After that a tunnel is just a message transport for the mux.
+//!
+//! Every handshake step has a timeout ([`HANDSHAKE_TIMEOUT`]), on both sides.
+
+mod transport;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
+use tokio_tungstenite::WebSocketStream;
+
+pub use transport::{split, WsReader, WsWriter};
+
+use crate::config::{GatewayLink, TlsIdentity, Trust};
+use crate::proto::{self, decode_message, encode_frame, Frame, Hello, Welcome, SUBPROTOCOL};
+
+/// Limit for each step of connecting or accepting a tunnel (TCP, TLS, upgrade, hello).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header naming the gateway id the client joins.
+pub const GATEWAY_ID_HEADER: &str = "sgw-gateway-id";
+
+/// WebSocket settings: message limits from the protocol, buffers sized for 256 KiB batches.
+pub fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    c.max_message_size = Some(proto::MAX_MESSAGE);
+    c.max_frame_size = Some(proto::MAX_MESSAGE);
+    c.read_buffer_size = 256 * 1024;
+    c.write_buffer_size = 0;
+    c.max_write_buffer_size = 4 * proto::MAX_MESSAGE;
+    c
+}
+
+fn install_crypto() {
+    // Both providers may be compiled in via dependencies; pick one explicitly, once.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// TLS client settings trusting the configured CA or the system store.
+pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
+    install_crypto();
+    let mut roots = rustls::RootCertStore::empty();
+    match trust {
+        Trust::Certs(certs) => {
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+            }
+        }
+        Trust::System => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no system CA certificates found; set ca_file".into());
+            }
+        }
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(cfg)))
+}
+
+/// TLS server settings for the gateway's tunnel endpoint.
+pub fn server_tls(id: &TlsIdentity) -> Result<TlsAcceptor, String> {
+    install_crypto();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| format!("gateway certificate/key: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+pub type ClientWs = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+pub type ServerWs = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Why a tunnel could not be established (client side).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach gateway: {0}")]
+    Tcp(std::io::Error),
+    #[error("TLS handshake with gateway failed: {0}")]
+    Tls(std::io::Error),
+    #[error("gateway rejected the security token (HTTP 401)")]
+    Unauthorized,
+    #[error("gateway does not speak this protocol version: {0}")]
+    Version(String),
+    #[error("gateway answered the upgrade with HTTP {status}: {body}")]
+    Http { status: u16, body: String },
+    #[error("WebSocket upgrade failed: {0}")]
+    Ws(tungstenite::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("{0} timed out after {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+async fn step<T, E>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+    map: impl FnOnce(E) -> ConnectError,
+) -> Result<T, ConnectError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, f).await {
+        Ok(r) => r.map_err(map),
+        Err(_) => Err(ConnectError::Timeout(what, HANDSHAKE_TIMEOUT)),
+    }
+}
+
+/// Encodes one frame as a whole message.
+pub fn frame_message(f: &Frame) -> Bytes {
+    let mut b = BytesMut::new();
+    encode_frame(f, &mut b);
+    b.freeze()
+}
+
+/// Reads the first message of a tunnel, which must hold exactly one frame.
+async fn first_frame<S>(ws: &mut WebSocketStream<S>) -> Result<Frame, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let msg = loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => break b,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(c))) => return Err(format!("peer closed: {c:?}")),
+            Some(Ok(other)) => return Err(format!("expected a binary message, got {other:?}")),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("connection closed".into()),
+        }
+    };
+    let mut frames = Vec::new();
+    decode_message(&msg, |f| frames.push(f)).map_err(|e| e.to_string())?;
+    match (frames.pop(), frames.is_empty()) {
+        (Some(f), true) => Ok(f),
+        _ => Err("first message must hold exactly one frame".into()),
+    }
+}
+
+/// Client side: TCP, TLS, upgrade with token, HELLO, WELCOME.
+pub async fn connect(
+    link: &GatewayLink,
+    tls: &TlsConnector,
+    hello: &Hello,
+) -> Result<(ClientWs, Welcome), ConnectError> {
+    let tcp = step(
+        "TCP connect",
+        TcpStream::connect((link.url.host.as_str(), link.url.port)),
+        ConnectError::Tcp,
+    )
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(link.url.host.clone())
+        .map_err(|e| ConnectError::Handshake(format!("bad gateway host name: {e}")))?;
+    let tls_stream = step("TLS handshake", tls.connect(name, tcp), ConnectError::Tls).await?;
+    let mut req = link
+        .url
+        .to_string()
+        .into_client_request()
+        .map_err(ConnectError::Ws)?;
+    let h = req.headers_mut();
+    let auth = HeaderValue::from_str(&format!("Bearer {}", link.token.expose())).map_err(|_| {
+        ConnectError::Handshake("token contains characters not allowed in a header".into())
+    })?;
+    h.insert("authorization", auth);
+    let gid = HeaderValue::from_str(&link.gateway_id).map_err(|_| {
+        ConnectError::Handshake("gateway_id contains characters not allowed in a header".into())
+    })?;
+    h.insert(GATEWAY_ID_HEADER, gid);
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
+    let upgrade = tokio_tungstenite::client_async_with_config(req, tls_stream, Some(ws_config()));
+    let (mut ws, resp) = step("WebSocket upgrade", upgrade, |e| match e {
+        tungstenite::Error::Http(r) => {
+            let body = r
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            match r.status() {
+                StatusCode::UNAUTHORIZED => ConnectError::Unauthorized,
+                StatusCode::BAD_REQUEST if body.contains("protocol version") => {
+                    ConnectError::Version(body)
+                }
+                s => ConnectError::Http {
+                    status: s.as_u16(),
+                    body,
+                },
+            }
+        }
+        e => ConnectError::Ws(e),
+    })
+    .await?;
+    let agreed = resp
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    if agreed != Some(SUBPROTOCOL) {
+        return Err(ConnectError::Version(format!(
+            "gateway agreed to {agreed:?}, this client speaks {SUBPROTOCOL}"
+        )));
+    }
+    let hello = serde_json::to_vec(hello).map_err(|e| ConnectError::Handshake(e.to_string()))?;
+    step(
+        "HELLO",
+        ws.send(Message::Binary(frame_message(&Frame::Hello(hello.into())))),
+        ConnectError::Ws,
+    )
+    .await?;
+    let first = step("WELCOME", first_frame(&mut ws), ConnectError::Handshake).await?;
+    let Frame::Welcome(body) = first else {
+        return Err(ConnectError::Handshake(format!(
+            "expected WELCOME, got {first:?}"
+        )));
+    };
+    let welcome: Welcome = serde_json::from_slice(&body)
+        .map_err(|e| ConnectError::Handshake(format!("bad WELCOME: {e}")))?;
+    Ok((ws, welcome))
+}
+
+/// Why an incoming tunnel was not accepted (gateway side).
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("upgrade refused: {0}")]
+    Refused(String),
+    #[error("WebSocket upgrade failed: {0}")]
+    Ws(tungstenite::Error),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("{0} timed out after {1:?}")]
+    Timeout(&'static str, Duration),
+}
+
+/// What the gateway's auth callback sees of an upgrade request.
+pub struct UpgradeRequest<'a> {
+    pub gateway_id: &'a str,
+    /// The bearer token, if the header was present and well-formed.
+    pub token: Option<&'a str>,
+}
+
+async fn accept_step<T, E>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+    map: impl FnOnce(E) -> AcceptError,
+) -> Result<T, AcceptError> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, f).await {
+        Ok(r) => r.map_err(map),
+        Err(_) => Err(AcceptError::Timeout(what, HANDSHAKE_TIMEOUT)),
+    }
+}
+
+fn error_response(status: StatusCode, body: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(body.to_owned()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Gateway side: TLS, upgrade (auth decided by `authorize` before upgrading: a refusal is
+/// answered with 401 and the connection closed), then the client's HELLO.
+pub async fn accept<T>(
+    tcp: TcpStream,
+    tls: &TlsAcceptor,
+    authorize: impl FnOnce(&UpgradeRequest<'_>) -> Option<T> + Unpin,
+) -> Result<(ServerWs, T, Hello), AcceptError> {
+    let _ = tcp.set_nodelay(true);
+    let tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
+    let mut outcome: Result<T, String> = Err("no upgrade request".into());
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let h = req.headers();
+        let offered = h
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect::<Vec<_>>();
+        if !offered.contains(&SUBPROTOCOL) {
+            let msg = format!("unsupported protocol version {offered:?}; supported: {SUBPROTOCOL}");
+            outcome = Err(msg.clone());
+            return Err(error_response(StatusCode::BAD_REQUEST, &msg));
+        }
+        let gateway_id = h
+            .get(GATEWAY_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let token = h
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match authorize(&UpgradeRequest { gateway_id, token }) {
+            Some(t) => {
+                outcome = Ok(t);
+                resp.headers_mut().insert(
+                    "sec-websocket-protocol",
+                    HeaderValue::from_static(SUBPROTOCOL),
+                );
+                Ok(resp)
+            }
+            None => {
+                outcome = Err(format!("bad security token for gateway id `{gateway_id}`"));
+                Err(error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid security token or gateway id\n",
+                ))
+            }
+        }
+    };
+    let upgrade =
+        tokio_tungstenite::accept_hdr_async_with_config(tls_stream, callback, Some(ws_config()));
+    let res = accept_step("WebSocket upgrade", upgrade, AcceptError::Ws).await;
+    let (mut ws, authorized) = match (res, outcome) {
+        (Ok(ws), Ok(t)) => (ws, t),
+        (_, Err(why)) => return Err(AcceptError::Refused(why)),
+        (Err(e), _) => return Err(e),
+    };
+    let first = accept_step("HELLO", first_frame(&mut ws), AcceptError::Handshake).await?;
+    let Frame::Hello(body) = first else {
+        return Err(AcceptError::Handshake(format!(
+            "expected HELLO, got {first:?}"
+        )));
+    };
+    let hello: Hello = serde_json::from_slice(&body)
+        .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
+    Ok((ws, authorized, hello))
+}
