@@ -245,6 +245,24 @@ impl GatewayHandle {
     pub fn stats(&self) -> &GatewayStats {
         &self.inner.stats
     }
+
+    /// Bytes received from clients and not yet written to callers, over all tunnels.
+    pub fn buffered_bytes(&self) -> u64 {
+        let tunnels = self.inner.tenants.values().flat_map(|t| t.all_tunnels());
+        tunnels
+            .map(|m| m.stats().buffered.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Streams open over all tunnels.
+    pub fn active_streams(&self) -> usize {
+        self.inner
+            .tenants
+            .values()
+            .flat_map(|t| t.all_tunnels())
+            .map(|m| m.active_streams())
+            .sum()
+    }
 }
 
 /// Accepts until shutdown. Accept errors (e.g. out of file descriptors) are logged and
@@ -372,6 +390,7 @@ async fn serve_caller(
         span.record("client.id", client_id.as_str());
         span.record("stream.id", stream.id());
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("stream opened");
         let out = relay(tcp, stream).await;
         inner.stats.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
         inner.stats.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);

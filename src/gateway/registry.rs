@@ -45,6 +45,8 @@ pub(crate) struct Tenant {
     pub cfg: TenantConfig,
     pub config_push: Bytes,
     clients: Mutex<Clients>,
+    /// Signalled when a tunnel registers, for callers waiting for a client.
+    registered: tokio::sync::Notify,
 }
 
 const OPEN_ATTEMPTS: usize = 3;
@@ -55,6 +57,7 @@ impl Tenant {
             cfg,
             config_push,
             clients: Mutex::new(Clients::default()),
+            registered: tokio::sync::Notify::new(),
         }
     }
 
@@ -95,6 +98,8 @@ impl Tenant {
                 opened: 0,
             });
         e.tunnels.push((tid, mux));
+        drop(c);
+        self.registered.notify_waiters();
         tid
     }
 
@@ -176,23 +181,32 @@ impl Tenant {
     }
 
     /// Opens a stream for a caller on some client, retrying on another tunnel when the chosen
-    /// one turns out to be closing.
+    /// one turns out to be closing. With no client connected it waits for one to register;
+    /// the caller bounds the whole wait with the destination timeout.
     pub async fn open(&self, meta: &OpenMeta) -> Result<(String, MuxStream), (Reason, String)> {
         let mut tried: Vec<Mux> = Vec::new();
-        for _ in 0..OPEN_ATTEMPTS {
+        let mut failures = 0;
+        loop {
+            let registered = self.registered.notified();
             let Some((client_id, mux)) = self.pick(&tried) else {
-                break;
+                if failures >= OPEN_ATTEMPTS {
+                    let msg = format!("no usable client tunnel for gateway `{}`", self.cfg.id);
+                    return Err((Reason::Unreachable, msg));
+                }
+                registered.await;
+                tried.clear();
+                continue;
             };
             match mux.open(meta).await {
                 Ok(s) => return Ok((client_id, s)),
                 Err(e @ OpenError::Refused { .. }) => return Err((e.reason(), e.to_string())),
-                Err(_) => tried.push(mux),
+                Err(e) => {
+                    tracing::debug!(error = %e, "open failed on one tunnel, trying another");
+                    failures += 1;
+                    tried.push(mux);
+                }
             }
         }
-        Err((
-            Reason::Unreachable,
-            format!("no connected client for gateway `{}`", self.cfg.id),
-        ))
     }
 }
 

@@ -232,6 +232,12 @@ impl Mux {
         if s.peer_go_away.load(Ordering::Acquire) || s.local_go_away.load(Ordering::Acquire) {
             return Err(OpenError::GoingAway);
         }
+        // Ids must reach the wire in increasing order: take queue space first, then pick the
+        // id and enqueue the OPEN inside one critical section.
+        let Ok(permit) = s.data_tx.reserve().await else {
+            return Err(OpenError::TunnelClosed);
+        };
+        let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
         let (tx, rx) = oneshot::channel();
         let stream = {
             let mut t = s.lock_streams();
@@ -251,17 +257,13 @@ impl Mux {
                 StreamState::opening(s.cfg.initial_window, tx),
             ));
             t.map.insert(id, shared.clone());
+            permit.send(Frame::Open {
+                id,
+                window: s.cfg.initial_window,
+                meta,
+            });
             MuxStream::new(shared, self.shared.clone())
         };
-        let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
-        let frame = Frame::Open {
-            id: stream.id(),
-            window: s.cfg.initial_window,
-            meta,
-        };
-        if s.data_tx.send(frame).await.is_err() {
-            return Err(OpenError::TunnelClosed);
-        }
         match rx.await {
             Ok(Ok(())) => {
                 s.stats.streams_opened.fetch_add(1, Ordering::Relaxed);

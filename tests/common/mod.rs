@@ -1,0 +1,218 @@
+//! Shared test harness: a real gateway and client over real TLS on 127.0.0.1:0, configured by
+//! the files `sgw init` writes, plus small TCP servers to use as on-prem endpoints.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sgw::acl::Acl;
+use sgw::client::{Client, ClientHandle};
+use sgw::config::{ClientConfig, GatewayConfig};
+use sgw::gateway::{Gateway, GatewayHandle};
+use sgw::init::{self, Expose, InitOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+}
+
+/// Echo server: writes back everything, half-closes after the caller does.
+pub async fn echo_server() -> SocketAddr {
+    serve(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Reads until EOF, then answers with the SHA-256 of what it read.
+pub async fn hash_server() -> SocketAddr {
+    serve(|mut s| async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(_) => return,
+            }
+        }
+        let _ = s.write_all(&h.finalize()).await;
+        let _ = s.shutdown().await;
+    })
+    .await
+}
+
+/// Writes forever (until the socket fails).
+pub async fn firehose_server() -> SocketAddr {
+    serve(|mut s| async move {
+        let buf = vec![0x5au8; 64 * 1024];
+        while s.write_all(&buf).await.is_ok() {}
+    })
+    .await
+}
+
+pub async fn serve<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(f(s));
+        }
+    });
+    addr
+}
+
+/// Files written by `sgw init` in a temp dir, loaded as validated configs.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub gateway: GatewayConfig,
+    pub client: ClientConfig,
+}
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl Setup {
+    pub fn new(expose: &[SocketAddr]) -> Setup {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            listen: "127.0.0.1:0".into(),
+            expose: expose
+                .iter()
+                .map(|a| Expose {
+                    host: a.ip().to_string(),
+                    port: a.port(),
+                    cloud_port: 0,
+                })
+                .collect(),
+            ..InitOptions::default()
+        };
+        let w = init::write(dir.path(), &opts).unwrap();
+        let gateway = GatewayConfig::load(&w.gateway_toml).unwrap();
+        let mut client = ClientConfig::load(&w.client_toml).unwrap();
+        client.reconnect.initial = Duration::from_millis(100);
+        client.reconnect.max = Duration::from_millis(500);
+        Setup {
+            dir,
+            gateway,
+            client,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+pub struct RunningGateway {
+    pub handle: GatewayHandle,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_gateway(cfg: GatewayConfig) -> RunningGateway {
+    let gw = Gateway::bind(cfg).await.unwrap();
+    let handle = gw.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(gw.run(stop.clone()));
+    RunningGateway { handle, stop, task }
+}
+
+pub struct RunningClient {
+    pub handle: ClientHandle,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a client pointed at `tunnel` and waits until all its tunnels are up.
+pub async fn start_client(mut cfg: ClientConfig, tunnel: SocketAddr) -> RunningClient {
+    for g in &mut cfg.gateways {
+        g.url.port = tunnel.port();
+    }
+    let tunnels: usize = cfg.gateways.iter().map(|g| g.tunnels).sum();
+    let acl = Acl::load(&cfg.acl_file, cfg.default_policy).unwrap();
+    let client = Client::new(cfg, acl).unwrap();
+    let handle = client.handle();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(client.run(stop.clone()));
+    let mut st = handle.status();
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.tunnels_up >= tunnels))
+        .await
+        .expect("tunnels up in time")
+        .unwrap();
+    RunningClient { handle, stop, task }
+}
+
+/// Gateway + client for the given endpoints; destination i is `dest{i+1}`.
+pub struct Harness {
+    pub setup: Setup,
+    pub gw: RunningGateway,
+    pub client: RunningClient,
+}
+
+impl Harness {
+    pub async fn start(expose: &[SocketAddr], tweak: impl FnOnce(&mut Setup)) -> Harness {
+        let mut setup = Setup::new(expose);
+        tweak(&mut setup);
+        let gw = start_gateway(setup.gateway.clone()).await;
+        let client = start_client(setup.client.clone(), gw.handle.tunnel_addr()).await;
+        Harness { setup, gw, client }
+    }
+
+    pub fn cloud(&self, i: usize) -> SocketAddr {
+        self.gw.handle.dest_addr(&format!("dest{}", i + 1)).unwrap()
+    }
+}
+
+pub fn sha(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+pub fn sgw_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sgw")
+}
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+/// Rewrites `key = ...` lines of a TOML file in place.
+pub fn set_toml(path: &Path, key: &str, value: &str) {
+    let src = std::fs::read_to_string(path).unwrap();
+    let out: Vec<String> = src
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with(&format!("{key} =")) {
+                format!("{key} = {value}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    std::fs::write(path, out.join("\n") + "\n").unwrap();
+}
