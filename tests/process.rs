@@ -1,0 +1,337 @@
+//! Tests with real `sgw` processes: what an operator sees in logs, crash and restart.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A child process whose stderr lines are collected as they come.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(sgw_bin())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let l2 = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l2.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle` and returns it.
+    async fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?}; got:\n{}",
+                self.lines.lock().unwrap().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn all(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Value of `key=` in a text log line.
+fn field(line: &str, key: &str) -> String {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("{key} in {line}"));
+    line[at + key.len() + 1..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .trim_matches('"')
+        .to_owned()
+}
+
+async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_is_refused_logged_plainly_and_backed_off() {
+    let setup = Setup::new(&[]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = setup.path("client.toml");
+    std::fs::write(setup.path("bad-token"), "wrong-token-value\n").unwrap();
+    set_toml(&client_toml, "token_file", "\"bad-token\"");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            gw.handle.tunnel_addr().port()
+        ),
+    );
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let line = p.wait_line("gateway rejected the security token").await;
+    assert!(line.contains("ERROR"), "{line}");
+    // With reconnect.initial = 1s, two tunnel slots retry at most a few times in 3 s.
+    let before = gw.handle.stats().tunnels_rejected.load(Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = gw.handle.stats().tunnels_rejected.load(Relaxed) - before;
+    assert!(
+        during <= 6,
+        "{during} attempts in 3 s is a tight reconnect loop"
+    );
+    assert!(during >= 1, "the client must keep retrying");
+    assert_eq!(gw.handle.stats().tunnels_accepted.load(Relaxed), 0);
+    assert!(
+        !p.all().contains("wrong-token-value"),
+        "token leaked into logs:\n{}",
+        p.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_and_restarted_client_reconnects() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw_toml = setup.path("gateway.toml");
+    let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    let tunnel_addr: std::net::SocketAddr =
+        field(&gw.wait_line("gateway started").await, "tunnel.listen")
+            .parse()
+            .unwrap();
+    let cloud: std::net::SocketAddr =
+        field(&gw.wait_line("destination listening").await, "cloud.addr")
+            .parse()
+            .unwrap();
+    let client = start_client(setup.client.clone(), tunnel_addr).await;
+    assert_eq!(echo_once(cloud, b"before").await.unwrap(), b"before");
+
+    drop(gw); // SIGKILL: no go-away, the client sees the connection die
+    let mut st = client.handle.status();
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.tunnels_up == 0))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Same addresses as before, so the client's config still points at it.
+    set_toml(&gw_toml, "listen", &format!("\"{tunnel_addr}\""));
+    set_toml(&gw_toml, "cloud_port", &cloud.port().to_string());
+    let _gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.tunnels_up == 2))
+        .await
+        .expect("client reconnected")
+        .unwrap();
+    assert_eq!(
+        echo_once(cloud, b"after restart").await.unwrap(),
+        b"after restart"
+    );
+    assert!(client.handle.stats().tunnel_connects.load(Relaxed) >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_share_load_and_one_dying_loses_nothing_new() {
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |s| s.client.gateways[0].tunnels = 1).await;
+    let client_toml = h.setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            h.gw.handle.tunnel_addr().port()
+        ),
+    );
+    set_toml(&client_toml, "tunnels", "1");
+    let second = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let deadline = Instant::now() + WAIT;
+    while h.gw.handle.clients("gw1").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "second client never joined:\n{}",
+            second.all()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..20 {
+        let msg = format!("spread {i}");
+        assert_eq!(
+            echo_once(h.cloud(0), msg.as_bytes()).await.unwrap(),
+            msg.as_bytes()
+        );
+    }
+    let clients = h.gw.handle.clients("gw1");
+    let opened: Vec<u64> = clients.iter().map(|c| c.streams_opened).collect();
+    assert!(
+        opened.iter().all(|n| *n >= 5),
+        "connections not spread: {opened:?}"
+    );
+
+    drop(second); // SIGKILL one client
+    for i in 0..20 {
+        let msg = format!("after loss {i}");
+        assert_eq!(
+            echo_once(h.cloud(0), msg.as_bytes()).await.unwrap(),
+            msg.as_bytes(),
+            "connection {i} after losing a client"
+        );
+    }
+    let deadline = Instant::now() + WAIT;
+    while h.gw.handle.clients("gw1").len() != 1 {
+        assert!(Instant::now() < deadline, "dead client still registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn config_check_reports_every_error_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("client.toml");
+    std::fs::write(&f, "bogus = 1\n[[gateway]]\nurl = \"http://x\"\ngateway_id = \"g\"\ntoken = \"t\"\ntunnels = 0\n").unwrap();
+    let out = Command::new(sgw_bin())
+        .args(["config", "check", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client.toml:1:1: bogus: unknown key"), "{err}");
+    assert!(err.contains("client.toml:3:7: gateway[0].url:"), "{err}");
+    assert!(
+        err.contains("client.toml:6:11: gateway[0].tunnels: 0 is out of range 1..=16"),
+        "{err}"
+    );
+    // The client refuses to start with the same messages.
+    let out = Command::new(sgw_bin())
+        .args(["client", "--config", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus: unknown key"));
+}
+
+#[test]
+fn init_writes_configs_that_check_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(sgw_bin())
+        .args([
+            "init",
+            dir.path().to_str().unwrap(),
+            "--expose",
+            "127.0.0.1:6379",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["gateway.toml", "client.toml"] {
+        let out = Command::new(sgw_bin())
+            .args(["config", "check"])
+            .arg(dir.path().join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let acl = std::fs::read_to_string(dir.path().join("acl.list")).unwrap();
+    assert!(acl.contains("acl allow 127.0.0.1:6379"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("gateway.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "private key readable by others");
+    // Running init again must not overwrite anything.
+    let out = Command::new(sgw_bin())
+        .args(["init", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_serves_the_builtin_service_through_the_tunnel() {
+    let dir = tempfile::tempdir().unwrap();
+    let qs = dir.path().join("qs");
+    let mut child = Command::new(sgw_bin())
+        .args(["quickstart", "--dir", qs.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let url = loop {
+        let l = rx
+            .recv_timeout(WAIT)
+            .expect("quickstart printed its address");
+        if let Some(u) = l.trim().strip_prefix("try: curl ") {
+            break u.to_owned();
+        }
+    };
+    let addr = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(resp.contains("came through the tunnel"), "{resp}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
