@@ -13,6 +13,7 @@
 //! can run the mux over an in-memory pipe; `tunnel` adapts a WebSocket to it.
 
 mod io;
+pub mod memory;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,401 @@
+//! The multiplexer against a hostile or slow peer, over an in-memory transport: malformed
+//! frames, flow-control violations, fuzz corpus replay, and window auto-tuning on a WAN path.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use sgw::mux::{memory, Events, Mux, MuxConfig, Role, StreamError};
+use sgw::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
+
+const T: Duration = Duration::from_secs(10);
+
+/// A mux whose peer is the test: raw messages in, decoded frames out.
+struct Peer {
+    mux: Mux,
+    events: Events,
+    to_mux: mpsc::Sender<io::Result<Bytes>>,
+    from_mux: mpsc::Receiver<Bytes>,
+}
+
+impl Peer {
+    fn new(role: Role, window: u32) -> Peer {
+        let (to_mux, rx) = mpsc::channel(64);
+        let (tx, from_mux) = mpsc::channel::<Bytes>(64);
+        let cfg = MuxConfig {
+            role,
+            initial_window: window,
+            max_window: window,
+            ..MuxConfig::default()
+        };
+        let (mux, events) = Mux::start(rx, tx.sink_map_err(io::Error::other), cfg);
+        Peer {
+            mux,
+            events,
+            to_mux,
+            from_mux,
+        }
+    }
+
+    async fn send(&mut self, frames: &[Frame]) {
+        let mut b = BytesMut::new();
+        for f in frames {
+            encode_frame(f, &mut b);
+        }
+        self.send_raw(b.freeze()).await;
+    }
+
+    async fn send_raw(&mut self, msg: Bytes) {
+        self.to_mux.send(Ok(msg)).await.unwrap();
+    }
+
+    /// Next frame from the mux matching `want`, skipping PING/PONG/WINDOW noise.
+    async fn expect(&mut self, want: impl Fn(&Frame) -> bool) -> Frame {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.from_mux.next())
+                .await
+                .expect("frame in time")
+                .expect("mux writer open");
+            let mut frames = Vec::new();
+            decode_message(&msg, |f| frames.push(f)).unwrap();
+            if let Some(f) = frames.into_iter().find(|f| want(f)) {
+                return f;
+            }
+        }
+    }
+
+    async fn closed_with(&self) -> String {
+        tokio::time::timeout(T, self.mux.closed())
+            .await
+            .expect("mux closed");
+        self.mux.close_reason().unwrap()
+    }
+}
+
+fn open(id: u32, window: u32) -> Frame {
+    let meta = serde_json::to_vec(&OpenMeta {
+        dest: "d".into(),
+        caller: "127.0.0.1:1".into(),
+    })
+    .unwrap();
+    Frame::Open {
+        id,
+        window,
+        meta: meta.into(),
+    }
+}
+
+#[tokio::test]
+async fn unknown_frame_type_closes_tunnel_with_go_away() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send_raw(Bytes::from_static(&[0x7f, 0, 0, 0, 0, 1, 0, 0, 0, 0]))
+        .await;
+    let f = p.expect(|f| matches!(f, Frame::GoAway { .. })).await;
+    assert!(
+        matches!(f, Frame::GoAway { reason: Reason::Protocol, ref message } if message.contains("unknown frame type 0x7f")),
+        "{f:?}"
+    );
+    assert!(p.closed_with().await.contains("protocol error"));
+    assert_eq!(
+        p.mux
+            .stats()
+            .protocol_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn frame_for_never_opened_stream_is_a_protocol_error() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[Frame::Data {
+        id: 7,
+        data: Bytes::from_static(b"x"),
+    }])
+    .await;
+    assert!(p.closed_with().await.contains("never opened"));
+}
+
+#[tokio::test]
+async fn open_with_wrong_parity_or_reused_id_is_a_protocol_error() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[open(2, 65536)]).await; // the gateway opens odd ids only
+    assert!(p.closed_with().await.contains("invalid stream id 2"));
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[open(5, 65536), open(3, 65536)]).await;
+    assert!(p.closed_with().await.contains("invalid stream id 3"));
+}
+
+#[tokio::test]
+async fn flow_control_violation_resets_only_that_stream() {
+    let window = 16 * 1024;
+    let mut p = Peer::new(Role::Client, window);
+    p.send(&[open(1, 65536), open(3, 65536)]).await;
+    let s1 = p
+        .events
+        .incoming
+        .recv()
+        .await
+        .unwrap()
+        .accept()
+        .await
+        .unwrap();
+    let s3 = p
+        .events
+        .incoming
+        .recv()
+        .await
+        .unwrap()
+        .accept()
+        .await
+        .unwrap();
+    // Exactly the window is fine and is buffered, not more.
+    let full = Bytes::from(vec![1u8; window as usize]);
+    p.send(&[Frame::Data { id: 1, data: full }]).await;
+    let deadline = Instant::now() + T;
+    while p
+        .mux
+        .stats()
+        .buffered
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < u64::from(window)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    // One byte over the credit: stream 1 is reset with a protocol reason.
+    p.send(&[Frame::Data {
+        id: 1,
+        data: Bytes::from_static(b"!"),
+    }])
+    .await;
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 1, .. })).await;
+    assert!(
+        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("flow-control violation")),
+        "{f:?}"
+    );
+    let err = s1.recv().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StreamError::Reset {
+                reason: Reason::Protocol,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Stream 3 and the tunnel carry on.
+    p.send(&[Frame::Data {
+        id: 3,
+        data: Bytes::from_static(b"still fine"),
+    }])
+    .await;
+    assert_eq!(
+        s3.recv().await.unwrap().unwrap(),
+        Bytes::from_static(b"still fine")
+    );
+    assert!(!p.mux.is_closed());
+    assert_eq!(
+        p.mux
+            .stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "reset stream's buffer released"
+    );
+}
+
+#[tokio::test]
+async fn data_after_fin_and_bad_open_metadata_are_stream_errors() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[Frame::Open {
+        id: 1,
+        window: 1000,
+        meta: Bytes::from_static(b"{not json"),
+    }])
+    .await;
+    let f = p
+        .expect(|f| matches!(f, Frame::OpenErr { id: 1, .. }))
+        .await;
+    assert!(
+        matches!(
+            f,
+            Frame::OpenErr {
+                reason: Reason::Protocol,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    p.send(&[open(3, 1000)]).await;
+    let s = p
+        .events
+        .incoming
+        .recv()
+        .await
+        .unwrap()
+        .accept()
+        .await
+        .unwrap();
+    p.send(&[
+        Frame::Fin { id: 3 },
+        Frame::Data {
+            id: 3,
+            data: Bytes::from_static(b"late"),
+        },
+    ])
+    .await;
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
+    assert!(
+        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("DATA after FIN")),
+        "{f:?}"
+    );
+    assert!(s.recv().await.is_err());
+    assert!(!p.mux.is_closed());
+}
+
+#[tokio::test]
+async fn ping_is_answered_and_flood_of_opens_is_bounded() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[Frame::Ping(77)]).await;
+    assert_eq!(
+        p.expect(|f| matches!(f, Frame::Pong(77))).await,
+        Frame::Pong(77)
+    );
+    // Nobody accepts: the backlog fills, then opens are refused with `limit`, never queued.
+    let backlog = MuxConfig::default().accept_backlog as u32;
+    let mut id = 1;
+    for _ in 0..(backlog + 10) / 100 + 1 {
+        let frames: Vec<Frame> = (0..100)
+            .map(|_| {
+                let f = open(id, 1000);
+                id += 2;
+                f
+            })
+            .collect();
+        p.send(&frames).await;
+    }
+    let f = p.expect(|f| matches!(f, Frame::OpenErr { .. })).await;
+    assert!(
+        matches!(
+            f,
+            Frame::OpenErr {
+                reason: Reason::Limit,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    assert!(!p.mux.is_closed());
+}
+
+#[tokio::test]
+async fn fuzz_corpus_replays_without_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frame_decode");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let bytes = Bytes::from(std::fs::read(entry.unwrap().path()).unwrap());
+        let _ = decode_message(&bytes, |_| {});
+        for role in [Role::Client, Role::Gateway] {
+            let mut p = Peer::new(role, 65536);
+            p.send_raw(bytes.clone()).await;
+            p.send(&[Frame::Ping(1)]).await;
+            // Either still serving (answers the ping) or closed with a reason; never stuck.
+            loop {
+                let msg = tokio::time::timeout(T, p.from_mux.next())
+                    .await
+                    .expect("mux answered or closed");
+                let Some(msg) = msg else {
+                    assert!(p.mux.close_reason().is_some(), "closed without a reason");
+                    break;
+                };
+                let mut pong = false;
+                let _ = decode_message(&msg, |f| pong |= f == Frame::Pong(1));
+                if pong {
+                    break;
+                }
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "corpus has {n} files");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
+    // 25 ms each way, like a WAN; the initial window alone would cap the stream at
+    // 256 KiB per 50 ms round trip.
+    let delay_ms = std::env::var("SGW_WAN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let ((ar, aw), (br, bw)) = memory::link(Duration::from_millis(delay_ms));
+    let initial = 256 * 1024;
+    let cfg = |role| MuxConfig {
+        role,
+        initial_window: initial,
+        ..MuxConfig::default()
+    };
+    let (gw, _gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
+    let (_cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
+    // Let the first PING/PONG measure the path.
+    let deadline = Instant::now() + T;
+    while gw.rtt().is_none() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let meta = OpenMeta {
+        dest: "d".into(),
+        caller: "c".into(),
+    };
+    let accept = async {
+        cl_events
+            .incoming
+            .recv()
+            .await
+            .unwrap()
+            .accept()
+            .await
+            .unwrap()
+    };
+    let (opened, receiver) = tokio::join!(gw.open(&meta), accept);
+    let sender = opened.unwrap();
+    let total: usize = std::env::var("SGW_WAN_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+        * 1024
+        * 1024;
+    let started = Instant::now();
+    let send = async {
+        let chunk = Bytes::from(vec![3u8; 64 * 1024]);
+        for _ in 0..total / chunk.len() {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        sender.finish().await.unwrap();
+    };
+    let recv = async {
+        let mut got = 0;
+        while let Some(b) = receiver.recv().await.unwrap() {
+            got += b.len();
+        }
+        got
+    };
+    let (_, got) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(send, recv) })
+            .await
+            .unwrap();
+    assert_eq!(got, total);
+    let secs = started.elapsed().as_secs_f64();
+    let fixed_window_secs = total as f64 / initial as f64 * 0.050;
+    eprintln!("64 MiB over a 50 ms RTT path: {secs:.2} s (a fixed 256 KiB window needs {fixed_window_secs:.1} s); window grew to {} KiB", receiver.window() / 1024);
+    assert!(
+        receiver.window() >= 16 * initial,
+        "window only grew to {}",
+        receiver.window()
+    );
+}
