@@ -34,8 +34,8 @@ impl Secret {
     pub fn ct_eq(&self, other: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), other.as_bytes());
         let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-        for i in 0..a.len() {
-            diff |= a[i] ^ b.get(i).copied().unwrap_or(0);
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ b.get(i).copied().unwrap_or(0);
         }
         diff == 0
     }

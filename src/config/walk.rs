@@ -14,7 +14,7 @@ use toml::Spanned;
 pub(crate) struct Cx<'a> {
     file: &'a Path,
     src: &'a str,
-    errors: RefCell<Vec<String>>,
+    errors: RefCell<Vec<(usize, String)>>,
 }
 
 impl<'a> Cx<'a> {
@@ -47,14 +47,15 @@ impl<'a> Cx<'a> {
         } else {
             format!("{path}: ")
         };
-        self.errors.borrow_mut().push(format!(
-            "{}:{line}:{col}: {where_}{msg}",
-            self.file.display()
-        ));
+        let text = format!("{}:{line}:{col}: {where_}{msg}", self.file.display());
+        self.errors.borrow_mut().push((span.start, text));
     }
 
+    /// Every error, in file order.
     pub fn into_errors(self) -> Vec<String> {
-        self.errors.into_inner()
+        let mut e = self.errors.into_inner();
+        e.sort_by_key(|(at, _)| *at);
+        e.into_iter().map(|(_, m)| m).collect()
     }
 
     pub fn has_errors(&self) -> bool {

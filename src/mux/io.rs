@@ -186,6 +186,14 @@ fn with_stream(
     match f(&stream) {
         Delivery::Ok => {}
         Delivery::Finished => shared.remove_stream(id),
+        Delivery::Orphaned => {
+            shared.remove_stream(id);
+            shared.push_urgent(Frame::Reset {
+                id,
+                reason: Reason::Reset,
+                message: "reader closed the stream".into(),
+            });
+        }
         Delivery::Violation(what) => {
             shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");

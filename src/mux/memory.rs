@@ -20,7 +20,10 @@ pub fn pipe(delay: Duration, capacity: usize) -> (MsgWriter, MsgReader) {
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(capacity);
     tokio::spawn(async move {
         while let Some((sent, msg)) = rx.recv().await {
-            tokio::time::sleep_until(sent + delay).await;
+            // The timer wheel has 1 ms ticks: never sleep for a deadline already passed.
+            if sent + delay > tokio::time::Instant::now() {
+                tokio::time::sleep_until(sent + delay).await;
+            }
             if out_tx.send(msg).await.is_err() {
                 return;
             }

@@ -8,7 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{MuxStats, Shared};
 use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
@@ -66,6 +66,9 @@ pub(crate) struct StreamState {
     error: Option<StreamError>,
     /// Set once the stream is finished or reset; Drop then sends nothing.
     done: bool,
+    /// Dropped after finishing its send direction with nothing unread: like a TCP socket
+    /// closed after shutdown, it takes the peer's FIN quietly and answers DATA with RESET.
+    orphaned: bool,
 }
 
 impl StreamState {
@@ -87,6 +90,7 @@ impl StreamState {
             fin_sent: false,
             error: None,
             done: false,
+            orphaned: false,
         }
     }
 
@@ -113,6 +117,8 @@ impl StreamState {
 /// What the reader does with a frame for a stream: the outcome decides map removal.
 pub(crate) enum Delivery {
     Ok,
+    /// DATA for a stream nobody reads any more: reset it (not a protocol error).
+    Orphaned,
     /// Stream finished in both directions: drop it from the table.
     Finished,
     /// The peer broke the stream's rules: reset it.
@@ -145,6 +151,10 @@ impl StreamShared {
         if st.recv_fin {
             return Delivery::Violation("DATA after FIN".into());
         }
+        if st.orphaned {
+            st.done = true;
+            return Delivery::Orphaned;
+        }
         st.received += data.len() as u64;
         if st.received > st.granted {
             return Delivery::Violation(format!(
@@ -171,6 +181,10 @@ impl StreamShared {
         st.recv_fin = true;
         if let Some(w) = st.recv_waker.take() {
             w.wake();
+        }
+        if st.orphaned {
+            st.done = true;
+            return Delivery::Finished;
         }
         if st.fin_sent {
             st.done = true;
@@ -435,27 +449,49 @@ impl MuxStream {
 
 impl Drop for MuxStream {
     fn drop(&mut self) {
-        let (done, growth, buffered) = {
+        let (done, orphan, growth, buffered) = {
             let mut st = self.shared.lock();
             let g = std::mem::take(&mut st.growth);
             let b = std::mem::take(&mut st.recv_bytes);
             st.recv.clear();
-            (st.done, g, b)
+            let orphan = !st.done && st.fin_sent && b == 0 && st.error.is_none();
+            st.orphaned = orphan;
+            (st.done, orphan, g, b)
         };
         self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
         self.mux
             .stats
             .buffered
             .fetch_sub(buffered as u64, Ordering::Relaxed);
+        if orphan {
+            // Stays in the table until the peer's FIN (or DATA, answered with RESET).
+            return;
+        }
         self.mux.remove_stream(self.shared.id);
         if !done {
             self.shared.lock().done = true;
             if !self.mux.closed.is_cancelled() {
-                self.mux.push_urgent(Frame::Reset {
+                let frame = Frame::Reset {
                     id: self.shared.id,
                     reason: Reason::Reset,
                     message: "stream dropped".into(),
-                });
+                };
+                // Behind any DATA/FIN already queued, so a finished sender's tail arrives
+                // before the reset (as a TCP close after shutdown delivers, then resets).
+                match self.mux.data_tx.try_send(frame) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(frame)) => {
+                        match tokio::runtime::Handle::try_current() {
+                            Ok(rt) => {
+                                let tx = self.mux.data_tx.clone();
+                                rt.spawn(async move {
+                                    let _ = tx.send(frame).await;
+                                });
+                            }
+                            Err(_) => self.mux.push_urgent(frame),
+                        }
+                    }
+                }
             }
         }
     }

@@ -280,6 +280,8 @@ pub async fn accept<T>(
     let _ = tcp.set_nodelay(true);
     let tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
     let mut outcome: Result<T, String> = Err("no upgrade request".into());
+    // The callback's signature is tungstenite's; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let h = req.headers();
         let offered = h

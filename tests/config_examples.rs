@@ -1,0 +1,63 @@
+//! Every file in `config/` must load as the product would load it.
+
+use std::path::Path;
+
+use sgw::acl::{Acl, Request};
+use sgw::config::{self, AnyConfig};
+
+#[test]
+fn every_example_config_loads() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let dir = tempfile::tempdir().unwrap();
+    // The examples point at the files `sgw init` writes: make real ones next to them.
+    let certs = tempfile::tempdir().unwrap();
+    sgw::init::write(certs.path(), &sgw::init::InitOptions::default()).unwrap();
+    for f in ["ca.pem", "gateway.pem", "gateway.key", "token"] {
+        std::fs::copy(certs.path().join(f), dir.path().join(f)).unwrap();
+    }
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let src = entry.unwrap().path();
+        std::fs::copy(&src, dir.path().join(src.file_name().unwrap())).unwrap();
+    }
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let name = entry.unwrap().file_name();
+        let path = dir.path().join(&name);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => match config::load_any(&path) {
+                Ok(AnyConfig::Client(c)) => {
+                    assert_eq!(c.gateways.len(), 1);
+                    assert_eq!(c.limits.max_stream_window, 16 * 1024 * 1024);
+                    Acl::load(&c.acl_file, c.default_policy).unwrap();
+                    seen += 1;
+                }
+                Ok(AnyConfig::Gateway(g)) => {
+                    assert_eq!(g.gateways[0].destinations.len(), 2);
+                    assert!(!g.gateways[0].destinations[1].enabled);
+                    seen += 1;
+                }
+                Err(e) => panic!("{}: {e}", name.to_string_lossy()),
+            },
+            Some("list") => {
+                let acl = Acl::load(&path, config::Policy::Deny).unwrap();
+                assert!(
+                    acl.check(&Request {
+                        host: "127.0.0.1",
+                        port: 6379
+                    })
+                    .allow
+                );
+                assert!(
+                    !acl.check(&Request {
+                        host: "169.254.169.254",
+                        port: 80
+                    })
+                    .allow
+                );
+                seen += 1;
+            }
+            _ => panic!("unexpected file in config/: {}", name.to_string_lossy()),
+        }
+    }
+    assert_eq!(seen, 3);
+}
