@@ -348,12 +348,12 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     let mut status = client.handle().status();
     let gw_task = tokio::spawn(gw.run(shutdown.clone()));
     let client_task = tokio::spawn(client.run(shutdown.clone()));
-    let ready = tokio::time::timeout(
-        Duration::from_secs(15),
-        status.wait_for(|s| s.tunnels_up >= tunnels),
-    )
+    // `wait_for` returns a guard holding the watch's read lock: drop it at once.
+    let ready = tokio::time::timeout(Duration::from_secs(15), async {
+        status.wait_for(|s| s.tunnels_up >= tunnels).await.is_ok()
+    })
     .await;
-    if !matches!(ready, Ok(Ok(_))) {
+    if ready != Ok(true) {
         anyhow::bail!("the client did not connect to the gateway within 15 s");
     }
     println!(

@@ -332,6 +332,22 @@ async fn quickstart_serves_the_builtin_service_through_the_tunnel() {
         .unwrap();
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
     assert!(resp.contains("came through the tunnel"), "{resp}");
-    let _ = child.kill();
-    let _ = child.wait();
+    // SIGTERM stops it, with exit code 0, promptly.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("quickstart ignored SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }

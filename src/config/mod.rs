@@ -101,7 +101,7 @@ impl Default for Limits {
             max_udp_flows: 4096,
             stream_window: 256 * 1024,
             max_stream_window: 16 * 1024 * 1024,
-            tunnel_buffer: 64 * 1024 * 1024,
+            tunnel_buffer: 16 * 1024 * 1024,
             accept_backlog: 1024,
         }
     }

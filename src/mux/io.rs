@@ -85,6 +85,10 @@ fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(
                 (old * 7 + sample) / 8
             };
             shared.rtt_us.store(srtt, Ordering::Relaxed);
+            let min = shared.min_rtt_us.load(Ordering::Relaxed);
+            if min == 0 || sample < min {
+                shared.min_rtt_us.store(sample, Ordering::Relaxed);
+            }
             Ok(())
         }
         Frame::GoAway { reason, message } => {

@@ -32,7 +32,7 @@ pub use stream::{Incoming, MuxStream, StreamError};
 use stream::{StreamShared, StreamState};
 
 /// Frames are batched into messages of at most about this many bytes.
-pub const BATCH_BYTES: usize = 256 * 1024;
+pub const BATCH_BYTES: usize = 128 * 1024;
 /// Frames the writer queue holds before stream writers wait.
 const DATA_QUEUE: usize = 256;
 
@@ -69,7 +69,7 @@ impl Default for MuxConfig {
             role: Role::Client,
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,
-            tunnel_window_budget: 64 * 1024 * 1024,
+            tunnel_window_budget: 16 * 1024 * 1024,
             max_streams: 10_000,
             accept_backlog: 1024,
             keepalive_interval: Duration::from_secs(15),
@@ -131,6 +131,8 @@ pub(crate) struct Shared {
     local_go_away: AtomicBool,
     peer_go_away: AtomicBool,
     rtt_us: AtomicU64,
+    /// Smallest RTT seen: the path's own delay, without the queueing that big windows add.
+    min_rtt_us: AtomicU64,
     window_growth: AtomicU64,
     started: Instant,
     last_rx_ms: AtomicU64,
@@ -199,6 +201,7 @@ impl Mux {
             local_go_away: AtomicBool::new(false),
             peer_go_away: AtomicBool::new(false),
             rtt_us: AtomicU64::new(0),
+            min_rtt_us: AtomicU64::new(0),
             window_growth: AtomicU64::new(0),
             started: Instant::now(),
             last_rx_ms: AtomicU64::new(0),
@@ -389,8 +392,8 @@ impl Shared {
         self.lock_streams().map.remove(&id);
     }
 
-    fn rtt(&self) -> Duration {
-        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    fn min_rtt(&self) -> Duration {
+        Duration::from_micros(self.min_rtt_us.load(Ordering::Relaxed))
     }
 
     fn now_us(&self) -> u64 {

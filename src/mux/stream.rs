@@ -5,7 +5,7 @@ use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -40,6 +40,10 @@ impl StreamError {
         }
     }
 }
+
+/// A half window consumed within this many minimum RTTs means the window, not the reader,
+/// limits the stream.
+const GROWTH_RTTS: u32 = 4;
 
 type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
 
@@ -395,10 +399,11 @@ impl MuxStream {
             }
             let cfg = &self.mux.cfg;
             let now = Instant::now();
-            // On loopback the RTT is microseconds; a floor keeps growth possible there.
-            let rtt = self.mux.rtt().max(Duration::from_millis(1));
+            // Judge against the minimum RTT: the smoothed RTT includes the queueing that
+            // bigger windows themselves cause, and growing on it feeds on itself.
+            let rtt = self.mux.min_rtt();
             let mut inc = st.unacked;
-            if now.duration_since(st.epoch) < 2 * rtt && st.window < cfg.max_window {
+            if now.duration_since(st.epoch) < GROWTH_RTTS * rtt && st.window < cfg.max_window {
                 let grow = st.window.min(cfg.max_window - st.window);
                 let budget = &self.mux.window_growth;
                 let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);

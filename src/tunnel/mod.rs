@@ -34,7 +34,7 @@ pub fn ws_config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
     c.max_message_size = Some(proto::MAX_MESSAGE);
     c.max_frame_size = Some(proto::MAX_MESSAGE);
-    c.read_buffer_size = 256 * 1024;
+    c.read_buffer_size = 128 * 1024;
     c.write_buffer_size = 0;
     c.max_write_buffer_size = 4 * proto::MAX_MESSAGE;
     c
