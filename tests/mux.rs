@@ -67,6 +67,14 @@ impl Peer {
         }
     }
 
+    /// Accepts the next stream the peer opened.
+    async fn accept(&mut self) -> sgw::mux::MuxStream {
+        let inc = tokio::time::timeout(T, self.events.incoming.recv())
+            .await
+            .expect("open in time");
+        inc.expect("mux running").accept().await.unwrap()
+    }
+
     async fn closed_with(&self) -> String {
         tokio::time::timeout(T, self.mux.closed())
             .await
@@ -134,24 +142,8 @@ async fn flow_control_violation_resets_only_that_stream() {
     let window = 16 * 1024;
     let mut p = Peer::new(Role::Client, window);
     p.send(&[open(1, 65536), open(3, 65536)]).await;
-    let s1 = p
-        .events
-        .incoming
-        .recv()
-        .await
-        .unwrap()
-        .accept()
-        .await
-        .unwrap();
-    let s3 = p
-        .events
-        .incoming
-        .recv()
-        .await
-        .unwrap()
-        .accept()
-        .await
-        .unwrap();
+    let s1 = p.accept().await;
+    let s3 = p.accept().await;
     // Exactly the window is fine and is buffered, not more.
     let full = Bytes::from(vec![1u8; window as usize]);
     p.send(&[Frame::Data { id: 1, data: full }]).await;
@@ -232,15 +224,7 @@ async fn data_after_fin_and_bad_open_metadata_are_stream_errors() {
         "{f:?}"
     );
     p.send(&[open(3, 1000)]).await;
-    let s = p
-        .events
-        .incoming
-        .recv()
-        .await
-        .unwrap()
-        .accept()
-        .await
-        .unwrap();
+    let s = p.accept().await;
     p.send(&[
         Frame::Fin { id: 3 },
         Frame::Data {

@@ -8,7 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{MuxStats, Shared};
 use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
@@ -476,27 +476,12 @@ impl Drop for MuxStream {
         if !done {
             self.shared.lock().done = true;
             if !self.mux.closed.is_cancelled() {
-                let frame = Frame::Reset {
+                // Abortive, like a TCP close with data unread: it may overtake queued DATA.
+                self.mux.push_urgent(Frame::Reset {
                     id: self.shared.id,
                     reason: Reason::Reset,
                     message: "stream dropped".into(),
-                };
-                // Behind any DATA/FIN already queued, so a finished sender's tail arrives
-                // before the reset (as a TCP close after shutdown delivers, then resets).
-                match self.mux.data_tx.try_send(frame) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-                    Err(mpsc::error::TrySendError::Full(frame)) => {
-                        match tokio::runtime::Handle::try_current() {
-                            Ok(rt) => {
-                                let tx = self.mux.data_tx.clone();
-                                rt.spawn(async move {
-                                    let _ = tx.send(frame).await;
-                                });
-                            }
-                            Err(_) => self.mux.push_urgent(frame),
-                        }
-                    }
-                }
+                });
             }
         }
     }
