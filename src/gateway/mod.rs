@@ -80,13 +80,35 @@ pub struct GatewayHandle {
     tunnel_addr: SocketAddr,
 }
 
+/// Listen backlog: a burst of callers must queue, not overflow the SYN queue into syncookies
+/// (which can resurrect closed connections from stray ACKs).
+const BACKLOG: u32 = 4096;
+
 async fn bind(addr: &str) -> Result<TcpListener, GatewayError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+    let err = |source| GatewayError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await.map_err(err)? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let listener = sock.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(BACKLOG)
+        });
+        match listener {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(err(last.unwrap_or_else(|| {
+        std::io::Error::other("address resolved to nothing")
+    })))
 }
 
 impl Gateway {
