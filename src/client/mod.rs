@@ -353,10 +353,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         };
         tracing::Span::current().record("dest.addr", format!("{}:{}", dest.ip, dest.port));
         let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = acl.check(&Request {
-            host: &dest.ip,
-            port: dest.port,
-        });
+        let decision = acl.check(&Request::new(&dest.ip, dest.port));
         if !decision.allow {
             shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
             let why = decision.explain(&acl.file);

@@ -1,0 +1,444 @@
+//! The client's local veto (SPEC §5): iptables-style rules, evaluated top-down, the first
+//! matching rule decides, `default_policy` when none matches.
+//!
+//! A pure function of rules and request: [`Acl::check`] takes everything it looks at (name,
+//! one resolved address, port, HTTP path, caller, local time) in a [`Request`] and does no I/O.
+//! Resolving names, reading clocks and files is the caller's business, so the same engine serves
+//! the client's hot path, `sgw acl check` and the tests.
+//!
+//! Rules compile into an index ([`index`]) so a decision costs about the same with 10 rules as
+//! with 10,000; [`Acl::check_naive`] is the plain top-down reference the index is tested against.
+
+mod index;
+mod lint;
+mod parse;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Policy;
+
+pub use lint::{lint, Finding};
+pub use parse::parse_rule;
+
+/// One parsed rule. `text` is the rule as written (trimmed, comment removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub line: usize,
+    pub allow: bool,
+    pub host: HostPat,
+    pub ports: PortRange,
+    /// Path prefix, normalised; only HTTP(S) requests (which carry a path) can match it.
+    pub path: Option<String>,
+    pub from: Option<Source>,
+    pub during: Option<Window>,
+    pub text: String,
+}
+
+/// What a rule says about the destination host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPat {
+    Any,
+    /// Exact name, lower case, no trailing dot.
+    Name(String),
+    /// `*.corp.example` stored as `.corp.example`: any name ending in it, at any depth.
+    Suffix(String),
+    /// Inclusive address range in the unified key space (see [`ip_key`]): a single address,
+    /// a CIDR block or an `a-b` range, IPv4 or IPv6.
+    Addr {
+        lo: u128,
+        hi: u128,
+    },
+}
+
+/// An inclusive port range; `0..=65535` is "any port".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange {
+        lo: 0,
+        hi: u16::MAX,
+    };
+
+    pub fn is_any(&self) -> bool {
+        *self == Self::ANY
+    }
+
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+
+    fn covers(&self, o: &PortRange) -> bool {
+        self.lo <= o.lo && o.hi <= self.hi
+    }
+}
+
+/// `from SRC[:SPORT]`: the caller's address range and source ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// Inclusive key range; `0..=u128::MAX` is any address.
+    pub lo: u128,
+    pub hi: u128,
+    pub ports: PortRange,
+}
+
+impl Source {
+    pub fn matches(&self, caller: SocketAddr) -> bool {
+        let k = ip_key(caller.ip());
+        self.lo <= k && k <= self.hi && self.ports.contains(caller.port())
+    }
+}
+
+/// `during DAYS HH:MM-HH:MM` in local time. `start > end` wraps past midnight: the part after
+/// midnight belongs to the day after a listed day (`fri 22:00-06:00` includes Saturday 05:00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// Bit 0 = Monday .. bit 6 = Sunday.
+    pub days: u8,
+    /// Minutes since midnight; `start` inclusive, `end` exclusive (`24:00` = 1440).
+    pub start: u16,
+    pub end: u16,
+}
+
+impl Window {
+    pub fn matches(&self, at: LocalTime) -> bool {
+        let day = |d: u8| self.days & (1 << d) != 0;
+        let m = at.minute;
+        if self.start < self.end {
+            day(at.weekday) && self.start <= m && m < self.end
+        } else {
+            (day(at.weekday) && m >= self.start) || (day((at.weekday + 6) % 7) && m < self.end)
+        }
+    }
+}
+
+/// A local wall-clock instant as the time windows see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalTime {
+    /// 0 = Monday .. 6 = Sunday.
+    pub weekday: u8,
+    /// Minutes since midnight, 0..1440.
+    pub minute: u16,
+}
+
+impl LocalTime {
+    /// Now, in the system's time zone (`TZ` or `/etc/localtime`).
+    pub fn now() -> LocalTime {
+        let z = jiff::ZonedDateTime::now();
+        LocalTime {
+            weekday: z.weekday().to_monday_zero_offset().clamp(0, 6) as u8,
+            minute: z.hour().clamp(0, 23) as u16 * 60 + z.minute().clamp(0, 59) as u16,
+        }
+    }
+}
+
+/// Maps every address into one ordered space: IPv4 as its IPv4-mapped IPv6 address, so one
+/// interval index serves both families and `::ffff:10.0.0.1` is the same host as `10.0.0.1`.
+pub fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// What is being asked for: one candidate address of one destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The name (or address literal) the destination asks for.
+    pub host: &'a str,
+    /// The resolved address being checked; `None` if the name did not resolve, in which case
+    /// only name rules and any-host rules can match.
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+    /// The request path, for HTTP(S) destinations only.
+    pub path: Option<&'a str>,
+    /// The caller as the gateway saw it; `from` rules never match an unknown caller.
+    pub from: Option<SocketAddr>,
+    pub at: LocalTime,
+}
+
+impl<'a> Request<'a> {
+    /// A TCP request for `host:port` now; an address literal host is also the address.
+    pub fn new(host: &'a str, port: u16) -> Self {
+        let lit = host.trim_start_matches('[').trim_end_matches(']');
+        Request {
+            host,
+            addr: lit.parse().ok(),
+            port,
+            path: None,
+            from: None,
+            at: LocalTime {
+                weekday: 0,
+                minute: 0,
+            },
+        }
+    }
+
+    pub fn addr(mut self, a: IpAddr) -> Self {
+        self.addr = Some(a);
+        self
+    }
+
+    pub fn path(mut self, p: &'a str) -> Self {
+        self.path = Some(p);
+        self
+    }
+
+    pub fn from(mut self, c: SocketAddr) -> Self {
+        self.from = Some(c);
+        self
+    }
+
+    pub fn at(mut self, t: LocalTime) -> Self {
+        self.at = t;
+        self
+    }
+}
+
+/// A request with its parts normalised once, so rules compare without allocating.
+pub(crate) struct Norm<'a> {
+    name: Cow<'a, str>,
+    addr: Option<u128>,
+    port: u16,
+    path: Option<String>,
+    from: Option<SocketAddr>,
+    at: LocalTime,
+}
+
+impl<'a> Norm<'a> {
+    fn new(r: &Request<'a>) -> Norm<'a> {
+        let name = r.host.trim_end_matches('.');
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
+        Norm {
+            name,
+            addr: r.addr.map(ip_key),
+            port: r.port,
+            path: r.path.map(normalize_path),
+            from: r.from,
+            at: r.at,
+        }
+    }
+}
+
+impl Rule {
+    /// Does this rule match? The reference semantics every index must agree with.
+    pub(crate) fn matches(&self, n: &Norm<'_>) -> bool {
+        let host = match &self.host {
+            HostPat::Any => true,
+            HostPat::Name(h) => *h == *n.name,
+            HostPat::Suffix(s) => n.name.len() > s.len() && n.name.ends_with(s.as_str()),
+            HostPat::Addr { lo, hi } => n.addr.is_some_and(|a| *lo <= a && a <= *hi),
+        };
+        host && self.matches_rest(n)
+    }
+
+    /// Everything but the host: the index has already matched that.
+    pub(crate) fn matches_rest(&self, n: &Norm<'_>) -> bool {
+        self.ports.contains(n.port)
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|pre| n.path.as_deref().is_some_and(|p| path_has_prefix(p, pre)))
+            && self
+                .from
+                .is_none_or(|s| n.from.is_some_and(|c| s.matches(c)))
+            && self.during.is_none_or(|w| w.matches(n.at))
+    }
+
+    /// True when only host and port decide: the rule matches every request those match.
+    pub(crate) fn unconditional(&self) -> bool {
+        self.path.is_none() && self.from.is_none() && self.during.is_none()
+    }
+}
+
+/// `pre` is a path prefix of `p` on segment boundaries: `/api` matches `/api` and `/api/v1`,
+/// not `/apix`; `/api/` matches `/api/v1` only.
+pub fn path_has_prefix(p: &str, pre: &str) -> bool {
+    p.starts_with(pre)
+        && (p.len() == pre.len() || pre.ends_with('/') || p.as_bytes()[pre.len()] == b'/')
+}
+
+/// Canonical form of a request path for matching: query and fragment dropped, percent-escapes
+/// of unreserved characters decoded, `.`/`..` segments resolved and empty segments collapsed,
+/// so `/my/%61pi/../api//x` is checked as `/my/api/x` (no traversal past a prefix rule).
+pub fn normalize_path(p: &str) -> String {
+    let p = p.split(['?', '#']).next().unwrap_or("");
+    let mut decoded = String::with_capacity(p.len());
+    let b = p.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                    decoded.push(c as char);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        // Pushing byte-wise keeps multi-byte UTF-8 intact because `p` is a valid str and we only
+        // ever skip ASCII escapes.
+        let ch_len = utf8_len(b[i]);
+        decoded.push_str(&p[i..(i + ch_len).min(p.len())]);
+        i += ch_len;
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = String::with_capacity(decoded.len() + 1);
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() || trailing {
+        s.push('/');
+    }
+    s
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// The verdict and what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allow: bool,
+    /// The deciding rule's line, `None` for the default policy.
+    pub line: Option<usize>,
+}
+
+impl Decision {
+    /// Short explanation for logs and refusals: `rule acl.list:4` or `default policy`.
+    pub fn explain(&self, file: &str) -> String {
+        match self.line {
+            Some(l) => format!("rule {file}:{l}"),
+            None => "default policy".into(),
+        }
+    }
+}
+
+/// A compiled rule set.
+#[derive(Clone)]
+pub struct Acl {
+    pub file: String,
+    pub rules: Arc<[Rule]>,
+    pub default_policy: Policy,
+    /// `no acl` lines that removed nothing: not errors, but `acl lint` reports them.
+    pub unmatched_removals: Vec<(usize, String)>,
+    index: Arc<index::Index>,
+}
+
+impl fmt::Debug for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acl")
+            .field("file", &self.file)
+            .field("rules", &self.rules.len())
+            .field("default_policy", &self.default_policy)
+            .finish()
+    }
+}
+
+impl Acl {
+    /// An empty rule set: only the default policy decides.
+    pub fn empty(default_policy: Policy) -> Self {
+        Self::from_rules(String::new(), Vec::new(), default_policy)
+    }
+
+    /// Compiles an already-parsed rule list (order is evaluation order).
+    pub fn from_rules(file: String, rules: Vec<Rule>, default_policy: Policy) -> Self {
+        let index = Arc::new(index::Index::build(&rules));
+        Acl {
+            file,
+            rules: rules.into(),
+            default_policy,
+            unmatched_removals: Vec::new(),
+            index,
+        }
+    }
+
+    pub fn load(path: &Path, default_policy: Policy) -> Result<Self, Vec<String>> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("{}: cannot read ACL file: {e}", path.display())])?;
+        Self::parse(&path.display().to_string(), &src, default_policy)
+    }
+
+    /// Parses a whole file; every bad line is reported as `file:line:col: message`.
+    pub fn parse(file: &str, src: &str, default_policy: Policy) -> Result<Self, Vec<String>> {
+        let parsed = parse::parse_file(file, src)?;
+        let mut acl = Self::from_rules(file.to_owned(), parsed.rules, default_policy);
+        acl.unmatched_removals = parsed.unmatched_removals;
+        Ok(acl)
+    }
+
+    /// The rule at `line`, if one is in force there.
+    pub fn rule_at(&self, line: usize) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.line == line)
+    }
+
+    /// First matching rule decides; no match means the default policy. Uses the index.
+    pub fn check(&self, req: &Request<'_>) -> Decision {
+        let n = Norm::new(req);
+        self.decide(self.index.first_match(&self.rules, &n))
+    }
+
+    /// The same decision by walking every rule top-down: the reference for tests and benches.
+    pub fn check_naive(&self, req: &Request<'_>) -> Decision {
+        let n = Norm::new(req);
+        self.decide(self.rules.iter().position(|r| r.matches(&n)))
+    }
+
+    fn decide(&self, hit: Option<usize>) -> Decision {
+        match hit {
+            Some(i) => Decision {
+                allow: self.rules[i].allow,
+                line: Some(self.rules[i].line),
+            },
+            None => Decision {
+                allow: self.default_policy == Policy::Allow,
+                line: None,
+            },
+        }
+    }
+
+    /// Explanation with the rule text: ``rule acl.list:4 `acl deny 10.0.0.5:` `` or
+    /// `default policy (deny)`.
+    pub fn explain(&self, d: &Decision) -> String {
+        match d.line.and_then(|l| self.rule_at(l)) {
+            Some(r) => format!("rule {}:{} `{}`", self.file, r.line, r.text),
+            None => format!(
+                "default policy ({})",
+                if d.allow { "allow" } else { "deny" }
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
