@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::Policy;
+use crate::config::{IpTableRule, Policy};
 
 pub use lint::{lint, Finding};
 pub use parse::parse_rule;
@@ -260,6 +260,12 @@ impl Rule {
     pub(crate) fn unconditional(&self) -> bool {
         self.path.is_none() && self.from.is_none() && self.during.is_none()
     }
+}
+
+/// Seed 000 private destinations: only a caller matching one of the destination's
+/// `ip_table_rules` is let in (none configured: nobody); an unknown caller never is.
+pub fn caller_admitted(private: bool, rules: &[IpTableRule], caller: Option<SocketAddr>) -> bool {
+    !private || caller.is_some_and(|c| rules.iter().any(|r| r.matches(c)))
 }
 
 /// `pre` is a path prefix of `p` on segment boundaries: `/api` matches `/api` and `/api/v1`,

@@ -154,12 +154,14 @@ fn parse_line(raw: &str) -> Result<Option<(bool, Rule)>, Err> {
                 during = Some(Window { days, start, end });
             }
             "from" | "during" => return Err((at, format!("`{kw}` given twice"))),
-            other => return Err((
-                at,
-                format!(
+            other => {
+                return Err((
+                    at,
+                    format!(
                     "unexpected `{other}`: expected `from SRC[:PORT]` or `during DAYS HH:MM-HH:MM`"
                 ),
-            )),
+                ))
+            }
         }
     }
     let canon: Vec<&str> = w

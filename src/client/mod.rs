@@ -6,6 +6,7 @@
 //! destination, asks the ACL, dials, accepts → [`relay`].
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
 
-use crate::acl::{Acl, Request};
-use crate::config::{ClientConfig, GatewayLink, Reconnect};
+use crate::acl::{self, Acl, Decision, LocalTime, Request};
+use crate::config::{ClientConfig, GatewayLink, IpTableRule, Reconnect};
 use crate::dial;
 use crate::mux::{Incoming, Mux, MuxConfig, Role};
 use crate::proto::{ConfigPush, DestinationSpec, Hello, Reason, PROTO_MAJOR, PROTO_MINOR};
@@ -37,7 +38,11 @@ pub enum ClientError {
 #[derive(Debug, Default)]
 pub struct ClientStats {
     pub streams_opened: AtomicU64,
+    /// Streams refused by the ACL or a private destination's caller rules (all reasons).
     pub streams_denied: AtomicU64,
+    pub denied_by_rule: AtomicU64,
+    pub denied_by_default: AtomicU64,
+    pub denied_by_caller: AtomicU64,
     pub streams_failed: AtomicU64,
     pub tunnel_connects: AtomicU64,
     pub tunnel_failures: AtomicU64,
@@ -56,7 +61,31 @@ pub struct Status {
 struct Link {
     cfg: GatewayLink,
     tls: TlsConnector,
-    dests: RwLock<Arc<HashMap<String, DestinationSpec>>>,
+    dests: RwLock<Arc<HashMap<String, Arc<Dest>>>>,
+}
+
+/// A destination as the gateway pushed it, with its caller rules parsed once.
+struct Dest {
+    spec: DestinationSpec,
+    /// Rules that failed to parse are dropped (and logged): fewer callers admitted, never more.
+    ip_rules: Vec<IpTableRule>,
+}
+
+impl Dest {
+    fn new(spec: DestinationSpec) -> Dest {
+        let ip_rules = spec
+            .ip_table_rules
+            .iter()
+            .filter_map(|r| match IpTableRule::new(&r.src, &r.spt, &r.app) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(dest.id = %spec.id, rule.app = %r.app, error = %e, "ignoring bad ip_table_rules entry from gateway");
+                    None
+                }
+            })
+            .collect();
+        Dest { spec, ip_rules }
+    }
 }
 
 struct Shared {
@@ -258,7 +287,7 @@ fn apply_config(link: &Link, payload: &[u8]) {
             let map = push
                 .destinations
                 .into_iter()
-                .map(|d| (d.id.clone(), d))
+                .map(|d| (d.id.clone(), Arc::new(Dest::new(d))))
                 .collect();
             *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             info!(destinations = n, "destinations updated by gateway");
@@ -323,6 +352,107 @@ async fn drain(mux: &Mux) {
     }
 }
 
+/// Why a stream was not dialled.
+enum Refusal {
+    /// `why` is for the local log (rule text); `line` is all the gateway is told.
+    Denied {
+        reason: DenyReason,
+        why: String,
+        line: Option<usize>,
+    },
+    Failed(dial::DialError),
+}
+
+#[derive(Clone, Copy)]
+enum DenyReason {
+    Rule,
+    Default,
+    Caller,
+}
+
+impl DenyReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Rule => "acl_rule",
+            DenyReason::Default => "acl_default",
+            DenyReason::Caller => "ip_table_rules",
+        }
+    }
+}
+
+/// The client's veto, then the dial: caller rules, one resolution, the ACL on every candidate
+/// address, and a connection only to an address the ACL allowed.
+async fn vet_and_dial(
+    shared: &Shared,
+    dest: &Dest,
+    caller: &str,
+) -> Result<tokio::net::TcpStream, Refusal> {
+    let spec = &dest.spec;
+    let caller: Option<SocketAddr> = caller.parse().ok();
+    let deny = |reason: DenyReason, why: String, line: Option<usize>| {
+        let counter = match reason {
+            DenyReason::Rule => &shared.stats.denied_by_rule,
+            DenyReason::Default => &shared.stats.denied_by_default,
+            DenyReason::Caller => &shared.stats.denied_by_caller,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Refusal::Denied { reason, why, line }
+    };
+    if !acl::caller_admitted(spec.private, &dest.ip_rules, caller) {
+        return Err(deny(
+            DenyReason::Caller,
+            "ip_table_rules of this private destination".into(),
+            None,
+        ));
+    }
+    let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let timeout = Duration::from_secs(u64::from(spec.timeout.clamp(1, 180)));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut req = Request::new(&spec.ip, spec.port).at(LocalTime::now());
+    req.from = caller;
+    let denied = |d: &Decision| {
+        let reason = if d.line.is_some() {
+            DenyReason::Rule
+        } else {
+            DenyReason::Default
+        };
+        deny(reason, acl.explain(d), d.line)
+    };
+    let addrs = match dial::resolve(&spec.ip, spec.port, deadline).await {
+        Ok(a) => a,
+        Err(e) => {
+            // Unresolvable: name rules still decide, so a denied name is reported as denied.
+            let d = acl.check(&Request { addr: None, ..req });
+            return Err(if d.allow {
+                Refusal::Failed(e)
+            } else {
+                denied(&d)
+            });
+        }
+    };
+    let mut allowed = Vec::with_capacity(addrs.len());
+    let mut first_denial = None;
+    for a in &addrs {
+        let d = acl.check(&req.addr(a.ip()));
+        if d.allow {
+            allowed.push(*a);
+        } else {
+            debug!(dest.resolved = %a, acl.rule = %acl.explain(&d), "address denied by ACL");
+            first_denial.get_or_insert(d);
+        }
+    }
+    if allowed.is_empty() {
+        let d = first_denial.unwrap_or(Decision {
+            allow: false,
+            line: None,
+        });
+        return Err(denied(&d));
+    }
+    dial::tcp_any(&allowed, deadline)
+        .await
+        .map_err(Refusal::Failed)
+}
+
 /// One stream the gateway opened: destination lookup, ACL, dial, relay.
 async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_id: String) {
     let span = tracing::info_span!(
@@ -351,21 +481,24 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             inc.reject(Reason::UnknownDest, &msg).await;
             return;
         };
-        tracing::Span::current().record("dest.addr", format!("{}:{}", dest.ip, dest.port));
-        let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = acl.check(&Request::new(&dest.ip, dest.port));
-        if !decision.allow {
-            shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
-            let why = decision.explain(&acl.file);
-            info!(reason = "acl_denied", acl.rule = %why, "stream denied by ACL");
-            inc.reject(Reason::AclDenied, &format!("denied by {why}"))
-                .await;
-            return;
-        }
-        let timeout = Duration::from_secs(u64::from(dest.timeout.clamp(1, 180)));
-        let tcp = match dial::tcp(&dest.ip, dest.port, timeout).await {
+        let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
+        tracing::Span::current().record("dest.addr", dest_addr.as_str());
+        let tcp = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
             Ok(t) => t,
-            Err(e) => {
+            Err(Refusal::Denied { reason, why, line }) => {
+                shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+                warn!(reason = reason.as_str(), acl.rule = %why, "stream denied");
+                let public = match (reason, line) {
+                    (DenyReason::Caller, _) => {
+                        "denied by the client: caller not in ip_table_rules".to_string()
+                    }
+                    (_, Some(l)) => format!("denied by the client's ACL, rule at line {l}"),
+                    (_, None) => "denied by the client's ACL default policy".to_string(),
+                };
+                inc.reject(Reason::AclDenied, &public).await;
+                return;
+            }
+            Err(Refusal::Failed(e)) => {
                 shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
                 info!(reason = %e.reason, error = %e.message, "dial failed");
                 inc.reject(e.reason, &e.message).await;

@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::walk::{Cx, Tbl};
 use super::{
     read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, ConfigErrors,
-    Keepalive, Limits, LogSettings, Secret,
+    IpTableRule, Keepalive, Limits, LogSettings, Secret,
 };
 
 /// Destination protocol (seed 000 names).
@@ -45,6 +45,9 @@ pub struct Destination {
     pub cloud_port: u16,
     /// Connect timeout on the client's side (1..=180 s).
     pub timeout: Duration,
+    /// Only callers matching one of `ip_table_rules` are accepted (none: nobody).
+    pub private: bool,
+    pub ip_table_rules: Vec<IpTableRule>,
 }
 
 /// The gateway's own certificate and key for the tunnel endpoint.
@@ -107,8 +110,6 @@ const DEST_LATER: &[&str] = &[
     "dest_key",
     "proxy",
     "compression",
-    "private",
-    "ip_table_rules",
     "host_rewrite",
 ];
 
@@ -256,6 +257,32 @@ fn read_destination(
         }
     }
     let timeout = d.int_in("timeout", 1..=180).unwrap_or(30);
+    let private = d.bool("private").unwrap_or(false);
+    let mut ip_table_rules = Vec::new();
+    let mut apps = HashSet::new();
+    for t in d.tables("ip_table_rules") {
+        let src = t.str("src").unwrap_or_default();
+        let spt = t.str("spt").unwrap_or_default();
+        let app = t.str("app").unwrap_or_default();
+        let at = ["src", "spt", "app"]
+            .into_iter()
+            .find_map(|k| t.get(k).map(|v| (k, v)));
+        match IpTableRule::new(&src, &spt, &app) {
+            Ok(r) => {
+                if !app.is_empty() && !apps.insert(app.clone()) {
+                    if let Some(v) = t.get("app") {
+                        t.err("app", v, format!("duplicate rule app `{app}`"));
+                    }
+                }
+                ip_table_rules.push(r);
+            }
+            Err(m) => match at {
+                Some((k, v)) => t.err(k, v, m),
+                None => t.missing("src"),
+            },
+        }
+        t.finish(&[]);
+    }
     Some(Destination {
         id: id?,
         desc: d.str("desc").unwrap_or_default(),
@@ -266,5 +293,7 @@ fn read_destination(
         cloud_host,
         cloud_port: cloud_port? as u16,
         timeout: Duration::from_secs(timeout as u64),
+        private,
+        ip_table_rules,
     })
 }

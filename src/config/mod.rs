@@ -4,6 +4,7 @@
 
 mod client;
 mod gateway;
+mod iptable;
 mod walk;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use client::{ClientConfig, GatewayLink, Reconnect, Trust, WssUrl};
 pub use gateway::{Destination, GatewayConfig, Protocol, TenantConfig, TlsIdentity};
+pub use iptable::IpTableRule;
 pub use walk::{parse_duration, parse_size};
 
 use rustls::pki_types::pem::PemObject;

@@ -24,10 +24,12 @@ use tracing::{info, warn, Instrument};
 pub use registry::ClientInfo;
 use registry::Tenant;
 
+use crate::acl;
 use crate::config::{Destination, GatewayConfig};
 use crate::mux::{Mux, MuxConfig, Role};
 use crate::proto::{
-    ConfigPush, DestinationSpec, Frame, OpenMeta, Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
+    ConfigPush, DestinationSpec, Frame, IpTableRuleSpec, OpenMeta, Reason, Welcome, PROTO_MAJOR,
+    PROTO_MINOR,
 };
 use crate::relay::{self, relay};
 use crate::tunnel;
@@ -53,6 +55,8 @@ pub struct GatewayStats {
     pub tunnels_rejected: AtomicU64,
     pub streams_opened: AtomicU64,
     pub streams_failed: AtomicU64,
+    /// Callers refused by a private destination's `ip_table_rules`.
+    pub streams_denied: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
@@ -134,6 +138,16 @@ impl Gateway {
                         ip: d.ip.clone(),
                         port: d.port,
                         timeout: d.timeout.as_secs() as u32,
+                        private: d.private,
+                        ip_table_rules: d
+                            .ip_table_rules
+                            .iter()
+                            .map(|r| IpTableRuleSpec {
+                                src: r.src.clone(),
+                                spt: r.spt.clone(),
+                                app: r.app.clone(),
+                            })
+                            .collect(),
                     })
                     .collect(),
             };
@@ -392,6 +406,14 @@ async fn serve_caller(
     );
     async move {
         let started = Instant::now();
+        // Private destinations drop unknown callers here, before any tunnel traffic; the
+        // client checks again (it trusts nothing it did not decide itself).
+        if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
+            inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+            warn!(reason = "ip_table_denied", "caller refused: no ip_table_rules entry of this private destination matches it");
+            relay::abort(&tcp);
+            return;
+        }
         let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string() };
         // The client enforces the destination timeout on its dial; allow for the tunnel too.
         let limit = dest.timeout + Duration::from_secs(5);

@@ -41,6 +41,23 @@ pub struct DestinationSpec {
     pub port: u16,
     /// Connect and idle timeout on the client's side, seconds.
     pub timeout: u32,
+    /// Seed 000 `private`: only callers matching `ip_table_rules` may use the destination.
+    #[serde(default)]
+    pub private: bool,
+    #[serde(default)]
+    pub ip_table_rules: Vec<IpTableRuleSpec>,
+}
+
+/// Seed 000 ip table rule as the API writes it: `src` address or `a-b` range, `spt` port or
+/// `a:b` range, `app` the rule's name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpTableRuleSpec {
+    #[serde(default)]
+    pub src: String,
+    #[serde(default)]
+    pub spt: String,
+    #[serde(default)]
+    pub app: String,
 }
 
 /// Gateway to client: the full destination list of the gateway (replaces the previous one).

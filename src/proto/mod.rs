@@ -8,7 +8,9 @@ mod frame;
 mod messages;
 
 pub use frame::{decode_message, encode_frame, Frame, FrameType, ProtoError, Reason, HEADER_LEN};
-pub use messages::{ConfigPush, DestinationSpec, Hello, LogPush, OpenMeta, Welcome};
+pub use messages::{
+    ConfigPush, DestinationSpec, Hello, IpTableRuleSpec, LogPush, OpenMeta, Welcome,
+};
 
 /// Protocol major version; part of the WebSocket subprotocol name.
 pub const PROTO_MAJOR: u8 = 1;
