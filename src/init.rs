@@ -59,6 +59,8 @@ pub struct InitOptions {
     pub expose: Vec<Expose>,
     /// Names and addresses the gateway certificate is valid for.
     pub names: Vec<String>,
+    /// The client's admin endpoint (health, metrics, ACL changes).
+    pub admin_listen: String,
 }
 
 impl Default for InitOptions {
@@ -68,6 +70,7 @@ impl Default for InitOptions {
             cloud_host: "127.0.0.1".into(),
             expose: Vec::new(),
             names: vec!["localhost".into(), "127.0.0.1".into()],
+            admin_listen: "127.0.0.1:9003".into(),
         }
     }
 }
@@ -175,8 +178,9 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
     } else {
         host
     };
+    let admin = &opts.admin_listen;
     let client = format!(
-        "# sgw client, written by `sgw init`.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\n\n[[gateway]]\nurl = \"wss://{host}:{port}/tunnel\"\ngateway_id = \"gw1\"\ntoken_file = \"token\"\nca_file = \"ca.pem\"\ntunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n"
+        "# sgw client, written by `sgw init`.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"{admin}\"\n\n[[gateway]]\nurl = \"wss://{host}:{port}/tunnel\"\ngateway_id = \"gw1\"\ntoken_file = \"token\"\nca_file = \"ca.pem\"\ntunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n"
     );
     let mut acl = String::from(
         "# sgw ACL, written by `sgw init`: first matching rule decides, default deny.\n",

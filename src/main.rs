@@ -8,8 +8,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use sgw::acl::Acl;
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::Method;
+use sgw::acl::{parse_check_target, Acl, Decision, LocalTime, Request};
+use sgw::admin::client::{call, query_escape};
 use sgw::client::Client;
+use sgw::config::Policy;
 use sgw::config::{self, AnyConfig, ClientConfig, GatewayConfig, LogFormat};
 use sgw::gateway::Gateway;
 use sgw::init::{self, Expose, InitOptions};
@@ -72,6 +77,11 @@ enum Cmd {
         #[arg(long)]
         expose: Vec<Expose>,
     },
+    /// ACL tools: check and lint a file; show and change a running client's rules.
+    Acl {
+        #[command(subcommand)]
+        cmd: AclCmd,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -79,6 +89,74 @@ enum Cmd {
     },
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum AclCmd {
+    /// Which rule decides HOST:PORT[/PATH] and why. Exit 0 allow, 3 deny, 2 bad input.
+    Check {
+        #[arg(long)]
+        file: PathBuf,
+        /// HOST:PORT[/PATH]; a name is resolved and every address checked, as the client does.
+        target: String,
+        /// The caller, for `from` rules: IP[:PORT].
+        #[arg(long)]
+        from: Option<String>,
+        /// Local time for `during` rules: `DAY HH:MM` or YYYY-MM-DDTHH:MM (default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// Policy when no rule matches.
+        #[arg(long, value_enum, default_value = "deny")]
+        default_policy: PolicyArg,
+        /// Check the name only; do not resolve it.
+        #[arg(long)]
+        no_resolve: bool,
+    },
+    /// Syntax errors (exit 2), shadowed rules and overlapping allow/deny (warnings, exit 0).
+    Lint {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Add a rule to the running client (written back to its ACL file).
+    Add {
+        /// The rule, e.g. "acl allow 10.0.0.5:5432".
+        rule: String,
+        /// Insert before this line instead of appending.
+        #[arg(long)]
+        before: Option<usize>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a rule from the running client, by text or by line.
+    Remove {
+        rule: Option<String>,
+        #[arg(long, conflicts_with = "rule")]
+        line: Option<usize>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show the running client's rules with their lines.
+    Show {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PolicyArg {
+    Allow,
+    Deny,
+}
+
+/// Where the running client's admin endpoint is.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The client's config: its admin_listen and admin_token are used.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The admin endpoint address (default 127.0.0.1:9003).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -241,31 +319,227 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let rules = load_acl(&acl_path, &cfg)?;
             log_settings(log_level, log_format, &cfg.log)?;
             let shutdown = shutdown_on_signals()?;
-            let policy = cfg.default_policy;
-            let client = Client::new(cfg, rules).map_err(bad)?;
+            let admin_listen = cfg.admin_listen;
+            let admin_token = cfg.admin_token.clone();
+            let client = Client::new(cfg, rules)
+                .map_err(bad)?
+                .with_acl_file(acl_path);
             let handle = client.handle();
-            // SIGHUP reloads the ACL, all or nothing.
+            start_admin(admin_listen, admin_token, &handle, &shutdown).await?;
+            // SIGHUP reloads the ACL, all or nothing (errors are logged by the reload).
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    match Acl::load(&acl_path, policy) {
-                        Ok(a) => {
-                            tracing::info!(rules = a.rules.len(), file = %acl_path.display(), "ACL reloaded");
-                            handle.set_acl(a);
-                        }
-                        Err(errs) => {
-                            for e in errs {
-                                tracing::error!(error = %e, "ACL reload failed, keeping the old rules");
-                            }
-                        }
-                    }
+                    tracing::info!("SIGHUP: reloading the ACL");
+                    let _ = handle.reload_acl();
                 }
             });
             client.run(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Quickstart { dir, expose } => quickstart(dir, expose).await,
+        Cmd::Acl { cmd } => acl_cmd(cmd).await,
     }
+}
+
+/// `--from IP[:PORT]` (`[v6]:port` for IPv6 with a port).
+fn parse_caller(s: &str) -> Result<SocketAddr> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 0)))
+        .map_err(|_| bad(format!("--from: `{s}` is not IP or IP:PORT")))
+}
+
+async fn acl_cmd(cmd: AclCmd) -> Result<ExitCode> {
+    match cmd {
+        AclCmd::Check {
+            file,
+            target,
+            from,
+            at,
+            default_policy,
+            no_resolve,
+        } => {
+            let policy = match default_policy {
+                PolicyArg::Allow => Policy::Allow,
+                PolicyArg::Deny => Policy::Deny,
+            };
+            let acl = Acl::load(&file, policy).map_err(|e| bad(e.join("\n")))?;
+            let (host, port, path) = parse_check_target(&target).map_err(bad)?;
+            let at = match at {
+                Some(a) => a.parse::<LocalTime>().map_err(bad)?,
+                None => LocalTime::now(),
+            };
+            let mut req = Request::new(&host, port).at(at);
+            req.path = path.as_deref();
+            req.from = from.as_deref().map(parse_caller).transpose()?;
+            let mut note = None;
+            let addrs: Vec<IpAddr> = if req.addr.is_some() || no_resolve {
+                Vec::new()
+            } else {
+                match tokio::net::lookup_host((host.as_str(), port)).await {
+                    Ok(a) => {
+                        let mut v: Vec<IpAddr> = a.map(|a| a.ip()).collect();
+                        v.dedup();
+                        v
+                    }
+                    Err(e) => {
+                        note = Some(format!("  ({host} did not resolve: {e}; name rules only)"));
+                        Vec::new()
+                    }
+                }
+            };
+            let decisions: Vec<(Option<IpAddr>, Decision)> = if addrs.is_empty() {
+                vec![(None, acl.check(&req))]
+            } else {
+                addrs
+                    .iter()
+                    .map(|a| (Some(*a), acl.check(&req.addr(*a))))
+                    .collect()
+            };
+            let chosen = decisions
+                .iter()
+                .find(|(_, d)| d.allow)
+                .unwrap_or(&decisions[0]);
+            let verdict = if chosen.1.allow { "allow" } else { "deny" };
+            match chosen.0 {
+                Some(a) if addrs.len() > 1 || a.to_string() != host => {
+                    println!("{verdict} {} (address {a})", acl.explain(&chosen.1))
+                }
+                _ => println!("{verdict} {}", acl.explain(&chosen.1)),
+            }
+            if decisions.len() > 1 {
+                for (a, d) in &decisions {
+                    let a = a.map(|a| a.to_string()).unwrap_or_default();
+                    let v = if d.allow { "allow" } else { "deny" };
+                    println!("  {a}: {v} {}", acl.explain(d));
+                }
+            }
+            if let Some(n) = note {
+                println!("{n}");
+            }
+            Ok(if chosen.1.allow {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
+        AclCmd::Lint { file } => {
+            let acl = Acl::load(&file, Policy::Deny).map_err(|e| bad(e.join("\n")))?;
+            let findings = sgw::acl::lint(&acl);
+            for f in &findings {
+                println!("{}:{}: warning: {}", file.display(), f.line, f.message);
+            }
+            println!(
+                "{}: {} rule(s), {} warning(s)",
+                file.display(),
+                acl.rules.len(),
+                findings.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AclCmd::Add {
+            rule,
+            before,
+            admin,
+        } => {
+            let body = serde_json::json!({ "rule": rule, "before": before }).to_string();
+            admin_request(&admin, Method::POST, "/v1/acl".into(), Some(body), |v| {
+                format!("added at line {}", v["line"])
+            })
+            .await
+        }
+        AclCmd::Remove { rule, line, admin } => {
+            let q = match (rule, line) {
+                (Some(r), None) => format!("rule={}", query_escape(&r)),
+                (None, Some(l)) => format!("line={l}"),
+                _ => return Err(bad("give a rule or --line N")),
+            };
+            admin_request(&admin, Method::DELETE, format!("/v1/acl?{q}"), None, |v| {
+                format!("removed line {}", v["removed_line"])
+            })
+            .await
+        }
+        AclCmd::Show { admin } => {
+            admin_request(&admin, Method::GET, "/v1/acl".into(), None, |v| {
+                let mut out = format!(
+                    "# {} (default policy: {})",
+                    v["file"].as_str().unwrap_or(""),
+                    v["default_policy"].as_str().unwrap_or("")
+                );
+                for r in v["rules"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:>5}  {}",
+                        r["line"].as_u64().unwrap_or(0),
+                        r["text"].as_str().unwrap_or("")
+                    ));
+                }
+                out
+            })
+            .await
+        }
+    }
+}
+
+/// Calls the running client's admin endpoint and prints the answer. Exit 2 when the endpoint
+/// rejects the input (400), 1 on any other failure.
+async fn admin_request(
+    args: &AdminArgs,
+    method: Method,
+    path: String,
+    body: Option<String>,
+    show: impl FnOnce(&serde_json::Value) -> String,
+) -> Result<ExitCode> {
+    let (mut addr, token) = match &args.config {
+        Some(c) => {
+            let cfg = ClientConfig::load(c).map_err(bad)?;
+            (
+                cfg.admin_listen,
+                cfg.admin_token.map(|t| t.expose().to_owned()),
+            )
+        }
+        None => (
+            args.admin
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9003))),
+            std::env::var("SGW_ADMIN_TOKEN").ok(),
+        ),
+    };
+    if let Some(a) = args.admin {
+        addr = a;
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+    }
+    let (status, text) = call(addr, method, &path, body, token.as_deref()).await?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if (200..300).contains(&status) {
+        println!("{}", show(&v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let msg = v["error"].as_str().map(str::to_owned).unwrap_or(text);
+    eprintln!("sgw: admin endpoint answered {status}: {msg}");
+    Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
+}
+
+/// Binds the admin endpoint and serves it until shutdown.
+async fn start_admin(
+    addr: SocketAddr,
+    token: Option<config::Secret>,
+    handle: &sgw::client::ClientHandle,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the admin endpoint on {addr} (admin_listen)"))?;
+    let bound = l.local_addr()?;
+    tracing::info!(admin.addr = %bound, auth = token.is_some(), "admin endpoint listening");
+    let backend = std::sync::Arc::new(sgw::client::AdminBackend(handle.clone()));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = sgw::admin::serve(l, backend, token, stop).await {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    });
+    Ok(bound)
 }
 
 /// A tiny HTTP service so quickstart shows traffic with nothing else installed.
@@ -328,6 +602,7 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     }
     let opts = InitOptions {
         listen: "127.0.0.1:0".into(),
+        admin_listen: "127.0.0.1:0".into(),
         expose: expose.clone(),
         ..InitOptions::default()
     };
@@ -344,7 +619,11 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     let ccfg = ClientConfig::load(&written.client_toml).map_err(bad)?;
     let tunnels: usize = ccfg.gateways.iter().map(|g| g.tunnels).sum();
     let rules = load_acl(&written.acl, &ccfg)?;
-    let client = Client::new(ccfg, rules).map_err(bad)?;
+    let admin_listen = ccfg.admin_listen;
+    let client = Client::new(ccfg, rules)
+        .map_err(bad)?
+        .with_acl_file(written.acl.clone());
+    let admin = start_admin(admin_listen, None, &client.handle(), &shutdown).await?;
     let mut status = client.handle().status();
     let gw_task = tokio::spawn(gw.run(shutdown.clone()));
     let client_task = tokio::spawn(client.run(shutdown.clone()));
@@ -368,6 +647,7 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
             }
         }
     }
+    println!("  admin endpoint: http://{admin}/ (healthz, readyz, metrics, v1/status, v1/acl)");
     println!("Ctrl-C stops.");
     let _ = gw_task.await;
     let _ = client_task.await;

@@ -32,8 +32,13 @@ fn every_example_config_loads() {
                     seen += 1;
                 }
                 Ok(AnyConfig::Gateway(g)) => {
-                    assert_eq!(g.gateways[0].destinations.len(), 2);
-                    assert!(!g.gateways[0].destinations[1].enabled);
+                    let d = &g.gateways[0].destinations;
+                    assert_eq!(d.len(), 3);
+                    assert!(!d[1].enabled);
+                    assert!(d[2].private);
+                    assert_eq!(d[2].ip_table_rules.len(), 2);
+                    assert!(d[2].ip_table_rules[1].matches("198.51.100.7:2000".parse().unwrap()));
+                    assert!(!d[2].ip_table_rules[1].matches("198.51.100.7:80".parse().unwrap()));
                     seen += 1;
                 }
                 Err(e) => panic!("{}: {e}", name.to_string_lossy()),
@@ -42,6 +47,14 @@ fn every_example_config_loads() {
                 let acl = Acl::load(&path, config::Policy::Deny).unwrap();
                 assert!(acl.check(&Request::new("127.0.0.1", 6379)).allow);
                 assert!(!acl.check(&Request::new("169.254.169.254", 80)).allow);
+                // The metadata deny deliberately overlaps the any-host `:22` allow; nothing else.
+                let lint = sgw::acl::lint(&acl);
+                assert_eq!(lint.len(), 1, "{lint:?}");
+                assert!(lint[0].message.ends_with("line 5 denies"), "{lint:?}");
+                let office = Request::new("10.2.0.8", 3389).at("tue 09:00".parse().unwrap());
+                assert!(acl.check(&office).allow);
+                let night = Request::new("10.2.0.8", 3389).at("tue 22:00".parse().unwrap());
+                assert!(!acl.check(&night).allow);
                 seen += 1;
             }
             _ => panic!("unexpected file in config/: {}", name.to_string_lossy()),

@@ -351,3 +351,59 @@ async fn quickstart_serves_the_builtin_service_through_the_tunnel() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_denial_is_one_log_line_and_sighup_reloads() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            gw.handle.tunnel_addr().port()
+        ),
+    );
+    let acl = setup.path("acl.list");
+    std::fs::write(&acl, format!("# ops\nacl deny 127.0.0.1:{}\n", echo.port())).unwrap();
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let admin = field(&p.wait_line("admin endpoint listening").await, "admin.addr");
+    p.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    let r = echo_once(cloud, b"x").await;
+    assert!(!matches!(&r, Ok(b) if !b.is_empty()), "denied: {r:?}");
+    let line = p.wait_line("stream denied").await;
+    assert!(line.contains("WARN"), "{line}");
+    for want in [
+        "reason=acl_rule",
+        "acl.line=2",
+        &format!("acl.rule=\"acl deny 127.0.0.1:{}\"", echo.port()),
+        "dest.id=dest1",
+        "caller.addr=127.0.0.1:",
+        &format!("dest.addr=127.0.0.1:{}", echo.port()),
+    ] {
+        assert!(line.contains(want), "{want} missing in: {line}");
+    }
+    // SIGHUP: a rewritten file applies without a restart.
+    std::fs::write(&acl, format!("acl allow 127.0.0.1:{}\n", echo.port())).unwrap();
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    p.wait_line("ACL reloaded").await;
+    assert_eq!(echo_once(cloud, b"after").await.unwrap(), b"after");
+    // The admin endpoint the log named answers for operators.
+    let out = Command::new(sgw_bin())
+        .args(["acl", "show", "--admin", &admin])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("    1  acl allow 127.0.0.1:{}", echo.port())),
+        "{shown}"
+    );
+}

@@ -38,12 +38,12 @@ pub fn lint(acl: &Acl) -> Vec<Finding> {
             out.push(Finding {
                 line: b.line,
                 message: format!(
-                    "`{}` overlaps line {} `{}`: where both match, line {} {}s",
+                    "`{}` overlaps line {} `{}`: where both match, line {} {}",
                     b.text,
                     a.line,
                     a.text,
                     a.line,
-                    if a.allow { "allow" } else { "deny" }
+                    if a.allow { "allows" } else { "denies" }
                 ),
             });
         }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::config::{IpTableRule, Policy};
 
 pub use lint::{lint, Finding};
-pub use parse::parse_rule;
+pub use parse::{parse_rule, same_rule};
 
 /// One parsed rule. `text` is the rule as written (trimmed, comment removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +137,62 @@ impl LocalTime {
             minute: z.hour().clamp(0, 23) as u16 * 60 + z.minute().clamp(0, 59) as u16,
         }
     }
+}
+
+impl std::str::FromStr for LocalTime {
+    type Err = String;
+
+    /// `mon 09:30`, or a local date and time `2026-11-23T09:30` (for `sgw acl check --at`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("bad time `{s}`: expected `DAY HH:MM` (e.g. `sat 10:00`) or YYYY-MM-DDTHH:MM")
+        };
+        if let Some((day, hm)) = s.trim().split_once(char::is_whitespace) {
+            let weekday = parse::parse_day(day).ok_or_else(bad)?;
+            let (h, m) = hm.trim().split_once(':').ok_or_else(bad)?;
+            let (h, m) = (
+                h.parse::<u16>().map_err(|_| bad())?,
+                m.parse::<u16>().map_err(|_| bad())?,
+            );
+            if h > 23 || m > 59 {
+                return Err(bad());
+            }
+            return Ok(LocalTime {
+                weekday,
+                minute: h * 60 + m,
+            });
+        }
+        let dt: jiff::civil::DateTime = s.trim().parse().map_err(|_| bad())?;
+        Ok(LocalTime {
+            weekday: dt.weekday().to_monday_zero_offset().clamp(0, 6) as u8,
+            minute: dt.hour().clamp(0, 23) as u16 * 60 + dt.minute().clamp(0, 59) as u16,
+        })
+    }
+}
+
+/// Splits `HOST:PORT[/PATH]` (IPv6 in brackets) as typed at `sgw acl check`.
+pub fn parse_check_target(s: &str) -> Result<(String, u16, Option<String>), String> {
+    let bad = || format!("expected HOST:PORT[/PATH], found `{s}`");
+    let (host, rest) = match s.strip_prefix('[') {
+        Some(v6) => {
+            let (h, r) = v6.split_once(']').ok_or_else(bad)?;
+            (h, r.strip_prefix(':').ok_or_else(bad)?)
+        }
+        None => s.split_once(':').ok_or_else(bad)?,
+    };
+    let (port, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_owned())),
+        None => (rest, None),
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("bad port `{port}` in `{s}`"))?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_owned(), port, path))
 }
 
 /// Maps every address into one ordered space: IPv4 as its IPv4-mapped IPv6 address, so one
@@ -418,6 +474,29 @@ impl Acl {
     pub fn check_naive(&self, req: &Request<'_>) -> Decision {
         let n = Norm::new(req);
         self.decide(self.rules.iter().position(|r| r.matches(&n)))
+    }
+
+    /// Checks every resolved candidate of `req` and returns the allowed ones, in resolver
+    /// order; the caller connects only to these. All denied: the first candidate's decision.
+    pub fn allowed_addrs(
+        &self,
+        req: &Request<'_>,
+        addrs: &[SocketAddr],
+    ) -> Result<Vec<SocketAddr>, Decision> {
+        let mut allowed = Vec::with_capacity(addrs.len());
+        let mut first_denial = None;
+        for a in addrs {
+            let d = self.check(&req.addr(a.ip()));
+            if d.allow {
+                allowed.push(*a);
+            } else {
+                first_denial.get_or_insert(d);
+            }
+        }
+        if allowed.is_empty() {
+            return Err(first_denial.unwrap_or_else(|| self.decide(None)));
+        }
+        Ok(allowed)
     }
 
     fn decide(&self, hit: Option<usize>) -> Decision {

@@ -62,7 +62,7 @@ pub fn parse_rule(text: &str) -> Result<Rule, String> {
 }
 
 /// Same match conditions and verdict, wherever and however written.
-pub(crate) fn same_rule(a: &Rule, b: &Rule) -> bool {
+pub fn same_rule(a: &Rule, b: &Rule) -> bool {
     a.allow == b.allow
         && a.host == b.host
         && a.ports == b.ports
@@ -366,7 +366,7 @@ const DAYS: [&str; 7] = [
     "sunday",
 ];
 
-fn parse_day(s: &str) -> Option<u8> {
+pub(crate) fn parse_day(s: &str) -> Option<u8> {
     let s = s.to_ascii_lowercase();
     if s.len() < 3 {
         return None;

@@ -170,6 +170,30 @@ fn first_match_precedence() {
 }
 
 #[test]
+fn only_allowed_candidates_are_returned() {
+    let a = acl("acl deny 127.0.0.2:\nacl allow db.corp:5432\nacl allow 127.0.0.4:5432\n");
+    let addrs: Vec<SocketAddr> = ["127.0.0.2:5432", "127.0.0.3:5432", "127.0.0.2:5432"]
+        .iter()
+        .map(|s| sa(s))
+        .collect();
+    let req = Request::new("db.corp", 5432);
+    assert_eq!(
+        a.allowed_addrs(&req, &addrs),
+        Ok(vec![sa("127.0.0.3:5432")])
+    );
+    let other = Request::new("other.corp", 5432);
+    assert_eq!(
+        a.allowed_addrs(&other, &addrs).unwrap_err().line,
+        Some(1),
+        "all denied: the first candidate's deciding rule"
+    );
+    assert_eq!(
+        a.allowed_addrs(&other, &[sa("127.0.0.4:5432"), sa("127.0.0.9:5432")]),
+        Ok(vec![sa("127.0.0.4:5432")])
+    );
+}
+
+#[test]
 fn paths_apply_to_http_requests_only() {
     let rules = "acl deny localhost:80/my/api/admin\n\
         acl allow localhost:80/my/api\n\

@@ -5,8 +5,15 @@
 //! One stream's path: [`serve_tunnel`] receives the open → [`serve_open`] finds the
 //! destination, asks the ACL, dials, accepts → [`relay`].
 
+mod acl_file;
+mod admin;
+
+pub use acl_file::{write_atomic, AclEditError, AclFile};
+pub use admin::AdminBackend;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -24,6 +31,9 @@ use crate::mux::{Incoming, Mux, MuxConfig, Role};
 use crate::proto::{ConfigPush, DestinationSpec, Hello, Reason, PROTO_MAJOR, PROTO_MINOR};
 use crate::relay::relay;
 use crate::tunnel::{self, ConnectError};
+
+/// How often the ACL file is checked for changes.
+const ACL_POLL: Duration = Duration::from_secs(1);
 
 /// How long open streams may finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -43,6 +53,8 @@ pub struct ClientStats {
     pub denied_by_rule: AtomicU64,
     pub denied_by_default: AtomicU64,
     pub denied_by_caller: AtomicU64,
+    pub acl_reloads: AtomicU64,
+    pub acl_reload_failures: AtomicU64,
     pub streams_failed: AtomicU64,
     pub tunnel_connects: AtomicU64,
     pub tunnel_failures: AtomicU64,
@@ -88,9 +100,21 @@ impl Dest {
     }
 }
 
+impl Shared {
+    fn acl_path(&self) -> String {
+        self.acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .file
+            .clone()
+    }
+}
+
 struct Shared {
     cfg: ClientConfig,
     acl: RwLock<Arc<Acl>>,
+    /// Where the ACL came from, when it came from a file: reload and edits go through it.
+    acl_file: Option<AclFile>,
     hello: Hello,
     mux_cfg: MuxConfig,
     status: watch::Sender<Status>,
@@ -157,6 +181,7 @@ impl Client {
         let shared = Arc::new(Shared {
             cfg,
             acl: RwLock::new(Arc::new(acl)),
+            acl_file: None,
             hello,
             mux_cfg,
             status: watch::channel(Status::default()).0,
@@ -164,6 +189,15 @@ impl Client {
             tracker: TaskTracker::new(),
         });
         Ok(Client { shared, links })
+    }
+
+    /// Ties the ACL to its file: SIGHUP-style reloads, reloads when the file changes, and
+    /// runtime edits written back to it.
+    pub fn with_acl_file(mut self, path: PathBuf) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.acl_file = Some(AclFile::new(path, shared.cfg.default_policy));
+        }
+        self
     }
 
     pub fn handle(&self) -> ClientHandle {
@@ -186,6 +220,20 @@ impl Client {
                 ));
             }
         }
+        if self.shared.acl_file.is_some() {
+            let handle = self.handle();
+            let stop = shutdown.clone();
+            slots.spawn(async move {
+                let mut tick = tokio::time::interval(ACL_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => handle.reload_acl_if_changed(),
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            });
+        }
         slots.close();
         slots.wait().await;
         self.shared.tracker.close();
@@ -207,6 +255,81 @@ impl ClientHandle {
     /// Replaces the ACL for new streams.
     pub fn set_acl(&self, acl: Acl) {
         *self.shared.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+    }
+
+    /// The rule set new streams are checked against.
+    pub fn acl(&self) -> Arc<Acl> {
+        self.shared
+            .acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reloads the ACL file, all or nothing: on any error the old rules stay and every error
+    /// is logged. Returns the errors too (for SIGHUP and the admin API).
+    pub fn reload_acl(&self) -> Result<usize, Vec<String>> {
+        let Some(file) = &self.shared.acl_file else {
+            return Err(vec!["this client has no ACL file".into()]);
+        };
+        match file.load() {
+            Ok(a) => {
+                let n = a.rules.len();
+                info!(rules = n, file = %file.path().display(), "ACL reloaded");
+                self.shared
+                    .stats
+                    .acl_reloads
+                    .fetch_add(1, Ordering::Relaxed);
+                self.set_acl(a);
+                Ok(n)
+            }
+            Err(errs) => {
+                self.shared
+                    .stats
+                    .acl_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                for e in &errs {
+                    error!(error = %e, "ACL reload failed, keeping the old rules");
+                }
+                Err(errs)
+            }
+        }
+    }
+
+    fn reload_acl_if_changed(&self) {
+        if self.shared.acl_file.as_ref().is_some_and(|f| f.changed()) {
+            let _ = self.reload_acl();
+        }
+    }
+
+    /// Adds a rule (before line `before`, or at the end), writes the file back and applies the
+    /// new rule set to new streams at once. Returns the rule's line.
+    pub fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclEditError> {
+        let file = self.acl_file()?;
+        let (acl, line) = file.add(rule, before)?;
+        info!(acl.line = line, acl.rule = %rule.trim(), "ACL rule added");
+        self.set_acl(acl);
+        Ok(line)
+    }
+
+    /// Removes a rule by text or line, writes the file back and applies the new rule set.
+    pub fn acl_remove(
+        &self,
+        rule: Option<&str>,
+        line: Option<usize>,
+    ) -> Result<usize, AclEditError> {
+        let file = self.acl_file()?;
+        let (acl, removed) = file.remove(rule, line)?;
+        info!(acl.line = removed, "ACL rule removed");
+        self.set_acl(acl);
+        Ok(removed)
+    }
+
+    fn acl_file(&self) -> Result<&AclFile, AclEditError> {
+        self.shared
+            .acl_file
+            .as_ref()
+            .ok_or_else(|| AclEditError::Invalid("this client has no ACL file".into()))
     }
 }
 
@@ -354,7 +477,8 @@ async fn drain(mux: &Mux) {
 
 /// Why a stream was not dialled.
 enum Refusal {
-    /// `why` is for the local log (rule text); `line` is all the gateway is told.
+    /// `why` is for the local log (the rule's text, or which policy); `line` is the deciding
+    /// rule's line, all the gateway is told.
     Denied {
         reason: DenyReason,
         why: String,
@@ -410,13 +534,9 @@ async fn vet_and_dial(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut req = Request::new(&spec.ip, spec.port).at(LocalTime::now());
     req.from = caller;
-    let denied = |d: &Decision| {
-        let reason = if d.line.is_some() {
-            DenyReason::Rule
-        } else {
-            DenyReason::Default
-        };
-        deny(reason, acl.explain(d), d.line)
+    let denied = |d: &Decision| match d.line.and_then(|l| acl.rule_at(l)) {
+        Some(r) => deny(DenyReason::Rule, r.text.clone(), d.line),
+        None => deny(DenyReason::Default, "default policy (deny)".into(), None),
     };
     let addrs = match dial::resolve(&spec.ip, spec.port, deadline).await {
         Ok(a) => a,
@@ -430,24 +550,7 @@ async fn vet_and_dial(
             });
         }
     };
-    let mut allowed = Vec::with_capacity(addrs.len());
-    let mut first_denial = None;
-    for a in &addrs {
-        let d = acl.check(&req.addr(a.ip()));
-        if d.allow {
-            allowed.push(*a);
-        } else {
-            debug!(dest.resolved = %a, acl.rule = %acl.explain(&d), "address denied by ACL");
-            first_denial.get_or_insert(d);
-        }
-    }
-    if allowed.is_empty() {
-        let d = first_denial.unwrap_or(Decision {
-            allow: false,
-            line: None,
-        });
-        return Err(denied(&d));
-    }
+    let allowed = acl.allowed_addrs(&req, &addrs).map_err(|d| denied(&d))?;
     dial::tcp_any(&allowed, deadline)
         .await
         .map_err(Refusal::Failed)
@@ -482,12 +585,15 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             return;
         };
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
-        tracing::Span::current().record("dest.addr", dest_addr.as_str());
+        tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         let tcp = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
             Ok(t) => t,
             Err(Refusal::Denied { reason, why, line }) => {
                 shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
-                warn!(reason = reason.as_str(), acl.rule = %why, "stream denied");
+                match line {
+                    Some(l) => warn!(reason = %reason.as_str(), acl.file = %shared.acl_path(), acl.line = l, acl.rule = ?why, "stream denied"),
+                    None => warn!(reason = %reason.as_str(), acl.rule = ?why, "stream denied"),
+                }
                 let public = match (reason, line) {
                     (DenyReason::Caller, _) => {
                         "denied by the client: caller not in ip_table_rules".to_string()

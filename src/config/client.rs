@@ -101,6 +101,9 @@ pub struct ClientConfig {
     pub reconnect: Reconnect,
     pub keepalive: Keepalive,
     pub admin_listen: SocketAddr,
+    /// Bearer token for the admin endpoint (except `/healthz` and `/readyz`); none: open to
+    /// whoever can reach `admin_listen` (loopback by default).
+    pub admin_token: Option<Secret>,
     pub limits: Limits,
     pub log: LogSettings,
 }
@@ -223,6 +226,9 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
             }
         },
     };
+    let admin_token = (root.get("admin_token").is_some() || root.get("admin_token_file").is_some())
+        .then(|| read_secret(root, "admin_token", "admin_token_file"))
+        .flatten();
     let limits = read_limits(root.table("limits"));
     let log = read_log(root);
     Some(ClientConfig {
@@ -232,6 +238,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         reconnect,
         keepalive,
         admin_listen,
+        admin_token,
         limits,
         log,
     })

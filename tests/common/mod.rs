@@ -98,6 +98,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let opts = InitOptions {
             listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
             expose: expose
                 .iter()
                 .map(|a| Expose {
@@ -152,7 +153,8 @@ pub async fn start_client(mut cfg: ClientConfig, tunnel: SocketAddr) -> RunningC
     }
     let tunnels: usize = cfg.gateways.iter().map(|g| g.tunnels).sum();
     let acl = Acl::load(&cfg.acl_file, cfg.default_policy).unwrap();
-    let client = Client::new(cfg, acl).unwrap();
+    let acl_file = cfg.acl_file.clone();
+    let client = Client::new(cfg, acl).unwrap().with_acl_file(acl_file);
     let handle = client.handle();
     let stop = CancellationToken::new();
     let task = tokio::spawn(client.run(stop.clone()));

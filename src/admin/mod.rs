@@ -1,0 +1,298 @@
+//! The local admin endpoint (`admin_listen`, loopback by default): `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text), `/v1/status` and the ACL endpoints (`/v1/acl`).
+//!
+//! Generic over a [`Backend`] so this module knows nothing of the client's internals; the
+//! server takes an already bound listener and a shutdown token (tests bind port 0).
+
+pub mod client;
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+
+/// One metric family as a backend reports it at scrape time.
+#[derive(Debug, Clone)]
+pub struct Family {
+    /// Without the `_total` suffix for counters; the encoder adds it.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub samples: Vec<(Vec<(&'static str, String)>, i64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// An ACL rule as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleView {
+    pub line: usize,
+    pub action: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AclView {
+    pub file: String,
+    pub default_policy: String,
+    pub rules: Vec<RuleView>,
+}
+
+/// A failed ACL change: HTTP status and message.
+#[derive(Debug)]
+pub struct AclError {
+    pub status: u16,
+    pub message: String,
+}
+
+/// What the admin endpoint serves; implemented by the client (and later the gateway).
+pub trait Backend: Send + Sync + 'static {
+    /// Ready to carry traffic (e.g. at least one tunnel up).
+    fn ready(&self) -> bool;
+    fn status(&self) -> serde_json::Value;
+    fn metrics(&self) -> Vec<Family>;
+    fn acl_show(&self) -> AclView;
+    /// Adds a rule; returns its line. Blocking (writes the ACL file).
+    fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclError>;
+    /// Removes a rule by text or line; returns the removed line. Blocking.
+    fn acl_remove(&self, rule: Option<&str>, line: Option<usize>) -> Result<usize, AclError>;
+    /// Re-reads the ACL file; returns the rule count or every error.
+    fn acl_reload(&self) -> Result<usize, Vec<String>>;
+}
+
+struct AppState {
+    backend: Arc<dyn Backend>,
+    token: Option<Secret>,
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Arc<dyn Backend>,
+    token: Option<Secret>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let state = Arc::new(AppState { backend, token });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/acl", get(acl_show).post(acl_add).delete(acl_remove))
+        .route("/v1/acl/reload", axum::routing::post(acl_reload))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// `/healthz` and `/readyz` are open (probes); everything else needs the token when one is set.
+fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = &st.token else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    token.ct_eq(given)
+}
+
+fn unauthorized() -> Response {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong admin token (Authorization: Bearer ...)",
+    )
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if st.backend.ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no tunnel up\n").into_response()
+    }
+}
+
+async fn status(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    Json(st.backend.status()).into_response()
+}
+
+#[derive(Debug)]
+struct Scrape(Vec<Family>);
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for f in &self.0 {
+            let mut m = encoder.encode_descriptor(
+                f.name,
+                f.help,
+                None,
+                match f.kind {
+                    Kind::Counter => prometheus_client::metrics::MetricType::Counter,
+                    Kind::Gauge => prometheus_client::metrics::MetricType::Gauge,
+                },
+            )?;
+            let emit = |enc: MetricEncoder<'_>, v: i64| match f.kind {
+                Kind::Counter => ConstCounter::new(u64::try_from(v).unwrap_or(0)).encode(enc),
+                Kind::Gauge => ConstGauge::new(v).encode(enc),
+            };
+            match f.samples.as_slice() {
+                // A single unlabelled sample: no `{}` after the name.
+                [(labels, v)] if labels.is_empty() => emit(m, *v)?,
+                samples => {
+                    for (labels, v) in samples {
+                        emit(m.encode_family(labels)?, *v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(Scrape(st.backend.metrics())));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn acl_show(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    Json(st.backend.acl_show()).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBody {
+    rule: String,
+    /// Insert before this line (1-based); default: append.
+    #[serde(default)]
+    before: Option<usize>,
+}
+
+async fn acl_add(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<AddBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let backend = st.backend.clone();
+    let res = tokio::task::spawn_blocking(move || backend.acl_add(&body.rule, body.before)).await;
+    match res {
+        Ok(Ok(line)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "line": line })),
+        )
+            .into_response(),
+        Ok(Err(e)) => json_error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message,
+        ),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL update task failed"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveQuery {
+    #[serde(default)]
+    rule: Option<String>,
+    #[serde(default)]
+    line: Option<usize>,
+}
+
+async fn acl_remove(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    if q.rule.is_none() == q.line.is_none() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "give exactly one of `rule` or `line`",
+        );
+    }
+    let backend = st.backend.clone();
+    let res =
+        tokio::task::spawn_blocking(move || backend.acl_remove(q.rule.as_deref(), q.line)).await;
+    match res {
+        Ok(Ok(line)) => Json(serde_json::json!({ "removed_line": line })).into_response(),
+        Ok(Err(e)) => json_error(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.message,
+        ),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL update task failed"),
+    }
+}
+
+async fn acl_reload(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    let backend = st.backend.clone();
+    match tokio::task::spawn_blocking(move || backend.acl_reload()).await {
+        Ok(Ok(n)) => Json(serde_json::json!({ "rules": n })).into_response(),
+        Ok(Err(errs)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(
+                serde_json::json!({ "error": "ACL file invalid; old rules kept", "errors": errs }),
+            ),
+        )
+            .into_response(),
+        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL reload task failed"),
+    }
+}
