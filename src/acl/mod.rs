@@ -217,11 +217,14 @@ pub struct Request<'a> {
     pub path: Option<&'a str>,
     /// The caller as the gateway saw it; `from` rules never match an unknown caller.
     pub from: Option<SocketAddr>,
-    pub at: LocalTime,
+    /// Local time for `during` rules; unknown matches no time window, as an unknown caller
+    /// matches no `from`. The client always sets it.
+    pub at: Option<LocalTime>,
 }
 
 impl<'a> Request<'a> {
-    /// A TCP request for `host:port` now; an address literal host is also the address.
+    /// A plain TCP request for `host:port` with no caller, path or time known yet; an address
+    /// literal host is also the address.
     pub fn new(host: &'a str, port: u16) -> Self {
         let lit = host.trim_start_matches('[').trim_end_matches(']');
         Request {
@@ -230,10 +233,7 @@ impl<'a> Request<'a> {
             port,
             path: None,
             from: None,
-            at: LocalTime {
-                weekday: 0,
-                minute: 0,
-            },
+            at: None,
         }
     }
 
@@ -253,7 +253,7 @@ impl<'a> Request<'a> {
     }
 
     pub fn at(mut self, t: LocalTime) -> Self {
-        self.at = t;
+        self.at = Some(t);
         self
     }
 }
@@ -265,7 +265,7 @@ pub(crate) struct Norm<'a> {
     port: u16,
     path: Option<String>,
     from: Option<SocketAddr>,
-    at: LocalTime,
+    at: Option<LocalTime>,
 }
 
 impl<'a> Norm<'a> {
@@ -309,7 +309,9 @@ impl Rule {
             && self
                 .from
                 .is_none_or(|s| n.from.is_some_and(|c| s.matches(c)))
-            && self.during.is_none_or(|w| w.matches(n.at))
+            && self
+                .during
+                .is_none_or(|w| n.at.is_some_and(|at| w.matches(at)))
     }
 
     /// True when only host and port decide: the rule matches every request those match.

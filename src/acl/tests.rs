@@ -3,6 +3,7 @@ use std::net::{IpAddr, SocketAddr};
 use proptest::prelude::*;
 
 use super::*;
+use crate::config::IpTableRule;
 
 fn acl(src: &str) -> Acl {
     match Acl::parse("acl.list", src, Policy::Deny) {
@@ -468,4 +469,21 @@ proptest! {
         let _ = parse_rule(&s);
         let _ = normalize_path(&s);
     }
+}
+
+#[test]
+fn private_destinations_admit_only_listed_callers() {
+    let rules = vec![
+        IpTableRule::new("192.0.2.1-192.0.2.9", "", "a").unwrap(),
+        IpTableRule::new("", "5000:5999", "b").unwrap(),
+    ];
+    assert!(caller_admitted(false, &[], None), "not private: everyone");
+    assert!(caller_admitted(true, &rules, Some(sa("192.0.2.5:1"))));
+    assert!(caller_admitted(true, &rules, Some(sa("198.51.100.1:5001"))));
+    assert!(!caller_admitted(true, &rules, Some(sa("198.51.100.1:80"))));
+    assert!(!caller_admitted(true, &rules, None), "unknown caller");
+    assert!(
+        !caller_admitted(true, &[], Some(sa("192.0.2.5:1"))),
+        "private, no rules: nobody"
+    );
 }

@@ -155,6 +155,13 @@ impl Gateway {
                 t.clone(),
                 Bytes::from(serde_json::to_vec(&push).unwrap_or_default()),
             ));
+            for d in t
+                .destinations
+                .iter()
+                .filter(|d| d.private && d.ip_table_rules.is_empty())
+            {
+                warn!(gateway.id = %t.id, dest.id = %d.id, "destination is private with no ip_table_rules: every caller is refused");
+            }
             for d in t.destinations.iter().filter(|d| d.enabled) {
                 let addr = if d.cloud_host.contains(':') {
                     format!("[{}]:{}", d.cloud_host, d.cloud_port)
