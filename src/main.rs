@@ -205,7 +205,7 @@ fn log_settings(
     level: Option<String>,
     format: Option<Format>,
     cfg: &config::LogSettings,
-) -> Result<()> {
+) -> Result<sgw::telemetry::LogControl> {
     let level = level.unwrap_or_else(|| cfg.level.clone());
     let format = match format {
         Some(Format::Json) => LogFormat::Json,
@@ -315,23 +315,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             log_format,
         } => {
             let cfg = ClientConfig::load(&config).map_err(bad)?;
-            let acl_path = acl.unwrap_or_else(|| cfg.acl_file.clone());
+            let acl_override = acl;
+            let acl_path = acl_override.clone().unwrap_or_else(|| cfg.acl_file.clone());
             let rules = load_acl(&acl_path, &cfg)?;
-            log_settings(log_level, log_format, &cfg.log)?;
+            let level_fixed = log_level.is_some();
+            let log = log_settings(log_level, log_format, &cfg.log)?;
             let shutdown = shutdown_on_signals()?;
             let admin_listen = cfg.admin_listen;
             let admin_token = cfg.admin_token.clone();
+            let running = cfg.clone();
             let client = Client::new(cfg, rules)
                 .map_err(bad)?
                 .with_acl_file(acl_path);
             let handle = client.handle();
-            start_admin(admin_listen, admin_token, &handle, &shutdown).await?;
-            // SIGHUP reloads the ACL, all or nothing (errors are logged by the reload).
+            start_admin(
+                admin_listen,
+                admin_token,
+                &handle,
+                Some(log.clone()),
+                &shutdown,
+            )
+            .await?;
+            // SIGHUP reloads the config and the ACL, all or nothing.
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: reloading the ACL");
-                    let _ = handle.reload_acl();
+                    tracing::info!(config = %config.display(), "SIGHUP: reloading configuration and ACL");
+                    reload_client(
+                        &config,
+                        acl_override.as_deref(),
+                        &running,
+                        &handle,
+                        (!level_fixed).then_some(&log),
+                    );
                 }
             });
             client.run(shutdown).await;
@@ -340,6 +356,80 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Quickstart { dir, expose } => quickstart(dir, expose).await,
         Cmd::Acl { cmd } => acl_cmd(cmd).await,
     }
+}
+
+/// SIGHUP: validates the config file and the ACL it names; applies both only if both are
+/// valid (log level and rules apply live; other changed settings are named as needing a
+/// restart). On any error every message is logged and nothing changes.
+fn reload_client(
+    config: &Path,
+    acl_override: Option<&Path>,
+    running: &ClientConfig,
+    handle: &sgw::client::ClientHandle,
+    log: Option<&sgw::telemetry::LogControl>,
+) {
+    let new = match ClientConfig::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!(error = %e, "config reload failed, keeping the running configuration");
+            }
+            return;
+        }
+    };
+    let acl_path = acl_override.map_or_else(|| new.acl_file.clone(), Path::to_path_buf);
+    let acl = match Acl::load(&acl_path, new.default_policy) {
+        Ok(a) => a,
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "ACL reload failed, keeping the running configuration and rules");
+            }
+            return;
+        }
+    };
+    if let Some(log) = log {
+        if let Err(e) = log.set_level(&new.log.level) {
+            tracing::error!(error = %e, "cannot apply log_level");
+        }
+    }
+    let mut restart = Vec::new();
+    let links = |c: &ClientConfig| {
+        c.gateways
+            .iter()
+            .map(|g| {
+                (
+                    g.url.to_string(),
+                    g.gateway_id.clone(),
+                    g.token.expose().to_owned(),
+                    g.tunnels,
+                    g.proxy.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if links(&new) != links(running) {
+        restart.push("gateway");
+    }
+    if new.acl_file != running.acl_file || new.default_policy != running.default_policy {
+        restart.push("acl_file/default_policy");
+    }
+    if new.admin_listen != running.admin_listen || new.admin_token != running.admin_token {
+        restart.push("admin_listen/admin_token");
+    }
+    if format!(
+        "{:?}{:?}{:?}{:?}",
+        new.limits, new.keepalive, new.reconnect, new.shutdown_grace
+    ) != format!(
+        "{:?}{:?}{:?}{:?}",
+        running.limits, running.keepalive, running.reconnect, running.shutdown_grace
+    ) {
+        restart.push("limits/keepalive/reconnect/shutdown_grace");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(settings = ?restart, "these changed settings take effect after a restart");
+    }
+    tracing::info!(rules = acl.rules.len(), "configuration reloaded");
+    handle.set_acl(acl);
 }
 
 /// `--from IP[:PORT]` (`[v6]:port` for IPv6 with a port).
@@ -525,6 +615,7 @@ async fn start_admin(
     addr: SocketAddr,
     token: Option<config::Secret>,
     handle: &sgw::client::ClientHandle,
+    log: Option<sgw::telemetry::LogControl>,
     shutdown: &CancellationToken,
 ) -> Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind(addr)
@@ -532,7 +623,7 @@ async fn start_admin(
         .with_context(|| format!("cannot bind the admin endpoint on {addr} (admin_listen)"))?;
     let bound = l.local_addr()?;
     tracing::info!(admin.addr = %bound, auth = token.is_some(), "admin endpoint listening");
-    let backend = std::sync::Arc::new(sgw::client::AdminBackend(handle.clone()));
+    let backend = std::sync::Arc::new(sgw::client::AdminBackend::new(handle.clone()).with_log(log));
     let stop = shutdown.clone();
     tokio::spawn(async move {
         if let Err(e) = sgw::admin::serve(l, backend, token, stop).await {
@@ -577,7 +668,7 @@ async fn hello_service() -> Result<std::net::SocketAddr> {
 
 async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<ExitCode> {
     let level = std::env::var("SGW_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    sgw::telemetry::init(&level, LogFormat::Text).map_err(bad)?;
+    let log = Some(sgw::telemetry::init(&level, LogFormat::Text).map_err(bad)?);
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sgw-quickstart-{:08x}", rand::random::<u32>()))
     });
@@ -623,7 +714,7 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     let client = Client::new(ccfg, rules)
         .map_err(bad)?
         .with_acl_file(written.acl.clone());
-    let admin = start_admin(admin_listen, None, &client.handle(), &shutdown).await?;
+    let admin = start_admin(admin_listen, None, &client.handle(), log, &shutdown).await?;
     let mut status = client.handle().status();
     let gw_task = tokio::spawn(gw.run(shutdown.clone()));
     let client_task = tokio::spawn(client.run(shutdown.clone()));

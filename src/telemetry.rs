@@ -1,29 +1,145 @@
-//! Logging setup: text (journald-friendly without timestamps when run under systemd) or
-//! JSON lines, with the level from config or the command line (`RUST_LOG` overrides).
+//! Logging setup: text (journald-friendly: no timestamps when run under systemd) or JSON lines,
+//! level from config or the command line (`RUST_LOG` overrides), changeable at runtime.
+//!
+//! JSON lines are flat: the fields of the enclosing spans (`client.id`, `stream.id`,
+//! `dest.id`, ...) sit next to the event's own, so `jq .["stream.id"]` works on every line.
 
-use tracing_subscriber::{fmt, EnvFilter};
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; logs go to stderr. Safe to call once per process.
-pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
+/// Changes the log level of the running process.
+#[derive(Clone)]
+pub struct LogControl {
+    handle: Arc<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl LogControl {
+    /// `level` is a level (`debug`) or a full filter directive (`sgw=debug,hyper=warn`).
+    pub fn set_level(&self, level: &str) -> Result<(), String> {
+        let f = filter(level)?;
+        self.handle.reload(f).map_err(|e| e.to_string())
+    }
+}
+
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let spec = if level.contains('=') || level.contains(',') {
+        level.to_owned()
+    } else {
+        match level {
+            "trace" | "debug" | "info" | "warn" | "error" | "off" => format!("sgw={level},warn"),
+            other => {
+                return Err(format!(
+                    "unknown log level `{other}` (trace, debug, info, warn, error, off)"
+                ))
+            }
+        }
+    };
+    EnvFilter::try_new(spec).map_err(|e| e.to_string())
+}
+
+/// Installs the global subscriber; logs go to stderr. Once per process.
+pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
+    let f = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(f).map_err(|e| format!("RUST_LOG: {e}"))?,
-        _ => EnvFilter::try_new(format!("sgw={level},warn")).map_err(|e| e.to_string())?,
+        _ => filter(level)?,
     };
+    let (filter_layer, handle) = reload::Layer::new(f);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = fmt()
-        .with_env_filter(filter)
+    let base = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(false);
+    let registry = tracing_subscriber::registry().with(filter_layer);
     let res = match (format, journald) {
-        (LogFormat::Json, _) => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        (LogFormat::Json, _) => registry
+            .with(base.fmt_fields(JsonFields::new()).event_format(FlatJson))
             .try_init(),
-        (LogFormat::Text, true) => builder.without_time().with_ansi(false).try_init(),
-        (LogFormat::Text, false) => builder.with_ansi(false).try_init(),
+        (LogFormat::Text, true) => registry.with(base.without_time()).try_init(),
+        (LogFormat::Text, false) => registry.with(base).try_init(),
     };
-    res.map_err(|e| e.to_string())
+    res.map_err(|e| e.to_string())?;
+    Ok(LogControl {
+        handle: Arc::new(handle),
+    })
+}
+
+/// One JSON object per line: `timestamp`, `level`, `message`, then span fields (outermost
+/// first), then the event's fields.
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut obj = Map::new();
+        obj.insert(
+            "timestamp".into(),
+            Value::String(jiff::Timestamp::now().to_string()),
+        );
+        obj.insert(
+            "level".into(),
+            Value::String(event.metadata().level().to_string()),
+        );
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let ext = span.extensions();
+                if let Some(f) = ext.get::<FormattedFields<N>>() {
+                    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(f) {
+                        obj.extend(m);
+                    }
+                }
+            }
+        }
+        event.record(&mut JsonVisitor(&mut obj));
+        let line = serde_json::to_string(&Value::Object(obj)).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.0.insert(f.name().into(), Value::String(v.into()));
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.0.insert(f.name().into(), Value::from(v));
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+        // `?text` fields are quoted for the text format; JSON quotes anyway.
+        let d = format!("{v:?}");
+        let s = match d.starts_with('"') {
+            true => serde_json::from_str::<String>(&d).unwrap_or(d),
+            false => d,
+        };
+        self.0.insert(f.name().into(), Value::String(s));
+    }
 }

@@ -207,7 +207,7 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = l.local_addr().unwrap().to_string();
     let stop = h.client.stop.clone();
-    let backend = Arc::new(sgw::client::AdminBackend(h.client.handle.clone()));
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
     tokio::spawn(sgw::admin::serve(l, backend, None, stop));
     let sgw = |args: &[&str]| {
         let out = Command::new(sgw_bin())
@@ -252,7 +252,7 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
     // With an admin token, ACL calls need it; probes stay open.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let guarded = l.local_addr().unwrap();
-    let backend = Arc::new(sgw::client::AdminBackend(h.client.handle.clone()));
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
     let token = sgw::config::Secret::new("adm-secret-1");
     tokio::spawn(sgw::admin::serve(
         l,

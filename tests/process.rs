@@ -3,87 +3,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A child process whose stderr lines are collected as they come.
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(sgw_bin())
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let l2 = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l2.lock().unwrap().push(line);
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle` and returns it.
-    async fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?}; got:\n{}",
-                self.lines.lock().unwrap().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn all(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Value of `key=` in a text log line.
-fn field(line: &str, key: &str) -> String {
-    let at = line
-        .find(&format!("{key}="))
-        .unwrap_or_else(|| panic!("{key} in {line}"));
-    line[at + key.len() + 1..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
-}
 
 async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr).await?;

@@ -75,6 +75,8 @@ pub trait Backend: Send + Sync + 'static {
     fn acl_remove(&self, rule: Option<&str>, line: Option<usize>) -> Result<usize, AclError>;
     /// Re-reads the ACL file; returns the rule count or every error.
     fn acl_reload(&self) -> Result<usize, Vec<String>>;
+    /// Changes the log level (`debug`, or a filter like `sgw=debug,hyper=warn`).
+    fn set_log_level(&self, level: &str) -> Result<(), String>;
 }
 
 struct AppState {
@@ -97,6 +99,7 @@ pub async fn serve(
         .route("/v1/status", get(status))
         .route("/v1/acl", get(acl_show).post(acl_add).delete(acl_remove))
         .route("/v1/acl/reload", axum::routing::post(acl_reload))
+        .route("/v1/log", axum::routing::put(set_log))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -294,5 +297,28 @@ async fn acl_reload(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         )
             .into_response(),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL reload task failed"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogBody {
+    level: String,
+}
+
+async fn set_log(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<LogBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !authorized(&st, &headers) {
+        return unauthorized();
+    }
+    match body {
+        Ok(Json(b)) => match st.backend.set_log_level(&b.level) {
+            Ok(()) => Json(serde_json::json!({ "level": b.level })).into_response(),
+            Err(e) => json_error(StatusCode::BAD_REQUEST, e),
+        },
+        Err(e) => json_error(StatusCode::BAD_REQUEST, e.body_text()),
     }
 }

@@ -5,11 +5,27 @@ use std::sync::atomic::Ordering;
 
 use crate::admin::{AclError, AclView, Backend, Family, Kind, RuleView};
 use crate::config::Policy;
+use crate::telemetry::LogControl;
 
 use super::{AclEditError, ClientHandle};
 
 /// Adapts a running client to the admin endpoint.
-pub struct AdminBackend(pub ClientHandle);
+pub struct AdminBackend {
+    client: ClientHandle,
+    log: Option<LogControl>,
+}
+
+impl AdminBackend {
+    pub fn new(client: ClientHandle) -> Self {
+        AdminBackend { client, log: None }
+    }
+
+    /// Lets `PUT /v1/log` change the process's log level.
+    pub fn with_log(mut self, log: Option<LogControl>) -> Self {
+        self.log = log;
+        self
+    }
+}
 
 fn edit_error(e: AclEditError) -> AclError {
     let status = match e {
@@ -25,12 +41,12 @@ fn edit_error(e: AclEditError) -> AclError {
 
 impl Backend for AdminBackend {
     fn ready(&self) -> bool {
-        self.0.status().borrow().tunnels_up > 0
+        self.client.status().borrow().tunnels_up > 0
     }
 
     fn status(&self) -> serde_json::Value {
-        let st = self.0.status().borrow().clone();
-        let acl = self.0.acl();
+        let st = self.client.status().borrow().clone();
+        let acl = self.client.acl();
         serde_json::json!({
             "tunnels_up": st.tunnels_up,
             "client_ids": st.client_ids.iter().map(|(g, c)| serde_json::json!({"gateway_id": g, "client_id": c})).collect::<Vec<_>>(),
@@ -39,7 +55,7 @@ impl Backend for AdminBackend {
     }
 
     fn metrics(&self) -> Vec<Family> {
-        let s = self.0.stats();
+        let s = self.client.stats();
         let v = |a: &std::sync::atomic::AtomicU64| {
             i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
         };
@@ -103,13 +119,13 @@ impl Backend for AdminBackend {
                 "sgw_client_tunnels_up",
                 "Tunnels up now.",
                 Kind::Gauge,
-                self.0.status().borrow().tunnels_up as i64,
+                self.client.status().borrow().tunnels_up as i64,
             ),
             one(
                 "sgw_client_acl_rules",
                 "Rules in force.",
                 Kind::Gauge,
-                self.0.acl().rules.len() as i64,
+                self.client.acl().rules.len() as i64,
             ),
             one(
                 "sgw_client_acl_reloads",
@@ -127,7 +143,7 @@ impl Backend for AdminBackend {
     }
 
     fn acl_show(&self) -> AclView {
-        let acl = self.0.acl();
+        let acl = self.client.acl();
         AclView {
             file: acl.file.clone(),
             default_policy: match acl.default_policy {
@@ -147,14 +163,25 @@ impl Backend for AdminBackend {
     }
 
     fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclError> {
-        self.0.acl_add(rule, before).map_err(edit_error)
+        self.client.acl_add(rule, before).map_err(edit_error)
     }
 
     fn acl_remove(&self, rule: Option<&str>, line: Option<usize>) -> Result<usize, AclError> {
-        self.0.acl_remove(rule, line).map_err(edit_error)
+        self.client.acl_remove(rule, line).map_err(edit_error)
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), String> {
+        match &self.log {
+            Some(l) => {
+                l.set_level(level)?;
+                tracing::info!(level, "log level changed through the admin API");
+                Ok(())
+            }
+            None => Err("this process cannot change its log level".into()),
+        }
     }
 
     fn acl_reload(&self) -> Result<usize, Vec<String>> {
-        self.0.reload_acl()
+        self.client.reload_acl()
     }
 }

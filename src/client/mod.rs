@@ -35,9 +35,6 @@ use crate::tunnel::{self, ConnectError};
 /// How often the ACL file is checked for changes.
 const ACL_POLL: Duration = Duration::from_secs(1);
 
-/// How long open streams may finish after shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("gateway {gateway}: {message}")]
@@ -206,7 +203,7 @@ impl Client {
         }
     }
 
-    /// Runs until `shutdown`, then drains streams for at most [`SHUTDOWN_GRACE`].
+    /// Runs until `shutdown`, then drains streams for at most `shutdown_grace`.
     pub async fn run(self, shutdown: CancellationToken) {
         info!(version = %self.shared.hello.version, env = %self.shared.hello.env, gateways = self.links.len(), "client started");
         let slots = TaskTracker::new();
@@ -373,6 +370,10 @@ async fn tunnel_slot(
                     shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
                     error!("gateway rejected the security token; check token / token_file for this gateway");
                 }
+                Err(ConnectError::Proxy(e)) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "outbound proxy did not open the tunnel; check outbound_proxy");
+                }
                 Err(e) => {
                     shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %e, "cannot connect tunnel");
@@ -456,7 +457,8 @@ async fn serve_tunnel(
             }
             _ = mux.closed() => break,
             _ = shutdown.cancelled() => {
-                drain(&mux).await;
+                info!(active = mux.active_streams(), grace_ms = shared.cfg.shutdown_grace.as_millis() as u64, "draining tunnel");
+                drain(&mux, shared.cfg.shutdown_grace).await;
                 break;
             }
         }
@@ -467,9 +469,9 @@ async fn serve_tunnel(
 }
 
 /// Stops new streams and waits, bounded, for open ones to finish.
-async fn drain(mux: &Mux) {
+async fn drain(mux: &Mux, grace: Duration) {
     mux.go_away(Reason::Shutdown, "client shutting down");
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let deadline = tokio::time::Instant::now() + grace;
     while mux.active_streams() > 0 && !mux.is_closed() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

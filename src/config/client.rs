@@ -9,7 +9,7 @@ use rustls::pki_types::CertificateDer;
 use super::walk::{Cx, Tbl};
 use super::{
     read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, ConfigErrors,
-    Keepalive, Limits, LogSettings, Policy, Secret,
+    Keepalive, Limits, LogSettings, OutboundProxy, Policy, Secret,
 };
 
 /// A validated `wss://` URL.
@@ -84,6 +84,8 @@ pub struct GatewayLink {
     pub token: Secret,
     pub trust: Trust,
     pub tunnels: usize,
+    /// The proxy to reach this gateway through (`outbound_proxy` unless `no_proxy` matches).
+    pub proxy: Option<OutboundProxy>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -104,11 +106,13 @@ pub struct ClientConfig {
     /// Bearer token for the admin endpoint (except `/healthz` and `/readyz`); none: open to
     /// whoever can reach `admin_listen` (loopback by default).
     pub admin_token: Option<Secret>,
+    /// How long open streams may finish after SIGTERM before the process exits.
+    pub shutdown_grace: Duration,
     pub limits: Limits,
     pub log: LogSettings,
 }
 
-const LATER: &[&str] = &["outbound_proxy", "no_proxy", "socks5_listen"];
+const LATER: &[&str] = &["socks5_listen"];
 
 impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -132,6 +136,18 @@ impl ClientConfig {
 }
 
 fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
+    let outbound_proxy = root
+        .str("outbound_proxy")
+        .and_then(|s| match OutboundProxy::parse(&s) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                if let Some(v) = root.get("outbound_proxy") {
+                    root.err("outbound_proxy", v, e);
+                }
+                None
+            }
+        });
+    let no_proxy = root.strs("no_proxy").unwrap_or_default();
     let mut gateways = Vec::new();
     let entries = root.tables("gateway");
     if entries.is_empty() && root.get("gateway").is_none() {
@@ -158,12 +174,16 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         if let (Some(url), Some(gateway_id), Some(token), Some(trust)) =
             (url, gateway_id, token, trust)
         {
+            let proxy = outbound_proxy
+                .clone()
+                .filter(|_| !super::no_proxy_bypass(&no_proxy, &url.host));
             gateways.push(GatewayLink {
                 url,
                 gateway_id,
                 token,
                 trust,
                 tunnels,
+                proxy,
             });
         }
     }
@@ -239,6 +259,9 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         keepalive,
         admin_listen,
         admin_token,
+        shutdown_grace: root
+            .duration("shutdown_grace")
+            .unwrap_or(Duration::from_secs(30)),
         limits,
         log,
     })

@@ -85,6 +85,8 @@ pub struct GatewayConfig {
     pub keepalive: Keepalive,
     pub limits: Limits,
     pub log: LogSettings,
+    /// How long open streams may finish after SIGTERM before the process exits.
+    pub shutdown_grace: Duration,
     pub gateways: Vec<TenantConfig>,
 }
 
@@ -198,6 +200,9 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         keepalive,
         limits,
         log,
+        shutdown_grace: root
+            .duration("shutdown_grace")
+            .unwrap_or(Duration::from_secs(30)),
         gateways,
     })
 }

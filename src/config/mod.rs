@@ -5,6 +5,7 @@
 mod client;
 mod gateway;
 mod iptable;
+mod proxy;
 mod walk;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 pub use client::{ClientConfig, GatewayLink, Reconnect, Trust, WssUrl};
 pub use gateway::{Destination, GatewayConfig, Protocol, TenantConfig, TlsIdentity};
 pub use iptable::IpTableRule;
+pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};
 pub use walk::{parse_duration, parse_size};
 
 use rustls::pki_types::pem::PemObject;

@@ -140,6 +140,18 @@ impl<'c, 'a> Tbl<'c, 'a> {
         self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
+    /// An array of strings (a single string is taken as a one-element list).
+    pub fn strs(&self, key: &str) -> Option<Vec<String>> {
+        self.typed(key, "an array of strings", |v| match v {
+            DeValue::String(s) => Some(vec![s.to_string()]),
+            DeValue::Array(a) => a
+                .iter()
+                .map(|i| i.get_ref().as_str().map(str::to_owned))
+                .collect(),
+            _ => None,
+        })
+    }
+
     pub fn req_str(&self, key: &str) -> Option<String> {
         if self.get(key).is_none() {
             self.missing(key);

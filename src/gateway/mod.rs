@@ -34,9 +34,6 @@ use crate::proto::{
 use crate::relay::{self, relay};
 use crate::tunnel;
 
-/// How long open streams may finish after shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("cannot listen on {addr}: {source}")]
@@ -68,6 +65,7 @@ struct Inner {
     stats: GatewayStats,
     dest_addrs: HashMap<String, SocketAddr>,
     tracker: TaskTracker,
+    shutdown_grace: Duration,
 }
 
 /// A bound, not yet running gateway.
@@ -193,6 +191,7 @@ impl Gateway {
             stats: GatewayStats::default(),
             dest_addrs,
             tracker: TaskTracker::new(),
+            shutdown_grace: cfg.shutdown_grace,
         });
         Ok(Gateway {
             inner,
@@ -213,7 +212,7 @@ impl Gateway {
     }
 
     /// Serves until `shutdown`, then tells clients to go away and lets streams finish for
-    /// at most [`SHUTDOWN_GRACE`].
+    /// at most `shutdown_grace`.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = self.inner;
         if let Ok(a) = self.tunnel_listener.local_addr() {
@@ -250,7 +249,7 @@ impl Gateway {
         for m in &tunnels {
             m.go_away(Reason::Shutdown, "gateway shutting down");
         }
-        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let deadline = tokio::time::Instant::now() + inner.shutdown_grace;
         while tunnels.iter().any(|m| m.active_streams() > 0)
             && tokio::time::Instant::now() < deadline
         {

@@ -3,6 +3,7 @@
 //!
 //! Every handshake step has a timeout ([`HANDSHAKE_TIMEOUT`]), on both sides.
 
+pub mod proxy;
 mod transport;
 
 use std::sync::Arc;
@@ -91,6 +92,8 @@ pub type ServerWs = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
 pub enum ConnectError {
     #[error("cannot reach gateway: {0}")]
     Tcp(std::io::Error),
+    #[error("{0}")]
+    Proxy(proxy::ProxyError),
     #[error("TLS handshake with gateway failed: {0}")]
     Tls(std::io::Error),
     #[error("gateway rejected the security token (HTTP 401)")]
@@ -154,12 +157,24 @@ pub async fn connect(
     tls: &TlsConnector,
     hello: &Hello,
 ) -> Result<(ClientWs, Welcome), ConnectError> {
-    let tcp = step(
-        "TCP connect",
-        TcpStream::connect((link.url.host.as_str(), link.url.port)),
-        ConnectError::Tcp,
-    )
-    .await?;
+    let tcp = match &link.proxy {
+        None => {
+            step(
+                "TCP connect",
+                TcpStream::connect((link.url.host.as_str(), link.url.port)),
+                ConnectError::Tcp,
+            )
+            .await?
+        }
+        Some(p) => {
+            step(
+                "proxy handshake",
+                proxy::dial(p, &link.url.host, link.url.port),
+                ConnectError::Proxy,
+            )
+            .await?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(link.url.host.clone())
         .map_err(|e| ConnectError::Handshake(format!("bad gateway host name: {e}")))?;

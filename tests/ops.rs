@@ -1,0 +1,475 @@
+//! What an operator relies on: the corporate proxy path, metrics that add up, readiness,
+//! draining on SIGTERM, SIGHUP with a broken config, JSON logs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sgw::admin::client::call;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A port that was free a moment ago, for third-party daemons that cannot bind port 0.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Waits (bounded) until something accepts on `port`.
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills a helper daemon when the test ends.
+struct Daemon(std::process::Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn roundtrip(cloud: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(cloud).await.unwrap();
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    back
+}
+
+/// Client process configured with `outbound_proxy`; returns it once `needle` is logged.
+fn client_via_proxy(setup: &Setup, tunnel: SocketAddr, proxy: &str) -> Proc {
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!("\"wss://localhost:{}/tunnel\"", tunnel.port()),
+    );
+    let src = std::fs::read_to_string(&client_toml).unwrap();
+    std::fs::write(
+        &client_toml,
+        format!("outbound_proxy = \"{proxy}\"\nno_proxy = [\"example.invalid\"]\n{src}"),
+    )
+    .unwrap();
+    Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_through_tinyproxy_http_connect() {
+    let Some(tinyproxy) = which("tinyproxy") else {
+        eprintln!("SKIPPED: tinyproxy not installed (apt-get install tinyproxy)");
+        return;
+    };
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let port = free_port();
+    let log = setup.path("tinyproxy.log");
+    let conf = setup.path("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nAllow 127.0.0.1\nBasicAuth sgwuser s3cret-pw\nLogLevel Connect\nLogFile \"{}\"\nMaxClients 20\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    let _proxy = Daemon(
+        Command::new(tinyproxy)
+            .args(["-d", "-c", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port).await;
+    // Wrong password: refused by the proxy, and the log says so with the proxy's status line.
+    let bad = client_via_proxy(
+        &setup,
+        gw.handle.tunnel_addr(),
+        &format!("http://sgwuser:wrong@127.0.0.1:{port}"),
+    );
+    let line = bad
+        .wait_line("outbound proxy did not open the tunnel")
+        .await;
+    assert!(
+        line.contains("HTTP/1.0 407") || line.contains("HTTP/1.0 401"),
+        "the proxy's status line: {line}"
+    );
+    assert!(
+        !bad.all().contains("wrong@") && !bad.all().contains(":wrong"),
+        "password leaked:\n{}",
+        bad.all()
+    );
+    drop(bad);
+    // Right password: the tunnel comes up through the proxy and carries traffic.
+    std::fs::write(
+        setup.path("client.toml"),
+        std::fs::read_to_string(setup.path("client.toml"))
+            .unwrap()
+            .lines()
+            .skip(2)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let good = client_via_proxy(
+        &setup,
+        gw.handle.tunnel_addr(),
+        &format!("http://sgwuser:s3cret-pw@127.0.0.1:{port}"),
+    );
+    good.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    assert_eq!(roundtrip(cloud, b"via tinyproxy").await, b"via tinyproxy");
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        seen.contains(&format!("localhost:{}", gw.handle.tunnel_addr().port())),
+        "tinyproxy's log shows the CONNECT:\n{seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_through_microsocks_socks5_with_and_without_auth() {
+    let Some(microsocks) = which("microsocks") else {
+        eprintln!("SKIPPED: microsocks not installed (apt-get install microsocks)");
+        return;
+    };
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    // Without auth.
+    let open_port = free_port();
+    let _open = Daemon(
+        Command::new(&microsocks)
+            .args(["-i", "127.0.0.1", "-p", &open_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(open_port).await;
+    let c = client_via_proxy(
+        &setup,
+        gw.handle.tunnel_addr(),
+        &format!("socks5://127.0.0.1:{open_port}"),
+    );
+    c.wait_line("tunnel up").await;
+    assert_eq!(roundtrip(cloud, b"via socks5").await, b"via socks5");
+    let via = gw.handle.clients("gw1");
+    drop(c);
+    assert!(!via.is_empty());
+    // With auth: wrong password refused with a clear line, right one works.
+    let auth_port = free_port();
+    let _auth = Daemon(
+        Command::new(&microsocks)
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &auth_port.to_string(),
+                "-u",
+                "sgwuser",
+                "-P",
+                "s0cks-pw",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(auth_port).await;
+    let strip = || {
+        let p = setup.path("client.toml");
+        let t = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, t.lines().skip(2).collect::<Vec<_>>().join("\n")).unwrap();
+    };
+    strip();
+    let bad = client_via_proxy(
+        &setup,
+        gw.handle.tunnel_addr(),
+        &format!("socks5://sgwuser:nope@127.0.0.1:{auth_port}"),
+    );
+    let line = bad
+        .wait_line("outbound proxy did not open the tunnel")
+        .await;
+    assert!(line.contains(&format!("127.0.0.1:{auth_port}")), "{line}");
+    assert!(
+        !bad.all().contains("nope"),
+        "password leaked:\n{}",
+        bad.all()
+    );
+    drop(bad);
+    strip();
+    let good = client_via_proxy(
+        &setup,
+        gw.handle.tunnel_addr(),
+        &format!("socks5://sgwuser:s0cks-pw@127.0.0.1:{auth_port}"),
+    );
+    good.wait_line("tunnel up").await;
+    assert_eq!(roundtrip(cloud, b"authenticated").await, b"authenticated");
+}
+
+/// Value of an unlabelled or labelled sample in Prometheus text.
+fn sample(text: &str, series: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_add_up_and_readyz_follows_the_gateway() {
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |_| {}).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
+    tokio::spawn(sgw::admin::serve(l, backend, None, h.client.stop.clone()));
+    let get = |path: &'static str| async move {
+        call(admin, hyper::Method::GET, path, None, None)
+            .await
+            .unwrap()
+    };
+    let (st, before) = get("/metrics").await;
+    assert_eq!(st, 200);
+    let up0 = sample(&before, "sgw_client_bytes_total{direction=\"up\"}");
+    let down0 = sample(&before, "sgw_client_bytes_total{direction=\"down\"}");
+    let opened0 = sample(&before, "sgw_client_streams_opened_total");
+    // 3 streams of 100,000 bytes each way.
+    let payload = vec![7u8; 100_000];
+    for _ in 0..3 {
+        assert_eq!(roundtrip(h.cloud(0), &payload).await.len(), payload.len());
+    }
+    // The stream-closed accounting lands just after the caller sees EOF: poll, bounded.
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let (_, m) = get("/metrics").await;
+        if sample(&m, "sgw_client_bytes_total{direction=\"down\"}") - down0 >= 300_000 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "metrics never caught up:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        sample(&after, "sgw_client_bytes_total{direction=\"up\"}") - up0,
+        300_000
+    );
+    assert_eq!(
+        sample(&after, "sgw_client_bytes_total{direction=\"down\"}") - down0,
+        300_000
+    );
+    assert_eq!(
+        sample(&after, "sgw_client_streams_opened_total") - opened0,
+        3
+    );
+    assert_eq!(sample(&after, "sgw_client_tunnels_up"), 2);
+    // Readiness follows the tunnels: gateway gone -> 503, back -> 200.
+    assert_eq!(get("/readyz").await.0, 200);
+    let tunnel = h.gw.handle.tunnel_addr();
+    h.gw.stop.cancel();
+    let _ = h.gw.task.await;
+    let mut st = h.client.handle.status();
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.tunnels_up == 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(get("/readyz").await.0, 503);
+    assert_eq!(get("/healthz").await.0, 200, "alive even when not ready");
+    let mut cfg = h.setup.gateway.clone();
+    cfg.listen = tunnel;
+    let _gw2 = start_gateway(cfg).await;
+    tokio::time::timeout(WAIT, st.wait_for(|s| s.tunnels_up == 2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(get("/readyz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_100mb_transfer_finish_then_exits_0() {
+    let hash = hash_server().await;
+    let setup = Setup::new(&[hash]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            gw.handle.tunnel_addr().port()
+        ),
+    );
+    let mut p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    p.wait_line("tunnel up").await;
+    p.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    let mut s = TcpStream::connect(cloud).await.unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut expect = sha2::Sha256::new();
+    use sha2::Digest;
+    let pid = p.child.id().to_string();
+    for i in 0..100 {
+        if i == 10 {
+            assert!(Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success());
+            p.wait_line("draining tunnel").await;
+        }
+        s.write_all(&chunk).await.unwrap();
+        expect.update(&chunk);
+    }
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, expect.finalize().to_vec(), "all 100 MB arrived intact");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "client did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{}", p.all());
+    assert!(p.all().contains("client stopped"), "{}", p.all());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_broken_config_keeps_the_old_one_and_logs_every_error() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            gw.handle.tunnel_addr().port()
+        ),
+    );
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    p.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    assert_eq!(roundtrip(cloud, b"before").await, b"before");
+    let good = std::fs::read_to_string(&client_toml).unwrap();
+    std::fs::write(&client_toml, format!("bogus_key = 1\n{good}")).unwrap();
+    set_toml(&client_toml, "default_policy", "\"maybe\"");
+    set_toml(&client_toml, "interval", "\"soon\"");
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let first = p.wait_line("config reload failed").await;
+    // Every error is logged, each with its line.
+    let deadline = Instant::now() + WAIT;
+    while p.all().matches("config reload failed").count() < 3 {
+        assert!(Instant::now() < deadline, "expected 3 errors:\n{}", p.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = p.all();
+    assert!(first.contains("client.toml:"), "{first}");
+    for want in ["default_policy", "bogus_key", "keepalive.interval"] {
+        assert!(
+            all.lines()
+                .any(|l| l.contains("config reload failed") && l.contains(want)),
+            "{want} not reported:\n{all}"
+        );
+    }
+    assert!(!all.contains("configuration reloaded"));
+    assert_eq!(
+        roundtrip(cloud, b"still").await,
+        b"still",
+        "old config and rules still serve"
+    );
+    // Fixed: the reload goes through.
+    std::fs::write(&client_toml, good).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    p.wait_line("configuration reloaded").await;
+    assert_eq!(
+        gw.handle.stats().tunnels_accepted.load(Relaxed),
+        2,
+        "no reconnect needed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_stream_closed_line_has_every_spec_field() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!(
+            "\"wss://localhost:{}/tunnel\"",
+            gw.handle.tunnel_addr().port()
+        ),
+    );
+    let p = Proc::spawn(&[
+        "client",
+        "--config",
+        client_toml.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
+    p.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    assert_eq!(roundtrip(cloud, b"json please").await, b"json please");
+    let line = p.wait_line("\"stream closed\"").await;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for key in [
+        "timestamp",
+        "level",
+        "message",
+        "client.id",
+        "stream.id",
+        "dest.id",
+        "dest.addr",
+        "caller.addr",
+        "bytes.up",
+        "bytes.down",
+        "duration_ms",
+        "reason",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing in {line}");
+    }
+    assert_eq!(v["bytes.up"], 11);
+    assert_eq!(v["bytes.down"], 11);
+    assert_eq!(v["dest.id"], "dest1");
+    assert_eq!(v["dest.addr"], format!("{echo}"));
+    // Every line is JSON.
+    for l in p.all().lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
+}
