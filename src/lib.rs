@@ -15,5 +15,6 @@ pub mod init;
 pub mod mux;
 pub mod proto;
 pub mod relay;
+pub mod systemd;
 pub mod telemetry;
 pub mod tunnel;

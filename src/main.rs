@@ -38,25 +38,25 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the on-prem client daemon.
+    /// Run the on-prem client daemon. Options also come from SGW_CLIENT_* env vars.
     Client {
-        #[arg(long)]
+        #[arg(long, env = "SGW_CLIENT_CONFIG")]
         config: PathBuf,
         /// ACL file (overrides acl_file in the config).
-        #[arg(long)]
+        #[arg(long, env = "SGW_CLIENT_ACL")]
         acl: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, env = "SGW_CLIENT_LOG_LEVEL")]
         log_level: Option<String>,
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, env = "SGW_CLIENT_LOG_FORMAT")]
         log_format: Option<Format>,
     },
-    /// Run the gateway.
+    /// Run the gateway. Options also come from SGW_GATEWAY_* env vars.
     Gateway {
-        #[arg(long)]
+        #[arg(long, env = "SGW_GATEWAY_CONFIG")]
         config: PathBuf,
-        #[arg(long)]
+        #[arg(long, env = "SGW_GATEWAY_LOG_LEVEL")]
         log_level: Option<String>,
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, env = "SGW_GATEWAY_LOG_FORMAT")]
         log_format: Option<Format>,
     },
     /// Write a CA, certificates, token, gateway.toml, client.toml and acl.list into DIR.
@@ -81,6 +81,22 @@ enum Cmd {
     Acl {
         #[command(subcommand)]
         cmd: AclCmd,
+    },
+    /// The running client's tunnels, destinations and active streams (from its admin endpoint).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON of /v1/status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the running process is alive (/healthz), or with --ready, ready (/readyz).
+    /// For container health checks.
+    Health {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        ready: bool,
     },
     /// Configuration tools.
     Config {
@@ -155,7 +171,7 @@ struct AdminArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// The admin endpoint address (default 127.0.0.1:9003).
-    #[arg(long)]
+    #[arg(long, env = "SGW_ADMIN")]
     admin: Option<std::net::SocketAddr>,
 }
 
@@ -232,10 +248,17 @@ fn shutdown_on_signals() -> Result<CancellationToken> {
     let t = token.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: draining, then shutting down (again: exit now)"),
+            _ = int.recv() => tracing::info!("SIGINT: draining, then shutting down (again: exit now)"),
         }
         t.cancel();
+        // A second signal means "now": skip the rest of the drain.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for open streams");
+        std::process::exit(1);
     });
     Ok(token)
 }
@@ -305,6 +328,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             log_settings(log_level, log_format, &cfg.log)?;
             let shutdown = shutdown_on_signals()?;
             let gw = Gateway::bind(cfg).await.context("starting gateway")?;
+            let h = gw.handle();
+            sgw::systemd::spawn_watchdog(shutdown.clone());
+            sgw::systemd::ready(&format!("serving: tunnel endpoint {}", h.tunnel_addr()));
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                sgw::systemd::stopping();
+            });
             gw.run(shutdown).await;
             Ok(ExitCode::SUCCESS)
         }
@@ -326,7 +357,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let running = cfg.clone();
             let client = Client::new(cfg, rules)
                 .map_err(bad)?
-                .with_acl_file(acl_path);
+                .with_acl_file(acl_path)
+                .with_log_forwarding(log.take_forwarded());
             let handle = client.handle();
             start_admin(
                 admin_listen,
@@ -336,6 +368,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 &shutdown,
             )
             .await?;
+            systemd_client_status(&handle, &shutdown);
             // SIGHUP reloads the config and the ACL, all or nothing.
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             tokio::spawn(async move {
@@ -355,7 +388,71 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Quickstart { dir, expose } => quickstart(dir, expose).await,
         Cmd::Acl { cmd } => acl_cmd(cmd).await,
+        Cmd::Status { admin, json } => {
+            admin_request(&admin, Method::GET, "/v1/status".into(), None, |v| {
+                if json {
+                    serde_json::to_string_pretty(v).unwrap_or_default()
+                } else {
+                    render_status(v)
+                }
+            })
+            .await
+        }
+        Cmd::Health { admin, ready } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            let (addr, token) = admin_target(&admin)?;
+            match call(addr, Method::GET, path, None, token.as_deref()).await {
+                Ok((200, _)) => Ok(ExitCode::SUCCESS),
+                Ok((st, body)) => {
+                    eprintln!("sgw: {path} answered {st}: {}", body.trim());
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("sgw: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
     }
+}
+
+/// Tells systemd: READY once the first tunnel is up, STATUS on every change, STOPPING on
+/// shutdown; and feeds the watchdog.
+fn systemd_client_status(handle: &sgw::client::ClientHandle, shutdown: &CancellationToken) {
+    sgw::systemd::spawn_watchdog(shutdown.clone());
+    sgw::systemd::status("connecting to the gateway");
+    let mut st = handle.status();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut ready = false;
+        loop {
+            let line = {
+                let s = st.borrow_and_update();
+                let ids: Vec<String> = s
+                    .client_ids
+                    .iter()
+                    .map(|(g, c)| format!("{g}={c}"))
+                    .collect();
+                (
+                    s.tunnels_up,
+                    format!("{} tunnel(s) up; client {}", s.tunnels_up, ids.join(", ")),
+                )
+            };
+            if line.0 > 0 && !ready {
+                ready = true;
+                sgw::systemd::ready(&line.1);
+            } else {
+                sgw::systemd::status(&line.1);
+            }
+            tokio::select! {
+                r = st.changed() => if r.is_err() { break },
+                _ = stop.cancelled() => {
+                    sgw::systemd::stopping();
+                    break;
+                }
+            }
+        }
+    });
 }
 
 /// SIGHUP: validates the config file and the ACL it names; applies both only if both are
@@ -579,6 +676,83 @@ async fn admin_request(
     body: Option<String>,
     show: impl FnOnce(&serde_json::Value) -> String,
 ) -> Result<ExitCode> {
+    let (addr, token) = admin_target(args)?;
+    let (status, text) = call(addr, method, &path, body, token.as_deref()).await?;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if (200..300).contains(&status) {
+        println!("{}", show(&v));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let msg = v["error"].as_str().map(str::to_owned).unwrap_or(text);
+    eprintln!("sgw: admin endpoint answered {status}: {msg}");
+    Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
+}
+
+/// Human-readable `/v1/status`.
+fn render_status(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "sgw client {}: {} tunnel(s) up",
+        v["version"].as_str().unwrap_or("?"),
+        v["tunnels_up"]
+    );
+    for g in v["gateways"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\ngateway {} {} as {}{}",
+            g["gateway_id"].as_str().unwrap_or(""),
+            g["url"].as_str().unwrap_or(""),
+            g["client_id"].as_str().unwrap_or("(not connected)"),
+            g["via_proxy"]
+                .as_str()
+                .map(|p| format!(" via proxy {p}"))
+                .unwrap_or_default()
+        ));
+        for (i, t) in g["tunnels"].as_array().into_iter().flatten().enumerate() {
+            let rtt = t["rtt_ms"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2} ms"));
+            out.push_str(&format!(
+                "\n  tunnel {i}: rtt {rtt}, {} active stream(s)",
+                t["active_streams"]
+            ));
+        }
+        for d in g["destinations"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n  destination {} {} {}{}",
+                d["id"].as_str().unwrap_or(""),
+                d["protocol"].as_str().unwrap_or(""),
+                d["addr"].as_str().unwrap_or(""),
+                if d["private"].as_bool() == Some(true) {
+                    " (private)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let streams = v["active_streams"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("\nactive streams: {}", streams.len()));
+    for s in &streams {
+        out.push_str(&format!(
+            "\n  #{} {} {} <- {}  up {} B  down {} B  {:.1} s",
+            s["stream_id"],
+            s["dest_id"].as_str().unwrap_or(""),
+            s["dest_addr"].as_str().unwrap_or(""),
+            s["caller_addr"].as_str().unwrap_or(""),
+            s["bytes_up"],
+            s["bytes_down"],
+            s["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        ));
+    }
+    out.push_str(&format!(
+        "\nacl: {} rule(s) from {}",
+        v["acl"]["rules"],
+        v["acl"]["file"].as_str().unwrap_or("")
+    ));
+    out
+}
+
+/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.
+fn admin_target(args: &AdminArgs) -> Result<(SocketAddr, Option<String>)> {
     let (mut addr, token) = match &args.config {
         Some(c) => {
             let cfg = ClientConfig::load(c).map_err(bad)?;
@@ -599,15 +773,7 @@ async fn admin_request(
     if addr.ip().is_unspecified() {
         addr.set_ip(IpAddr::from([127, 0, 0, 1]));
     }
-    let (status, text) = call(addr, method, &path, body, token.as_deref()).await?;
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-    if (200..300).contains(&status) {
-        println!("{}", show(&v));
-        return Ok(ExitCode::SUCCESS);
-    }
-    let msg = v["error"].as_str().map(str::to_owned).unwrap_or(text);
-    eprintln!("sgw: admin endpoint answered {status}: {msg}");
-    Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
+    Ok((addr, token))
 }
 
 /// Binds the admin endpoint and serves it until shutdown.
@@ -666,6 +832,9 @@ async fn hello_service() -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// Drain grace for quickstart's Ctrl-C (the daemons default to 30 s).
+const QUICKSTART_GRACE: Duration = Duration::from_secs(2);
+
 async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<ExitCode> {
     let level = std::env::var("SGW_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
     let log = Some(sgw::telemetry::init(&level, LogFormat::Text).map_err(bad)?);
@@ -698,7 +867,9 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
         ..InitOptions::default()
     };
     let written = init::write(&dir, &opts).map_err(bad)?;
-    let gcfg = GatewayConfig::load(&written.gateway_toml).map_err(bad)?;
+    let mut gcfg = GatewayConfig::load(&written.gateway_toml).map_err(bad)?;
+    // Interactive: Ctrl-C should not wait long for connections a user left open.
+    gcfg.shutdown_grace = QUICKSTART_GRACE;
     let gw = Gateway::bind(gcfg).await.context("starting gateway")?;
     let gh = gw.handle();
     let shutdown = shutdown_on_signals()?;
@@ -707,7 +878,8 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     let client_src = std::fs::read_to_string(&written.client_toml)?
         .replace("localhost:0/", &format!("localhost:{tunnel_port}/"));
     std::fs::write(&written.client_toml, client_src)?;
-    let ccfg = ClientConfig::load(&written.client_toml).map_err(bad)?;
+    let mut ccfg = ClientConfig::load(&written.client_toml).map_err(bad)?;
+    ccfg.shutdown_grace = QUICKSTART_GRACE;
     let tunnels: usize = ccfg.gateways.iter().map(|g| g.tunnels).sum();
     let rules = load_acl(&written.acl, &ccfg)?;
     let admin_listen = ccfg.admin_listen;

@@ -3,6 +3,7 @@
 //! Half-close travels as FIN (TCP shutdown of the write side on the far end); a TCP reset
 //! travels as RESET and comes out as a TCP reset (zero linger) on the other side.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -44,16 +45,26 @@ pub struct Outcome {
     pub ending: Ending,
 }
 
+/// Live byte counts of one relay, readable while it runs (for status pages).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub to_stream: AtomicU64,
+    pub to_socket: AtomicU64,
+}
+
 enum Failure {
     Socket(std::io::Error),
     Stream(StreamError),
 }
 
 /// Relays until both directions end or either fails.
-pub async fn relay(mut tcp: TcpStream, stream: MuxStream) -> Outcome {
+pub async fn relay(tcp: TcpStream, stream: MuxStream) -> Outcome {
+    relay_counted(tcp, stream, &Counters::default()).await
+}
+
+/// [`relay`], keeping `counters` current as bytes move.
+pub async fn relay_counted(mut tcp: TcpStream, stream: MuxStream, counters: &Counters) -> Outcome {
     let (mut rd, mut wr) = tcp.split();
-    let mut to_stream = 0u64;
-    let mut to_socket = 0u64;
     let up = async {
         let mut buf = BytesMut::with_capacity(MAX_DATA);
         loop {
@@ -64,7 +75,7 @@ pub async fn relay(mut tcp: TcpStream, stream: MuxStream) -> Outcome {
             if n == 0 {
                 return stream.finish().await.map_err(Failure::Stream);
             }
-            to_stream += n as u64;
+            counters.to_stream.fetch_add(n as u64, Ordering::Relaxed);
             stream
                 .send(buf.split().freeze())
                 .await
@@ -76,7 +87,9 @@ pub async fn relay(mut tcp: TcpStream, stream: MuxStream) -> Outcome {
             match stream.recv().await {
                 Ok(Some(chunk)) => {
                     wr.write_all(&chunk).await.map_err(Failure::Socket)?;
-                    to_socket += chunk.len() as u64;
+                    counters
+                        .to_socket
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
                 Ok(None) => return wr.shutdown().await.map_err(Failure::Socket),
                 Err(e) => return Err(Failure::Stream(e)),
@@ -103,8 +116,8 @@ pub async fn relay(mut tcp: TcpStream, stream: MuxStream) -> Outcome {
     };
     drop(stream);
     Outcome {
-        to_stream,
-        to_socket,
+        to_stream: counters.to_stream.load(Ordering::Relaxed),
+        to_socket: counters.to_socket.load(Ordering::Relaxed),
         ending,
     }
 }

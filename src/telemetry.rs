@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
@@ -19,17 +20,38 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 
 use crate::config::LogFormat;
 
-/// Changes the log level of the running process.
+/// Changes the log level of the running process; hands out the warn/error lines to forward.
 #[derive(Clone)]
 pub struct LogControl {
     handle: Arc<reload::Handle<EnvFilter, Registry>>,
+    forwarded: Arc<std::sync::Mutex<Option<mpsc::Receiver<ForwardedLog>>>>,
 }
+
+/// A warn or error line of this process, for the gateway's clientLogs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedLog {
+    pub level: String,
+    pub message: String,
+    /// Unix time, seconds.
+    pub time: u64,
+}
+
+/// Lines waiting to be forwarded; beyond this they are dropped (and counted).
+pub const FORWARD_QUEUE: usize = 256;
 
 impl LogControl {
     /// `level` is a level (`debug`) or a full filter directive (`sgw=debug,hyper=warn`).
     pub fn set_level(&self, level: &str) -> Result<(), String> {
         let f = filter(level)?;
         self.handle.reload(f).map_err(|e| e.to_string())
+    }
+
+    /// The warn/error lines of this process (once; later calls get `None`).
+    pub fn take_forwarded(&self) -> Option<mpsc::Receiver<ForwardedLog>> {
+        self.forwarded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 
@@ -61,7 +83,10 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(false);
-    let registry = tracing_subscriber::registry().with(filter_layer);
+    let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+    let registry = tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(Forward { tx });
     let res = match (format, journald) {
         (LogFormat::Json, _) => registry
             .with(base.fmt_fields(JsonFields::new()).event_format(FlatJson))
@@ -72,7 +97,43 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
     res.map_err(|e| e.to_string())?;
     Ok(LogControl {
         handle: Arc::new(handle),
+        forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),
     })
+}
+
+/// Copies sgw's own warn and error events into a bounded queue (dropping when full: a log
+/// storm must never cost memory or block the hot path).
+struct Forward {
+    tx: mpsc::Sender<ForwardedLog>,
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Forward {
+    fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > tracing::Level::WARN || !meta.target().starts_with("sgw") {
+            return;
+        }
+        let mut fields = Map::new();
+        event.record(&mut JsonVisitor(&mut fields));
+        let mut message = match fields.remove("message") {
+            Some(Value::String(m)) => m,
+            _ => String::new(),
+        };
+        for (k, v) in fields {
+            match v {
+                Value::String(s) => message.push_str(&format!(" {k}={s}")),
+                other => message.push_str(&format!(" {k}={other}")),
+            }
+        }
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let _ = self.tx.try_send(ForwardedLog {
+            level: meta.level().to_string().to_ascii_lowercase(),
+            message,
+            time,
+        });
+    }
 }
 
 /// One JSON object per line: `timestamp`, `level`, `message`, then span fields (outermost

@@ -473,3 +473,58 @@ async fn json_stream_closed_line_has_every_spec_field() {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |_| {}).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap().to_string();
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
+    tokio::spawn(sgw::admin::serve(l, backend, None, h.client.stop.clone()));
+    // One stream held open with 5 bytes each way so far.
+    let mut s = TcpStream::connect(h.cloud(0)).await.unwrap();
+    let me = s.local_addr().unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut b = [0u8; 5];
+    s.read_exact(&mut b).await.unwrap();
+    let sgw = |args: &[&str]| {
+        let out = Command::new(sgw_bin())
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = sgw(&["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 tunnel(s) up"), "{out}");
+    assert!(out.contains("gateway gw1 wss://localhost:"), "{out}");
+    assert!(
+        out.contains(&format!("destination dest1 TCP {echo}")),
+        "{out}"
+    );
+    assert!(out.contains("active streams: 1"), "{out}");
+    assert!(
+        out.contains(&format!("dest1 {echo} <- {me}  up 5 B  down 5 B")),
+        "{out}"
+    );
+    assert!(out.contains("rtt "), "{out}");
+    let (code, json) = sgw(&["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["active_streams"][0]["caller_addr"], me.to_string());
+    assert_eq!(sgw(&["health"]).0, Some(0));
+    assert_eq!(sgw(&["health", "--ready"]).0, Some(0));
+    drop(s);
+    // Nothing listening: health fails with exit 1.
+    let dead = free_port().to_string();
+    let out = Command::new(sgw_bin())
+        .args(["health", "--admin", &format!("127.0.0.1:{dead}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

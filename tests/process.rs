@@ -258,6 +258,7 @@ async fn quickstart_serves_the_builtin_service_through_the_tunnel() {
         .unwrap();
     assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
     assert!(resp.contains("came through the tunnel"), "{resp}");
+    // Still half-open (our write side): quickstart's short drain grace must not hold Ctrl-C up.
     // SIGTERM stops it, with exit code 0, promptly.
     let term = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -311,6 +312,25 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
         &format!("dest.addr=127.0.0.1:{}", echo.port()),
     ] {
         assert!(line.contains(want), "{want} missing in: {line}");
+    }
+    // The warning also reached the gateway (for its clientLogs API).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let logs = gw.handle.client_logs("gw1");
+        if let Some((client, l)) = logs
+            .iter()
+            .find(|(_, l)| l.message.contains("stream denied"))
+        {
+            assert_eq!(l.level, "warn");
+            assert!(l.message.contains("acl.line=2"), "{}", l.message);
+            assert!(client.starts_with("gw1_"), "{client}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no forwarded log: {logs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // SIGHUP: a rewritten file applies without a restart.
     std::fs::write(&acl, format!("acl allow 127.0.0.1:{}\n", echo.port())).unwrap();

@@ -45,13 +45,7 @@ impl Backend for AdminBackend {
     }
 
     fn status(&self) -> serde_json::Value {
-        let st = self.client.status().borrow().clone();
-        let acl = self.client.acl();
-        serde_json::json!({
-            "tunnels_up": st.tunnels_up,
-            "client_ids": st.client_ids.iter().map(|(g, c)| serde_json::json!({"gateway_id": g, "client_id": c})).collect::<Vec<_>>(),
-            "acl": { "file": acl.file, "rules": acl.rules.len() },
-        })
+        self.client.snapshot()
     }
 
     fn metrics(&self) -> Vec<Family> {

@@ -28,8 +28,9 @@ use crate::acl::{self, Acl, Decision, LocalTime, Request};
 use crate::config::{ClientConfig, GatewayLink, IpTableRule, Reconnect};
 use crate::dial;
 use crate::mux::{Incoming, Mux, MuxConfig, Role};
-use crate::proto::{ConfigPush, DestinationSpec, Hello, Reason, PROTO_MAJOR, PROTO_MINOR};
-use crate::relay::relay;
+use crate::proto::{ConfigPush, DestinationSpec, Hello, LogPush, Reason, PROTO_MAJOR, PROTO_MINOR};
+use crate::relay::relay_counted;
+use crate::telemetry::ForwardedLog;
 use crate::tunnel::{self, ConnectError};
 
 /// How often the ACL file is checked for changes.
@@ -71,6 +72,14 @@ struct Link {
     cfg: GatewayLink,
     tls: TlsConnector,
     dests: RwLock<Arc<HashMap<String, Arc<Dest>>>>,
+    /// Tunnels up right now (for sending LOG frames).
+    live: std::sync::Mutex<Vec<Mux>>,
+}
+
+impl Link {
+    fn live_tunnels(&self) -> std::sync::MutexGuard<'_, Vec<Mux>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A destination as the gateway pushed it, with its caller rules parsed once.
@@ -107,8 +116,37 @@ impl Shared {
     }
 }
 
+/// One stream being relayed, as the status page shows it.
+struct ActiveStream {
+    stream_id: u32,
+    dest_id: String,
+    dest_addr: String,
+    caller: String,
+    started: Instant,
+    counters: crate::relay::Counters,
+}
+
+/// Removes a stream from the active table when its task ends, however it ends.
+struct ActiveGuard<'a> {
+    shared: &'a Shared,
+    key: u64,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
 struct Shared {
     cfg: ClientConfig,
+    /// Streams being relayed now (bounded by the tunnels' `max_streams`).
+    active: std::sync::Mutex<HashMap<u64, Arc<ActiveStream>>>,
+    next_active: AtomicU64,
     acl: RwLock<Arc<Acl>>,
     /// Where the ACL came from, when it came from a file: reload and edits go through it.
     acl_file: Option<AclFile>,
@@ -123,12 +161,14 @@ struct Shared {
 pub struct Client {
     shared: Arc<Shared>,
     links: Vec<Arc<Link>>,
+    logs: Option<tokio::sync::mpsc::Receiver<ForwardedLog>>,
 }
 
 /// Read access to a running client.
 #[derive(Clone)]
 pub struct ClientHandle {
     shared: Arc<Shared>,
+    links: Vec<Arc<Link>>,
 }
 
 fn detect_env() -> &'static str {
@@ -155,6 +195,7 @@ impl Client {
                 cfg: g.clone(),
                 tls,
                 dests: RwLock::new(Arc::new(HashMap::new())),
+                live: std::sync::Mutex::new(Vec::new()),
             }));
         }
         let hello = Hello {
@@ -179,13 +220,19 @@ impl Client {
             cfg,
             acl: RwLock::new(Arc::new(acl)),
             acl_file: None,
+            active: std::sync::Mutex::new(HashMap::new()),
+            next_active: AtomicU64::new(0),
             hello,
             mux_cfg,
             status: watch::channel(Status::default()).0,
             stats: ClientStats::default(),
             tracker: TaskTracker::new(),
         });
-        Ok(Client { shared, links })
+        Ok(Client {
+            shared,
+            links,
+            logs: None,
+        })
     }
 
     /// Ties the ACL to its file: SIGHUP-style reloads, reloads when the file changes, and
@@ -197,14 +244,24 @@ impl Client {
         self
     }
 
+    /// Forwards these warn/error lines to every gateway (for its clientLogs), best effort.
+    pub fn with_log_forwarding(
+        mut self,
+        logs: Option<tokio::sync::mpsc::Receiver<ForwardedLog>>,
+    ) -> Self {
+        self.logs = logs;
+        self
+    }
+
     pub fn handle(&self) -> ClientHandle {
         ClientHandle {
             shared: self.shared.clone(),
+            links: self.links.clone(),
         }
     }
 
     /// Runs until `shutdown`, then drains streams for at most `shutdown_grace`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         info!(version = %self.shared.hello.version, env = %self.shared.hello.env, gateways = self.links.len(), "client started");
         let slots = TaskTracker::new();
         for link in &self.links {
@@ -216,6 +273,33 @@ impl Client {
                     shutdown.clone(),
                 ));
             }
+        }
+        if let Some(mut logs) = self.logs.take() {
+            let links = self.links.clone();
+            let stop = shutdown.clone();
+            slots.spawn(async move {
+                loop {
+                    let line = tokio::select! {
+                        l = logs.recv() => match l { Some(l) => l, None => break },
+                        _ = stop.cancelled() => break,
+                    };
+                    let push = LogPush {
+                        level: line.level,
+                        message: line.message,
+                        time: line.time,
+                    };
+                    let Ok(payload) = serde_json::to_vec(&push) else {
+                        continue;
+                    };
+                    let payload = bytes::Bytes::from(payload);
+                    for link in &links {
+                        let first = link.live_tunnels().first().cloned();
+                        if let Some(m) = first {
+                            m.send_log(payload.clone());
+                        }
+                    }
+                }
+            });
         }
         if self.shared.acl_file.is_some() {
             let handle = self.handle();
@@ -252,6 +336,81 @@ impl ClientHandle {
     /// Replaces the ACL for new streams.
     pub fn set_acl(&self, acl: Acl) {
         *self.shared.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+    }
+
+    /// Everything `/v1/status` and `sgw status` show: tunnels per gateway with RTT,
+    /// destinations, active streams with addresses and live byte counts.
+    pub fn snapshot(&self) -> serde_json::Value {
+        use serde_json::json;
+        let sh = &self.shared;
+        let st = sh.status.borrow().clone();
+        let gateways: Vec<_> = self
+            .links
+            .iter()
+            .map(|l| {
+                let tunnels: Vec<_> = l
+                    .live_tunnels()
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "rtt_ms": m.rtt().map(|r| r.as_secs_f64() * 1000.0),
+                            "active_streams": m.active_streams(),
+                        })
+                    })
+                    .collect();
+                let dests: Vec<_> = l
+                    .dests
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(|d| json!({
+                        "id": d.spec.id, "protocol": d.spec.protocol,
+                        "addr": format!("{}:{}", d.spec.ip, d.spec.port), "private": d.spec.private,
+                    }))
+                    .collect();
+                let client_id = st
+                    .client_ids
+                    .iter()
+                    .find(|(g, _)| *g == l.cfg.gateway_id)
+                    .map(|(_, c)| c.clone());
+                json!({
+                    "gateway_id": l.cfg.gateway_id,
+                    "url": l.cfg.url.to_string(),
+                    "via_proxy": l.cfg.proxy.as_ref().map(|p| format!("{}:{}", p.host, p.port)),
+                    "client_id": client_id,
+                    "tunnels": tunnels,
+                    "destinations": dests,
+                })
+            })
+            .collect();
+        let mut streams: Vec<Arc<ActiveStream>> = sh
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        streams.sort_by_key(|s| s.started);
+        let streams: Vec<_> = streams
+            .iter()
+            .map(|s| {
+                json!({
+                    "stream_id": s.stream_id, "dest_id": s.dest_id, "dest_addr": s.dest_addr,
+                    "caller_addr": s.caller,
+                    "bytes_up": s.counters.to_socket.load(Ordering::Relaxed),
+                    "bytes_down": s.counters.to_stream.load(Ordering::Relaxed),
+                    "age_ms": s.started.elapsed().as_millis() as u64,
+                })
+            })
+            .collect();
+        let acl = self.acl();
+        json!({
+            "version": sh.hello.version,
+            "tunnels_up": st.tunnels_up,
+            "gateways": gateways,
+            "active_streams": streams,
+            "acl": { "file": acl.file, "rules": acl.rules.len() },
+        })
     }
 
     /// The rule set new streams are checked against.
@@ -430,6 +589,7 @@ async fn serve_tunnel(
 ) -> String {
     let (r, w) = tunnel::split(ws);
     let (mux, mut events) = Mux::start(r, w, shared.mux_cfg.clone());
+    link.live_tunnels().push(mux.clone());
     update_status(shared, &link.cfg.gateway_id, client_id, 1);
     info!("tunnel up");
     loop {
@@ -463,6 +623,7 @@ async fn serve_tunnel(
             }
         }
     }
+    link.live_tunnels().retain(|m| !m.ptr_eq(&mux));
     update_status(shared, &link.cfg.gateway_id, client_id, -1);
     mux.close("client closed the tunnel");
     mux.close_reason().unwrap_or_default()
@@ -588,6 +749,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         };
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
+        let inc_caller = inc.meta.caller.clone();
         let tcp = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
             Ok(t) => t,
             Err(Refusal::Denied { reason, why, line }) => {
@@ -617,7 +779,18 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             return;
         };
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let out = relay(tcp, stream).await;
+        let entry = Arc::new(ActiveStream {
+            stream_id: stream.id(),
+            dest_id: dest.spec.id.clone(),
+            dest_addr,
+            caller: inc_caller,
+            started: Instant::now(),
+            counters: crate::relay::Counters::default(),
+        });
+        let key = shared.next_active.fetch_add(1, Ordering::Relaxed);
+        shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry.clone());
+        let _guard = ActiveGuard { shared: &shared, key };
+        let out = relay_counted(tcp, stream, &entry.counters).await;
         // Seen from the caller: up is toward the endpoint.
         shared
             .stats
@@ -631,7 +804,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             bytes.up = out.to_socket,
             bytes.down = out.to_stream,
             duration_ms = started.elapsed().as_millis() as u64,
-            reason = out.ending.reason(),
+            reason = %out.ending.reason(),
             "stream closed"
         );
     }

@@ -28,8 +28,8 @@ use crate::acl;
 use crate::config::{Destination, GatewayConfig};
 use crate::mux::{Mux, MuxConfig, Role};
 use crate::proto::{
-    ConfigPush, DestinationSpec, Frame, IpTableRuleSpec, OpenMeta, Reason, Welcome, PROTO_MAJOR,
-    PROTO_MINOR,
+    ConfigPush, DestinationSpec, Frame, IpTableRuleSpec, LogPush, OpenMeta, Reason, Welcome,
+    PROTO_MAJOR, PROTO_MINOR,
 };
 use crate::relay::{self, relay};
 use crate::tunnel;
@@ -284,6 +284,15 @@ impl GatewayHandle {
             .unwrap_or_default()
     }
 
+    /// The latest warn/error lines the clients of `gateway_id` pushed: (client id, line).
+    pub fn client_logs(&self, gateway_id: &str) -> Vec<(String, LogPush)> {
+        self.inner
+            .tenants
+            .get(gateway_id)
+            .map(|t| t.logs())
+            .unwrap_or_default()
+    }
+
     pub fn stats(&self) -> &GatewayStats {
         &self.inner.stats
     }
@@ -376,7 +385,13 @@ async fn serve_tunnel(
                     None => break,
                 },
                 log = events.logs.recv() => if let Some(line) = log {
-                    info!(client.log = %String::from_utf8_lossy(&line), "client log");
+                    match serde_json::from_slice::<LogPush>(&line) {
+                        Ok(l) => {
+                            info!(client.log.level = %l.level, client.log = %l.message, "client log");
+                            tenant.push_log(&client_id, l);
+                        }
+                        Err(e) => info!(error = %e, "ignoring malformed client log line"),
+                    }
                 },
                 _ = mux.closed() => break,
                 _ = shutdown.cancelled() => {
@@ -437,7 +452,7 @@ async fn serve_caller(
             }
         };
         let span = tracing::Span::current();
-        span.record("client.id", client_id.as_str());
+        span.record("client.id", tracing::field::display(&client_id));
         span.record("stream.id", stream.id());
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("stream opened");
@@ -448,7 +463,7 @@ async fn serve_caller(
             bytes.up = out.to_stream,
             bytes.down = out.to_socket,
             duration_ms = started.elapsed().as_millis() as u64,
-            reason = out.ending.reason(),
+            reason = %out.ending.reason(),
             "stream closed"
         );
     }

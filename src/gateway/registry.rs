@@ -2,6 +2,7 @@
 //! the client with the fewest active streams (round robin on ties), then its least busy
 //! tunnel.
 
+use crate::proto::LogPush;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -47,7 +48,12 @@ pub(crate) struct Tenant {
     clients: Mutex<Clients>,
     /// Signalled when a tunnel registers, for callers waiting for a client.
     registered: tokio::sync::Notify,
+    /// The latest warn/error lines clients pushed (client id, line), oldest first, bounded.
+    logs: Mutex<std::collections::VecDeque<(String, LogPush)>>,
 }
+
+/// Client log lines kept per gateway id.
+pub const CLIENT_LOG_LINES: usize = 1000;
 
 const OPEN_ATTEMPTS: usize = 3;
 
@@ -58,6 +64,7 @@ impl Tenant {
             config_push,
             clients: Mutex::new(Clients::default()),
             registered: tokio::sync::Notify::new(),
+            logs: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -118,6 +125,23 @@ impl Tenant {
             .entries
             .values()
             .flat_map(|e| e.tunnels.iter().map(|(_, m)| m.clone()))
+            .collect()
+    }
+
+    pub fn push_log(&self, client_id: &str, line: LogPush) {
+        let mut q = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= CLIENT_LOG_LINES {
+            q.pop_front();
+        }
+        q.push_back((client_id.to_owned(), line));
+    }
+
+    pub fn logs(&self) -> Vec<(String, LogPush)> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
             .collect()
     }
 

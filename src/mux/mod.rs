@@ -332,6 +332,21 @@ impl Mux {
         }
     }
 
+    /// Sends a LOG frame (client to gateway), best effort: dropped (returns false) when the
+    /// control queue is half full, so logs can never crowd out flow control or close the
+    /// tunnel.
+    pub fn send_log(&self, payload: Bytes) -> bool {
+        {
+            let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.shared.urgent_cap / 2 || self.is_closed() {
+                return false;
+            }
+            q.push_back(Frame::Log(payload));
+        }
+        self.shared.wake_writer.notify_one();
+        true
+    }
+
     /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
     pub fn close(&self, why: &str) {
         self.shared.close(why.to_owned());
