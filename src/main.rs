@@ -325,7 +325,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             log_format,
         } => {
             let cfg = GatewayConfig::load(&config).map_err(bad)?;
-            log_settings(log_level, log_format, &cfg.log)?;
+            let level_fixed = log_level.is_some();
+            let log = log_settings(log_level, log_format, &cfg.log)?;
+            // SIGHUP: validate the config; apply the log level; name what needs a restart.
+            // (Without a handler SIGHUP would terminate the process.)
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let path = config.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
+                    match GatewayConfig::load(&path) {
+                        Err(errs) => {
+                            for e in &errs.0 {
+                                tracing::error!(error = %e, "config reload failed, keeping the running configuration");
+                            }
+                        }
+                        Ok(new) => {
+                            if !level_fixed {
+                                if let Err(e) = log.set_level(&new.log.level) {
+                                    tracing::error!(error = %e, "cannot apply log_level");
+                                }
+                            }
+                            tracing::warn!("configuration valid; log level applied, other changes (listeners, gateways, destinations) take effect after a restart");
+                        }
+                    }
+                }
+            });
             let shutdown = shutdown_on_signals()?;
             let gw = Gateway::bind(cfg).await.context("starting gateway")?;
             let h = gw.handle();

@@ -277,6 +277,37 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
         3
     );
     assert_eq!(sample(&after, "sgw_client_tunnels_up"), 2);
+    // The same by destination, and the gauges.
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_dest_bytes_total{dest=\"dest1\",direction=\"up\"}"
+        ),
+        300_000
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_dest_bytes_total{dest=\"dest1\",direction=\"down\"}"
+        ),
+        300_000
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_dest_streams_opened_total{dest=\"dest1\"}"
+        ),
+        3
+    );
+    assert_eq!(sample(&after, "sgw_client_active_streams"), 0);
+    assert!(
+        after.contains("sgw_client_tunnel_rtt_microseconds{gateway=\"gw1\",tunnel=\"0\"}"),
+        "{after}"
+    );
+    assert!(
+        after.contains("sgw_client_tunnel_buffered_bytes{gateway=\"gw1\",tunnel=\"1\"} 0"),
+        "{after}"
+    );
     // Readiness follows the tunnels: gateway gone -> 503, back -> 200.
     assert_eq!(get("/readyz").await.0, 200);
     let tunnel = h.gw.handle.tunnel_addr();
@@ -527,4 +558,80 @@ async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn env_vars_override_config_values_and_bad_ones_are_reported_like_file_errors() {
+    let setup = Setup::new(&[]);
+    let client_toml = setup.path("client.toml");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(sgw_bin());
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let path = client_toml.to_str().unwrap();
+    let (code, out) = run(
+        &["config", "check", path],
+        &[("SGW_CLIENT_GATEWAY_TUNNELS", "4")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let bad = [
+        ("SGW_CLIENT_DEFAULT_POLICY", "maybe"),
+        ("SGW_CLIENT_LIMITS_MAX_STREAMS", "lots"),
+    ];
+    let (code, out) = run(&["config", "check", path], &bad);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("environment SGW_CLIENT_DEFAULT_POLICY: `maybe` is not one of deny, allow"),
+        "{out}"
+    );
+    assert!(
+        out.contains("environment SGW_CLIENT_LIMITS_MAX_STREAMS: `lots` is not an integer"),
+        "{out}"
+    );
+    // The daemon refuses to start with the same messages.
+    let (code, out2) = run(&["client", "--config", path], &bad);
+    assert_eq!(code, Some(2));
+    assert!(
+        out2.contains("environment SGW_CLIENT_DEFAULT_POLICY"),
+        "{out2}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_survives_sighup_and_reports_a_broken_config() {
+    let setup = Setup::new(&[]);
+    let gw_toml = setup.path("gateway.toml");
+    let mut p = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    p.wait_line("gateway started").await;
+    let good = std::fs::read_to_string(&gw_toml).unwrap();
+    std::fs::write(&gw_toml, format!("bogus = 1\n{good}")).unwrap();
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let line = p.wait_line("config reload failed").await;
+    assert!(line.contains("bogus"), "{line}");
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the gateway"
+    );
+    std::fs::write(&gw_toml, good).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    p.wait_line("configuration valid").await;
+    assert!(p.child.try_wait().unwrap().is_none());
 }

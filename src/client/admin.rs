@@ -50,6 +50,8 @@ impl Backend for AdminBackend {
 
     fn metrics(&self) -> Vec<Family> {
         let s = self.client.stats();
+        let per_dest = s.per_dest();
+        let tunnels = self.client.tunnel_gauges();
         let v = |a: &std::sync::atomic::AtomicU64| {
             i64::try_from(a.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
         };
@@ -115,6 +117,112 @@ impl Backend for AdminBackend {
                 Kind::Gauge,
                 self.client.status().borrow().tunnels_up as i64,
             ),
+            one(
+                "sgw_client_active_streams",
+                "Streams being relayed now.",
+                Kind::Gauge,
+                self.client.active_streams() as i64,
+            ),
+            Family {
+                name: "sgw_client_tunnel_buffered_bytes",
+                help: "Bytes received on a tunnel and not yet read by their stream's socket.",
+                kind: Kind::Gauge,
+                samples: tunnels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (g, _, b))| {
+                        (
+                            vec![("gateway", g.clone()), ("tunnel", i.to_string())],
+                            *b as i64,
+                        )
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "sgw_client_tunnel_rtt_microseconds",
+                help: "Minimum PING round trip of a tunnel.",
+                kind: Kind::Gauge,
+                samples: tunnels
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (g, r, _))| {
+                        r.map(|r| {
+                            (
+                                vec![("gateway", g.clone()), ("tunnel", i.to_string())],
+                                (r * 1e6) as i64,
+                            )
+                        })
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "sgw_client_dest_streams_opened",
+                help: "Streams dialled and relayed, by destination.",
+                kind: Kind::Counter,
+                samples: per_dest
+                    .iter()
+                    .map(|(d, c)| (vec![("dest", d.clone())], v(&c.opened)))
+                    .collect(),
+            },
+            Family {
+                name: "sgw_client_dest_streams_denied",
+                help: "Streams refused by the client's veto, by destination and reason.",
+                kind: Kind::Counter,
+                samples: per_dest
+                    .iter()
+                    .flat_map(|(d, c)| {
+                        ["acl_rule", "acl_default", "ip_table_rules"]
+                            .iter()
+                            .enumerate()
+                            .map(move |(i, r)| {
+                                (
+                                    vec![("dest", d.clone()), ("reason", r.to_string())],
+                                    v(&c.denied[i]),
+                                )
+                            })
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "sgw_client_dest_streams_failed",
+                help: "Streams whose dial failed, by destination and reason.",
+                kind: Kind::Counter,
+                samples: per_dest
+                    .iter()
+                    .flat_map(|(d, c)| {
+                        let m = c.failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        let mut m: Vec<_> = m.into_iter().collect();
+                        m.sort();
+                        m.into_iter().map(move |(r, n)| {
+                            (
+                                vec![("dest", d.clone()), ("reason", r.to_string())],
+                                i64::try_from(n).unwrap_or(i64::MAX),
+                            )
+                        })
+                    })
+                    .collect(),
+            },
+            Family {
+                name: "sgw_client_dest_bytes",
+                help:
+                    "Payload bytes relayed, by destination and direction (up: toward the endpoint).",
+                kind: Kind::Counter,
+                samples: per_dest
+                    .iter()
+                    .flat_map(|(d, c)| {
+                        [
+                            (
+                                vec![("dest", d.clone()), ("direction", "up".to_string())],
+                                v(&c.bytes_up),
+                            ),
+                            (
+                                vec![("dest", d.clone()), ("direction", "down".to_string())],
+                                v(&c.bytes_down),
+                            ),
+                        ]
+                    })
+                    .collect(),
+            },
             one(
                 "sgw_client_acl_rules",
                 "Rules in force.",

@@ -58,6 +58,47 @@ pub struct ClientStats {
     pub tunnel_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// The same, per destination id (bounded: see [`MAX_DEST_SERIES`]).
+    per_dest: std::sync::Mutex<HashMap<String, Arc<DestStats>>>,
+}
+
+/// Per-destination series kept at most; further destinations share the `_other` series.
+pub const MAX_DEST_SERIES: usize = 4096;
+
+/// Counters of one destination.
+#[derive(Debug, Default)]
+pub struct DestStats {
+    pub opened: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    /// By deny reason: acl_rule, acl_default, ip_table_rules.
+    pub denied: [AtomicU64; 3],
+    /// By OPEN_ERR reason name (a closed set).
+    pub failed: std::sync::Mutex<HashMap<&'static str, u64>>,
+}
+
+impl ClientStats {
+    /// The counters of `dest` (created on first use, up to [`MAX_DEST_SERIES`]).
+    pub fn dest(&self, dest: &str) -> Arc<DestStats> {
+        let mut m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = m.get(dest) {
+            return d.clone();
+        }
+        let key = if m.len() < MAX_DEST_SERIES {
+            dest
+        } else {
+            "_other"
+        };
+        m.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Every destination's counters, sorted by id.
+    pub fn per_dest(&self) -> Vec<(String, Arc<DestStats>)> {
+        let m = self.per_dest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, d)| (k.clone(), d.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
 }
 
 /// What the client looks like from outside right now.
@@ -336,6 +377,34 @@ impl ClientHandle {
     /// Replaces the ACL for new streams.
     pub fn set_acl(&self, acl: Acl) {
         *self.shared.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);
+    }
+
+    /// Streams being relayed now.
+    pub fn active_streams(&self) -> usize {
+        self.shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Per live tunnel: gateway id, minimum RTT (seconds) and bytes buffered for slow readers.
+    pub fn tunnel_gauges(&self) -> Vec<(String, Option<f64>, u64)> {
+        self.links
+            .iter()
+            .flat_map(|l| {
+                l.live_tunnels()
+                    .iter()
+                    .map(|m| {
+                        (
+                            l.cfg.gateway_id.clone(),
+                            m.rtt().map(|r| r.as_secs_f64()),
+                            m.stats().buffered.load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Everything `/v1/status` and `sgw status` show: tunnels per gateway with RTT,
@@ -650,11 +719,12 @@ enum Refusal {
     Failed(dial::DialError),
 }
 
+/// Discriminants index [`DestStats::denied`].
 #[derive(Clone, Copy)]
 enum DenyReason {
-    Rule,
-    Default,
-    Caller,
+    Rule = 0,
+    Default = 1,
+    Caller = 2,
 }
 
 impl DenyReason {
@@ -754,6 +824,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             Ok(t) => t,
             Err(Refusal::Denied { reason, why, line }) => {
                 shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+                shared.stats.dest(&dest.spec.id).denied[reason as usize].fetch_add(1, Ordering::Relaxed);
                 match line {
                     Some(l) => warn!(reason = %reason.as_str(), acl.file = %shared.acl_path(), acl.line = l, acl.rule = ?why, "stream denied"),
                     None => warn!(reason = %reason.as_str(), acl.rule = ?why, "stream denied"),
@@ -770,6 +841,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             }
             Err(Refusal::Failed(e)) => {
                 shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                *shared.stats.dest(&dest.spec.id).failed.lock().unwrap_or_else(|p| p.into_inner()).entry(e.reason.as_str()).or_default() += 1;
                 info!(reason = %e.reason, error = %e.message, "dial failed");
                 inc.reject(e.reason, &e.message).await;
                 return;
@@ -779,6 +851,8 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             return;
         };
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let per_dest = shared.stats.dest(&dest.spec.id);
+        per_dest.opened.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ActiveStream {
             stream_id: stream.id(),
             dest_id: dest.spec.id.clone(),
@@ -800,6 +874,8 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             .stats
             .bytes_down
             .fetch_add(out.to_stream, Ordering::Relaxed);
+        per_dest.bytes_up.fetch_add(out.to_socket, Ordering::Relaxed);
+        per_dest.bytes_down.fetch_add(out.to_stream, Ordering::Relaxed);
         info!(
             bytes.up = out.to_socket,
             bytes.down = out.to_stream,

@@ -121,7 +121,16 @@ impl ClientConfig {
     }
 
     pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        let cx = Cx::new(path, src);
+        Self::from_toml_env(path, src, super::walk::sgw_env())
+    }
+
+    /// As [`Self::from_toml`], with these `SGW_CLIENT_*` variables instead of the process's.
+    pub fn from_toml_env(
+        path: &Path,
+        src: &str,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, ConfigErrors> {
+        let cx = Cx::new(path, src).with_env("CLIENT", env);
         let Some(doc) = cx.parse() else {
             return Err(ConfigErrors(cx.into_errors()));
         };
@@ -141,33 +150,29 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         .and_then(|s| match OutboundProxy::parse(&s) {
             Ok(p) => Some(p),
             Err(e) => {
-                if let Some(v) = root.get("outbound_proxy") {
-                    root.err("outbound_proxy", v, e);
-                }
+                root.invalid("outbound_proxy", e);
                 None
             }
         });
     let no_proxy = root.strs("no_proxy").unwrap_or_default();
     let mut gateways = Vec::new();
     let entries = root.tables("gateway");
-    if entries.is_empty() && root.get("gateway").is_none() {
+    if entries.is_empty() && !root.has("gateway") {
         root.missing("gateway");
     }
     for g in entries {
         let url = g.req_str("url").and_then(|u| match WssUrl::parse(&u) {
             Ok(u) => Some(u),
             Err(e) => {
-                if let Some(v) = g.get("url") {
-                    g.err("url", v, e);
-                }
+                g.invalid("url", e);
                 None
             }
         });
         let gateway_id = g.req_str("gateway_id");
         let token = read_secret(&g, "token", "token_file");
-        let trust = match g.get("ca_file") {
-            None => Some(Trust::System),
-            Some(_) => read_certs(&g, "ca_file").map(Trust::Certs),
+        let trust = match g.has("ca_file") {
+            false => Some(Trust::System),
+            true => read_certs(&g, "ca_file").map(Trust::Certs),
         };
         let tunnels = g.int_in("tunnels", 1..=16).unwrap_or(2) as usize;
         g.finish(&[]);
@@ -195,13 +200,10 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         None | Some("deny") => Policy::Deny,
         Some("allow") => Policy::Allow,
         Some(other) => {
-            if let Some(v) = root.get("default_policy") {
-                root.err(
-                    "default_policy",
-                    v,
-                    format!("`{other}` is not one of deny, allow"),
-                );
-            }
+            root.invalid(
+                "default_policy",
+                format!("`{other}` is not one of deny, allow"),
+            );
             Policy::Deny
         }
     };
@@ -217,14 +219,13 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
             reconnect.max = d;
         }
         if reconnect.initial.is_zero() || reconnect.max < reconnect.initial {
-            if let Some(v) = t.get("max") {
-                t.err(
+            if t.has("max") {
+                t.invalid(
                     "max",
-                    v,
                     "must be at least reconnect.initial, which must be > 0",
                 );
-            } else if let Some(v) = t.get("initial") {
-                t.err("initial", v, "must be > 0 and at most reconnect.max");
+            } else {
+                t.invalid("initial", "must be > 0 and at most reconnect.max");
             }
         }
         t.finish(&[]);
@@ -235,18 +236,12 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         Some(s) => match s.parse() {
             Ok(a) => a,
             Err(_) => {
-                if let Some(v) = root.get("admin_listen") {
-                    root.err(
-                        "admin_listen",
-                        v,
-                        format!("`{s}` is not an ip:port address"),
-                    );
-                }
+                root.invalid("admin_listen", format!("`{s}` is not an ip:port address"));
                 SocketAddr::from(([127, 0, 0, 1], 9003))
             }
         },
     };
-    let admin_token = (root.get("admin_token").is_some() || root.get("admin_token_file").is_some())
+    let admin_token = (root.has("admin_token") || root.has("admin_token_file"))
         .then(|| read_secret(root, "admin_token", "admin_token_file"))
         .flatten();
     let limits = read_limits(root.table("limits"));
@@ -284,6 +279,59 @@ mod tests {
         assert!(WssUrl::parse("ws://h").is_err());
         assert!(WssUrl::parse("wss://u:p@h").is_err());
         assert!(WssUrl::parse("wss://h:99999").is_err());
+    }
+
+    #[test]
+    fn environment_overrides_every_kind_of_value() {
+        let src = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://gw:1/t\"\ngateway_id = \"g\"\ntoken = \"from-file\"\n";
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = ClientConfig::from_toml_env(
+            Path::new("c.toml"),
+            src,
+            env(&[
+                ("SGW_CLIENT_DEFAULT_POLICY", "allow"),
+                ("SGW_CLIENT_TOKEN", "from-env"),
+                ("SGW_CLIENT_GATEWAY_TUNNELS", "3"),
+                ("SGW_CLIENT_LIMITS_STREAM_WINDOW", "1MiB"),
+                ("SGW_CLIENT_KEEPALIVE_INTERVAL", "5s"),
+                ("SGW_CLIENT_NO_PROXY", "a.example, 10.0.0.0/8"),
+                ("SGW_CLIENT_OUTBOUND_PROXY", "http://p:3128"),
+                ("SGW_CLIENT_CONFIG", "ignored: a command-line option"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.default_policy, Policy::Allow);
+        assert_eq!(c.gateways[0].token.expose(), "from-env");
+        assert_eq!(c.gateways[0].tunnels, 3);
+        assert_eq!(c.limits.stream_window, 1 << 20);
+        assert_eq!(c.keepalive.interval, Duration::from_secs(5));
+        assert!(c.gateways[0].proxy.is_some(), "gw not in no_proxy");
+        let errs = ClientConfig::from_toml_env(
+            Path::new("c.toml"),
+            src,
+            env(&[
+                ("SGW_CLIENT_GATEWAY_TUNNELS", "99"),
+                ("SGW_CLIENT_DEFAULT_POLICY", "maybe"),
+            ]),
+        )
+        .unwrap_err()
+        .0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter().any(
+                |e| e.starts_with("environment SGW_CLIENT_GATEWAY_TUNNELS: 99 is out of range")
+            ),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("SGW_CLIENT_DEFAULT_POLICY")),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -122,7 +122,16 @@ impl GatewayConfig {
     }
 
     pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        let cx = Cx::new(path, src);
+        Self::from_toml_env(path, src, super::walk::sgw_env())
+    }
+
+    /// As [`Self::from_toml`], with these `SGW_GATEWAY_*` variables instead of the process's.
+    pub fn from_toml_env(
+        path: &Path,
+        src: &str,
+        env: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, ConfigErrors> {
+        let cx = Cx::new(path, src).with_env("GATEWAY", env);
         let Some(doc) = cx.parse() else {
             return Err(ConfigErrors(cx.into_errors()));
         };
@@ -142,16 +151,14 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         .and_then(|s| match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                if let Some(v) = root.get("listen") {
-                    root.err("listen", v, format!("`{s}` is not an ip:port address"));
-                }
+                root.invalid("listen", format!("`{s}` is not an ip:port address"));
                 None
             }
         });
-    if root.get("tls_cert").is_none() {
+    if !root.has("tls_cert") {
         root.missing("tls_cert");
     }
-    if root.get("tls_key").is_none() {
+    if !root.has("tls_key") {
         root.missing("tls_key");
     }
     let certs = read_certs(root, "tls_cert");
@@ -222,34 +229,28 @@ fn read_destination(
         None | Some("TCP") => Some(Protocol::Tcp),
         Some("TLS") => Some(Protocol::Tls),
         Some(p @ ("UDP" | "HTTP" | "HTTPS")) => {
-            if let Some(v) = d.get("protocol") {
-                d.err(
-                    "protocol",
-                    v,
-                    format!("{p} destinations are not supported by this version yet"),
-                );
-            }
+            d.invalid(
+                "protocol",
+                format!("{p} destinations are not supported by this version yet"),
+            );
             None
         }
         Some(other) => {
-            if let Some(v) = d.get("protocol") {
-                d.err(
-                    "protocol",
-                    v,
-                    format!("`{other}` is not one of TCP, UDP, TLS, HTTP, HTTPS"),
-                );
-            }
+            d.invalid(
+                "protocol",
+                format!("`{other}` is not one of TCP, UDP, TLS, HTTP, HTTPS"),
+            );
             None
         }
     };
     let ip = d.req_str("ip");
     let port = d.int_in("port", 1..=65535);
-    if d.get("port").is_none() {
+    if !d.has("port") {
         d.missing("port");
     }
     let cloud_host = d.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into());
     let cloud_port = d.int_in("cloud_port", 0..=65535);
-    if d.get("cloud_port").is_none() {
+    if !d.has("cloud_port") {
         d.missing("cloud_port");
     }
     if let (Some(p), Some(v)) = (cloud_port, d.get("cloud_port")) {
@@ -275,9 +276,7 @@ fn read_destination(
         match IpTableRule::new(&src, &spt, &app) {
             Ok(r) => {
                 if !app.is_empty() && !apps.insert(app.clone()) {
-                    if let Some(v) = t.get("app") {
-                        t.err("app", v, format!("duplicate rule app `{app}`"));
-                    }
+                    t.invalid("app", format!("duplicate rule app `{app}`"));
                 }
                 ip_table_rules.push(r);
             }

@@ -159,13 +159,10 @@ fn read_keepalive(t: Option<walk::Tbl<'_, '_>>) -> Keepalive {
         k.timeout = d;
     }
     if k.interval.is_zero() || k.timeout <= k.interval {
-        if let Some(v) = t.get("timeout") {
-            t.err(
-                "timeout",
-                v,
-                "must be longer than keepalive.interval, which must be > 0",
-            );
-        }
+        t.invalid(
+            "timeout",
+            "must be longer than keepalive.interval, which must be > 0",
+        );
     }
     t.finish(&[]);
     k
@@ -174,25 +171,16 @@ fn read_keepalive(t: Option<walk::Tbl<'_, '_>>) -> Keepalive {
 fn read_log(t: &walk::Tbl<'_, '_>) -> LogSettings {
     let level = t.str("log_level").unwrap_or_else(|| "info".into());
     if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
-        if let Some(v) = t.get("log_level") {
-            t.err(
-                "log_level",
-                v,
-                format!("`{level}` is not one of trace, debug, info, warn, error"),
-            );
-        }
+        t.invalid(
+            "log_level",
+            format!("`{level}` is not one of trace, debug, info, warn, error"),
+        );
     }
     let format = match t.str("log_format").as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => {
-            if let Some(v) = t.get("log_format") {
-                t.err(
-                    "log_format",
-                    v,
-                    format!("`{other}` is not one of text, json"),
-                );
-            }
+            t.invalid("log_format", format!("`{other}` is not one of text, json"));
             LogFormat::Text
         }
     };

@@ -2,7 +2,7 @@
 //! line, column and dotted path) instead of stopping at the first, and reports unknown keys.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -10,11 +10,22 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-/// Error collector for one file.
+/// Error collector for one file, plus the `SGW_<SECTION>_<KEY>` environment overrides.
 pub(crate) struct Cx<'a> {
     file: &'a Path,
     src: &'a str,
     errors: RefCell<Vec<(usize, String)>>,
+    section: &'static str,
+    env: BTreeMap<String, String>,
+    /// Stands in for a table the file leaves out when the environment sets keys in it.
+    empty: DeTable<'a>,
+}
+
+/// The process's `SGW_*` variables.
+pub(crate) fn sgw_env() -> BTreeMap<String, String> {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("SGW_"))
+        .collect()
 }
 
 impl<'a> Cx<'a> {
@@ -23,7 +34,23 @@ impl<'a> Cx<'a> {
             file,
             src,
             errors: RefCell::new(Vec::new()),
+            section: "",
+            env: BTreeMap::new(),
+            empty: DeTable::new(),
         }
+    }
+
+    /// Values in `env` named `SGW_<SECTION>_<TABLE>_<KEY>` override the file's.
+    pub fn with_env(mut self, section: &'static str, env: BTreeMap<String, String>) -> Self {
+        self.section = section;
+        self.env = env;
+        self
+    }
+
+    /// An error in a value that came from the environment (listed after the file's errors).
+    pub fn error_env(&self, var: &str, msg: impl std::fmt::Display) {
+        let text = format!("environment {var}: {msg}");
+        self.errors.borrow_mut().push((usize::MAX, text));
     }
 
     pub fn file(&self) -> &Path {
@@ -136,12 +163,84 @@ impl<'c, 'a> Tbl<'c, 'a> {
         out
     }
 
+    /// The environment variable overriding `key` here, if set: `SGW_<SECTION>_<PATH>_<KEY>`
+    /// with the table path upper-cased (`SGW_CLIENT_LIMITS_MAX_STREAMS`). Keys of the first
+    /// `[[gateway]]`/`[[gateways]]` entry may also drop the table (`SGW_CLIENT_TOKEN_FILE`).
+    /// Later array entries cannot be overridden.
+    fn env(&self, key: &str) -> Option<(String, String)> {
+        if self.cx.env.is_empty() {
+            return None;
+        }
+        let key_up = key.to_ascii_uppercase();
+        let mut names = vec![format!("{}{key_up}", self.env_prefix()?)];
+        if matches!(self.path.as_str(), "gateway[0]" | "gateways[0]") {
+            names.push(format!("SGW_{}_{key_up}", self.cx.section));
+        }
+        let found = names
+            .into_iter()
+            .find_map(|n| self.cx.env.get(&n).map(|v| (n, v.clone())));
+        if found.is_some() {
+            self.used.borrow_mut().insert(key.to_owned());
+        }
+        found
+    }
+
+    /// `SGW_<SECTION>_<PATH>_` for this table (None where overrides do not apply).
+    fn env_prefix(&self) -> Option<String> {
+        if self.cx.section.is_empty() {
+            return None;
+        }
+        let mut segs = Vec::new();
+        for seg in self.path.split('.').filter(|s| !s.is_empty()) {
+            let (name, idx) = match seg.split_once('[') {
+                Some((n, i)) => (n, Some(i.trim_end_matches(']'))),
+                None => (seg, None),
+            };
+            if idx.is_some_and(|i| i != "0") {
+                return None;
+            }
+            segs.push(name.to_ascii_uppercase());
+        }
+        Some(if segs.is_empty() {
+            format!("SGW_{}_", self.cx.section)
+        } else {
+            format!("SGW_{}_{}_", self.cx.section, segs.join("_"))
+        })
+    }
+
+    /// Reports a bad value of `key` where it came from: the environment variable that set
+    /// it, or its place in the file.
+    pub fn invalid(&self, key: &str, msg: impl std::fmt::Display) {
+        if let Some((n, _)) = self.env(key) {
+            self.cx.error_env(&n, msg);
+        } else if let Some(v) = self.get(key) {
+            self.err(key, v, msg);
+        }
+    }
+
+    /// Whether `key` is given, in the file or the environment.
+    pub fn has(&self, key: &str) -> bool {
+        self.env(key).is_some() || self.get(key).is_some()
+    }
+
     pub fn str(&self, key: &str) -> Option<String> {
+        if let Some((_, v)) = self.env(key) {
+            return Some(v);
+        }
         self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
     /// An array of strings (a single string is taken as a one-element list).
     pub fn strs(&self, key: &str) -> Option<Vec<String>> {
+        if let Some((_, v)) = self.env(key) {
+            // Comma-separated in the environment.
+            return Some(
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            );
+        }
         self.typed(key, "an array of strings", |v| match v {
             DeValue::String(s) => Some(vec![s.to_string()]),
             DeValue::Array(a) => a
@@ -153,7 +252,7 @@ impl<'c, 'a> Tbl<'c, 'a> {
     }
 
     pub fn req_str(&self, key: &str) -> Option<String> {
-        if self.get(key).is_none() {
+        if !self.has(key) {
             self.missing(key);
             return None;
         }
@@ -161,10 +260,37 @@ impl<'c, 'a> Tbl<'c, 'a> {
     }
 
     pub fn bool(&self, key: &str) -> Option<bool> {
+        if let Some((n, v)) = self.env(key) {
+            return match v.trim() {
+                "true" | "1" | "yes" => Some(true),
+                "false" | "0" | "no" => Some(false),
+                other => {
+                    self.cx
+                        .error_env(&n, format!("`{other}` is not a boolean (true/false)"));
+                    None
+                }
+            };
+        }
         self.typed(key, "a boolean", |v| v.as_bool())
     }
 
     pub fn int_in(&self, key: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
+        if let Some((n, v)) = self.env(key) {
+            return match v.trim().replace('_', "").parse::<i64>() {
+                Ok(i) if range.contains(&i) => Some(i),
+                Ok(i) => {
+                    self.cx.error_env(
+                        &n,
+                        format!("{i} is out of range {}..={}", range.start(), range.end()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.cx.error_env(&n, format!("`{v}` is not an integer"));
+                    None
+                }
+            };
+        }
         let n = self.typed(key, "an integer", |v| {
             let i = v.as_integer()?;
             i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
@@ -188,12 +314,11 @@ impl<'c, 'a> Tbl<'c, 'a> {
         match parse_duration(&s) {
             Some(d) => Some(d),
             None => {
-                if let Some(v) = self.get(key) {
-                    self.err(
-                        key,
-                        v,
-                        format!("`{s}` is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")"),
-                    );
+                let msg = format!("`{s}` is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")");
+                if let Some((n, _)) = self.env(key) {
+                    self.cx.error_env(&n, msg);
+                } else if let Some(v) = self.get(key) {
+                    self.err(key, v, msg);
                 }
                 None
             }
@@ -202,6 +327,20 @@ impl<'c, 'a> Tbl<'c, 'a> {
 
     /// Byte size given as an integer or `"256KiB"`, `"16MiB"`.
     pub fn size(&self, key: &str) -> Option<u64> {
+        if let Some((n, v)) = self.env(key) {
+            let parsed = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .or_else(|| parse_size(v.trim()));
+            if parsed.is_none() {
+                self.cx.error_env(
+                    &n,
+                    format!("`{v}` is not a size in bytes (e.g. 262144 or 256KiB)"),
+                );
+            }
+            return parsed;
+        }
         let v = self.get(key)?;
         let parsed = match v.get_ref() {
             DeValue::Integer(i) => {
@@ -221,7 +360,23 @@ impl<'c, 'a> Tbl<'c, 'a> {
     }
 
     pub fn table(&self, key: &str) -> Option<Tbl<'c, 'a>> {
-        let v = self.get(key)?;
+        let Some(v) = self.get(key) else {
+            // Absent from the file: still readable if the environment sets keys in it.
+            let probe = Tbl {
+                cx: self.cx,
+                path: self.child_path(key),
+                map: &self.cx.empty,
+                span: self.span.clone(),
+                used: Default::default(),
+            };
+            let prefix = probe.env_prefix()?;
+            return self
+                .cx
+                .env
+                .keys()
+                .any(|k| k.starts_with(&prefix))
+                .then_some(probe);
+        };
         match v.get_ref() {
             DeValue::Table(t) => Some(Tbl {
                 cx: self.cx,
