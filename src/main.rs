@@ -588,7 +588,11 @@ async fn acl_cmd(cmd: AclCmd) -> Result<ExitCode> {
             let addrs: Vec<IpAddr> = if req.addr.is_some() || no_resolve {
                 Vec::new()
             } else {
-                match tokio::net::lookup_host((host.as_str(), port)).await {
+                let lookup = tokio::net::lookup_host((host.as_str(), port));
+                match tokio::time::timeout(Duration::from_secs(10), lookup)
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("timed out after 10 s")))
+                {
                     Ok(a) => {
                         let mut v: Vec<IpAddr> = a.map(|a| a.ip()).collect();
                         v.dedup();
