@@ -69,7 +69,7 @@ impl Default for MuxConfig {
             role: Role::Client,
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,
-            tunnel_window_budget: 16 * 1024 * 1024,
+            tunnel_window_budget: 4 * 1024 * 1024,
             max_streams: 10_000,
             accept_backlog: 1024,
             keepalive_interval: Duration::from_secs(15),
