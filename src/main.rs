@@ -399,7 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
                     tracing::info!(config = %config.display(), "SIGHUP: reloading configuration and ACL");
-                    reload_client(
+                    sgw::client::reload_from_files(
                         &config,
                         acl_override.as_deref(),
                         &running,
@@ -418,7 +418,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if json {
                     serde_json::to_string_pretty(v).unwrap_or_default()
                 } else {
-                    render_status(v)
+                    sgw::admin::client::render_status(v)
                 }
             })
             .await
@@ -478,80 +478,6 @@ fn systemd_client_status(handle: &sgw::client::ClientHandle, shutdown: &Cancella
             }
         }
     });
-}
-
-/// SIGHUP: validates the config file and the ACL it names; applies both only if both are
-/// valid (log level and rules apply live; other changed settings are named as needing a
-/// restart). On any error every message is logged and nothing changes.
-fn reload_client(
-    config: &Path,
-    acl_override: Option<&Path>,
-    running: &ClientConfig,
-    handle: &sgw::client::ClientHandle,
-    log: Option<&sgw::telemetry::LogControl>,
-) {
-    let new = match ClientConfig::load(config) {
-        Ok(c) => c,
-        Err(errs) => {
-            for e in &errs.0 {
-                tracing::error!(error = %e, "config reload failed, keeping the running configuration");
-            }
-            return;
-        }
-    };
-    let acl_path = acl_override.map_or_else(|| new.acl_file.clone(), Path::to_path_buf);
-    let acl = match Acl::load(&acl_path, new.default_policy) {
-        Ok(a) => a,
-        Err(errs) => {
-            for e in &errs {
-                tracing::error!(error = %e, "ACL reload failed, keeping the running configuration and rules");
-            }
-            return;
-        }
-    };
-    if let Some(log) = log {
-        if let Err(e) = log.set_level(&new.log.level) {
-            tracing::error!(error = %e, "cannot apply log_level");
-        }
-    }
-    let mut restart = Vec::new();
-    let links = |c: &ClientConfig| {
-        c.gateways
-            .iter()
-            .map(|g| {
-                (
-                    g.url.to_string(),
-                    g.gateway_id.clone(),
-                    g.token.expose().to_owned(),
-                    g.tunnels,
-                    g.proxy.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    if links(&new) != links(running) {
-        restart.push("gateway");
-    }
-    if new.acl_file != running.acl_file || new.default_policy != running.default_policy {
-        restart.push("acl_file/default_policy");
-    }
-    if new.admin_listen != running.admin_listen || new.admin_token != running.admin_token {
-        restart.push("admin_listen/admin_token");
-    }
-    if format!(
-        "{:?}{:?}{:?}{:?}",
-        new.limits, new.keepalive, new.reconnect, new.shutdown_grace
-    ) != format!(
-        "{:?}{:?}{:?}{:?}",
-        running.limits, running.keepalive, running.reconnect, running.shutdown_grace
-    ) {
-        restart.push("limits/keepalive/reconnect/shutdown_grace");
-    }
-    if !restart.is_empty() {
-        tracing::warn!(settings = ?restart, "these changed settings take effect after a restart");
-    }
-    tracing::info!(rules = acl.rules.len(), "configuration reloaded");
-    handle.set_acl(acl);
 }
 
 /// `--from IP[:PORT]` (`[v6]:port` for IPv6 with a port).
@@ -715,69 +641,6 @@ async fn admin_request(
     let msg = v["error"].as_str().map(str::to_owned).unwrap_or(text);
     eprintln!("sgw: admin endpoint answered {status}: {msg}");
     Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
-}
-
-/// Human-readable `/v1/status`.
-fn render_status(v: &serde_json::Value) -> String {
-    let mut out = format!(
-        "sgw client {}: {} tunnel(s) up",
-        v["version"].as_str().unwrap_or("?"),
-        v["tunnels_up"]
-    );
-    for g in v["gateways"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "\ngateway {} {} as {}{}",
-            g["gateway_id"].as_str().unwrap_or(""),
-            g["url"].as_str().unwrap_or(""),
-            g["client_id"].as_str().unwrap_or("(not connected)"),
-            g["via_proxy"]
-                .as_str()
-                .map(|p| format!(" via proxy {p}"))
-                .unwrap_or_default()
-        ));
-        for (i, t) in g["tunnels"].as_array().into_iter().flatten().enumerate() {
-            let rtt = t["rtt_ms"]
-                .as_f64()
-                .map_or("-".into(), |r| format!("{r:.2} ms"));
-            out.push_str(&format!(
-                "\n  tunnel {i}: rtt {rtt}, {} active stream(s)",
-                t["active_streams"]
-            ));
-        }
-        for d in g["destinations"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "\n  destination {} {} {}{}",
-                d["id"].as_str().unwrap_or(""),
-                d["protocol"].as_str().unwrap_or(""),
-                d["addr"].as_str().unwrap_or(""),
-                if d["private"].as_bool() == Some(true) {
-                    " (private)"
-                } else {
-                    ""
-                }
-            ));
-        }
-    }
-    let streams = v["active_streams"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("\nactive streams: {}", streams.len()));
-    for s in &streams {
-        out.push_str(&format!(
-            "\n  #{} {} {} <- {}  up {} B  down {} B  {:.1} s",
-            s["stream_id"],
-            s["dest_id"].as_str().unwrap_or(""),
-            s["dest_addr"].as_str().unwrap_or(""),
-            s["caller_addr"].as_str().unwrap_or(""),
-            s["bytes_up"],
-            s["bytes_down"],
-            s["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
-        ));
-    }
-    out.push_str(&format!(
-        "\nacl: {} rule(s) from {}",
-        v["acl"]["rules"],
-        v["acl"]["file"].as_str().unwrap_or("")
-    ));
-    out
 }
 
 /// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.

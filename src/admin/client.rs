@@ -1,4 +1,5 @@
-//! A small HTTP/1.1 client for the admin endpoint, used by `sgw acl add|remove|show`.
+//! The CLI side of the admin endpoint: a small HTTP/1.1 client (`sgw acl add|remove|show`,
+//! `sgw status`, `sgw health`) and the human rendering of `/v1/status`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -83,5 +84,68 @@ pub fn query_escape(s: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
+}
+
+/// Human-readable `/v1/status`.
+pub fn render_status(v: &serde_json::Value) -> String {
+    let mut out = format!(
+        "sgw client {}: {} tunnel(s) up",
+        v["version"].as_str().unwrap_or("?"),
+        v["tunnels_up"]
+    );
+    for g in v["gateways"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\ngateway {} {} as {}{}",
+            g["gateway_id"].as_str().unwrap_or(""),
+            g["url"].as_str().unwrap_or(""),
+            g["client_id"].as_str().unwrap_or("(not connected)"),
+            g["via_proxy"]
+                .as_str()
+                .map(|p| format!(" via proxy {p}"))
+                .unwrap_or_default()
+        ));
+        for (i, t) in g["tunnels"].as_array().into_iter().flatten().enumerate() {
+            let rtt = t["rtt_ms"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{r:.2} ms"));
+            out.push_str(&format!(
+                "\n  tunnel {i}: rtt {rtt}, {} active stream(s)",
+                t["active_streams"]
+            ));
+        }
+        for d in g["destinations"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n  destination {} {} {}{}",
+                d["id"].as_str().unwrap_or(""),
+                d["protocol"].as_str().unwrap_or(""),
+                d["addr"].as_str().unwrap_or(""),
+                if d["private"].as_bool() == Some(true) {
+                    " (private)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let streams = v["active_streams"].as_array().cloned().unwrap_or_default();
+    out.push_str(&format!("\nactive streams: {}", streams.len()));
+    for s in &streams {
+        out.push_str(&format!(
+            "\n  #{} {} {} <- {}  up {} B  down {} B  {:.1} s",
+            s["stream_id"],
+            s["dest_id"].as_str().unwrap_or(""),
+            s["dest_addr"].as_str().unwrap_or(""),
+            s["caller_addr"].as_str().unwrap_or(""),
+            s["bytes_up"],
+            s["bytes_down"],
+            s["age_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        ));
+    }
+    out.push_str(&format!(
+        "\nacl: {} rule(s) from {}",
+        v["acl"]["rules"],
+        v["acl"]["file"].as_str().unwrap_or("")
+    ));
     out
 }

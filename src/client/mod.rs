@@ -7,9 +7,11 @@
 
 mod acl_file;
 mod admin;
+mod reload;
 
 pub use acl_file::{write_atomic, AclEditError, AclFile};
 pub use admin::AdminBackend;
+pub use reload::reload_from_files;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,83 @@
+//! SIGHUP for the client: re-read the config file and the ACL it names, apply both or neither.
+
+use std::path::Path;
+
+use crate::acl::Acl;
+use crate::config::ClientConfig;
+use crate::telemetry::LogControl;
+
+use super::ClientHandle;
+
+/// SIGHUP: validates the config file and the ACL it names; applies both only if both are
+/// valid (log level and rules apply live; other changed settings are named as needing a
+/// restart). On any error every message is logged and nothing changes.
+pub fn reload_from_files(
+    config: &Path,
+    acl_override: Option<&Path>,
+    running: &ClientConfig,
+    handle: &ClientHandle,
+    log: Option<&LogControl>,
+) {
+    let new = match ClientConfig::load(config) {
+        Ok(c) => c,
+        Err(errs) => {
+            for e in &errs.0 {
+                tracing::error!(error = %e, "config reload failed, keeping the running configuration");
+            }
+            return;
+        }
+    };
+    let acl_path = acl_override.map_or_else(|| new.acl_file.clone(), Path::to_path_buf);
+    let acl = match Acl::load(&acl_path, new.default_policy) {
+        Ok(a) => a,
+        Err(errs) => {
+            for e in &errs {
+                tracing::error!(error = %e, "ACL reload failed, keeping the running configuration and rules");
+            }
+            return;
+        }
+    };
+    if let Some(log) = log {
+        if let Err(e) = log.set_level(&new.log.level) {
+            tracing::error!(error = %e, "cannot apply log_level");
+        }
+    }
+    let mut restart = Vec::new();
+    let links = |c: &ClientConfig| {
+        c.gateways
+            .iter()
+            .map(|g| {
+                (
+                    g.url.to_string(),
+                    g.gateway_id.clone(),
+                    g.token.expose().to_owned(),
+                    g.tunnels,
+                    g.proxy.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    if links(&new) != links(running) {
+        restart.push("gateway");
+    }
+    if new.acl_file != running.acl_file || new.default_policy != running.default_policy {
+        restart.push("acl_file/default_policy");
+    }
+    if new.admin_listen != running.admin_listen || new.admin_token != running.admin_token {
+        restart.push("admin_listen/admin_token");
+    }
+    if format!(
+        "{:?}{:?}{:?}{:?}",
+        new.limits, new.keepalive, new.reconnect, new.shutdown_grace
+    ) != format!(
+        "{:?}{:?}{:?}{:?}",
+        running.limits, running.keepalive, running.reconnect, running.shutdown_grace
+    ) {
+        restart.push("limits/keepalive/reconnect/shutdown_grace");
+    }
+    if !restart.is_empty() {
+        tracing::warn!(settings = ?restart, "these changed settings take effect after a restart");
+    }
+    tracing::info!(rules = acl.rules.len(), "configuration reloaded");
+    handle.set_acl(acl);
+}
