@@ -417,6 +417,7 @@ pub struct Acl {
     /// `no acl` lines that removed nothing: not errors, but `acl lint` reports them.
     pub unmatched_removals: Vec<(usize, String)>,
     index: Arc<index::Index>,
+    time_windows: bool,
 }
 
 impl fmt::Debug for Acl {
@@ -438,12 +439,14 @@ impl Acl {
     /// Compiles an already-parsed rule list (order is evaluation order).
     pub fn from_rules(file: String, rules: Vec<Rule>, default_policy: Policy) -> Self {
         let index = Arc::new(index::Index::build(&rules));
+        let time_windows = rules.iter().any(|r| r.during.is_some());
         Acl {
             file,
             rules: rules.into(),
             default_policy,
             unmatched_removals: Vec::new(),
             index,
+            time_windows,
         }
     }
 
@@ -459,6 +462,11 @@ impl Acl {
         let mut acl = Self::from_rules(file.to_owned(), parsed.rules, default_policy);
         acl.unmatched_removals = parsed.unmatched_removals;
         Ok(acl)
+    }
+
+    /// Whether any rule has a `during` window (only then does a decision need the clock).
+    pub fn has_time_windows(&self) -> bool {
+        self.time_windows
     }
 
     /// The rule at `line`, if one is in force there.

@@ -130,10 +130,12 @@ struct Dest {
     spec: DestinationSpec,
     /// Rules that failed to parse are dropped (and logged): fewer callers admitted, never more.
     ip_rules: Vec<IpTableRule>,
+    /// This destination's metric series, looked up once per push, not once per stream.
+    stats: Arc<DestStats>,
 }
 
 impl Dest {
-    fn new(spec: DestinationSpec) -> Dest {
+    fn new(spec: DestinationSpec, stats: &ClientStats) -> Dest {
         let ip_rules = spec
             .ip_table_rules
             .iter()
@@ -145,7 +147,12 @@ impl Dest {
                 }
             })
             .collect();
-        Dest { spec, ip_rules }
+        let stats = stats.dest(&spec.id);
+        Dest {
+            spec,
+            ip_rules,
+            stats,
+        }
     }
 }
 
@@ -634,14 +641,14 @@ fn update_status(shared: &Shared, gateway_id: &str, client_id: &str, delta: isiz
     });
 }
 
-fn apply_config(link: &Link, payload: &[u8]) {
+fn apply_config(shared: &Shared, link: &Link, payload: &[u8]) {
     match serde_json::from_slice::<ConfigPush>(payload) {
         Ok(push) => {
             let n = push.destinations.len();
             let map = push
                 .destinations
                 .into_iter()
-                .map(|d| (d.id.clone(), Arc::new(Dest::new(d))))
+                .map(|d| (d.id.clone(), Arc::new(Dest::new(d, &shared.stats))))
                 .collect();
             *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             info!(destinations = n, "destinations updated by gateway");
@@ -670,7 +677,7 @@ async fn serve_tunnel(
                     // The reader stores CONFIG before queueing later OPENs: apply it first.
                     if events.config.has_changed().unwrap_or(false) {
                         if let Some(p) = events.config.borrow_and_update().clone() {
-                            apply_config(link, &p);
+                            apply_config(shared, link, &p);
                         }
                     }
                     let fut = serve_open(shared.clone(), link.clone(), inc, client_id.to_owned());
@@ -683,7 +690,7 @@ async fn serve_tunnel(
                     break;
                 }
                 if let Some(p) = events.config.borrow_and_update().clone() {
-                    apply_config(link, &p);
+                    apply_config(shared, link, &p);
                 }
             }
             _ = mux.closed() => break,
@@ -767,7 +774,11 @@ async fn vet_and_dial(
     let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
     let timeout = Duration::from_secs(u64::from(spec.timeout.clamp(1, 180)));
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut req = Request::new(&spec.ip, spec.port).at(LocalTime::now());
+    let mut req = Request::new(&spec.ip, spec.port);
+    // Reading the zoned clock costs more than the decision itself: only when a rule asks.
+    if acl.has_time_windows() {
+        req = req.at(LocalTime::now());
+    }
     req.from = caller;
     let denied = |d: &Decision| match d.line.and_then(|l| acl.rule_at(l)) {
         Some(r) => deny(DenyReason::Rule, r.text.clone(), d.line),
@@ -826,7 +837,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             Ok(t) => t,
             Err(Refusal::Denied { reason, why, line }) => {
                 shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
-                shared.stats.dest(&dest.spec.id).denied[reason as usize].fetch_add(1, Ordering::Relaxed);
+                dest.stats.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
                 match line {
                     Some(l) => warn!(reason = %reason.as_str(), acl.file = %shared.acl_path(), acl.line = l, acl.rule = ?why, "stream denied"),
                     None => warn!(reason = %reason.as_str(), acl.rule = ?why, "stream denied"),
@@ -843,7 +854,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             }
             Err(Refusal::Failed(e)) => {
                 shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
-                *shared.stats.dest(&dest.spec.id).failed.lock().unwrap_or_else(|p| p.into_inner()).entry(e.reason.as_str()).or_default() += 1;
+                *dest.stats.failed.lock().unwrap_or_else(|p| p.into_inner()).entry(e.reason.as_str()).or_default() += 1;
                 info!(reason = %e.reason, error = %e.message, "dial failed");
                 inc.reject(e.reason, &e.message).await;
                 return;
@@ -853,7 +864,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             return;
         };
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let per_dest = shared.stats.dest(&dest.spec.id);
+        let per_dest = &dest.stats;
         per_dest.opened.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ActiveStream {
             stream_id: stream.id(),

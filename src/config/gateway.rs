@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::walk::{Cx, Tbl};
+use super::walk::Tbl;
 use super::{
     read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, ConfigErrors,
     IpTableRule, Keepalive, Limits, LogSettings, Secret,
@@ -131,17 +131,7 @@ impl GatewayConfig {
         src: &str,
         env: std::collections::BTreeMap<String, String>,
     ) -> Result<Self, ConfigErrors> {
-        let cx = Cx::new(path, src).with_env("GATEWAY", env);
-        let Some(doc) = cx.parse() else {
-            return Err(ConfigErrors(cx.into_errors()));
-        };
-        let root = Tbl::root(&cx, &doc);
-        let cfg = read(&root);
-        root.finish(LATER);
-        match cfg {
-            Some(c) if !cx.has_errors() => Ok(c),
-            _ => Err(ConfigErrors(cx.into_errors())),
-        }
+        super::walk::read_document(path, src, "GATEWAY", env, LATER, read)
     }
 }
 

@@ -21,6 +21,29 @@ pub(crate) struct Cx<'a> {
     empty: DeTable<'a>,
 }
 
+/// Parses `src`, reads it with `read` (env overrides from `section`), reports unknown keys
+/// (`later`: known but not built yet) and returns the value only if nothing was wrong.
+pub(crate) fn read_document<T>(
+    path: &Path,
+    src: &str,
+    section: &'static str,
+    env: BTreeMap<String, String>,
+    later: &[&str],
+    read: fn(&Tbl<'_, '_>) -> Option<T>,
+) -> Result<T, super::ConfigErrors> {
+    let cx = Cx::new(path, src).with_env(section, env);
+    let Some(doc) = cx.parse() else {
+        return Err(super::ConfigErrors(cx.into_errors()));
+    };
+    let root = Tbl::root(&cx, &doc);
+    let cfg = read(&root);
+    root.finish(later);
+    match cfg {
+        Some(c) if !cx.has_errors() => Ok(c),
+        _ => Err(super::ConfigErrors(cx.into_errors())),
+    }
+}
+
 /// The process's `SGW_*` variables.
 pub(crate) fn sgw_env() -> BTreeMap<String, String> {
     std::env::vars()
