@@ -290,7 +290,7 @@ fn acl_check_and_lint_commands() {
     let f = dir.path().join("acl.list");
     std::fs::write(
         &f,
-        "acl deny 169.254.169.254:\nacl allow 10.1.0.0/16:8000-8999\nacl allow 10.2.0.8:3389 during mon-fri 08:00-18:00\nacl allow localhost:80/api from 127.0.0.0/8\nacl allow 10.1.2.3:8080\n",
+        "acl deny 127.254.169.254:\nacl allow 127.1.0.0/16:8000-8999\nacl allow 127.2.0.8:3389 during mon-fri 08:00-18:00\nacl allow localhost:80/api from 127.0.0.0/8\nacl allow 127.1.2.3:8080\n",
     )
     .unwrap();
     let run = |args: &[&str]| {
@@ -306,26 +306,26 @@ fn acl_check_and_lint_commands() {
         )
     };
     let file = f.to_str().unwrap();
-    let (code, out) = run(&["check", "--file", file, "10.1.2.3:8080"]);
+    let (code, out) = run(&["check", "--file", file, "127.1.2.3:8080"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.starts_with("allow rule ") && out.contains("acl.list:2"),
         "{out}"
     );
-    let (code, out) = run(&["check", "--file", file, "169.254.169.254:80"]);
+    let (code, out) = run(&["check", "--file", file, "127.254.169.254:80"]);
     assert_eq!(
         (code, out.starts_with("deny rule ")),
         (Some(3), true),
         "{out}"
     );
-    let (code, out) = run(&["check", "--file", file, "10.9.9.9:1"]);
+    let (code, out) = run(&["check", "--file", file, "127.9.9.9:1"]);
     assert_eq!(code, Some(3));
     assert!(out.starts_with("deny default policy"), "{out}");
     let (code, out) = run(&[
         "check",
         "--file",
         file,
-        "10.2.0.8:3389",
+        "127.2.0.8:3389",
         "--at",
         "sat 10:00",
     ]);
@@ -334,7 +334,7 @@ fn acl_check_and_lint_commands() {
         "check",
         "--file",
         file,
-        "10.2.0.8:3389",
+        "127.2.0.8:3389",
         "--at",
         "tue 10:00",
     ]);

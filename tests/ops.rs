@@ -38,26 +38,9 @@ impl Drop for Daemon {
     }
 }
 
-async fn roundtrip(cloud: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(cloud).await.unwrap();
-    s.write_all(msg).await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut back = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    back
-}
-
 /// Client process configured with `outbound_proxy`; returns it once `needle` is logged.
 fn client_via_proxy(setup: &Setup, tunnel: SocketAddr, proxy: &str) -> Proc {
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!("\"wss://localhost:{}/tunnel\"", tunnel.port()),
-    );
+    let client_toml = point_client_at(setup, tunnel);
     let src = std::fs::read_to_string(&client_toml).unwrap();
     std::fs::write(
         &client_toml,
@@ -133,7 +116,10 @@ async fn tunnel_through_tinyproxy_http_connect() {
     );
     good.wait_line("tunnel up").await;
     let cloud = gw.handle.dest_addr("dest1").unwrap();
-    assert_eq!(roundtrip(cloud, b"via tinyproxy").await, b"via tinyproxy");
+    assert_eq!(
+        echo_once(cloud, b"via tinyproxy").await.unwrap(),
+        b"via tinyproxy"
+    );
     let seen = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         seen.contains(&format!("localhost:{}", gw.handle.tunnel_addr().port())),
@@ -168,7 +154,10 @@ async fn tunnel_through_microsocks_socks5_with_and_without_auth() {
         &format!("socks5://127.0.0.1:{open_port}"),
     );
     c.wait_line("tunnel up").await;
-    assert_eq!(roundtrip(cloud, b"via socks5").await, b"via socks5");
+    assert_eq!(
+        echo_once(cloud, b"via socks5").await.unwrap(),
+        b"via socks5"
+    );
     let via = gw.handle.clients("gw1");
     drop(c);
     assert!(!via.is_empty());
@@ -220,7 +209,10 @@ async fn tunnel_through_microsocks_socks5_with_and_without_auth() {
         &format!("socks5://sgwuser:s0cks-pw@127.0.0.1:{auth_port}"),
     );
     good.wait_line("tunnel up").await;
-    assert_eq!(roundtrip(cloud, b"authenticated").await, b"authenticated");
+    assert_eq!(
+        echo_once(cloud, b"authenticated").await.unwrap(),
+        b"authenticated"
+    );
 }
 
 /// Value of an unlabelled or labelled sample in Prometheus text.
@@ -252,7 +244,10 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
     // 3 streams of 100,000 bytes each way.
     let payload = vec![7u8; 100_000];
     for _ in 0..3 {
-        assert_eq!(roundtrip(h.cloud(0), &payload).await.len(), payload.len());
+        assert_eq!(
+            echo_once(h.cloud(0), &payload).await.unwrap().len(),
+            payload.len()
+        );
     }
     // The stream-closed accounting lands just after the caller sees EOF: poll, bounded.
     let deadline = Instant::now() + WAIT;
@@ -335,15 +330,7 @@ async fn sigterm_lets_a_100mb_transfer_finish_then_exits_0() {
     let hash = hash_server().await;
     let setup = Setup::new(&[hash]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!(
-            "\"wss://localhost:{}/tunnel\"",
-            gw.handle.tunnel_addr().port()
-        ),
-    );
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let mut p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
     p.wait_line("tunnel up").await;
     p.wait_line("tunnel up").await;
@@ -372,17 +359,7 @@ async fn sigterm_lets_a_100mb_transfer_finish_then_exits_0() {
         .unwrap()
         .unwrap();
     assert_eq!(got, expect.finalize().to_vec(), "all 100 MB arrived intact");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = p.child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "client did not exit after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = wait_exit(&mut p.child).await;
     assert_eq!(status.code(), Some(0), "{}", p.all());
     assert!(p.all().contains("client stopped"), "{}", p.all());
 }
@@ -392,19 +369,11 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_logs_every_error() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!(
-            "\"wss://localhost:{}/tunnel\"",
-            gw.handle.tunnel_addr().port()
-        ),
-    );
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
     p.wait_line("tunnel up").await;
     let cloud = gw.handle.dest_addr("dest1").unwrap();
-    assert_eq!(roundtrip(cloud, b"before").await, b"before");
+    assert_eq!(echo_once(cloud, b"before").await.unwrap(), b"before");
     let good = std::fs::read_to_string(&client_toml).unwrap();
     std::fs::write(&client_toml, format!("bogus_key = 1\n{good}")).unwrap();
     set_toml(&client_toml, "default_policy", "\"maybe\"");
@@ -433,7 +402,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_logs_every_error() {
     }
     assert!(!all.contains("configuration reloaded"));
     assert_eq!(
-        roundtrip(cloud, b"still").await,
+        echo_once(cloud, b"still").await.unwrap(),
         b"still",
         "old config and rules still serve"
     );
@@ -457,15 +426,7 @@ async fn json_stream_closed_line_has_every_spec_field() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!(
-            "\"wss://localhost:{}/tunnel\"",
-            gw.handle.tunnel_addr().port()
-        ),
-    );
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let p = Proc::spawn(&[
         "client",
         "--config",
@@ -475,7 +436,10 @@ async fn json_stream_closed_line_has_every_spec_field() {
     ]);
     p.wait_line("tunnel up").await;
     let cloud = gw.handle.dest_addr("dest1").unwrap();
-    assert_eq!(roundtrip(cloud, b"json please").await, b"json please");
+    assert_eq!(
+        echo_once(cloud, b"json please").await.unwrap(),
+        b"json please"
+    );
     let line = p.wait_line("\"stream closed\"").await;
     let v: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));

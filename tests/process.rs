@@ -11,17 +11,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(msg).await?;
-    s.shutdown().await?;
-    let mut back = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(back)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_token_is_refused_logged_plainly_and_backed_off() {
     let setup = Setup::new(&[]);
@@ -265,17 +254,7 @@ async fn quickstart_serves_the_builtin_service_through_the_tunnel() {
         .status()
         .unwrap();
     assert!(term.success());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("quickstart ignored SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = wait_exit(&mut child).await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -284,15 +263,7 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!(
-            "\"wss://localhost:{}/tunnel\"",
-            gw.handle.tunnel_addr().port()
-        ),
-    );
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let acl = setup.path("acl.list");
     std::fs::write(&acl, format!("# ops\nacl deny 127.0.0.1:{}\n", echo.port())).unwrap();
     let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);

@@ -137,15 +137,7 @@ async fn client_speaks_the_notify_protocol() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let client_toml = setup.path("client.toml");
-    set_toml(
-        &client_toml,
-        "url",
-        &format!(
-            "\"wss://localhost:{}/tunnel\"",
-            gw.handle.tunnel_addr().port()
-        ),
-    );
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let sock_path = setup.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -181,14 +173,7 @@ async fn client_speaks_the_notify_protocol() {
         .unwrap()
         .success());
     recv_until(&sock, &mut got, "STOPPING=1");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "client did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));
 }
 

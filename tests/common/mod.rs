@@ -295,3 +295,41 @@ pub fn field(line: &str, key: &str) -> String {
         .trim_matches('"')
         .to_owned()
 }
+
+/// Points the `client.toml` that `sgw init` wrote at a running gateway; returns its path.
+pub fn point_client_at(setup: &Setup, tunnel: SocketAddr) -> PathBuf {
+    let client_toml = setup.path("client.toml");
+    set_toml(
+        &client_toml,
+        "url",
+        &format!("\"wss://localhost:{}/tunnel\"", tunnel.port()),
+    );
+    client_toml
+}
+
+/// Sends `msg`, half-closes, and returns everything the far side sent back (bounded wait).
+pub async fn echo_once(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(msg).await?;
+    s.shutdown().await?;
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(back)
+}
+
+/// Waits (bounded) for a child process to exit.
+pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process did not exit within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
