@@ -54,6 +54,7 @@ async fn transfer(streams: usize) {
     let meta = OpenMeta {
         dest: "d".into(),
         caller: "c".into(),
+        compress: None,
     };
     let mut senders = Vec::new();
     for _ in 0..streams {
@@ -101,6 +102,7 @@ fn throughput(c: &mut Criterion) {
             let meta = OpenMeta {
                 dest: "d".into(),
                 caller: "c".into(),
+                compress: None,
             };
             for _ in 0..1000 {
                 let s = a.open(&meta).await.unwrap();

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod admin;
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod dial;
 pub mod gateway;
@@ -17,4 +18,5 @@ pub mod proto;
 pub mod relay;
 pub mod systemd;
 pub mod telemetry;
+pub mod tls;
 pub mod tunnel;

@@ -1,15 +1,19 @@
-//! Copies bytes between a TCP socket and a mux stream until both directions are done.
+//! Copies bytes between a socket (TCP, or TLS over TCP) and a mux stream until both
+//! directions are done.
 //!
 //! Half-close travels as FIN (TCP shutdown of the write side on the far end); a TCP reset
-//! travels as RESET and comes out as a TCP reset (zero linger) on the other side.
+//! travels as RESET and comes out as a TCP reset (zero linger) on the other side. Optional per
+//! stream: DEFLATE in the tunnel ([`crate::compress`]) and an idle timeout, which resets the
+//! stream with reason `timeout` when no byte moved either way for that long.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::compress::{Decoded, Deflater, Inflater};
 use crate::mux::{MuxStream, StreamError};
 use crate::proto::{Reason, MAX_DATA};
 
@@ -22,6 +26,10 @@ pub enum Ending {
     SocketError(String),
     /// The stream was reset (by the peer, or the tunnel went away); the socket was reset.
     StreamReset(Reason, String),
+    /// Nothing moved for the idle timeout; both sides were reset.
+    Idle(Duration),
+    /// The peer sent compressed data that does not decode; both sides were reset.
+    BadData(String),
 }
 
 impl Ending {
@@ -31,6 +39,8 @@ impl Ending {
             Ending::Closed => "closed",
             Ending::SocketError(_) => "reset",
             Ending::StreamReset(r, _) => r.as_str(),
+            Ending::Idle(_) => Reason::Timeout.as_str(),
+            Ending::BadData(_) => Reason::Protocol.as_str(),
         }
     }
 }
@@ -42,6 +52,9 @@ pub struct Outcome {
     pub to_stream: u64,
     /// Bytes received from the stream and written to the socket.
     pub to_socket: u64,
+    /// The same two as DATA payload bytes in the tunnel (differ when compressed).
+    pub wire_to_stream: u64,
+    pub wire_to_socket: u64,
     pub ending: Ending,
 }
 
@@ -50,11 +63,71 @@ pub struct Outcome {
 pub struct Counters {
     pub to_stream: AtomicU64,
     pub to_socket: AtomicU64,
+    pub wire_to_stream: AtomicU64,
+    pub wire_to_socket: AtomicU64,
+}
+
+/// Per-stream relay settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// DEFLATE both directions in the tunnel (negotiated in the OPEN).
+    pub compress: bool,
+    /// Reset the stream when no byte moved either way for this long.
+    pub idle: Option<Duration>,
+}
+
+/// A socket the relay can serve: two halves to read and write at once, and a reset.
+pub trait Endpoint: Send {
+    type Read<'a>: AsyncRead + Unpin + Send
+    where
+        Self: 'a;
+    type Write<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
+    /// Makes the coming close send a TCP RST instead of a FIN.
+    fn abort(&self);
+}
+
+impl Endpoint for TcpStream {
+    // TCP splits without a lock: this is the hot path of every plain destination.
+    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        self.split()
+    }
+    fn abort(&self) {
+        abort(self);
+    }
+}
+
+impl Endpoint for tokio_rustls::client::TlsStream<TcpStream> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+    fn abort(&self) {
+        abort(self.get_ref().0);
+    }
+}
+
+impl Endpoint for tokio_rustls::server::TlsStream<TcpStream> {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+    fn abort(&self) {
+        abort(self.get_ref().0);
+    }
 }
 
 enum Failure {
     Socket(std::io::Error),
     Stream(StreamError),
+    Idle(Duration),
+    BadData(String),
 }
 
 /// Relays until both directions end or either fails.
@@ -63,48 +136,42 @@ pub async fn relay(tcp: TcpStream, stream: MuxStream) -> Outcome {
 }
 
 /// [`relay`], keeping `counters` current as bytes move.
-pub async fn relay_counted(mut tcp: TcpStream, stream: MuxStream, counters: &Counters) -> Outcome {
-    let (mut rd, mut wr) = tcp.split();
-    let up = async {
-        let mut buf = BytesMut::with_capacity(MAX_DATA);
-        loop {
-            if buf.capacity() - buf.len() < 4096 {
-                buf.reserve(MAX_DATA);
-            }
-            let n = rd.read_buf(&mut buf).await.map_err(Failure::Socket)?;
-            if n == 0 {
-                return stream.finish().await.map_err(Failure::Stream);
-            }
-            counters.to_stream.fetch_add(n as u64, Ordering::Relaxed);
-            stream
-                .send(buf.split().freeze())
-                .await
-                .map_err(Failure::Stream)?;
+pub async fn relay_counted(tcp: TcpStream, stream: MuxStream, counters: &Counters) -> Outcome {
+    relay_with(tcp, stream, counters, Options::default()).await
+}
+
+/// Relays any [`Endpoint`] with these options, keeping `counters` current.
+pub async fn relay_with<E: Endpoint>(
+    mut io: E,
+    stream: MuxStream,
+    counters: &Counters,
+    opts: Options,
+) -> Outcome {
+    let activity = Activity::new(opts.idle.is_some());
+    let result = {
+        let (rd, wr) = io.halves();
+        let work = async {
+            tokio::try_join!(
+                up(rd, &stream, counters, opts, &activity),
+                down(wr, &stream, counters, opts, &activity)
+            )
+        };
+        match opts.idle {
+            None => work.await.map(|_| ()),
+            Some(idle) => tokio::select! {
+                r = work => r.map(|_| ()),
+                f = activity.watch(idle) => Err(f),
+            },
         }
     };
-    let down = async {
-        loop {
-            match stream.recv().await {
-                Ok(Some(chunk)) => {
-                    wr.write_all(&chunk).await.map_err(Failure::Socket)?;
-                    counters
-                        .to_socket
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                Ok(None) => return wr.shutdown().await.map_err(Failure::Socket),
-                Err(e) => return Err(Failure::Stream(e)),
-            }
-        }
-    };
-    let result = tokio::try_join!(up, down);
     let ending = match result {
-        Ok(_) => Ending::Closed,
+        Ok(()) => Ending::Closed,
         Err(Failure::Socket(e)) => {
             stream.reset(Reason::Reset, &e.to_string());
             Ending::SocketError(e.to_string())
         }
         Err(Failure::Stream(e)) => {
-            abort(&tcp);
+            io.abort();
             let msg = match &e {
                 StreamError::ResetByPeer { message, .. } | StreamError::Reset { message, .. } => {
                     message.clone()
@@ -113,12 +180,166 @@ pub async fn relay_counted(mut tcp: TcpStream, stream: MuxStream, counters: &Cou
             };
             Ending::StreamReset(e.reason(), msg)
         }
+        Err(Failure::Idle(d)) => {
+            let msg = format!("idle for {} s", d.as_secs());
+            stream.reset(Reason::Timeout, &msg);
+            io.abort();
+            Ending::Idle(d)
+        }
+        Err(Failure::BadData(m)) => {
+            stream.reset(Reason::Protocol, &m);
+            io.abort();
+            Ending::BadData(m)
+        }
     };
     drop(stream);
     Outcome {
         to_stream: counters.to_stream.load(Ordering::Relaxed),
         to_socket: counters.to_socket.load(Ordering::Relaxed),
+        wire_to_stream: counters.wire_to_stream.load(Ordering::Relaxed),
+        wire_to_socket: counters.wire_to_socket.load(Ordering::Relaxed),
         ending,
+    }
+}
+
+/// Socket to stream.
+async fn up<R: AsyncRead + Unpin>(
+    mut rd: R,
+    stream: &MuxStream,
+    counters: &Counters,
+    opts: Options,
+    activity: &Activity,
+) -> Result<(), Failure> {
+    let mut deflater = opts.compress.then(Deflater::default);
+    let chunk_max = if opts.compress {
+        Deflater::MAX_INPUT
+    } else {
+        MAX_DATA
+    };
+    let mut buf = BytesMut::with_capacity(MAX_DATA);
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(MAX_DATA);
+        }
+        let n = (&mut rd)
+            .take((chunk_max - buf.len()) as u64)
+            .read_buf(&mut buf)
+            .await
+            .map_err(Failure::Socket)?;
+        if n == 0 {
+            return stream.finish().await.map_err(Failure::Stream);
+        }
+        activity.touch();
+        counters.to_stream.fetch_add(n as u64, Ordering::Relaxed);
+        let payload = match &mut deflater {
+            Some(d) => {
+                let p = d.encode(&buf);
+                buf.clear();
+                p
+            }
+            None => buf.split().freeze(),
+        };
+        counters
+            .wire_to_stream
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        stream.send(payload).await.map_err(Failure::Stream)?;
+    }
+}
+
+/// Stream to socket.
+async fn down<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    stream: &MuxStream,
+    counters: &Counters,
+    opts: Options,
+    activity: &Activity,
+) -> Result<(), Failure> {
+    let mut inflater = opts.compress.then(Inflater::default);
+    let mut piece = Vec::new();
+    loop {
+        let chunk = match stream.recv().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return wr.shutdown().await.map_err(Failure::Socket),
+            Err(e) => return Err(Failure::Stream(e)),
+        };
+        activity.touch();
+        counters
+            .wire_to_socket
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        let Some(inf) = &mut inflater else {
+            wr.write_all(&chunk).await.map_err(Failure::Socket)?;
+            counters
+                .to_socket
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            continue;
+        };
+        inf.feed(&chunk);
+        while let Some(rec) = inf.next_record().map_err(|e| Failure::BadData(e.0))? {
+            match rec {
+                Decoded::Raw(r) => {
+                    wr.write_all(&r).await.map_err(Failure::Socket)?;
+                    counters
+                        .to_socket
+                        .fetch_add(r.len() as u64, Ordering::Relaxed);
+                }
+                Decoded::Deflate(body) => {
+                    let mut rest = &body[..];
+                    loop {
+                        // Bounded pieces: a small record may inflate to a great deal.
+                        let used = inf
+                            .next_piece(rest, &mut piece, MAX_DATA)
+                            .map_err(|e| Failure::BadData(e.0))?;
+                        rest = &rest[used..];
+                        if !piece.is_empty() {
+                            wr.write_all(&piece).await.map_err(Failure::Socket)?;
+                            counters
+                                .to_socket
+                                .fetch_add(piece.len() as u64, Ordering::Relaxed);
+                            activity.touch();
+                        }
+                        if rest.is_empty() && piece.len() < MAX_DATA {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When bytes last moved, for the idle timeout (milliseconds since the relay started).
+struct Activity {
+    start: tokio::time::Instant,
+    last_ms: AtomicU64,
+    enabled: bool,
+}
+
+impl Activity {
+    fn new(enabled: bool) -> Self {
+        Activity {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            enabled,
+        }
+    }
+
+    fn touch(&self) {
+        if self.enabled {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Completes once nothing moved for `idle`.
+    async fn watch(&self, idle: Duration) -> Failure {
+        loop {
+            let last = self.last_ms.load(Ordering::Relaxed);
+            let due = self.start + Duration::from_millis(last) + idle;
+            tokio::time::sleep_until(due).await;
+            if self.last_ms.load(Ordering::Relaxed) == last {
+                return Failure::Idle(idle);
+            }
+        }
     }
 }
 

@@ -87,6 +87,7 @@ fn open(id: u32, window: u32) -> Frame {
     let meta = serde_json::to_vec(&OpenMeta {
         dest: "d".into(),
         caller: "127.0.0.1:1".into(),
+        compress: None,
     })
     .unwrap();
     Frame::Open {
@@ -335,6 +336,7 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
     let meta = OpenMeta {
         dest: "d".into(),
         caller: "c".into(),
+        compress: None,
     };
     let accept = async {
         cl_events

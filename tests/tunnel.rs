@@ -294,6 +294,7 @@ async fn wrong_token_gets_401_before_upgrade() {
         hostname: "h".into(),
         env: "test".into(),
         instance: "i".into(),
+        features: Vec::new(),
     };
     let err = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap_err();
     assert!(

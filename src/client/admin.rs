@@ -223,6 +223,26 @@ impl Backend for AdminBackend {
                     })
                     .collect(),
             },
+            Family {
+                name: "sgw_client_dest_tunnel_bytes",
+                help: "DATA payload bytes in the tunnel, by destination and direction: below sgw_client_dest_bytes when compression pays.",
+                kind: Kind::Counter,
+                samples: per_dest
+                    .iter()
+                    .flat_map(|(d, c)| {
+                        [
+                            (
+                                vec![("dest", d.clone()), ("direction", "up".to_string())],
+                                v(&c.tunnel_bytes_up),
+                            ),
+                            (
+                                vec![("dest", d.clone()), ("direction", "down".to_string())],
+                                v(&c.tunnel_bytes_down),
+                            ),
+                        ]
+                    })
+                    .collect(),
+            },
             one(
                 "sgw_client_acl_rules",
                 "Rules in force.",

@@ -30,9 +30,12 @@ use crate::acl::{self, Acl, Decision, LocalTime, Request};
 use crate::config::{ClientConfig, GatewayLink, IpTableRule, Reconnect};
 use crate::dial;
 use crate::mux::{Incoming, Mux, MuxConfig, Role};
-use crate::proto::{ConfigPush, DestinationSpec, Hello, LogPush, Reason, PROTO_MAJOR, PROTO_MINOR};
-use crate::relay::relay_counted;
+use crate::proto::{
+    ConfigPush, DestinationSpec, Hello, LogPush, Reason, FEATURE_DEFLATE, PROTO_MAJOR, PROTO_MINOR,
+};
+use crate::relay::{relay_with, Options};
 use crate::telemetry::ForwardedLog;
+use crate::tls::EndpointConnector;
 use crate::tunnel::{self, ConnectError};
 
 /// How often the ACL file is checked for changes.
@@ -73,6 +76,9 @@ pub struct DestStats {
     pub opened: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// DATA payload bytes in the tunnel (smaller than the above when compressed).
+    pub tunnel_bytes_up: AtomicU64,
+    pub tunnel_bytes_down: AtomicU64,
     /// By deny reason: acl_rule, acl_default, ip_table_rules.
     pub denied: [AtomicU64; 3],
     /// By OPEN_ERR reason name (a closed set).
@@ -132,10 +138,30 @@ struct Dest {
     ip_rules: Vec<IpTableRule>,
     /// This destination's metric series, looked up once per push, not once per stream.
     stats: Arc<DestStats>,
+    /// TLS to the endpoint, built once per push; an error fails each stream with reason `tls`.
+    tls: Option<Result<EndpointConnector, String>>,
 }
 
 impl Dest {
-    fn new(spec: DestinationSpec, stats: &ClientStats) -> Dest {
+    fn new(
+        mut spec: DestinationSpec,
+        stats: &ClientStats,
+        local: Option<&crate::config::DestOverride>,
+    ) -> Dest {
+        if let (Some(t), Some(o)) = (&mut spec.tls, local) {
+            if let (Some(c), Some(k)) = (&o.dest_cert, &o.dest_key) {
+                t.dest_cert = c.clone();
+                t.dest_key = crate::proto::Hidden(k.expose().to_owned());
+            }
+            if let Some(cas) = &o.client_certs {
+                t.client_certs = cas.clone();
+            }
+        }
+        let tls = spec.tls.as_ref().map(|t| {
+            crate::tls::endpoint_connector(t, &spec.ip).inspect_err(|e| {
+                error!(dest.id = %spec.id, error = %e, "destination TLS settings unusable; its streams will fail with reason tls");
+            })
+        });
         let ip_rules = spec
             .ip_table_rules
             .iter()
@@ -152,6 +178,7 @@ impl Dest {
             spec,
             ip_rules,
             stats,
+            tls,
         }
     }
 }
@@ -254,6 +281,7 @@ impl Client {
             hostname: gethostname::gethostname().to_string_lossy().into_owned(),
             env: detect_env().into(),
             instance: format!("{:032x}", rand::random::<u128>()),
+            features: vec![FEATURE_DEFLATE.to_owned()],
         };
         let l = &cfg.limits;
         let mux_cfg = MuxConfig {
@@ -648,7 +676,10 @@ fn apply_config(shared: &Shared, link: &Link, payload: &[u8]) {
             let map = push
                 .destinations
                 .into_iter()
-                .map(|d| (d.id.clone(), Arc::new(Dest::new(d, &shared.stats))))
+                .map(|d| {
+                    let local = shared.cfg.destinations.get(&d.id);
+                    (d.id.clone(), Arc::new(Dest::new(d, &shared.stats, local)))
+                })
                 .collect();
             *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             info!(destinations = n, "destinations updated by gateway");
@@ -748,11 +779,7 @@ impl DenyReason {
 
 /// The client's veto, then the dial: caller rules, one resolution, the ACL on every candidate
 /// address, and a connection only to an address the ACL allowed.
-async fn vet_and_dial(
-    shared: &Shared,
-    dest: &Dest,
-    caller: &str,
-) -> Result<tokio::net::TcpStream, Refusal> {
+async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn, Refusal> {
     let spec = &dest.spec;
     let caller: Option<SocketAddr> = caller.parse().ok();
     let deny = |reason: DenyReason, why: String, line: Option<usize>| {
@@ -772,34 +799,100 @@ async fn vet_and_dial(
         ));
     }
     let acl = shared.acl.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // One deadline for the whole way in: lookup, connect, SOCKS, TLS.
     let timeout = Duration::from_secs(u64::from(spec.timeout.clamp(1, 180)));
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut req = Request::new(&spec.ip, spec.port);
     // Reading the zoned clock costs more than the decision itself: only when a rule asks.
-    if acl.has_time_windows() {
-        req = req.at(LocalTime::now());
-    }
-    req.from = caller;
+    let at = acl.has_time_windows().then(LocalTime::now);
     let denied = |d: &Decision| match d.line.and_then(|l| acl.rule_at(l)) {
         Some(r) => deny(DenyReason::Rule, r.text.clone(), d.line),
         None => deny(DenyReason::Default, "default policy (deny)".into(), None),
     };
-    let addrs = match dial::resolve(&spec.ip, spec.port, deadline).await {
-        Ok(a) => a,
-        Err(e) => {
-            // Unresolvable: name rules still decide, so a denied name is reported as denied.
-            let d = acl.check(&Request { addr: None, ..req });
-            return Err(if d.allow {
-                Refusal::Failed(e)
-            } else {
-                denied(&d)
-            });
+    let vet = |host: &str, port: u16| {
+        let acl = &acl;
+        let host = host.to_owned();
+        async move {
+            let mut req = Request::new(&host, port);
+            req.at = at;
+            req.from = caller;
+            match dial::resolve(&host, port, deadline).await {
+                Ok(addrs) => acl.allowed_addrs(&req, &addrs).map(Vetted::Addrs),
+                // Unresolvable: name rules still decide, so a denied name is reported as
+                // denied; an allowed one may still be reached by a proxy that can resolve it.
+                Err(e) => {
+                    let d = acl.check(&Request { addr: None, ..req });
+                    if d.allow {
+                        Ok(Vetted::Name(e))
+                    } else {
+                        Err(d)
+                    }
+                }
+            }
         }
     };
-    let allowed = acl.allowed_addrs(&req, &addrs).map_err(|d| denied(&d))?;
-    dial::tcp_any(&allowed, deadline)
-        .await
-        .map_err(Refusal::Failed)
+    let target = vet(&spec.ip, spec.port).await.map_err(|d| denied(&d))?;
+    let tcp = match (&spec.proxy, target) {
+        (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline).await,
+        (None, Vetted::Name(e)) => Err(e),
+        (Some(p), target) => {
+            // The proxy is an on-prem dial like any other: the ACL must allow it too.
+            let via = match vet(&p.host, p.port).await.map_err(|d| denied(&d))? {
+                Vetted::Addrs(a) => a,
+                Vetted::Name(e) => return Err(Refusal::Failed(as_proxy(e))),
+            };
+            let tcp = dial::tcp_any(&via, deadline).await.map_err(as_proxy);
+            let t = match target {
+                Vetted::Addrs(a) => dial::Target::Addr(a[0]),
+                Vetted::Name(_) => dial::Target::Name(spec.ip.clone(), spec.port),
+            };
+            match tcp {
+                Ok(tcp) => dial::socks_connect(tcp, p, &t, deadline).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(Refusal::Failed)?;
+    match &dest.tls {
+        None => Ok(Conn::Tcp(tcp)),
+        Some(Err(e)) => Err(Refusal::Failed(dial::DialError {
+            reason: Reason::Tls,
+            message: e.clone(),
+        })),
+        Some(Ok(ep)) => {
+            if ep.unverified {
+                warn!(
+                    reason = "reject_unauth_false",
+                    "endpoint certificate NOT verified (reject_unauth = false): anyone on the path can impersonate it"
+                );
+            }
+            let tls = dial::tls(tcp, ep, deadline)
+                .await
+                .map_err(Refusal::Failed)?;
+            Ok(Conn::Tls(Box::new(tls)))
+        }
+    }
+}
+
+/// A destination address check's outcome when not denied.
+enum Vetted {
+    /// The allowed addresses of the resolved name.
+    Addrs(Vec<SocketAddr>),
+    /// The name does not resolve here but the ACL allows it by name.
+    Name(dial::DialError),
+}
+
+/// A failure reaching the proxy itself is the proxy's failure.
+fn as_proxy(e: dial::DialError) -> dial::DialError {
+    dial::DialError {
+        reason: Reason::Proxy,
+        message: format!("cannot reach the SOCKS proxy: {}", e.message),
+    }
+}
+
+/// The connection to the endpoint.
+enum Conn {
+    Tcp(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
 /// One stream the gateway opened: destination lookup, ACL, dial, relay.
@@ -833,7 +926,18 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         let inc_caller = inc.meta.caller.clone();
-        let tcp = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
+        let compress = match inc.meta.compress.as_deref() {
+            None => false,
+            Some(FEATURE_DEFLATE) => true,
+            Some(other) => {
+                shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("unknown compression `{other}`");
+                warn!(reason = "protocol", error = %msg, "stream refused");
+                inc.reject(Reason::Protocol, &msg).await;
+                return;
+            }
+        };
+        let conn = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
             Ok(t) => t,
             Err(Refusal::Denied { reason, why, line }) => {
                 shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
@@ -877,7 +981,14 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         let key = shared.next_active.fetch_add(1, Ordering::Relaxed);
         shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry.clone());
         let _guard = ActiveGuard { shared: &shared, key };
-        let out = relay_counted(tcp, stream, &entry.counters).await;
+        let opts = Options {
+            compress,
+            idle: Some(Duration::from_secs(u64::from(dest.spec.timeout.clamp(1, 180)))),
+        };
+        let out = match conn {
+            Conn::Tcp(tcp) => relay_with(tcp, stream, &entry.counters, opts).await,
+            Conn::Tls(tls) => relay_with(*tls, stream, &entry.counters, opts).await,
+        };
         // Seen from the caller: up is toward the endpoint.
         shared
             .stats
@@ -889,6 +1000,12 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             .fetch_add(out.to_stream, Ordering::Relaxed);
         per_dest.bytes_up.fetch_add(out.to_socket, Ordering::Relaxed);
         per_dest.bytes_down.fetch_add(out.to_stream, Ordering::Relaxed);
+        per_dest
+            .tunnel_bytes_up
+            .fetch_add(out.wire_to_socket, Ordering::Relaxed);
+        per_dest
+            .tunnel_bytes_down
+            .fetch_add(out.wire_to_stream, Ordering::Relaxed);
         info!(
             bytes.up = out.to_socket,
             bytes.down = out.to_stream,

@@ -110,6 +110,19 @@ pub struct ClientConfig {
     pub shutdown_grace: Duration,
     pub limits: Limits,
     pub log: LogSettings,
+    /// Local certificate material per destination id (`[[destinations]]`): replaces what the
+    /// gateway sends, so a client key never has to leave the on-prem host.
+    pub destinations: std::collections::HashMap<String, DestOverride>,
+}
+
+/// `[[destinations]]` in client.toml: local TLS material for one destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestOverride {
+    /// Certificate chain (PEM) presented to the endpoint with `tls = "mutualauth"`.
+    pub dest_cert: Option<String>,
+    pub dest_key: Option<Secret>,
+    /// CA certificates (PEM) trusted for the endpoint.
+    pub client_certs: Option<Vec<String>>,
 }
 
 const LATER: &[&str] = &["socks5_listen"];
@@ -236,7 +249,40 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         .flatten();
     let limits = read_limits(root.table("limits"));
     let log = read_log(root);
+    let mut destinations = std::collections::HashMap::new();
+    for d in root.tables("destinations") {
+        let id = d.req_str("id");
+        let o = DestOverride {
+            dest_cert: d
+                .has("dest_cert")
+                .then(|| super::endpoint::read_cert_pem(&d, "dest_cert"))
+                .flatten(),
+            dest_key: d
+                .has("dest_key")
+                .then(|| super::endpoint::read_key_pem(&d, "dest_key"))
+                .flatten(),
+            client_certs: d
+                .has("client_certs")
+                .then(|| super::endpoint::read_client_certs(&d))
+                .flatten(),
+        };
+        if d.has("dest_cert") != d.has("dest_key") {
+            let k = if d.has("dest_cert") {
+                "dest_cert"
+            } else {
+                "dest_key"
+            };
+            d.invalid(k, "dest_cert and dest_key go together");
+        }
+        if let (Some(id), Some(v)) = (id, d.get("id")) {
+            if destinations.insert(id.clone(), o).is_some() {
+                d.err("id", v, format!("duplicate destination id `{id}`"));
+            }
+        }
+        d.finish(&[]);
+    }
     Some(ClientConfig {
+        destinations,
         gateways,
         acl_file,
         default_policy,

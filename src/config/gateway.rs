@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::endpoint::{
+    read_caller_tls, read_dest_proxy, read_endpoint_tls, CallerTls, DestProxy, EndpointTlsConfig,
+};
 use super::walk::Tbl;
 use super::{
     read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, ConfigErrors,
@@ -48,6 +51,14 @@ pub struct Destination {
     /// Only callers matching one of `ip_table_rules` are accepted (none: nobody).
     pub private: bool,
     pub ip_table_rules: Vec<IpTableRule>,
+    /// TLS from the client to the endpoint (`enable_client_tls`).
+    pub endpoint_tls: Option<EndpointTlsConfig>,
+    /// TLS between callers and the gateway (`client_tls`).
+    pub caller_tls: CallerTls,
+    /// SOCKS proxy the client reaches the endpoint through.
+    pub proxy: Option<DestProxy>,
+    /// Compress this destination's streams in the tunnel.
+    pub compression: bool,
 }
 
 /// The gateway's own certificate and key for the tunnel endpoint.
@@ -56,6 +67,14 @@ pub struct TlsIdentity {
     pub certs: Vec<CertificateDer<'static>>,
     pub key: std::sync::Arc<PrivateKeyDer<'static>>,
 }
+
+impl PartialEq for TlsIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        self.certs == other.certs && self.key.secret_der() == other.key.secret_der()
+    }
+}
+
+impl Eq for TlsIdentity {}
 
 impl std::fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -98,22 +117,7 @@ const LATER: &[&str] = &[
     "egress_allow",
     "admin_listen",
 ];
-const DEST_LATER: &[&str] = &[
-    "reverse",
-    "local_port",
-    "enable_client_tls",
-    "tls",
-    "reject_unauth",
-    "client_certs",
-    "sni",
-    "client_tls",
-    "server_cert",
-    "dest_cert",
-    "dest_key",
-    "proxy",
-    "compression",
-    "host_rewrite",
-];
+const DEST_LATER: &[&str] = &["reverse", "local_port", "host_rewrite"];
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -277,7 +281,15 @@ fn read_destination(
         }
         t.finish(&[]);
     }
+    let endpoint_tls = read_endpoint_tls(d);
+    let caller_tls = read_caller_tls(d, protocol == Some(Protocol::Tls));
+    let proxy = read_dest_proxy(d);
+    let compression = d.bool("compression").unwrap_or(false);
     Some(Destination {
+        endpoint_tls: endpoint_tls?,
+        caller_tls: caller_tls?,
+        proxy: proxy?,
+        compression,
         id: id?,
         desc: d.str("desc").unwrap_or_default(),
         enabled: d.bool("enabled").unwrap_or(true),

@@ -3,6 +3,7 @@
 //! path; nothing here touches the network or spawns tasks.
 
 mod client;
+mod endpoint;
 mod gateway;
 mod iptable;
 mod proxy;
@@ -11,7 +12,8 @@ mod walk;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, GatewayLink, Reconnect, Trust, WssUrl};
+pub use client::{ClientConfig, DestOverride, GatewayLink, Reconnect, Trust, WssUrl};
+pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
 pub use gateway::{Destination, GatewayConfig, Protocol, TenantConfig, TlsIdentity};
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};

@@ -28,10 +28,10 @@ use crate::acl;
 use crate::config::{Destination, GatewayConfig};
 use crate::mux::{Mux, MuxConfig, Role};
 use crate::proto::{
-    ConfigPush, DestinationSpec, Frame, IpTableRuleSpec, LogPush, OpenMeta, Reason, Welcome,
-    PROTO_MAJOR, PROTO_MINOR,
+    ConfigPush, DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
+    ProxySpec, Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
 };
-use crate::relay::{self, relay};
+use crate::relay::{self, relay_with, Counters, Endpoint, Options};
 use crate::tunnel;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,8 @@ pub struct GatewayStats {
     pub streams_failed: AtomicU64,
     /// Callers refused by a private destination's `ip_table_rules`.
     pub streams_denied: AtomicU64,
+    /// Callers whose TLS handshake (`client_tls`) failed or timed out.
+    pub caller_tls_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
@@ -72,8 +74,19 @@ struct Inner {
 pub struct Gateway {
     inner: Arc<Inner>,
     tunnel_listener: TcpListener,
-    dest_listeners: Vec<(Arc<Tenant>, Destination, TcpListener)>,
+    dest_listeners: Vec<DestListener>,
 }
+
+/// A destination's cloud port, bound, with its TLS toward callers (`client_tls`).
+struct DestListener {
+    tenant: Arc<Tenant>,
+    dest: Destination,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+/// How long a caller may take to finish its TLS handshake (`client_tls`).
+pub const CALLER_TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read access to a running gateway (status, tests).
 #[derive(Clone)]
@@ -113,6 +126,52 @@ async fn bind(addr: &str) -> Result<TcpListener, GatewayError> {
     })))
 }
 
+/// A destination as clients receive it: what the client needs to reach the endpoint.
+pub fn spec_of(d: &Destination) -> DestinationSpec {
+    DestinationSpec {
+        id: d.id.clone(),
+        protocol: d.protocol.as_str().into(),
+        ip: d.ip.clone(),
+        port: d.port,
+        timeout: d.timeout.as_secs() as u32,
+        private: d.private,
+        ip_table_rules: d
+            .ip_table_rules
+            .iter()
+            .map(|r| IpTableRuleSpec {
+                src: r.src.clone(),
+                spt: r.spt.clone(),
+                app: r.app.clone(),
+            })
+            .collect(),
+        tls: d.endpoint_tls.as_ref().map(|t| EndpointTls {
+            sni: t.sni.clone(),
+            reject_unauth: t.reject_unauth,
+            client_certs: t.client_certs.clone(),
+            dest_cert: t.mutual.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+            dest_key: Hidden(
+                t.mutual
+                    .as_ref()
+                    .map(|m| m.1.expose().to_owned())
+                    .unwrap_or_default(),
+            ),
+        }),
+        proxy: d.proxy.as_ref().filter(|p| p.enabled).map(|p| ProxySpec {
+            host: p.host.clone(),
+            port: p.port,
+            protocol: p.protocol,
+            username: p.username.clone(),
+            password: Hidden(
+                p.password
+                    .as_ref()
+                    .map(|s| s.expose().to_owned())
+                    .unwrap_or_default(),
+            ),
+        }),
+        compression: d.compression,
+    }
+}
+
 impl Gateway {
     /// Binds the tunnel endpoint and every enabled destination's cloud port.
     pub async fn bind(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
@@ -130,23 +189,7 @@ impl Gateway {
                     .destinations
                     .iter()
                     .filter(|d| d.enabled)
-                    .map(|d| DestinationSpec {
-                        id: d.id.clone(),
-                        protocol: d.protocol.as_str().into(),
-                        ip: d.ip.clone(),
-                        port: d.port,
-                        timeout: d.timeout.as_secs() as u32,
-                        private: d.private,
-                        ip_table_rules: d
-                            .ip_table_rules
-                            .iter()
-                            .map(|r| IpTableRuleSpec {
-                                src: r.src.clone(),
-                                spt: r.spt.clone(),
-                                app: r.app.clone(),
-                            })
-                            .collect(),
-                    })
+                    .map(spec_of)
                     .collect(),
             };
             let tenant = Arc::new(Tenant::new(
@@ -166,11 +209,19 @@ impl Gateway {
                 } else {
                     format!("{}:{}", d.cloud_host, d.cloud_port)
                 };
+                let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
+                    GatewayError::Tls(format!("gateway {} destination {}: {e}", t.id, d.id))
+                })?;
                 let l = bind(&addr).await?;
                 if let Ok(a) = l.local_addr() {
                     dest_addrs.insert(d.id.clone(), a);
                 }
-                dest_listeners.push((tenant.clone(), d.clone(), l));
+                dest_listeners.push(DestListener {
+                    tenant: tenant.clone(),
+                    dest: d.clone(),
+                    listener: l,
+                    tls,
+                });
             }
             tenants.insert(t.id.clone(), tenant);
         }
@@ -218,17 +269,29 @@ impl Gateway {
         if let Ok(a) = self.tunnel_listener.local_addr() {
             info!(tunnel.listen = %a, "gateway started");
         }
-        for (tenant, dest, listener) in self.dest_listeners {
+        for DestListener {
+            tenant,
+            dest,
+            listener,
+            tls,
+        } in self.dest_listeners
+        {
             if let Ok(a) = listener.local_addr() {
-                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, dest.addr = %format!("{}:{}", dest.ip, dest.port), "destination listening");
+                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, dest.addr = %format!("{}:{}", dest.ip, dest.port), client_tls = dest.caller_tls.as_str(), "destination listening");
             }
             let inner2 = inner.clone();
             let shutdown = shutdown.clone();
             inner.tracker.spawn(async move {
                 let dest = Arc::new(dest);
                 accept_loop(&listener, &shutdown, |tcp, caller| {
-                    let fut =
-                        serve_caller(inner2.clone(), tenant.clone(), dest.clone(), tcp, caller);
+                    let fut = serve_caller(
+                        inner2.clone(),
+                        tenant.clone(),
+                        dest.clone(),
+                        tls.clone(),
+                        tcp,
+                        caller,
+                    );
                     inner2.tracker.spawn(fut);
                 })
                 .await
@@ -409,11 +472,18 @@ async fn serve_tunnel(
     .await
 }
 
+/// A caller's connection, after TLS when the destination has `client_tls`.
+enum CallerConn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 /// One caller from accept to close.
 async fn serve_caller(
     inner: Arc<Inner>,
     tenant: Arc<Tenant>,
     dest: Arc<Destination>,
+    tls: Option<TlsAcceptor>,
     tcp: TcpStream,
     caller: SocketAddr,
 ) {
@@ -435,19 +505,39 @@ async fn serve_caller(
             relay::abort(&tcp);
             return;
         }
-        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string() };
+        // TLS toward the caller first: a caller that cannot complete it costs no stream.
+        let conn = match tls {
+            None => CallerConn::Plain(tcp),
+            Some(acceptor) => match tokio::time::timeout(CALLER_TLS_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => CallerConn::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    inner.stats.caller_tls_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(reason = "tls", error = %e, client_tls = dest.caller_tls.as_str(), "caller TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    inner.stats.caller_tls_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(reason = "timeout", "caller TLS handshake timed out after {} s", CALLER_TLS_TIMEOUT.as_secs());
+                    return;
+                }
+            },
+        };
+        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string(), compress: None };
         // The client enforces the destination timeout on its dial; allow for the tunnel too.
         let limit = dest.timeout + Duration::from_secs(5);
-        let opened = match tokio::time::timeout(limit, tenant.open(&meta)).await {
+        let opened = match tokio::time::timeout(limit, tenant.open(&meta, dest.compression)).await {
             Ok(r) => r,
             Err(_) => Err((Reason::Timeout, format!("no answer from the client within {} s", limit.as_secs()))),
         };
-        let (client_id, stream) = match opened {
+        let (client_id, stream, compress) = match opened {
             Ok(x) => x,
             Err((reason, message)) => {
                 inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
                 info!(reason = %reason, error = %message, duration_ms = started.elapsed().as_millis() as u64, "stream refused");
-                relay::abort(&tcp);
+                match &conn {
+                    CallerConn::Tls(t) => t.abort(),
+                    CallerConn::Plain(tcp) => relay::abort(tcp),
+                }
                 return;
             }
         };
@@ -456,7 +546,13 @@ async fn serve_caller(
         span.record("stream.id", stream.id());
         inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         tracing::debug!("stream opened");
-        let out = relay(tcp, stream).await;
+        // The client enforces the idle timeout (it is the destination side's).
+        let opts = Options { compress, idle: None };
+        let counters = Counters::default();
+        let out = match conn {
+            CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
+            CallerConn::Plain(tcp) => relay_with(tcp, stream, &counters, opts).await,
+        };
         inner.stats.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
         inner.stats.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);
         info!(

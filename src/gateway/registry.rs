@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::config::TenantConfig;
 use crate::mux::{Mux, MuxStream, OpenError};
-use crate::proto::{Hello, OpenMeta, Reason};
+use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE};
 
 /// A connected client as status shows it.
 #[derive(Debug, Clone)]
@@ -165,7 +165,8 @@ impl Tenant {
     }
 
     /// Picks a usable tunnel: least active streams per client, round robin among equals.
-    fn pick(&self, skip: &[Mux]) -> Option<(String, Mux)> {
+    /// Also says whether the client speaks per-stream deflate.
+    fn pick(&self, skip: &[Mux]) -> Option<(String, Mux, bool)> {
         let mut c = self.lock();
         let usable =
             |m: &Mux| !m.is_closed() && !m.is_going_away() && !skip.iter().any(|s| same(s, m));
@@ -201,18 +202,24 @@ impl Tenant {
             .1
             .clone();
         e.opened += 1;
-        Some((e.client_id.clone(), mux))
+        let deflate = e.hello.features.iter().any(|f| f == FEATURE_DEFLATE);
+        Some((e.client_id.clone(), mux, deflate))
     }
 
     /// Opens a stream for a caller on some client, retrying on another tunnel when the chosen
     /// one turns out to be closing. With no client connected it waits for one to register;
-    /// the caller bounds the whole wait with the destination timeout.
-    pub async fn open(&self, meta: &OpenMeta) -> Result<(String, MuxStream), (Reason, String)> {
+    /// the caller bounds the whole wait with the destination timeout. With `compress`, the
+    /// stream is compressed when the chosen client supports it (the returned flag).
+    pub async fn open(
+        &self,
+        meta: &OpenMeta,
+        compress: bool,
+    ) -> Result<(String, MuxStream, bool), (Reason, String)> {
         let mut tried: Vec<Mux> = Vec::new();
         let mut failures = 0;
         loop {
             let registered = self.registered.notified();
-            let Some((client_id, mux)) = self.pick(&tried) else {
+            let Some((client_id, mux, deflate)) = self.pick(&tried) else {
                 if failures >= OPEN_ATTEMPTS {
                     let msg = format!("no usable client tunnel for gateway `{}`", self.cfg.id);
                     return Err((Reason::Unreachable, msg));
@@ -221,8 +228,13 @@ impl Tenant {
                 tried.clear();
                 continue;
             };
-            match mux.open(meta).await {
-                Ok(s) => return Ok((client_id, s)),
+            let compressed = compress && deflate;
+            let meta = OpenMeta {
+                compress: compressed.then(|| FEATURE_DEFLATE.to_owned()),
+                ..meta.clone()
+            };
+            match mux.open(&meta).await {
+                Ok(s) => return Ok((client_id, s, compressed)),
                 Err(e @ OpenError::Refused { .. }) => return Err((e.reason(), e.to_string())),
                 Err(e) => {
                     tracing::debug!(error = %e, "open failed on one tunnel, trying another");

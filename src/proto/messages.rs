@@ -13,7 +13,13 @@ pub struct Hello {
     pub env: String,
     /// Random per client process; groups the tunnels of one client.
     pub instance: String,
+    /// Optional protocol features this client speaks (minor-version additions): `deflate`.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// The `features` value for per-stream deflate compression.
+pub const FEATURE_DEFLATE: &str = "deflate";
 
 /// The gateway's answer to HELLO.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +36,10 @@ pub struct OpenMeta {
     pub dest: String,
     /// The caller's address as the gateway saw it (`ip:port`).
     pub caller: String,
+    /// `deflate` when both directions of this stream's DATA are compressed; only sent to a
+    /// client whose HELLO listed the feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
 }
 
 /// One destination as the gateway sends it to clients.
@@ -46,6 +56,67 @@ pub struct DestinationSpec {
     pub private: bool,
     #[serde(default)]
     pub ip_table_rules: Vec<IpTableRuleSpec>,
+    /// TLS from the client to the endpoint (`enable_client_tls`); absent: plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTls>,
+    /// SOCKS proxy the client reaches the endpoint through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+    /// Compress this destination's streams in the tunnel.
+    #[serde(default)]
+    pub compression: bool,
+}
+
+/// A string kept out of `Debug` output: private keys and passwords travel in CONFIG pushes.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+/// How the client speaks TLS to the endpoint (seed 000 `enable_client_tls` and friends).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointTls {
+    /// Server name to send and verify; empty: the destination's `ip`.
+    #[serde(default)]
+    pub sni: String,
+    /// Verify the endpoint's certificate (against `client_certs`, or the system roots).
+    #[serde(default = "yes")]
+    pub reject_unauth: bool,
+    /// Up to 6 CA certificates (PEM) the client trusts for this endpoint.
+    #[serde(default)]
+    pub client_certs: Vec<String>,
+    /// `tls = "mutualauth"`: the certificate chain (PEM) and key the client presents.
+    #[serde(default)]
+    pub dest_cert: String,
+    #[serde(default)]
+    pub dest_key: Hidden,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A SOCKS proxy in front of the endpoint (seed 000 `proxy`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProxySpec {
+    pub host: String,
+    pub port: u16,
+    /// 4 (SOCKS4, SOCKS4a for names) or 5.
+    pub protocol: u8,
+    /// SOCKS5 username/password authentication when `username` is set.
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: Hidden,
 }
 
 /// Seed 000 ip table rule as the API writes it: `src` address or `a-b` range, `spt` port or

@@ -9,13 +9,14 @@ mod messages;
 
 pub use frame::{decode_message, encode_frame, Frame, FrameType, ProtoError, Reason, HEADER_LEN};
 pub use messages::{
-    ConfigPush, DestinationSpec, Hello, IpTableRuleSpec, LogPush, OpenMeta, Welcome,
+    ConfigPush, DestinationSpec, EndpointTls, Hello, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
+    ProxySpec, Welcome, FEATURE_DEFLATE,
 };
 
 /// Protocol major version; part of the WebSocket subprotocol name.
 pub const PROTO_MAJOR: u8 = 1;
 /// Protocol minor version; additive changes only.
-pub const PROTO_MINOR: u8 = 0;
+pub const PROTO_MINOR: u8 = 1;
 /// The WebSocket subprotocol this build speaks.
 pub const SUBPROTOCOL: &str = "sgw.v1";
 /// Largest DATA payload.

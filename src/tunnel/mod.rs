@@ -41,10 +41,7 @@ pub fn ws_config() -> WebSocketConfig {
     c
 }
 
-fn install_crypto() {
-    // Both providers may be compiled in via dependencies; pick one explicitly, once.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
+use crate::tls::install_crypto;
 
 /// TLS client settings trusting the configured CA or the system store.
 pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
@@ -59,10 +56,7 @@ pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
             }
         }
         Trust::System => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                let _ = roots.add(c);
-            }
+            roots = (*crate::tls::system_roots()).clone();
             if roots.is_empty() {
                 return Err("no system CA certificates found; set ca_file".into());
             }

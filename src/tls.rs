@@ -1,0 +1,196 @@
+//! TLS settings for destinations: the client's TLS to on-prem endpoints (`enable_client_tls`,
+//! `tls = "mutualauth"`, `reject_unauth`, `client_certs`, `sni`) and the gateway's TLS toward
+//! callers (`client_tls`). Built once per configuration, never per connection.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{CallerTls, TlsIdentity};
+use crate::proto::EndpointTls;
+
+/// Selects the process's crypto provider, once (several may be compiled in).
+pub fn install_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// The operating system's CA certificates, read once.
+pub fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// How the client connects TLS to one endpoint.
+#[derive(Clone)]
+pub struct EndpointConnector {
+    pub connector: TlsConnector,
+    pub server_name: ServerName<'static>,
+    /// Certificates are not verified (`reject_unauth = false`): said at every connect.
+    pub unverified: bool,
+}
+
+impl std::fmt::Debug for EndpointConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConnector")
+            .field("server_name", &self.server_name)
+            .field("unverified", &self.unverified)
+            .finish()
+    }
+}
+
+/// Builds the TLS settings for a destination's endpoint; `host` is its `ip`, the server name
+/// when `sni` is empty. Errors name the field at fault and never quote key material.
+pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConnector, String> {
+    install_crypto();
+    let name = if spec.sni.is_empty() { host } else { &spec.sni };
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|_| format!("sni: `{name}` is not a valid server name or address"))?;
+    let builder = rustls::ClientConfig::builder();
+    let builder = if spec.reject_unauth {
+        let roots = if spec.client_certs.is_empty() {
+            system_roots()
+        } else {
+            let mut roots = RootCertStore::empty();
+            for (i, pem) in spec.client_certs.iter().enumerate() {
+                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let c = c.map_err(|e| format!("client_certs[{i}]: bad PEM: {e}"))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("client_certs[{i}]: unusable CA: {e}"))?;
+                }
+            }
+            Arc::new(roots)
+        };
+        if roots.is_empty() {
+            return Err("reject_unauth: no client_certs given and no system CA found".into());
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny::new()))
+    };
+    let cfg = if spec.dest_cert.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs: Result<Vec<_>, _> =
+            CertificateDer::pem_slice_iter(spec.dest_cert.as_bytes()).collect();
+        let certs = certs.map_err(|e| format!("dest_cert: bad PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("dest_cert: contains no PEM certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(spec.dest_key.0.as_bytes())
+            .map_err(|_| "dest_key: contains no usable PEM private key".to_string())?;
+        builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("dest_cert/dest_key: {e}"))?
+    };
+    Ok(EndpointConnector {
+        connector: TlsConnector::from(Arc::new(cfg)),
+        server_name,
+        unverified: !spec.reject_unauth,
+    })
+}
+
+/// The gateway's TLS toward a destination's callers; `None` for `client_tls = "none"`.
+pub fn caller_acceptor(mode: &CallerTls) -> Result<Option<TlsAcceptor>, String> {
+    install_crypto();
+    let (id, mutual): (&TlsIdentity, bool) = match mode {
+        CallerTls::None => return Ok(None),
+        CallerTls::ServerSide(id) => (id, false),
+        CallerTls::Mutual(id) => (id, true),
+    };
+    let builder = rustls::ServerConfig::builder();
+    let builder = if mutual {
+        let mut roots = RootCertStore::empty();
+        for c in &id.certs {
+            roots
+                .add(c.clone())
+                .map_err(|e| format!("server_cert: unusable as a CA for callers: {e}"))?;
+        }
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .map_err(|e| format!("server_cert: {e}"))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let cfg = builder
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .map_err(|e| format!("server_cert/server_key: {e}"))?;
+    Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
+}
+
+/// `reject_unauth = false`: any certificate is accepted (signatures are still checked so the
+/// handshake is well-formed). The client logs a warning at every connect.
+#[derive(Debug)]
+struct AcceptAny {
+    schemes: Vec<SignatureScheme>,
+}
+
+impl AcceptAny {
+    fn new() -> Self {
+        let schemes = rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes();
+        AcceptAny { schemes }
+    }
+}
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
