@@ -33,7 +33,13 @@ fn every_example_config_loads() {
                 }
                 Ok(AnyConfig::Gateway(g)) => {
                     let d = &g.gateways[0].destinations;
-                    assert_eq!(d.len(), 3);
+                    assert_eq!(d.len(), 5);
+                    let tls = d[3].endpoint_tls.as_ref().unwrap();
+                    assert!(tls.mutual.is_some() && tls.reject_unauth);
+                    assert_eq!(tls.client_certs.len(), 1);
+                    assert_eq!(d[3].caller_tls.as_str(), "serverside");
+                    assert!(d[4].compression);
+                    assert_eq!(d[4].proxy.as_ref().unwrap().protocol, 5);
                     assert!(!d[1].enabled);
                     assert!(d[2].private);
                     assert_eq!(d[2].ip_table_rules.len(), 2);
