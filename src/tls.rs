@@ -83,8 +83,13 @@ pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConn
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny::new()))
     };
-    let cfg = if spec.dest_cert.is_empty() {
+    let cfg = if !spec.mutual {
         builder.with_no_client_auth()
+    } else if spec.dest_cert.is_empty() || spec.dest_key.0.is_empty() {
+        return Err(
+            "tls = mutualauth but no dest_cert/dest_key: none from the gateway and none in client.toml [[destinations]]"
+                .into(),
+        );
     } else {
         let certs: Result<Vec<_>, _> =
             CertificateDer::pem_slice_iter(spec.dest_cert.as_bytes()).collect();

@@ -35,7 +35,7 @@ fn every_example_config_loads() {
                     let d = &g.gateways[0].destinations;
                     assert_eq!(d.len(), 5);
                     let tls = d[3].endpoint_tls.as_ref().unwrap();
-                    assert!(tls.mutual.is_some() && tls.reject_unauth);
+                    assert!(tls.mutual && tls.identity.is_some() && tls.reject_unauth);
                     assert_eq!(tls.client_certs.len(), 1);
                     assert_eq!(d[3].caller_tls.as_str(), "serverside");
                     assert!(d[4].compression);

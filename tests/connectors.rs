@@ -184,7 +184,8 @@ fn endpoint_tls(cas: Vec<String>, mutual: Option<(&str, &str)>) -> EndpointTlsCo
         sni: "localhost".into(),
         reject_unauth: true,
         client_certs: cas,
-        mutual: mutual.map(|(c, k)| (c.to_owned(), Secret::new(k))),
+        mutual: mutual.is_some(),
+        identity: mutual.map(|(c, k)| (c.to_owned(), Secret::new(k))),
     }
 }
 
@@ -201,8 +202,11 @@ async fn tls_and_mutual_tls_to_nginx() {
         return;
     };
     // dest1: right CA; dest2: wrong CA; dest3: client cert to the mTLS server; dest4: no
-    // client cert there; dest5: wrong CA but reject_unauth = false.
-    let eps = [ng.https, ng.https, ng.mtls, ng.mtls, ng.https];
+    // client cert there; dest5: wrong CA but reject_unauth = false; dest6: mutualauth with
+    // the client's own key from client.toml; dest7: mutualauth with no key anywhere.
+    let eps = [
+        ng.https, ng.https, ng.mtls, ng.mtls, ng.https, ng.mtls, ng.mtls,
+    ];
     let h = Harness::start(&eps, |s| {
         let d = &mut s.gateway.gateways[0].destinations;
         d[0].endpoint_tls = Some(endpoint_tls(vec![p.ca.clone()], None));
@@ -215,6 +219,19 @@ async fn tls_and_mutual_tls_to_nginx() {
         let mut lax = endpoint_tls(vec![p.wrong_ca.clone()], None);
         lax.reject_unauth = false;
         d[4].endpoint_tls = Some(lax);
+        for i in [5, 6] {
+            let mut own = endpoint_tls(vec![p.ca.clone()], None);
+            own.mutual = true;
+            d[i].endpoint_tls = Some(own);
+        }
+        s.client.destinations.insert(
+            "dest6".into(),
+            sgw::config::DestOverride {
+                dest_cert: Some(p.client_cert.clone()),
+                dest_key: Some(Secret::new(p.client_key.clone())),
+                client_certs: None,
+            },
+        );
     })
     .await;
     let url = |i: usize| format!("http://{}/", h.cloud(i));
@@ -240,6 +257,14 @@ async fn tls_and_mutual_tls_to_nginx() {
     let (code, body) = curl(&[&url(4)]).await;
     assert_eq!((code, body.as_str()), (0, "hello over tls\n"));
     assert_eq!(failed(&h, "dest1", "tls") + failed(&h, "dest5", "tls"), 0);
+
+    // The key that stayed on the client works; no key at all fails as `tls` before dialling.
+    let (code, body) = curl(&[&url(5)]).await;
+    assert_eq!(code, 0);
+    assert!(body.contains("CN=trusted-caller"), "{body}");
+    let (code, _) = curl(&[&url(6)]).await;
+    assert_ne!(code, 0);
+    assert_eq!(failed(&h, "dest7", "tls"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,7 +663,7 @@ fn connector_config_errors_name_destination_and_field() {
             "enable_client_tls = true\nclient_certs = [\"ca.pem\",\"ca.pem\",\"ca.pem\",\"ca.pem\",\"ca.pem\",\"ca.pem\",\"ca.pem\"]",
             "at most 6",
         ),
-        ("enable_client_tls = true\ntls = \"mutualauth\"", "needs `dest_cert`"),
+        ("enable_client_tls = true\ntls = \"mutualauth\"\ndest_key = \"client.key\"", "dest_key: needs `dest_cert` as well"),
         ("tls = \"mutualauth\"", "has no effect unless enable_client_tls"),
         ("enable_client_tls = true\ntls = \"mutualauth\"\ndest_cert = \"client.pem\"\ndest_key = \"ca.pem\"", "dest_key: contains no usable PEM private key"),
         ("protocol = \"TLS\"\nclient_tls = \"serverside\"\nserver_cert = \"server.pem\"\nserver_key = \"server.key\"", "cannot also terminate"),
@@ -677,7 +702,7 @@ fn connector_config_errors_name_destination_and_field() {
     let d = &cfg.gateways[0].destinations[0];
     let tls = d.endpoint_tls.as_ref().unwrap();
     assert_eq!(tls.sni, "db.internal");
-    assert!(tls.mutual.is_some() && tls.reject_unauth);
+    assert!(tls.mutual && tls.identity.is_some() && tls.reject_unauth);
     assert!(matches!(d.caller_tls, CallerTls::Mutual(_)));
     assert!(d.compression);
     let dbg = format!("{cfg:?}");
@@ -688,4 +713,77 @@ fn connector_config_errors_name_destination_and_field() {
     let spec = sgw::gateway::spec_of(d);
     assert!(!format!("{spec:?}").contains("PRIVATE KEY"));
     assert_eq!(spec.proxy.as_ref().unwrap().password.0, "p");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_endpoint_is_a_warning_at_every_connect() {
+    sgw::tls::install_crypto();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pki(tmp.path());
+    let id = identity(&p.server_chain, &p.server_key);
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(id.certs.clone(), id.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    let tls_echo = serve(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut buf).await {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    let mut setup = Setup::new(&[tls_echo]);
+    let mut lax = endpoint_tls(vec![p.wrong_ca.clone()], None);
+    lax.reject_unauth = false;
+    setup.gateway.gateways[0].destinations[0].endpoint_tls = Some(lax);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
+    let c = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    c.wait_line("tunnel up").await;
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    for _ in 0..3 {
+        assert_eq!(roundtrip(cloud, b"unverified").await, b"unverified");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = c
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains("NOT verified"))
+            .count();
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} warnings:\n{}", c.all());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The fuzz corpus for compressed stream bytes, replayed: decode or fail, never panic.
+#[test]
+fn inflate_fuzz_corpus_replays() {
+    use sgw::compress::{decode_all, Inflater};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/inflate");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let data = std::fs::read(e.unwrap().path()).unwrap();
+        let cut = data.first().map_or(0, |b| *b as usize).min(data.len());
+        let mut inf = Inflater::default();
+        if decode_all(&mut inf, &data[..cut]).is_ok() {
+            let _ = decode_all(&mut inf, &data[cut..]);
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "corpus has {n} files");
 }

@@ -23,8 +23,11 @@ pub struct EndpointTlsConfig {
     pub reject_unauth: bool,
     /// CA certificates (PEM, one entry each) trusted for the endpoint; empty: system roots.
     pub client_certs: Vec<String>,
-    /// `tls = "mutualauth"`: the chain and key the client presents (PEM).
-    pub mutual: Option<(String, Secret)>,
+    /// `tls = "mutualauth"`: the client presents a certificate to the endpoint ...
+    pub mutual: bool,
+    /// ... this chain and key (PEM), or, when absent, its own from client.toml, so the key
+    /// need never leave the on-prem host.
+    pub identity: Option<(String, Secret)>,
 }
 
 /// TLS between callers and the gateway's `cloud_port` (`client_tls`).
@@ -166,18 +169,25 @@ pub(super) fn read_endpoint_tls(d: &Tbl<'_, '_>) -> Option<Option<EndpointTlsCon
     } else {
         Vec::new()
     };
-    let mutual = if mutual {
-        for k in ["dest_cert", "dest_key"] {
-            if !d.has(k) {
-                d.invalid(
-                    "tls",
-                    format!("`mutualauth` needs `{k}` (what the client presents to the endpoint)"),
-                );
+    let identity = if mutual {
+        match (d.has("dest_cert"), d.has("dest_key")) {
+            // The client brings its own (client.toml `[[destinations]]`).
+            (false, false) => None,
+            (true, true) => {
+                let cert = read_cert_pem(d, "dest_cert");
+                let key = read_key_pem(d, "dest_key");
+                Some((cert?, key?))
+            }
+            (has_cert, _) => {
+                let (k, missing) = if has_cert {
+                    ("dest_cert", "dest_key")
+                } else {
+                    ("dest_key", "dest_cert")
+                };
+                d.invalid(k, format!("needs `{missing}` as well"));
+                return None;
             }
         }
-        let cert = read_cert_pem(d, "dest_cert");
-        let key = read_key_pem(d, "dest_key");
-        Some((cert?, key?))
     } else {
         for k in ["dest_cert", "dest_key"] {
             if d.has(k) {
@@ -191,6 +201,7 @@ pub(super) fn read_endpoint_tls(d: &Tbl<'_, '_>) -> Option<Option<EndpointTlsCon
         reject_unauth: d.bool("reject_unauth").unwrap_or(true),
         client_certs,
         mutual,
+        identity,
     }))
 }
 

@@ -148,9 +148,10 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
             sni: t.sni.clone(),
             reject_unauth: t.reject_unauth,
             client_certs: t.client_certs.clone(),
-            dest_cert: t.mutual.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
+            mutual: t.mutual,
+            dest_cert: t.identity.as_ref().map(|m| m.0.clone()).unwrap_or_default(),
             dest_key: Hidden(
-                t.mutual
+                t.identity
                     .as_ref()
                     .map(|m| m.1.expose().to_owned())
                     .unwrap_or_default(),

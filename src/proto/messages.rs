@@ -94,7 +94,11 @@ pub struct EndpointTls {
     /// Up to 6 CA certificates (PEM) the client trusts for this endpoint.
     #[serde(default)]
     pub client_certs: Vec<String>,
-    /// `tls = "mutualauth"`: the certificate chain (PEM) and key the client presents.
+    /// `tls = "mutualauth"`: the client presents `dest_cert`/`dest_key`, or its own from
+    /// client.toml when these are empty.
+    #[serde(default)]
+    pub mutual: bool,
+    /// The certificate chain (PEM) and key the client presents.
     #[serde(default)]
     pub dest_cert: String,
     #[serde(default)]
