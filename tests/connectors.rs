@@ -787,3 +787,32 @@ fn inflate_fuzz_corpus_replays() {
     }
     assert!(n >= 20, "corpus has {n} files");
 }
+
+/// The proxy's own reply code reaches the error: microsocks cannot reach a closed port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_refusal_carries_the_proxy_reply_code() {
+    let port = free_port();
+    let Some((_m, _)) = microsocks(port, None) else {
+        eprintln!("SKIPPED: microsocks not installed (apt-get install microsocks)");
+        return;
+    };
+    wait_listening(port).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let proxy = sgw::proto::ProxySpec {
+        host: "127.0.0.1".into(),
+        port,
+        protocol: 5,
+        ..Default::default()
+    };
+    let err = sgw::dial::socks_connect(tcp, &proxy, &sgw::dial::Target::Addr(closed), deadline)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason, sgw::proto::Reason::Proxy);
+    assert!(err.message.contains("SOCKS5 reply"), "{}", err.message);
+    eprintln!("{}", err.message);
+}
