@@ -101,27 +101,23 @@ impl Endpoint for TcpStream {
     }
 }
 
-impl Endpoint for tokio_rustls::client::TlsStream<TcpStream> {
-    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
-    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        tokio::io::split(self)
-    }
-    fn abort(&self) {
-        abort(self.get_ref().0);
-    }
+/// TLS streams of either side over TCP: split through tokio's lock (TLS state is shared).
+macro_rules! tls_endpoint {
+    ($t:ty) => {
+        impl Endpoint for $t {
+            type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+            type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+            fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+                tokio::io::split(self)
+            }
+            fn abort(&self) {
+                abort(self.get_ref().0);
+            }
+        }
+    };
 }
-
-impl Endpoint for tokio_rustls::server::TlsStream<TcpStream> {
-    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
-    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
-    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        tokio::io::split(self)
-    }
-    fn abort(&self) {
-        abort(self.get_ref().0);
-    }
-}
+tls_endpoint!(tokio_rustls::client::TlsStream<TcpStream>);
+tls_endpoint!(tokio_rustls::server::TlsStream<TcpStream>);
 
 enum Failure {
     Socket(std::io::Error),

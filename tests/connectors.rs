@@ -16,28 +16,6 @@ use sgw::config::{CallerTls, DestProxy, EndpointTlsConfig, GatewayConfig, Secret
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A port that was free a moment ago, for third-party daemons that cannot bind port 0.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-struct Daemon(std::process::Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two CAs; a server certificate for localhost/127.0.0.1 and a client certificate, both
 /// issued by the first. Files in `dir`; PEM text in the fields.
 struct Pki {

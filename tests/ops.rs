@@ -14,30 +14,6 @@ use sgw::admin::client::call;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A port that was free a moment ago, for third-party daemons that cannot bind port 0.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Waits (bounded) until something accepts on `port`.
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listening on {port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills a helper daemon when the test ends.
-struct Daemon(std::process::Child);
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Client process configured with `outbound_proxy`; returns it once `needle` is logged.
 fn client_via_proxy(setup: &Setup, tunnel: SocketAddr, proxy: &str) -> Proc {
     let client_toml = point_client_at(setup, tunnel);

@@ -333,3 +333,27 @@ pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A port that was free a moment ago, for third-party daemons that cannot bind port 0.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Waits (bounded) until something accepts on `port`.
+pub async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills a helper daemon when the test ends.
+pub struct Daemon(pub std::process::Child);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
