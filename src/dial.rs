@@ -273,3 +273,26 @@ pub async fn tls(
         }),
     }
 }
+
+/// A UDP socket connected to the first of `addrs` (the ACL allowed them all). Connecting a
+/// UDP socket only fixes its peer: replies from anyone else are dropped by the kernel.
+pub async fn udp(addrs: &[SocketAddr]) -> Result<tokio::net::UdpSocket, DialError> {
+    let Some(a) = addrs.first() else {
+        return Err(DialError {
+            reason: Reason::Unreachable,
+            message: "no address to send to".into(),
+        });
+    };
+    let local: SocketAddr = if a.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let fail = |e: io::Error| DialError {
+        reason: classify(&e),
+        message: format!("UDP socket for {a}: {e}"),
+    };
+    let s = tokio::net::UdpSocket::bind(local).await.map_err(fail)?;
+    s.connect(a).await.map_err(fail)?;
+    Ok(s)
+}

@@ -69,6 +69,28 @@ impl Backend for AdminBackend {
                 v(&s.streams_opened),
             ),
             one(
+                "sgw_client_udp_flows",
+                "UDP flows open now (bounded by limits.max_udp_flows).",
+                Kind::Gauge,
+                v(&s.udp_flows),
+            ),
+            one(
+                "sgw_client_udp_flows_rejected",
+                "UDP flows refused because max_udp_flows were open.",
+                Kind::Counter,
+                v(&s.udp_flows_rejected),
+            ),
+            Family {
+                name: "sgw_client_udp_datagrams",
+                help: "Datagrams over UDP flows: up (toward the endpoint), down, dropped (no credit or queue space).",
+                kind: Kind::Counter,
+                samples: vec![
+                    (vec![("direction", "up".into())], v(&s.udp.to_socket)),
+                    (vec![("direction", "down".into())], v(&s.udp.to_stream)),
+                    (vec![("direction", "dropped".into())], v(&s.udp.dropped)),
+                ],
+            },
+            one(
                 "sgw_client_streams_failed",
                 "Streams whose dial failed or whose destination was unknown.",
                 Kind::Counter,

@@ -63,6 +63,11 @@ pub struct ClientStats {
     pub tunnel_failures: AtomicU64,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// UDP flows open now, and flows refused by `limits.max_udp_flows`.
+    pub udp_flows: AtomicU64,
+    pub udp_flows_rejected: AtomicU64,
+    /// Datagrams over all UDP flows (up: toward the endpoint).
+    pub udp: Arc<crate::udp::FlowCounters>,
     /// The same, per destination id (bounded: see [`MAX_DEST_SERIES`]).
     per_dest: std::sync::Mutex<HashMap<String, Arc<DestStats>>>,
 }
@@ -831,6 +836,14 @@ async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn
         }
     };
     let target = vet(&spec.ip, spec.port).await.map_err(|d| denied(&d))?;
+    if spec.protocol == "UDP" {
+        // Config forbids proxies and TLS for UDP destinations.
+        return match target {
+            Vetted::Addrs(a) => dial::udp(&a).await.map(Conn::Udp),
+            Vetted::Name(e) => Err(e),
+        }
+        .map_err(Refusal::Failed);
+    }
     let tcp = match (&spec.proxy, target) {
         (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline).await,
         (None, Vetted::Name(e)) => Err(e),
@@ -889,8 +902,31 @@ fn as_proxy(e: dial::DialError) -> dial::DialError {
     }
 }
 
+/// One of `limits.max_udp_flows`, held while a UDP flow lives.
+struct FlowSlot<'a>(&'a ClientStats);
+
+impl<'a> FlowSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<Self> {
+        let max = shared.cfg.limits.max_udp_flows as u64;
+        let s = &shared.stats;
+        s.udp_flows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| FlowSlot(s))
+    }
+}
+
+impl Drop for FlowSlot<'_> {
+    fn drop(&mut self) {
+        self.0.udp_flows.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The connection to the endpoint.
 enum Conn {
+    Udp(tokio::net::UdpSocket),
     Tcp(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
@@ -936,6 +972,22 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
                 inc.reject(Reason::Protocol, &msg).await;
                 return;
             }
+        };
+        let udp = dest.spec.protocol == "UDP";
+        // Counted from here so concurrent opens cannot overshoot the limit.
+        let _flow = if udp {
+            match FlowSlot::take(&shared) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared.stats.udp_flows_rejected.fetch_add(1, Ordering::Relaxed);
+                    let limit = shared.cfg.limits.max_udp_flows;
+                    warn!(reason = "limit", limit, "UDP flow refused: max_udp_flows reached");
+                    inc.reject(Reason::Limit, &format!("client has {limit} UDP flows open (max_udp_flows)")).await;
+                    return;
+                }
+            }
+        } else {
+            None
         };
         let conn = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
             Ok(t) => t,
@@ -988,6 +1040,21 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         let out = match conn {
             Conn::Tcp(tcp) => relay_with(tcp, stream, &entry.counters, opts).await,
             Conn::Tls(tls) => relay_with(*tls, stream, &entry.counters, opts).await,
+            Conn::Udp(sock) => {
+                let c = crate::udp::FlowCounters::default();
+                let idle = opts.idle.unwrap_or(Duration::from_secs(30));
+                let sock = crate::udp::Connected::new(sock);
+                let e = crate::udp::relay_flow(sock, stream, idle, &c, &shared.stats.udp).await;
+                info!(
+                    datagrams.up = c.to_socket.load(Ordering::Relaxed),
+                    datagrams.down = c.to_stream.load(Ordering::Relaxed),
+                    datagrams.dropped = c.dropped.load(Ordering::Relaxed),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    reason = e.reason(),
+                    "UDP flow closed"
+                );
+                return;
+            }
         };
         // Seen from the caller: up is toward the endpoint.
         shared

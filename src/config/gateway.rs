@@ -20,6 +20,8 @@ use super::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    /// Datagrams; each caller address is a flow.
+    Udp,
     /// TLS carried end to end, not terminated: a TCP relay.
     Tls,
 }
@@ -28,6 +30,7 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
             Protocol::Tls => "TLS",
         }
     }
@@ -222,7 +225,8 @@ fn read_destination(
     let protocol = match d.str("protocol").as_deref() {
         None | Some("TCP") => Some(Protocol::Tcp),
         Some("TLS") => Some(Protocol::Tls),
-        Some(p @ ("UDP" | "HTTP" | "HTTPS")) => {
+        Some("UDP") => Some(Protocol::Udp),
+        Some(p @ ("HTTP" | "HTTPS")) => {
             d.invalid(
                 "protocol",
                 format!("{p} destinations are not supported by this version yet"),
@@ -285,6 +289,21 @@ fn read_destination(
     let caller_tls = read_caller_tls(d, protocol == Some(Protocol::Tls));
     let proxy = read_dest_proxy(d);
     let compression = d.bool("compression").unwrap_or(false);
+    if protocol == Some(Protocol::Udp) {
+        // Datagram flows carry no TLS and go through no SOCKS CONNECT.
+        let used = [
+            ("enable_client_tls", matches!(endpoint_tls, Some(Some(_)))),
+            (
+                "client_tls",
+                caller_tls.as_ref().is_some_and(|c| *c != CallerTls::None),
+            ),
+            ("proxy", matches!(proxy, Some(Some(_)))),
+            ("compression", compression),
+        ];
+        for (k, _) in used.iter().filter(|(_, on)| *on) {
+            d.invalid(k, "is not supported for UDP destinations");
+        }
+    }
     Some(Destination {
         endpoint_tls: endpoint_tls?,
         caller_tls: caller_tls?,

@@ -5,6 +5,7 @@
 //! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
 
 mod registry;
+mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +57,11 @@ pub struct GatewayStats {
     pub streams_denied: AtomicU64,
     /// Callers whose TLS handshake (`client_tls`) failed or timed out.
     pub caller_tls_failures: AtomicU64,
+    /// UDP flows open now, and new callers turned away by `limits.max_udp_flows`.
+    pub udp_flows: AtomicU64,
+    pub udp_flows_rejected: AtomicU64,
+    /// Datagrams over all UDP flows (dropped: queue or credit exhausted, table full).
+    pub udp: Arc<crate::udp::FlowCounters>,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
 }
@@ -68,6 +74,7 @@ struct Inner {
     dest_addrs: HashMap<String, SocketAddr>,
     tracker: TaskTracker,
     shutdown_grace: Duration,
+    max_udp_flows: usize,
 }
 
 /// A bound, not yet running gateway.
@@ -75,6 +82,7 @@ pub struct Gateway {
     inner: Arc<Inner>,
     tunnel_listener: TcpListener,
     dest_listeners: Vec<DestListener>,
+    udp_sockets: Vec<(Arc<Tenant>, Destination, tokio::net::UdpSocket)>,
 }
 
 /// A destination's cloud port, bound, with its TLS toward callers (`client_tls`).
@@ -180,6 +188,7 @@ impl Gateway {
         let tunnel_listener = bind(&cfg.listen.to_string()).await?;
         let mut tenants = HashMap::new();
         let mut dest_listeners = Vec::new();
+        let mut udp_sockets = Vec::new();
         let mut dest_addrs = HashMap::new();
         for t in &cfg.gateways {
             if !t.enf_tok_sec {
@@ -210,6 +219,19 @@ impl Gateway {
                 } else {
                     format!("{}:{}", d.cloud_host, d.cloud_port)
                 };
+                if d.protocol == crate::config::Protocol::Udp {
+                    let s = tokio::net::UdpSocket::bind(&addr).await.map_err(|source| {
+                        GatewayError::Bind {
+                            addr: format!("udp {addr}"),
+                            source,
+                        }
+                    })?;
+                    if let Ok(a) = s.local_addr() {
+                        dest_addrs.insert(d.id.clone(), a);
+                    }
+                    udp_sockets.push((tenant.clone(), d.clone(), s));
+                    continue;
+                }
                 let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
                     GatewayError::Tls(format!("gateway {} destination {}: {e}", t.id, d.id))
                 })?;
@@ -244,11 +266,13 @@ impl Gateway {
             dest_addrs,
             tracker: TaskTracker::new(),
             shutdown_grace: cfg.shutdown_grace,
+            max_udp_flows: cfg.limits.max_udp_flows,
         });
         Ok(Gateway {
             inner,
             tunnel_listener,
             dest_listeners,
+            udp_sockets,
         })
     }
 
@@ -297,6 +321,19 @@ impl Gateway {
                 })
                 .await
             });
+        }
+        for (tenant, dest, sock) in self.udp_sockets {
+            if let Ok(a) = sock.local_addr() {
+                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, protocol = "UDP", dest.addr = %format!("{}:{}", dest.ip, dest.port), "destination listening");
+            }
+            let fut = udp::serve_udp(
+                inner.clone(),
+                tenant,
+                Arc::new(dest),
+                Arc::new(sock),
+                shutdown.clone(),
+            );
+            inner.tracker.spawn(fut);
         }
         let inner2 = inner.clone();
         accept_loop(&self.tunnel_listener, &shutdown, |tcp, peer| {

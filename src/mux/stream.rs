@@ -8,7 +8,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{MuxStats, Shared};
 use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
@@ -291,6 +291,38 @@ impl MuxStream {
     pub(crate) fn forget(&self) {
         self.shared.lock().done = true;
         self.mux.remove_stream(self.shared.id);
+    }
+
+    /// Sends `data` (1..=MAX_DATA bytes) as one DATA frame if the peer's credit and the tunnel
+    /// queue allow it right now; otherwise sends nothing and returns `Ok(false)`. For
+    /// datagrams, where dropping beats waiting.
+    pub fn try_send(&self, data: Bytes) -> Result<bool, StreamError> {
+        if data.is_empty() || data.len() > MAX_DATA {
+            return Ok(false);
+        }
+        let permit = match self.mux.data_tx.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => return Ok(false),
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(self.tunnel_lost()),
+        };
+        {
+            let mut st = self.shared.lock();
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            if st.fin_sent {
+                return Err(StreamError::AlreadyFinished);
+            }
+            if st.credit < data.len() as u64 {
+                return Ok(false);
+            }
+            st.credit -= data.len() as u64;
+        }
+        permit.send(Frame::Data {
+            id: self.shared.id,
+            data,
+        });
+        Ok(true)
     }
 
     /// Sends bytes, waiting for credit and queue space; splits into DATA frames as needed.

@@ -1,0 +1,226 @@
+//! UDP destinations on the gateway: one socket per destination's `cloud_port`; each caller
+//! address is a flow with its own stream to a client. The flow table is bounded by
+//! `limits.max_udp_flows`; datagrams of new callers beyond it are dropped, counted and logged.
+//!
+//! One datagram's path: [`serve_udp`] receives it → the caller's flow queue (bounded; full:
+//! dropped) → [`run_flow`] sends it into the stream → the client's socket to the endpoint.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::registry::Tenant;
+use super::Inner;
+use crate::acl;
+use crate::config::Destination;
+use crate::proto::{OpenMeta, Reason};
+use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
+
+/// Datagrams queued for one flow while its stream opens or the tunnel is busy.
+const FLOW_QUEUE: usize = 64;
+
+type Flows = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+
+/// Receives on one UDP destination's socket until `shutdown`.
+pub(super) async fn serve_udp(
+    inner: Arc<Inner>,
+    tenant: Arc<Tenant>,
+    dest: Arc<Destination>,
+    sock: Arc<UdpSocket>,
+    shutdown: CancellationToken,
+) {
+    let flows: Flows = Arc::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let mut last_full_log: Option<Instant> = None;
+    loop {
+        let (n, caller) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; the socket is fine.
+                    tracing::debug!(error = %e, "UDP receive error");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
+        let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
+        let datagram = match table.get(&caller) {
+            None => datagram,
+            Some(tx) => match tx.try_send(datagram) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // That flow just ended: this datagram starts a new one.
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    table.remove(&caller);
+                    d
+                }
+            },
+        };
+        let new = NewFlow {
+            inner: &inner,
+            tenant: &tenant,
+            dest: &dest,
+            sock: &sock,
+            flows: &flows,
+        };
+        new.start(&mut table, caller, datagram, &mut last_full_log);
+    }
+}
+
+/// What a new flow needs from its destination's receive loop.
+struct NewFlow<'a> {
+    inner: &'a Arc<Inner>,
+    tenant: &'a Arc<Tenant>,
+    dest: &'a Arc<Destination>,
+    sock: &'a Arc<UdpSocket>,
+    flows: &'a Flows,
+}
+
+impl NewFlow<'_> {
+    /// Starts a flow for a new caller, unless the table is full or the caller is not admitted.
+    fn start(
+        &self,
+        table: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+        caller: SocketAddr,
+        first: Bytes,
+        last_full_log: &mut Option<Instant>,
+    ) {
+        let NewFlow {
+            inner,
+            tenant,
+            dest,
+            sock,
+            flows,
+        } = *self;
+        if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
+            inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if table.len() >= inner.max_udp_flows {
+            inner
+                .stats
+                .udp_flows_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+            // One line per second at most: a flood must not become a log flood.
+            if last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *last_full_log = Some(Instant::now());
+                warn!(dest.id = %dest.id, caller.addr = %caller, limit = inner.max_udp_flows, reason = "limit", "UDP flow table full: datagrams from new callers dropped");
+            }
+            return;
+        }
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(first);
+        table.insert(caller, tx.clone());
+        inner.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
+        let flow = run_flow(
+            inner.clone(),
+            tenant.clone(),
+            dest.clone(),
+            GatewayFlow {
+                rx,
+                sock: sock.clone(),
+                caller,
+            },
+            (flows.clone(), tx),
+        );
+        inner.tracker.spawn(flow);
+    }
+}
+
+/// The gateway's side of a flow: datagrams demultiplexed from the shared socket, replies
+/// sent back to the caller from it.
+struct GatewayFlow {
+    rx: mpsc::Receiver<Bytes>,
+    sock: Arc<UdpSocket>,
+    caller: SocketAddr,
+}
+
+impl FlowSocket for GatewayFlow {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self.rx.recv().await)
+    }
+
+    async fn send(&self, datagram: &[u8]) -> std::io::Result<()> {
+        self.sock.send_to(datagram, self.caller).await.map(|_| ())
+    }
+}
+
+/// One flow from its first datagram to expiry.
+async fn run_flow(
+    inner: Arc<Inner>,
+    tenant: Arc<Tenant>,
+    dest: Arc<Destination>,
+    flow: GatewayFlow,
+    (flows, mine): (Flows, mpsc::Sender<Bytes>),
+) {
+    let caller = flow.caller;
+    let span = tracing::info_span!(
+        "stream",
+        dest.id = %dest.id,
+        caller.addr = %caller,
+        client.id = tracing::field::Empty,
+        stream.id = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let meta = OpenMeta {
+            dest: dest.id.clone(),
+            caller: caller.to_string(),
+            compress: None,
+        };
+        let limit = dest.timeout + Duration::from_secs(5);
+        let opened = match tokio::time::timeout(limit, tenant.open(&meta, false)).await {
+            Ok(r) => r,
+            Err(_) => Err((
+                Reason::Timeout,
+                format!("no answer from the client within {} s", limit.as_secs()),
+            )),
+        };
+        match opened {
+            Ok((client_id, stream, _)) => {
+                let span = tracing::Span::current();
+                span.record("client.id", tracing::field::display(&client_id));
+                span.record("stream.id", stream.id());
+                inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                let counters = FlowCounters::default();
+                let e = relay_flow(flow, stream, dest.timeout, &counters, &inner.stats.udp).await;
+                info!(
+                    datagrams.up = counters.to_stream.load(Ordering::Relaxed),
+                    datagrams.down = counters.to_socket.load(Ordering::Relaxed),
+                    datagrams.dropped = counters.dropped.load(Ordering::Relaxed),
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    reason = e.reason(),
+                    "UDP flow closed"
+                );
+            }
+            Err((reason, message)) => {
+                inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                info!(reason = %reason, error = %message, "UDP flow refused");
+            }
+        }
+        // Only this flow's entry: the caller may already have a newer one.
+        let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
+        if table.get(&caller).is_some_and(|t| t.same_channel(&mine)) {
+            table.remove(&caller);
+        }
+        drop(table);
+        inner.stats.udp_flows.fetch_sub(1, Ordering::Relaxed);
+    }
+    .instrument(span)
+    .await
+}
