@@ -214,7 +214,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
 fn read_destination(
     d: &Tbl<'_, '_>,
     ids: &mut HashSet<String>,
-    ports: &mut HashSet<(String, u16)>,
+    ports: &mut HashSet<(String, u16, bool)>,
 ) -> Option<Destination> {
     let id = d.req_str("id");
     if let (Some(id), Some(v)) = (&id, d.get("id")) {
@@ -252,7 +252,9 @@ fn read_destination(
         d.missing("cloud_port");
     }
     if let (Some(p), Some(v)) = (cloud_port, d.get("cloud_port")) {
-        if p != 0 && !ports.insert((cloud_host.clone(), p as u16)) {
+        // TCP and UDP may share a port number (DNS, iperf3 -u): they are different sockets.
+        let udp = protocol == Some(Protocol::Udp);
+        if p != 0 && !ports.insert((cloud_host.clone(), p as u16, udp)) {
             d.err(
                 "cloud_port",
                 v,

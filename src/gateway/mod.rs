@@ -75,6 +75,7 @@ struct Inner {
     tracker: TaskTracker,
     shutdown_grace: Duration,
     max_udp_flows: usize,
+    udp_flow_buffer: u64,
 }
 
 /// A bound, not yet running gateway.
@@ -267,6 +268,7 @@ impl Gateway {
             tracker: TaskTracker::new(),
             shutdown_grace: cfg.shutdown_grace,
             max_udp_flows: cfg.limits.max_udp_flows,
+            udp_flow_buffer: cfg.limits.udp_flow_buffer,
         });
         Ok(Gateway {
             inner,

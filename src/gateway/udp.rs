@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,17 @@ use crate::config::Destination;
 use crate::proto::{OpenMeta, Reason};
 use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
 
-/// Datagrams queued for one flow while its stream opens or the tunnel is busy.
-const FLOW_QUEUE: usize = 64;
+/// Most datagrams queued for one flow (also bounded in bytes by `limits.udp_flow_buffer`).
+const FLOW_QUEUE: usize = 4096;
 
-type Flows = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+/// A flow's queue: the sender and the bytes waiting in it.
+#[derive(Clone)]
+struct FlowTx {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicU64>,
+}
+
+type Flows = Arc<Mutex<HashMap<SocketAddr, FlowTx>>>;
 
 /// Receives on one UDP destination's socket until `shutdown`.
 pub(super) async fn serve_udp(
@@ -56,7 +63,7 @@ pub(super) async fn serve_udp(
         let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
         let datagram = match table.get(&caller) {
             None => datagram,
-            Some(tx) => match tx.try_send(datagram) {
+            Some(f) => match f.push(datagram, inner.udp_flow_buffer) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
@@ -89,11 +96,24 @@ struct NewFlow<'a> {
     flows: &'a Flows,
 }
 
+impl FlowTx {
+    /// Queues a datagram unless the flow already holds `budget` bytes.
+    fn push(&self, d: Bytes, budget: u64) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+        let len = d.len() as u64;
+        if self.queued.load(Ordering::Relaxed) + len > budget {
+            return Err(mpsc::error::TrySendError::Full(d));
+        }
+        self.tx.try_send(d)?;
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 impl NewFlow<'_> {
     /// Starts a flow for a new caller, unless the table is full or the caller is not admitted.
     fn start(
         &self,
-        table: &mut HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+        table: &mut HashMap<SocketAddr, FlowTx>,
         caller: SocketAddr,
         first: Bytes,
         last_full_log: &mut Option<Instant>,
@@ -124,8 +144,12 @@ impl NewFlow<'_> {
             return;
         }
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
-        let _ = tx.try_send(first);
-        table.insert(caller, tx.clone());
+        let f = FlowTx {
+            tx,
+            queued: Arc::default(),
+        };
+        let _ = f.push(first, inner.udp_flow_buffer);
+        table.insert(caller, f.clone());
         inner.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
         let flow = run_flow(
             inner.clone(),
@@ -133,10 +157,11 @@ impl NewFlow<'_> {
             dest.clone(),
             GatewayFlow {
                 rx,
+                queued: f.queued.clone(),
                 sock: sock.clone(),
                 caller,
             },
-            (flows.clone(), tx),
+            (flows.clone(), f.tx),
         );
         inner.tracker.spawn(flow);
     }
@@ -146,13 +171,18 @@ impl NewFlow<'_> {
 /// sent back to the caller from it.
 struct GatewayFlow {
     rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicU64>,
     sock: Arc<UdpSocket>,
     caller: SocketAddr,
 }
 
 impl FlowSocket for GatewayFlow {
     async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
-        Ok(self.rx.recv().await)
+        let d = self.rx.recv().await;
+        if let Some(d) = &d {
+            self.queued.fetch_sub(d.len() as u64, Ordering::Relaxed);
+        }
+        Ok(d)
     }
 
     async fn send(&self, datagram: &[u8]) -> std::io::Result<()> {
@@ -215,7 +245,7 @@ async fn run_flow(
         }
         // Only this flow's entry: the caller may already have a newer one.
         let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
-        if table.get(&caller).is_some_and(|t| t.same_channel(&mine)) {
+        if table.get(&caller).is_some_and(|t| t.tx.same_channel(&mine)) {
             table.remove(&caller);
         }
         drop(table);
