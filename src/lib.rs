@@ -12,6 +12,7 @@ pub mod compress;
 pub mod config;
 pub mod dial;
 pub mod gateway;
+pub mod http;
 pub mod init;
 pub mod mux;
 pub mod proto;

@@ -117,6 +117,17 @@ macro_rules! tls_endpoint {
     };
 }
 tls_endpoint!(tokio_rustls::client::TlsStream<TcpStream>);
+
+/// The stream's side of an in-process pipe (HTTP destinations serve the other end).
+impl Endpoint for tokio::io::DuplexStream {
+    type Read<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Write<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+        tokio::io::split(self)
+    }
+    /// A pipe has no reset: dropping it ends the other side.
+    fn abort(&self) {}
+}
 tls_endpoint!(tokio_rustls::server::TlsStream<TcpStream>);
 
 enum Failure {

@@ -7,6 +7,7 @@
 
 mod acl_file;
 mod admin;
+mod http;
 mod reload;
 
 pub use acl_file::{write_atomic, AclEditError, AclFile};
@@ -14,7 +15,7 @@ pub use admin::AdminBackend;
 pub use reload::reload_from_files;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -784,7 +785,16 @@ impl DenyReason {
 
 /// The client's veto, then the dial: caller rules, one resolution, the ACL on every candidate
 /// address, and a connection only to an address the ACL allowed.
-async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn, Refusal> {
+/// Vets (private destination callers, the ACL for the endpoint, with `path` for HTTP
+/// requests, and for any proxy) and connects: direct or through SOCKS, then TLS when asked.
+/// Also returns the endpoint address reached, when known (not for names only a proxy
+/// resolves).
+async fn vet_and_dial(
+    shared: &Shared,
+    dest: &Dest,
+    caller: &str,
+    path: Option<&str>,
+) -> Result<(Conn, Option<IpAddr>), Refusal> {
     let spec = &dest.spec;
     let caller: Option<SocketAddr> = caller.parse().ok();
     let deny = |reason: DenyReason, why: String, line: Option<usize>| {
@@ -813,13 +823,15 @@ async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn
         Some(r) => deny(DenyReason::Rule, r.text.clone(), d.line),
         None => deny(DenyReason::Default, "default policy (deny)".into(), None),
     };
-    let vet = |host: &str, port: u16| {
+    let vet = |host: &str, port: u16, path: Option<&str>| {
         let acl = &acl;
         let host = host.to_owned();
+        let path = path.map(str::to_owned);
         async move {
             let mut req = Request::new(&host, port);
             req.at = at;
             req.from = caller;
+            req.path = path.as_deref();
             match dial::resolve(&host, port, deadline).await {
                 Ok(addrs) => acl.allowed_addrs(&req, &addrs).map(Vetted::Addrs),
                 // Unresolvable: name rules still decide, so a denied name is reported as
@@ -835,37 +847,44 @@ async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn
             }
         }
     };
-    let target = vet(&spec.ip, spec.port).await.map_err(|d| denied(&d))?;
+    let target = vet(&spec.ip, spec.port, path)
+        .await
+        .map_err(|d| denied(&d))?;
     if spec.protocol == "UDP" {
         // Config forbids proxies and TLS for UDP destinations.
         return match target {
-            Vetted::Addrs(a) => dial::udp(&a).await.map(Conn::Udp),
+            Vetted::Addrs(a) => dial::udp(&a).await.map(|s| (Conn::Udp(s), None)),
             Vetted::Name(e) => Err(e),
         }
         .map_err(Refusal::Failed);
     }
-    let tcp = match (&spec.proxy, target) {
-        (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline).await,
+    let (tcp, reached) = match (&spec.proxy, target) {
+        (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline).await.map(|t| {
+            let ip = t.peer_addr().ok().map(|a| a.ip());
+            (t, ip)
+        }),
         (None, Vetted::Name(e)) => Err(e),
         (Some(p), target) => {
             // The proxy is an on-prem dial like any other: the ACL must allow it too.
-            let via = match vet(&p.host, p.port).await.map_err(|d| denied(&d))? {
+            let via = match vet(&p.host, p.port, None).await.map_err(|d| denied(&d))? {
                 Vetted::Addrs(a) => a,
                 Vetted::Name(e) => return Err(Refusal::Failed(as_proxy(e))),
             };
             let tcp = dial::tcp_any(&via, deadline).await.map_err(as_proxy);
-            let t = match target {
-                Vetted::Addrs(a) => dial::Target::Addr(a[0]),
-                Vetted::Name(_) => dial::Target::Name(spec.ip.clone(), spec.port),
+            let (t, ip) = match target {
+                Vetted::Addrs(a) => (dial::Target::Addr(a[0]), Some(a[0].ip())),
+                Vetted::Name(_) => (dial::Target::Name(spec.ip.clone(), spec.port), None),
             };
             match tcp {
-                Ok(tcp) => dial::socks_connect(tcp, p, &t, deadline).await,
+                Ok(tcp) => dial::socks_connect(tcp, p, &t, deadline)
+                    .await
+                    .map(|s| (s, ip)),
                 Err(e) => Err(e),
             }
         }
     }
     .map_err(Refusal::Failed)?;
-    match &dest.tls {
+    let conn = match &dest.tls {
         None => Ok(Conn::Tcp(tcp)),
         Some(Err(e)) => Err(Refusal::Failed(dial::DialError {
             reason: Reason::Tls,
@@ -883,7 +902,8 @@ async fn vet_and_dial(shared: &Shared, dest: &Dest, caller: &str) -> Result<Conn
                 .map_err(Refusal::Failed)?;
             Ok(Conn::Tls(Box::new(tls)))
         }
-    }
+    }?;
+    Ok((conn, reached))
 }
 
 /// A destination address check's outcome when not denied.
@@ -924,8 +944,35 @@ impl Drop for FlowSlot<'_> {
     }
 }
 
+/// Logs and counts one denial; returns what the gateway (and caller) may be told: the rule's
+/// line, never its text.
+fn record_denial(
+    shared: &Shared,
+    dest: &Dest,
+    reason: DenyReason,
+    why: &str,
+    line: Option<usize>,
+    what: &'static str,
+) -> String {
+    shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+    dest.stats.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
+    match line {
+        Some(l) => {
+            warn!(reason = %reason.as_str(), acl.file = %shared.acl_path(), acl.line = l, acl.rule = ?why, "{what}")
+        }
+        None => warn!(reason = %reason.as_str(), acl.rule = ?why, "{what}"),
+    }
+    match (reason, line) {
+        (DenyReason::Caller, _) => "denied by the client: caller not in ip_table_rules".to_string(),
+        (_, Some(l)) => format!("denied by the client's ACL, rule at line {l}"),
+        (_, None) => "denied by the client's ACL default policy".to_string(),
+    }
+}
+
 /// The connection to the endpoint.
 enum Conn {
+    /// An HTTP(S) destination: connections are made per request by [`http`].
+    Http,
     Udp(tokio::net::UdpSocket),
     Tcp(tokio::net::TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
@@ -940,6 +987,8 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         dest.id = %inc.meta.dest,
         caller.addr = %inc.meta.caller,
         dest.addr = tracing::field::Empty,
+        http.requests = tracing::field::Empty,
+        http.denied = tracing::field::Empty,
     );
     async move {
         let started = Instant::now();
@@ -962,6 +1011,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         let inc_caller = inc.meta.caller.clone();
+        let inc_caller_for_http = inc_caller.clone();
         let compress = match inc.meta.compress.as_deref() {
             None => false,
             Some(FEATURE_DEFLATE) => true,
@@ -979,38 +1029,51 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             match FlowSlot::take(&shared) {
                 Some(slot) => Some(slot),
                 None => {
-                    shared.stats.udp_flows_rejected.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .udp_flows_rejected
+                        .fetch_add(1, Ordering::Relaxed);
                     let limit = shared.cfg.limits.max_udp_flows;
-                    warn!(reason = "limit", limit, "UDP flow refused: max_udp_flows reached");
-                    inc.reject(Reason::Limit, &format!("client has {limit} UDP flows open (max_udp_flows)")).await;
+                    warn!(
+                        reason = "limit",
+                        limit, "UDP flow refused: max_udp_flows reached"
+                    );
+                    inc.reject(
+                        Reason::Limit,
+                        &format!("client has {limit} UDP flows open (max_udp_flows)"),
+                    )
+                    .await;
                     return;
                 }
             }
         } else {
             None
         };
-        let conn = match vet_and_dial(&shared, &dest, &inc.meta.caller).await {
-            Ok(t) => t,
+        // HTTP is judged and dialled per request, once the stream is open.
+        let http = matches!(dest.spec.protocol.as_str(), "HTTP" | "HTTPS");
+        let dialled = if http {
+            http::admit_caller(&shared, &dest, &inc.meta.caller).map(|()| Conn::Http)
+        } else {
+            vet_and_dial(&shared, &dest, &inc.meta.caller, None)
+                .await
+                .map(|(c, _)| c)
+        };
+        let conn = match dialled {
+            Ok(c) => c,
             Err(Refusal::Denied { reason, why, line }) => {
-                shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
-                dest.stats.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
-                match line {
-                    Some(l) => warn!(reason = %reason.as_str(), acl.file = %shared.acl_path(), acl.line = l, acl.rule = ?why, "stream denied"),
-                    None => warn!(reason = %reason.as_str(), acl.rule = ?why, "stream denied"),
-                }
-                let public = match (reason, line) {
-                    (DenyReason::Caller, _) => {
-                        "denied by the client: caller not in ip_table_rules".to_string()
-                    }
-                    (_, Some(l)) => format!("denied by the client's ACL, rule at line {l}"),
-                    (_, None) => "denied by the client's ACL default policy".to_string(),
-                };
+                let public = record_denial(&shared, &dest, reason, &why, line, "stream denied");
                 inc.reject(Reason::AclDenied, &public).await;
                 return;
             }
             Err(Refusal::Failed(e)) => {
                 shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
-                *dest.stats.failed.lock().unwrap_or_else(|p| p.into_inner()).entry(e.reason.as_str()).or_default() += 1;
+                *dest
+                    .stats
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(e.reason.as_str())
+                    .or_default() += 1;
                 info!(reason = %e.reason, error = %e.message, "dial failed");
                 inc.reject(e.reason, &e.message).await;
                 return;
@@ -1031,15 +1094,43 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             counters: crate::relay::Counters::default(),
         });
         let key = shared.next_active.fetch_add(1, Ordering::Relaxed);
-        shared.active.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry.clone());
-        let _guard = ActiveGuard { shared: &shared, key };
+        shared
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, entry.clone());
+        let _guard = ActiveGuard {
+            shared: &shared,
+            key,
+        };
         let opts = Options {
             compress,
-            idle: Some(Duration::from_secs(u64::from(dest.spec.timeout.clamp(1, 180)))),
+            idle: Some(Duration::from_secs(u64::from(
+                dest.spec.timeout.clamp(1, 180),
+            ))),
         };
         let out = match conn {
             Conn::Tcp(tcp) => relay_with(tcp, stream, &entry.counters, opts).await,
             Conn::Tls(tls) => relay_with(*tls, stream, &entry.counters, opts).await,
+            Conn::Http => {
+                let (ours, theirs) = tokio::io::duplex(crate::proto::MAX_DATA);
+                let up = http::ClientUpstream {
+                    shared: shared.clone(),
+                    dest: dest.clone(),
+                    caller: inc_caller_for_http.clone(),
+                };
+                let mut settings = http::settings(&dest.spec);
+                settings.caller = inc_caller_for_http.parse().ok();
+                let (out, counts) = tokio::join!(
+                    relay_with(ours, stream, &entry.counters, opts),
+                    crate::http::serve(theirs, up, settings)
+                );
+                // Shown on the closing line with the stream's other fields.
+                let span = tracing::Span::current();
+                span.record("http.requests", counts.requests);
+                span.record("http.denied", counts.denied);
+                out
+            }
             Conn::Udp(sock) => {
                 let c = crate::udp::FlowCounters::default();
                 let idle = opts.idle.unwrap_or(Duration::from_secs(30));
@@ -1065,8 +1156,12 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             .stats
             .bytes_down
             .fetch_add(out.to_stream, Ordering::Relaxed);
-        per_dest.bytes_up.fetch_add(out.to_socket, Ordering::Relaxed);
-        per_dest.bytes_down.fetch_add(out.to_stream, Ordering::Relaxed);
+        per_dest
+            .bytes_up
+            .fetch_add(out.to_socket, Ordering::Relaxed);
+        per_dest
+            .bytes_down
+            .fetch_add(out.to_stream, Ordering::Relaxed);
         per_dest
             .tunnel_bytes_up
             .fetch_add(out.wire_to_socket, Ordering::Relaxed);

@@ -22,6 +22,10 @@ pub enum Protocol {
     Tcp,
     /// Datagrams; each caller address is a flow.
     Udp,
+    /// HTTP/1.1 from callers, judged per request by the client's ACL (path rules).
+    Http,
+    /// As `Http`, with the caller's TLS terminated at the gateway (`client_tls`).
+    Https,
     /// TLS carried end to end, not terminated: a TCP relay.
     Tls,
 }
@@ -31,6 +35,8 @@ impl Protocol {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
             Protocol::Tls => "TLS",
         }
     }
@@ -62,6 +68,8 @@ pub struct Destination {
     pub proxy: Option<DestProxy>,
     /// Compress this destination's streams in the tunnel.
     pub compression: bool,
+    /// HTTP(S): set `Host` to the endpoint on forwarded requests.
+    pub host_rewrite: bool,
 }
 
 /// The gateway's own certificate and key for the tunnel endpoint.
@@ -120,7 +128,7 @@ const LATER: &[&str] = &[
     "egress_allow",
     "admin_listen",
 ];
-const DEST_LATER: &[&str] = &["reverse", "local_port", "host_rewrite"];
+const DEST_LATER: &[&str] = &["reverse", "local_port"];
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -226,13 +234,8 @@ fn read_destination(
         None | Some("TCP") => Some(Protocol::Tcp),
         Some("TLS") => Some(Protocol::Tls),
         Some("UDP") => Some(Protocol::Udp),
-        Some(p @ ("HTTP" | "HTTPS")) => {
-            d.invalid(
-                "protocol",
-                format!("{p} destinations are not supported by this version yet"),
-            );
-            None
-        }
+        Some("HTTP") => Some(Protocol::Http),
+        Some("HTTPS") => Some(Protocol::Https),
         Some(other) => {
             d.invalid(
                 "protocol",
@@ -291,6 +294,28 @@ fn read_destination(
     let caller_tls = read_caller_tls(d, protocol == Some(Protocol::Tls));
     let proxy = read_dest_proxy(d);
     let compression = d.bool("compression").unwrap_or(false);
+    let http = matches!(protocol, Some(Protocol::Http | Protocol::Https));
+    let host_rewrite = d.bool("host_rewrite").unwrap_or(false);
+    if host_rewrite && !http && protocol.is_some() {
+        d.invalid(
+            "host_rewrite",
+            "only applies to HTTP and HTTPS destinations",
+        );
+    }
+    // HTTPS means the caller speaks TLS to the gateway, which must terminate it.
+    if let Some(ct) = &caller_tls {
+        match (protocol, *ct == CallerTls::None) {
+            (Some(Protocol::Https), true) => d.invalid(
+                "protocol",
+                "HTTPS needs client_tls = \"serverside\" or \"mutualauth\" (with server_cert/server_key): the gateway terminates the caller's TLS",
+            ),
+            (Some(Protocol::Http), false) => d.invalid(
+                "client_tls",
+                "callers of an HTTP destination speak plain HTTP; use protocol = \"HTTPS\" with client_tls",
+            ),
+            _ => {}
+        }
+    }
     if protocol == Some(Protocol::Udp) {
         // Datagram flows carry no TLS and go through no SOCKS CONNECT.
         let used = [
@@ -311,6 +336,7 @@ fn read_destination(
         caller_tls: caller_tls?,
         proxy: proxy?,
         compression,
+        host_rewrite,
         id: id?,
         desc: d.str("desc").unwrap_or_default(),
         enabled: d.bool("enabled").unwrap_or(true),

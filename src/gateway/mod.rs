@@ -179,6 +179,7 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
             ),
         }),
         compression: d.compression,
+        host_rewrite: d.host_rewrite,
     }
 }
 

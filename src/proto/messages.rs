@@ -65,6 +65,9 @@ pub struct DestinationSpec {
     /// Compress this destination's streams in the tunnel.
     #[serde(default)]
     pub compression: bool,
+    /// HTTP(S): set `Host` to the endpoint on forwarded requests.
+    #[serde(default)]
+    pub host_rewrite: bool,
 }
 
 /// A string kept out of `Debug` output: private keys and passwords travel in CONFIG pushes.
