@@ -208,6 +208,7 @@ async fn tls_and_mutual_tls_to_nginx() {
                 dest_cert: Some(p.client_cert.clone()),
                 dest_key: Some(Secret::new(p.client_key.clone())),
                 client_certs: None,
+                local_host: None,
             },
         );
     })

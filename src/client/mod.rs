@@ -9,6 +9,7 @@ mod acl_file;
 mod admin;
 mod http;
 mod reload;
+mod reverse;
 
 pub use acl_file::{write_atomic, AclEditError, AclFile};
 pub use admin::AdminBackend;
@@ -127,8 +128,10 @@ struct Link {
     cfg: GatewayLink,
     tls: TlsConnector,
     dests: RwLock<Arc<HashMap<String, Arc<Dest>>>>,
-    /// Tunnels up right now (for sending LOG frames).
+    /// Tunnels up right now (for sending LOG frames and opening reverse streams).
     live: std::sync::Mutex<Vec<Mux>>,
+    /// Listeners of this gateway's reverse destinations.
+    reverse: reverse::Listeners,
 }
 
 impl Link {
@@ -238,6 +241,8 @@ struct Shared {
     status: watch::Sender<Status>,
     stats: ClientStats,
     tracker: TaskTracker,
+    /// Cancelled at shutdown: stops the reverse listeners.
+    stop: CancellationToken,
 }
 
 /// A configured, not yet running client.
@@ -279,6 +284,7 @@ impl Client {
                 tls,
                 dests: RwLock::new(Arc::new(HashMap::new())),
                 live: std::sync::Mutex::new(Vec::new()),
+                reverse: Default::default(),
             }));
         }
         let hello = Hello {
@@ -311,6 +317,7 @@ impl Client {
             status: watch::channel(Status::default()).0,
             stats: ClientStats::default(),
             tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
         });
         Ok(Client {
             shared,
@@ -399,6 +406,12 @@ impl Client {
                 }
             });
         }
+        let stop = self.shared.stop.clone();
+        let stopping = shutdown.clone();
+        slots.spawn(async move {
+            stopping.cancelled().await;
+            stop.cancel();
+        });
         slots.close();
         slots.wait().await;
         self.shared.tracker.close();
@@ -675,11 +688,11 @@ fn update_status(shared: &Shared, gateway_id: &str, client_id: &str, delta: isiz
     });
 }
 
-fn apply_config(shared: &Shared, link: &Link, payload: &[u8]) {
+fn apply_config(shared: &Arc<Shared>, link: &Arc<Link>, payload: &[u8]) {
     match serde_json::from_slice::<ConfigPush>(payload) {
         Ok(push) => {
             let n = push.destinations.len();
-            let map = push
+            let map: HashMap<String, Arc<Dest>> = push
                 .destinations
                 .into_iter()
                 .map(|d| {
@@ -687,6 +700,7 @@ fn apply_config(shared: &Shared, link: &Link, payload: &[u8]) {
                     (d.id.clone(), Arc::new(Dest::new(d, &shared.stats, local)))
                 })
                 .collect();
+            reverse::reconcile(shared, link, &map);
             *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             info!(destinations = n, "destinations updated by gateway");
         }
@@ -1008,6 +1022,20 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             inc.reject(Reason::UnknownDest, &msg).await;
             return;
         };
+        if dest.spec.reverse {
+            // Its endpoint is on the cloud side: the gateway dials it, never the client.
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                reason = "unknown_dest",
+                "stream refused: gateway opened a stream for a reverse destination"
+            );
+            inc.reject(
+                Reason::UnknownDest,
+                "a reverse destination is dialled by the gateway",
+            )
+            .await;
+            return;
+        }
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         let inc_caller = inc.meta.caller.clone();

@@ -123,6 +123,8 @@ pub struct DestOverride {
     pub dest_key: Option<Secret>,
     /// CA certificates (PEM) trusted for the endpoint.
     pub client_certs: Option<Vec<String>>,
+    /// Reverse destinations: the address to listen on (default 127.0.0.1).
+    pub local_host: Option<std::net::IpAddr>,
 }
 
 const LATER: &[&str] = &["socks5_listen"];
@@ -265,6 +267,13 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
                 .has("client_certs")
                 .then(|| super::endpoint::read_client_certs(&d))
                 .flatten(),
+            local_host: d.str("local_host").and_then(|h| match h.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    d.invalid("local_host", format!("`{h}` is not an IP address"));
+                    None
+                }
+            }),
         };
         if d.has("dest_cert") != d.has("dest_key") {
             let k = if d.has("dest_cert") {

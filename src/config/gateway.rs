@@ -70,6 +70,10 @@ pub struct Destination {
     pub compression: bool,
     /// HTTP(S): set `Host` to the endpoint on forwarded requests.
     pub host_rewrite: bool,
+    /// A cloud destination: clients listen on `local_port` on-prem, the gateway dials
+    /// `ip:port` (within `egress_allow`).
+    pub reverse: bool,
+    pub local_port: u16,
 }
 
 /// The gateway's own certificate and key for the tunnel endpoint.
@@ -118,6 +122,9 @@ pub struct GatewayConfig {
     /// How long open streams may finish after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub gateways: Vec<TenantConfig>,
+    /// What reverse destinations may dial: ACL host[:ports] forms (CIDR, ranges, names),
+    /// default deny. Checked when the gateway binds.
+    pub egress_allow: Vec<String>,
 }
 
 const LATER: &[&str] = &[
@@ -125,10 +132,9 @@ const LATER: &[&str] = &[
     "admin_token",
     "admin_token_file",
     "state_file",
-    "egress_allow",
     "admin_listen",
 ];
-const DEST_LATER: &[&str] = &["reverse", "local_port"];
+const DEST_LATER: &[&str] = &[];
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -216,6 +222,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
             .duration("shutdown_grace")
             .unwrap_or(Duration::from_secs(30)),
         gateways,
+        egress_allow: root.strs("egress_allow").unwrap_or_default(),
     })
 }
 
@@ -250,8 +257,30 @@ fn read_destination(
         d.missing("port");
     }
     let cloud_host = d.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into());
-    let cloud_port = d.int_in("cloud_port", 0..=65535);
-    if !d.has("cloud_port") {
+    let reverse = d.bool("reverse").unwrap_or(false);
+    let local_port = d.int_in("local_port", 1..=65535).unwrap_or(0) as u16;
+    if reverse && !d.has("local_port") {
+        d.invalid(
+            "reverse",
+            "a reverse destination needs `local_port` (where clients listen on-prem)",
+        );
+    }
+    if !reverse && d.has("local_port") {
+        d.invalid("local_port", "only applies to reverse destinations");
+    }
+    // A reverse destination has no listener on the gateway.
+    let cloud_port = if reverse {
+        if d.has("cloud_port") {
+            d.invalid(
+                "cloud_port",
+                "a reverse destination has no cloud_port (the gateway dials out)",
+            );
+        }
+        Some(0)
+    } else {
+        d.int_in("cloud_port", 0..=65535)
+    };
+    if !reverse && !d.has("cloud_port") {
         d.missing("cloud_port");
     }
     if let (Some(p), Some(v)) = (cloud_port, d.get("cloud_port")) {
@@ -316,6 +345,17 @@ fn read_destination(
             _ => {}
         }
     }
+    if reverse {
+        if protocol.is_some_and(|p| p != Protocol::Tcp) {
+            d.invalid("protocol", "reverse destinations carry TCP");
+        }
+        if caller_tls.as_ref().is_some_and(|c| *c != CallerTls::None) {
+            d.invalid(
+                "client_tls",
+                "a reverse destination has no callers at the gateway",
+            );
+        }
+    }
     if protocol == Some(Protocol::Udp) {
         // Datagram flows carry no TLS and go through no SOCKS CONNECT.
         let used = [
@@ -337,6 +377,8 @@ fn read_destination(
         proxy: proxy?,
         compression,
         host_rewrite,
+        reverse,
+        local_port,
         id: id?,
         desc: d.str("desc").unwrap_or_default(),
         enabled: d.bool("enabled").unwrap_or(true),

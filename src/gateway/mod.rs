@@ -5,6 +5,7 @@
 //! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
 
 mod registry;
+mod reverse;
 mod udp;
 
 use std::collections::HashMap;
@@ -44,6 +45,8 @@ pub enum GatewayError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Egress(String),
 }
 
 /// Gateway-wide counters.
@@ -76,6 +79,10 @@ struct Inner {
     shutdown_grace: Duration,
     max_udp_flows: usize,
     udp_flow_buffer: u64,
+    /// What reverse destinations may dial.
+    egress: crate::acl::Acl,
+    /// TLS to reverse destinations' endpoints, by (gateway id, destination id).
+    reverse_tls: HashMap<(String, String), Result<crate::tls::EndpointConnector, String>>,
 }
 
 /// A bound, not yet running gateway.
@@ -180,6 +187,8 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
         }),
         compression: d.compression,
         host_rewrite: d.host_rewrite,
+        reverse: d.reverse,
+        local_port: d.local_port,
     }
 }
 
@@ -191,6 +200,8 @@ impl Gateway {
         let mut tenants = HashMap::new();
         let mut dest_listeners = Vec::new();
         let mut udp_sockets = Vec::new();
+        let mut reverse_tls = HashMap::new();
+        let egress = reverse::egress_acl(&cfg.egress_allow).map_err(GatewayError::Egress)?;
         let mut dest_addrs = HashMap::new();
         for t in &cfg.gateways {
             if !t.enf_tok_sec {
@@ -215,7 +226,13 @@ impl Gateway {
             {
                 warn!(gateway.id = %t.id, dest.id = %d.id, "destination is private with no ip_table_rules: every caller is refused");
             }
-            for d in t.destinations.iter().filter(|d| d.enabled) {
+            for d in t.destinations.iter().filter(|d| d.reverse) {
+                if let Some(spec) = spec_of(d).tls {
+                    let ep = crate::tls::endpoint_connector(&spec, &d.ip);
+                    reverse_tls.insert((t.id.clone(), d.id.clone()), ep);
+                }
+            }
+            for d in t.destinations.iter().filter(|d| d.enabled && !d.reverse) {
                 let addr = if d.cloud_host.contains(':') {
                     format!("[{}]:{}", d.cloud_host, d.cloud_port)
                 } else {
@@ -270,6 +287,8 @@ impl Gateway {
             shutdown_grace: cfg.shutdown_grace,
             max_udp_flows: cfg.limits.max_udp_flows,
             udp_flow_buffer: cfg.limits.udp_flow_buffer,
+            egress,
+            reverse_tls,
         });
         Ok(Gateway {
             inner,
@@ -484,8 +503,11 @@ async fn serve_tunnel(
         loop {
             tokio::select! {
                 inc = events.incoming.recv() => match inc {
-                    // Reverse (client-opened) streams come with reverse destinations.
-                    Some(i) => i.reject(Reason::UnknownDest, "this gateway has no reverse destinations").await,
+                    // Client-opened streams are for reverse destinations.
+                    Some(i) => {
+                        let fut = reverse::serve_reverse(inner.clone(), tenant.clone(), i, client_id.clone());
+                        inner.tracker.spawn(fut);
+                    }
                     None => break,
                 },
                 log = events.logs.recv() => if let Some(line) = log {
@@ -513,10 +535,12 @@ async fn serve_tunnel(
     .await
 }
 
-/// A caller's connection, after TLS when the destination has `client_tls`.
+/// A caller's connection, after TLS when the destination has `client_tls`; or, for reverse
+/// destinations, the gateway's own connection to the cloud endpoint.
 enum CallerConn {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    EndpointTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// One caller from accept to close.
@@ -577,6 +601,7 @@ async fn serve_caller(
                 info!(reason = %reason, error = %message, duration_ms = started.elapsed().as_millis() as u64, "stream refused");
                 match &conn {
                     CallerConn::Tls(t) => t.abort(),
+                    CallerConn::EndpointTls(t) => t.abort(),
                     CallerConn::Plain(tcp) => relay::abort(tcp),
                 }
                 return;
@@ -593,6 +618,7 @@ async fn serve_caller(
         let out = match conn {
             CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
             CallerConn::Plain(tcp) => relay_with(tcp, stream, &counters, opts).await,
+            CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
         };
         inner.stats.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
         inner.stats.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);

@@ -68,6 +68,12 @@ pub struct DestinationSpec {
     /// HTTP(S): set `Host` to the endpoint on forwarded requests.
     #[serde(default)]
     pub host_rewrite: bool,
+    /// A cloud destination: the client listens on `local_port` and opens a stream per
+    /// connection; the gateway dials `ip:port`.
+    #[serde(default)]
+    pub reverse: bool,
+    #[serde(default)]
+    pub local_port: u16,
 }
 
 /// A string kept out of `Debug` output: private keys and passwords travel in CONFIG pushes.

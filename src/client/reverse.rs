@@ -1,0 +1,209 @@
+//! Reverse (cloud) destinations on the client: for each one the gateway pushes, a listener on
+//! its `local_port` (loopback unless client.toml's `[[destinations]]` gives `local_host`);
+//! each accepted connection becomes a stream opened toward the gateway, which dials the
+//! cloud endpoint if its `egress_allow` permits.
+//!
+//! Listeners follow the pushed list: started when a destination appears, stopped when it
+//! goes or its port changes, all stopped at shutdown.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::{Dest, Link, Shared};
+use crate::mux::Mux;
+use crate::proto::{OpenMeta, FEATURE_DEFLATE};
+use crate::relay::{relay_with, Counters, Options};
+
+/// Running listeners of one gateway link: destination id → (address, stop).
+pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, CancellationToken)>>;
+
+/// Brings the listeners in line with the destinations just pushed.
+pub(super) fn reconcile(
+    shared: &Arc<Shared>,
+    link: &Arc<Link>,
+    dests: &HashMap<String, Arc<Dest>>,
+) {
+    let want: HashMap<String, SocketAddr> = dests
+        .values()
+        .filter(|d| d.spec.reverse && d.spec.local_port != 0)
+        .map(|d| {
+            let host = shared
+                .cfg
+                .destinations
+                .get(&d.spec.id)
+                .and_then(|o| o.local_host)
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            (d.spec.id.clone(), SocketAddr::new(host, d.spec.local_port))
+        })
+        .collect();
+    let mut running = link.reverse.lock().unwrap_or_else(|e| e.into_inner());
+    running.retain(|id, (addr, stop)| {
+        let keep = want.get(id) == Some(addr);
+        if !keep {
+            stop.cancel();
+            info!(dest.id = %id, local.addr = %addr, "reverse listener stopped");
+        }
+        keep
+    });
+    for (id, addr) in want {
+        if running.contains_key(&id) {
+            continue;
+        }
+        // Bound here, synchronously, so a port in use is reported with the push that asked.
+        let std_listener = match std::net::TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(dest.id = %id, local.addr = %addr, error = %e, "cannot listen for reverse destination");
+                continue;
+            }
+        };
+        let _ = std_listener.set_nonblocking(true);
+        let Ok(listener) = TcpListener::from_std(std_listener) else {
+            continue;
+        };
+        let stop = shared.stop.child_token();
+        running.insert(id.clone(), (addr, stop.clone()));
+        info!(dest.id = %id, local.addr = %addr, "reverse listener started");
+        shared.tracker.spawn(accept_loop(
+            shared.clone(),
+            link.clone(),
+            id,
+            listener,
+            stop,
+        ));
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    dest_id: String,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "reverse accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let fut = serve_local(shared.clone(), link.clone(), dest_id.clone(), tcp, peer);
+        shared.tracker.spawn(fut);
+    }
+}
+
+/// The least busy tunnel of the link, if any is up.
+fn pick(link: &Link) -> Option<Mux> {
+    link.live_tunnels()
+        .iter()
+        .filter(|m| !m.is_closed() && !m.is_going_away())
+        .min_by_key(|m| m.active_streams())
+        .cloned()
+}
+
+/// One on-prem connection to a reverse destination.
+async fn serve_local(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    dest_id: String,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let span = tracing::info_span!(
+        "stream",
+        dest.id = %dest_id,
+        caller.addr = %peer,
+        stream.id = tracing::field::Empty,
+        direction = "reverse",
+    );
+    async move {
+        let started = Instant::now();
+        let dest = link
+            .dests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&dest_id)
+            .cloned();
+        let (Some(dest), Some(mux)) = (dest, pick(&link)) else {
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                reason = "unreachable",
+                "reverse connection refused: no tunnel up or destination gone"
+            );
+            crate::relay::abort(&tcp);
+            return;
+        };
+        let compress = dest.spec.compression;
+        let meta = OpenMeta {
+            dest: dest_id.clone(),
+            caller: peer.to_string(),
+            compress: compress.then(|| FEATURE_DEFLATE.to_owned()),
+        };
+        let timeout = Duration::from_secs(u64::from(dest.spec.timeout.clamp(1, 180)));
+        // The gateway dials within the destination timeout; allow for the tunnel too.
+        let opened = tokio::time::timeout(timeout + Duration::from_secs(5), mux.open(&meta)).await;
+        let stream = match opened {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                *dest
+                    .stats
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(e.reason().as_str())
+                    .or_default() += 1;
+                warn!(reason = %e.reason(), error = %e, "reverse stream refused by the gateway");
+                crate::relay::abort(&tcp);
+                return;
+            }
+            Err(_) => {
+                shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    reason = "timeout",
+                    "reverse stream: no answer from the gateway"
+                );
+                crate::relay::abort(&tcp);
+                return;
+            }
+        };
+        tracing::Span::current().record("stream.id", stream.id());
+        shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        dest.stats.opened.fetch_add(1, Ordering::Relaxed);
+        let counters = Counters::default();
+        let opts = Options {
+            compress,
+            idle: Some(timeout),
+        };
+        let out = relay_with(tcp, stream, &counters, opts).await;
+        dest.stats
+            .bytes_up
+            .fetch_add(out.to_stream, Ordering::Relaxed);
+        dest.stats
+            .bytes_down
+            .fetch_add(out.to_socket, Ordering::Relaxed);
+        info!(
+            bytes.up = out.to_stream,
+            bytes.down = out.to_socket,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = %out.ending.reason(),
+            "stream closed"
+        );
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,136 @@
+//! Reverse (cloud) destinations: a client listens on-prem on the destination's `local_port`
+//! and opens a stream per connection; the gateway dials the destination's `ip:port` if its
+//! `egress_allow` list allows the address (default deny), with the destination's timeout,
+//! TLS and compression.
+//!
+//! One connection's path: the client's OPEN → [`serve_reverse`] finds the destination, checks
+//! egress, dials, accepts → relay.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{info, warn, Instrument};
+
+use super::registry::Tenant;
+use super::{CallerConn, Inner};
+use crate::acl::Request;
+use crate::dial;
+use crate::mux::Incoming;
+use crate::proto::{Reason, FEATURE_DEFLATE};
+use crate::relay::{relay_with, Counters, Options};
+
+/// Builds the egress policy: each `egress_allow` entry is an ACL `host[:ports]` form.
+pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> {
+    let text: String = entries.iter().map(|e| format!("acl allow {e}\n")).collect();
+    crate::acl::Acl::parse("egress_allow", &text, crate::config::Policy::Deny)
+        .map_err(|errs| errs.join("; "))
+}
+
+/// A stream a client opened for one of its on-prem connections.
+pub(super) async fn serve_reverse(
+    inner: Arc<Inner>,
+    tenant: Arc<Tenant>,
+    inc: Incoming,
+    client_id: String,
+) {
+    let span = tracing::info_span!(
+        "stream",
+        client.id = %client_id,
+        stream.id = inc.id(),
+        dest.id = %inc.meta.dest,
+        caller.addr = %inc.meta.caller,
+        dest.addr = tracing::field::Empty,
+        direction = "reverse",
+    );
+    async move {
+        let started = Instant::now();
+        let dest = tenant
+            .cfg
+            .destinations
+            .iter()
+            .find(|d| d.id == inc.meta.dest && d.reverse && d.enabled)
+            .cloned();
+        let Some(dest) = dest else {
+            inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            info!(
+                reason = "unknown_dest",
+                "reverse stream refused: no such reverse destination"
+            );
+            let msg = format!(
+                "gateway has no enabled reverse destination `{}`",
+                inc.meta.dest
+            );
+            inc.reject(Reason::UnknownDest, &msg).await;
+            return;
+        };
+        let target = format!("{}:{}", dest.ip, dest.port);
+        tracing::Span::current().record("dest.addr", tracing::field::display(&target));
+        let deadline = tokio::time::Instant::now() + dest.timeout;
+        let refuse = |reason: Reason, message: String| {
+            inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            (reason, message)
+        };
+        let dialled = async {
+            let addrs = dial::resolve(&dest.ip, dest.port, deadline)
+                .await
+                .map_err(|e| refuse(e.reason, e.message))?;
+            let allowed = inner
+                .egress
+                .allowed_addrs(&Request::new(&dest.ip, dest.port), &addrs)
+                .map_err(|_| {
+                    inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+                    (
+                        Reason::AclDenied,
+                        format!("the gateway's egress_allow does not allow {target}"),
+                    )
+                })?;
+            let tcp = dial::tcp_any(&allowed, deadline)
+                .await
+                .map_err(|e| refuse(e.reason, e.message))?;
+            match inner
+                .reverse_tls
+                .get(&(tenant.cfg.id.clone(), dest.id.clone()))
+            {
+                None => Ok(CallerConn::Plain(tcp)),
+                Some(Err(e)) => Err(refuse(Reason::Tls, e.clone())),
+                Some(Ok(ep)) => dial::tls(tcp, ep, deadline)
+                    .await
+                    .map(|t| CallerConn::EndpointTls(Box::new(t)))
+                    .map_err(|e| refuse(e.reason, e.message)),
+            }
+        };
+        let conn = match dialled.await {
+            Ok(c) => c,
+            Err((reason, message)) => {
+                warn!(reason = %reason, error = %message, "reverse stream refused");
+                inc.reject(reason, &message).await;
+                return;
+            }
+        };
+        let compress = inc.meta.compress.as_deref() == Some(FEATURE_DEFLATE);
+        let Ok(stream) = inc.accept().await else {
+            return;
+        };
+        inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        let opts = Options {
+            compress,
+            idle: Some(dest.timeout),
+        };
+        let counters = Counters::default();
+        let out = match conn {
+            CallerConn::Plain(t) => relay_with(t, stream, &counters, opts).await,
+            CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
+            CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
+        };
+        info!(
+            bytes.up = out.to_socket,
+            bytes.down = out.to_stream,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = %out.ending.reason(),
+            "stream closed"
+        );
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,129 @@
+//! Reverse (cloud) destinations: on-prem programs connect to the client's `local_port` and
+//! reach a service on the gateway's side, within the gateway's `egress_allow`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::*;
+
+/// Makes destination `i` a reverse one listening on-prem on `local_port`.
+fn reverse(s: &mut Setup, i: usize, local_port: u16) {
+    let d = &mut s.gateway.gateways[0].destinations[i];
+    d.reverse = true;
+    d.local_port = local_port;
+    d.cloud_port = 0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_prem_connections_reach_the_cloud_within_egress_allow() {
+    let allowed = echo_server().await;
+    let forbidden = echo_server().await;
+    let (p1, p2) = (free_port(), free_port());
+    let h = Harness::start(&[allowed, forbidden], |s| {
+        reverse(s, 0, p1);
+        reverse(s, 1, p2);
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", allowed.port())];
+    })
+    .await;
+    // Both listeners are bound in the same step: once p1 answers, p2 listens too (probing
+    // p2 would itself be a refused connection).
+    wait_listening(p1).await;
+    let gw = h.gw.handle.stats();
+    let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    assert_eq!(
+        echo_once(local(p1), b"to the cloud").await.unwrap(),
+        b"to the cloud"
+    );
+    let back = echo_once(local(p2), b"not allowed")
+        .await
+        .unwrap_or_default();
+    assert!(back.is_empty());
+    let stats = h.client.handle.stats();
+    let denied = stats
+        .dest("dest2")
+        .failed
+        .lock()
+        .unwrap()
+        .get("acl_denied")
+        .copied();
+    assert_eq!(denied, Some(1), "the client saw the gateway's refusal");
+    assert_eq!(gw.streams_denied.load(Relaxed), 1);
+    // Gateway-opened streams never reach a reverse destination's endpoint from the client.
+    assert!(h.gw.handle.dest_addr("dest1").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_on_prem_reaches_cloud_redis() {
+    let (Some(server), Some(cli)) = (which("redis-server"), which("redis-cli")) else {
+        eprintln!("SKIPPED: redis-server and redis-cli are needed (apt-get install redis-server redis-tools)");
+        return;
+    };
+    let port = free_port();
+    let _redis = Daemon(
+        Command::new(server)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(port).await;
+    let redis: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let local_port = free_port();
+    let _h = Harness::start(&[redis], |s| {
+        reverse(s, 0, local_port);
+        s.gateway.egress_allow = vec!["127.0.0.0/8:1-65535".into()];
+    })
+    .await;
+    wait_listening(local_port).await;
+    let run = |args: &[&str]| {
+        let out = Command::new(&cli)
+            .args(["-p", &local_port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(run(&["set", "from", "on-prem"]), "OK");
+    assert_eq!(run(&["get", "from"]), "on-prem");
+}
+
+#[test]
+fn reverse_config_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &Default::default()).unwrap();
+    let base = "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+        [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
+        [[gateways.destinations]]\nid = \"cloud-db\"\nip = \"127.0.0.1\"\nport = 5432\n";
+    for (extra, want) in [
+        ("reverse = true", "needs `local_port`"),
+        (
+            "reverse = true\nlocal_port = 15432\ncloud_port = 1",
+            "has no cloud_port",
+        ),
+        ("cloud_port = 0\nlocal_port = 1", "only applies to reverse"),
+        (
+            "reverse = true\nlocal_port = 1\nprotocol = \"UDP\"",
+            "reverse destinations carry TCP",
+        ),
+    ] {
+        let err = sgw::config::GatewayConfig::from_toml_env(
+            &dir.path().join("g.toml"),
+            &format!("{base}{extra}\n"),
+            Default::default(),
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+}
