@@ -33,7 +33,12 @@ fn every_example_config_loads() {
                 }
                 Ok(AnyConfig::Gateway(g)) => {
                     let d = &g.gateways[0].destinations;
-                    assert_eq!(d.len(), 5);
+                    assert_eq!(d.len(), 8);
+                    assert_eq!(d[5].protocol.as_str(), "HTTP");
+                    assert!(d[5].host_rewrite);
+                    assert_eq!(d[6].protocol.as_str(), "UDP");
+                    assert!(d[7].reverse && d[7].local_port == 18443);
+                    assert_eq!(g.egress_allow.len(), 2);
                     let tls = d[3].endpoint_tls.as_ref().unwrap();
                     assert!(tls.mutual && tls.identity.is_some() && tls.reject_unauth);
                     assert_eq!(tls.client_certs.len(), 1);
