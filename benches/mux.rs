@@ -55,6 +55,7 @@ async fn transfer(streams: usize) {
         dest: "d".into(),
         caller: "c".into(),
         compress: None,
+        target: None,
     };
     let mut senders = Vec::new();
     for _ in 0..streams {
@@ -103,6 +104,7 @@ fn throughput(c: &mut Criterion) {
                 dest: "d".into(),
                 caller: "c".into(),
                 compress: None,
+                target: None,
             };
             for _ in 0..1000 {
                 let s = a.open(&meta).await.unwrap();

@@ -88,6 +88,7 @@ fn open(id: u32, window: u32) -> Frame {
         dest: "d".into(),
         caller: "127.0.0.1:1".into(),
         compress: None,
+        target: None,
     })
     .unwrap();
     Frame::Open {
@@ -337,6 +338,7 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
         dest: "d".into(),
         caller: "c".into(),
         compress: None,
+        target: None,
     };
     let accept = async {
         cl_events

@@ -127,3 +127,54 @@ fn reverse_config_rules() {
         assert!(err.contains(want), "{extra}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks5_listener_reaches_gateway_side_services_with_curl() {
+    if which("curl").is_none() {
+        eprintln!("SKIPPED: curl not installed");
+        return;
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = serve(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\ncloud hello",
+            )
+            .await;
+    })
+    .await;
+    let closed = free_port();
+    let socks = free_port();
+    let _h = Harness::start(&[], |s| {
+        s.client.socks5_listen = Some(SocketAddr::from(([127, 0, 0, 1], socks)));
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", web.port())];
+    })
+    .await;
+    wait_listening(socks).await;
+    let curl = |url: String| async move {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--socks5-hostname"])
+            .arg(format!("127.0.0.1:{socks}"))
+            .arg(url)
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The name is resolved by the gateway, not on-prem.
+    let (code, body, err) = curl(format!("http://localhost:{}/", web.port())).await;
+    assert_eq!((code, body.as_str()), (0, "cloud hello"), "{err}");
+    // Outside egress_allow: curl hears "not allowed" from the SOCKS reply.
+    let (code, _, err) = curl(format!("http://127.0.0.1:{closed}/")).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.to_lowercase().contains("not allowed") || err.contains("(2)"),
+        "{err}"
+    );
+}

@@ -10,6 +10,7 @@ mod admin;
 mod http;
 mod reload;
 mod reverse;
+mod socks;
 
 pub use acl_file::{write_atomic, AclEditError, AclFile};
 pub use admin::AdminBackend;
@@ -22,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -405,6 +407,16 @@ impl Client {
                     }
                 }
             });
+        }
+        if let (Some(addr), Some(link)) = (self.shared.cfg.socks5_listen, self.links.first()) {
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    let stop = self.shared.stop.clone();
+                    let fut = socks::serve(self.shared.clone(), link.clone(), l, stop);
+                    self.shared.tracker.spawn(fut);
+                }
+                Err(e) => error!(socks5.listen = %addr, error = %e, "cannot listen for SOCKS5"),
+            }
         }
         let stop = self.shared.stop.clone();
         let stopping = shutdown.clone();

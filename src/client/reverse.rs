@@ -107,7 +107,7 @@ async fn accept_loop(
 }
 
 /// The least busy tunnel of the link, if any is up.
-fn pick(link: &Link) -> Option<Mux> {
+pub(super) fn pick(link: &Link) -> Option<Mux> {
     link.live_tunnels()
         .iter()
         .filter(|m| !m.is_closed() && !m.is_going_away())
@@ -152,6 +152,7 @@ async fn serve_local(
             dest: dest_id.clone(),
             caller: peer.to_string(),
             compress: compress.then(|| FEATURE_DEFLATE.to_owned()),
+            target: None,
         };
         let timeout = Duration::from_secs(u64::from(dest.spec.timeout.clamp(1, 180)));
         // The gateway dials within the destination timeout; allow for the tunnel too.

@@ -110,6 +110,9 @@ pub struct ClientConfig {
     pub shutdown_grace: Duration,
     pub limits: Limits,
     pub log: LogSettings,
+    /// An on-prem SOCKS5 listener whose CONNECTs go through the first gateway, which dials
+    /// them within its `egress_allow`.
+    pub socks5_listen: Option<SocketAddr>,
     /// Local certificate material per destination id (`[[destinations]]`): replaces what the
     /// gateway sends, so a client key never has to leave the on-prem host.
     pub destinations: std::collections::HashMap<String, DestOverride>,
@@ -127,7 +130,7 @@ pub struct DestOverride {
     pub local_host: Option<std::net::IpAddr>,
 }
 
-const LATER: &[&str] = &["socks5_listen"];
+const LATER: &[&str] = &[];
 
 impl ClientConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -290,7 +293,15 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         }
         d.finish(&[]);
     }
+    let socks5_listen = root.str("socks5_listen").and_then(|s| match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            root.invalid("socks5_listen", format!("`{s}` is not an ip:port address"));
+            None
+        }
+    });
     Some(ClientConfig {
+        socks5_listen,
         destinations,
         gateways,
         acl_file,

@@ -587,7 +587,7 @@ async fn serve_caller(
                 }
             },
         };
-        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string(), compress: None };
+        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string(), compress: None, target: None };
         // The client enforces the destination timeout on its dial; allow for the tunnel too.
         let limit = dest.timeout + Duration::from_secs(5);
         let opened = match tokio::time::timeout(limit, tenant.open(&meta, dest.compression)).await {

@@ -15,6 +15,7 @@ use tracing::{info, warn, Instrument};
 use super::registry::Tenant;
 use super::{CallerConn, Inner};
 use crate::acl::Request;
+use crate::config::Destination;
 use crate::dial;
 use crate::mux::Incoming;
 use crate::proto::{Reason, FEATURE_DEFLATE};
@@ -25,6 +26,45 @@ pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> 
     let text: String = entries.iter().map(|e| format!("acl allow {e}\n")).collect();
     crate::acl::Acl::parse("egress_allow", &text, crate::config::Policy::Deny)
         .map_err(|errs| errs.join("; "))
+}
+
+/// Where a client-opened stream goes: a reverse destination by id, or the `host:port` target
+/// of a SOCKS5 CONNECT (30 s timeout, no TLS).
+fn reverse_target(tenant: &Tenant, meta: &crate::proto::OpenMeta) -> Option<Destination> {
+    let Some(t) = &meta.target else {
+        return tenant
+            .cfg
+            .destinations
+            .iter()
+            .find(|d| d.id == meta.dest && d.reverse && d.enabled)
+            .cloned();
+    };
+    let (host, port) = t.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    if host.is_empty() {
+        return None;
+    }
+    Some(Destination {
+        id: meta.dest.clone(),
+        desc: String::new(),
+        enabled: true,
+        protocol: crate::config::Protocol::Tcp,
+        ip: host.to_owned(),
+        port,
+        cloud_host: String::new(),
+        cloud_port: 0,
+        timeout: std::time::Duration::from_secs(30),
+        private: false,
+        ip_table_rules: Vec::new(),
+        endpoint_tls: None,
+        caller_tls: crate::config::CallerTls::None,
+        proxy: None,
+        compression: false,
+        host_rewrite: false,
+        reverse: true,
+        local_port: 0,
+    })
 }
 
 /// A stream a client opened for one of its on-prem connections.
@@ -45,22 +85,19 @@ pub(super) async fn serve_reverse(
     );
     async move {
         let started = Instant::now();
-        let dest = tenant
-            .cfg
-            .destinations
-            .iter()
-            .find(|d| d.id == inc.meta.dest && d.reverse && d.enabled)
-            .cloned();
-        let Some(dest) = dest else {
+        let Some(dest) = reverse_target(&tenant, &inc.meta) else {
             inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             info!(
                 reason = "unknown_dest",
                 "reverse stream refused: no such reverse destination"
             );
-            let msg = format!(
-                "gateway has no enabled reverse destination `{}`",
-                inc.meta.dest
-            );
+            let msg = match &inc.meta.target {
+                Some(t) => format!("`{t}` is not a host:port target"),
+                None => format!(
+                    "gateway has no enabled reverse destination `{}`",
+                    inc.meta.dest
+                ),
+            };
             inc.reject(Reason::UnknownDest, &msg).await;
             return;
         };
@@ -88,10 +125,13 @@ pub(super) async fn serve_reverse(
             let tcp = dial::tcp_any(&allowed, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
-            match inner
-                .reverse_tls
-                .get(&(tenant.cfg.id.clone(), dest.id.clone()))
-            {
+            // SOCKS targets never take a destination's TLS settings, whatever their name.
+            let tls_key = (tenant.cfg.id.clone(), dest.id.clone());
+            let tls = match inc.meta.target {
+                None => inner.reverse_tls.get(&tls_key),
+                Some(_) => None,
+            };
+            match tls {
                 None => Ok(CallerConn::Plain(tcp)),
                 Some(Err(e)) => Err(refuse(Reason::Tls, e.clone())),
                 Some(Ok(ep)) => dial::tls(tcp, ep, deadline)

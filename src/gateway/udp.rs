@@ -212,6 +212,7 @@ async fn run_flow(
             dest: dest.id.clone(),
             caller: caller.to_string(),
             compress: None,
+            target: None,
         };
         let limit = dest.timeout + Duration::from_secs(5);
         let opened = match tokio::time::timeout(limit, tenant.open(&meta, false)).await {

@@ -40,6 +40,10 @@ pub struct OpenMeta {
     /// client whose HELLO listed the feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compress: Option<String>,
+    /// Client-opened streams from its SOCKS5 listener: the `host:port` the gateway should
+    /// dial (within its egress policy) instead of a destination's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// One destination as the gateway sends it to clients.
