@@ -541,6 +541,12 @@ async fn compression_shrinks_tunnel_bytes_not_content() {
     send_hashed(h.cloud(1), &text).await;
     let stats = h.client.handle.stats();
     let (z, plain) = (stats.dest("dest1"), stats.dest("dest2"));
+    // Counted when the client's side of each stream ends, just after the caller's reply.
+    let deadline = Instant::now() + WAIT;
+    while z.bytes_up.load(Relaxed) == 0 || plain.tunnel_bytes_up.load(Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "bytes not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (z_plain, z_wire) = (z.bytes_up.load(Relaxed), z.tunnel_bytes_up.load(Relaxed));
     assert_eq!(z_plain, text.len() as u64);
     assert!(
@@ -553,7 +559,13 @@ async fn compression_shrinks_tunnel_bytes_not_content() {
     // Random bytes: about one flag byte per frame more, never a blow-up.
     let random: Vec<u8> = (0..4_000_000).map(|_| rand::random::<u8>()).collect();
     let before = z.tunnel_bytes_up.load(Relaxed);
+    let plain_before = z.bytes_up.load(Relaxed);
     send_hashed(h.cloud(0), &random).await;
+    let deadline = Instant::now() + WAIT;
+    while z.bytes_up.load(Relaxed) == plain_before {
+        assert!(Instant::now() < deadline, "bytes not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let wire = z.tunnel_bytes_up.load(Relaxed) - before;
     assert!(
         wire <= random.len() as u64 * 1005 / 1000,

@@ -178,3 +178,81 @@ async fn socks5_listener_reaches_gateway_side_services_with_curl() {
         "{err}"
     );
 }
+
+/// Reverse destinations take the connector options too: TLS from the gateway to the cloud
+/// endpoint (verified against the given CA) and compression in the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sgw::tls::install_crypto();
+    let pki = tempfile::tempdir().unwrap();
+    sgw::init::write(pki.path(), &Default::default()).unwrap();
+    let read = |f: &str| std::fs::read_to_string(pki.path().join(f)).unwrap();
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(read("gateway.pem").as_bytes())
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_slice(read("gateway.key").as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    // A TLS service on the cloud side that answers with the SHA-256 of what it read.
+    let tls_hash = serve(move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut s) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all).await;
+            let _ = s.write_all(&sha(&all)).await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await;
+    let local_port = free_port();
+    let ca = read("ca.pem");
+    let h = Harness::start(&[tls_hash], |s| {
+        reverse(s, 0, local_port);
+        let d = &mut s.gateway.gateways[0].destinations[0];
+        d.compression = true;
+        d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
+            sni: "localhost".into(),
+            reject_unauth: true,
+            client_certs: vec![ca],
+            mutual: false,
+            identity: None,
+        });
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", tls_hash.port())];
+    })
+    .await;
+    wait_listening(local_port).await;
+    let text = b"compressible line of text, again and again\n".repeat(20_000);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local_port))
+        .await
+        .unwrap();
+    s.write_all(&text).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, sha(&text));
+    // Counted when the client's side of the stream has finished, just after the reply.
+    let d = h.client.handle.stats().dest("dest1");
+    let deadline = std::time::Instant::now() + WAIT;
+    while d.bytes_up.load(Relaxed) != text.len() as u64 {
+        assert!(std::time::Instant::now() < deadline, "bytes not counted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let wire = d.tunnel_bytes_up.load(Relaxed);
+    assert!(
+        wire * 10 < text.len() as u64,
+        "compressed in the tunnel: {wire}"
+    );
+}

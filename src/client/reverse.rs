@@ -191,12 +191,13 @@ async fn serve_local(
             idle: Some(timeout),
         };
         let out = relay_with(tcp, stream, &counters, opts).await;
-        dest.stats
-            .bytes_up
-            .fetch_add(out.to_stream, Ordering::Relaxed);
-        dest.stats
-            .bytes_down
-            .fetch_add(out.to_socket, Ordering::Relaxed);
+        let s = &dest.stats;
+        s.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
+        s.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);
+        s.tunnel_bytes_up
+            .fetch_add(out.wire_to_stream, Ordering::Relaxed);
+        s.tunnel_bytes_down
+            .fetch_add(out.wire_to_socket, Ordering::Relaxed);
         info!(
             bytes.up = out.to_stream,
             bytes.down = out.to_socket,
