@@ -85,70 +85,22 @@ struct Nginx {
     mtls: SocketAddr,
 }
 
-async fn start_nginx(dir: &Path) -> Option<Nginx> {
-    let nginx =
-        which("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()))?;
+async fn nginx_tls(dir: &Path) -> Option<Nginx> {
     let (a, b) = (free_port(), free_port());
-    let d = dir.display();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;
-  uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;
-  server {{ listen 127.0.0.1:{a} ssl; ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
+    let servers = format!(
+        r#"server {{ listen 127.0.0.1:{a} ssl; ssl_certificate {{dir}}/server.pem; ssl_certificate_key {{dir}}/server.key;
            location / {{ return 200 "hello over tls\n"; }} }}
-  server {{ listen 127.0.0.1:{b} ssl; ssl_certificate {d}/server.pem; ssl_certificate_key {d}/server.key;
-           ssl_client_certificate {d}/ca.pem; ssl_verify_client on;
-           location / {{ return 200 "hello $ssl_client_s_dn\n"; }} }}
-}}
-"#
+  server {{ listen 127.0.0.1:{b} ssl; ssl_certificate {{dir}}/server.pem; ssl_certificate_key {{dir}}/server.key;
+           ssl_client_certificate {{dir}}/ca.pem; ssl_verify_client on;
+           location / {{ return 200 "hello $ssl_client_s_dn\n"; }} }}"#
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let child = std::process::Command::new(nginx)
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    for p in [a, b] {
-        wait_listening(p).await;
-    }
+    let d = start_nginx(dir, &servers, &[a, b]).await?;
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     Some(Nginx {
         _d: d,
         https: at(a),
         mtls: at(b),
     })
-}
-
-/// Runs curl with `args`; returns (exit code, stdout).
-async fn curl(args: &[&str]) -> (i32, String) {
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 fn failed(h: &Harness, dest: &str, reason: &str) -> u64 {
@@ -175,7 +127,7 @@ async fn tls_and_mutual_tls_to_nginx() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let p = pki(tmp.path());
-    let Some(ng) = start_nginx(tmp.path()).await else {
+    let Some(ng) = nginx_tls(tmp.path()).await else {
         eprintln!("SKIPPED: nginx not installed (apt-get install nginx)");
         return;
     };
@@ -215,33 +167,33 @@ async fn tls_and_mutual_tls_to_nginx() {
     .await;
     let url = |i: usize| format!("http://{}/", h.cloud(i));
 
-    let (code, body) = curl(&[&url(0)]).await;
+    let (code, body, _) = curl(&[&url(0)]).await;
     assert_eq!((code, body.as_str()), (0, "hello over tls\n"));
 
-    let (code, _) = curl(&[&url(1)]).await;
+    let (code, _, _) = curl(&[&url(1)]).await;
     assert_ne!(code, 0, "a server signed by another CA must not be reached");
     assert_eq!(failed(&h, "dest2", "tls"), 1);
 
-    let (code, body) = curl(&[&url(2)]).await;
+    let (code, body, _) = curl(&[&url(2)]).await;
     assert_eq!(code, 0);
     assert!(body.contains("CN=trusted-caller"), "{body}");
 
-    let (code, body) = curl(&["-w", "%{http_code}", "-o", "/dev/null", &url(3)]).await;
+    let (code, body, _) = curl(&["-w", "%{http_code}", "-o", "/dev/null", &url(3)]).await;
     assert_eq!(
         (code, body.as_str()),
         (0, "400"),
         "nginx refuses a missing client cert"
     );
 
-    let (code, body) = curl(&[&url(4)]).await;
+    let (code, body, _) = curl(&[&url(4)]).await;
     assert_eq!((code, body.as_str()), (0, "hello over tls\n"));
     assert_eq!(failed(&h, "dest1", "tls") + failed(&h, "dest5", "tls"), 0);
 
     // The key that stayed on the client works; no key at all fails as `tls` before dialling.
-    let (code, body) = curl(&[&url(5)]).await;
+    let (code, body, _) = curl(&[&url(5)]).await;
     assert_eq!(code, 0);
     assert!(body.contains("CN=trusted-caller"), "{body}");
-    let (code, _) = curl(&[&url(6)]).await;
+    let (code, _, _) = curl(&[&url(6)]).await;
     assert_ne!(code, 0);
     assert_eq!(failed(&h, "dest7", "tls"), 1);
 }
@@ -317,7 +269,7 @@ async fn caller_tls_serverside_and_mutual() {
     // ... and curl without one is refused in the handshake (TLS 1.3 reports it on read).
     let https = format!("https://localhost:{}/", h.cloud(1).port());
     let resolve = format!("localhost:{}:127.0.0.1", h.cloud(1).port());
-    let (code, _) = curl(&["--cacert", &f("ca.pem"), "--resolve", &resolve, &https]).await;
+    let (code, _, _) = curl(&["--cacert", &f("ca.pem"), "--resolve", &resolve, &https]).await;
     assert!(
         matches!(code, 35 | 56),
         "curl without a client cert: exit {code}"
@@ -332,7 +284,7 @@ async fn caller_tls_serverside_and_mutual() {
     std::fs::create_dir(&wrong).unwrap();
     let other = pki(&wrong);
     let _ = other;
-    let (code, _) = curl(&[
+    let (code, _, _) = curl(&[
         "--cacert",
         &f("ca.pem"),
         "--resolve",

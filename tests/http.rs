@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -15,69 +14,22 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// nginx answering `/api/...` and `/admin/...` with what it received.
-async fn start_nginx(dir: &Path) -> Option<(Daemon, SocketAddr)> {
-    let nginx = which("nginx")
-        .or_else(|| Some(std::path::PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()))?;
+async fn nginx_api(dir: &Path) -> Option<(Daemon, SocketAddr)> {
     let port = free_port();
-    let d = dir.display();
-    let conf = format!(
-        r#"daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;
-  uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;
-  keepalive_requests 1000;
-  server {{
+    let server = format!(
+        r#"server {{
     listen 127.0.0.1:{port};
     location /api/ {{ return 200 "api host=$http_host xff=$http_x_forwarded_for fwd=$http_forwarded\n"; }}
     location /admin/ {{ return 200 "admin\n"; }}
-  }}
-}}
-"#
+  }}"#
     );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf).unwrap();
-    let child = std::process::Command::new(nginx)
-        .arg("-c")
-        .arg(&path)
-        .arg("-p")
-        .arg(dir)
-        .arg("-e")
-        .arg(dir.join("nginx-error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let d = Daemon(child);
-    wait_listening(port).await;
+    let d = start_nginx(dir, &server, &[port]).await?;
     Some((d, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
 /// Replaces the client's ACL (before the harness starts).
 fn acl(s: &mut Setup, lines: &[String]) {
     std::fs::write(&s.client.acl_file, lines.join("\n") + "\n").unwrap();
-}
-
-async fn curl(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("curl")
-            .args(["-sS", "--max-time", "10"])
-            .args(args)
-            .output(),
-    )
-    .await
-    .expect("curl finished")
-    .expect("curl runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +39,7 @@ async fn path_rules_per_request_on_one_keepalive_connection() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some((_ng, ng)) = start_nginx(tmp.path()).await else {
+    let Some((_ng, ng)) = nginx_api(tmp.path()).await else {
         eprintln!("SKIPPED: nginx not installed (apt-get install nginx)");
         return;
     };
@@ -269,30 +221,15 @@ async fn chunked_streaming_and_upgrades_pass_through() {
 
 #[test]
 fn http_config_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    sgw::init::write(dir.path(), &Default::default()).unwrap();
-    let base = "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
-        [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
-        [[gateways.destinations]]\nid = \"web\"\nip = \"127.0.0.1\"\nport = 80\ncloud_port = 0\n";
     for (extra, want) in [
         ("protocol = \"HTTPS\"", "HTTPS needs client_tls"),
-        (
-            "protocol = \"TCP\"\nhost_rewrite = true",
-            "only applies to HTTP",
-        ),
+        ("protocol = \"TCP\"\nhost_rewrite = true", "only applies to HTTP"),
         (
             "protocol = \"HTTP\"\nclient_tls = \"serverside\"\nserver_cert = \"gateway.pem\"\nserver_key = \"gateway.key\"",
             "use protocol = \"HTTPS\"",
         ),
     ] {
-        let err = sgw::config::GatewayConfig::from_toml_env(
-            &dir.path().join("g.toml"),
-            &format!("{base}{extra}\n"),
-            Default::default(),
-        )
-        .unwrap_err()
-        .0
-        .join("\n");
+        let err = gateway_config_errors(&format!("{GATEWAY_HEAD}cloud_port = 0\n{extra}\n"));
         assert!(err.contains(want), "{extra}: {err}");
     }
 }
@@ -304,7 +241,7 @@ async fn https_destination_terminates_caller_tls_and_checks_paths() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let Some((_ng, ng)) = start_nginx(tmp.path()).await else {
+    let Some((_ng, ng)) = nginx_api(tmp.path()).await else {
         eprintln!("SKIPPED: nginx not installed (apt-get install nginx)");
         return;
     };

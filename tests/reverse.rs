@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering::Relaxed;
 
 use common::*;
@@ -57,26 +57,10 @@ async fn on_prem_connections_reach_the_cloud_within_egress_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cli_on_prem_reaches_cloud_redis() {
-    let (Some(server), Some(cli)) = (which("redis-server"), which("redis-cli")) else {
+    let (Some((_redis, port)), Some(cli)) = (start_redis().await, which("redis-cli")) else {
         eprintln!("SKIPPED: redis-server and redis-cli are needed (apt-get install redis-server redis-tools)");
         return;
     };
-    let port = free_port();
-    let _redis = Daemon(
-        Command::new(server)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port).await;
     let redis: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let local_port = free_port();
     let _h = Harness::start(&[redis], |s| {
@@ -99,11 +83,6 @@ async fn redis_cli_on_prem_reaches_cloud_redis() {
 
 #[test]
 fn reverse_config_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    sgw::init::write(dir.path(), &Default::default()).unwrap();
-    let base = "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
-        [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
-        [[gateways.destinations]]\nid = \"cloud-db\"\nip = \"127.0.0.1\"\nport = 5432\n";
     for (extra, want) in [
         ("reverse = true", "needs `local_port`"),
         (
@@ -116,14 +95,7 @@ fn reverse_config_rules() {
             "reverse destinations carry TCP",
         ),
     ] {
-        let err = sgw::config::GatewayConfig::from_toml_env(
-            &dir.path().join("g.toml"),
-            &format!("{base}{extra}\n"),
-            Default::default(),
-        )
-        .unwrap_err()
-        .0
-        .join("\n");
+        let err = gateway_config_errors(&format!("{GATEWAY_HEAD}{extra}\n"));
         assert!(err.contains(want), "{extra}: {err}");
     }
 }

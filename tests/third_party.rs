@@ -3,67 +3,20 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free loopback port for servers that cannot bind port 0 themselves.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "server on {port} never came up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_benchmark_and_redis_cli_through_the_tunnel() {
-    let (Some(server), Some(bench), Some(cli)) = (
-        which("redis-server"),
-        which("redis-benchmark"),
-        which("redis-cli"),
-    ) else {
-        println!("SKIPPED: redis-server, redis-benchmark and redis-cli are needed (apt-get install redis-server redis-tools)");
+    let (Some(bench), Some(cli)) = (which("redis-benchmark"), which("redis-cli")) else {
+        println!("SKIPPED: redis-benchmark and redis-cli are needed (apt-get install redis-tools)");
         return;
     };
-    let port = free_port();
-    let _redis = Kill(
-        Command::new(server)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_listening(port).await;
+    let Some((_redis, port)) = start_redis().await else {
+        println!("SKIPPED: redis-server is needed (apt-get install redis-server)");
+        return;
+    };
     let redis_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let h = Harness::start(&[redis_addr], |_| {}).await;
     let cloud = h.cloud(0);

@@ -159,19 +159,9 @@ async fn flow_tables_are_bounded_on_both_sides() {
 
 #[test]
 fn udp_destinations_refuse_tcp_only_options() {
-    let dir = tempfile::tempdir().unwrap();
-    let src = "listen = \"127.0.0.1:0\"\ntls_cert = \"x.pem\"\ntls_key = \"x.key\"\n\
-        [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
-        [[gateways.destinations]]\nid = \"dns\"\nprotocol = \"UDP\"\nip = \"127.0.0.1\"\nport = 53\ncloud_port = 0\n\
-        compression = true\nproxy = { host = \"127.0.0.1\", port = 1080 }\n";
-    let err = sgw::config::GatewayConfig::from_toml_env(
-        &dir.path().join("g.toml"),
-        src,
-        Default::default(),
-    )
-    .unwrap_err()
-    .0
-    .join("\n");
+    let err = gateway_config_errors(&format!(
+        "{GATEWAY_HEAD}protocol = \"UDP\"\ncloud_port = 0\ncompression = true\nproxy = {{ host = \"127.0.0.1\", port = 1080 }}\n"
+    ));
     for k in ["destinations[0].compression", "destinations[0].proxy"] {
         assert!(err.contains(k), "{k} in {err}");
     }

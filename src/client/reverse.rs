@@ -88,21 +88,34 @@ async fn accept_loop(
     listener: TcpListener,
     stop: CancellationToken,
 ) {
+    accept_until(&listener, &stop, |tcp, peer| {
+        let fut = serve_local(shared.clone(), link.clone(), dest_id.clone(), tcp, peer);
+        shared.tracker.spawn(fut);
+    })
+    .await
+}
+
+/// Accepts on `listener` until `stop`; a failed accept (out of file descriptors, say) is
+/// logged and retried after a pause instead of spinning.
+pub(super) async fn accept_until(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    mut on_conn: impl FnMut(TcpStream, SocketAddr),
+) {
     loop {
-        let (tcp, peer) = tokio::select! {
+        tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    on_conn(tcp, peer);
+                }
                 Err(e) => {
-                    warn!(error = %e, "reverse accept failed");
+                    warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
             },
             _ = stop.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
-        let fut = serve_local(shared.clone(), link.clone(), dest_id.clone(), tcp, peer);
-        shared.tracker.spawn(fut);
+        }
     }
 }
 

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::{reverse::pick, Link, Shared};
+use super::reverse::{accept_until, pick};
+use super::{Link, Shared};
 use crate::mux::OpenError;
 use crate::proto::{OpenMeta, Reason};
 use crate::relay::{relay_with, Counters, Options};
@@ -37,23 +38,12 @@ pub(super) async fn serve(
     if let Ok(a) = listener.local_addr() {
         info!(socks5.listen = %a, gateway.id = %link.cfg.gateway_id, "SOCKS5 listener started");
     }
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "SOCKS5 accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
-        let _ = tcp.set_nodelay(true);
+    accept_until(&listener, &stop, |tcp, peer| {
         shared
             .tracker
             .spawn(connect(shared.clone(), link.clone(), tcp, peer));
-    }
+    })
+    .await
 }
 
 fn reply_for(reason: Reason) -> ReplyError {

@@ -357,3 +357,98 @@ impl Drop for Daemon {
         let _ = self.0.wait();
     }
 }
+
+/// Runs nginx (Debian package) in `dir` with these `server { ... }` blocks (`{dir}` in them
+/// is replaced by the directory); waits until every port in `ports` answers. `None` when
+/// nginx is not installed.
+pub async fn start_nginx(dir: &Path, servers: &str, ports: &[u16]) -> Option<Daemon> {
+    let nginx =
+        which("nginx").or_else(|| Some(PathBuf::from("/usr/sbin/nginx")).filter(|p| p.exists()))?;
+    let d = dir.display();
+    let servers = servers.replace("{dir}", &d.to_string());
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000;\n\
+         client_body_temp_path {d}/t1; proxy_temp_path {d}/t2; fastcgi_temp_path {d}/t3;\n\
+         uwsgi_temp_path {d}/t4; scgi_temp_path {d}/t5;\n{servers}\n}}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let child = Command::new(nginx)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .arg("-e")
+        .arg(dir.join("nginx-error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child);
+    for p in ports {
+        wait_listening(*p).await;
+    }
+    Some(daemon)
+}
+
+/// Runs curl (silent, errors shown, 10 s cap) with `args`: exit code, stdout, stderr.
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10"])
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("curl finished")
+    .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A throwaway redis-server on a free loopback port, when installed.
+pub async fn start_redis() -> Option<(Daemon, u16)> {
+    let server = which("redis-server")?;
+    let port = free_port();
+    let child = Command::new(server)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon(child);
+    wait_listening(port).await;
+    Some((d, port))
+}
+
+/// The errors `gateway.toml` text gets (one string), with `sgw init`'s certificates next to
+/// it so only the part under test is wrong. Panics if it loads.
+pub fn gateway_config_errors(src: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    init::write(dir.path(), &InitOptions::default()).unwrap();
+    GatewayConfig::from_toml_env(&dir.path().join("gateway.toml"), src, Default::default())
+        .expect_err("config should be refused")
+        .0
+        .join("\n")
+}
+
+/// The head of a `gateway.toml` with one gateway and the start of one destination `d1`
+/// (`ip`/`port` given); append the keys under test.
+pub const GATEWAY_HEAD: &str =
+    "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+    [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
+    [[gateways.destinations]]\nid = \"d1\"\nip = \"127.0.0.1\"\nport = 1\n";
