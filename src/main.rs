@@ -288,6 +288,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Ok(AnyConfig::Gateway(g)) => {
+                if let Err(errs) = sgw::gateway::check(&g) {
+                    return Err(bad(errs.join("\n")));
+                }
                 let n: usize = g.gateways.iter().map(|t| t.destinations.len()).sum();
                 println!(
                     "{}: ok (gateway config, {} gateway id(s), {n} destination(s))",

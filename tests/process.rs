@@ -324,3 +324,23 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
         "{shown}"
     );
 }
+
+#[test]
+fn config_check_catches_what_only_the_gateway_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let f = dir.path().join("gateway.toml");
+    let src = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(
+        &f,
+        format!("egress_allow = [\"127.0.0.1:80\", \"10.0.0.0/33:443\"]\n{src}"),
+    )
+    .unwrap();
+    let out = Command::new(sgw_bin())
+        .args(["config", "check", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("egress_allow:2:"), "{err}");
+}

@@ -142,6 +142,38 @@ async fn bind(addr: &str) -> Result<TcpListener, GatewayError> {
     })))
 }
 
+/// Everything [`Gateway::bind`] would refuse in a valid-looking config, short of binding
+/// sockets: TLS identities and trust, `egress_allow` entries. For `sgw config check`.
+pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
+    let mut errs = Vec::new();
+    if let Err(e) = tunnel::server_tls(&cfg.tls) {
+        errs.push(format!("tls_cert/tls_key: {e}"));
+    }
+    if let Err(e) = reverse::egress_acl(&cfg.egress_allow) {
+        errs.push(e);
+    }
+    for t in &cfg.gateways {
+        for d in &t.destinations {
+            let at = format!("gateway {} destination {}", t.id, d.id);
+            if let Err(e) = crate::tls::caller_acceptor(&d.caller_tls) {
+                errs.push(format!("{at}: {e}"));
+            }
+            if let Some(Err(e)) = spec_of(d)
+                .tls
+                .filter(|_| d.reverse)
+                .map(|s| crate::tls::endpoint_connector(&s, &d.ip))
+            {
+                errs.push(format!("{at}: {e}"));
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs)
+    }
+}
+
 /// A destination as clients receive it: what the client needs to reach the endpoint.
 pub fn spec_of(d: &Destination) -> DestinationSpec {
     DestinationSpec {
