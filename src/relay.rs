@@ -58,6 +58,60 @@ pub struct Outcome {
     pub ending: Ending,
 }
 
+/// Which end of the tunnel a relay's socket faces, so its byte counts can be named from the
+/// caller's point of view (up: toward the endpoint) on whichever side the relay runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Facing {
+    /// The socket is the endpoint (client side of ordinary destinations, gateway side of
+    /// reverse ones).
+    Endpoint,
+    /// The socket is the caller.
+    Caller,
+}
+
+/// A relay's byte totals named from the caller's point of view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directed {
+    pub up: u64,
+    pub down: u64,
+    /// As carried in the tunnel (smaller when compressed).
+    pub tunnel_up: u64,
+    pub tunnel_down: u64,
+}
+
+impl Outcome {
+    pub fn directed(&self, facing: Facing) -> Directed {
+        match facing {
+            Facing::Endpoint => Directed {
+                up: self.to_socket,
+                down: self.to_stream,
+                tunnel_up: self.wire_to_socket,
+                tunnel_down: self.wire_to_stream,
+            },
+            Facing::Caller => Directed {
+                up: self.to_stream,
+                down: self.to_socket,
+                tunnel_up: self.wire_to_stream,
+                tunnel_down: self.wire_to_socket,
+            },
+        }
+    }
+
+    /// Writes the one line every stream ends with (the span carries the ids) and returns the
+    /// totals for the caller's counters.
+    pub fn log_closed(&self, facing: Facing, started: std::time::Instant) -> Directed {
+        let d = self.directed(facing);
+        tracing::info!(
+            bytes.up = d.up,
+            bytes.down = d.down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = %self.ending.reason(),
+            "stream closed"
+        );
+        d
+    }
+}
+
 /// Live byte counts of one relay, readable while it runs (for status pages).
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -438,8 +438,8 @@ async fn socks4_proxy_dante() {
         format!(
             "logoutput: stderr\ninternal: 127.0.0.1 port = {port}\nexternal: 127.0.0.1\n\
              clientmethod: none\nsocksmethod: none\nuser.privileged: root\nuser.unprivileged: nobody\n\
-             client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
-             socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 log: connect }}\n"
+             client pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 }}\n\
+             socks pass {{ from: 127.0.0.0/8 to: 127.0.0.0/8 log: connect }}\n"
         ),
     )
     .unwrap();

@@ -333,7 +333,7 @@ fn config_check_catches_what_only_the_gateway_would_refuse() {
     let src = std::fs::read_to_string(&f).unwrap();
     std::fs::write(
         &f,
-        format!("egress_allow = [\"127.0.0.1:80\", \"10.0.0.0/33:443\"]\n{src}"),
+        format!("egress_allow = [\"127.0.0.1:80\", \"127.0.0.0/33:443\"]\n{src}"),
     )
     .unwrap();
     let out = Command::new(sgw_bin())

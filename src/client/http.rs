@@ -15,14 +15,10 @@ pub(super) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// A private destination's caller rules apply to the connection, before any request.
-pub(super) fn admit_caller(shared: &Shared, dest: &Dest, caller: &str) -> Result<(), Refusal> {
+pub(super) fn admit_caller(dest: &Dest, caller: &str) -> Result<(), Refusal> {
     if acl::caller_admitted(dest.spec.private, &dest.ip_rules, caller.parse().ok()) {
         return Ok(());
     }
-    shared
-        .stats
-        .denied_by_caller
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Err(Refusal::Denied {
         reason: DenyReason::Caller,
         why: "ip_table_rules of this private destination".into(),
@@ -90,11 +86,6 @@ impl Upstream for ClientUpstream {
             Some(r) => (DenyReason::Rule, r.text.clone()),
             None => (DenyReason::Default, "default policy (deny)".into()),
         };
-        let counter = match reason {
-            DenyReason::Rule => &self.shared.stats.denied_by_rule,
-            _ => &self.shared.stats.denied_by_default,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(record_denial(
             &self.shared,
             &self.dest,

@@ -37,7 +37,7 @@ use crate::mux::{Incoming, Mux, MuxConfig, Role};
 use crate::proto::{
     ConfigPush, DestinationSpec, Hello, LogPush, Reason, FEATURE_DEFLATE, PROTO_MAJOR, PROTO_MINOR,
 };
-use crate::relay::{relay_with, Options};
+use crate::relay::{relay_with, Facing, Options};
 use crate::telemetry::ForwardedLog;
 use crate::tls::EndpointConnector;
 use crate::tunnel::{self, ConnectError};
@@ -107,6 +107,18 @@ impl ClientStats {
             "_other"
         };
         m.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Adds a finished stream's bytes to the totals and to its destination's.
+    fn record(&self, dest: &DestStats, d: &crate::relay::Directed) {
+        self.bytes_up.fetch_add(d.up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(d.down, Ordering::Relaxed);
+        dest.bytes_up.fetch_add(d.up, Ordering::Relaxed);
+        dest.bytes_down.fetch_add(d.down, Ordering::Relaxed);
+        dest.tunnel_bytes_up
+            .fetch_add(d.tunnel_up, Ordering::Relaxed);
+        dest.tunnel_bytes_down
+            .fetch_add(d.tunnel_down, Ordering::Relaxed);
     }
 
     /// Every destination's counters, sorted by id.
@@ -823,14 +835,11 @@ async fn vet_and_dial(
 ) -> Result<(Conn, Option<IpAddr>), Refusal> {
     let spec = &dest.spec;
     let caller: Option<SocketAddr> = caller.parse().ok();
-    let deny = |reason: DenyReason, why: String, line: Option<usize>| {
-        let counter = match reason {
-            DenyReason::Rule => &shared.stats.denied_by_rule,
-            DenyReason::Default => &shared.stats.denied_by_default,
-            DenyReason::Caller => &shared.stats.denied_by_caller,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Refusal::Denied { reason, why, line }
+    // Counted where every denial ends up: `record_denial`.
+    let deny = |reason: DenyReason, why: String, line: Option<usize>| Refusal::Denied {
+        reason,
+        why,
+        line,
     };
     if !acl::caller_admitted(spec.private, &dest.ip_rules, caller) {
         return Err(deny(
@@ -980,6 +989,12 @@ fn record_denial(
     line: Option<usize>,
     what: &'static str,
 ) -> String {
+    let by_reason = match reason {
+        DenyReason::Rule => &shared.stats.denied_by_rule,
+        DenyReason::Default => &shared.stats.denied_by_default,
+        DenyReason::Caller => &shared.stats.denied_by_caller,
+    };
+    by_reason.fetch_add(1, Ordering::Relaxed);
     shared.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
     dest.stats.denied[reason as usize].fetch_add(1, Ordering::Relaxed);
     match line {
@@ -1051,7 +1066,6 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         let inc_caller = inc.meta.caller.clone();
-        let inc_caller_for_http = inc_caller.clone();
         let compress = match inc.meta.compress.as_deref() {
             None => false,
             Some(FEATURE_DEFLATE) => true,
@@ -1092,7 +1106,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         // HTTP is judged and dialled per request, once the stream is open.
         let http = matches!(dest.spec.protocol.as_str(), "HTTP" | "HTTPS");
         let dialled = if http {
-            http::admit_caller(&shared, &dest, &inc.meta.caller).map(|()| Conn::Http)
+            http::admit_caller(&dest, &inc.meta.caller).map(|()| Conn::Http)
         } else {
             vet_and_dial(&shared, &dest, &inc.meta.caller, None)
                 .await
@@ -1129,7 +1143,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             stream_id: stream.id(),
             dest_id: dest.spec.id.clone(),
             dest_addr,
-            caller: inc_caller,
+            caller: inc_caller.clone(),
             started: Instant::now(),
             counters: crate::relay::Counters::default(),
         });
@@ -1157,10 +1171,10 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
                 let up = http::ClientUpstream {
                     shared: shared.clone(),
                     dest: dest.clone(),
-                    caller: inc_caller_for_http.clone(),
+                    caller: inc_caller.clone(),
                 };
                 let mut settings = http::settings(&dest.spec);
-                settings.caller = inc_caller_for_http.parse().ok();
+                settings.caller = inc_caller.parse().ok();
                 let (out, counts) = tokio::join!(
                     relay_with(ours, stream, &entry.counters, opts),
                     crate::http::serve(theirs, up, settings)
@@ -1187,34 +1201,8 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
                 return;
             }
         };
-        // Seen from the caller: up is toward the endpoint.
-        shared
-            .stats
-            .bytes_up
-            .fetch_add(out.to_socket, Ordering::Relaxed);
-        shared
-            .stats
-            .bytes_down
-            .fetch_add(out.to_stream, Ordering::Relaxed);
-        per_dest
-            .bytes_up
-            .fetch_add(out.to_socket, Ordering::Relaxed);
-        per_dest
-            .bytes_down
-            .fetch_add(out.to_stream, Ordering::Relaxed);
-        per_dest
-            .tunnel_bytes_up
-            .fetch_add(out.wire_to_socket, Ordering::Relaxed);
-        per_dest
-            .tunnel_bytes_down
-            .fetch_add(out.wire_to_stream, Ordering::Relaxed);
-        info!(
-            bytes.up = out.to_socket,
-            bytes.down = out.to_stream,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %out.ending.reason(),
-            "stream closed"
-        );
+        let d = out.log_closed(Facing::Endpoint, started);
+        shared.stats.record(per_dest, &d);
     }
     .instrument(span)
     .await

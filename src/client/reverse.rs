@@ -19,7 +19,7 @@ use tracing::{info, warn, Instrument};
 use super::{Dest, Link, Shared};
 use crate::mux::Mux;
 use crate::proto::{OpenMeta, FEATURE_DEFLATE};
-use crate::relay::{relay_with, Counters, Options};
+use crate::relay::{relay_with, Counters, Facing, Options};
 
 /// Running listeners of one gateway link: destination id → (address, stop).
 pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, CancellationToken)>>;
@@ -204,20 +204,8 @@ async fn serve_local(
             idle: Some(timeout),
         };
         let out = relay_with(tcp, stream, &counters, opts).await;
-        let s = &dest.stats;
-        s.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
-        s.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);
-        s.tunnel_bytes_up
-            .fetch_add(out.wire_to_stream, Ordering::Relaxed);
-        s.tunnel_bytes_down
-            .fetch_add(out.wire_to_socket, Ordering::Relaxed);
-        info!(
-            bytes.up = out.to_stream,
-            bytes.down = out.to_socket,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %out.ending.reason(),
-            "stream closed"
-        );
+        let d = out.log_closed(Facing::Caller, started);
+        shared.stats.record(&dest.stats, &d);
     }
     .instrument(span)
     .await

@@ -20,7 +20,7 @@ use super::reverse::{accept_until, pick};
 use super::{Link, Shared};
 use crate::mux::OpenError;
 use crate::proto::{OpenMeta, Reason};
-use crate::relay::{relay_with, Counters, Options};
+use crate::relay::{relay_with, Counters, Facing, Options};
 
 /// The destination name SOCKS streams carry (for logs; `target` says where to go).
 pub const SOCKS_DEST: &str = "socks5";
@@ -147,13 +147,9 @@ async fn connect(shared: Arc<Shared>, link: Arc<Link>, tcp: TcpStream, peer: Soc
             idle: Some(TIMEOUT),
         };
         let out = relay_with(tcp, stream, &counters, opts).await;
-        info!(
-            bytes.up = out.to_stream,
-            bytes.down = out.to_socket,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %out.ending.reason(),
-            "stream closed"
-        );
+        let d = out.log_closed(Facing::Caller, started);
+        shared.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
+        shared.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);
     }
     .instrument(span)
     .await

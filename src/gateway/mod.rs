@@ -33,7 +33,7 @@ use crate::proto::{
     ConfigPush, DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
     ProxySpec, Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
 };
-use crate::relay::{self, relay_with, Counters, Endpoint, Options};
+use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
 use crate::tunnel;
 
 #[derive(Debug, thiserror::Error)]
@@ -567,6 +567,30 @@ async fn serve_tunnel(
     .await
 }
 
+/// Opens a stream for `caller` on some client of `tenant`, within the destination's timeout
+/// (the client enforces it on its dial; five more seconds allow for the tunnel). Returns the
+/// client id, the stream, and whether it is compressed.
+async fn open_for_caller(
+    tenant: &Tenant,
+    dest: &Destination,
+    caller: SocketAddr,
+) -> Result<(String, crate::mux::MuxStream, bool), (Reason, String)> {
+    let meta = OpenMeta {
+        dest: dest.id.clone(),
+        caller: caller.to_string(),
+        compress: None,
+        target: None,
+    };
+    let limit = dest.timeout + Duration::from_secs(5);
+    match tokio::time::timeout(limit, tenant.open(&meta, dest.compression)).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            Reason::Timeout,
+            format!("no answer from the client within {} s", limit.as_secs()),
+        )),
+    }
+}
+
 /// A caller's connection, after TLS when the destination has `client_tls`; or, for reverse
 /// destinations, the gateway's own connection to the cloud endpoint.
 enum CallerConn {
@@ -619,14 +643,7 @@ async fn serve_caller(
                 }
             },
         };
-        let meta = OpenMeta { dest: dest.id.clone(), caller: caller.to_string(), compress: None, target: None };
-        // The client enforces the destination timeout on its dial; allow for the tunnel too.
-        let limit = dest.timeout + Duration::from_secs(5);
-        let opened = match tokio::time::timeout(limit, tenant.open(&meta, dest.compression)).await {
-            Ok(r) => r,
-            Err(_) => Err((Reason::Timeout, format!("no answer from the client within {} s", limit.as_secs()))),
-        };
-        let (client_id, stream, compress) = match opened {
+        let (client_id, stream, compress) = match open_for_caller(&tenant, &dest, caller).await {
             Ok(x) => x,
             Err((reason, message)) => {
                 inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
@@ -652,15 +669,9 @@ async fn serve_caller(
             CallerConn::Plain(tcp) => relay_with(tcp, stream, &counters, opts).await,
             CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
         };
-        inner.stats.bytes_up.fetch_add(out.to_stream, Ordering::Relaxed);
-        inner.stats.bytes_down.fetch_add(out.to_socket, Ordering::Relaxed);
-        info!(
-            bytes.up = out.to_stream,
-            bytes.down = out.to_socket,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %out.ending.reason(),
-            "stream closed"
-        );
+        let d = out.log_closed(Facing::Caller, started);
+        inner.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
+        inner.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);
     }
     .instrument(span)
     .await

@@ -19,7 +19,7 @@ use crate::config::Destination;
 use crate::dial;
 use crate::mux::Incoming;
 use crate::proto::{Reason, FEATURE_DEFLATE};
-use crate::relay::{relay_with, Counters, Options};
+use crate::relay::{relay_with, Counters, Facing, Options};
 
 /// Builds the egress policy: each `egress_allow` entry is an ACL `host[:ports]` form.
 pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> {
@@ -163,13 +163,9 @@ pub(super) async fn serve_reverse(
             CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
             CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
         };
-        info!(
-            bytes.up = out.to_socket,
-            bytes.down = out.to_stream,
-            duration_ms = started.elapsed().as_millis() as u64,
-            reason = %out.ending.reason(),
-            "stream closed"
-        );
+        let d = out.log_closed(Facing::Endpoint, started);
+        inner.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
+        inner.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);
     }
     .instrument(span)
     .await

@@ -21,7 +21,6 @@ use super::registry::Tenant;
 use super::Inner;
 use crate::acl;
 use crate::config::Destination;
-use crate::proto::{OpenMeta, Reason};
 use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
 
 /// Most datagrams queued for one flow (also bounded in bytes by `limits.udp_flow_buffer`).
@@ -208,21 +207,8 @@ async fn run_flow(
     );
     async move {
         let started = Instant::now();
-        let meta = OpenMeta {
-            dest: dest.id.clone(),
-            caller: caller.to_string(),
-            compress: None,
-            target: None,
-        };
-        let limit = dest.timeout + Duration::from_secs(5);
-        let opened = match tokio::time::timeout(limit, tenant.open(&meta, false)).await {
-            Ok(r) => r,
-            Err(_) => Err((
-                Reason::Timeout,
-                format!("no answer from the client within {} s", limit.as_secs()),
-            )),
-        };
-        match opened {
+        // UDP destinations never compress (config refuses it), so no deflate is offered.
+        match super::open_for_caller(&tenant, &dest, caller).await {
             Ok((client_id, stream, _)) => {
                 let span = tracing::Span::current();
                 span.record("client.id", tracing::field::display(&client_id));
