@@ -204,3 +204,10 @@ impl Visit for JsonVisitor<'_> {
         self.0.insert(f.name().into(), Value::String(s));
     }
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -110,6 +110,8 @@ pub(super) fn read_client_certs(t: &Tbl<'_, '_>) -> Option<Vec<String>> {
     for (i, e) in entries.iter().enumerate() {
         let pem = if e.trim_start().starts_with("-----BEGIN") {
             Ok(e.clone().into_bytes())
+        } else if t.cx.inline() {
+            Err(super::NOT_PEM.to_owned())
         } else {
             let path = super::relative_to(t.cx.file(), e);
             std::fs::read(&path).map_err(|err| format!("cannot read {}: {err}", path.display()))

@@ -108,7 +108,20 @@ pub struct TenantConfig {
     pub token: Secret,
     /// Enforce the security token (seed 000 `enf_tok_sec`).
     pub enf_tok_sec: bool,
+    /// A disabled gateway accepts no tunnels and listens for no callers.
+    pub enabled: bool,
+    /// When the security token stops being accepted (seconds since the Unix epoch).
+    pub token_expires_at: Option<u64>,
     pub destinations: Vec<Destination>,
+}
+
+impl TenantConfig {
+    /// Whether `token` is this gateway's security token and has not expired; compared in
+    /// constant time.
+    pub fn token_valid(&self, token: &str, now_unix: u64) -> bool {
+        let fresh = self.token_expires_at.is_none_or(|t| now_unix < t);
+        self.token.ct_eq(token) && fresh
+    }
 }
 
 /// Validated gateway configuration.
@@ -190,6 +203,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         let desc = g.str("desc").unwrap_or_default();
         let token = read_secret(&g, "security_token", "token_file");
         let enf_tok_sec = g.bool("enf_tok_sec").unwrap_or(true);
+        let enabled = g.bool("enabled").unwrap_or(true);
         let mut dests = Vec::new();
         let mut dest_ids = HashSet::new();
         for d in g.tables("destinations") {
@@ -205,6 +219,8 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
                 desc,
                 token,
                 enf_tok_sec,
+                enabled,
+                token_expires_at: None,
                 destinations: dests,
             });
         }
@@ -226,7 +242,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
     })
 }
 
-fn read_destination(
+pub(super) fn read_destination(
     d: &Tbl<'_, '_>,
     ids: &mut HashSet<String>,
     ports: &mut HashSet<(String, u16, bool)>,

@@ -7,6 +7,7 @@ mod endpoint;
 mod gateway;
 mod iptable;
 mod proxy;
+pub mod state;
 mod walk;
 
 use std::fmt;
@@ -267,10 +268,17 @@ fn read_secret(t: &walk::Tbl<'_, '_>, key: &str, file_key: &str) -> Option<Secre
 }
 
 /// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.
+/// Certificates and keys from the network are PEM text; a path would read the gateway's files.
+const NOT_PEM: &str = "must be PEM text starting with `-----BEGIN` (file paths are not read here)";
+
 fn pem_source(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<u8>> {
     let s = t.str(key)?;
     if s.trim_start().starts_with("-----BEGIN") {
         return Some(s.into_bytes());
+    }
+    if t.cx.inline() {
+        t.invalid(key, NOT_PEM);
+        return None;
     }
     let path = relative_to(t.cx.file(), &s);
     match std::fs::read(&path) {

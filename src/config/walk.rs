@@ -19,6 +19,28 @@ pub(crate) struct Cx<'a> {
     env: BTreeMap<String, String>,
     /// Stands in for a table the file leaves out when the environment sets keys in it.
     empty: DeTable<'a>,
+    /// A document that came over the network (management API, state file): errors carry
+    /// no file position and certificate fields must be inline PEM, never paths to read.
+    inline: bool,
+}
+
+/// Reads `src` as an inline document (see [`Cx`]`::inline`): no environment overrides.
+pub(crate) fn read_inline<T>(
+    src: &str,
+    read: impl FnOnce(&Tbl<'_, '_>) -> Option<T>,
+) -> Result<T, Vec<String>> {
+    let mut cx = Cx::new(Path::new("<document>"), src);
+    cx.inline = true;
+    let Some(doc) = cx.parse() else {
+        return Err(cx.into_errors());
+    };
+    let root = Tbl::root(&cx, &doc);
+    let out = read(&root);
+    root.finish(&[]);
+    match out {
+        Some(c) if !cx.has_errors() => Ok(c),
+        _ => Err(cx.into_errors()),
+    }
 }
 
 /// Parses `src`, reads it with `read` (env overrides from `section`), reports unknown keys
@@ -60,6 +82,7 @@ impl<'a> Cx<'a> {
             section: "",
             env: BTreeMap::new(),
             empty: DeTable::new(),
+            inline: false,
         }
     }
 
@@ -80,6 +103,10 @@ impl<'a> Cx<'a> {
         self.file
     }
 
+    pub fn inline(&self) -> bool {
+        self.inline
+    }
+
     fn position(&self, offset: usize) -> (usize, usize) {
         let before = &self.src[..offset.min(self.src.len())];
         let line = before.matches('\n').count() + 1;
@@ -97,7 +124,11 @@ impl<'a> Cx<'a> {
         } else {
             format!("{path}: ")
         };
-        let text = format!("{}:{line}:{col}: {where_}{msg}", self.file.display());
+        let text = if self.inline {
+            format!("{where_}{msg}")
+        } else {
+            format!("{}:{line}:{col}: {where_}{msg}", self.file.display())
+        };
         self.errors.borrow_mut().push((span.start, text));
     }
 

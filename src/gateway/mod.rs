@@ -4,6 +4,7 @@
 //! One caller's path: [`serve_caller`] → [`Tenant::open`] (pick a client and tunnel, open a
 //! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
 
+mod live;
 mod registry;
 mod reverse;
 mod udp;
@@ -11,7 +12,7 @@ mod udp;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,15 +24,43 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-pub use registry::ClientInfo;
 use registry::Tenant;
+pub use registry::{ClientInfo, Disconnected};
+
+/// One gateway id's counters (`stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantCounts {
+    pub clients: u64,
+    pub tunnels: u64,
+    pub tunnels_accepted: u64,
+    pub streams_active: u64,
+    pub streams_opened: u64,
+    pub streams_failed: u64,
+    pub streams_denied: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// Warnings about a gateway id's configuration that is valid but probably not meant.
+fn warn_odd(t: &TenantConfig) {
+    if !t.enf_tok_sec {
+        warn!(gateway.id = %t.id, "enf_tok_sec = false: clients may join without the security token");
+    }
+    for d in t
+        .destinations
+        .iter()
+        .filter(|d| d.private && d.ip_table_rules.is_empty())
+    {
+        warn!(gateway.id = %t.id, dest.id = %d.id, "destination is private with no ip_table_rules: every caller is refused");
+    }
+}
 
 use crate::acl;
-use crate::config::{Destination, GatewayConfig};
+use crate::config::{Destination, GatewayConfig, TenantConfig};
 use crate::mux::{Mux, MuxConfig, Role};
 use crate::proto::{
-    ConfigPush, DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
-    ProxySpec, Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
+    DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta, ProxySpec,
+    Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
 };
 use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
 use crate::tunnel;
@@ -72,33 +101,77 @@ pub struct GatewayStats {
 struct Inner {
     tls: TlsAcceptor,
     mux_cfg: MuxConfig,
-    tenants: HashMap<String, Arc<Tenant>>,
+    /// Gateway ids served now; changed by [`live::apply`] and [`live::remove`].
+    tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    /// Destination listeners by (gateway id, destination id).
+    listeners: Mutex<HashMap<(String, String), live::Listening>>,
+    /// Serialises configuration changes.
+    apply_lock: tokio::sync::Mutex<()>,
+    /// Parent of every destination listener's token; cancelled at shutdown.
+    root: CancellationToken,
     stats: GatewayStats,
-    dest_addrs: HashMap<String, SocketAddr>,
     tracker: TaskTracker,
     shutdown_grace: Duration,
     max_udp_flows: usize,
     udp_flow_buffer: u64,
     /// What reverse destinations may dial.
     egress: crate::acl::Acl,
-    /// TLS to reverse destinations' endpoints, by (gateway id, destination id).
-    reverse_tls: HashMap<(String, String), Result<crate::tls::EndpointConnector, String>>,
+}
+
+impl Inner {
+    fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        let t = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        t.get(id).cloned()
+    }
+
+    fn all_tenants(&self) -> Vec<Arc<Tenant>> {
+        let t = self.tenants.read().unwrap_or_else(|e| e.into_inner());
+        t.values().cloned().collect()
+    }
+
+    fn insert_tenant(&self, t: Tenant) -> Arc<Tenant> {
+        let t = Arc::new(t);
+        let mut m = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        m.insert(t.id.clone(), t.clone());
+        t
+    }
+
+    fn remove_tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        let mut m = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        m.remove(id)
+    }
+
+    fn lock_listeners(&self) -> MutexGuard<'_, HashMap<(String, String), live::Listening>> {
+        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts for the gateway as a whole and for the gateway id.
+    fn count(&self, tenant: &Tenant, stat: Stat, n: u64) {
+        let (all, one) = match stat {
+            Stat::Opened => (&self.stats.streams_opened, &tenant.stats.streams_opened),
+            Stat::Failed => (&self.stats.streams_failed, &tenant.stats.streams_failed),
+            Stat::Denied => (&self.stats.streams_denied, &tenant.stats.streams_denied),
+            Stat::Up => (&self.stats.bytes_up, &tenant.stats.bytes_up),
+            Stat::Down => (&self.stats.bytes_down, &tenant.stats.bytes_down),
+        };
+        all.fetch_add(n, Ordering::Relaxed);
+        one.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stat {
+    Opened,
+    Failed,
+    Denied,
+    Up,
+    Down,
 }
 
 /// A bound, not yet running gateway.
 pub struct Gateway {
     inner: Arc<Inner>,
     tunnel_listener: TcpListener,
-    dest_listeners: Vec<DestListener>,
-    udp_sockets: Vec<(Arc<Tenant>, Destination, tokio::net::UdpSocket)>,
-}
-
-/// A destination's cloud port, bound, with its TLS toward callers (`client_tls`).
-struct DestListener {
-    tenant: Arc<Tenant>,
-    dest: Destination,
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
 }
 
 /// How long a caller may take to finish its TLS handshake (`client_tls`).
@@ -225,80 +298,19 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
 }
 
 impl Gateway {
-    /// Binds the tunnel endpoint and every enabled destination's cloud port.
+    /// Binds the tunnel endpoint and every enabled destination's cloud port, for the
+    /// gateway ids of `cfg` and `more` (those the management API keeps in its state file).
     pub async fn bind(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
+        Self::bind_with(cfg, Vec::new()).await
+    }
+
+    pub async fn bind_with(
+        cfg: GatewayConfig,
+        more: Vec<TenantConfig>,
+    ) -> Result<Gateway, GatewayError> {
         let tls = tunnel::server_tls(&cfg.tls).map_err(GatewayError::Tls)?;
         let tunnel_listener = bind(&cfg.listen.to_string()).await?;
-        let mut tenants = HashMap::new();
-        let mut dest_listeners = Vec::new();
-        let mut udp_sockets = Vec::new();
-        let mut reverse_tls = HashMap::new();
         let egress = reverse::egress_acl(&cfg.egress_allow).map_err(GatewayError::Egress)?;
-        let mut dest_addrs = HashMap::new();
-        for t in &cfg.gateways {
-            if !t.enf_tok_sec {
-                warn!(gateway.id = %t.id, "enf_tok_sec = false: clients may join without the security token");
-            }
-            let push = ConfigPush {
-                destinations: t
-                    .destinations
-                    .iter()
-                    .filter(|d| d.enabled)
-                    .map(spec_of)
-                    .collect(),
-            };
-            let tenant = Arc::new(Tenant::new(
-                t.clone(),
-                Bytes::from(serde_json::to_vec(&push).unwrap_or_default()),
-            ));
-            for d in t
-                .destinations
-                .iter()
-                .filter(|d| d.private && d.ip_table_rules.is_empty())
-            {
-                warn!(gateway.id = %t.id, dest.id = %d.id, "destination is private with no ip_table_rules: every caller is refused");
-            }
-            for d in t.destinations.iter().filter(|d| d.reverse) {
-                if let Some(spec) = spec_of(d).tls {
-                    let ep = crate::tls::endpoint_connector(&spec, &d.ip);
-                    reverse_tls.insert((t.id.clone(), d.id.clone()), ep);
-                }
-            }
-            for d in t.destinations.iter().filter(|d| d.enabled && !d.reverse) {
-                let addr = if d.cloud_host.contains(':') {
-                    format!("[{}]:{}", d.cloud_host, d.cloud_port)
-                } else {
-                    format!("{}:{}", d.cloud_host, d.cloud_port)
-                };
-                if d.protocol == crate::config::Protocol::Udp {
-                    let s = tokio::net::UdpSocket::bind(&addr).await.map_err(|source| {
-                        GatewayError::Bind {
-                            addr: format!("udp {addr}"),
-                            source,
-                        }
-                    })?;
-                    if let Ok(a) = s.local_addr() {
-                        dest_addrs.insert(d.id.clone(), a);
-                    }
-                    udp_sockets.push((tenant.clone(), d.clone(), s));
-                    continue;
-                }
-                let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
-                    GatewayError::Tls(format!("gateway {} destination {}: {e}", t.id, d.id))
-                })?;
-                let l = bind(&addr).await?;
-                if let Ok(a) = l.local_addr() {
-                    dest_addrs.insert(d.id.clone(), a);
-                }
-                dest_listeners.push(DestListener {
-                    tenant: tenant.clone(),
-                    dest: d.clone(),
-                    listener: l,
-                    tls,
-                });
-            }
-            tenants.insert(t.id.clone(), tenant);
-        }
         let mux_cfg = MuxConfig {
             role: Role::Gateway,
             initial_window: cfg.limits.stream_window,
@@ -312,21 +324,27 @@ impl Gateway {
         let inner = Arc::new(Inner {
             tls,
             mux_cfg,
-            tenants,
+            tenants: RwLock::new(HashMap::new()),
+            listeners: Mutex::new(HashMap::new()),
+            apply_lock: tokio::sync::Mutex::new(()),
+            root: CancellationToken::new(),
             stats: GatewayStats::default(),
-            dest_addrs,
             tracker: TaskTracker::new(),
             shutdown_grace: cfg.shutdown_grace,
             max_udp_flows: cfg.limits.max_udp_flows,
             udp_flow_buffer: cfg.limits.udp_flow_buffer,
             egress,
-            reverse_tls,
         });
+        for t in cfg.gateways.into_iter().chain(more) {
+            warn_odd(&t);
+            if let Err(e) = live::apply(&inner, t).await {
+                inner.root.cancel();
+                return Err(e);
+            }
+        }
         Ok(Gateway {
             inner,
             tunnel_listener,
-            dest_listeners,
-            udp_sockets,
         })
     }
 
@@ -348,47 +366,6 @@ impl Gateway {
         if let Ok(a) = self.tunnel_listener.local_addr() {
             info!(tunnel.listen = %a, "gateway started");
         }
-        for DestListener {
-            tenant,
-            dest,
-            listener,
-            tls,
-        } in self.dest_listeners
-        {
-            if let Ok(a) = listener.local_addr() {
-                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, dest.addr = %format!("{}:{}", dest.ip, dest.port), client_tls = dest.caller_tls.as_str(), "destination listening");
-            }
-            let inner2 = inner.clone();
-            let shutdown = shutdown.clone();
-            inner.tracker.spawn(async move {
-                let dest = Arc::new(dest);
-                accept_loop(&listener, &shutdown, |tcp, caller| {
-                    let fut = serve_caller(
-                        inner2.clone(),
-                        tenant.clone(),
-                        dest.clone(),
-                        tls.clone(),
-                        tcp,
-                        caller,
-                    );
-                    inner2.tracker.spawn(fut);
-                })
-                .await
-            });
-        }
-        for (tenant, dest, sock) in self.udp_sockets {
-            if let Ok(a) = sock.local_addr() {
-                info!(gateway.id = %tenant.cfg.id, dest.id = %dest.id, cloud.addr = %a, protocol = "UDP", dest.addr = %format!("{}:{}", dest.ip, dest.port), "destination listening");
-            }
-            let fut = udp::serve_udp(
-                inner.clone(),
-                tenant,
-                Arc::new(dest),
-                Arc::new(sock),
-                shutdown.clone(),
-            );
-            inner.tracker.spawn(fut);
-        }
         let inner2 = inner.clone();
         accept_loop(&self.tunnel_listener, &shutdown, |tcp, peer| {
             let fut = serve_tunnel(inner2.clone(), tcp, peer, shutdown.clone());
@@ -396,9 +373,10 @@ impl Gateway {
         })
         .await;
         // Drain: no new streams anywhere, open ones get a bounded grace period.
+        inner.root.cancel();
         let tunnels: Vec<Mux> = inner
-            .tenants
-            .values()
+            .all_tenants()
+            .iter()
             .flat_map(|t| t.all_tunnels())
             .collect();
         for m in &tunnels {
@@ -425,25 +403,97 @@ impl GatewayHandle {
         self.tunnel_addr
     }
 
-    /// Where a destination's callers connect (resolves port 0 to the bound port).
+    /// Where a destination's callers connect now (resolves port 0 to the bound port); the
+    /// first match over all gateway ids.
     pub fn dest_addr(&self, dest_id: &str) -> Option<SocketAddr> {
-        self.inner.dest_addrs.get(dest_id).copied()
+        let l = self.inner.lock_listeners();
+        l.iter()
+            .find(|((_, d), _)| d == dest_id)
+            .map(|(_, v)| v.addr)
+    }
+
+    /// Makes the running gateway serve `cfg` for its gateway id, adding the id if it is new:
+    /// listeners start and stop, connected clients get the new destinations without
+    /// reconnecting; a changed or expiring token closes the tunnels that used the old one.
+    /// Returns the configuration as it runs (`cloud_port = 0` resolved to the bound port).
+    /// On error nothing changed.
+    pub async fn apply(&self, cfg: TenantConfig) -> Result<TenantConfig, GatewayError> {
+        warn_odd(&cfg);
+        live::apply(&self.inner, cfg).await
+    }
+
+    /// Stops serving a gateway id and disconnects its clients.
+    pub async fn remove(&self, gateway_id: &str) {
+        live::remove(&self.inner, gateway_id).await
+    }
+
+    /// A gateway id's running configuration.
+    pub fn tenant_config(&self, gateway_id: &str) -> Option<TenantConfig> {
+        self.inner.tenant(gateway_id).map(|t| t.state().cfg.clone())
+    }
+
+    /// Ids of the gateways served now.
+    pub fn gateway_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .all_tenants()
+            .iter()
+            .map(|t| t.id.clone())
+            .collect();
+        v.sort();
+        v
     }
 
     /// Connected clients of a gateway id.
     pub fn clients(&self, gateway_id: &str) -> Vec<ClientInfo> {
         self.inner
-            .tenants
-            .get(gateway_id)
+            .tenant(gateway_id)
             .map(|t| t.client_infos())
             .unwrap_or_default()
+    }
+
+    /// Closes the tunnels of these clients; returns the ids that were connected.
+    pub fn disconnect(&self, gateway_id: &str, client_ids: &[String]) -> Vec<String> {
+        self.inner
+            .tenant(gateway_id)
+            .map(|t| t.disconnect(client_ids, "disconnected through the management API"))
+            .unwrap_or_default()
+    }
+
+    /// Clients of a gateway id that disconnected recently, oldest first.
+    pub fn disconnected(&self, gateway_id: &str) -> Vec<Disconnected> {
+        self.inner
+            .tenant(gateway_id)
+            .map(|t| t.disconnected())
+            .unwrap_or_default()
+    }
+
+    /// Counters of one gateway id.
+    pub fn tenant_stats(&self, gateway_id: &str) -> Option<TenantCounts> {
+        let t = self.inner.tenant(gateway_id)?;
+        let s = &t.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(TenantCounts {
+            clients: t.client_infos().len() as u64,
+            tunnels: t.all_tunnels().len() as u64,
+            tunnels_accepted: get(&s.tunnels_accepted),
+            streams_active: t
+                .all_tunnels()
+                .iter()
+                .map(|m| m.active_streams() as u64)
+                .sum(),
+            streams_opened: get(&s.streams_opened),
+            streams_failed: get(&s.streams_failed),
+            streams_denied: get(&s.streams_denied),
+            bytes_up: get(&s.bytes_up),
+            bytes_down: get(&s.bytes_down),
+        })
     }
 
     /// The latest warn/error lines the clients of `gateway_id` pushed: (client id, line).
     pub fn client_logs(&self, gateway_id: &str) -> Vec<(String, LogPush)> {
         self.inner
-            .tenants
-            .get(gateway_id)
+            .tenant(gateway_id)
             .map(|t| t.logs())
             .unwrap_or_default()
     }
@@ -454,7 +504,8 @@ impl GatewayHandle {
 
     /// Bytes received from clients and not yet written to callers, over all tunnels.
     pub fn buffered_bytes(&self) -> u64 {
-        let tunnels = self.inner.tenants.values().flat_map(|t| t.all_tunnels());
+        let tenants = self.inner.all_tenants();
+        let tunnels = tenants.iter().flat_map(|t| t.all_tunnels());
         tunnels
             .map(|m| m.stats().buffered.load(Ordering::Relaxed))
             .sum()
@@ -463,8 +514,8 @@ impl GatewayHandle {
     /// Streams open over all tunnels.
     pub fn active_streams(&self) -> usize {
         self.inner
-            .tenants
-            .values()
+            .all_tenants()
+            .iter()
             .flat_map(|t| t.all_tunnels())
             .map(|m| m.active_streams())
             .sum()
@@ -500,9 +551,12 @@ async fn serve_tunnel(
     shutdown: CancellationToken,
 ) {
     let accepted = tunnel::accept(tcp, &inner.tls, |req| {
-        let tenant = inner.tenants.get(req.gateway_id)?;
-        let ok = !tenant.cfg.enf_tok_sec || req.token.is_some_and(|t| tenant.cfg.token.ct_eq(t));
-        ok.then(|| tenant.clone())
+        let tenant = inner.tenant(req.gateway_id)?;
+        let state = tenant.state();
+        let now = crate::telemetry::unix_ms() / 1000;
+        let token_ok = req.token.is_some_and(|t| state.cfg.token_valid(t, now));
+        let ok = state.cfg.enabled && (!state.cfg.enf_tok_sec || token_ok);
+        ok.then_some(tenant)
     })
     .await;
     let (mut ws, tenant, hello) = match accepted {
@@ -514,12 +568,13 @@ async fn serve_tunnel(
         }
     };
     let client_id = tenant.client_id_for(&hello.instance);
-    let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.cfg.id, peer.addr = %peer);
+    let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.id, peer.addr = %peer);
     async move {
-        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.cfg.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
+        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
+        let sent_config = tenant.state().push.clone();
         let hello_frames = [
             Frame::Welcome(Bytes::from(serde_json::to_vec(&welcome).unwrap_or_default())),
-            Frame::Config(tenant.config_push.clone()),
+            Frame::Config(sent_config.clone()),
         ];
         for f in &hello_frames {
             if let Err(e) = ws.send(Message::Binary(tunnel::frame_message(f))).await {
@@ -530,7 +585,13 @@ async fn serve_tunnel(
         let (r, w) = tunnel::split(ws);
         let (mux, mut events) = Mux::start(r, w, inner.mux_cfg.clone());
         inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+        tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
         let tunnel_id = tenant.register(&client_id, &hello, mux.clone());
+        // A change applied between the hello and registering would otherwise miss this tunnel.
+        let now = tenant.state().push.clone();
+        if now != sent_config {
+            mux.push_config(now);
+        }
         info!(client.version = %hello.version, client.hostname = %hello.hostname, client.env = %hello.env, "tunnel up");
         loop {
             tokio::select! {
@@ -559,8 +620,8 @@ async fn serve_tunnel(
                 }
             }
         }
-        tenant.unregister(&client_id, tunnel_id);
         let reason = mux.close_reason().unwrap_or_default();
+        tenant.unregister(&client_id, tunnel_id, &reason);
         info!(reason = %reason, "tunnel down");
     }
     .instrument(span)
@@ -621,7 +682,7 @@ async fn serve_caller(
         // Private destinations drop unknown callers here, before any tunnel traffic; the
         // client checks again (it trusts nothing it did not decide itself).
         if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
-            inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+            inner.count(&tenant, Stat::Denied, 1);
             warn!(reason = "ip_table_denied", "caller refused: no ip_table_rules entry of this private destination matches it");
             relay::abort(&tcp);
             return;
@@ -646,7 +707,7 @@ async fn serve_caller(
         let (client_id, stream, compress) = match open_for_caller(&tenant, &dest, caller).await {
             Ok(x) => x,
             Err((reason, message)) => {
-                inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                inner.count(&tenant, Stat::Failed, 1);
                 info!(reason = %reason, error = %message, duration_ms = started.elapsed().as_millis() as u64, "stream refused");
                 match &conn {
                     CallerConn::Tls(t) => t.abort(),
@@ -659,7 +720,7 @@ async fn serve_caller(
         let span = tracing::Span::current();
         span.record("client.id", tracing::field::display(&client_id));
         span.record("stream.id", stream.id());
-        inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        inner.count(&tenant, Stat::Opened, 1);
         tracing::debug!("stream opened");
         // The client enforces the idle timeout (it is the destination side's).
         let opts = Options { compress, idle: None };
@@ -670,8 +731,8 @@ async fn serve_caller(
             CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
         };
         let d = out.log_closed(Facing::Caller, started);
-        inner.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
-        inner.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);
+        inner.count(&tenant, Stat::Up, d.up);
+        inner.count(&tenant, Stat::Down, d.down);
     }
     .instrument(span)
     .await

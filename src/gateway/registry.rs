@@ -4,7 +4,8 @@
 
 use crate::proto::LogPush;
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
@@ -42,9 +43,48 @@ struct Clients {
     next_tunnel: u64,
 }
 
-pub(crate) struct Tenant {
+/// A client that went away, for `disconnectedClients`.
+#[derive(Debug, Clone)]
+pub struct Disconnected {
+    pub client_id: String,
+    pub version: String,
+    pub hostname: String,
+    pub env: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub reason: String,
+}
+
+/// Per gateway id counters (`stats`).
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    pub tunnels_accepted: AtomicU64,
+    pub streams_opened: AtomicU64,
+    pub streams_failed: AtomicU64,
+    pub streams_denied: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+}
+
+/// Disconnected clients remembered per gateway id.
+pub const DISCONNECTED_KEPT: usize = 100;
+
+/// A gateway id's running configuration with what is built from it once per change.
+pub(crate) struct TenantState {
     pub cfg: TenantConfig,
-    pub config_push: Bytes,
+    /// The CONFIG payload a client gets when its tunnel comes up and at every change.
+    pub push: Bytes,
+    /// TLS to reverse destinations' endpoints, by destination id.
+    pub reverse_tls: HashMap<String, Result<crate::tls::EndpointConnector, String>>,
+}
+
+pub(crate) struct Tenant {
+    pub id: String,
+    /// The running configuration and what is derived from it; replaced as a whole when the
+    /// gateway's configuration changes.
+    current: RwLock<Arc<TenantState>>,
+    pub stats: TenantStats,
+    disconnected: Mutex<std::collections::VecDeque<Disconnected>>,
     clients: Mutex<Clients>,
     /// Signalled when a tunnel registers, for callers waiting for a client.
     registered: tokio::sync::Notify,
@@ -58,14 +98,56 @@ pub const CLIENT_LOG_LINES: usize = 1000;
 const OPEN_ATTEMPTS: usize = 3;
 
 impl Tenant {
-    pub fn new(cfg: TenantConfig, config_push: Bytes) -> Self {
+    pub fn new(state: TenantState) -> Self {
         Tenant {
-            cfg,
-            config_push,
+            id: state.cfg.id.clone(),
+            current: RwLock::new(Arc::new(state)),
+            stats: TenantStats::default(),
+            disconnected: Mutex::new(std::collections::VecDeque::new()),
             clients: Mutex::new(Clients::default()),
             registered: tokio::sync::Notify::new(),
             logs: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The running configuration.
+    pub fn state(&self) -> Arc<TenantState> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the running configuration and sends it to every connected client.
+    pub fn set_state(&self, state: TenantState) {
+        let push = state.push.clone();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        for m in self.all_tunnels() {
+            if !m.push_config(push.clone()) {
+                tracing::warn!(gateway.id = %self.id, "could not queue the configuration push on a tunnel; the client gets it when it reconnects");
+            }
+        }
+    }
+
+    /// Clients that disconnected recently, oldest first.
+    pub fn disconnected(&self) -> Vec<Disconnected> {
+        let q = self.disconnected.lock().unwrap_or_else(|e| e.into_inner());
+        q.iter().cloned().collect()
+    }
+
+    /// Closes every tunnel of these clients; returns the ids that were connected.
+    pub fn disconnect(&self, client_ids: &[String], why: &str) -> Vec<String> {
+        let c = self.lock();
+        let mut found = Vec::new();
+        for e in c.entries.values() {
+            if client_ids.contains(&e.client_id) {
+                for (_, m) in &e.tunnels {
+                    m.close(why);
+                }
+                found.push(e.client_id.clone());
+            }
+        }
+        found
     }
 
     fn lock(&self) -> MutexGuard<'_, Clients> {
@@ -84,7 +166,7 @@ impl Tenant {
         }
         let id = format!(
             "{}_{:012x}",
-            self.cfg.id,
+            self.id,
             rand::random::<u64>() & 0xffff_ffff_ffff
         );
         c.ids.insert(instance.to_owned(), id.clone());
@@ -110,14 +192,37 @@ impl Tenant {
         tid
     }
 
-    pub fn unregister(&self, client_id: &str, tunnel_id: u64) {
+    /// Forgets one tunnel; when it was the client's last, remembers the client as
+    /// disconnected (`reason`: why the tunnel closed).
+    pub fn unregister(&self, client_id: &str, tunnel_id: u64, reason: &str) {
+        let mut gone = Vec::new();
         let mut c = self.lock();
         c.entries.retain(|_, e| {
             if e.client_id == client_id {
                 e.tunnels.retain(|(t, _)| *t != tunnel_id);
             }
+            if e.tunnels.is_empty() {
+                gone.push(Disconnected {
+                    client_id: e.client_id.clone(),
+                    version: e.hello.version.clone(),
+                    hostname: e.hello.hostname.clone(),
+                    env: e.hello.env.clone(),
+                    at_ms: crate::telemetry::unix_ms(),
+                    reason: reason.to_owned(),
+                });
+            }
             !e.tunnels.is_empty()
         });
+        drop(c);
+        if !gone.is_empty() {
+            let mut q = self.disconnected.lock().unwrap_or_else(|e| e.into_inner());
+            for d in gone {
+                if q.len() >= DISCONNECTED_KEPT {
+                    q.pop_front();
+                }
+                q.push_back(d);
+            }
+        }
     }
 
     pub fn all_tunnels(&self) -> Vec<Mux> {
@@ -221,7 +326,7 @@ impl Tenant {
             let registered = self.registered.notified();
             let Some((client_id, mux, deflate)) = self.pick(&tried) else {
                 if failures >= OPEN_ATTEMPTS {
-                    let msg = format!("no usable client tunnel for gateway `{}`", self.cfg.id);
+                    let msg = format!("no usable client tunnel for gateway `{}`", self.id);
                     return Err((Reason::Unreachable, msg));
                 }
                 registered.await;

@@ -6,16 +6,15 @@
 //! One connection's path: the client's OPEN → [`serve_reverse`] finds the destination, checks
 //! egress, dials, accepts → relay.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{info, warn, Instrument};
 
 use super::registry::Tenant;
-use super::{CallerConn, Inner};
+use super::{CallerConn, Inner, Stat};
 use crate::acl::Request;
-use crate::config::Destination;
+use crate::config::{Destination, TenantConfig};
 use crate::dial;
 use crate::mux::Incoming;
 use crate::proto::{Reason, FEATURE_DEFLATE};
@@ -30,10 +29,12 @@ pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> 
 
 /// Where a client-opened stream goes: a reverse destination by id, or the `host:port` target
 /// of a SOCKS5 CONNECT (30 s timeout, no TLS).
-fn reverse_target(tenant: &Tenant, meta: &crate::proto::OpenMeta) -> Option<Destination> {
+fn reverse_target(cfg: &TenantConfig, meta: &crate::proto::OpenMeta) -> Option<Destination> {
     let Some(t) = &meta.target else {
-        return tenant
-            .cfg
+        if !cfg.enabled {
+            return None;
+        }
+        return cfg
             .destinations
             .iter()
             .find(|d| d.id == meta.dest && d.reverse && d.enabled)
@@ -85,8 +86,9 @@ pub(super) async fn serve_reverse(
     );
     async move {
         let started = Instant::now();
-        let Some(dest) = reverse_target(&tenant, &inc.meta) else {
-            inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+        let state = tenant.state();
+        let Some(dest) = reverse_target(&state.cfg, &inc.meta) else {
+            inner.count(&tenant, Stat::Failed, 1);
             info!(
                 reason = "unknown_dest",
                 "reverse stream refused: no such reverse destination"
@@ -105,7 +107,7 @@ pub(super) async fn serve_reverse(
         tracing::Span::current().record("dest.addr", tracing::field::display(&target));
         let deadline = tokio::time::Instant::now() + dest.timeout;
         let refuse = |reason: Reason, message: String| {
-            inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            inner.count(&tenant, Stat::Failed, 1);
             (reason, message)
         };
         let dialled = async {
@@ -116,7 +118,7 @@ pub(super) async fn serve_reverse(
                 .egress
                 .allowed_addrs(&Request::new(&dest.ip, dest.port), &addrs)
                 .map_err(|_| {
-                    inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+                    inner.count(&tenant, Stat::Denied, 1);
                     (
                         Reason::AclDenied,
                         format!("the gateway's egress_allow does not allow {target}"),
@@ -126,9 +128,8 @@ pub(super) async fn serve_reverse(
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
             // SOCKS targets never take a destination's TLS settings, whatever their name.
-            let tls_key = (tenant.cfg.id.clone(), dest.id.clone());
             let tls = match inc.meta.target {
-                None => inner.reverse_tls.get(&tls_key),
+                None => state.reverse_tls.get(&dest.id),
                 Some(_) => None,
             };
             match tls {
@@ -152,7 +153,7 @@ pub(super) async fn serve_reverse(
         let Ok(stream) = inc.accept().await else {
             return;
         };
-        inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+        inner.count(&tenant, Stat::Opened, 1);
         let opts = Options {
             compress,
             idle: Some(dest.timeout),
@@ -164,8 +165,8 @@ pub(super) async fn serve_reverse(
             CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
         };
         let d = out.log_closed(Facing::Endpoint, started);
-        inner.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
-        inner.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);
+        inner.count(&tenant, Stat::Up, d.up);
+        inner.count(&tenant, Stat::Down, d.down);
     }
     .instrument(span)
     .await

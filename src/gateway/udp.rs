@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::registry::Tenant;
-use super::Inner;
+use super::{Inner, Stat};
 use crate::acl;
 use crate::config::Destination;
 use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
@@ -125,7 +125,7 @@ impl NewFlow<'_> {
             flows,
         } = *self;
         if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
-            inner.stats.streams_denied.fetch_add(1, Ordering::Relaxed);
+            inner.count(&tenant, Stat::Denied, 1);
             inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -213,7 +213,7 @@ async fn run_flow(
                 let span = tracing::Span::current();
                 span.record("client.id", tracing::field::display(&client_id));
                 span.record("stream.id", stream.id());
-                inner.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
+                inner.count(&tenant, Stat::Opened, 1);
                 let counters = FlowCounters::default();
                 let e = relay_flow(flow, stream, dest.timeout, &counters, &inner.stats.udp).await;
                 info!(
@@ -226,7 +226,7 @@ async fn run_flow(
                 );
             }
             Err((reason, message)) => {
-                inner.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+                inner.count(&tenant, Stat::Failed, 1);
                 info!(reason = %reason, error = %message, "UDP flow refused");
             }
         }

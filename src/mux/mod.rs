@@ -347,6 +347,21 @@ impl Mux {
         true
     }
 
+    /// Sends a CONFIG frame (gateway to client) ahead of data: the client applies it at once.
+    /// Returns false when the tunnel is closed or its control queue is full (the client then
+    /// gets the configuration when it reconnects).
+    pub fn push_config(&self, payload: Bytes) -> bool {
+        {
+            let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.shared.urgent_cap || self.is_closed() {
+                return false;
+            }
+            q.push_back(Frame::Config(payload));
+        }
+        self.shared.wake_writer.notify_one();
+        true
+    }
+
     /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
     pub fn close(&self, why: &str) {
         self.shared.close(why.to_owned());

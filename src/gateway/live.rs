@@ -1,0 +1,343 @@
+//! Changing a running gateway: one gateway id's configuration is applied as a whole (at
+//! start, on SIGHUP, from the management API). Each enabled destination has its own listener
+//! task with its own cancellation token, so a destination can stop listening while its open
+//! streams finish, and a changed destination restarts only its own listener.
+//!
+//! One change's path: [`apply`] → bind what is new (nothing changes if a bind fails) →
+//! [`Tenant::set_state`] (pushes CONFIG to connected clients) → stop removed or changed
+//! listeners → start new ones → close tunnels whose token is no longer valid.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::registry::{Tenant, TenantState};
+use super::{accept_loop, bind, serve_caller, spec_of, udp, GatewayError, Inner};
+use crate::config::{Destination, Protocol, TenantConfig};
+use crate::proto::ConfigPush;
+
+/// How long stopping a listener may take before it is left to finish on its own.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// One destination's listener, running.
+pub(super) struct Listening {
+    /// The destination as it runs (`cloud_port` is the bound port, never 0).
+    pub dest: Destination,
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Listening {
+    async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(STOP_WAIT, self.done).await.is_err() {
+            warn!(dest.id = %self.dest.id, "listener did not stop within {} s", STOP_WAIT.as_secs());
+        }
+    }
+}
+
+/// A bound socket not yet served.
+enum Bound {
+    Tcp(TcpListener, Option<TlsAcceptor>),
+    Udp(UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l, _) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+fn cloud_addr(d: &Destination) -> String {
+    if d.cloud_host.contains(':') {
+        format!("[{}]:{}", d.cloud_host, d.cloud_port)
+    } else {
+        format!("{}:{}", d.cloud_host, d.cloud_port)
+    }
+}
+
+/// Same socket: a listener can be kept or rebound in place.
+fn same_socket(a: &Destination, b: &Destination) -> bool {
+    a.cloud_host == b.cloud_host
+        && a.cloud_port == b.cloud_port
+        && (a.protocol == Protocol::Udp) == (b.protocol == Protocol::Udp)
+}
+
+async fn bind_dest(d: &Destination, tls: Option<TlsAcceptor>) -> Result<Bound, GatewayError> {
+    let addr = cloud_addr(d);
+    if d.protocol == Protocol::Udp {
+        return UdpSocket::bind(&addr)
+            .await
+            .map(Bound::Udp)
+            .map_err(|source| GatewayError::Bind {
+                addr: format!("udp {addr}"),
+                source,
+            });
+    }
+    Ok(Bound::Tcp(bind(&addr).await?, tls))
+}
+
+/// Builds what a configuration needs besides sockets; fails on what `check` would refuse.
+fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
+    let push = ConfigPush {
+        destinations: cfg
+            .destinations
+            .iter()
+            .filter(|d| d.enabled)
+            .map(spec_of)
+            .collect(),
+    };
+    let mut reverse_tls = HashMap::new();
+    for d in cfg.destinations.iter().filter(|d| d.reverse) {
+        if let Some(spec) = spec_of(d).tls {
+            let ep = crate::tls::endpoint_connector(&spec, &d.ip);
+            if let Err(e) = &ep {
+                return Err(GatewayError::Tls(format!("destination {}: {e}", d.id)));
+            }
+            reverse_tls.insert(d.id.clone(), ep);
+        }
+    }
+    Ok(TenantState {
+        push: Bytes::from(serde_json::to_vec(&push).unwrap_or_default()),
+        cfg,
+        reverse_tls,
+    })
+}
+
+/// Makes the running gateway serve `cfg` for its gateway id (new or changed). Returns the
+/// configuration as it runs: destinations asking for `cloud_port = 0` carry the bound port
+/// (kept across later changes). On error nothing has changed.
+pub(super) async fn apply(
+    inner: &Arc<Inner>,
+    mut cfg: TenantConfig,
+) -> Result<TenantConfig, GatewayError> {
+    let _one_at_a_time = inner.apply_lock.lock().await;
+    let id = cfg.id.clone();
+    let mut running: HashMap<String, Listening> = {
+        let mut l = inner.lock_listeners();
+        let keys: Vec<_> = l.keys().filter(|(g, _)| *g == id).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| l.remove(&k).map(|v| (k.1, v)))
+            .collect()
+    };
+    // A destination asking for any port keeps the one it has.
+    for d in cfg.destinations.iter_mut() {
+        if let Some(r) = running.get(&d.id) {
+            let mut asked = r.dest.clone();
+            asked.cloud_port = d.cloud_port;
+            if d.cloud_port == 0 && same_socket(&asked, d) {
+                d.cloud_port = r.addr.port();
+            }
+        }
+    }
+    let wanted: Vec<Destination> = cfg
+        .destinations
+        .iter()
+        .filter(|d| cfg.enabled && d.enabled && !d.reverse)
+        .cloned()
+        .collect();
+    // Everything that can fail comes before anything changes.
+    let prepared = (|| {
+        let state = build_state(cfg.clone())?;
+        let mut acceptors = HashMap::new();
+        for d in &wanted {
+            let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
+                GatewayError::Tls(format!("gateway {id} destination {}: {e}", d.id))
+            })?;
+            acceptors.insert(d.id.clone(), tls);
+        }
+        Ok::<_, GatewayError>((state, acceptors))
+    })();
+    let (mut state, mut acceptors) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            inner
+                .lock_listeners()
+                .extend(running.into_iter().map(|(d, l)| ((id.clone(), d), l)));
+            return Err(e);
+        }
+    };
+    let mut keep = HashMap::new();
+    let mut rebind = Vec::new();
+    let mut fresh = Vec::new();
+    for d in &wanted {
+        match running.remove(&d.id) {
+            Some(r) if r.dest == *d => {
+                keep.insert(d.id.clone(), r);
+            }
+            Some(r) if same_socket(&r.dest, d) => rebind.push((d.clone(), Some(r))),
+            Some(r) => {
+                // Moves: the new socket is bound before the old one is let go.
+                running.insert(d.id.clone(), r);
+                fresh.push(d.clone());
+            }
+            None => fresh.push(d.clone()),
+        }
+    }
+    let mut bound = Vec::new();
+    for d in &fresh {
+        let tls = acceptors.remove(&d.id).flatten();
+        match bind_dest(d, tls).await {
+            Ok(b) => bound.push((d.clone(), b)),
+            Err(e) => {
+                let mut l = inner.lock_listeners();
+                for (k, v) in running.into_iter().chain(keep) {
+                    l.insert((id.clone(), k), v);
+                }
+                for (d, r) in rebind {
+                    if let Some(r) = r {
+                        l.insert((id.clone(), d.id), r);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    // Committed from here on: resolve ports, then switch.
+    for (d, b) in &bound {
+        if let Ok(a) = b.local_addr() {
+            if let Some(x) = state.cfg.destinations.iter_mut().find(|x| x.id == d.id) {
+                x.cloud_port = a.port();
+            }
+        }
+    }
+    let result_cfg = state.cfg.clone();
+    let old = inner.tenant(&id).map(|t| t.state().cfg.clone());
+    let tenant = match inner.tenant(&id) {
+        Some(t) => {
+            t.set_state(state);
+            t
+        }
+        None => inner.insert_tenant(Tenant::new(state)),
+    };
+    // Stop what is gone or changed; open streams are not touched and finish on their own.
+    for (_, r) in running {
+        info!(gateway.id = %id, dest.id = %r.dest.id, cloud.addr = %r.addr, "destination stopped listening");
+        r.stop().await;
+    }
+    for (_, r) in rebind.iter_mut() {
+        if let Some(r) = r.take() {
+            r.stop().await;
+        }
+    }
+    let mut started = Vec::new();
+    for (d, _) in rebind {
+        let tls = acceptors.remove(&d.id).flatten();
+        match bind_dest(&d, tls).await {
+            Ok(b) => started.push((d, b)),
+            Err(e) => {
+                warn!(gateway.id = %id, dest.id = %d.id, error = %e, "destination changed but its cloud port could not be bound again; it is not listening")
+            }
+        }
+    }
+    started.extend(bound);
+    let mut l = inner.lock_listeners();
+    for (k, v) in keep {
+        l.insert((id.clone(), k), v);
+    }
+    for (mut d, b) in started {
+        if let Ok(a) = b.local_addr() {
+            d.cloud_port = a.port();
+        }
+        let listening = start(inner, &tenant, d, b);
+        l.insert((id.clone(), listening.dest.id.clone()), listening);
+    }
+    drop(l);
+    if let Some(old) = old {
+        let why = if !result_cfg.enabled && old.enabled {
+            Some("gateway disabled")
+        } else if result_cfg.token != old.token
+            || result_cfg.token_expires_at != old.token_expires_at
+        {
+            Some("security token changed")
+        } else if result_cfg.enf_tok_sec && !old.enf_tok_sec {
+            Some("security token now enforced")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let n = tenant.all_tunnels().len();
+            for m in tenant.all_tunnels() {
+                m.close(why);
+            }
+            info!(gateway.id = %id, tunnels = n, reason = why, "closed the gateway's client tunnels");
+        }
+    }
+    Ok(result_cfg)
+}
+
+/// Stops a gateway id: its listeners close, its clients are disconnected.
+pub(super) async fn remove(inner: &Arc<Inner>, id: &str) {
+    let _one_at_a_time = inner.apply_lock.lock().await;
+    let Some(tenant) = inner.remove_tenant(id) else {
+        return;
+    };
+    let stopping: Vec<Listening> = {
+        let mut l = inner.lock_listeners();
+        let keys: Vec<_> = l.keys().filter(|(g, _)| g == id).cloned().collect();
+        keys.into_iter().filter_map(|k| l.remove(&k)).collect()
+    };
+    for r in stopping {
+        r.stop().await;
+    }
+    for m in tenant.all_tunnels() {
+        m.close("gateway deleted");
+    }
+    info!(gateway.id = %id, "gateway removed");
+}
+
+/// Serves a bound destination socket until its token (a child of the gateway's) is cancelled.
+fn start(inner: &Arc<Inner>, tenant: &Arc<Tenant>, dest: Destination, b: Bound) -> Listening {
+    let stop = inner.root.child_token();
+    let addr = b
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let d = Arc::new(dest.clone());
+    info!(gateway.id = %tenant.id, dest.id = %dest.id, cloud.addr = %addr, protocol = dest.protocol.as_str(), dest.addr = %format!("{}:{}", dest.ip, dest.port), client_tls = dest.caller_tls.as_str(), "destination listening");
+    let done = match b {
+        Bound::Udp(sock) => {
+            let fut = udp::serve_udp(
+                inner.clone(),
+                tenant.clone(),
+                d,
+                Arc::new(sock),
+                stop.clone(),
+            );
+            inner.tracker.spawn(fut)
+        }
+        Bound::Tcp(listener, tls) => {
+            let (inner2, tenant, stop2) = (inner.clone(), tenant.clone(), stop.clone());
+            inner.tracker.spawn(async move {
+                accept_loop(&listener, &stop2, |tcp, caller| {
+                    let fut = serve_caller(
+                        inner2.clone(),
+                        tenant.clone(),
+                        d.clone(),
+                        tls.clone(),
+                        tcp,
+                        caller,
+                    );
+                    inner2.tracker.spawn(fut);
+                })
+                .await
+            })
+        }
+    };
+    Listening {
+        dest,
+        addr,
+        stop,
+        done,
+    }
+}
