@@ -7,10 +7,12 @@
 
 pub mod acl;
 pub mod admin;
+pub mod api;
 pub mod client;
 pub mod compress;
 pub mod config;
 pub mod dial;
+pub mod fsutil;
 pub mod gateway;
 pub mod http;
 pub mod init;

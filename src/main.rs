@@ -14,6 +14,7 @@ use hyper::Method;
 use sgw::acl::{parse_check_target, Acl, Decision, LocalTime, Request};
 use sgw::admin::client::{call, query_escape};
 use sgw::client::Client;
+use sgw::config::state::StateFile;
 use sgw::config::Policy;
 use sgw::config::{self, AnyConfig, ClientConfig, GatewayConfig, LogFormat};
 use sgw::gateway::Gateway;
@@ -231,6 +232,83 @@ fn log_settings(
     sgw::telemetry::init(&level, format).map_err(|e| BadConfig(format!("log settings: {e}")).into())
 }
 
+/// The API's state file (empty when not configured or not written yet). Gateway ids in
+/// both gateway.toml and the state file are refused: each gateway has one owner.
+fn load_state(cfg: &GatewayConfig) -> Result<StateFile> {
+    let path = cfg.api.as_ref().and_then(|a| a.state_file.as_ref());
+    let state = match path {
+        Some(p) => StateFile::load(p)
+            .map_err(bad)?
+            .unwrap_or_else(StateFile::empty),
+        None => StateFile::empty(),
+    };
+    for g in &state.gateways {
+        if cfg.gateways.iter().any(|t| t.id == g.id) {
+            return Err(bad(format!(
+                "gateway id `{}` is both in the config file and in state_file; remove it from one",
+                g.id
+            )));
+        }
+    }
+    Ok(state)
+}
+
+/// SIGHUP: re-reads gateway.toml; applies the log level and the `[[gateways]]` it defines
+/// (added, changed, removed) to the running gateway. Gateways the API manages are not
+/// touched; listeners and TLS settings need a restart.
+async fn reload_gateway(
+    mut hup: tokio::signal::unix::Signal,
+    path: PathBuf,
+    h: sgw::gateway::GatewayHandle,
+    log: sgw::telemetry::LogControl,
+    level_fixed: bool,
+    mut file_ids: Vec<String>,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
+        let new = match GatewayConfig::load(&path) {
+            Ok(n) => n,
+            Err(errs) => {
+                for e in &errs.0 {
+                    tracing::error!(error = %e, "config reload failed, keeping the running configuration");
+                }
+                continue;
+            }
+        };
+        if !level_fixed {
+            if let Err(e) = log.set_level(&new.log.level) {
+                tracing::error!(error = %e, "cannot apply log_level");
+            }
+        }
+        // Every running id that did not come from the file is the API's.
+        let api_ids: Vec<String> = h
+            .gateway_ids()
+            .into_iter()
+            .filter(|id| !file_ids.contains(id))
+            .collect();
+        let mut applied = Vec::new();
+        for t in new.gateways {
+            if api_ids.contains(&t.id) {
+                tracing::error!(gateway.id = %t.id, "not applied: this gateway id is managed through the API");
+                continue;
+            }
+            let id = t.id.clone();
+            match h.apply(t).await {
+                Ok(_) => applied.push(id),
+                Err(e) => {
+                    tracing::error!(gateway.id = %id, error = %e, "gateway not reloaded; it keeps its running configuration");
+                    applied.push(id);
+                }
+            }
+        }
+        for gone in file_ids.iter().filter(|id| !applied.contains(id)) {
+            h.remove(gone).await;
+        }
+        file_ids = applied;
+        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits and api settings take effect after a restart");
+    }
+}
+
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
     BadConfig(e.to_string()).into()
 }
@@ -328,35 +406,32 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             log_format,
         } => {
             let cfg = GatewayConfig::load(&config).map_err(bad)?;
+            let state = load_state(&cfg)?;
+            let managed = state.tenants().map_err(|e| bad(e.join("\n")))?;
             let level_fixed = log_level.is_some();
             let log = log_settings(log_level, log_format, &cfg.log)?;
-            // SIGHUP: validate the config; apply the log level; name what needs a restart.
-            // (Without a handler SIGHUP would terminate the process.)
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-            let path = config.clone();
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    tracing::info!(config = %path.display(), "SIGHUP: reloading configuration");
-                    match GatewayConfig::load(&path) {
-                        Err(errs) => {
-                            for e in &errs.0 {
-                                tracing::error!(error = %e, "config reload failed, keeping the running configuration");
-                            }
-                        }
-                        Ok(new) => {
-                            if !level_fixed {
-                                if let Err(e) = log.set_level(&new.log.level) {
-                                    tracing::error!(error = %e, "cannot apply log_level");
-                                }
-                            }
-                            tracing::warn!("configuration valid; log level applied, other changes (listeners, gateways, destinations) take effect after a restart");
-                        }
-                    }
-                }
-            });
+            // Installed before anything else: without a handler SIGHUP would terminate.
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let shutdown = shutdown_on_signals()?;
-            let gw = Gateway::bind(cfg).await.context("starting gateway")?;
+            let api = cfg.api.clone();
+            let file_ids: Vec<String> = cfg.gateways.iter().map(|g| g.id.clone()).collect();
+            let gw = Gateway::bind_with(cfg, managed)
+                .await
+                .context("starting gateway")?;
             let h = gw.handle();
+            if let Some(api) = &api {
+                h.start_api(api, state, shutdown.clone())
+                    .await
+                    .context("starting the management API")?;
+            }
+            tokio::spawn(reload_gateway(
+                hup,
+                config.clone(),
+                h.clone(),
+                log,
+                level_fixed,
+                file_ids,
+            ));
             sgw::systemd::spawn_watchdog(shutdown.clone());
             sgw::systemd::ready(&format!("serving: tunnel endpoint {}", h.tunnel_addr()));
             let stop = shutdown.clone();

@@ -566,12 +566,26 @@ async fn gateway_survives_sighup_and_reports_a_broken_config() {
         p.child.try_wait().unwrap().is_none(),
         "SIGHUP must not stop the gateway"
     );
+    // A destination added to the file starts listening on SIGHUP, and stops when removed.
+    let added = format!(
+        "{good}\n[[gateways.destinations]]\nid = \"added\"\nip = \"127.0.0.1\"\nport = 9\ncloud_host = \"127.0.0.1\"\ncloud_port = 0\n"
+    );
+    std::fs::write(&gw_toml, added).unwrap();
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    hup();
+    let line = p.wait_line("dest.id=added").await;
+    let addr: std::net::SocketAddr = field(&line, "cloud.addr").parse().unwrap();
+    p.wait_line("configuration reloaded").await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     std::fs::write(&gw_toml, good).unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    p.wait_line("configuration valid").await;
+    hup();
+    p.wait_line("destination stopped listening").await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     assert!(p.child.try_wait().unwrap().is_none());
 }

@@ -6,7 +6,6 @@
 //! written; the write goes to a temporary file in the same directory, is fsynced and renamed
 //! over the old one, so a crash leaves either the old file or the new one, never a mix.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -153,42 +152,10 @@ impl AclFile {
         new_text.push('\n');
         let acl = Acl::parse(&self.path.display().to_string(), &new_text, self.policy)
             .map_err(|e| AclEditError::Invalid(e.join("\n")))?;
-        write_atomic(&self.path, new_text.as_bytes()).map_err(io)?;
+        crate::fsutil::write_atomic(&self.path, new_text.as_bytes(), 0o644).map_err(io)?;
         *seen = stamp(&self.path);
         Ok((acl, line))
     }
-}
-
-/// Temp file in the same directory, fsync, rename over, fsync the directory. Keeps the old
-/// file's permissions.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "acl".into());
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(m) = std::fs::metadata(path) {
-            f.set_permissions(m.permissions())?;
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

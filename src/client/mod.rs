@@ -12,7 +12,7 @@ mod reload;
 mod reverse;
 mod socks;
 
-pub use acl_file::{write_atomic, AclEditError, AclFile};
+pub use acl_file::{AclEditError, AclFile};
 pub use admin::AdminBackend;
 pub use reload::reload_from_files;
 

@@ -138,15 +138,28 @@ pub struct GatewayConfig {
     /// What reverse destinations may dial: ACL host[:ports] forms (CIDR, ranges, names),
     /// default deny. Checked when the gateway binds.
     pub egress_allow: Vec<String>,
+    /// The management API (SPEC §7), when `api_listen` is set.
+    pub api: Option<ApiConfig>,
 }
 
-const LATER: &[&str] = &[
-    "api_listen",
-    "admin_token",
-    "admin_token_file",
-    "state_file",
-    "admin_listen",
-];
+/// `api_listen` and what goes with it.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    /// For account-level calls (create, list, import, export gateways).
+    pub admin_token: Option<Secret>,
+    /// Where gateways created through the API are kept (absent: lost at restart).
+    pub state_file: Option<std::path::PathBuf>,
+    /// Largest request body accepted.
+    pub max_body: u64,
+    /// `cloud_host` for destinations created through the API without one.
+    pub cloud_host: String,
+}
+
+const LATER: &[&str] = &["admin_listen"];
+
+/// Default `api_max_body`: certificates and imports are small.
+const API_MAX_BODY: u64 = 1 << 20;
 const DEST_LATER: &[&str] = &[];
 
 impl GatewayConfig {
@@ -239,6 +252,55 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
             .unwrap_or(Duration::from_secs(30)),
         gateways,
         egress_allow: root.strs("egress_allow").unwrap_or_default(),
+        api: read_api(root),
+    })
+}
+
+fn read_api(root: &Tbl<'_, '_>) -> Option<ApiConfig> {
+    let keys = [
+        "admin_token",
+        "admin_token_file",
+        "state_file",
+        "api_max_body",
+        "cloud_host",
+    ];
+    let listen = match root.str("api_listen") {
+        None => {
+            for k in keys.iter().filter(|k| root.has(k)) {
+                root.invalid(k, "only applies with api_listen (the management API)");
+            }
+            return None;
+        }
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                root.invalid("api_listen", format!("`{s}` is not an ip:port address"));
+                return None;
+            }
+        },
+    };
+    let admin_token = if root.has("admin_token") || root.has("admin_token_file") {
+        read_secret(root, "admin_token", "admin_token_file")
+    } else {
+        None
+    };
+    let state_file = root
+        .str("state_file")
+        .map(|p| super::relative_to(root.cx.file(), &p));
+    let max_body = match root.size("api_max_body") {
+        Some(n) if !(1024..=(64 << 20)).contains(&n) => {
+            root.invalid("api_max_body", "must be between 1KiB and 64MiB");
+            API_MAX_BODY
+        }
+        Some(n) => n,
+        None => API_MAX_BODY,
+    };
+    Some(ApiConfig {
+        listen,
+        admin_token,
+        state_file,
+        max_body,
+        cloud_host: root.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into()),
     })
 }
 

@@ -5,6 +5,7 @@
 //! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
 
 mod live;
+mod manage;
 mod registry;
 mod reverse;
 mod udp;
@@ -420,6 +421,32 @@ impl GatewayHandle {
     pub async fn apply(&self, cfg: TenantConfig) -> Result<TenantConfig, GatewayError> {
         warn_odd(&cfg);
         live::apply(&self.inner, cfg).await
+    }
+
+    /// Starts the management API on `cfg.listen` (TLS with the tunnel endpoint's
+    /// certificate) until `shutdown`; `state` is what the state file held (already served by
+    /// [`Gateway::bind_with`]). Returns the bound address.
+    pub async fn start_api(
+        &self,
+        cfg: &crate::config::ApiConfig,
+        state: crate::config::state::StateFile,
+        shutdown: CancellationToken,
+    ) -> Result<SocketAddr, GatewayError> {
+        let listener = bind(&cfg.listen.to_string()).await?;
+        let addr = listener.local_addr().map_err(|source| GatewayError::Bind {
+            addr: cfg.listen.to_string(),
+            source,
+        })?;
+        let settings = crate::api::ApiSettings {
+            admin_token: cfg.admin_token.clone(),
+            state_file: cfg.state_file.clone(),
+            max_body: usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
+            default_cloud_host: cfg.cloud_host.clone(),
+        };
+        let api = crate::api::Api::new(self.clone(), settings, state);
+        let fut = crate::api::serve(api, listener, self.inner.tls.clone(), shutdown);
+        self.inner.tracker.spawn(fut);
+        Ok(addr)
     }
 
     /// Stops serving a gateway id and disconnects its clients.

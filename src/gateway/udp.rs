@@ -125,7 +125,7 @@ impl NewFlow<'_> {
             flows,
         } = *self;
         if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
-            inner.count(&tenant, Stat::Denied, 1);
+            inner.count(tenant, Stat::Denied, 1);
             inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
