@@ -369,11 +369,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if let Err(errs) = sgw::gateway::check(&g) {
                     return Err(bad(errs.join("\n")));
                 }
+                // The state file is part of what the gateway would start with.
+                let state = load_state(&g)?;
                 let n: usize = g.gateways.iter().map(|t| t.destinations.len()).sum();
                 println!(
-                    "{}: ok (gateway config, {} gateway id(s), {n} destination(s))",
+                    "{}: ok (gateway config, {} gateway id(s), {n} destination(s); {} from state_file)",
                     file.display(),
-                    g.gateways.len()
+                    g.gateways.len(),
+                    state.gateways.len()
                 );
                 Ok(ExitCode::SUCCESS)
             }

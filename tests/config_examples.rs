@@ -39,6 +39,13 @@ fn every_example_config_loads() {
                     assert_eq!(d[6].protocol.as_str(), "UDP");
                     assert!(d[7].reverse && d[7].local_port == 18443);
                     assert_eq!(g.egress_allow.len(), 2);
+                    let api = g.api.as_ref().unwrap();
+                    assert_eq!(api.listen.port(), 9443);
+                    assert!(api.admin_token.is_some() && api.state_file.is_some());
+                    assert_eq!(
+                        (api.max_body, api.cloud_host.as_str()),
+                        (1 << 20, "127.0.0.1")
+                    );
                     let tls = d[3].endpoint_tls.as_ref().unwrap();
                     assert!(tls.mutual && tls.identity.is_some() && tls.reject_unauth);
                     assert_eq!(tls.client_certs.len(), 1);

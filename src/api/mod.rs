@@ -394,6 +394,13 @@ impl<B: Backend> Api<B> {
     }
 }
 
+/// Unix milliseconds as an RFC 3339 time (JSON null if out of range).
+pub fn rfc3339_ms(ms: u64) -> Value {
+    jiff::Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX))
+        .map(|t| Value::String(t.to_string()))
+        .unwrap_or(Value::Null)
+}
+
 /// Records the ports the gateway bound for destinations that asked for any port, so they
 /// keep them across restarts.
 fn sync_ports(rec: &mut GatewayRecord, running: &TenantConfig) {

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::certs;
-use super::{Api, ApiError, Backend, Caller, Logged};
+use super::{rfc3339_ms, Api, ApiError, Backend, Caller, Logged};
 use crate::config::state::{
     destination_from_json, destination_to_json, DestRecord, GatewayRecord, StoredSecret,
 };
@@ -314,12 +314,6 @@ async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiError> {
 }
 
 // ---- views ----
-
-fn rfc3339_ms(ms: u64) -> Value {
-    jiff::Timestamp::from_millisecond(ms as i64)
-        .map(|t| Value::String(t.to_string()))
-        .unwrap_or(Value::Null)
-}
 
 fn status_word(enabled: bool) -> &'static str {
     if enabled {

@@ -3,14 +3,8 @@
 use serde_json::{json, Value};
 
 use super::{GatewayError, GatewayHandle};
-use crate::api::{ApplyError, Backend};
+use crate::api::{rfc3339_ms, ApplyError, Backend};
 use crate::config::TenantConfig;
-
-fn rfc3339_ms(ms: u64) -> Value {
-    jiff::Timestamp::from_millisecond(ms as i64)
-        .map(|t| Value::String(t.to_string()))
-        .unwrap_or(Value::Null)
-}
 
 impl Backend for GatewayHandle {
     async fn apply(&self, cfg: TenantConfig) -> Result<TenantConfig, ApplyError> {
