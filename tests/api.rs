@@ -803,6 +803,73 @@ async fn live_changes_reach_a_connected_client_and_survive_restart() {
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
     roundtrip(&mut open, b"open streams finish").await;
 
+    // A caller the client's ACL refuses: the client's warning reaches clientLogs.
+    let body = json!({"id": "denied", "ip": "127.0.0.1", "port": 9});
+    let (st, d) = env
+        .call(
+            "POST",
+            &format!("/v1/sgconfig/{id}/destinations"),
+            &token,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(st, 200, "{d}");
+    let denied = d["cloud_port"].as_u64().unwrap() as u16;
+    // The gateway resets the caller once the client refuses; that may even beat connect().
+    if let Ok(mut refused) = TcpStream::connect(("127.0.0.1", denied)).await {
+        let mut buf = [0u8; 1];
+        let _ = tokio::time::timeout(WAIT, refused.read(&mut buf)).await;
+    }
+    env.gw.as_ref().unwrap().wait_line("client log").await;
+    let q = format!("/v1/sgconfig/{id}/clientLogs?type=warn&client_id={client_id}");
+    let (st, logs) = env.call("GET", &q, &token, None).await;
+    assert_eq!(st, 200);
+    let line = &logs.as_array().unwrap()[0];
+    assert_eq!(
+        (line["level"].as_str(), line["client_id"].as_str()),
+        (Some("warn"), Some(client_id.as_str()))
+    );
+    assert!(s(&line["message"]).contains("denied"), "{logs}");
+    let (_, none) = env
+        .call(
+            "GET",
+            &format!("/v1/sgconfig/{id}/clientLogs?type=error"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(none, json!([]));
+
+    // DELETE clients disconnects it; it comes back by itself with a new tunnel.
+    let body = json!({"deleteList": [client_id]});
+    let (st, del) = env
+        .call(
+            "DELETE",
+            &format!("/v1/sgconfig/{id}/clients"),
+            &token,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (st, del["deleted"].clone()),
+        (200, json!([client_id])),
+        "{del}"
+    );
+    env.gw
+        .as_ref()
+        .unwrap()
+        .wait_line("reason=disconnected through the management API")
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while client.all().matches("tunnel up").count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client did not reconnect: {}",
+            client.all()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     // A regenerated token disconnects the client, which cannot come back with the old one.
     let (st, g) = env
         .call(
