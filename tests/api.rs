@@ -418,6 +418,21 @@ async fn seed_000_curl_examples() {
         .await;
     assert_eq!(st, 200);
     assert!(d.get("ip_table_rules").is_none(), "{d}");
+    // Two rules, then DELETE with no body removes them all.
+    let rule3 = rule2.replace("myRule01", "myRule02");
+    for r in [rule, rule3.as_str()] {
+        let (st, _) = env
+            .curl(&["-X", "PUT", "-H", &auth, "-d", r, &dp("/ipTableRule")])
+            .await;
+        assert_eq!(st, 200);
+    }
+    let (_, d) = env.curl(&["-X", "GET", "-H", &auth, &dp("")]).await;
+    assert_eq!(d["ip_table_rules"].as_array().map(Vec::len), Some(2));
+    let (st, d) = env
+        .curl(&["-X", "DELETE", "-H", &auth, &dp("/ipTableRule")])
+        .await;
+    assert_eq!(st, 200);
+    assert!(d.get("ip_table_rules").is_none(), "{d}");
 
     // Certificates: upload (the seed's `cert` field, with its key), list, delete, generate.
     let pem = format!("cert=@{}", env.path("gateway.pem").display());
@@ -712,6 +727,28 @@ async fn live_changes_reach_a_connected_client_and_survive_restart() {
     let port = d["cloud_port"].as_u64().unwrap() as u16;
     let mut open = echo_on(port).await;
     roundtrip(&mut open, b"through a destination made a moment ago").await;
+    let cid = s(&clients[0]["client_id"]);
+    let (st, c) = env
+        .call(
+            "GET",
+            &format!("/v1/sgconfig/{id}/clients/{cid}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, c["connected"].as_bool(), c["tunnels"].as_u64()),
+        (200, Some(true), Some(1)),
+        "{c}"
+    );
+    let (_, stats) = env
+        .call("GET", &format!("/v1/sgconfig/{id}/stats"), &token, None)
+        .await;
+    assert_eq!(
+        (stats["streams_opened"].as_u64(), stats["clients"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
     assert!(
         !client.all().contains("tunnel down"),
         "the client did not reconnect"
@@ -1145,6 +1182,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
             "nothing to generate".into(),
         ),
         (
+            "PUT",
+            format!("{d1}/cert"),
+            &token,
+            None,
+            400,
+            "upload certificates as multipart".into(),
+        ),
+        (
             "GET",
             format!("{dests}/nope"),
             &token,
@@ -1285,8 +1330,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
             "{method} {path} {body:?}: got {st} {v}, want {want} containing {msg:?}"
         );
     }
-    // Larger than api_max_body (64 KiB here): refused from its Content-Length.
+    // Two server certificates in one upload.
     let auth = format!("Authorization: Bearer {token}");
+    let one = format!("server_cert=@{}", env.path("gateway.pem").display());
+    let url = env.url(&format!("{d1}/cert"));
+    let (st, v) = env
+        .curl(&["-X", "PUT", "-H", &auth, "-F", &one, "-F", &one, &url])
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        s(&v["message"]).contains("server_cert: upload one file"),
+        "{v}"
+    );
+    // Larger than api_max_body (64 KiB here): refused from its Content-Length.
     let big = json!({"desc": big}).to_string();
     let (st, v) = env
         .curl(&[

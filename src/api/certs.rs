@@ -56,6 +56,7 @@ pub(super) fn put(
             "no files uploaded; fields: {UPLOAD_FIELDS}"
         )));
     }
+    let mut seen: Vec<String> = Vec::new();
     for (name, text) in parts {
         let field = match name.as_str() {
             "cert" | "server_cert" => "server_cert",
@@ -76,6 +77,13 @@ pub(super) fn put(
                 )))
             }
         };
+        // Seed 000: one server certificate (chain), one client certificate and key.
+        if seen.iter().any(|f| f == field) {
+            return Err(ApiError::bad(format!(
+                "{field}: upload one file, not several"
+            )));
+        }
+        seen.push(field.to_owned());
         doc.insert(field.into(), text.into());
     }
     Ok(())
