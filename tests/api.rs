@@ -623,8 +623,11 @@ async fn seed_000_curl_examples() {
         .await;
     assert_eq!(st, 200);
     assert!(svc["gateways"].as_array().unwrap().len() >= 2);
-    // Only this gateway, with no destinations (its port is taken by the original).
-    let only = json!({"gateways": [{"desc": "copy", "enf_tok_sec": true, "destinations": []}]});
+    // A gateway from another host: its destination listens on this gateway's cloud_host, on a
+    // new port (0).
+    let dest_elsewhere =
+        json!({"id": "x", "ip": "127.0.0.1", "port": 9, "cloud_host": "0.0.0.0", "cloud_port": 0});
+    let only = json!({"gateways": [{"desc": "copy", "enf_tok_sec": true, "destinations": [dest_elsewhere]}]});
     let file = env.path("service.config");
     std::fs::write(&file, only.to_string()).unwrap();
     let state = format!("state=@{}", file.display());
@@ -641,6 +644,21 @@ async fn seed_000_curl_examples() {
         .await;
     assert_eq!(st, 200, "{imp}");
     assert_eq!(imp["imported"][0]["desc"], "copy");
+    let copy = s(&imp["imported"][0]["id"]);
+    let (st, x) = env
+        .call(
+            "GET",
+            &format!("/v1/sgconfig/{copy}/destinations/x"),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, x["cloud_host"].as_str()),
+        (200, Some("127.0.0.1")),
+        "{x}"
+    );
+    assert_ne!(x["cloud_port"].as_u64(), Some(0));
     assert_ne!(imp["imported"][0]["id"], json!(id));
 
     // Stats, per gateway and overall.

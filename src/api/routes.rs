@@ -599,7 +599,8 @@ async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req: Request) -
             .enumerate()
             .map(|(j, d)| {
                 let doc = object(d.clone(), "a destination")?;
-                new_dest(&api, doc, &[]).map_err(|e| prefix(e, &format!("destinations[{j}]")))
+                new_dest(&api, doc, &[], Origin::Import)
+                    .map_err(|e| prefix(e, &format!("destinations[{j}]")))
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(at)?;
@@ -844,12 +845,19 @@ fn cloud_host<B: Backend>(api: &Api<B>, doc: &mut Map<String, Value>) -> Result<
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Request,
+    Import,
+}
+
 /// A new destination from a request or an import: id checked or generated, defaults filled
 /// in, validated. `taken`: ids already used in the gateway.
 fn new_dest<B: Backend>(
     api: &Api<B>,
     mut doc: Map<String, Value>,
     taken: &[String],
+    origin: Origin,
 ) -> Result<DestRecord, ApiError> {
     normalise(&mut doc)?;
     let id = match doc.get("id") {
@@ -879,6 +887,10 @@ fn new_dest<B: Backend>(
         }
     };
     doc.insert("id".into(), id.into());
+    // An imported destination listens where this gateway listens, whatever the file says.
+    if origin == Origin::Import {
+        doc.remove("cloud_host");
+    }
     let reverse = doc.get("reverse").and_then(Value::as_bool).unwrap_or(false);
     if !reverse {
         doc.entry("cloud_port").or_insert_with(|| 0.into());
@@ -917,7 +929,7 @@ async fn create_dest<B: Backend>(
     let mut id = String::new();
     let (rec, cfg) = api
         .change(&gw, |r| {
-            let d = new_dest(&api, doc, &dest_ids(r))?;
+            let d = new_dest(&api, doc, &dest_ids(r), Origin::Request)?;
             id = d
                 .config
                 .get("id")
@@ -1000,7 +1012,7 @@ async fn import_dests<B: Backend>(
             for (j, d) in list.into_iter().enumerate() {
                 let at = |e| prefix(e, &format!("destinations[{j}]"));
                 let doc = object(d, "a destination").map_err(at)?;
-                let rec = new_dest(&api, doc, &dest_ids(r)).map_err(at)?;
+                let rec = new_dest(&api, doc, &dest_ids(r), Origin::Import).map_err(at)?;
                 ids.push(
                     rec.config
                         .get("id")
