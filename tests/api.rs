@@ -1517,6 +1517,39 @@ async fn expired_token_is_refused() {
     client
         .wait_line("gateway rejected the security token")
         .await;
+    // A tunnel up when its token expires is closed then.
+    let body = json!({"regen_token": true, "token_exp": 1});
+    let (st, g) = env
+        .call("PUT", &format!("/v1/sgconfig/{id}"), ADMIN, Some(&body))
+        .await;
+    assert_eq!(st, 200);
+    let fresh = s(&g["security_token"]);
+    drop(client);
+    let mut p = env.gw.take().unwrap();
+    let _ = p.child.kill();
+    let _ = wait_exit(&mut p.child).await;
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 5;
+    v["gateways"][0]["token_expires_at"] = json!(soon);
+    std::fs::write(&state, v.to_string()).unwrap();
+    env.launch().await;
+    let client = start_client(&env, &id, &fresh, "127.0.0.1:9");
+    client.wait_line("tunnel up").await;
+    let line = env
+        .gw
+        .as_ref()
+        .unwrap()
+        .wait_line("the security token expired")
+        .await;
+    assert!(line.contains("token_expired"), "{line}");
+    client
+        .wait_line("gateway rejected the security token")
+        .await;
+
     // The admin token still reaches the gateway and can issue a new token.
     let body = json!({"regen_token": true, "token_exp": 0});
     let (st, g) = env

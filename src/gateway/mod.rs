@@ -620,8 +620,29 @@ async fn serve_tunnel(
             mux.push_config(now);
         }
         info!(client.version = %hello.version, client.hostname = %hello.hostname, client.env = %hello.env, "tunnel up");
+        // The token this tunnel came in with stops being good at its expiry; a changed token
+        // closes the tunnel sooner (live::apply).
+        let expires = {
+            let cfg = &tenant.state().cfg;
+            cfg.token_expires_at.filter(|_| cfg.enf_tok_sec)
+        };
+        let expiry = async move {
+            match expires {
+                Some(at) => {
+                    let now = crate::telemetry::unix_ms() / 1000;
+                    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
+                _ = &mut expiry => {
+                    info!(reason = "token_expired", "the security token expired; closing the tunnel");
+                    mux.close("security token expired");
+                    break;
+                }
                 inc = events.incoming.recv() => match inc {
                     // Client-opened streams are for reverse destinations.
                     Some(i) => {
