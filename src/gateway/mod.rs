@@ -3,6 +3,8 @@
 //!
 //! One caller's path: [`serve_caller`] → [`Tenant::open`] (pick a client and tunnel, open a
 //! stream) → [`relay`]. One tunnel's path: [`serve_tunnel`] (auth, hello, register, wait).
+//! A configuration change (start, SIGHUP, management API): [`live::apply`]; the API's view of
+//! the running gateway: `manage.rs`.
 
 mod live;
 mod manage;
@@ -27,6 +29,16 @@ use tracing::{info, warn, Instrument};
 
 use registry::Tenant;
 pub use registry::{ClientInfo, Disconnected};
+
+use crate::acl;
+use crate::config::{Destination, GatewayConfig, TenantConfig};
+use crate::mux::{Mux, MuxConfig, Role};
+use crate::proto::{
+    DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta, ProxySpec,
+    Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
+};
+use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
+use crate::tunnel;
 
 /// One gateway id's counters (`stats`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,16 +67,6 @@ fn warn_odd(t: &TenantConfig) {
         warn!(gateway.id = %t.id, dest.id = %d.id, "destination is private with no ip_table_rules: every caller is refused");
     }
 }
-
-use crate::acl;
-use crate::config::{Destination, GatewayConfig, TenantConfig};
-use crate::mux::{Mux, MuxConfig, Role};
-use crate::proto::{
-    DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta, ProxySpec,
-    Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
-};
-use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
-use crate::tunnel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
