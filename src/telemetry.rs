@@ -125,9 +125,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Forward {
                 other => message.push_str(&format!(" {k}={other}")),
             }
         }
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let time = unix_ms() / 1000;
         let _ = self.tx.try_send(ForwardedLog {
             level: meta.level().to_string().to_ascii_lowercase(),
             message,

@@ -625,8 +625,7 @@ async fn seed_000_curl_examples() {
     assert!(svc["gateways"].as_array().unwrap().len() >= 2);
     // A gateway from another host: its destination listens on this gateway's cloud_host, on a
     // new port (0).
-    let dest_elsewhere =
-        json!({"id": "x", "ip": "127.0.0.1", "port": 9, "cloud_host": "0.0.0.0", "cloud_port": 0});
+    let dest_elsewhere = json!({"id": "x", "ip": "127.0.0.1", "port": 9, "cloud_host": "127.0.0.3", "cloud_port": 0});
     let only = json!({"gateways": [{"desc": "copy", "enf_tok_sec": true, "destinations": [dest_elsewhere]}]});
     let file = env.path("service.config");
     std::fs::write(&file, only.to_string()).unwrap();
@@ -1087,7 +1086,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
             "POST",
             dests.clone(),
             &token,
-            Some(json!({"ip": "h", "port": 1, "cloud_host": "0.0.0.0"})),
+            Some(json!({"ip": "h", "port": 1, "cloud_host": "127.0.0.2"})),
             400,
             "cloud_host:".into(),
         ),

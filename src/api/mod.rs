@@ -13,7 +13,6 @@ mod certs;
 mod routes;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::state::{tenant_from_record, GatewayRecord, StateFile};
-use crate::config::{Secret, TenantConfig};
+use crate::config::{ApiConfig, TenantConfig};
 
 pub use routes::ROUTES;
 
@@ -34,19 +33,6 @@ pub use routes::ROUTES;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// API connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
-
-/// Settings from `gateway.toml`.
-#[derive(Debug, Clone)]
-pub struct ApiSettings {
-    /// Token for account-level calls; without it those calls are refused (403).
-    pub admin_token: Option<Secret>,
-    /// Where API-managed gateways are kept; without it they last until restart.
-    pub state_file: Option<PathBuf>,
-    /// Largest request body (JSON or multipart).
-    pub max_body: usize,
-    /// `cloud_host` of destinations created without one.
-    pub default_cloud_host: String,
-}
 
 /// Why the running gateway could not take a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -169,14 +155,15 @@ enum Caller {
 /// The API's state: the backend, settings and the API-managed gateways.
 pub struct Api<B> {
     backend: B,
-    settings: ApiSettings,
+    /// `api_listen` and what goes with it, from gateway.toml.
+    settings: ApiConfig,
     /// Held across a whole change (validate, apply, write), so changes never interleave.
     state: tokio::sync::Mutex<StateFile>,
 }
 
 impl<B: Backend> Api<B> {
     /// `state`: what `state_file` held at start (already applied to the backend).
-    pub fn new(backend: B, settings: ApiSettings, state: StateFile) -> Arc<Self> {
+    pub fn new(backend: B, settings: ApiConfig, state: StateFile) -> Arc<Self> {
         if settings.state_file.is_none() {
             warn!("api_listen without state_file: gateways created through the API are lost at restart");
         }

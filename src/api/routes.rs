@@ -98,7 +98,7 @@ const MAX_ID: usize = 64;
 const DEFAULT_TOKEN_DAYS: u32 = 90;
 
 pub(super) fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
-    let max_body = api.settings.max_body;
+    let max_body = usize::try_from(api.settings.max_body).unwrap_or(usize::MAX);
     Router::new()
         .route(
             "/v1/sgconfig",
@@ -829,7 +829,7 @@ fn fill_in(doc: &mut Map<String, Value>) -> Result<(), ApiError> {
 /// API destinations listen on the gateway's `cloud_host` (gateway.toml): API users choose
 /// ports, not the gateway's interfaces.
 fn cloud_host<B: Backend>(api: &Api<B>, doc: &mut Map<String, Value>) -> Result<(), ApiError> {
-    let host = &api.settings.default_cloud_host;
+    let host = &api.settings.cloud_host;
     if doc.get("reverse").and_then(Value::as_bool) == Some(true) {
         return Ok(());
     }

@@ -439,13 +439,7 @@ impl GatewayHandle {
             addr: cfg.listen.to_string(),
             source,
         })?;
-        let settings = crate::api::ApiSettings {
-            admin_token: cfg.admin_token.clone(),
-            state_file: cfg.state_file.clone(),
-            max_body: usize::try_from(cfg.max_body).unwrap_or(usize::MAX),
-            default_cloud_host: cfg.cloud_host.clone(),
-        };
-        let api = crate::api::Api::new(self.clone(), settings, state);
+        let api = crate::api::Api::new(self.clone(), cfg.clone(), state);
         let fut = crate::api::serve(api, listener, self.inner.tls.clone(), shutdown);
         self.inner.tracker.spawn(fut);
         Ok(addr)
