@@ -101,10 +101,8 @@ fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
     let mut reverse_tls = HashMap::new();
     for d in cfg.destinations.iter().filter(|d| d.reverse) {
         if let Some(spec) = spec_of(d).tls {
-            let ep = crate::tls::endpoint_connector(&spec, &d.ip);
-            if let Err(e) = &ep {
-                return Err(GatewayError::Tls(format!("destination {}: {e}", d.id)));
-            }
+            let ep = crate::tls::endpoint_connector(&spec, &d.ip)
+                .map_err(|e| GatewayError::Tls(format!("destination {}: {e}", d.id)))?;
             reverse_tls.insert(d.id.clone(), ep);
         }
     }
@@ -147,27 +145,7 @@ pub(super) async fn apply(
         .filter(|d| cfg.enabled && d.enabled && !d.reverse)
         .cloned()
         .collect();
-    // Everything that can fail comes before anything changes.
-    let prepared = (|| {
-        let state = build_state(cfg.clone())?;
-        let mut acceptors = HashMap::new();
-        for d in &wanted {
-            let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
-                GatewayError::Tls(format!("gateway {id} destination {}: {e}", d.id))
-            })?;
-            acceptors.insert(d.id.clone(), tls);
-        }
-        Ok::<_, GatewayError>((state, acceptors))
-    })();
-    let (mut state, mut acceptors) = match prepared {
-        Ok(x) => x,
-        Err(e) => {
-            inner
-                .lock_listeners()
-                .extend(running.into_iter().map(|(d, l)| ((id.clone(), d), l)));
-            return Err(e);
-        }
-    };
+    // Sort the wanted destinations against what runs; nothing changes yet.
     let mut keep = HashMap::new();
     let mut rebind = Vec::new();
     let mut fresh = Vec::new();
@@ -185,21 +163,33 @@ pub(super) async fn apply(
             None => fresh.push(d.clone()),
         }
     }
+    // Everything that can fail comes before anything changes. Kept listeners keep their TLS
+    // settings: only listeners that (re)bind get new ones.
+    let prepared = (|| {
+        let state = build_state(cfg.clone())?;
+        let mut acceptors = HashMap::new();
+        for d in fresh.iter().chain(rebind.iter().map(|(d, _)| d)) {
+            let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
+                GatewayError::Tls(format!("gateway {id} destination {}: {e}", d.id))
+            })?;
+            acceptors.insert(d.id.clone(), tls);
+        }
+        Ok::<_, GatewayError>((state, acceptors))
+    })();
+    let (mut state, mut acceptors) = match prepared {
+        Ok(x) => x,
+        Err(e) => {
+            put_back(inner, &id, running, keep, rebind);
+            return Err(e);
+        }
+    };
     let mut bound = Vec::new();
     for d in &fresh {
         let tls = acceptors.remove(&d.id).flatten();
         match bind_dest(d, tls).await {
             Ok(b) => bound.push((d.clone(), b)),
             Err(e) => {
-                let mut l = inner.lock_listeners();
-                for (k, v) in running.into_iter().chain(keep) {
-                    l.insert((id.clone(), k), v);
-                }
-                for (d, r) in rebind {
-                    if let Some(r) = r {
-                        l.insert((id.clone(), d.id), r);
-                    }
-                }
+                put_back(inner, &id, running, keep, rebind);
                 return Err(e);
             }
         }
@@ -275,6 +265,21 @@ pub(super) async fn apply(
         }
     }
     Ok(result_cfg)
+}
+
+/// A change that failed: the listeners taken out for it go back as they were.
+fn put_back(
+    inner: &Inner,
+    id: &str,
+    running: HashMap<String, Listening>,
+    keep: HashMap<String, Listening>,
+    rebind: Vec<(Destination, Option<Listening>)>,
+) {
+    let mut l = inner.lock_listeners();
+    let again = rebind.into_iter().filter_map(|(d, r)| r.map(|r| (d.id, r)));
+    for (k, v) in running.into_iter().chain(keep).chain(again) {
+        l.insert((id.to_owned(), k), v);
+    }
 }
 
 /// Stops a gateway id: its listeners close, its clients are disconnected.

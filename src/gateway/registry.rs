@@ -75,7 +75,7 @@ pub(crate) struct TenantState {
     /// The CONFIG payload a client gets when its tunnel comes up and at every change.
     pub push: Bytes,
     /// TLS to reverse destinations' endpoints, by destination id.
-    pub reverse_tls: HashMap<String, Result<crate::tls::EndpointConnector, String>>,
+    pub reverse_tls: HashMap<String, crate::tls::EndpointConnector>,
 }
 
 pub(crate) struct Tenant {
@@ -118,10 +118,17 @@ impl Tenant {
             .clone()
     }
 
-    /// Replaces the running configuration and sends it to every connected client.
+    /// Replaces the running configuration and sends it to every connected client when what
+    /// clients see changed.
     pub fn set_state(&self, state: TenantState) {
         let push = state.push.clone();
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(state);
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(state),
+        );
+        if old.push == push {
+            return;
+        }
         for m in self.all_tunnels() {
             if !m.push_config(push.clone()) {
                 tracing::warn!(gateway.id = %self.id, "could not queue the configuration push on a tunnel; the client gets it when it reconnects");

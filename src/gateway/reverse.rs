@@ -134,8 +134,7 @@ pub(super) async fn serve_reverse(
             };
             match tls {
                 None => Ok(CallerConn::Plain(tcp)),
-                Some(Err(e)) => Err(refuse(Reason::Tls, e.clone())),
-                Some(Ok(ep)) => dial::tls(tcp, ep, deadline)
+                Some(ep) => dial::tls(tcp, ep, deadline)
                     .await
                     .map(|t| CallerConn::EndpointTls(Box::new(t)))
                     .map_err(|e| refuse(e.reason, e.message)),
