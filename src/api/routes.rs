@@ -211,20 +211,7 @@ async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
 /// The body as JSON; `None` when empty. Content-Type is not required (seed 000's curl
 /// examples send JSON with `-d` alone).
 fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
-    let bytes = body.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "request body is larger than the API accepts (api_max_body)",
-            )
-        } else {
-            ApiError::new(
-                status,
-                format!("cannot read the request body: {}", r.body_text()),
-            )
-        }
-    })?;
+    let bytes = body.map_err(body_error)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -235,6 +222,21 @@ fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
 
 fn need_body(body: Body) -> Result<Value, ApiError> {
     json_body(body)?.ok_or_else(|| ApiError::bad("a JSON body is required"))
+}
+
+fn body_error(r: BytesRejection) -> ApiError {
+    let status = r.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "request body is larger than the API accepts (api_max_body)",
+        )
+    } else {
+        ApiError::new(
+            status,
+            format!("cannot read the request body: {}", r.body_text()),
+        )
+    }
 }
 
 /// A typed body; errors name the field (`token_exp: invalid type: ...`).
@@ -279,15 +281,9 @@ async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiError> {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
     if !multipart {
-        let body = Bytes::from_request(req, &()).await;
-        let text = match body {
-            Ok(b) => String::from_utf8(b.to_vec())
-                .map_err(|_| ApiError::bad("body is not UTF-8 text"))?,
-            Err(r) => {
-                json_body(Err(r))?;
-                String::new()
-            }
-        };
+        let body = Bytes::from_request(req, &()).await.map_err(body_error)?;
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad("body is not UTF-8 text"))?;
         return Ok(vec![(String::new(), text)]);
     }
     let mut mp = axum::extract::Multipart::from_request(req, &())

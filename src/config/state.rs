@@ -24,8 +24,9 @@ use super::{ConfigErrors, Secret};
 pub const STATE_VERSION: u32 = 1;
 
 /// Integer fields that documents may also give as digit strings (seed 000's examples send
-/// `"port": "443"`).
-const INT_KEYS: &[&str] = &["port", "cloud_port", "local_port", "timeout", "protocol"];
+/// `"port": "443"`), by table: the destination's own, then its `proxy` table's.
+const INT_KEYS: &[&str] = &["port", "cloud_port", "local_port", "timeout"];
+const PROXY_INT_KEYS: &[&str] = &["port", "protocol"];
 
 /// The state file: every gateway created or imported through the API.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -223,7 +224,7 @@ pub fn check_unique(dests: &[Destination]) -> Result<(), String> {
 pub fn destination_from_json(fields: &Map<String, Value>) -> Result<Destination, Vec<String>> {
     let mut table = toml::Table::new();
     for (k, v) in fields {
-        if let Some(t) = json_to_toml(k, v) {
+        if let Some(t) = json_to_toml(v, INT_KEYS.contains(&k.as_str()), k == "proxy") {
             table.insert(k.clone(), t);
         }
     }
@@ -234,8 +235,9 @@ pub fn destination_from_json(fields: &Map<String, Value>) -> Result<Destination,
     })
 }
 
-/// JSON to TOML: `null` means absent; digit strings in integer fields become integers.
-fn json_to_toml(key: &str, v: &Value) -> Option<toml::Value> {
+/// JSON to TOML: `null` means absent; a digit string becomes an integer where `int` says the
+/// field is one; the fields of a `proxy` table are judged by [`PROXY_INT_KEYS`].
+fn json_to_toml(v: &Value, int: bool, proxy: bool) -> Option<toml::Value> {
     Some(match v {
         Value::Null => return None,
         Value::Bool(b) => toml::Value::Boolean(*b),
@@ -244,15 +246,20 @@ fn json_to_toml(key: &str, v: &Value) -> Option<toml::Value> {
             None => toml::Value::Float(n.as_f64().unwrap_or(f64::MAX)),
         },
         Value::String(s) => match s.trim().parse::<i64>() {
-            Ok(i) if INT_KEYS.contains(&key) => toml::Value::Integer(i),
+            Ok(i) if int => toml::Value::Integer(i),
             _ => toml::Value::String(s.clone()),
         },
-        Value::Array(a) => {
-            toml::Value::Array(a.iter().filter_map(|x| json_to_toml("", x)).collect())
-        }
+        Value::Array(a) => toml::Value::Array(
+            a.iter()
+                .filter_map(|x| json_to_toml(x, false, false))
+                .collect(),
+        ),
         Value::Object(m) => toml::Value::Table(
             m.iter()
-                .filter_map(|(k, x)| json_to_toml(k, x).map(|t| (k.clone(), t)))
+                .filter_map(|(k, x)| {
+                    let int = proxy && PROXY_INT_KEYS.contains(&k.as_str());
+                    json_to_toml(x, int, false).map(|t| (k.clone(), t))
+                })
                 .collect(),
         ),
     })
@@ -386,6 +393,28 @@ mod tests {
         })))
         .map_err(|e| e.join("; "));
         assert_eq!(d.map(|d| d.port), Ok(443));
+    }
+
+    #[test]
+    fn digit_strings_become_integers_only_in_integer_fields() {
+        let d = destination_from_json(&doc(serde_json::json!({
+            "id": "d1", "ip": "h", "port": "1", "cloud_port": 0,
+            "proxy": {"host": "p", "port": "1080", "protocol": "4"}
+        })))
+        .map_err(|e| e.join("; "));
+        assert_eq!(
+            d.map(|d| d.proxy.map(|p| (p.port, p.protocol))),
+            Ok(Some((1080, 4)))
+        );
+        let e = destination_from_json(&doc(serde_json::json!({
+            "id": "d1", "ip": "h", "port": 1, "cloud_port": 0, "protocol": "5", "desc": "7"
+        })))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(
+            e,
+            ["protocol: `5` is not one of TCP, UDP, TLS, HTTP, HTTPS"]
+        );
     }
 
     #[test]
