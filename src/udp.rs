@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::mux::{MuxStream, StreamError};
 use crate::proto::Reason;
+use crate::relay::Facing;
 
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -107,6 +108,29 @@ pub struct FlowCounters {
     pub to_socket: AtomicU64,
     /// Datagrams dropped: no stream credit or tunnel queue space, or too big.
     pub dropped: AtomicU64,
+}
+
+impl FlowCounters {
+    /// The one line a flow's end gets, with datagram counts named from the caller's point of
+    /// view (up: toward the endpoint) on whichever side the flow runs.
+    pub fn log_closed(&self, facing: Facing, started: std::time::Instant, ending: &FlowEnding) {
+        let (to_stream, to_socket) = (
+            self.to_stream.load(Ordering::Relaxed),
+            self.to_socket.load(Ordering::Relaxed),
+        );
+        let (up, down) = match facing {
+            Facing::Caller => (to_stream, to_socket),
+            Facing::Endpoint => (to_socket, to_stream),
+        };
+        tracing::info!(
+            datagrams.up = up,
+            datagrams.down = down,
+            datagrams.dropped = self.dropped.load(Ordering::Relaxed),
+            duration_ms = started.elapsed().as_millis() as u64,
+            reason = ending.reason(),
+            "UDP flow closed"
+        );
+    }
 }
 
 /// How a flow ended.

@@ -1190,14 +1190,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
                 let idle = opts.idle.unwrap_or(Duration::from_secs(30));
                 let sock = crate::udp::Connected::new(sock);
                 let e = crate::udp::relay_flow(sock, stream, idle, &c, &shared.stats.udp).await;
-                info!(
-                    datagrams.up = c.to_socket.load(Ordering::Relaxed),
-                    datagrams.down = c.to_stream.load(Ordering::Relaxed),
-                    datagrams.dropped = c.dropped.load(Ordering::Relaxed),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    reason = e.reason(),
-                    "UDP flow closed"
-                );
+                c.log_closed(Facing::Endpoint, started, &e);
                 return;
             }
         };

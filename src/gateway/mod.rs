@@ -704,6 +704,24 @@ enum CallerConn {
     EndpointTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+/// The span of one caller's stream (TCP connection or UDP flow); client and stream ids are
+/// filled in by [`record_stream`] once the stream is open.
+fn caller_span(dest: &Destination, caller: SocketAddr) -> tracing::Span {
+    tracing::info_span!(
+        "stream",
+        dest.id = %dest.id,
+        caller.addr = %caller,
+        client.id = tracing::field::Empty,
+        stream.id = tracing::field::Empty,
+    )
+}
+
+fn record_stream(client_id: &str, stream: &crate::mux::MuxStream) {
+    let span = tracing::Span::current();
+    span.record("client.id", tracing::field::display(client_id));
+    span.record("stream.id", stream.id());
+}
+
 /// One caller from accept to close.
 async fn serve_caller(
     inner: Arc<Inner>,
@@ -714,13 +732,7 @@ async fn serve_caller(
     caller: SocketAddr,
 ) {
     let _ = tcp.set_nodelay(true);
-    let span = tracing::info_span!(
-        "stream",
-        dest.id = %dest.id,
-        caller.addr = %caller,
-        client.id = tracing::field::Empty,
-        stream.id = tracing::field::Empty,
-    );
+    let span = caller_span(&dest, caller);
     async move {
         let started = Instant::now();
         // Private destinations drop unknown callers here, before any tunnel traffic; the
@@ -761,9 +773,7 @@ async fn serve_caller(
                 return;
             }
         };
-        let span = tracing::Span::current();
-        span.record("client.id", tracing::field::display(&client_id));
-        span.record("stream.id", stream.id());
+        record_stream(&client_id, &stream);
         inner.count(&tenant, Stat::Opened, 1);
         tracing::debug!("stream opened");
         // The client enforces the idle timeout (it is the destination side's).

@@ -21,6 +21,7 @@ use super::registry::Tenant;
 use super::{Inner, Stat};
 use crate::acl;
 use crate::config::Destination;
+use crate::relay::Facing;
 use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
 
 /// Most datagrams queued for one flow (also bounded in bytes by `limits.udp_flow_buffer`).
@@ -198,32 +199,17 @@ async fn run_flow(
     (flows, mine): (Flows, mpsc::Sender<Bytes>),
 ) {
     let caller = flow.caller;
-    let span = tracing::info_span!(
-        "stream",
-        dest.id = %dest.id,
-        caller.addr = %caller,
-        client.id = tracing::field::Empty,
-        stream.id = tracing::field::Empty,
-    );
+    let span = super::caller_span(&dest, caller);
     async move {
         let started = Instant::now();
         // UDP destinations never compress (config refuses it), so no deflate is offered.
         match super::open_for_caller(&tenant, &dest, caller).await {
             Ok((client_id, stream, _)) => {
-                let span = tracing::Span::current();
-                span.record("client.id", tracing::field::display(&client_id));
-                span.record("stream.id", stream.id());
+                super::record_stream(&client_id, &stream);
                 inner.count(&tenant, Stat::Opened, 1);
                 let counters = FlowCounters::default();
                 let e = relay_flow(flow, stream, dest.timeout, &counters, &inner.stats.udp).await;
-                info!(
-                    datagrams.up = counters.to_stream.load(Ordering::Relaxed),
-                    datagrams.down = counters.to_socket.load(Ordering::Relaxed),
-                    datagrams.dropped = counters.dropped.load(Ordering::Relaxed),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    reason = e.reason(),
-                    "UDP flow closed"
-                );
+                counters.log_closed(Facing::Caller, started, &e);
             }
             Err((reason, message)) => {
                 inner.count(&tenant, Stat::Failed, 1);
