@@ -119,25 +119,42 @@ fn toml_str(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
 }
 
+/// A new CA and a server certificate it signs for `names`, with the server's key.
+pub fn ca_and_server(
+    ca_name: &str,
+    server_name: &str,
+    names: Vec<String>,
+) -> Result<
+    (
+        CertifiedIssuer<'static, KeyPair>,
+        rcgen::Certificate,
+        KeyPair,
+    ),
+    rcgen::Error,
+> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, ca_name);
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, server_name);
+    let cert = params.signed_by(&key, &ca)?;
+    Ok((ca, cert, key))
+}
+
 /// Writes everything into `dir` (created if missing). Refuses to overwrite existing files.
 pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
     std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
         path: dir.display().to_string(),
         source,
     })?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sgw local CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
-    let gw_key = KeyPair::generate()?;
-    let mut gw_params = CertificateParams::new(opts.names.clone())?;
-    gw_params
-        .distinguished_name
-        .push(DnType::CommonName, "sgw gateway");
-    let gw_cert = gw_params.signed_by(&gw_key, &ca)?;
+    let (ca, gw_cert, gw_key) = ca_and_server("sgw local CA", "sgw gateway", opts.names.clone())?;
     let token = format!(
         "{:032x}{:032x}",
         rand::random::<u128>(),

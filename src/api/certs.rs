@@ -2,7 +2,7 @@
 //! `genCerts` makes (rcgen). A destination document holds PEM text in its fields; the file
 //! names are fixed per field (`server_cert.pem`, `client_cert_2.pem`, ...).
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::{json, Map, Value};
 
 use super::ApiError;
@@ -147,19 +147,9 @@ pub(super) fn server_pair(doc: &mut Map<String, Value>) -> Result<(), ApiError> 
             names.push(h.to_owned());
         }
     }
-    let ca_key = KeyPair::generate().map_err(cert_err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sgw destination CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(cert_err)?;
-    let key = KeyPair::generate().map_err(cert_err)?;
-    let mut params = CertificateParams::new(names).map_err(cert_err)?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "sgw gateway (destination)");
-    let cert = params.signed_by(&key, &ca).map_err(cert_err)?;
+    let (ca, cert, key) =
+        crate::init::ca_and_server("sgw destination CA", "sgw gateway (destination)", names)
+            .map_err(cert_err)?;
     doc.insert(
         "server_cert".into(),
         format!("{}{}", cert.pem(), ca.pem()).into(),
