@@ -152,6 +152,12 @@ impl Link {
     fn live_tunnels(&self) -> std::sync::MutexGuard<'_, Vec<Mux>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A destination of the gateway's latest CONFIG.
+    fn dest(&self, id: &str) -> Option<Arc<Dest>> {
+        let d = self.dests.read().unwrap_or_else(|e| e.into_inner());
+        d.get(id).cloned()
+    }
 }
 
 /// A destination as the gateway pushed it, with its caller rules parsed once.
@@ -1033,12 +1039,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
     );
     async move {
         let started = Instant::now();
-        let dest = link
-            .dests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&inc.meta.dest)
-            .cloned();
+        let dest = link.dest(&inc.meta.dest);
         let Some(dest) = dest else {
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             info!(

@@ -145,12 +145,7 @@ async fn serve_local(
     );
     async move {
         let started = Instant::now();
-        let dest = link
-            .dests
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&dest_id)
-            .cloned();
+        let dest = link.dest(&dest_id);
         let (Some(dest), Some(mux)) = (dest, pick(&link)) else {
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             warn!(
