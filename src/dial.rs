@@ -166,38 +166,20 @@ pub async fn socks_connect(
 }
 
 async fn socks5(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     proxy: &crate::proto::ProxySpec,
     target: &Target,
 ) -> Result<TcpStream, String> {
-    use fast_socks5::client::{Config, Socks5Stream};
-    use fast_socks5::util::target_addr::TargetAddr;
-    use fast_socks5::{AuthenticationMethod, SocksError};
-    let auth = (!proxy.username.is_empty()).then(|| AuthenticationMethod::Password {
-        username: proxy.username.clone(),
-        password: proxy.password.0.clone(),
-    });
-    let said = |e: SocksError| match e {
-        SocksError::ReplyError(r) => {
-            format!("SOCKS5 reply {} ({r}) to CONNECT {target}", r.as_u8())
-        }
-        SocksError::AuthenticationRejected(_) | SocksError::AuthMethodUnacceptable(_) => {
-            // The proxy's text may echo what was sent; say only what happened.
-            "SOCKS5 authentication refused".to_string()
-        }
-        other => format!("SOCKS5 handshake failed: {other}"),
-    };
-    let mut s = Socks5Stream::use_stream(tcp, auth, Config::default())
-        .await
-        .map_err(said)?;
+    let auth = (!proxy.username.is_empty())
+        .then_some((proxy.username.as_str(), proxy.password.0.as_str()));
     let t = match target {
-        Target::Addr(a) => TargetAddr::Ip(*a),
-        Target::Name(h, p) => TargetAddr::Domain(h.clone(), *p),
+        Target::Addr(a) => crate::socks5::Target::Addr(*a),
+        Target::Name(h, p) => crate::socks5::Target::Name(h, *p),
     };
-    s.request(fast_socks5::Socks5Command::TCPConnect, t)
+    crate::socks5::connect(&mut tcp, auth, t)
         .await
-        .map_err(said)?;
-    Ok(s.get_socket())
+        .map_err(|e| e.to_string())?;
+    Ok(tcp)
 }
 
 /// SOCKS4 and 4a (RFC-less but stable: VER 4, CMD 1, port, IPv4, user id, NUL[, name, NUL]).

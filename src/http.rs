@@ -132,10 +132,48 @@ const HOP: [&str; 7] = [
     "transfer-encoding",
 ];
 
+/// Checks the request line and `Host` before any policy: the path the ACL judges must be the
+/// path the endpoint acts on. Returns the origin-form target to judge and forward.
+fn judge_target(req: &Request<Incoming>) -> Result<hyper::Uri, String> {
+    if req.method() == hyper::Method::CONNECT {
+        return Err("CONNECT is not forwarded to an HTTP destination".into());
+    }
+    let hosts = req.headers().get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Err("more than one Host header".into());
+    }
+    // Absolute form (`GET http://h/p`): its authority must agree with Host, which is what
+    // the endpoint routes on once the target is sent in origin form.
+    if let Some(auth) = req.uri().authority() {
+        let host = req.headers().get(HOST).and_then(|v| v.to_str().ok());
+        let agrees =
+            |h: &str| h.eq_ignore_ascii_case(auth.as_str()) || h.eq_ignore_ascii_case(auth.host());
+        if host.is_some_and(|h| !agrees(h)) {
+            return Err("the request target's authority and the Host header disagree".into());
+        }
+    }
+    let raw = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let target = crate::acl::request_path(raw)
+        .map_err(|e| format!("the path can't be judged safely: it has {e}"))?;
+    hyper::Uri::builder()
+        .path_and_query(target)
+        .build()
+        .map_err(|e| format!("the normalised path is not a valid target: {e}"))
+}
+
 async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
     let method = req.method().clone();
     c.counts.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
+    let target = match judge_target(&req) {
+        Ok(t) => t,
+        Err(why) => {
+            c.counts.lock().unwrap_or_else(|e| e.into_inner()).denied += 1;
+            warn!(http.method = %method, reason = "bad_request", why = %why, "HTTP request refused");
+            return text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"));
+        }
+    };
+    let path = target.path().to_owned();
+    *req.uri_mut() = target;
     let mut current = c.current.lock().await;
     // A closed upstream connection is dialled again, judged afresh.
     if current.as_ref().is_some_and(|(s, _)| s.is_closed()) {
@@ -143,10 +181,13 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
     }
     let deny = |why: String| {
         c.counts.lock().unwrap_or_else(|e| e.into_inner()).denied += 1;
-        warn!(http.method = %method, http.path = %path, reason = "acl_denied", why = %why, "HTTP request denied");
+        warn!(http.method = %method, http.path = %crate::telemetry::clean(&path, 256), reason = "acl_denied", why = %why, "HTTP request denied");
         text(
             StatusCode::FORBIDDEN,
-            format!("403 Forbidden: {method} {path} is {why}\n"),
+            format!(
+                "403 Forbidden: {method} {} is {why}\n",
+                crate::telemetry::clean(&path, 256)
+            ),
         )
     };
     if let Some((_, reached)) = current.as_ref() {
@@ -189,12 +230,6 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
     let wants_upgrade = req.headers().contains_key(UPGRADE);
     let down_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     rewrite_headers(&mut req, &c.settings, wants_upgrade);
-    // Origin form toward the endpoint, whatever form the caller used.
-    if let Some(pq) = req.uri().path_and_query().cloned() {
-        if let Ok(u) = hyper::Uri::builder().path_and_query(pq).build() {
-            *req.uri_mut() = u;
-        }
-    }
     if send.ready().await.is_err() {
         *current = None;
         return text(

@@ -161,11 +161,19 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         rand::random::<u128>()
     );
 
+    // The client's admin token: ACL changes and status need it (docs/SECURITY.md).
+    let admin_token = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+
     let files = [
         ("ca.pem", ca.pem(), false),
         ("gateway.pem", gw_cert.pem(), false),
         ("gateway.key", gw_key.serialize_pem(), true),
         ("token", format!("{token}\n"), true),
+        ("admin.token", format!("{admin_token}\n"), true),
     ];
     for (name, body, private) in &files {
         write_file(&dir.join(name), body, *private)?;
@@ -197,7 +205,7 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
     };
     let admin = &opts.admin_listen;
     let client = format!(
-        "# sgw client, written by `sgw init`.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"{admin}\"\n\n[[gateway]]\nurl = \"wss://{host}:{port}/tunnel\"\ngateway_id = \"gw1\"\ntoken_file = \"token\"\nca_file = \"ca.pem\"\ntunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n"
+        "# sgw client, written by `sgw init`.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"{admin}\"\nadmin_token_file = \"admin.token\"\n\n[[gateway]]\nurl = \"wss://{host}:{port}/tunnel\"\ngateway_id = \"gw1\"\ntoken_file = \"token\"\nca_file = \"ca.pem\"\ntunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n"
     );
     let mut acl = String::from(
         "# sgw ACL, written by `sgw init`: first matching rule decides, default deny.\n",

@@ -19,6 +19,7 @@ pub mod init;
 pub mod mux;
 pub mod proto;
 pub mod relay;
+pub mod socks5;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;

@@ -459,21 +459,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let log = log_settings(log_level, log_format, &cfg.log)?;
             let shutdown = shutdown_on_signals()?;
             let admin_listen = cfg.admin_listen;
-            let admin_token = cfg.admin_token.clone();
+            let access = sgw::admin::Access {
+                token: cfg.admin_token.clone(),
+                hosts: cfg.admin_hosts.clone(),
+            };
             let running = cfg.clone();
             let client = Client::new(cfg, rules)
                 .map_err(bad)?
                 .with_acl_file(acl_path)
                 .with_log_forwarding(log.take_forwarded());
             let handle = client.handle();
-            start_admin(
-                admin_listen,
-                admin_token,
-                &handle,
-                Some(log.clone()),
-                &shutdown,
-            )
-            .await?;
+            start_admin(admin_listen, access, &handle, Some(log.clone()), &shutdown).await?;
             systemd_client_status(&handle, &shutdown);
             // SIGHUP reloads the config and the ACL, all or nothing.
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -752,7 +748,7 @@ fn admin_target(args: &AdminArgs) -> Result<(SocketAddr, Option<String>)> {
 /// Binds the admin endpoint and serves it until shutdown.
 async fn start_admin(
     addr: SocketAddr,
-    token: Option<config::Secret>,
+    access: sgw::admin::Access,
     handle: &sgw::client::ClientHandle,
     log: Option<sgw::telemetry::LogControl>,
     shutdown: &CancellationToken,
@@ -761,11 +757,11 @@ async fn start_admin(
         .await
         .with_context(|| format!("cannot bind the admin endpoint on {addr} (admin_listen)"))?;
     let bound = l.local_addr()?;
-    tracing::info!(admin.addr = %bound, auth = token.is_some(), "admin endpoint listening");
+    tracing::info!(admin.addr = %bound, auth = access.token.is_some(), "admin endpoint listening");
     let backend = std::sync::Arc::new(sgw::client::AdminBackend::new(handle.clone()).with_log(log));
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        if let Err(e) = sgw::admin::serve(l, backend, token, stop).await {
+        if let Err(e) = sgw::admin::serve(l, backend, access, stop).await {
             tracing::error!(error = %e, "admin endpoint failed");
         }
     });
@@ -856,10 +852,14 @@ async fn quickstart(dir: Option<PathBuf>, mut expose: Vec<Expose>) -> Result<Exi
     let tunnels: usize = ccfg.gateways.iter().map(|g| g.tunnels).sum();
     let rules = load_acl(&written.acl, &ccfg)?;
     let admin_listen = ccfg.admin_listen;
+    let access = sgw::admin::Access {
+        token: ccfg.admin_token.clone(),
+        hosts: ccfg.admin_hosts.clone(),
+    };
     let client = Client::new(ccfg, rules)
         .map_err(bad)?
         .with_acl_file(written.acl.clone());
-    let admin = start_admin(admin_listen, None, &client.handle(), log, &shutdown).await?;
+    let admin = start_admin(admin_listen, access, &client.handle(), log, &shutdown).await?;
     let mut status = client.handle().status();
     let gw_task = tokio::spawn(gw.run(shutdown.clone()));
     let client_task = tokio::spawn(client.run(shutdown.clone()));

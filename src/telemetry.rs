@@ -36,6 +36,22 @@ pub struct ForwardedLog {
     pub time: u64,
 }
 
+/// The event fields a forwarded line carries (docs/SECURITY.md): never rule texts, file
+/// paths or error texts.
+pub const FORWARDED_FIELDS: [&str; 8] = [
+    "reason",
+    "acl.line",
+    "dest.id",
+    "stream.id",
+    "caller.addr",
+    "http.method",
+    "gateway.id",
+    "tunnel.slot",
+];
+/// A forwarded line's message is cut to this many bytes, each field value to the next.
+pub const FORWARD_MESSAGE_MAX: usize = 512;
+pub const FORWARD_FIELD_MAX: usize = 128;
+
 /// Lines waiting to be forwarded; beyond this they are dropped (and counted).
 pub const FORWARD_QUEUE: usize = 256;
 
@@ -116,14 +132,18 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Forward {
         let mut fields = Map::new();
         event.record(&mut JsonVisitor(&mut fields));
         let mut message = match fields.remove("message") {
-            Some(Value::String(m)) => m,
+            Some(Value::String(m)) => clean(&m, FORWARD_MESSAGE_MAX),
             _ => String::new(),
         };
-        for (k, v) in fields {
-            match v {
-                Value::String(s) => message.push_str(&format!(" {k}={s}")),
-                other => message.push_str(&format!(" {k}={other}")),
-            }
+        // Only fields the gateway may see, each cut short: a caller controls some of them
+        // (paths, names), and rule texts and file paths are the client's own business.
+        for k in FORWARDED_FIELDS {
+            let v = match fields.get(k) {
+                Some(Value::String(s)) => clean(s, FORWARD_FIELD_MAX),
+                Some(other) => clean(&other.to_string(), FORWARD_FIELD_MAX),
+                None => continue,
+            };
+            message.push_str(&format!(" {k}={v}"));
         }
         let time = unix_ms() / 1000;
         let _ = self.tx.try_send(ForwardedLog {
@@ -208,4 +228,22 @@ pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A peer- or user-supplied string made safe for a log line: control characters escaped
+/// (so it cannot forge lines or terminal escapes) and cut to `max` bytes, marked with `…`.
+pub fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 3);
+    for c in s.chars() {
+        if out.len() >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -208,11 +208,16 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
     let admin = l.local_addr().unwrap().to_string();
     let stop = h.client.stop.clone();
     let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
-    tokio::spawn(sgw::admin::serve(l, backend, None, stop));
+    let access = sgw::admin::Access {
+        token: Some(sgw::config::Secret::new("adm-secret-0")),
+        hosts: Vec::new(),
+    };
+    tokio::spawn(sgw::admin::serve(l, backend, access, stop));
     let sgw = |args: &[&str]| {
         let out = Command::new(sgw_bin())
             .args(args)
             .args(["--admin", &admin])
+            .env("SGW_ADMIN_TOKEN", "adm-secret-0")
             .output()
             .unwrap();
         (
@@ -249,17 +254,33 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
     assert!(!std::fs::read_to_string(h.setup.path("acl.list"))
         .unwrap()
         .contains(&rule));
+    // Without a configured token, ACL calls are off (403), whoever asks.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let open = l.local_addr().unwrap();
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
+    tokio::spawn(sgw::admin::serve(
+        l,
+        backend,
+        sgw::admin::Access::default(),
+        h.client.stop.clone(),
+    ));
+    let out = Command::new(sgw_bin())
+        .args(["acl", "add", "acl allow :", "--admin", &open.to_string()])
+        .env_remove("SGW_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
     // With an admin token, ACL calls need it; probes stay open.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let guarded = l.local_addr().unwrap();
     let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
     let token = sgw::config::Secret::new("adm-secret-1");
-    tokio::spawn(sgw::admin::serve(
-        l,
-        backend,
-        Some(token),
-        h.client.stop.clone(),
-    ));
+    let access = sgw::admin::Access {
+        token: Some(token),
+        hosts: Vec::new(),
+    };
+    tokio::spawn(sgw::admin::serve(l, backend, access, h.client.stop.clone()));
     let show = |tok: Option<&str>| {
         let mut c = Command::new(sgw_bin());
         c.args(["acl", "show", "--admin", &guarded.to_string()]);

@@ -387,3 +387,167 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
         receiver.window()
     );
 }
+
+// ---- Hostile peers (docs/SECURITY.md): each case ends one stream, never the tunnel. ----
+
+#[tokio::test]
+async fn data_before_open_ok_is_a_stream_violation_and_buffers_nothing() {
+    let mut p = Peer::new(Role::Client, 256 * 1024);
+    // The gateway opens and sends data before the client accepted: nothing may be buffered.
+    p.send(&[
+        open(1, 65536),
+        Frame::Data {
+            id: 1,
+            data: Bytes::from(vec![7u8; 60_000]),
+        },
+    ])
+    .await;
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 1, .. })).await;
+    assert!(
+        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("DATA before OPEN_OK")),
+        "{f:?}"
+    );
+    assert_eq!(
+        p.mux
+            .stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    // A FIN before OPEN_OK likewise; then a well-behaved stream works on the same tunnel.
+    p.send(&[open(3, 65536), Frame::Fin { id: 3 }]).await;
+    p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
+    p.send(&[open(5, 65536)]).await;
+    // The two violated streams were queued for accept; they come out already failed.
+    let mut ok = None;
+    for _ in 0..3 {
+        let inc = tokio::time::timeout(T, p.events.incoming.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if inc.id() == 5 {
+            ok = Some(inc.accept().await.unwrap());
+        } else {
+            assert!(inc.accept().await.is_err());
+        }
+    }
+    let s5 = ok.expect("stream 5 accepted");
+    p.expect(|f| matches!(f, Frame::OpenOk { id: 5, .. })).await;
+    p.send(&[Frame::Data {
+        id: 5,
+        data: Bytes::from_static(b"fine"),
+    }])
+    .await;
+    assert_eq!(
+        s5.recv().await.unwrap().unwrap(),
+        Bytes::from_static(b"fine")
+    );
+    assert!(!p.mux.is_closed());
+}
+
+#[tokio::test]
+async fn open_err_after_open_ok_fails_the_stream_instead_of_orphaning_it() {
+    let mut p = Peer::new(Role::Gateway, 65536);
+    let mux = p.mux.clone();
+    let opener = tokio::spawn(async move {
+        mux.open(&OpenMeta {
+            dest: "d".into(),
+            caller: "127.0.0.1:1".into(),
+            compress: None,
+            target: None,
+        })
+        .await
+    });
+    let Frame::Open { id, .. } = p.expect(|f| matches!(f, Frame::Open { .. })).await else {
+        unreachable!()
+    };
+    p.send(&[Frame::OpenOk { id, window: 65536 }]).await;
+    let s = opener.await.unwrap().unwrap();
+    assert_eq!(p.mux.active_streams(), 1);
+    p.send(&[Frame::OpenErr {
+        id,
+        reason: Reason::Refused,
+        message: "changed my mind".into(),
+    }])
+    .await;
+    // The relay waiting on the stream wakes with an error; the slot is free again.
+    let err = tokio::time::timeout(T, s.recv())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StreamError::Reset {
+                reason: Reason::Protocol,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    p.expect(|f| matches!(f, Frame::Reset { id: i, reason: Reason::Protocol, .. } if *i == id))
+        .await;
+    assert_eq!(p.mux.active_streams(), 0);
+    assert!(!p.mux.is_closed());
+}
+
+#[tokio::test]
+async fn windows_above_2_pow_31_are_refused() {
+    for f in [
+        open(1, 1 << 31),
+        Frame::OpenOk {
+            id: 2,
+            window: u32::MAX,
+        },
+    ] {
+        let mut b = BytesMut::new();
+        encode_frame(&f, &mut b);
+        let err = decode_message(&b.freeze(), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("above 2^31-1"), "{err}");
+        assert!(f.check().is_err());
+    }
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[open(1, 1 << 31)]).await;
+    assert!(p.closed_with().await.contains("above 2^31-1"));
+}
+
+#[tokio::test]
+async fn oversized_log_and_config_are_never_sent() {
+    let mut p = Peer::new(Role::Client, 65536);
+    let big = Bytes::from(vec![b'x'; sgw::proto::MAX_LOG_JSON + 1]);
+    assert!(!p.mux.send_log(big), "an over-limit LOG is dropped");
+    assert!(p.mux.send_log(Bytes::from_static(b"{\"level\":\"warn\"}")));
+    let f = p.expect(|f| matches!(f, Frame::Log(_))).await;
+    assert!(matches!(f, Frame::Log(ref b) if b.len() < 100));
+    let g = Peer::new(Role::Gateway, 65536);
+    let huge = Bytes::from(vec![b' '; sgw::proto::MAX_CONTROL_JSON + 1]);
+    assert!(g.mux.push_config(huge).is_err());
+    assert!(!g.mux.is_closed());
+}
+
+#[tokio::test]
+async fn a_burst_of_control_frames_is_spread_over_messages_the_peer_accepts() {
+    let mut p = Peer::new(Role::Client, 65536);
+    // 200 log lines of 60 KiB: 12 MB of control frames, far over one 2 MiB message.
+    let line = Bytes::from(vec![b'l'; 60 * 1024]);
+    let mut queued = 0;
+    for _ in 0..200 {
+        queued += usize::from(p.mux.send_log(line.clone()));
+    }
+    assert!(queued > 32, "queued {queued}");
+    let mut got = 0;
+    while got < queued {
+        let msg = tokio::time::timeout(T, p.from_mux.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(msg.len() <= sgw::proto::MAX_MESSAGE, "{} bytes", msg.len());
+        assert!(
+            msg.len() <= sgw::mux::BATCH_BYTES + 64 * 1024 + 16,
+            "{} bytes",
+            msg.len()
+        );
+        decode_message(&msg, |f| got += usize::from(matches!(f, Frame::Log(_)))).unwrap();
+    }
+    assert!(!p.mux.is_closed());
+}

@@ -206,7 +206,12 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = l.local_addr().unwrap();
     let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
-    tokio::spawn(sgw::admin::serve(l, backend, None, h.client.stop.clone()));
+    tokio::spawn(sgw::admin::serve(
+        l,
+        backend,
+        sgw::admin::Access::default(),
+        h.client.stop.clone(),
+    ));
     let get = |path: &'static str| async move {
         call(admin, hyper::Method::GET, path, None, None)
             .await
@@ -452,7 +457,11 @@ async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = l.local_addr().unwrap().to_string();
     let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
-    tokio::spawn(sgw::admin::serve(l, backend, None, h.client.stop.clone()));
+    let access = sgw::admin::Access {
+        token: Some(sgw::config::Secret::new("status-token")),
+        hosts: Vec::new(),
+    };
+    tokio::spawn(sgw::admin::serve(l, backend, access, h.client.stop.clone()));
     // One stream held open with 5 bytes each way so far.
     let mut s = TcpStream::connect(h.cloud(0)).await.unwrap();
     let me = s.local_addr().unwrap();
@@ -463,6 +472,7 @@ async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
         let out = Command::new(sgw_bin())
             .args(args)
             .args(["--admin", &admin])
+            .env("SGW_ADMIN_TOKEN", "status-token")
             .output()
             .unwrap();
         (

@@ -204,6 +204,17 @@ pub fn ip_key(ip: IpAddr) -> u128 {
     }
 }
 
+/// The address a connection to `ip` really reaches: the unspecified address (`0.0.0.0`, `::`,
+/// from a literal or a DNS answer) connects to this host's own loopback, so it is judged as
+/// loopback and `acl deny 127.0.0.0/8:` covers it (docs/ACL.md).
+pub fn judged_as(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
 /// What is being asked for: one candidate address of one destination.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
@@ -278,7 +289,7 @@ impl<'a> Norm<'a> {
         };
         Norm {
             name,
-            addr: r.addr.map(ip_key),
+            addr: r.addr.map(|a| ip_key(judged_as(a))),
             port: r.port,
             path: r.path.map(normalize_path),
             from: r.from,
@@ -379,6 +390,80 @@ pub fn normalize_path(p: &str) -> String {
         s.push('/');
     }
     s
+}
+
+/// Why an HTTP request path cannot be judged safely (docs/ACL.md, "HTTP paths").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the request target is not an absolute path")]
+    NotAbsolute,
+    #[error("a `%` is not followed by two hex digits")]
+    BadEscape,
+    #[error("an escaped `/`, `\\`, `%`, `;` or control character (%2F, %5C, %25, %3B, %00 ...)")]
+    EscapedSeparator,
+    #[error("a backslash")]
+    Backslash,
+    #[error("a `;` path parameter")]
+    Parameter,
+    #[error("a `.` or `..` segment")]
+    DotSegment,
+    #[error("a control character")]
+    Control,
+}
+
+/// The path a request will be judged and forwarded with, or why it is refused.
+///
+/// Servers disagree on `%2F`, `\`, `;` parameters, dot segments and double escapes: some
+/// decode or resolve them after a proxy has judged the path, which is how `/public/..%2fadmin`
+/// reaches `/admin`. Such paths are refused; what is left means the same to every server, and
+/// is returned normalised ([`normalize_path`]) with the query kept, so the endpoint acts on
+/// exactly the path the ACL judged.
+pub fn request_path(target: &str) -> Result<String, PathError> {
+    let (path, query) = match target.find('?') {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, ""),
+    };
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let b = path.as_bytes();
+    let mut decoded = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+                let (Some(h), Some(l)) = (hex(b.get(i + 1)), hex(b.get(i + 2))) else {
+                    return Err(PathError::BadEscape);
+                };
+                let c = (h * 16 + l) as u8;
+                if matches!(c, b'/' | b'\\' | b'%' | b';') || c.is_ascii_control() {
+                    return Err(PathError::EscapedSeparator);
+                }
+                decoded.push(c);
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameter),
+            c if c.is_ascii_control() => return Err(PathError::Control),
+            c => {
+                decoded.push(c);
+                i += 1;
+            }
+        }
+    }
+    if decoded
+        .split(|c| *c == b'/')
+        .any(|seg| seg == b"." || seg == b"..")
+    {
+        return Err(PathError::DotSegment);
+    }
+    if query.bytes().any(|c| c.is_ascii_control()) {
+        return Err(PathError::Control);
+    }
+    let mut out = normalize_path(path);
+    out.push_str(query);
+    Ok(out)
 }
 
 fn utf8_len(first: u8) -> usize {

@@ -3,6 +3,9 @@
 //!
 //! Generic over a [`Backend`] so this module knows nothing of the client's internals; the
 //! server takes an already bound listener and a shutdown token (tests bind port 0).
+//!
+//! `/healthz`, `/readyz` and `/metrics` are open; every other call needs the admin token, and
+//! every request's `Host` must name this host ([`Access`]).
 
 pub mod client;
 
@@ -79,19 +82,30 @@ pub trait Backend: Send + Sync + 'static {
     fn set_log_level(&self, level: &str) -> Result<(), String>;
 }
 
+/// Who may use the admin endpoint (docs/SECURITY.md).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Required for everything but `/healthz`, `/readyz` and `/metrics`; without one those
+    /// calls are refused (403), so an ACL is never open to whoever reaches the port.
+    pub token: Option<Secret>,
+    /// Names besides `localhost` and IP literals that a request's `Host` may carry
+    /// (`admin_hosts`); any other gets 421, which defeats DNS rebinding from a browser.
+    pub hosts: Vec<String>,
+}
+
 struct AppState {
     backend: Arc<dyn Backend>,
-    token: Option<Secret>,
+    access: Access,
 }
 
 /// Serves until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     backend: Arc<dyn Backend>,
-    token: Option<Secret>,
+    access: Access,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = Arc::new(AppState { backend, token });
+    let state = Arc::new(AppState { backend, access });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -100,6 +114,10 @@ pub async fn serve(
         .route("/v1/acl", get(acl_show).post(acl_add).delete(acl_remove))
         .route("/v1/acl/reload", axum::routing::post(acl_reload))
         .route("/v1/log", axum::routing::put(set_log))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -110,24 +128,73 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-/// `/healthz` and `/readyz` are open (probes); everything else needs the token when one is set.
-fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &st.token else {
-        return true;
+/// Refuses (421) a request whose `Host` names something other than this host: a web page
+/// whose name was rebound to 127.0.0.1 sends its own name, and must not reach the ACL.
+async fn check_host(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if host_allowed(host, &st.access.hosts) {
+        return next.run(req).await;
+    }
+    tracing::warn!(http.host = %crate::telemetry::clean(host, 128), reason = "host", "admin request refused: Host is not this host");
+    json_error(
+        StatusCode::MISDIRECTED_REQUEST,
+        "Host must be an IP address, localhost or a name in admin_hosts",
+    )
+}
+
+/// `localhost`, an IP literal (a browser sends one only when the page itself is at that
+/// address) or a configured name, with or without a port.
+pub fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, tail)) if tail.is_empty() || tail.starts_with(':') => {
+                return v6.parse::<std::net::Ipv6Addr>().is_ok()
+            }
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Everything but the probes and metrics needs the admin token; with none configured those
+/// calls are off. Returns the refusal, if any.
+fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &st.access.token else {
+        return Some(json_error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured, so status and ACL calls are off: set admin_token_file in client.toml (sgw init writes one)",
+        ));
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    token.ct_eq(given)
-}
-
-fn unauthorized() -> Response {
-    json_error(
+    if token.ct_eq(given) {
+        return None;
+    }
+    tracing::warn!(
+        reason = "token",
+        "admin request refused: missing or wrong admin token"
+    );
+    Some(json_error(
         StatusCode::UNAUTHORIZED,
         "missing or wrong admin token (Authorization: Bearer ...)",
-    )
+    ))
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
@@ -139,8 +206,8 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn status(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     Json(st.backend.status()).into_response()
 }
@@ -178,10 +245,8 @@ impl Collector for Scrape {
     }
 }
 
-async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
-    }
+/// Open, like the probes: scrapers carry no token, and counters reveal no rule or secret.
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let mut reg = Registry::default();
     reg.register_collector(Box::new(Scrape(st.backend.metrics())));
     let mut out = String::new();
@@ -199,8 +264,8 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
 }
 
 async fn acl_show(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     Json(st.backend.acl_show()).into_response()
 }
@@ -219,8 +284,8 @@ async fn acl_add(
     headers: HeaderMap,
     body: Result<Json<AddBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     let Json(body) = match body {
         Ok(b) => b,
@@ -256,8 +321,8 @@ async fn acl_remove(
     headers: HeaderMap,
     q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     let Query(q) = match q {
         Ok(q) => q,
@@ -283,8 +348,8 @@ async fn acl_remove(
 }
 
 async fn acl_reload(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     let backend = st.backend.clone();
     match tokio::task::spawn_blocking(move || backend.acl_reload()).await {
@@ -311,8 +376,8 @@ async fn set_log(
     headers: HeaderMap,
     body: Result<Json<LogBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !authorized(&st, &headers) {
-        return unauthorized();
+    if let Some(r) = refusal(&st, &headers) {
+        return r;
     }
     match body {
         Ok(Json(b)) => match st.backend.set_log_level(&b.level) {

@@ -377,7 +377,7 @@ impl Client {
         let slots = TaskTracker::new();
         for link in &self.links {
             for slot in 0..link.cfg.tunnels {
-                slots.spawn(tunnel_slot(
+                slots.spawn(supervise_slot(
                     self.shared.clone(),
                     link.clone(),
                     slot,
@@ -654,6 +654,40 @@ pub fn backoff(attempt: u32, r: &Reconnect) -> Duration {
 }
 
 /// Keeps one tunnel to one gateway up, forever (until shutdown).
+/// Keeps one tunnel slot running: a slot task that ends or panics (a bug, never the peer's
+/// doing by design) is logged and started again after a pause, so a gateway or proxy can
+/// never take a tunnel away for good.
+async fn supervise_slot(
+    shared: Arc<Shared>,
+    link: Arc<Link>,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let task = tokio::spawn(tunnel_slot(
+            shared.clone(),
+            link.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+        let why = match task.await {
+            _ if shutdown.is_cancelled() => return,
+            Ok(()) => "ended".to_string(),
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => e.to_string(),
+        };
+        shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+        error!(gateway.id = %link.cfg.gateway_id, tunnel.slot = slot, reason = "internal", "tunnel slot {why}; starting it again");
+        tokio::select! {
+            _ = tokio::time::sleep(SLOT_RESTART_PAUSE) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The pause before a failed slot task is started again.
+const SLOT_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
 async fn tunnel_slot(
     shared: Arc<Shared>,
     link: Arc<Link>,

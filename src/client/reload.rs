@@ -27,8 +27,11 @@ pub fn reload_from_files(
             return;
         }
     };
-    let acl_path = acl_override.map_or_else(|| new.acl_file.clone(), Path::to_path_buf);
-    let acl = match Acl::load(&acl_path, new.default_policy) {
+    // `acl_file` and `default_policy` change only on restart (as logged below): the rules are
+    // re-read from the running file under the running policy, so the next reload can't flip
+    // between the two.
+    let acl_path = acl_override.map_or_else(|| running.acl_file.clone(), Path::to_path_buf);
+    let acl = match Acl::load(&acl_path, running.default_policy) {
         Ok(a) => a,
         Err(errs) => {
             for e in &errs {

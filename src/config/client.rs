@@ -103,9 +103,12 @@ pub struct ClientConfig {
     pub reconnect: Reconnect,
     pub keepalive: Keepalive,
     pub admin_listen: SocketAddr,
-    /// Bearer token for the admin endpoint (except `/healthz` and `/readyz`); none: open to
-    /// whoever can reach `admin_listen` (loopback by default).
+    /// Bearer token for the admin endpoint (all but `/healthz`, `/readyz`, `/metrics`); none:
+    /// status, ACL and log-level calls are refused.
     pub admin_token: Option<Secret>,
+    /// Names a request to the admin endpoint may carry in `Host`, besides `localhost` and IP
+    /// literals (for a name the operator uses to reach it).
+    pub admin_hosts: Vec<String>,
     /// How long open streams may finish after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub limits: Limits,
@@ -252,6 +255,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
     let admin_token = (root.has("admin_token") || root.has("admin_token_file"))
         .then(|| read_secret(root, "admin_token", "admin_token_file"))
         .flatten();
+    let admin_hosts = root.strs("admin_hosts").unwrap_or_default();
     let limits = read_limits(root.table("limits"));
     let log = read_log(root);
     let mut destinations = std::collections::HashMap::new();
@@ -310,6 +314,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         keepalive,
         admin_listen,
         admin_token,
+        admin_hosts,
         shutdown_grace: root
             .duration("shutdown_grace")
             .unwrap_or(Duration::from_secs(30)),

@@ -523,7 +523,8 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "h" => n * 3600.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    // `try_from_secs_f64` refuses what does not fit a Duration (`1e30h`) instead of panicking.
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 pub fn parse_size(s: &str) -> Option<u64> {
@@ -548,6 +549,8 @@ mod tests {
     #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1000000000000000000000000000000h"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("5"), None);

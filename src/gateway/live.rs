@@ -106,8 +106,17 @@ fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
             reverse_tls.insert(d.id.clone(), ep);
         }
     }
+    let push = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
+    // Clients would refuse a CONFIG over the protocol's limit and reconnect in a loop: such a
+    // configuration is refused here, before anything runs it.
+    if push.len() > crate::proto::MAX_CONTROL_JSON {
+        return Err(GatewayError::ConfigTooLarge {
+            id: cfg.id.clone(),
+            len: push.len(),
+        });
+    }
     Ok(TenantState {
-        push: Bytes::from(serde_json::to_vec(&push).unwrap_or_default()),
+        push,
         cfg,
         reverse_tls,
     })

@@ -38,6 +38,7 @@ use crate::proto::{
     Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
 };
 use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
+use crate::telemetry::clean;
 use crate::tunnel;
 
 /// One gateway id's counters (`stats`).
@@ -79,6 +80,8 @@ pub enum GatewayError {
     Tls(String),
     #[error("{0}")]
     Egress(String),
+    #[error("gateway `{id}`: its destinations make a CONFIG of {len} bytes, over the protocol's limit of 1 MiB; remove destinations or inline certificates")]
+    ConfigTooLarge { id: String, len: usize },
 }
 
 /// Gateway-wide counters.
@@ -566,6 +569,16 @@ async fn accept_loop(
     }
 }
 
+/// May a tunnel that presented `token` belong to this gateway id now?
+fn admits(state: &registry::TenantState, token: Option<&crate::config::Secret>) -> bool {
+    let now = crate::telemetry::unix_ms() / 1000;
+    let token_ok = token.is_some_and(|t| state.cfg.token_valid(t.expose(), now));
+    state.cfg.enabled && (!state.cfg.enf_tok_sec || token_ok)
+}
+
+/// A client log line is kept (and logged) cut to this many bytes.
+const CLIENT_LOG_MAX: usize = 2048;
+
 /// One client tunnel from TLS accept to close.
 async fn serve_tunnel(
     inner: Arc<Inner>,
@@ -573,13 +586,13 @@ async fn serve_tunnel(
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
+    // The token is judged again after registering and before every CONFIG this tunnel is
+    // sent: a change may revoke it at any point of the handshake.
+    let mut token: Option<crate::config::Secret> = None;
     let accepted = tunnel::accept(tcp, &inner.tls, |req| {
         let tenant = inner.tenant(req.gateway_id)?;
-        let state = tenant.state();
-        let now = crate::telemetry::unix_ms() / 1000;
-        let token_ok = req.token.is_some_and(|t| state.cfg.token_valid(t, now));
-        let ok = state.cfg.enabled && (!state.cfg.enf_tok_sec || token_ok);
-        ok.then_some(tenant)
+        token = req.token.map(crate::config::Secret::new);
+        admits(&tenant.state(), token.as_ref()).then_some(tenant)
     })
     .await;
     let (mut ws, tenant, hello) = match accepted {
@@ -594,14 +607,33 @@ async fn serve_tunnel(
     let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.id, peer.addr = %peer);
     async move {
         let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
-        let sent_config = tenant.state().push.clone();
+        let state = tenant.state();
+        if !admits(&state, token.as_ref()) {
+            warn!(reason = "token_revoked", "tunnel refused: its security token was revoked during the handshake");
+            return;
+        }
+        let sent_config = state.push.clone();
+        drop(state);
         let hello_frames = [
             Frame::Welcome(Bytes::from(serde_json::to_vec(&welcome).unwrap_or_default())),
             Frame::Config(sent_config.clone()),
         ];
-        for f in &hello_frames {
-            if let Err(e) = ws.send(Message::Binary(tunnel::frame_message(f))).await {
+        // A client that does not read must not hold this task: the handshake has a deadline.
+        let sent = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, async {
+            for f in &hello_frames {
+                ws.send(Message::Binary(tunnel::frame_message(f))).await?;
+            }
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 warn!(error = %e, "tunnel lost during handshake");
+                return;
+            }
+            Err(_) => {
+                warn!(reason = "timeout", "tunnel dropped: the client did not take WELCOME and CONFIG in time");
                 return;
             }
         }
@@ -610,12 +642,19 @@ async fn serve_tunnel(
         inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
         tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
         let tunnel_id = tenant.register(&client_id, &hello, mux.clone());
-        // A change applied between the hello and registering would otherwise miss this tunnel.
-        let now = tenant.state().push.clone();
-        if now != sent_config {
-            mux.push_config(now);
+        // A change applied between the hello and registering would otherwise miss this tunnel:
+        // a revoked token closes it (before anything more is sent), a new list is pushed.
+        let now = tenant.state();
+        if !admits(&now, token.as_ref()) {
+            mux.close("security token revoked");
+        } else if now.push != sent_config {
+            if let Err(e) = mux.push_config(now.push.clone()) {
+                warn!(error = %e, "could not send the changed configuration; closing the tunnel so the client reconnects");
+                mux.close("configuration push failed");
+            }
         }
-        info!(client.version = %hello.version, client.hostname = %hello.hostname, client.env = %hello.env, "tunnel up");
+        drop(now);
+        info!(client.version = %clean(&hello.version, 64), client.hostname = %clean(&hello.hostname, 256), client.env = %clean(&hello.env, 64), "tunnel up");
         // The token this tunnel came in with stops being good at its expiry; a changed token
         // closes the tunnel sooner (live::apply).
         let expires = {
@@ -650,6 +689,8 @@ async fn serve_tunnel(
                 log = events.logs.recv() => if let Some(line) = log {
                     match serde_json::from_slice::<LogPush>(&line) {
                         Ok(l) => {
+                            // Kept per gateway id for clientLogs: stored short and escaped.
+                            let l = LogPush { level: clean(&l.level, 16), message: clean(&l.message, CLIENT_LOG_MAX), time: l.time };
                             info!(client.log.level = %l.level, client.log = %l.message, "client log");
                             tenant.push_log(&client_id, l);
                         }

@@ -130,8 +130,10 @@ impl Tenant {
             return;
         }
         for m in self.all_tunnels() {
-            if !m.push_config(push.clone()) {
-                tracing::warn!(gateway.id = %self.id, "could not queue the configuration push on a tunnel; the client gets it when it reconnects");
+            if let Err(e) = m.push_config(push.clone()) {
+                // A client must not run on a stale list: it gets the new one when it reconnects.
+                tracing::warn!(gateway.id = %self.id, error = %e, "could not send the configuration on a tunnel; closing it so the client reconnects");
+                m.close("configuration push failed");
             }
         }
     }

@@ -106,7 +106,7 @@ fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(
             Ok(())
         }
         Frame::Hello(_) | Frame::Welcome(_) | Frame::Config(_) | Frame::Log(_) => {
-            Err(format!("unexpected {} frame", frame_name(&frame)))
+            Err(format!("unexpected {} frame", frame.name()))
         }
         Frame::Open { id, window, meta } => on_open(shared, id, window, meta, sinks),
         Frame::OpenOk { id, window } => {
@@ -134,9 +134,12 @@ fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(
             if !is_local(role, id) {
                 return Err(format!("OPEN_ERR for peer stream {id}"));
             }
-            let stream = shared.lock_streams().map.remove(&id);
-            if let Some(s) = stream {
-                s.on_open_result(Err((reason, message)));
+            let stream = shared.lock_streams().map.get(&id).cloned();
+            match stream {
+                Some(s) if s.on_open_result(Err((reason, message))) => shared.remove_stream(id),
+                // Refusing a stream it already accepted: fail it, so nothing waits on it.
+                Some(s) => violation(shared, &s, "OPEN_ERR after OPEN_OK".into()),
+                None => {}
             }
             Ok(())
         }
@@ -157,16 +160,6 @@ fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(
         Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, &shared.stats)),
         Frame::Fin { id } => with_stream(shared, id, |s| s.on_fin()),
         Frame::Window { id, increment } => with_stream(shared, id, |s| s.on_window(increment)),
-    }
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello(_) => "HELLO",
-        Frame::Welcome(_) => "WELCOME",
-        Frame::Config(_) => "CONFIG",
-        Frame::Log(_) => "LOG",
-        _ => "stream",
     }
 }
 
@@ -198,19 +191,23 @@ fn with_stream(
                 message: "reader closed the stream".into(),
             });
         }
-        Delivery::Violation(what) => {
-            shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");
-            shared.remove_stream(id);
-            stream.fail(Reason::Protocol, &what, &shared.stats);
-            shared.push_urgent(Frame::Reset {
-                id,
-                reason: Reason::Protocol,
-                message: what,
-            });
-        }
+        Delivery::Violation(what) => violation(shared, &stream, what),
     }
     Ok(())
+}
+
+/// The peer broke one stream's rules: that stream fails and is reset, the tunnel goes on.
+fn violation(shared: &Shared, stream: &StreamShared, what: String) {
+    let id = stream.id;
+    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");
+    shared.remove_stream(id);
+    stream.fail(Reason::Protocol, &what, &shared.stats);
+    shared.push_urgent(Frame::Reset {
+        id,
+        reason: Reason::Protocol,
+        message: what,
+    });
 }
 
 fn on_open(
@@ -332,11 +329,20 @@ pub(crate) async fn writer_loop<W>(
     .await;
 }
 
+/// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
+/// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
 fn drain_urgent(shared: &Shared, buf: &mut BytesMut, count: &mut u64) {
     let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
-    for f in q.drain(..) {
-        encode_frame(&f, buf);
-        *count += 1;
+    while let Some(f) = q.front() {
+        if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
+            // The rest goes in the next message; make sure the writer comes back for it.
+            shared.wake_writer.notify_one();
+            break;
+        }
+        if let Some(f) = q.pop_front() {
+            encode_frame(&f, buf);
+            *count += 1;
+        }
     }
 }
 

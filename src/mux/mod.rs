@@ -89,6 +89,8 @@ pub enum OpenError {
     GoingAway,
     #[error("stream limit of {0} reached on this tunnel")]
     Limit(usize),
+    #[error("OPEN metadata of {0} bytes is over the protocol's limit")]
+    TooLarge(usize),
 }
 
 impl OpenError {
@@ -98,8 +100,20 @@ impl OpenError {
             OpenError::TunnelClosed => Reason::TunnelLost,
             OpenError::GoingAway => Reason::Shutdown,
             OpenError::Limit(_) => Reason::Limit,
+            OpenError::TooLarge(_) => Reason::Internal,
         }
     }
+}
+
+/// Why a CONFIG push was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("CONFIG not sent: {0}")]
+    TooLarge(crate::proto::ProtoError),
+    #[error("tunnel is closed")]
+    Closed,
+    #[error("control queue is full")]
+    QueueFull,
 }
 
 /// Counters of one mux, read by status and metrics.
@@ -242,6 +256,9 @@ impl Mux {
             return Err(OpenError::TunnelClosed);
         };
         let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
+        if meta.len() > crate::proto::MAX_OPEN_JSON {
+            return Err(OpenError::TooLarge(meta.len()));
+        }
         let (tx, rx) = oneshot::channel();
         let stream = {
             let mut t = s.lock_streams();
@@ -336,30 +353,40 @@ impl Mux {
     /// control queue is half full, so logs can never crowd out flow control or close the
     /// tunnel.
     pub fn send_log(&self, payload: Bytes) -> bool {
+        let frame = Frame::Log(payload);
+        if frame.check().is_err() {
+            return false;
+        }
         {
             let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.shared.urgent_cap / 2 || self.is_closed() {
                 return false;
             }
-            q.push_back(Frame::Log(payload));
+            q.push_back(frame);
         }
         self.shared.wake_writer.notify_one();
         true
     }
 
     /// Sends a CONFIG frame (gateway to client) ahead of data: the client applies it at once.
-    /// Returns false when the tunnel is closed or its control queue is full (the client then
-    /// gets the configuration when it reconnects).
-    pub fn push_config(&self, payload: Bytes) -> bool {
+    /// Fails when the payload is over the CONFIG limit (nothing is sent: the peer would close
+    /// the tunnel), the tunnel is closed or its control queue is full (the client then gets
+    /// the configuration when it reconnects).
+    pub fn push_config(&self, payload: Bytes) -> Result<(), PushError> {
+        let frame = Frame::Config(payload);
+        frame.check().map_err(PushError::TooLarge)?;
         {
             let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.shared.urgent_cap || self.is_closed() {
-                return false;
+            if self.is_closed() {
+                return Err(PushError::Closed);
             }
-            q.push_back(Frame::Config(payload));
+            if q.len() >= self.shared.urgent_cap {
+                return Err(PushError::QueueFull);
+            }
+            q.push_back(frame);
         }
         self.shared.wake_writer.notify_one();
-        true
+        Ok(())
     }
 
     /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
@@ -394,7 +421,8 @@ impl Shared {
         tracing::warn!(error = %what, "tunnel protocol error");
         {
             let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
-            q.push_back(Frame::GoAway {
+            // First in line: it explains the close, whatever else is still queued.
+            q.push_front(Frame::GoAway {
                 reason: Reason::Protocol,
                 message: what.clone(),
             });

@@ -49,6 +49,9 @@ type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
 
 pub(crate) struct StreamState {
     open_waiter: Option<OpenWaiter>,
+    /// The peer may send DATA and FIN: only once the OPEN_OK is on its way (PROTOCOL.md §4).
+    /// Before that the peer has been granted nothing it may use, so nothing is buffered.
+    peer_may_send: bool,
     // Receive direction.
     recv: VecDeque<Bytes>,
     recv_bytes: usize,
@@ -79,6 +82,7 @@ impl StreamState {
     fn new(window: u32, credit: u64) -> Self {
         StreamState {
             open_waiter: None,
+            peer_may_send: false,
             recv: VecDeque::new(),
             recv_bytes: 0,
             recv_fin: false,
@@ -152,6 +156,9 @@ impl StreamShared {
         if st.error.is_some() {
             return Delivery::Ok;
         }
+        if !st.peer_may_send {
+            return Delivery::Violation("DATA before OPEN_OK".into());
+        }
         if st.recv_fin {
             return Delivery::Violation("DATA after FIN".into());
         }
@@ -179,6 +186,12 @@ impl StreamShared {
 
     pub(crate) fn on_fin(&self) -> Delivery {
         let mut st = self.lock();
+        if st.error.is_some() {
+            return Delivery::Ok;
+        }
+        if !st.peer_may_send {
+            return Delivery::Violation("FIN before OPEN_OK".into());
+        }
         if st.recv_fin {
             return Delivery::Violation("second FIN".into());
         }
@@ -218,6 +231,7 @@ impl StreamShared {
         match result {
             Ok(window) => {
                 st.credit = u64::from(window);
+                st.peer_may_send = true;
                 let _ = waiter.send(Ok(()));
             }
             Err(e) => {
@@ -553,6 +567,8 @@ impl Incoming {
             id: s.id(),
             window: s.mux.cfg.initial_window,
         };
+        // Before the frame is queued, so the peer's first DATA can never arrive earlier.
+        s.shared.lock().peer_may_send = true;
         if s.mux.data_tx.send(frame).await.is_err() {
             return Err(s.tunnel_lost());
         }

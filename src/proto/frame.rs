@@ -225,6 +225,74 @@ impl Frame {
                 Frame::Ping(_) | Frame::Pong(_) => 8,
             }
     }
+
+    /// The frame type's name as PROTOCOL.md writes it, for messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self.frame_type() {
+            FrameType::Hello => "HELLO",
+            FrameType::Welcome => "WELCOME",
+            FrameType::Open => "OPEN",
+            FrameType::OpenOk => "OPEN_OK",
+            FrameType::OpenErr => "OPEN_ERR",
+            FrameType::Data => "DATA",
+            FrameType::Fin => "FIN",
+            FrameType::Reset => "RESET",
+            FrameType::Window => "WINDOW",
+            FrameType::Ping => "PING",
+            FrameType::Pong => "PONG",
+            FrameType::GoAway => "GO_AWAY",
+            FrameType::Config => "CONFIG",
+            FrameType::Log => "LOG",
+        }
+    }
+
+    fn frame_type(&self) -> FrameType {
+        match self {
+            Frame::Hello(_) => FrameType::Hello,
+            Frame::Welcome(_) => FrameType::Welcome,
+            Frame::Open { .. } => FrameType::Open,
+            Frame::OpenOk { .. } => FrameType::OpenOk,
+            Frame::OpenErr { .. } => FrameType::OpenErr,
+            Frame::Data { .. } => FrameType::Data,
+            Frame::Fin { .. } => FrameType::Fin,
+            Frame::Reset { .. } => FrameType::Reset,
+            Frame::Window { .. } => FrameType::Window,
+            Frame::Ping(_) => FrameType::Ping,
+            Frame::Pong(_) => FrameType::Pong,
+            Frame::GoAway { .. } => FrameType::GoAway,
+            Frame::Config(_) => FrameType::Config,
+            Frame::Log(_) => FrameType::Log,
+        }
+    }
+
+    /// Would the peer's decoder accept this frame? The same limits as [`decode_message`], so
+    /// a sender checks what it queues and can never make the peer close the tunnel.
+    pub fn check(&self) -> Result<(), ProtoError> {
+        let kind = self.frame_type();
+        let len = self.encoded_len() - HEADER_LEN;
+        let (min, max) = length_limits(kind);
+        if len < min || len > max {
+            return Err(ProtoError::BadLength {
+                kind,
+                len,
+                min,
+                max,
+            });
+        }
+        match self {
+            Frame::Window { increment, .. }
+                if *increment == 0 || u64::from(*increment) > MAX_CREDIT =>
+            {
+                Err(ProtoError::BadIncrement(*increment))
+            }
+            Frame::Open { window, .. } | Frame::OpenOk { window, .. }
+                if u64::from(*window) > MAX_CREDIT =>
+            {
+                Err(ProtoError::BadWindow(*window))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Errors found while decoding a message. Each is a tunnel-level protocol error.
@@ -255,6 +323,8 @@ pub enum ProtoError {
     },
     #[error("WINDOW increment {0} is outside 1..=2^31-1")]
     BadIncrement(u32),
+    #[error("initial window {0} is above 2^31-1")]
+    BadWindow(u32),
     #[error("reason text is not UTF-8")]
     BadText,
     #[error("empty message")]
@@ -275,22 +345,7 @@ fn clamp_text(s: &str) -> &str {
 /// Appends `frame` to `buf`. Reason texts longer than the limit are cut at a char boundary;
 /// every other payload must already respect the limits (the mux guarantees it).
 pub fn encode_frame(frame: &Frame, buf: &mut BytesMut) {
-    let (ty, id) = match frame {
-        Frame::Hello(_) => (FrameType::Hello, 0),
-        Frame::Welcome(_) => (FrameType::Welcome, 0),
-        Frame::Open { id, .. } => (FrameType::Open, *id),
-        Frame::OpenOk { id, .. } => (FrameType::OpenOk, *id),
-        Frame::OpenErr { id, .. } => (FrameType::OpenErr, *id),
-        Frame::Data { id, .. } => (FrameType::Data, *id),
-        Frame::Fin { id } => (FrameType::Fin, *id),
-        Frame::Reset { id, .. } => (FrameType::Reset, *id),
-        Frame::Window { id, .. } => (FrameType::Window, *id),
-        Frame::Ping(_) => (FrameType::Ping, 0),
-        Frame::Pong(_) => (FrameType::Pong, 0),
-        Frame::GoAway { .. } => (FrameType::GoAway, 0),
-        Frame::Config(_) => (FrameType::Config, 0),
-        Frame::Log(_) => (FrameType::Log, 0),
-    };
+    let (ty, id) = (frame.frame_type(), frame.stream_id());
     let len = frame.encoded_len() - HEADER_LEN;
     buf.reserve(HEADER_LEN + len);
     buf.put_u8(ty as u8);
@@ -323,6 +378,15 @@ pub fn encode_frame(frame: &Frame, buf: &mut BytesMut) {
 
 fn be32(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// An announced initial window: like credit, at most 2^31-1.
+fn window(b: &[u8]) -> Result<u32, ProtoError> {
+    let w = be32(b);
+    if u64::from(w) > MAX_CREDIT {
+        return Err(ProtoError::BadWindow(w));
+    }
+    Ok(w)
 }
 
 fn be64(b: &[u8]) -> u64 {
@@ -407,12 +471,12 @@ pub fn decode_message(msg: &Bytes, mut f: impl FnMut(Frame)) -> Result<(), Proto
             FrameType::Log => Frame::Log(payload),
             FrameType::Open => Frame::Open {
                 id,
-                window: be32(p),
+                window: window(p)?,
                 meta: payload.slice(4..),
             },
             FrameType::OpenOk => Frame::OpenOk {
                 id,
-                window: be32(p),
+                window: window(p)?,
             },
             FrameType::OpenErr => {
                 let (reason, message) = reason_and_text(p)?;

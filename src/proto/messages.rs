@@ -18,6 +18,41 @@ pub struct Hello {
     pub features: Vec<String>,
 }
 
+/// Caps on HELLO's strings: the gateway keeps them per client, so they must be small.
+pub const MAX_HELLO_FIELD: usize = 256;
+/// Caps on HELLO's `features` list.
+pub const MAX_HELLO_FEATURES: usize = 16;
+
+impl Hello {
+    /// Refuses a HELLO whose strings or lists are over their caps (PROTOCOL.md §3).
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("version", &self.version),
+            ("hostname", &self.hostname),
+            ("env", &self.env),
+            ("instance", &self.instance),
+        ] {
+            if v.len() > MAX_HELLO_FIELD {
+                return Err(format!(
+                    "`{name}` is {} bytes, over the limit of {MAX_HELLO_FIELD}",
+                    v.len()
+                ));
+            }
+        }
+        if self.instance.is_empty() {
+            return Err("`instance` is empty".into());
+        }
+        if self.features.len() > MAX_HELLO_FEATURES
+            || self.features.iter().any(|f| f.len() > MAX_HELLO_FIELD)
+        {
+            return Err(format!(
+                "`features` holds more than {MAX_HELLO_FEATURES} entries or an entry over {MAX_HELLO_FIELD} bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `features` value for per-stream deflate compression.
 pub const FEATURE_DEFLATE: &str = "deflate";
 

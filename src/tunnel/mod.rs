@@ -132,7 +132,14 @@ where
             Some(Ok(Message::Binary(b))) => break b,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Close(c))) => return Err(format!("peer closed: {c:?}")),
-            Some(Ok(other)) => return Err(format!("expected a binary message, got {other:?}")),
+            // Name the kind only: the peer chose the bytes, and they go to the log.
+            Some(Ok(Message::Text(t))) => {
+                return Err(format!(
+                    "expected a binary message, got text ({} bytes)",
+                    t.len()
+                ))
+            }
+            Some(Ok(_)) => return Err("expected a binary message".into()),
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("connection closed".into()),
         }
@@ -232,7 +239,8 @@ pub async fn connect(
     let first = step("WELCOME", first_frame(&mut ws), ConnectError::Handshake).await?;
     let Frame::Welcome(body) = first else {
         return Err(ConnectError::Handshake(format!(
-            "expected WELCOME, got {first:?}"
+            "expected WELCOME, got {}",
+            first.name()
         )));
     };
     let welcome: Welcome = serde_json::from_slice(&body)
@@ -301,7 +309,10 @@ pub async fn accept<T>(
             .map(str::trim)
             .collect::<Vec<_>>();
         if !offered.contains(&SUBPROTOCOL) {
-            let msg = format!("unsupported protocol version {offered:?}; supported: {SUBPROTOCOL}");
+            let msg = format!(
+                "unsupported protocol version {}; supported: {SUBPROTOCOL}",
+                crate::telemetry::clean(&offered.join(","), 128)
+            );
             outcome = Err(msg.clone());
             return Err(error_response(StatusCode::BAD_REQUEST, &msg));
         }
@@ -324,7 +335,10 @@ pub async fn accept<T>(
                 Ok(resp)
             }
             None => {
-                outcome = Err(format!("bad security token for gateway id `{gateway_id}`"));
+                outcome = Err(format!(
+                    "bad security token for gateway id `{}`",
+                    crate::telemetry::clean(gateway_id, 128)
+                ));
                 Err(error_response(
                     StatusCode::UNAUTHORIZED,
                     "invalid security token or gateway id\n",
@@ -343,10 +357,14 @@ pub async fn accept<T>(
     let first = accept_step("HELLO", first_frame(&mut ws), AcceptError::Handshake).await?;
     let Frame::Hello(body) = first else {
         return Err(AcceptError::Handshake(format!(
-            "expected HELLO, got {first:?}"
+            "expected HELLO, got {}",
+            first.name()
         )));
     };
     let hello: Hello = serde_json::from_slice(&body)
+        .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
+    hello
+        .validate()
         .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
     Ok((ws, authorized, hello))
 }

@@ -103,37 +103,24 @@ async fn http_connect(
 }
 
 async fn socks5(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     proxy: &OutboundProxy,
     name: &str,
     host: &str,
     port: u16,
 ) -> Result<TcpStream, ProxyError> {
-    use fast_socks5::client::{Config, Socks5Stream};
-    use fast_socks5::util::target_addr::TargetAddr;
-    use fast_socks5::{AuthenticationMethod, Socks5Command};
-    let auth = proxy
-        .auth
-        .as_ref()
-        .map(|(u, p)| AuthenticationMethod::Password {
-            username: u.clone(),
-            password: p.expose().to_owned(),
-        });
-    let refused = |e: fast_socks5::SocksError| ProxyError::Refused {
-        proxy: name.to_owned(),
-        target: format!("{host}:{port}"),
-        reply: e.to_string(),
-    };
-    let mut s = Socks5Stream::use_stream(tcp, auth, Config::default())
-        .await
-        .map_err(refused)?;
+    let auth = proxy.auth.as_ref().map(|(u, p)| (u.as_str(), p.expose()));
     // The proxy resolves the name, as curl's socks5h does: the on-prem host may not be able to.
     let target = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => TargetAddr::Ip(std::net::SocketAddr::new(ip, port)),
-        Err(_) => TargetAddr::Domain(host.to_owned(), port),
+        Ok(ip) => crate::socks5::Target::Addr(std::net::SocketAddr::new(ip, port)),
+        Err(_) => crate::socks5::Target::Name(host, port),
     };
-    s.request(Socks5Command::TCPConnect, target)
+    crate::socks5::connect(&mut tcp, auth, target)
         .await
-        .map_err(refused)?;
-    Ok(s.get_socket())
+        .map_err(|e| ProxyError::Refused {
+            proxy: name.to_owned(),
+            target: format!("{host}:{port}"),
+            reply: e.to_string(),
+        })?;
+    Ok(tcp)
 }
