@@ -122,7 +122,8 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that must not be forwarded as they are.
-const HOP: [&str; 7] = [
+const HOP: [&str; 8] = [
+    "http2-settings",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
@@ -141,6 +142,18 @@ fn judge_target(req: &Request<Incoming>) -> Result<hyper::Uri, String> {
     let hosts = req.headers().get_all(HOST).iter().count();
     if hosts > 1 {
         return Err("more than one Host header".into());
+    }
+    // Headers that decide routing and hop-by-hop handling must be readable, or they can't be
+    // judged (an unreadable Connection token would keep a header we must remove).
+    for name in [HOST, CONNECTION, UPGRADE] {
+        if req
+            .headers()
+            .get_all(&name)
+            .iter()
+            .any(|v| v.to_str().is_err())
+        {
+            return Err(format!("the {name} header is not readable text"));
+        }
     }
     // Absolute form (`GET http://h/p`): its authority must agree with Host, which is what
     // the endpoint routes on once the target is sent in origin form.
@@ -227,7 +240,14 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
     let Some((send, _)) = current.as_mut() else {
         return text(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n".into());
     };
-    let wants_upgrade = req.headers().contains_key(UPGRADE);
+    // Only a WebSocket upgrade is spliced through: its requests are judged here before it.
+    // Anything else (h2c above all, which would carry requests for any path once upgraded)
+    // goes on as a plain request with Upgrade removed.
+    let wants_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     let down_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
     rewrite_headers(&mut req, &c.settings, wants_upgrade);
     if send.ready().await.is_err() {

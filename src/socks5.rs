@@ -98,6 +98,12 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
             io.write_all(&req).await?;
             let mut status = [0u8; 2];
             io.read_exact(&mut status).await?;
+            if status[0] != 1 {
+                return Err(Socks5Error::Protocol(format!(
+                    "version {} in the authentication reply",
+                    status[0]
+                )));
+            }
             if status[1] != 0 {
                 return Err(Socks5Error::AuthRefused);
             }

@@ -353,7 +353,7 @@ async fn the_unspecified_address_is_judged_as_loopback() {
     let echo = echo_server().await;
     let h = Harness::start(&[echo, echo], |s| {
         s.gateway.gateways[0].destinations[0].ip = "0.0.0.0".into();
-        s.gateway.gateways[0].destinations[1].ip = "::ffff:0.0.0.0".into();
+        s.gateway.gateways[0].destinations[1].ip = "::".into();
         write_acl(
             s,
             &[
@@ -485,4 +485,37 @@ async fn fuzz_corpus_replay_socks5_reply() {
         let r = tokio::time::timeout(WAIT, sgw::socks5::connect(&mut ours, auth, target)).await;
         assert!(r.is_ok(), "handshake hung on {data:?}");
     }
+}
+
+/// SECURITY.md "The gateway can't pick the client's listening ports": a reverse destination
+/// whose `local_port` the client's `reverse_ports` does not list is never bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cannot_make_the_client_listen_without_consent() {
+    let echo = echo_server().await;
+    let (taken, allowed) = (free_port(), free_port());
+    let h = Harness::start(&[echo, echo], |s| {
+        for (d, port) in s.gateway.gateways[0]
+            .destinations
+            .iter_mut()
+            .zip([taken, allowed])
+        {
+            d.reverse = true;
+            d.local_port = port;
+            d.cloud_port = 0;
+        }
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", echo.port())];
+        s.client.reverse_ports = vec![allowed..=allowed];
+    })
+    .await;
+    wait_listening(allowed).await;
+    assert_eq!(
+        echo_once(SocketAddr::from(([127, 0, 0, 1], allowed)), b"ok")
+            .await
+            .unwrap(),
+        b"ok"
+    );
+    // The port the client did not consent to stays free for the service that owns it.
+    let l = std::net::TcpListener::bind(("127.0.0.1", taken));
+    assert!(l.is_ok(), "the client took port {taken}: {l:?}");
+    drop(h);
 }

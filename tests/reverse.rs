@@ -15,6 +15,8 @@ fn reverse(s: &mut Setup, i: usize, local_port: u16) {
     d.reverse = true;
     d.local_port = local_port;
     d.cloud_port = 0;
+    // The client's consent to listen there (docs/SECURITY.md).
+    s.client.reverse_ports.push(local_port..=local_port);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

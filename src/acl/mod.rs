@@ -205,12 +205,11 @@ pub fn ip_key(ip: IpAddr) -> u128 {
 }
 
 /// The address a connection to `ip` really reaches: the unspecified address (`0.0.0.0`, `::`,
-/// from a literal or a DNS answer) connects to this host's own loopback, so it is judged as
-/// loopback and `acl deny 127.0.0.0/8:` covers it (docs/ACL.md).
+/// from a literal or a DNS answer) connects to this host itself, so it is judged as
+/// `127.0.0.1` and `acl deny 127.0.0.0/8:` covers both families (docs/ACL.md).
 pub fn judged_as(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
-        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        a if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         other => other,
     }
 }

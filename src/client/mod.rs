@@ -653,7 +653,6 @@ pub fn backoff(attempt: u32, r: &Reconnect) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
-/// Keeps one tunnel to one gateway up, forever (until shutdown).
 /// Keeps one tunnel slot running: a slot task that ends or panics (a bug, never the peer's
 /// doing by design) is logged and started again after a pause, so a gateway or proxy can
 /// never take a tunnel away for good.
@@ -688,6 +687,7 @@ async fn supervise_slot(
 /// The pause before a failed slot task is started again.
 const SLOT_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
+/// Keeps one tunnel to one gateway up, forever (until shutdown).
 async fn tunnel_slot(
     shared: Arc<Shared>,
     link: Arc<Link>,

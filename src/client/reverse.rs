@@ -30,9 +30,23 @@ pub(super) fn reconcile(
     link: &Arc<Link>,
     dests: &HashMap<String, Arc<Dest>>,
 ) {
+    // The gateway names the port; only the client's operator may allow it (`reverse_ports`),
+    // so a hostile gateway can't take a local service's port before the service starts.
+    let consented = |d: &&Arc<Dest>| {
+        let ok = shared
+            .cfg
+            .reverse_ports
+            .iter()
+            .any(|r| r.contains(&d.spec.local_port));
+        if !ok {
+            warn!(dest.id = %d.spec.id, local.port = d.spec.local_port, reason = "acl_denied", "reverse destination refused: its local_port is not in reverse_ports in client.toml");
+        }
+        ok
+    };
     let want: HashMap<String, SocketAddr> = dests
         .values()
         .filter(|d| d.spec.reverse && d.spec.local_port != 0)
+        .filter(consented)
         .map(|d| {
             let host = shared
                 .cfg

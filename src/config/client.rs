@@ -119,6 +119,9 @@ pub struct ClientConfig {
     /// Local certificate material per destination id (`[[destinations]]`): replaces what the
     /// gateway sends, so a client key never has to leave the on-prem host.
     pub destinations: std::collections::HashMap<String, DestOverride>,
+    /// Local ports a gateway may make this client listen on for reverse destinations
+    /// (`reverse_ports = ["18443", "20000-20100"]`); empty, the default: none.
+    pub reverse_ports: Vec<std::ops::RangeInclusive<u16>>,
 }
 
 /// `[[destinations]]` in client.toml: local TLS material for one destination.
@@ -256,6 +259,16 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         .then(|| read_secret(root, "admin_token", "admin_token_file"))
         .flatten();
     let admin_hosts = root.strs("admin_hosts").unwrap_or_default();
+    let mut reverse_ports = Vec::new();
+    for p in root.strs("reverse_ports").unwrap_or_default() {
+        match super::parse_port_range(&p) {
+            Some(r) => reverse_ports.push(r),
+            None => root.invalid(
+                "reverse_ports",
+                format!("`{p}` is not a port or a `low-high` port range (1..=65535)"),
+            ),
+        }
+    }
     let limits = read_limits(root.table("limits"));
     let log = read_log(root);
     let mut destinations = std::collections::HashMap::new();
@@ -315,6 +328,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         admin_listen,
         admin_token,
         admin_hosts,
+        reverse_ports,
         shutdown_grace: root
             .duration("shutdown_grace")
             .unwrap_or(Duration::from_secs(30)),

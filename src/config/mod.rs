@@ -355,6 +355,13 @@ pub fn load_any(path: &Path) -> Result<AnyConfig, ConfigErrors> {
     }
 }
 
+/// `"443"` or `"20000-20100"`: a port or an inclusive range of ports, never 0.
+pub fn parse_port_range(s: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = s.trim().split_once('-').unwrap_or((s.trim(), s.trim()));
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (lo != 0 && lo <= hi).then_some(lo..=hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,6 +122,17 @@ fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
     })
 }
 
+fn close_tunnels(tenant: &Tenant, id: &str, why: &str) {
+    let tunnels = tenant.all_tunnels();
+    if tunnels.is_empty() {
+        return;
+    }
+    for m in &tunnels {
+        m.close(why);
+    }
+    info!(gateway.id = %id, tunnels = tunnels.len(), reason = why, "closed the gateway's client tunnels");
+}
+
 /// Makes the running gateway serve `cfg` for its gateway id (new or changed). Returns the
 /// configuration as it runs: destinations asking for `cloud_port = 0` carry the bound port
 /// (kept across later changes). On error nothing has changed.
@@ -213,6 +224,24 @@ pub(super) async fn apply(
     }
     let result_cfg = state.cfg.clone();
     let old = inner.tenant(&id).map(|t| t.state().cfg.clone());
+    // Tunnels on a revoked token are closed before the new CONFIG (which may carry secrets)
+    // is pushed to the tunnels that stay.
+    let revoked = old.as_ref().and_then(|old| {
+        if !result_cfg.enabled && old.enabled {
+            Some("gateway disabled")
+        } else if result_cfg.token != old.token
+            || result_cfg.token_expires_at != old.token_expires_at
+        {
+            Some("security token changed")
+        } else if result_cfg.enf_tok_sec && !old.enf_tok_sec {
+            Some("security token now enforced")
+        } else {
+            None
+        }
+    });
+    if let (Some(why), Some(t)) = (revoked, inner.tenant(&id)) {
+        close_tunnels(&t, &id, why);
+    }
     let tenant = match inner.tenant(&id) {
         Some(t) => {
             t.set_state(state);
@@ -253,25 +282,9 @@ pub(super) async fn apply(
         l.insert((id.clone(), listening.dest.id.clone()), listening);
     }
     drop(l);
-    if let Some(old) = old {
-        let why = if !result_cfg.enabled && old.enabled {
-            Some("gateway disabled")
-        } else if result_cfg.token != old.token
-            || result_cfg.token_expires_at != old.token_expires_at
-        {
-            Some("security token changed")
-        } else if result_cfg.enf_tok_sec && !old.enf_tok_sec {
-            Some("security token now enforced")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            let n = tenant.all_tunnels().len();
-            for m in tenant.all_tunnels() {
-                m.close(why);
-            }
-            info!(gateway.id = %id, tunnels = n, reason = why, "closed the gateway's client tunnels");
-        }
+    // Again after the switch: a tunnel that registered meanwhile came in on the old token.
+    if let Some(why) = revoked {
+        close_tunnels(&tenant, &id, why);
     }
     Ok(result_cfg)
 }

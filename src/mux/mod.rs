@@ -33,6 +33,8 @@ use stream::{StreamShared, StreamState};
 
 /// Frames are batched into messages of at most about this many bytes.
 pub const BATCH_BYTES: usize = 128 * 1024;
+/// LOG frames waiting in the control queue at most; more are dropped.
+pub const LOG_QUEUE: usize = 32;
 /// Frames the writer queue holds before stream writers wait.
 const DATA_QUEUE: usize = 256;
 
@@ -359,7 +361,10 @@ impl Mux {
         }
         {
             let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.shared.urgent_cap / 2 || self.is_closed() {
+            // Callers can cause log lines (every refusal makes one): only a few may wait, so
+            // they never crowd out flow control or data.
+            let queued_logs = q.iter().filter(|f| matches!(f, Frame::Log(_))).count();
+            if queued_logs >= LOG_QUEUE || self.is_closed() {
                 return false;
             }
             q.push_back(frame);
