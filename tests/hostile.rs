@@ -519,3 +519,116 @@ async fn a_gateway_cannot_make_the_client_listen_without_consent() {
     assert!(l.is_ok(), "the client took port {taken}: {l:?}");
     drop(h);
 }
+
+/// TLS to the gateway's API on 127.0.0.1:`port`, trusting the `sgw init` CA in `dir`.
+async fn api_tls(dir: &Path, port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+    sgw::tls::install_crypto();
+    let spec = sgw::proto::EndpointTls {
+        sni: "localhost".into(),
+        reject_unauth: true,
+        client_certs: vec![std::fs::read_to_string(dir.join("ca.pem")).unwrap()],
+        ..Default::default()
+    };
+    let ep = sgw::tls::endpoint_connector(&spec, "localhost").unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    ep.connector
+        .connect(ep.server_name.clone(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends a request head (no body) and returns the status code of the answer (bounded wait).
+async fn head_only(s: &mut tokio_rustls::client::TlsStream<TcpStream>, head: &str) -> String {
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    status(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// SECURITY.md "The management API can't be locked out by trickling clients".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_api_clients_cannot_lock_out_the_admin() {
+    if which("curl").is_none() {
+        eprintln!("SKIPPED: curl not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+         api_listen = \"127.0.0.1:0\"\nadmin_token = \"adm\"\ncloud_host = \"127.0.0.1\"\n\
+         api_max_connections_per_source = 4\napi_request_timeout = \"2s\"\n\
+         [[gateways]]\nid = \"gw1\"\nsecurity_token = \"gw-token\"\n",
+    )
+    .unwrap();
+    let gw = Proc::spawn(&["gateway", "--config", cfg.to_str().unwrap()]);
+    let line = gw.wait_line("management API listening").await;
+    let port: u16 = field(&line, "api.listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body_head = |auth: &str| {
+        format!("POST /v1/sgconfig HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+    };
+    // A stranger announcing a large body is refused from its headers, body never read.
+    let mut s = api_tls(dir.path(), port).await;
+    assert_eq!(head_only(&mut s, &body_head("")).await, "401");
+    let mut s = api_tls(dir.path(), port).await;
+    assert_eq!(
+        head_only(&mut s, &body_head("Authorization: Bearer guess\r\n")).await,
+        "401"
+    );
+    // A known token whose body never comes: 408 at the deadline, not a slot held forever.
+    let mut s = api_tls(dir.path(), port).await;
+    assert_eq!(
+        head_only(&mut s, &body_head("Authorization: Bearer adm\r\n")).await,
+        "408"
+    );
+    // Four trickling connections from 127.0.0.1 use up that address's share; a fifth is
+    // closed at once, and the admin on another address is served.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut t = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        t.write_all(&[0x16]).await.unwrap(); // one byte of a TLS record, then nothing
+        held.push(t);
+    }
+    let mut fifth = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut b = [0u8; 1];
+    let closed = tokio::time::timeout(WAIT, fifth.read(&mut b))
+        .await
+        .expect("closed in time");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let ca = dir.path().join("ca.pem");
+    let url = format!("https://localhost:{port}/v1/sgconfig");
+    let (code, out, err) = curl(&[
+        "-s",
+        "--interface",
+        "127.0.0.2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer adm",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        &url,
+    ])
+    .await;
+    assert_eq!((code, out.as_str()), (0, "200"), "{err}");
+    assert!(
+        gw.all().contains("api_max_connections_per_source"),
+        "{}",
+        gw.all()
+    );
+    drop(held);
+}

@@ -12,7 +12,9 @@
 mod certs;
 mod routes;
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,8 +33,6 @@ pub use routes::ROUTES;
 
 /// How long a caller of the API may take for its TLS handshake and request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// API connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 256;
 
 /// Why the running gateway could not take a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,16 @@ impl<B: Backend> Api<B> {
         ids.iter()
             .filter_map(|id| self.backend.tenant(id))
             .fold(false, |found, t| t.token.ct_eq(token) | found)
+    }
+
+    /// Before any body is read: the request carries the admin token or some gateway's token
+    /// (which calls it may make is decided later). Strangers are refused from the headers.
+    pub(crate) fn known_token(&self, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+        let token = Self::bearer(headers)?;
+        if self.is_admin(token) | self.any_gateway_token(token) {
+            return Ok(());
+        }
+        Err(ApiError::unauthorized("invalid token"))
     }
 
     /// Account-level calls: the admin token only.
@@ -412,8 +422,10 @@ pub async fn serve<B: Backend>(
     tls: TlsAcceptor,
     shutdown: CancellationToken,
 ) {
-    let app = routes::router(api);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_source_cap = api.settings.max_connections_per_source;
+    let app = routes::router(api.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(api.settings.max_connections));
+    let per_source = Arc::new(std::sync::Mutex::new(HashMap::<IpAddr, usize>::new()));
     if let Ok(a) = listener.local_addr() {
         info!(api.listen = %a, "management API listening");
     }
@@ -436,9 +448,16 @@ pub async fn serve<B: Backend>(
             },
             _ = shutdown.cancelled() => return,
         };
+        // One source may hold only so many connections: a trickling client can't take every
+        // slot and lock the admin out.
+        let Some(source) = SourceSlot::take(&per_source, peer.ip(), per_source_cap) else {
+            warn!(peer.addr = %peer, reason = "limit", "API connection refused: api_max_connections_per_source reached");
+            continue;
+        };
         let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            let _source = source;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -463,5 +482,42 @@ pub async fn serve<B: Backend>(
                 }
             }
         });
+    }
+}
+
+/// One connection counted against its source address; released on drop.
+struct SourceSlot {
+    map: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(
+        map: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        cap: usize,
+    ) -> Option<SourceSlot> {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            map: map.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
     }
 }

@@ -180,8 +180,33 @@ pub(super) fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(api.clone(), gate::<B>))
         .layer(axum::middleware::from_fn(log_request))
         .with_state(api)
+}
+
+/// Runs before any handler reads a body: a request without a known token is refused from its
+/// headers, and every request, body included, must finish within `api_request_timeout`.
+async fn gate<B: Backend>(
+    State(api): State<Arc<Api<B>>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(e) = api.known_token(req.headers()) {
+        return e.into_response();
+    }
+    let limit = api.settings.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request was not completed within {} s (api_request_timeout)",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// One line per request: method, path (never the query or body: tokens and keys), status,

@@ -154,6 +154,12 @@ pub struct ApiConfig {
     pub max_body: u64,
     /// `cloud_host` for destinations created through the API without one.
     pub cloud_host: String,
+    /// API connections served at once (`api_max_connections`), and from one source address
+    /// (`api_max_connections_per_source`), so one caller can't lock the admin out.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// Deadline for a whole request, body included (`api_request_timeout`).
+    pub request_timeout: std::time::Duration,
 }
 
 const LATER: &[&str] = &["admin_listen"];
@@ -263,6 +269,9 @@ fn read_api(root: &Tbl<'_, '_>) -> Option<ApiConfig> {
         "state_file",
         "api_max_body",
         "cloud_host",
+        "api_max_connections",
+        "api_max_connections_per_source",
+        "api_request_timeout",
     ];
     let listen = match root.str("api_listen") {
         None => {
@@ -295,12 +304,27 @@ fn read_api(root: &Tbl<'_, '_>) -> Option<ApiConfig> {
         Some(n) => n,
         None => API_MAX_BODY,
     };
+    let max_connections = root
+        .int_in("api_max_connections", 1..=100_000)
+        .map_or(256, |n| n as usize);
+    let max_connections_per_source = root
+        .int_in("api_max_connections_per_source", 1..=100_000)
+        .map_or(16, |n| n as usize);
+    let request_timeout = root
+        .duration("api_request_timeout")
+        .unwrap_or(std::time::Duration::from_secs(30));
+    if request_timeout.is_zero() {
+        root.invalid("api_request_timeout", "must be above 0");
+    }
     Some(ApiConfig {
         listen,
         admin_token,
         state_file,
         max_body,
         cloud_host: root.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into()),
+        max_connections,
+        max_connections_per_source,
+        request_timeout,
     })
 }
 
