@@ -242,7 +242,7 @@ mod tests {
         let ok = [5, 2, 1, 0, 5, 0, 0, 1, 1, 2, 3, 4, 0, 80];
         let sent = against(&ok, Some(("u", "secret"))).await.unwrap();
         assert_eq!(&sent[..4], &[5, 2, 0, 2]);
-        assert_eq!(&sent[4..13], b"\x01\x01u\x06secret");
+        assert_eq!(&sent[4..14], b"\x01\x01u\x06secret");
         let e = against(&[5, 2, 1, 1], Some(("u", "secret")))
             .await
             .unwrap_err();

@@ -632,3 +632,60 @@ async fn trickling_api_clients_cannot_lock_out_the_admin() {
     );
     drop(held);
 }
+
+/// An origin that answers every request with its request head as the body (and would switch
+/// to h2c if asked, as Go's h2c handler does).
+async fn head_echo_origin() -> SocketAddr {
+    serve(|mut s| async move {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match s.read(&mut b).await {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let resp = if text.contains("upgrade: h2c") {
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            )
+        };
+        let _ = s.write_all(resp.as_bytes()).await;
+    })
+    .await
+}
+
+/// SECURITY.md: an h2c upgrade would carry HTTP/2 requests for any path past the judge; only
+/// websocket upgrades are spliced, and an unreadable Connection header is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_is_not_spliced_past_the_path_judge() {
+    let origin = head_echo_origin().await;
+    let h = Harness::start(&[origin], |s| {
+        s.gateway.gateways[0].destinations[0].protocol = Protocol::Http;
+        write_acl(
+            s,
+            &[format!("acl allow 127.0.0.1:{}/public", origin.port())],
+        );
+    })
+    .await;
+    let cloud = h.cloud(0);
+    let req = format!(
+        "GET /public/ HTTP/1.1\r\nHost: {cloud}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    );
+    let resp = raw_http(cloud, req.as_bytes(), 1).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(
+        !resp.contains("upgrade: h2c") && !resp.contains("http2-settings"),
+        "{resp}"
+    );
+    let mut req =
+        format!("GET /public/ HTTP/1.1\r\nHost: {cloud}\r\nConnection: close, ").into_bytes();
+    req.extend_from_slice(b"\x80\r\n\r\n");
+    let resp = raw_http(cloud, &req, 1).await;
+    assert_eq!(status(&resp), "400", "{resp}");
+}

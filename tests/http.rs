@@ -140,7 +140,7 @@ async fn origin() -> SocketAddr {
             let _ = w.write_all(b"0\r\n\r\n").await;
         } else if first.starts_with("GET /upgrade") {
             let _ = w
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
                 .await;
             let mut buf = [0u8; 1024];
             while let Ok(n @ 1..) = r.read(&mut buf).await {
@@ -193,7 +193,7 @@ async fn chunked_streaming_and_upgrades_pass_through() {
 
     // Same connection, now upgraded: bytes echo both ways.
     s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
     )
     .await
     .unwrap();

@@ -313,9 +313,10 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
         .success());
     p.wait_line("ACL reloaded").await;
     assert_eq!(echo_once(cloud, b"after").await.unwrap(), b"after");
-    // The admin endpoint the log named answers for operators.
+    // The admin endpoint the log named answers for operators (the token from the config).
     let out = Command::new(sgw_bin())
-        .args(["acl", "show", "--admin", &admin])
+        .args(["acl", "show", "--admin", &admin, "--config"])
+        .arg(&client_toml)
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);

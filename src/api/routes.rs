@@ -195,6 +195,16 @@ async fn gate<B: Backend>(
     if let Err(e) = api.known_token(req.headers()) {
         return e.into_response();
     }
+    // A body announced too large is refused before it is polled, so no `100 Continue` invites
+    // the client to send what would be thrown away (and cut off mid-send).
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > api.settings.max_body) {
+        return too_large().into_response();
+    }
     let limit = api.settings.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
@@ -249,13 +259,17 @@ fn need_body(body: Body) -> Result<Value, ApiError> {
     json_body(body)?.ok_or_else(|| ApiError::bad("a JSON body is required"))
 }
 
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request body is larger than the API accepts (api_max_body)",
+    )
+}
+
 fn body_error(r: BytesRejection) -> ApiError {
     let status = r.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "request body is larger than the API accepts (api_max_body)",
-        )
+        too_large()
     } else {
         ApiError::new(
             status,
