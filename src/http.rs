@@ -35,6 +35,9 @@ pub enum Refused {
 /// Policy and dialling for one caller connection.
 pub trait Upstream: Send + Sync + 'static {
     type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Does the policy judge paths at all? Only then are paths that servers read differently
+    /// refused and the judged form forwarded; otherwise the target goes through as sent.
+    fn judges_paths(&self) -> bool;
     /// May a request for `path` use the open upstream connection, which reaches `reached`
     /// (`None`: an address only a proxy knows)?
     fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), String>;
@@ -135,7 +138,7 @@ const HOP: [&str; 8] = [
 
 /// Checks the request line and `Host` before any policy: the path the ACL judges must be the
 /// path the endpoint acts on. Returns the origin-form target to judge and forward.
-fn judge_target(req: &Request<Incoming>) -> Result<hyper::Uri, String> {
+fn judge_target(req: &Request<Incoming>, judges_paths: bool) -> Result<hyper::Uri, String> {
     if req.method() == hyper::Method::CONNECT {
         return Err("CONNECT is not forwarded to an HTTP destination".into());
     }
@@ -166,8 +169,15 @@ fn judge_target(req: &Request<Incoming>) -> Result<hyper::Uri, String> {
         }
     }
     let raw = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let target = crate::acl::request_path(raw)
-        .map_err(|e| format!("the path can't be judged safely: it has {e}"))?;
+    if !raw.starts_with('/') {
+        return Err("the request target is not an absolute path".into());
+    }
+    let target = if judges_paths {
+        crate::acl::request_path(raw)
+            .map_err(|e| format!("the path can't be judged safely: it has {e}"))?
+    } else {
+        raw.to_owned()
+    };
     hyper::Uri::builder()
         .path_and_query(target)
         .build()
@@ -177,7 +187,7 @@ fn judge_target(req: &Request<Incoming>) -> Result<hyper::Uri, String> {
 async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     c.counts.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
-    let target = match judge_target(&req) {
+    let target = match judge_target(&req, c.upstream.judges_paths()) {
         Ok(t) => t,
         Err(why) => {
             c.counts.lock().unwrap_or_else(|e| e.into_inner()).denied += 1;

@@ -689,3 +689,81 @@ async fn an_h2c_upgrade_is_not_spliced_past_the_path_judge() {
     let resp = raw_http(cloud, &req, 1).await;
     assert_eq!(status(&resp), "400", "{resp}");
 }
+
+/// Without path rules the path decides nothing: `%2F` (a RabbitMQ vhost), `;jsessionid` and
+/// the like go through exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_path_rules_paths_go_through_as_sent() {
+    let origin = head_echo_origin().await;
+    let h = Harness::start(&[origin], |s| {
+        s.gateway.gateways[0].destinations[0].protocol = Protocol::Http;
+        write_acl(s, &[format!("acl allow 127.0.0.1:{}", origin.port())]);
+    })
+    .await;
+    let cloud = h.cloud(0);
+    let req = format!(
+        "GET /api/vhosts/%2F/x;jsessionid=1?q=%2F HTTP/1.1\r\nHost: {cloud}\r\nConnection: close\r\n\r\n"
+    );
+    let resp = raw_http(cloud, req.as_bytes(), 1).await;
+    assert_eq!(status(&resp), "200", "{resp}");
+    assert!(
+        resp.contains("get /api/vhosts/%2f/x;jsessionid=1?q=%2f http/1.1"),
+        "{resp}"
+    );
+}
+
+/// SECURITY.md "Clients of one gateway id can't use another's egress": a client of gw2 asks
+/// its SOCKS5 listener for an endpoint only gw1 may reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_is_per_gateway_id() {
+    let target = echo_server().await;
+    let (socks1, socks2) = (free_port(), free_port());
+    let mut setup = Setup::new(&[target]);
+    // gw1 (from the file, no list of its own) inherits the top-level list; gw2 has its own,
+    // which does not name the target.
+    setup.gateway.egress_allow = vec![format!("127.0.0.1:{}", target.port())];
+    let mut gw2 = setup.gateway.gateways[0].clone();
+    gw2.id = "gw2".into();
+    gw2.token = sgw::config::Secret::new("gw2-token");
+    gw2.destinations.clear();
+    gw2.egress = sgw::config::Egress::Own(vec!["api.partner.example:443".into()]);
+    setup.gateway.gateways.push(gw2);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut c1 = setup.client.clone();
+    c1.socks5_listen = Some(SocketAddr::from(([127, 0, 0, 1], socks1)));
+    let _c1 = start_client(c1, gw.handle.tunnel_addr()).await;
+    let mut c2 = setup.client.clone();
+    c2.socks5_listen = Some(SocketAddr::from(([127, 0, 0, 1], socks2)));
+    c2.gateways[0].gateway_id = "gw2".into();
+    c2.gateways[0].token = sgw::config::Secret::new("gw2-token");
+    let _c2 = start_client(c2, gw.handle.tunnel_addr()).await;
+    wait_listening(socks1).await;
+    wait_listening(socks2).await;
+    let via = |port: u16| async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let t = sgw::socks5::Target::Addr(target);
+        sgw::socks5::connect(&mut s, None, t).await.map(|()| s)
+    };
+    let mut ok = via(socks1).await.expect("gw1 may reach it");
+    ok.write_all(b"mine").await.unwrap();
+    let mut b = [0u8; 4];
+    ok.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"mine");
+    let err = via(socks2).await.expect_err("gw2 may not");
+    assert!(
+        matches!(err, sgw::socks5::Socks5Error::Refused { .. }),
+        "{err}"
+    );
+    // A name no rule of gw2 names is refused without a lookup (and so, fast).
+    let mut s = TcpStream::connect(("127.0.0.1", socks2)).await.unwrap();
+    let t = sgw::socks5::Target::Name("slow.example.invalid", 80);
+    let err = tokio::time::timeout(WAIT, sgw::socks5::connect(&mut s, None, t))
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    // Reply 2 (not allowed by ruleset), not a DNS failure: the name was judged, not looked up.
+    assert!(
+        matches!(err, sgw::socks5::Socks5Error::Refused { code: 2, .. }),
+        "{err}"
+    );
+}

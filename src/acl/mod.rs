@@ -548,6 +548,19 @@ impl Acl {
         Ok(acl)
     }
 
+    /// Whether any rule matches resolved addresses (`10.0.0.0/8:`): only then can a name that
+    /// no name rule allows still be allowed after a lookup.
+    pub fn has_address_rules(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| matches!(r.host, HostPat::Addr { .. }))
+    }
+
+    /// Whether any rule has an HTTP path: only then does a request's path decide anything.
+    pub fn has_path_rules(&self) -> bool {
+        self.rules.iter().any(|r| r.path.is_some())
+    }
+
     /// Whether any rule has a `during` window (only then does a decision need the clock).
     pub fn has_time_windows(&self) -> bool {
         self.time_windows

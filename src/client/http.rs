@@ -63,6 +63,14 @@ pub(super) struct ClientUpstream {
 impl Upstream for ClientUpstream {
     type Conn = Box<dyn Io>;
 
+    fn judges_paths(&self) -> bool {
+        self.shared
+            .acl
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_path_rules()
+    }
+
     fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), String> {
         let spec = &self.dest.spec;
         let acl = self

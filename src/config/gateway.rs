@@ -113,6 +113,19 @@ pub struct TenantConfig {
     /// When the security token stops being accepted (seconds since the Unix epoch).
     pub token_expires_at: Option<u64>,
     pub destinations: Vec<Destination>,
+    /// Where this gateway id's clients may make the gateway connect (reverse destinations,
+    /// SOCKS5 targets).
+    pub egress: Egress,
+}
+
+/// A gateway id's egress policy (docs/SECURITY.md: egress is per gateway id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    /// The top-level `egress_allow` of gateway.toml: only for gateway ids defined in that file
+    /// without a list of their own (the file's operator wrote both).
+    FileDefault,
+    /// This gateway id's own `egress_allow`; empty: none (API-managed gateway ids).
+    Own(Vec<String>),
 }
 
 impl TenantConfig {
@@ -223,6 +236,10 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         let token = read_secret(&g, "security_token", "token_file");
         let enf_tok_sec = g.bool("enf_tok_sec").unwrap_or(true);
         let enabled = g.bool("enabled").unwrap_or(true);
+        let egress = match g.strs("egress_allow") {
+            Some(list) => Egress::Own(list),
+            None => Egress::FileDefault,
+        };
         let mut dests = Vec::new();
         let mut dest_ids = HashSet::new();
         for d in g.tables("destinations") {
@@ -241,6 +258,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
                 enabled,
                 token_expires_at: None,
                 destinations: dests,
+                egress,
             });
         }
     }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 
 pub use client::{ClientConfig, DestOverride, GatewayLink, Reconnect, Trust, WssUrl};
 pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
-pub use gateway::{ApiConfig, Destination, GatewayConfig, Protocol, TenantConfig, TlsIdentity};
+pub use gateway::{
+    ApiConfig, Destination, Egress, GatewayConfig, Protocol, TenantConfig, TlsIdentity,
+};
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};
 pub use walk::{parse_duration, parse_size};

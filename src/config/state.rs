@@ -198,6 +198,8 @@ pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, Vec<String>
         enabled: g.enabled,
         token_expires_at: g.token_expires_at,
         destinations: dests,
+        // The API has no egress setting yet: its gateway ids reach nothing through the gateway.
+        egress: crate::config::Egress::Own(Vec::new()),
     })
 }
 

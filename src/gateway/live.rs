@@ -89,7 +89,10 @@ async fn bind_dest(d: &Destination, tls: Option<TlsAcceptor>) -> Result<Bound, G
 }
 
 /// Builds what a configuration needs besides sockets; fails on what `check` would refuse.
-fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
+fn build_state(
+    cfg: TenantConfig,
+    file_egress: &crate::acl::Acl,
+) -> Result<TenantState, GatewayError> {
     let push = ConfigPush {
         destinations: cfg
             .destinations
@@ -115,7 +118,13 @@ fn build_state(cfg: TenantConfig) -> Result<TenantState, GatewayError> {
             len: push.len(),
         });
     }
+    let egress = match &cfg.egress {
+        crate::config::Egress::FileDefault => file_egress.clone(),
+        crate::config::Egress::Own(list) => super::reverse::egress_acl(list)
+            .map_err(|e| GatewayError::Egress(format!("gateway {}: {e}", cfg.id)))?,
+    };
     Ok(TenantState {
+        egress,
         push,
         cfg,
         reverse_tls,
@@ -186,7 +195,7 @@ pub(super) async fn apply(
     // Everything that can fail comes before anything changes. Kept listeners keep their TLS
     // settings: only listeners that (re)bind get new ones.
     let prepared = (|| {
-        let state = build_state(cfg.clone())?;
+        let state = build_state(cfg.clone(), &inner.egress)?;
         let mut acceptors = HashMap::new();
         for d in fresh.iter().chain(rebind.iter().map(|(d, _)| d)) {
             let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {

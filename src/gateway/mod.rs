@@ -120,7 +120,8 @@ struct Inner {
     shutdown_grace: Duration,
     max_udp_flows: usize,
     udp_flow_buffer: u64,
-    /// What reverse destinations may dial.
+    /// The top-level `egress_allow`: the policy of gateway ids from gateway.toml that have
+    /// none of their own ([`crate::config::Egress::FileDefault`]).
     egress: crate::acl::Acl,
 }
 
@@ -232,6 +233,11 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
         errs.push(e);
     }
     for t in &cfg.gateways {
+        if let crate::config::Egress::Own(list) = &t.egress {
+            if let Err(e) = reverse::egress_acl(list) {
+                errs.push(format!("gateway {}: {e}", t.id));
+            }
+        }
         for d in &t.destinations {
             let at = format!("gateway {} destination {}", t.id, d.id);
             if let Err(e) = crate::tls::caller_acceptor(&d.caller_tls) {

@@ -76,6 +76,8 @@ pub(crate) struct TenantState {
     pub push: Bytes,
     /// TLS to reverse destinations' endpoints, by destination id.
     pub reverse_tls: HashMap<String, crate::tls::EndpointConnector>,
+    /// What this gateway id's clients may make the gateway connect to.
+    pub egress: crate::acl::Acl,
 }
 
 pub(crate) struct Tenant {

@@ -30,10 +30,10 @@ pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> 
 /// Where a client-opened stream goes: a reverse destination by id, or the `host:port` target
 /// of a SOCKS5 CONNECT (30 s timeout, no TLS).
 fn reverse_target(cfg: &TenantConfig, meta: &crate::proto::OpenMeta) -> Option<Destination> {
+    if !cfg.enabled {
+        return None;
+    }
     let Some(t) = &meta.target else {
-        if !cfg.enabled {
-            return None;
-        }
         return cfg
             .destinations
             .iter()
@@ -110,20 +110,32 @@ pub(super) async fn serve_reverse(
             inner.count(&tenant, Stat::Failed, 1);
             (reason, message)
         };
+        let denied = || {
+            inner.count(&tenant, Stat::Denied, 1);
+            (
+                Reason::AclDenied,
+                format!(
+                    "egress_allow of gateway {} does not allow {target}",
+                    tenant.id
+                ),
+            )
+        };
         let dialled = async {
+            // Name and literal rules decide before any lookup: a name no rule can allow costs
+            // no DNS query (attacker-chosen slow names would tie up the resolver for everyone).
+            let req = Request::new(&dest.ip, dest.port);
+            if !state.egress.check(&req).allow
+                && (req.addr.is_some() || !state.egress.has_address_rules())
+            {
+                return Err(denied());
+            }
             let addrs = dial::resolve(&dest.ip, dest.port, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
-            let allowed = inner
+            let allowed = state
                 .egress
-                .allowed_addrs(&Request::new(&dest.ip, dest.port), &addrs)
-                .map_err(|_| {
-                    inner.count(&tenant, Stat::Denied, 1);
-                    (
-                        Reason::AclDenied,
-                        format!("the gateway's egress_allow does not allow {target}"),
-                    )
-                })?;
+                .allowed_addrs(&req, &addrs)
+                .map_err(|_| denied())?;
             let tcp = dial::tcp_any(&allowed, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
