@@ -767,3 +767,102 @@ async fn egress_is_per_gateway_id() {
         "{err}"
     );
 }
+
+/// SECURITY.md "Memory and time a peer controls are bounded": one client process holds at
+/// most `limits.max_tunnels_per_client` tunnels, however many it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_per_client_are_capped() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.limits.max_tunnels_per_client = 2;
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut cfg = setup.client.clone();
+    cfg.gateways[0].tunnels = 5;
+    cfg.gateways[0].url.port = gw.handle.tunnel_addr().port();
+    let acl = sgw::acl::Acl::load(&cfg.acl_file, cfg.default_policy).unwrap();
+    let client = sgw::client::Client::new(cfg, acl).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(client.run(stop.clone()));
+    let stats = gw.handle.stats();
+    eventually("three tunnels refused", || {
+        stats.tunnels_rejected.load(Relaxed) >= 3
+    })
+    .await;
+    let clients = gw.handle.clients("gw1");
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0].tunnels, 2);
+    // The two it has carry traffic.
+    assert_eq!(
+        echo_once(gw.handle.dest_addr("dest1").unwrap(), b"ok")
+            .await
+            .unwrap(),
+        b"ok"
+    );
+    stop.cancel();
+    let _ = tokio::time::timeout(WAIT, task).await;
+}
+
+/// SECURITY.md "Revoked tokens" / CONFIG limits: a configuration whose CONFIG clients would
+/// refuse, or with more destinations than `limits.max_destinations`, is refused whole and
+/// connected clients keep the list they have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_configurations_are_refused_before_they_reach_clients() {
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |s| s.gateway.limits.max_destinations = 20_000).await;
+    let base = h.gw.handle.tenant_config("gw1").unwrap();
+    let reverse = |n: usize, name_len: usize| {
+        let mut t = base.clone();
+        for i in 0..n {
+            let mut d = base.destinations[0].clone();
+            d.id = format!("r{i}");
+            d.reverse = true;
+            d.local_port = 20_000 + (i % 40_000) as u16;
+            d.cloud_port = 0;
+            d.ip = format!("{}.example", "h".repeat(name_len));
+            t.destinations.push(d);
+        }
+        t
+    };
+    // ~6,000 destinations with long names: a CONFIG of several MiB.
+    let err = h.gw.handle.apply(reverse(6_000, 200)).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("over the protocol's limit of 1 MiB"),
+        "{err}"
+    );
+    assert_eq!(
+        h.gw.handle.tenant_config("gw1").unwrap().destinations.len(),
+        1
+    );
+    // Within the CONFIG limit still works.
+    let ok = h.gw.handle.apply(reverse(10, 10)).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // Still connected, still serving.
+    assert_eq!(echo_once(h.cloud(0), b"fine").await.unwrap(), b"fine");
+    assert_eq!(h.client.handle.stats().tunnel_connects.load(Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_per_gateway_id_are_capped() {
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |s| s.gateway.limits.max_destinations = 3).await;
+    let base = h.gw.handle.tenant_config("gw1").unwrap();
+    let mut t = base.clone();
+    for i in 0..3 {
+        let mut d = base.destinations[0].clone();
+        d.id = format!("r{i}");
+        d.reverse = true;
+        d.local_port = 20_000 + i;
+        d.cloud_port = 0;
+        t.destinations.push(d);
+    }
+    let err = h.gw.handle.apply(t).await.unwrap_err();
+    assert!(
+        err.to_string().contains("limits.max_destinations (3)"),
+        "{err}"
+    );
+    assert_eq!(
+        h.gw.handle.tenant_config("gw1").unwrap().destinations.len(),
+        1
+    );
+}

@@ -104,6 +104,12 @@ pub struct Limits {
     /// Gateway: datagram bytes queued per UDP flow while its stream opens or is short of
     /// credit; beyond it datagrams are dropped.
     pub udp_flow_buffer: u64,
+    /// Gateway: tunnels one client process (HELLO `instance`) may hold, and all clients of one
+    /// gateway id together.
+    pub max_tunnels_per_client: usize,
+    pub max_tunnels_per_gateway: usize,
+    /// Gateway: destinations one gateway id may have (each costs a listener, and CONFIG size).
+    pub max_destinations: usize,
 }
 
 impl Default for Limits {
@@ -121,6 +127,9 @@ impl Default for Limits {
             // iperf3 -u at 1 Gbit/s in 1400-byte datagrams (benches/udp.sh): 64 datagrams
             // lost ~24%, 512 (~700 KiB) ~2% against 1.3% direct.
             udp_flow_buffer: 1024 * 1024,
+            max_tunnels_per_client: 16,
+            max_tunnels_per_gateway: 1024,
+            max_destinations: 1000,
         }
     }
 }
@@ -136,6 +145,15 @@ fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
     }
     if let Some(v) = t.int_in("accept_backlog", 1..=65_536) {
         l.accept_backlog = v as usize;
+    }
+    if let Some(v) = t.int_in("max_tunnels_per_client", 1..=1024) {
+        l.max_tunnels_per_client = v as usize;
+    }
+    if let Some(v) = t.int_in("max_tunnels_per_gateway", 1..=1_000_000) {
+        l.max_tunnels_per_gateway = v as usize;
+    }
+    if let Some(v) = t.int_in("max_destinations", 1..=100_000) {
+        l.max_destinations = v as usize;
     }
     let range = 16 * 1024..=(1u64 << 30);
     for (key, slot) in [

@@ -89,10 +89,20 @@ async fn bind_dest(d: &Destination, tls: Option<TlsAcceptor>) -> Result<Bound, G
 }
 
 /// Builds what a configuration needs besides sockets; fails on what `check` would refuse.
-fn build_state(
-    cfg: TenantConfig,
-    file_egress: &crate::acl::Acl,
-) -> Result<TenantState, GatewayError> {
+/// The CONFIG payload clients of `cfg` get, or why it can't be sent: more destinations than
+/// `max_destinations`, or a payload over the protocol's limit (clients would refuse it and
+/// reconnect in a loop). Used by every change and by `sgw config check`.
+pub(super) fn config_push(
+    cfg: &TenantConfig,
+    max_destinations: usize,
+) -> Result<Bytes, GatewayError> {
+    if cfg.destinations.len() > max_destinations {
+        return Err(GatewayError::TooManyDestinations {
+            id: cfg.id.clone(),
+            count: cfg.destinations.len(),
+            max: max_destinations,
+        });
+    }
     let push = ConfigPush {
         destinations: cfg
             .destinations
@@ -101,6 +111,18 @@ fn build_state(
             .map(spec_of)
             .collect(),
     };
+    let push = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
+    if push.len() > crate::proto::MAX_CONTROL_JSON {
+        return Err(GatewayError::ConfigTooLarge {
+            id: cfg.id.clone(),
+            len: push.len(),
+        });
+    }
+    Ok(push)
+}
+
+fn build_state(cfg: TenantConfig, inner: &Inner) -> Result<TenantState, GatewayError> {
+    let push = config_push(&cfg, inner.max_destinations)?;
     let mut reverse_tls = HashMap::new();
     for d in cfg.destinations.iter().filter(|d| d.reverse) {
         if let Some(spec) = spec_of(d).tls {
@@ -109,17 +131,8 @@ fn build_state(
             reverse_tls.insert(d.id.clone(), ep);
         }
     }
-    let push = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
-    // Clients would refuse a CONFIG over the protocol's limit and reconnect in a loop: such a
-    // configuration is refused here, before anything runs it.
-    if push.len() > crate::proto::MAX_CONTROL_JSON {
-        return Err(GatewayError::ConfigTooLarge {
-            id: cfg.id.clone(),
-            len: push.len(),
-        });
-    }
     let egress = match &cfg.egress {
-        crate::config::Egress::FileDefault => file_egress.clone(),
+        crate::config::Egress::FileDefault => inner.egress.clone(),
         crate::config::Egress::Own(list) => super::reverse::egress_acl(list)
             .map_err(|e| GatewayError::Egress(format!("gateway {}: {e}", cfg.id)))?,
     };
@@ -195,7 +208,7 @@ pub(super) async fn apply(
     // Everything that can fail comes before anything changes. Kept listeners keep their TLS
     // settings: only listeners that (re)bind get new ones.
     let prepared = (|| {
-        let state = build_state(cfg.clone(), &inner.egress)?;
+        let state = build_state(cfg.clone(), inner)?;
         let mut acceptors = HashMap::new();
         for d in fresh.iter().chain(rebind.iter().map(|(d, _)| d)) {
             let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {

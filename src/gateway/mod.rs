@@ -80,6 +80,12 @@ pub enum GatewayError {
     Tls(String),
     #[error("{0}")]
     Egress(String),
+    #[error("gateway `{id}` has {count} destinations, more than limits.max_destinations ({max})")]
+    TooManyDestinations {
+        id: String,
+        count: usize,
+        max: usize,
+    },
     #[error("gateway `{id}`: its destinations make a CONFIG of {len} bytes, over the protocol's limit of 1 MiB; remove destinations or inline certificates")]
     ConfigTooLarge { id: String, len: usize },
 }
@@ -119,6 +125,10 @@ struct Inner {
     tracker: TaskTracker,
     shutdown_grace: Duration,
     max_udp_flows: usize,
+    /// Tunnels per client process and per gateway id (`limits.max_tunnels_per_*`).
+    tunnel_caps: registry::TunnelCaps,
+    /// Destinations one gateway id may have (`limits.max_destinations`).
+    max_destinations: usize,
     udp_flow_buffer: u64,
     /// The top-level `egress_allow`: the policy of gateway ids from gateway.toml that have
     /// none of their own ([`crate::config::Egress::FileDefault`]).
@@ -233,6 +243,9 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
         errs.push(e);
     }
     for t in &cfg.gateways {
+        if let Err(e) = live::config_push(t, cfg.limits.max_destinations) {
+            errs.push(e.to_string());
+        }
         if let crate::config::Egress::Own(list) = &t.egress {
             if let Err(e) = reverse::egress_acl(list) {
                 errs.push(format!("gateway {}: {e}", t.id));
@@ -344,6 +357,11 @@ impl Gateway {
             tracker: TaskTracker::new(),
             shutdown_grace: cfg.shutdown_grace,
             max_udp_flows: cfg.limits.max_udp_flows,
+            max_destinations: cfg.limits.max_destinations,
+            tunnel_caps: registry::TunnelCaps {
+                per_client: cfg.limits.max_tunnels_per_client,
+                per_gateway: cfg.limits.max_tunnels_per_gateway,
+            },
             udp_flow_buffer: cfg.limits.udp_flow_buffer,
             egress,
         });
@@ -613,6 +631,11 @@ async fn serve_tunnel(
     let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.id, peer.addr = %peer);
     async move {
         let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
+        if let Err(why) = tenant.tunnel_room(&hello.instance, inner.tunnel_caps) {
+            inner.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(reason = "limit", error = %why, "tunnel refused");
+            return;
+        }
         let state = tenant.state();
         if !admits(&state, token.as_ref()) {
             warn!(reason = "token_revoked", "tunnel refused: its security token was revoked during the handshake");
@@ -647,7 +670,15 @@ async fn serve_tunnel(
         let (mux, mut events) = Mux::start(r, w, inner.mux_cfg.clone());
         inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
         tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
-        let tunnel_id = tenant.register(&client_id, &hello, mux.clone());
+        let tunnel_id = match tenant.register(&client_id, &hello, mux.clone(), inner.tunnel_caps) {
+            Ok(id) => id,
+            Err(why) => {
+                inner.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(reason = "limit", error = %why, "tunnel refused");
+                mux.close(&why);
+                return;
+            }
+        };
         // A change applied between the hello and registering would otherwise miss this tunnel:
         // a revoked token closes it (before anything more is sent), a new list is pushed.
         let now = tenant.state();

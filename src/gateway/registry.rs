@@ -94,6 +94,32 @@ pub(crate) struct Tenant {
     logs: Mutex<std::collections::VecDeque<(String, LogPush)>>,
 }
 
+/// How many tunnels a client process and a whole gateway id may hold at once: a client (or a
+/// stolen token) can't open tunnels until the gateway runs out of memory or descriptors.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TunnelCaps {
+    pub per_client: usize,
+    pub per_gateway: usize,
+}
+
+impl TunnelCaps {
+    fn check(self, c: &Clients, instance: &str) -> Result<(), String> {
+        let mine = c.entries.get(instance).map_or(0, |e| e.tunnels.len());
+        if mine >= self.per_client {
+            return Err(format!(
+                "this client already holds {mine} tunnels (limits.max_tunnels_per_client)"
+            ));
+        }
+        let all: usize = c.entries.values().map(|e| e.tunnels.len()).sum();
+        if all >= self.per_gateway {
+            return Err(format!(
+                "this gateway id already has {all} tunnels (limits.max_tunnels_per_gateway)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Client log lines kept per gateway id.
 pub const CLIENT_LOG_LINES: usize = 1000;
 
@@ -184,8 +210,21 @@ impl Tenant {
         id
     }
 
-    pub fn register(&self, client_id: &str, hello: &Hello, mux: Mux) -> u64 {
+    /// Is there room for one more tunnel of this client process? Checked before WELCOME, and
+    /// again (under the same lock as the insert) by [`Tenant::register`].
+    pub fn tunnel_room(&self, instance: &str, caps: TunnelCaps) -> Result<(), String> {
+        caps.check(&self.lock(), instance)
+    }
+
+    pub fn register(
+        &self,
+        client_id: &str,
+        hello: &Hello,
+        mux: Mux,
+        caps: TunnelCaps,
+    ) -> Result<u64, String> {
         let mut c = self.lock();
+        caps.check(&c, &hello.instance)?;
         c.next_tunnel += 1;
         let tid = c.next_tunnel;
         let e = c
@@ -200,7 +239,7 @@ impl Tenant {
         e.tunnels.push((tid, mux));
         drop(c);
         self.registered.notify_waiters();
-        tid
+        Ok(tid)
     }
 
     /// Forgets one tunnel; when it was the client's last, remembers the client as
