@@ -866,3 +866,38 @@ async fn destinations_per_gateway_id_are_capped() {
         1
     );
 }
+
+/// SECURITY.md: spoofed-source UDP can't queue much while flows wait for a stream: each new
+/// flow holds at most `udp_pending_buffer`, all flows at most `udp_buffer_total`, and the
+/// count returns to zero when the flows end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_udp_is_bounded_per_flow_and_in_all() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.limits.udp_pending_buffer = 2 * 1024;
+    setup.gateway.limits.udp_buffer_total = 64 * 1024;
+    let d = &mut setup.gateway.gateways[0].destinations[0];
+    d.protocol = Protocol::Udp;
+    d.timeout = Duration::from_secs(1);
+    // No client connects: every flow waits for one, as behind a slow or absent client.
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let target = gw.handle.dest_addr("dest1").unwrap();
+    let stats = gw.handle.stats();
+    let mut peak = 0;
+    for _ in 0..100 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..20 {
+            s.send_to(&[9u8; 1000], target).await.unwrap();
+        }
+        peak = peak.max(stats.udp_queued.load(Relaxed));
+    }
+    eventually("datagrams over the budgets dropped", || {
+        stats.udp.dropped.load(Relaxed) > 1000
+    })
+    .await;
+    peak = peak.max(stats.udp_queued.load(Relaxed));
+    assert!(peak <= 64 * 1024, "peak queued {peak}");
+    assert!(peak > 0);
+    // The flows give up (no client within the timeout) and take their bytes with them.
+    eventually("queue emptied", || stats.udp_queued.load(Relaxed) == 0).await;
+}

@@ -110,6 +110,10 @@ pub struct Limits {
     pub max_tunnels_per_gateway: usize,
     /// Gateway: destinations one gateway id may have (each costs a listener, and CONFIG size).
     pub max_destinations: usize,
+    /// Gateway: datagram bytes one UDP flow may queue while its stream is still opening (a
+    /// spoofed source never gets past this), and all flows of the process together.
+    pub udp_pending_buffer: u64,
+    pub udp_buffer_total: u64,
 }
 
 impl Default for Limits {
@@ -130,6 +134,10 @@ impl Default for Limits {
             max_tunnels_per_client: 16,
             max_tunnels_per_gateway: 1024,
             max_destinations: 1000,
+            // Two largest datagrams: a legitimate first burst (a DNS question, a 60 KB datagram)
+            // fits; 4096 spoofed flows together still stop at udp_buffer_total.
+            udp_pending_buffer: 128 * 1024,
+            udp_buffer_total: 64 * 1024 * 1024,
         }
     }
 }
@@ -180,6 +188,30 @@ fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
                 val,
                 format!("{v} is out of range 64KiB..=1GiB"),
             );
+        }
+    }
+    for (key, slot, range) in [
+        (
+            "udp_pending_buffer",
+            &mut l.udp_pending_buffer,
+            1024..=(1u64 << 30),
+        ),
+        (
+            "udp_buffer_total",
+            &mut l.udp_buffer_total,
+            64 * 1024..=(1u64 << 40),
+        ),
+    ] {
+        if let Some(v) = t.size(key) {
+            if range.contains(&v) {
+                *slot = v;
+            } else if let Some(val) = t.get(key) {
+                t.err(
+                    key,
+                    val,
+                    format!("{v} is out of range {}..={}", range.start(), range.end()),
+                );
+            }
         }
     }
     if l.max_stream_window < l.stream_window {

@@ -108,6 +108,8 @@ pub struct GatewayStats {
     pub udp: Arc<crate::udp::FlowCounters>,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Datagram bytes queued in all UDP flows now (at most `limits.udp_buffer_total`).
+    pub udp_queued: Arc<AtomicU64>,
 }
 
 struct Inner {
@@ -130,6 +132,10 @@ struct Inner {
     /// Destinations one gateway id may have (`limits.max_destinations`).
     max_destinations: usize,
     udp_flow_buffer: u64,
+    /// Per flow while its stream opens, and for all flows (`limits.udp_pending_buffer`,
+    /// `limits.udp_buffer_total`).
+    udp_pending_buffer: u64,
+    udp_buffer_total: u64,
     /// The top-level `egress_allow`: the policy of gateway ids from gateway.toml that have
     /// none of their own ([`crate::config::Egress::FileDefault`]).
     egress: crate::acl::Acl,
@@ -363,6 +369,8 @@ impl Gateway {
                 per_gateway: cfg.limits.max_tunnels_per_gateway,
             },
             udp_flow_buffer: cfg.limits.udp_flow_buffer,
+            udp_pending_buffer: cfg.limits.udp_pending_buffer,
+            udp_buffer_total: cfg.limits.udp_buffer_total,
             egress,
         });
         for t in cfg.gateways.into_iter().chain(more) {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,11 +27,13 @@ use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
 /// Most datagrams queued for one flow (also bounded in bytes by `limits.udp_flow_buffer`).
 const FLOW_QUEUE: usize = 4096;
 
-/// A flow's queue: the sender and the bytes waiting in it.
+/// A flow's queue: the sender, the bytes waiting in it, and whether its stream is open yet
+/// (until then it may hold only `udp_pending_buffer`: a spoofed source never opens).
 #[derive(Clone)]
 struct FlowTx {
     tx: mpsc::Sender<Bytes>,
     queued: Arc<AtomicU64>,
+    open: Arc<AtomicBool>,
 }
 
 type Flows = Arc<Mutex<HashMap<SocketAddr, FlowTx>>>;
@@ -63,7 +65,7 @@ pub(super) async fn serve_udp(
         let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
         let datagram = match table.get(&caller) {
             None => datagram,
-            Some(f) => match f.push(datagram, inner.udp_flow_buffer) {
+            Some(f) => match f.push(datagram, &inner) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
@@ -97,14 +99,24 @@ struct NewFlow<'a> {
 }
 
 impl FlowTx {
-    /// Queues a datagram unless the flow already holds `budget` bytes.
-    fn push(&self, d: Bytes, budget: u64) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+    /// Queues a datagram unless the flow already holds its budget (`udp_flow_buffer`, or
+    /// `udp_pending_buffer` before its stream is open) or all flows hold `udp_buffer_total`.
+    fn push(&self, d: Bytes, inner: &Inner) -> Result<(), mpsc::error::TrySendError<Bytes>> {
         let len = d.len() as u64;
-        if self.queued.load(Ordering::Relaxed) + len > budget {
+        let budget = if self.open.load(Ordering::Acquire) {
+            inner.udp_flow_buffer
+        } else {
+            inner.udp_pending_buffer
+        };
+        let total = &inner.stats.udp_queued;
+        if self.queued.load(Ordering::Relaxed) + len > budget
+            || total.load(Ordering::Relaxed) + len > inner.udp_buffer_total
+        {
             return Err(mpsc::error::TrySendError::Full(d));
         }
         self.tx.try_send(d)?;
         self.queued.fetch_add(len, Ordering::Relaxed);
+        total.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -147,8 +159,11 @@ impl NewFlow<'_> {
         let f = FlowTx {
             tx,
             queued: Arc::default(),
+            open: Arc::default(),
         };
-        let _ = f.push(first, inner.udp_flow_buffer);
+        if f.push(first, inner).is_err() {
+            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         table.insert(caller, f.clone());
         inner.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
         let flow = run_flow(
@@ -158,6 +173,8 @@ impl NewFlow<'_> {
             GatewayFlow {
                 rx,
                 queued: f.queued.clone(),
+                total: inner.stats.udp_queued.clone(),
+                open: f.open.clone(),
                 sock: sock.clone(),
                 caller,
             },
@@ -172,15 +189,35 @@ impl NewFlow<'_> {
 struct GatewayFlow {
     rx: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicU64>,
+    /// The process-wide count ([`super::GatewayStats::udp_queued`]).
+    total: Arc<AtomicU64>,
+    open: Arc<AtomicBool>,
     sock: Arc<UdpSocket>,
     caller: SocketAddr,
+}
+
+impl GatewayFlow {
+    fn dequeued(&self, len: usize) {
+        self.queued.fetch_sub(len as u64, Ordering::Relaxed);
+        self.total.fetch_sub(len as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for GatewayFlow {
+    /// Datagrams still queued when the flow ends leave the process-wide count with it.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            self.dequeued(d.len());
+        }
+    }
 }
 
 impl FlowSocket for GatewayFlow {
     async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
         let d = self.rx.recv().await;
         if let Some(d) = &d {
-            self.queued.fetch_sub(d.len() as u64, Ordering::Relaxed);
+            self.dequeued(d.len());
         }
         Ok(d)
     }
@@ -205,6 +242,7 @@ async fn run_flow(
         // UDP destinations never compress (config refuses it), so no deflate is offered.
         match super::open_for_caller(&tenant, &dest, caller).await {
             Ok((client_id, stream, _)) => {
+                flow.open.store(true, Ordering::Release);
                 super::record_stream(&client_id, &stream);
                 inner.count(&tenant, Stat::Opened, 1);
                 let counters = FlowCounters::default();
