@@ -901,3 +901,48 @@ async fn pending_udp_is_bounded_per_flow_and_in_all() {
     // The flows give up (no client within the timeout) and take their bytes with them.
     eventually("queue emptied", || stats.udp_queued.load(Relaxed) == 0).await;
 }
+
+/// A client written against the wire protocol (no sgw client logic): it accepts a stream and
+/// then never reads or writes. The gateway must not hold the caller forever (SECURITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_of_a_silent_client_are_released() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.gateways[0].destinations[0].timeout = Duration::from_secs(1);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut link = setup.client.gateways[0].clone();
+    link.url.port = gw.handle.tunnel_addr().port();
+    sgw::tls::install_crypto();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let hello = sgw::proto::Hello {
+        version: "0.1.0".into(),
+        proto: [1, 1],
+        hostname: "raw".into(),
+        env: "test".into(),
+        instance: "raw-peer".into(),
+        features: vec![],
+    };
+    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
+    let (r, w) = sgw::tunnel::split(ws);
+    let cfg = sgw::mux::MuxConfig {
+        role: sgw::mux::Role::Client,
+        ..Default::default()
+    };
+    let (mux, mut events) = sgw::mux::Mux::start(r, w, cfg);
+    let mut caller = TcpStream::connect(gw.handle.dest_addr("dest1").unwrap())
+        .await
+        .unwrap();
+    let inc = tokio::time::timeout(WAIT, events.incoming.recv())
+        .await
+        .expect("an OPEN in time")
+        .unwrap();
+    let _held = inc.accept().await.unwrap();
+    caller.write_all(b"anyone there?").await.unwrap();
+    let mut b = [0u8; 16];
+    let got = tokio::time::timeout(WAIT, caller.read(&mut b))
+        .await
+        .expect("the gateway released the caller");
+    assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    // Only that stream ended: the tunnel is still up.
+    assert!(!mux.is_closed());
+}

@@ -862,8 +862,12 @@ async fn serve_caller(
         record_stream(&client_id, &stream);
         inner.count(&tenant, Stat::Opened, 1);
         tracing::debug!("stream opened");
-        // The client enforces the idle timeout (it is the destination side's).
-        let opts = Options { compress, idle: None };
+        // The client enforces the idle timeout too, but a client that stopped answering (or
+        // never meant to) must not hold this caller forever: the gateway bounds it as well.
+        let opts = Options {
+            compress,
+            idle: Some(dest.timeout),
+        };
         let counters = Counters::default();
         let out = match conn {
             CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
