@@ -22,14 +22,17 @@ struct Peer {
 
 impl Peer {
     fn new(role: Role, window: u32) -> Peer {
-        let (to_mux, rx) = mpsc::channel(64);
-        let (tx, from_mux) = mpsc::channel::<Bytes>(64);
-        let cfg = MuxConfig {
+        Peer::with(MuxConfig {
             role,
             initial_window: window,
             max_window: window,
             ..MuxConfig::default()
-        };
+        })
+    }
+
+    fn with(cfg: MuxConfig) -> Peer {
+        let (to_mux, rx) = mpsc::channel(64);
+        let (tx, from_mux) = mpsc::channel::<Bytes>(64);
         let (mux, events) = Mux::start(rx, tx.sink_map_err(io::Error::other), cfg);
         Peer {
             mux,
@@ -550,4 +553,52 @@ async fn a_burst_of_control_frames_is_spread_over_messages_the_peer_accepts() {
         decode_message(&msg, |f| got += usize::from(matches!(f, Frame::Log(_)))).unwrap();
     }
     assert!(!p.mux.is_closed());
+}
+
+/// SECURITY.md: the receive window promised over all streams of all tunnels is capped
+/// (`limits.window_budget`); peers can't open streams past it, and closing gives it back.
+#[tokio::test]
+async fn the_window_budget_caps_streams_across_tunnels() {
+    let window = 64 * 1024;
+    let budget = sgw::mux::WindowBudget::new(3 * u64::from(window));
+    let cfg = MuxConfig {
+        role: Role::Client,
+        initial_window: window,
+        max_window: window,
+        window_budget: budget.clone(),
+        ..MuxConfig::default()
+    };
+    let mut a = Peer::with(cfg.clone());
+    let mut b = Peer::with(cfg);
+    a.send(&[open(1, window), open(3, window)]).await;
+    let a1 = a.accept().await;
+    let _a3 = a.accept().await;
+    b.send(&[open(1, window), open(3, window)]).await;
+    let _b1 = b.accept().await;
+    let f = b
+        .expect(|f| matches!(f, Frame::OpenErr { id: 3, .. }))
+        .await;
+    assert!(
+        matches!(f, Frame::OpenErr { reason: Reason::Limit, ref message, .. } if message.contains("window budget")),
+        "{f:?}"
+    );
+    assert_eq!(budget.committed(), 3 * u64::from(window));
+    // A stream that ends gives its window back: the next one opens.
+    drop(a1);
+    assert_eq!(budget.committed(), 2 * u64::from(window));
+    b.send(&[open(5, window)]).await;
+    let _b5 = b.accept().await;
+    assert!(!a.mux.is_closed() && !b.mux.is_closed());
+    // A locally opened stream is refused the same way, with a reason.
+    let err = a
+        .mux
+        .open(&OpenMeta {
+            dest: "d".into(),
+            caller: "127.0.0.1:1".into(),
+            compress: None,
+            target: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), Reason::Limit, "{err}");
 }

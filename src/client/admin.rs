@@ -112,6 +112,18 @@ impl Backend for AdminBackend {
                     ),
                 ],
             },
+            {
+                let b = self.client.window_budget();
+                Family {
+                    name: "sgw_client_window_budget_bytes",
+                    help: "Receive window promised to the gateway over all streams (committed), and its cap (limits.window_budget).",
+                    kind: Kind::Gauge,
+                    samples: vec![
+                        (vec![("state", "committed".into())], i64::try_from(b.committed()).unwrap_or(i64::MAX)),
+                        (vec![("state", "limit".into())], i64::try_from(b.cap()).unwrap_or(i64::MAX)),
+                    ],
+                }
+            },
             Family {
                 name: "sgw_client_bytes",
                 help: "Payload bytes relayed, by direction (up: toward the endpoint).",

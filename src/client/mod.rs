@@ -325,6 +325,7 @@ impl Client {
             accept_backlog: l.accept_backlog,
             keepalive_interval: cfg.keepalive.interval,
             keepalive_timeout: cfg.keepalive.timeout,
+            window_budget: crate::mux::WindowBudget::new(l.window_budget),
         };
         let shared = Arc::new(Shared {
             cfg,
@@ -454,6 +455,11 @@ impl ClientHandle {
     /// Watch the status (tunnels up, client ids).
     pub fn status(&self) -> watch::Receiver<Status> {
         self.shared.status.subscribe()
+    }
+
+    /// The process's receive-window budget (`limits.window_budget`), for metrics.
+    pub fn window_budget(&self) -> Arc<crate::mux::WindowBudget> {
+        self.shared.mux_cfg.window_budget.clone()
     }
 
     pub fn stats(&self) -> &ClientStats {

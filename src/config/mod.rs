@@ -114,6 +114,9 @@ pub struct Limits {
     /// spoofed source never gets past this), and all flows of the process together.
     pub udp_pending_buffer: u64,
     pub udp_buffer_total: u64,
+    /// Receive window all streams of all tunnels may have promised peers at once: what peers
+    /// could make this process buffer (`sgw::mux::WindowBudget`).
+    pub window_budget: u64,
 }
 
 impl Default for Limits {
@@ -138,6 +141,8 @@ impl Default for Limits {
             // fits; 4096 spoofed flows together still stop at udp_buffer_total.
             udp_pending_buffer: 128 * 1024,
             udp_buffer_total: 64 * 1024 * 1024,
+            // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
+            window_budget: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -200,6 +205,11 @@ fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
             "udp_buffer_total",
             &mut l.udp_buffer_total,
             64 * 1024..=(1u64 << 40),
+        ),
+        (
+            "window_budget",
+            &mut l.window_budget,
+            1024 * 1024..=(1u64 << 44),
         ),
     ] {
         if let Some(v) = t.size(key) {

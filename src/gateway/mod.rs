@@ -351,6 +351,7 @@ impl Gateway {
             accept_backlog: cfg.limits.accept_backlog,
             keepalive_interval: cfg.keepalive.interval,
             keepalive_timeout: cfg.keepalive.timeout,
+            window_budget: crate::mux::WindowBudget::new(cfg.limits.window_budget),
         };
         let inner = Arc::new(Inner {
             tls,

@@ -242,6 +242,19 @@ fn on_open(
             drop(t);
             return refuse(Reason::Limit, "stream limit reached");
         }
+        if !shared
+            .cfg
+            .window_budget
+            .take(u64::from(shared.cfg.initial_window))
+        {
+            drop(t);
+            tracing::warn!(
+                stream.id = id,
+                reason = "limit",
+                "window budget committed (limits.window_budget): refusing stream"
+            );
+            return refuse(Reason::Limit, "window budget reached");
+        }
         let s = Arc::new(StreamShared::new(
             id,
             StreamState::accepted(shared.cfg.initial_window, window),

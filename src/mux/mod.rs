@@ -63,6 +63,50 @@ pub struct MuxConfig {
     pub accept_backlog: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Receive window promised to peers by every stream of every tunnel of the process.
+    pub window_budget: Arc<WindowBudget>,
+}
+
+/// The receive-window bytes this process has promised its peers, over every stream of every
+/// tunnel (`limits.window_budget`): all that peers could make it buffer at once. A stream
+/// takes its initial window when it opens and any growth when its window grows; a stream
+/// that would go over is refused (`limit`), growth is skipped.
+#[derive(Debug)]
+pub struct WindowBudget {
+    committed: AtomicU64,
+    cap: u64,
+}
+
+impl WindowBudget {
+    pub fn new(cap: u64) -> Arc<Self> {
+        Arc::new(WindowBudget {
+            committed: AtomicU64::new(0),
+            cap,
+        })
+    }
+
+    /// Takes `n` bytes if they fit under the cap.
+    pub(crate) fn take(&self, n: u64) -> bool {
+        let before = self.committed.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) <= self.cap {
+            return true;
+        }
+        self.committed.fetch_sub(n, Ordering::AcqRel);
+        false
+    }
+
+    pub(crate) fn give(&self, n: u64) {
+        self.committed.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes promised now.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
+    pub fn cap(&self) -> u64 {
+        self.cap
+    }
 }
 
 impl Default for MuxConfig {
@@ -76,6 +120,7 @@ impl Default for MuxConfig {
             accept_backlog: 1024,
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
+            window_budget: WindowBudget::new(u64::MAX),
         }
     }
 }
@@ -93,6 +138,8 @@ pub enum OpenError {
     Limit(usize),
     #[error("OPEN metadata of {0} bytes is over the protocol's limit")]
     TooLarge(usize),
+    #[error("the process's window budget of {0} bytes is committed (limits.window_budget)")]
+    Budget(u64),
 }
 
 impl OpenError {
@@ -103,6 +150,7 @@ impl OpenError {
             OpenError::GoingAway => Reason::Shutdown,
             OpenError::Limit(_) => Reason::Limit,
             OpenError::TooLarge(_) => Reason::Internal,
+            OpenError::Budget(_) => Reason::Limit,
         }
     }
 }
@@ -266,6 +314,10 @@ impl Mux {
             let mut t = s.lock_streams();
             if t.map.len() >= s.cfg.max_streams {
                 return Err(OpenError::Limit(s.cfg.max_streams));
+            }
+            // Given back when the stream leaves the table (`remove_stream`, `close`).
+            if !s.cfg.window_budget.take(u64::from(s.cfg.initial_window)) {
+                return Err(OpenError::Budget(s.cfg.window_budget.cap()));
             }
             let id = t.next_local;
             let Some(next) = id.checked_add(2) else {
@@ -446,13 +498,21 @@ impl Shared {
         self.closed.cancel();
         self.wake_writer.notify_one();
         let streams: Vec<_> = self.lock_streams().map.drain().map(|(_, s)| s).collect();
+        self.cfg
+            .window_budget
+            .give(u64::from(self.cfg.initial_window) * streams.len() as u64);
         for s in streams {
             s.fail(Reason::TunnelLost, "tunnel closed", &self.stats);
         }
     }
 
+    /// Forgets a stream (once: later calls find nothing) and gives back its initial window.
     fn remove_stream(&self, id: u32) {
-        self.lock_streams().map.remove(&id);
+        if self.lock_streams().map.remove(&id).is_some() {
+            self.cfg
+                .window_budget
+                .give(u64::from(self.cfg.initial_window));
+        }
     }
 
     fn min_rtt(&self) -> Duration {

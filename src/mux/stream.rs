@@ -453,7 +453,9 @@ impl MuxStream {
                 let grow = st.window.min(cfg.max_window - st.window);
                 let budget = &self.mux.window_growth;
                 let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
-                if before + u64::from(grow) <= cfg.tunnel_window_budget {
+                if before + u64::from(grow) <= cfg.tunnel_window_budget
+                    && cfg.window_budget.take(u64::from(grow))
+                {
                     st.window += grow;
                     st.growth += u64::from(grow);
                     inc += grow;
@@ -510,6 +512,7 @@ impl Drop for MuxStream {
             (st.done, orphan, g, b)
         };
         self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
+        self.mux.cfg.window_budget.give(growth);
         self.mux
             .stats
             .buffered
