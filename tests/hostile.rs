@@ -102,6 +102,16 @@ fn write_acl(s: &Setup, lines: &[String]) {
     std::fs::write(&s.client.acl_file, lines.join("\n") + "\n").unwrap();
 }
 
+/// Gateway and client with one HTTP destination to `origin`, whose ACL allows `path` (empty:
+/// the whole endpoint, no path rule).
+async fn http_harness(origin: SocketAddr, path: &str) -> Harness {
+    Harness::start(&[origin], |s| {
+        s.gateway.gateways[0].destinations[0].protocol = Protocol::Http;
+        write_acl(s, &[format!("acl allow 127.0.0.1:{}{path}", origin.port())]);
+    })
+    .await
+}
+
 /// SECURITY.md "HTTP path rules judge what the endpoint acts on".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_slashes_dot_segments_and_smuggled_targets_cannot_pass_a_path_rule() {
@@ -110,14 +120,7 @@ async fn encoded_slashes_dot_segments_and_smuggled_targets_cannot_pass_a_path_ru
         eprintln!("SKIPPED: python3 not installed");
         return;
     };
-    let h = Harness::start(&[origin], |s| {
-        s.gateway.gateways[0].destinations[0].protocol = Protocol::Http;
-        write_acl(
-            s,
-            &[format!("acl allow 127.0.0.1:{}/public", origin.port())],
-        );
-    })
-    .await;
+    let h = http_harness(origin, "/public").await;
     let cloud = h.cloud(0);
     let get = |target: &str| {
         format!("GET {target} HTTP/1.1\r\nHost: {cloud}\r\nConnection: close\r\n\r\n")
@@ -665,14 +668,7 @@ async fn head_echo_origin() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_is_not_spliced_past_the_path_judge() {
     let origin = head_echo_origin().await;
-    let h = Harness::start(&[origin], |s| {
-        s.gateway.gateways[0].destinations[0].protocol = Protocol::Http;
-        write_acl(
-            s,
-            &[format!("acl allow 127.0.0.1:{}/public", origin.port())],
-        );
-    })
-    .await;
+    let h = http_harness(origin, "/public").await;
     let cloud = h.cloud(0);
     let req = format!(
         "GET /public/ HTTP/1.1\r\nHost: {cloud}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"

@@ -150,23 +150,25 @@ impl Default for Limits {
 fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
     let mut l = Limits::default();
     let Some(t) = t else { return l };
-    if let Some(v) = t.int_in("max_streams", 1..=1_000_000) {
-        l.max_streams = v as usize;
-    }
-    if let Some(v) = t.int_in("max_udp_flows", 1..=1_000_000) {
-        l.max_udp_flows = v as usize;
-    }
-    if let Some(v) = t.int_in("accept_backlog", 1..=65_536) {
-        l.accept_backlog = v as usize;
-    }
-    if let Some(v) = t.int_in("max_tunnels_per_client", 1..=1024) {
-        l.max_tunnels_per_client = v as usize;
-    }
-    if let Some(v) = t.int_in("max_tunnels_per_gateway", 1..=1_000_000) {
-        l.max_tunnels_per_gateway = v as usize;
-    }
-    if let Some(v) = t.int_in("max_destinations", 1..=100_000) {
-        l.max_destinations = v as usize;
+    for (key, slot, range) in [
+        ("max_streams", &mut l.max_streams, 1..=1_000_000),
+        ("max_udp_flows", &mut l.max_udp_flows, 1..=1_000_000),
+        ("accept_backlog", &mut l.accept_backlog, 1..=65_536),
+        (
+            "max_tunnels_per_client",
+            &mut l.max_tunnels_per_client,
+            1..=1024,
+        ),
+        (
+            "max_tunnels_per_gateway",
+            &mut l.max_tunnels_per_gateway,
+            1..=1_000_000,
+        ),
+        ("max_destinations", &mut l.max_destinations, 1..=100_000),
+    ] {
+        if let Some(v) = t.int_in(key, range) {
+            *slot = v as usize;
+        }
     }
     let range = 16 * 1024..=(1u64 << 30);
     for (key, slot) in [

@@ -79,8 +79,8 @@ pub(super) async fn serve_reverse(
         "stream",
         client.id = %client_id,
         stream.id = inc.id(),
-        dest.id = %inc.meta.dest,
-        caller.addr = %inc.meta.caller,
+        dest.id = %crate::telemetry::clean(&inc.meta.dest, 128),
+        caller.addr = %crate::telemetry::clean(&inc.meta.caller, 64),
         dest.addr = tracing::field::Empty,
         direction = "reverse",
     );
@@ -104,7 +104,10 @@ pub(super) async fn serve_reverse(
             return;
         };
         let target = format!("{}:{}", dest.ip, dest.port);
-        tracing::Span::current().record("dest.addr", tracing::field::display(&target));
+        tracing::Span::current().record(
+            "dest.addr",
+            tracing::field::display(crate::telemetry::clean(&target, 300)),
+        );
         let deadline = tokio::time::Instant::now() + dest.timeout;
         let refuse = |reason: Reason, message: String| {
             inner.count(&tenant, Stat::Failed, 1);
