@@ -355,6 +355,8 @@ async fn the_admin_endpoint_needs_the_token_and_a_local_host_name() {
 async fn the_unspecified_address_is_judged_as_loopback() {
     let echo = echo_server().await;
     let h = Harness::start(&[echo, echo], |s| {
+        // Not a target outside loopback: a connect to the unspecified address reaches this
+        // host's own loopback services, which is exactly what the ACL must judge.
         s.gateway.gateways[0].destinations[0].ip = "0.0.0.0".into();
         s.gateway.gateways[0].destinations[1].ip = "::".into();
         write_acl(
