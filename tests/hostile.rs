@@ -944,3 +944,20 @@ async fn callers_of_a_silent_client_are_released() {
     // Only that stream ended: the tunnel is still up.
     assert!(!mux.is_closed());
 }
+
+/// Replays the config reader's fuzz corpus: no panic, and a refusal names at least one error.
+#[test]
+fn fuzz_corpus_replay_config_read() {
+    let at = Path::new("/nonexistent/sgw-fuzz/config.toml");
+    for data in corpus("config_read") {
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        if let Err(e) = sgw::config::ClientConfig::from_toml_env(at, text, Default::default()) {
+            assert!(!e.0.is_empty());
+        }
+        if let Err(e) = sgw::config::GatewayConfig::from_toml_env(at, text, Default::default()) {
+            assert!(!e.0.is_empty());
+        }
+    }
+}
