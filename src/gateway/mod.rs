@@ -677,10 +677,12 @@ async fn serve_tunnel(
         }
         let (r, w) = tunnel::split(ws);
         let (mux, mut events) = Mux::start(r, w, inner.mux_cfg.clone());
-        inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
-        tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
         let tunnel_id = match tenant.register(&client_id, &hello, mux.clone(), inner.tunnel_caps) {
-            Ok(id) => id,
+            Ok(id) => {
+                inner.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+                tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+                id
+            }
             Err(why) => {
                 inner.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
                 warn!(reason = "limit", error = %why, "tunnel refused");

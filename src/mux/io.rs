@@ -353,6 +353,9 @@ fn drain_urgent(shared: &Shared, buf: &mut BytesMut, count: &mut u64) {
             break;
         }
         if let Some(f) = q.pop_front() {
+            if matches!(f, Frame::Log(_)) {
+                shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
+            }
             encode_frame(&f, buf);
             *count += 1;
         }

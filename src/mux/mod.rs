@@ -17,7 +17,7 @@ pub mod memory;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,8 @@ pub(crate) struct Shared {
     streams: Mutex<StreamTable>,
     urgent: Mutex<VecDeque<Frame>>,
     urgent_cap: usize,
+    /// LOG frames in `urgent` now (at most [`LOG_QUEUE`]); taken out by `drain_urgent`.
+    queued_logs: AtomicUsize,
     wake_writer: Notify,
     data_tx: mpsc::Sender<Frame>,
     closed: CancellationToken,
@@ -258,6 +260,7 @@ impl Mux {
             }),
             urgent: Mutex::new(VecDeque::new()),
             urgent_cap,
+            queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
             data_tx,
             closed: CancellationToken::new(),
@@ -415,11 +418,12 @@ impl Mux {
             let mut q = self.shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
             // Callers can cause log lines (every refusal makes one): only a few may wait, so
             // they never crowd out flow control or data.
-            let queued_logs = q.iter().filter(|f| matches!(f, Frame::Log(_))).count();
-            if queued_logs >= LOG_QUEUE || self.is_closed() {
+            let logs = &self.shared.queued_logs;
+            if logs.load(Ordering::Relaxed) >= LOG_QUEUE || self.is_closed() {
                 return false;
             }
             q.push_back(frame);
+            logs.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.wake_writer.notify_one();
         true
