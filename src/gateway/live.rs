@@ -273,8 +273,10 @@ pub(super) async fn apply(
     };
     // Stop what is gone or changed; open streams are not touched and finish on their own.
     for (_, r) in running {
-        info!(gateway.id = %id, dest.id = %r.dest.id, cloud.addr = %r.addr, "destination stopped listening");
+        // Logged once the socket is closed: the line tells an operator the port is free.
+        let (dest_id, addr) = (r.dest.id.clone(), r.addr);
         r.stop().await;
+        info!(gateway.id = %id, dest.id = %dest_id, cloud.addr = %addr, "destination stopped listening");
     }
     for (_, r) in rebind.iter_mut() {
         if let Some(r) = r.take() {
