@@ -2,6 +2,8 @@
 //! names the claim each test proves). Every case checks that the offending request or stream
 //! ends with a reason and that the tunnel and other streams carry on.
 
+#[path = "common/api_fuzz.rs"]
+mod api_fuzz;
 mod common;
 
 use std::net::SocketAddr;
@@ -960,4 +962,23 @@ fn fuzz_corpus_replay_config_read() {
             assert!(!e.0.is_empty());
         }
     }
+}
+
+/// Replays the API-body fuzz corpus (fuzz/fuzz_targets/api_body.rs): every request answered in
+/// time, none with a 5xx, every refusal with a reason.
+#[tokio::test]
+async fn fuzz_corpus_replay_api_body() {
+    let (mut done, mut refused) = (0, 0);
+    for data in corpus("api_body") {
+        match api_fuzz::one(&data).await {
+            Some(s) if s.is_success() => done += 1,
+            Some(_) => refused += 1,
+            None => {}
+        }
+    }
+    // Both kinds of answer occur, so the replay reaches the handlers and their validation.
+    assert!(
+        done > 50 && refused > 50,
+        "{done} served, {refused} refused"
+    );
 }

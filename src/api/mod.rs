@@ -416,6 +416,12 @@ fn sync_ports(rec: &mut GatewayRecord, running: &TenantConfig) {
     }
 }
 
+/// The API as a router (auth gate, body limit, request log, routes) without a listener: for
+/// callers that bring their own transport, such as the in-process fuzz target for API bodies.
+pub fn app<B: Backend>(api: Arc<Api<B>>) -> axum::Router {
+    routes::router(api)
+}
+
 /// Serves the API on `listener` over TLS until `shutdown`.
 pub async fn serve<B: Backend>(
     api: Arc<Api<B>>,
