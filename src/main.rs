@@ -417,6 +417,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let shutdown = shutdown_on_signals()?;
             let api = cfg.api.clone();
+            let admin = cfg.admin.clone();
             let file_ids: Vec<String> = cfg.gateways.iter().map(|g| g.id.clone()).collect();
             let gw = Gateway::bind_with(cfg, managed)
                 .await
@@ -426,6 +427,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 h.start_api(api, state, shutdown.clone())
                     .await
                     .context("starting the management API")?;
+            }
+            if let Some(admin) = &admin {
+                h.start_admin(admin, api.clone(), Some(log.clone()), shutdown.clone())
+                    .await
+                    .context("starting the admin endpoint (admin_listen)")?;
             }
             tokio::spawn(reload_gateway(
                 hup,

@@ -80,3 +80,37 @@ fn every_example_config_loads() {
     }
     assert_eq!(seen, 3);
 }
+
+/// `admin_token` guards the API and the gateway's admin endpoint; alone it guards nothing and
+/// is refused, naming the line, as are admin keys without `admin_listen`.
+#[test]
+fn gateway_admin_keys_need_a_listener() {
+    let at = Path::new("/etc/sgw/gateway.toml");
+    let base = "listen = \"127.0.0.1:0\"\ntls_cert = \"-----BEGIN CERTIFICATE-----\\nAA==\\n-----END CERTIFICATE-----\"\n";
+    let errs = |text: &str| match config::GatewayConfig::from_toml_env(at, text, Default::default())
+    {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    };
+    let e = errs(&format!(
+        "admin_token = \"x\"\nadmin_hosts = [\"gw\"]\n{base}"
+    ));
+    assert!(
+        e.iter().any(|e| e.contains("gateway.toml:1:")
+            && e.contains("admin_token")
+            && e.contains("only applies with api_listen or admin_listen")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|e| e.contains("gateway.toml:2:") && e.contains("only applies with admin_listen")),
+        "{e:?}"
+    );
+    let e = errs(&format!("admin_listen = \"nowhere\"\n{base}"));
+    assert!(
+        e.iter()
+            .any(|e| e.contains("gateway.toml:1:")
+                && e.contains("`nowhere` is not an ip:port address")),
+        "{e:?}"
+    );
+}

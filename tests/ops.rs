@@ -276,6 +276,17 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
         3
     );
     assert_eq!(sample(&after, "sgw_client_active_streams"), 0);
+    let limits = h.client.handle.limits();
+    assert_eq!(
+        sample(&after, "sgw_client_limit{limit=\"max_streams\"}"),
+        limits.max_streams as i64
+    );
+    assert_eq!(
+        sample(&after, "sgw_client_limit{limit=\"window_budget\"}"),
+        limits.window_budget as i64
+    );
+    // Gateway-only limits are not shown as the client's.
+    assert!(!after.contains("limit=\"max_destinations\""), "{after}");
     assert!(
         after.contains("sgw_client_tunnel_rtt_microseconds{gateway=\"gw1\",tunnel=\"0\"}"),
         "{after}"

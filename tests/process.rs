@@ -345,3 +345,97 @@ fn config_check_catches_what_only_the_gateway_would_refuse() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("egress_allow:2:"), "{err}");
 }
+
+/// The gateway's admin endpoint, as an operator scrapes it from the real process: its limits,
+/// its tunnels and bytes; status needs the admin token; the ACL calls say the veto is the
+/// client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
+    use sgw::admin::client::call;
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw_toml = setup.path("gateway.toml");
+    std::fs::write(setup.path("gw-admin.token"), "gw-admin-secret\n").unwrap();
+    let text = std::fs::read_to_string(&gw_toml).unwrap();
+    let text = format!(
+        "admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"gw-admin.token\"\n{text}\n[limits]\nmax_destinations = 7\n"
+    );
+    std::fs::write(&gw_toml, text).unwrap();
+    let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    let admin: std::net::SocketAddr = field(
+        &gw.wait_line("admin endpoint listening").await,
+        "admin.addr",
+    )
+    .parse()
+    .unwrap();
+    let tunnel_addr: std::net::SocketAddr =
+        field(&gw.wait_line("gateway started").await, "tunnel.listen")
+            .parse()
+            .unwrap();
+    let cloud: std::net::SocketAddr =
+        field(&gw.wait_line("destination listening").await, "cloud.addr")
+            .parse()
+            .unwrap();
+    let get = |path: &'static str, token: Option<&'static str>| async move {
+        call(admin, hyper::Method::GET, path, None, token)
+            .await
+            .unwrap()
+    };
+    let (st, m) = get("/metrics", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        sample(&m, "sgw_gateway_limit{limit=\"max_destinations\"}"),
+        7
+    );
+    assert_eq!(
+        sample(&m, "sgw_gateway_limit{limit=\"max_tunnels_per_client\"}"),
+        16
+    );
+    assert_eq!(sample(&m, "sgw_gateway_tunnels_up{gateway=\"gw1\"}"), 0);
+
+    let client = start_client(setup.client.clone(), tunnel_addr).await;
+    let mut status = client.handle.status();
+    tokio::time::timeout(WAIT, status.wait_for(|s| s.tunnels_up == 2))
+        .await
+        .unwrap()
+        .unwrap();
+    let payload = vec![5u8; 50_000];
+    assert_eq!(echo_once(cloud, &payload).await.unwrap().len(), 50_000);
+    // The gateway counts a stream's bytes as it closes: poll, bounded.
+    let deadline = Instant::now() + WAIT;
+    let m = loop {
+        let (_, m) = get("/metrics", None).await;
+        if sample(&m, "sgw_gateway_bytes_total{direction=\"down\"}") >= 50_000 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "metrics never caught up:\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        sample(&m, "sgw_gateway_bytes_total{direction=\"up\"}"),
+        50_000
+    );
+    assert_eq!(sample(&m, "sgw_gateway_tunnels_up{gateway=\"gw1\"}"), 2);
+    assert_eq!(sample(&m, "sgw_gateway_clients{gateway=\"gw1\"}"), 1);
+    assert_eq!(sample(&m, "sgw_gateway_streams_opened_total"), 1);
+    assert_eq!(sample(&m, "sgw_gateway_destinations{gateway=\"gw1\"}"), 1);
+
+    assert_eq!(get("/readyz", None).await.0, 200);
+    assert_eq!(get("/v1/status", None).await.0, 401);
+    let (st, body) = get("/v1/status", Some("gw-admin-secret")).await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["gateways"][0]["id"], "gw1");
+    assert_eq!(v["gateways"][0]["tunnels"], 2);
+    let (st, body) = get("/v1/acl", Some("gw-admin-secret")).await;
+    assert_eq!(st, 404);
+    assert!(body.contains("client's acl_file"), "{body}");
+    assert!(!gw.all().contains("gw-admin-secret"));
+}
+
+fn sample(text: &str, series: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}

@@ -58,28 +58,64 @@ pub struct AclView {
     pub rules: Vec<RuleView>,
 }
 
-/// A failed ACL change: HTTP status and message.
+/// A failed ACL call: HTTP status, message, and for an invalid file every error in it.
 #[derive(Debug)]
 pub struct AclError {
     pub status: u16,
     pub message: String,
+    pub errors: Vec<String>,
 }
 
-/// What the admin endpoint serves; implemented by the client (and later the gateway).
+/// What the admin endpoint serves; implemented by the client and the gateway. The gateway
+/// keeps no ACL (the veto is the client's), so the ACL calls answer 404 unless implemented.
 pub trait Backend: Send + Sync + 'static {
     /// Ready to carry traffic (e.g. at least one tunnel up).
     fn ready(&self) -> bool;
     fn status(&self) -> serde_json::Value;
     fn metrics(&self) -> Vec<Family>;
-    fn acl_show(&self) -> AclView;
+    fn acl_show(&self) -> Result<AclView, AclError> {
+        Err(no_acl())
+    }
     /// Adds a rule; returns its line. Blocking (writes the ACL file).
-    fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclError>;
+    fn acl_add(&self, _rule: &str, _before: Option<usize>) -> Result<usize, AclError> {
+        Err(no_acl())
+    }
     /// Removes a rule by text or line; returns the removed line. Blocking.
-    fn acl_remove(&self, rule: Option<&str>, line: Option<usize>) -> Result<usize, AclError>;
+    fn acl_remove(&self, _rule: Option<&str>, _line: Option<usize>) -> Result<usize, AclError> {
+        Err(no_acl())
+    }
     /// Re-reads the ACL file; returns the rule count or every error.
-    fn acl_reload(&self) -> Result<usize, Vec<String>>;
+    fn acl_reload(&self) -> Result<usize, AclError> {
+        Err(no_acl())
+    }
     /// Changes the log level (`debug`, or a filter like `sgw=debug,hyper=warn`).
     fn set_log_level(&self, level: &str) -> Result<(), String>;
+}
+
+fn no_acl() -> AclError {
+    AclError {
+        status: 404,
+        message: "this process keeps no ACL: the on-prem veto is the client's acl_file".into(),
+        errors: Vec::new(),
+    }
+}
+
+/// `NAME{limit="KEY"}` for every limit: what operators compare the usage gauges with.
+pub fn limit_family(name: &'static str, limits: &[(&'static str, u64)]) -> Family {
+    Family {
+        name,
+        help: "A configured limit, by its key in the config file.",
+        kind: Kind::Gauge,
+        samples: limits
+            .iter()
+            .map(|(k, v)| {
+                (
+                    vec![("limit", (*k).to_owned())],
+                    i64::try_from(*v).unwrap_or(i64::MAX),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Who may use the admin endpoint (docs/SECURITY.md).
@@ -122,6 +158,18 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+fn acl_error(e: AclError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    if e.errors.is_empty() {
+        return json_error(status, e.message);
+    }
+    (
+        status,
+        Json(serde_json::json!({ "error": e.message, "errors": e.errors })),
+    )
+        .into_response()
 }
 
 fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -176,7 +224,7 @@ fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &st.access.token else {
         return Some(json_error(
             StatusCode::FORBIDDEN,
-            "no admin token is configured, so status and ACL calls are off: set admin_token_file in client.toml (sgw init writes one)",
+            "no admin token is configured, so status and ACL calls are off: set admin_token_file in this process's config file (sgw init writes one)",
         ));
     };
     let given = headers
@@ -267,7 +315,10 @@ async fn acl_show(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     if let Some(r) = refusal(&st, &headers) {
         return r;
     }
-    Json(st.backend.acl_show()).into_response()
+    match st.backend.acl_show() {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => acl_error(e),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,10 +350,7 @@ async fn acl_add(
             Json(serde_json::json!({ "line": line })),
         )
             .into_response(),
-        Ok(Err(e)) => json_error(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            e.message,
-        ),
+        Ok(Err(e)) => acl_error(e),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL update task failed"),
     }
 }
@@ -339,10 +387,7 @@ async fn acl_remove(
         tokio::task::spawn_blocking(move || backend.acl_remove(q.rule.as_deref(), q.line)).await;
     match res {
         Ok(Ok(line)) => Json(serde_json::json!({ "removed_line": line })).into_response(),
-        Ok(Err(e)) => json_error(
-            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
-            e.message,
-        ),
+        Ok(Err(e)) => acl_error(e),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL update task failed"),
     }
 }
@@ -354,13 +399,7 @@ async fn acl_reload(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
     let backend = st.backend.clone();
     match tokio::task::spawn_blocking(move || backend.acl_reload()).await {
         Ok(Ok(n)) => Json(serde_json::json!({ "rules": n })).into_response(),
-        Ok(Err(errs)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(
-                serde_json::json!({ "error": "ACL file invalid; old rules kept", "errors": errs }),
-            ),
-        )
-            .into_response(),
+        Ok(Err(e)) => acl_error(e),
         Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "ACL reload task failed"),
     }
 }

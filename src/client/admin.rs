@@ -36,6 +36,7 @@ fn edit_error(e: AclEditError) -> AclError {
     AclError {
         status,
         message: e.to_string(),
+        errors: Vec::new(),
     }
 }
 
@@ -277,6 +278,10 @@ impl Backend for AdminBackend {
                     })
                     .collect(),
             },
+            crate::admin::limit_family(
+                "sgw_client_limit",
+                &self.client.limits().entries(crate::config::Side::Client),
+            ),
             one(
                 "sgw_client_acl_rules",
                 "Rules in force.",
@@ -298,9 +303,9 @@ impl Backend for AdminBackend {
         ]
     }
 
-    fn acl_show(&self) -> AclView {
+    fn acl_show(&self) -> Result<AclView, AclError> {
         let acl = self.client.acl();
-        AclView {
+        Ok(AclView {
             file: acl.file.clone(),
             default_policy: match acl.default_policy {
                 Policy::Allow => "allow".into(),
@@ -315,7 +320,7 @@ impl Backend for AdminBackend {
                     text: r.text.clone(),
                 })
                 .collect(),
-        }
+        })
     }
 
     fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclError> {
@@ -337,7 +342,11 @@ impl Backend for AdminBackend {
         }
     }
 
-    fn acl_reload(&self) -> Result<usize, Vec<String>> {
-        self.client.reload_acl()
+    fn acl_reload(&self) -> Result<usize, AclError> {
+        self.client.reload_acl().map_err(|errors| AclError {
+            status: 422,
+            message: "ACL file invalid; old rules kept".into(),
+            errors,
+        })
     }
 }

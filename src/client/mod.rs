@@ -466,6 +466,11 @@ impl ClientHandle {
         &self.shared.stats
     }
 
+    /// The `[limits]` in force, for metrics.
+    pub fn limits(&self) -> crate::config::Limits {
+        self.shared.cfg.limits
+    }
+
     /// Replaces the ACL for new streams.
     pub fn set_acl(&self, acl: Acl) {
         *self.shared.acl.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(acl);

@@ -153,6 +153,20 @@ pub struct GatewayConfig {
     pub egress_allow: Vec<String>,
     /// The management API (SPEC §7), when `api_listen` is set.
     pub api: Option<ApiConfig>,
+    /// The local admin endpoint (health, readiness, metrics, status), when `admin_listen`
+    /// is set.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `admin_listen` and what goes with it: the same endpoint the client has, without ACL calls.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// `admin_token`, shared with the API: needed for everything but `/healthz`, `/readyz` and
+    /// `/metrics`.
+    pub token: Option<Secret>,
+    /// Names besides `localhost` and IP literals a request's `Host` may carry.
+    pub hosts: Vec<String>,
 }
 
 /// `api_listen` and what goes with it.
@@ -175,7 +189,7 @@ pub struct ApiConfig {
     pub request_timeout: std::time::Duration,
 }
 
-const LATER: &[&str] = &["admin_listen"];
+const LATER: &[&str] = &[];
 
 /// Default `api_max_body`: certificates and imports are small.
 const API_MAX_BODY: u64 = 1 << 20;
@@ -222,6 +236,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
     let keepalive = read_keepalive(root.table("keepalive"));
     let limits = read_limits(root.table("limits"));
     let log = read_log(root);
+    let admin_token = read_admin_token(root);
     let mut gateways = Vec::new();
     let mut ids = HashSet::new();
     let mut cloud_ports = HashSet::new();
@@ -262,6 +277,13 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
             });
         }
     }
+    // Read before any `?` below, so their errors are reported beside a broken TLS key.
+    let api = read_api(root, admin_token.clone());
+    let admin = read_admin(root, admin_token);
+    let shutdown_grace = root
+        .duration("shutdown_grace")
+        .unwrap_or(Duration::from_secs(30));
+    let egress_allow = root.strs("egress_allow").unwrap_or_default();
     Some(GatewayConfig {
         listen: listen?,
         tls: TlsIdentity {
@@ -271,19 +293,50 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         keepalive,
         limits,
         log,
-        shutdown_grace: root
-            .duration("shutdown_grace")
-            .unwrap_or(Duration::from_secs(30)),
+        shutdown_grace,
         gateways,
-        egress_allow: root.strs("egress_allow").unwrap_or_default(),
-        api: read_api(root),
+        egress_allow,
+        api,
+        admin,
     })
 }
 
-fn read_api(root: &Tbl<'_, '_>) -> Option<ApiConfig> {
+/// `admin_token` serves both the API and the admin endpoint; alone it would guard nothing.
+fn read_admin_token(root: &Tbl<'_, '_>) -> Option<Secret> {
+    if !(root.has("admin_token") || root.has("admin_token_file")) {
+        return None;
+    }
+    if !root.has("api_listen") && !root.has("admin_listen") {
+        for k in ["admin_token", "admin_token_file"] {
+            if root.has(k) {
+                root.invalid(k, "only applies with api_listen or admin_listen");
+            }
+        }
+        return None;
+    }
+    read_secret(root, "admin_token", "admin_token_file")
+}
+
+fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> {
+    let Some(s) = root.str("admin_listen") else {
+        if root.has("admin_hosts") {
+            root.invalid("admin_hosts", "only applies with admin_listen");
+        }
+        return None;
+    };
+    let Ok(listen) = s.parse::<SocketAddr>() else {
+        root.invalid("admin_listen", format!("`{s}` is not an ip:port address"));
+        return None;
+    };
+    Some(AdminConfig {
+        listen,
+        token,
+        hosts: root.strs("admin_hosts").unwrap_or_default(),
+    })
+}
+
+fn read_api(root: &Tbl<'_, '_>, admin_token: Option<Secret>) -> Option<ApiConfig> {
     let keys = [
-        "admin_token",
-        "admin_token_file",
         "state_file",
         "api_max_body",
         "cloud_host",
@@ -305,11 +358,6 @@ fn read_api(root: &Tbl<'_, '_>) -> Option<ApiConfig> {
                 return None;
             }
         },
-    };
-    let admin_token = if root.has("admin_token") || root.has("admin_token_file") {
-        read_secret(root, "admin_token", "admin_token_file")
-    } else {
-        None
     };
     let state_file = root
         .str("state_file")

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 pub use client::{ClientConfig, DestOverride, GatewayLink, Reconnect, Trust, WssUrl};
 pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
 pub use gateway::{
-    ApiConfig, Destination, Egress, GatewayConfig, Protocol, TenantConfig, TlsIdentity,
+    AdminConfig, ApiConfig, Destination, Egress, GatewayConfig, Protocol, TenantConfig, TlsIdentity,
 };
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};
@@ -144,6 +144,41 @@ impl Default for Limits {
             // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
             window_budget: 2 * 1024 * 1024 * 1024,
         }
+    }
+}
+
+/// Which process a limit binds: `[limits]` is one table, read alike by both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Gateway,
+}
+
+impl Limits {
+    /// Every limit that binds `side`, by its key in `[limits]`: what `/metrics` shows, so an
+    /// operator can tell a limit being hit from a fault.
+    pub fn entries(&self, side: Side) -> Vec<(&'static str, u64)> {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let mut v = vec![
+            ("max_streams", n(self.max_streams)),
+            ("max_udp_flows", n(self.max_udp_flows)),
+            ("stream_window", u64::from(self.stream_window)),
+            ("max_stream_window", u64::from(self.max_stream_window)),
+            ("tunnel_buffer", self.tunnel_buffer),
+            ("accept_backlog", n(self.accept_backlog)),
+            ("window_budget", self.window_budget),
+        ];
+        if side == Side::Gateway {
+            v.extend([
+                ("udp_flow_buffer", self.udp_flow_buffer),
+                ("max_tunnels_per_client", n(self.max_tunnels_per_client)),
+                ("max_tunnels_per_gateway", n(self.max_tunnels_per_gateway)),
+                ("max_destinations", n(self.max_destinations)),
+                ("udp_pending_buffer", self.udp_pending_buffer),
+                ("udp_buffer_total", self.udp_buffer_total),
+            ]);
+        }
+        v
     }
 }
 

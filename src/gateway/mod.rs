@@ -6,6 +6,7 @@
 //! A configuration change (start, SIGHUP, management API): [`live::apply`]; the API's view of
 //! the running gateway: `manage.rs`.
 
+mod admin;
 mod live;
 mod manage;
 mod registry;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+pub use admin::AdminBackend;
 use registry::Tenant;
 pub use registry::{ClientInfo, Disconnected};
 
@@ -139,6 +141,8 @@ struct Inner {
     /// The top-level `egress_allow`: the policy of gateway ids from gateway.toml that have
     /// none of their own ([`crate::config::Egress::FileDefault`]).
     egress: crate::acl::Acl,
+    /// `[limits]` as configured, for metrics.
+    limits: crate::config::Limits,
 }
 
 impl Inner {
@@ -373,6 +377,7 @@ impl Gateway {
             udp_pending_buffer: cfg.limits.udp_pending_buffer,
             udp_buffer_total: cfg.limits.udp_buffer_total,
             egress,
+            limits: cfg.limits,
         });
         for t in cfg.gateways.into_iter().chain(more) {
             warn_odd(&t);
@@ -479,6 +484,50 @@ impl GatewayHandle {
         let fut = crate::api::serve(api, listener, self.inner.tls.clone(), shutdown);
         self.inner.tracker.spawn(fut);
         Ok(addr)
+    }
+
+    /// Starts the admin endpoint (health, readiness, metrics, status) on `cfg.listen` until
+    /// `shutdown`; `api` adds the API's limits to `/metrics`. Returns the bound address.
+    pub async fn start_admin(
+        &self,
+        cfg: &crate::config::AdminConfig,
+        api: Option<crate::config::ApiConfig>,
+        log: Option<crate::telemetry::LogControl>,
+        shutdown: CancellationToken,
+    ) -> Result<SocketAddr, GatewayError> {
+        let err = |source| GatewayError::Bind {
+            addr: cfg.listen.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(cfg.listen).await.map_err(err)?;
+        let addr = listener.local_addr().map_err(err)?;
+        info!(admin.addr = %addr, auth = cfg.token.is_some(), "admin endpoint listening");
+        let backend = Arc::new(AdminBackend::new(self.clone(), api).with_log(log));
+        let access = crate::admin::Access {
+            token: cfg.token.clone(),
+            hosts: cfg.hosts.clone(),
+        };
+        self.inner.tracker.spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, backend, access, shutdown).await {
+                warn!(error = %e, "admin endpoint failed");
+            }
+        });
+        Ok(addr)
+    }
+
+    /// `[limits]` as configured.
+    pub fn limits(&self) -> crate::config::Limits {
+        self.inner.limits
+    }
+
+    /// The receive window promised to clients over all streams, and its cap.
+    pub fn window_budget(&self) -> Arc<crate::mux::WindowBudget> {
+        self.inner.mux_cfg.window_budget.clone()
+    }
+
+    /// Serving until shutdown begins (readiness).
+    pub fn is_serving(&self) -> bool {
+        !self.inner.root.is_cancelled()
     }
 
     /// Stops serving a gateway id and disconnects its clients.
