@@ -95,7 +95,7 @@ async fn world() -> World {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
             expose,
-            names,
+            public: names,
             ..InitOptions::default()
         },
     )

@@ -64,7 +64,7 @@ pub async fn resolve(
 }
 
 /// Connects to the first of `addrs` that answers, before `deadline`. The socket gets
-/// `TCP_NODELAY`: the tunnel already batches.
+/// `TCP_NODELAY` and keepalive ([`crate::relay::tune`]).
 pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
     let started = Instant::now();
     let work = async {
@@ -72,7 +72,7 @@ pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
         for a in addrs {
             match TcpStream::connect(a).await {
                 Ok(s) => {
-                    let _ = s.set_nodelay(true);
+                    crate::relay::tune(&s);
                     return Ok(s);
                 }
                 Err(e) => last = Some((a, e)),

@@ -1,5 +1,6 @@
 //! `sgw init`: writes a CA, a gateway certificate, a token and matching gateway/client
-//! configs and ACL, so a gateway and a client work together out of the box.
+//! configs and ACL, so a gateway and a client work together out of the box, on one host or
+//! (with `--public`, then `sgw enroll`) on two.
 
 use std::fmt::Write as _;
 use std::io;
@@ -52,35 +53,110 @@ impl std::str::FromStr for Expose {
 /// Options for [`write`].
 #[derive(Debug, Clone)]
 pub struct InitOptions {
-    /// Tunnel endpoint address the gateway listens on and the client dials.
+    /// Tunnel endpoint address the gateway listens on.
     pub listen: String,
+    /// Names and addresses clients reach the gateway by (`--public`): all go into the gateway
+    /// certificate, beside loopback; the first is the client URL's host. Empty: see
+    /// [`public_names`].
+    pub public: Vec<String>,
     /// Host where destinations listen for callers.
     pub cloud_host: String,
     pub expose: Vec<Expose>,
-    /// Names and addresses the gateway certificate is valid for.
-    pub names: Vec<String>,
     /// The client's admin endpoint (health, metrics, ACL changes).
     pub admin_listen: String,
+    /// The gateway's management API and admin endpoint (loopback by default).
+    pub api_listen: String,
+    pub gateway_admin_listen: String,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             listen: "127.0.0.1:9000".into(),
+            public: Vec::new(),
             cloud_host: "127.0.0.1".into(),
             expose: Vec::new(),
-            names: vec!["localhost".into(), "127.0.0.1".into()],
             admin_listen: "127.0.0.1:9003".into(),
+            api_listen: "127.0.0.1:9443".into(),
+            gateway_admin_listen: "127.0.0.1:9004".into(),
         }
     }
 }
 
-/// Paths of the files written.
+/// Paths of the files written, and what init chose.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub gateway_toml: PathBuf,
     pub client_toml: PathBuf,
     pub acl: PathBuf,
+    /// The management API's admin token.
+    pub api_token: PathBuf,
+    /// The tunnel URL clients are given (client.toml, `public_url`).
+    pub url: String,
+    /// Names the gateway certificate holds.
+    pub names: Vec<String>,
+    /// Set when no `--public` was given: what init chose, and why.
+    pub chosen: Option<String>,
+}
+
+/// The names clients reach the gateway by: `--public` as given; else the listen address when
+/// it is a concrete one (`localhost` for loopback); else, for a wildcard, this host's name.
+/// The second value says what was chosen when nothing was given.
+pub fn public_names(listen: &str, public: &[String]) -> (Vec<String>, Option<String>) {
+    if !public.is_empty() {
+        return (public.to_vec(), None);
+    }
+    let host = listen
+        .rsplit_once(':')
+        .map_or(listen, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || host == "localhost";
+    let wildcard = host.is_empty() || host == "0.0.0.0" || host == "::";
+    if loopback {
+        (vec!["localhost".into()], None)
+    } else if wildcard {
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        let why = format!(
+            "--listen {listen} is a wildcard, so clients are told to connect to this host's name `{name}`; \
+             if they reach it by another name or address, run init again with --public NAME_OR_IP"
+        );
+        (vec![name], Some(why))
+    } else {
+        (vec![host.to_owned()], None)
+    }
+}
+
+/// A new random secret (token) as 64 hex digits.
+pub fn new_token() -> String {
+    format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    )
+}
+
+/// client.toml for one gateway: the token in `token`, the CA in `ca.pem` when `with_ca`, the
+/// ACL in `acl.list`, default deny. Shared by `sgw init` and `sgw client --enroll`.
+pub fn client_toml(url: &str, gateway_id: &str, with_ca: bool, admin_listen: &str) -> String {
+    let ca = if with_ca {
+        "ca_file = \"ca.pem\"\n"
+    } else {
+        "# no ca_file: the system's trusted roots verify the gateway\n"
+    };
+    format!(
+        "# sgw client. Paths are relative to this file.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = {}\nadmin_token_file = \"admin.token\"\n\n[[gateway]]\nurl = {}\ngateway_id = {}\ntoken_file = \"token\"\n{ca}tunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n",
+        toml_str(admin_listen),
+        toml_str(url),
+        toml_str(gateway_id),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,19 +230,19 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         path: dir.display().to_string(),
         source,
     })?;
-    let (ca, gw_cert, gw_key) = ca_and_server("sgw local CA", "sgw gateway", opts.names.clone())?;
-    let token = format!(
-        "{:032x}{:032x}",
-        rand::random::<u128>(),
-        rand::random::<u128>()
-    );
-
-    // The client's admin token: ACL changes and status need it (docs/SECURITY.md).
-    let admin_token = format!(
-        "{:032x}{:032x}",
-        rand::random::<u128>(),
-        rand::random::<u128>()
-    );
+    let (public, chosen) = public_names(&opts.listen, &opts.public);
+    let mut names = public.clone();
+    for n in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|p| p == n) {
+            names.push(n.to_owned());
+        }
+    }
+    let (ca, gw_cert, gw_key) = ca_and_server("sgw local CA", "sgw gateway", names.clone())?;
+    let token = new_token();
+    // The client's admin token (ACL changes and status need it, docs/SECURITY.md), and the
+    // gateway's (API account-level calls, admin endpoint status).
+    let admin_token = new_token();
+    let api_token = new_token();
 
     let files = [
         ("ca.pem", ca.pem(), false),
@@ -174,13 +250,33 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         ("gateway.key", gw_key.serialize_pem(), true),
         ("token", format!("{token}\n"), true),
         ("admin.token", format!("{admin_token}\n"), true),
+        ("api.token", format!("{api_token}\n"), true),
     ];
     for (name, body, private) in &files {
         write_file(&dir.join(name), body, *private)?;
     }
 
+    let port = opts.listen.rsplit_once(':').map_or("443", |(_, p)| p);
+    let first = &public[0];
+    let url = if first.contains(':') {
+        format!("wss://[{first}]:{port}/tunnel")
+    } else {
+        format!("wss://{first}:{port}/tunnel")
+    };
     let mut gw = String::new();
-    let _ = writeln!(gw, "# sgw gateway, written by `sgw init`.\nlisten = {}\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n", toml_str(&opts.listen));
+    let _ = writeln!(
+        gw,
+        "# sgw gateway, written by `sgw init`. Paths are relative to this file.\n\
+         listen = {}\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+         # What `sgw enroll` hands to clients: the URL they dial and the CA they trust.\n\
+         public_url = {}\nenroll_ca_file = \"ca.pem\"\n\n\
+         # Management API (docs/API.md) and admin endpoint (/metrics), on loopback.\n\
+         api_listen = {}\nadmin_listen = {}\nadmin_token_file = \"api.token\"\nstate_file = \"state.json\"\n",
+        toml_str(&opts.listen),
+        toml_str(&url),
+        toml_str(&opts.api_listen),
+        toml_str(&opts.gateway_admin_listen),
+    );
     let _ = writeln!(
         gw,
         "[[gateways]]\nid = \"gw1\"\ndesc = \"written by sgw init\"\ntoken_file = \"token\"\n"
@@ -188,7 +284,7 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
     for (i, e) in opts.expose.iter().enumerate() {
         let _ = writeln!(
             gw,
-            "[[gateways.destinations]]\nid = \"dest{}\"\nprotocol = \"TCP\"\nip = {}\nport = {}\ncloud_host = {}\ncloud_port = {}\ntimeout = 30\n",
+            "[[gateways.destinations]]\nid = \"dest{}\"\nprotocol = \"TCP\"\nip = {}\nport = {}\ncloud_host = {}\ncloud_port = {}\n",
             i + 1,
             toml_str(&e.host),
             e.port,
@@ -196,17 +292,7 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
             e.cloud_port
         );
     }
-    let host = opts.listen.rsplit_once(':').map_or("localhost", |(h, _)| h);
-    let port = opts.listen.rsplit_once(':').map_or("9000", |(_, p)| p);
-    let host = if host == "127.0.0.1" || host == "0.0.0.0" {
-        "localhost"
-    } else {
-        host
-    };
-    let admin = &opts.admin_listen;
-    let client = format!(
-        "# sgw client, written by `sgw init`.\nacl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"{admin}\"\nadmin_token_file = \"admin.token\"\n\n[[gateway]]\nurl = \"wss://{host}:{port}/tunnel\"\ngateway_id = \"gw1\"\ntoken_file = \"token\"\nca_file = \"ca.pem\"\ntunnels = 2\n\n[reconnect]\ninitial = \"1s\"\nmax = \"60s\"\n\n[keepalive]\ninterval = \"15s\"\ntimeout = \"45s\"\n"
-    );
+    let client = client_toml(&url, "gw1", true, &opts.admin_listen);
     let mut acl = String::from(
         "# sgw ACL, written by `sgw init`: first matching rule decides, default deny.\n",
     );
@@ -222,11 +308,63 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         gateway_toml: dir.join("gateway.toml"),
         client_toml: dir.join("client.toml"),
         acl: dir.join("acl.list"),
+        api_token: dir.join("api.token"),
+        url,
+        names,
+        chosen,
     };
     write_file(&w.gateway_toml, &gw, false)?;
     write_file(&w.client_toml, &client, false)?;
     write_file(&w.acl, &acl, false)?;
     Ok(w)
+}
+
+/// What `sgw init` prints: what it wrote, the names it chose, how to run both sides, how to
+/// call the API, and how an on-prem host joins.
+pub fn summary(w: &Written, opts: &InitOptions) -> String {
+    let dir = w
+        .gateway_toml
+        .parent()
+        .map_or_else(|| ".".into(), |d| d.display().to_string());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "wrote {}, {}, {}, certificates and tokens",
+        w.gateway_toml.display(),
+        w.client_toml.display(),
+        w.acl.display()
+    );
+    let _ = writeln!(
+        out,
+        "the gateway certificate is valid for: {}",
+        w.names.join(", ")
+    );
+    let _ = writeln!(out, "clients dial: {}", w.url);
+    if let Some(why) = &w.chosen {
+        let _ = writeln!(out, "note: {why}");
+    }
+    let _ = writeln!(
+        out,
+        "run the gateway: sgw gateway --config {}",
+        w.gateway_toml.display()
+    );
+    let _ = writeln!(
+        out,
+        "a client on this host: sgw client --config {}",
+        w.client_toml.display()
+    );
+    let _ = writeln!(
+        out,
+        "a client on another host: sgw enroll gw1 --config {} (prints the line to give it)",
+        w.gateway_toml.display()
+    );
+    let api = opts.api_listen.replacen("127.0.0.1", "localhost", 1);
+    let _ = writeln!(
+        out,
+        "management API: curl --cacert {dir}/ca.pem -H \"Authorization: Bearer $(cat {})\" https://{api}/v1/sgconfig",
+        w.api_token.display()
+    );
+    out
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod compress;
 pub mod config;
 pub mod dial;
+pub mod enroll;
 pub mod fsutil;
 pub mod gateway;
 pub mod http;

@@ -41,8 +41,24 @@ enum Format {
 enum Cmd {
     /// Run the on-prem client daemon. Options also come from SGW_CLIENT_* env vars.
     Client {
-        #[arg(long, env = "SGW_CLIENT_CONFIG")]
-        config: PathBuf,
+        /// client.toml (with --enroll: DIR/client.toml).
+        #[arg(long, env = "SGW_CLIENT_CONFIG", required_unless_present = "enroll")]
+        config: Option<PathBuf>,
+        /// Join a gateway: the string `sgw enroll` printed, `-` to read it from stdin, or
+        /// @FILE. Writes client.toml, token, CA and a default-deny acl.list into --dir.
+        #[arg(
+            long,
+            env = "SGW_ENROLL",
+            hide_env_values = true,
+            conflicts_with = "config"
+        )]
+        enroll: Option<String>,
+        /// Where --enroll writes the client's files.
+        #[arg(long, default_value = "/etc/sgw", requires = "enroll")]
+        dir: PathBuf,
+        /// With --enroll: write the files and exit instead of running.
+        #[arg(long, requires = "enroll")]
+        write_only: bool,
         /// ACL file (overrides acl_file in the config).
         #[arg(long, env = "SGW_CLIENT_ACL")]
         acl: Option<PathBuf>,
@@ -60,15 +76,32 @@ enum Cmd {
         #[arg(long, value_enum, env = "SGW_GATEWAY_LOG_FORMAT")]
         log_format: Option<Format>,
     },
-    /// Write a CA, certificates, token, gateway.toml, client.toml and acl.list into DIR.
+    /// Write a CA, certificates, tokens, gateway.toml, client.toml and acl.list into DIR.
     Init {
         dir: PathBuf,
         /// Tunnel endpoint address.
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
+        /// A name or address clients reach the gateway by (repeatable): all go into the
+        /// certificate; the first is the URL clients dial.
+        #[arg(long)]
+        public: Vec<String>,
         /// Expose an on-prem service: HOST:PORT[@CLOUD_PORT].
         #[arg(long)]
         expose: Vec<Expose>,
+    },
+    /// Print the enrollment string for a gateway id: an on-prem host joins with
+    /// `sgw client --enroll STRING`. The string holds the token: hand it over like one.
+    Enroll {
+        gateway_id: String,
+        #[arg(long, env = "SGW_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// The URL clients dial (default: public_url in gateway.toml).
+        #[arg(long)]
+        url: Option<String>,
+        /// Also write the string to this file (mode 0600).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a gateway and a client in one process on loopback and print each cloud address.
     Quickstart {
@@ -309,6 +342,38 @@ async fn reload_gateway(
     }
 }
 
+/// `sgw client --enroll`: reads the string (argument, `-` for stdin, `@FILE`), writes the
+/// client's files, says what it did; returns client.toml's path.
+fn enroll_client(arg: &str, dir: &Path) -> Result<PathBuf> {
+    use std::io::Read as _;
+    let text = match arg {
+        "-" => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin().take(1 << 20), &mut s)
+                .context("reading the enrollment string from stdin")?;
+            s
+        }
+        a if a.starts_with('@') => std::fs::read_to_string(&a[1..])
+            .with_context(|| format!("reading the enrollment string from {}", &a[1..]))?,
+        a => a.to_owned(),
+    };
+    let e = sgw::enroll::Enrollment::decode(&text).map_err(bad)?;
+    let files = sgw::enroll::write_client_dir(dir, &e, "127.0.0.1:9003").map_err(bad)?;
+    for p in &files.written {
+        eprintln!("wrote {}", p.display());
+    }
+    for p in &files.kept {
+        eprintln!("kept {} (already there)", p.display());
+    }
+    eprintln!(
+        "enrolled with gateway id {} at {}; the ACL denies everything until you allow a service: sgw acl add \"acl allow HOST:PORT\" --config {}",
+        e.gateway_id,
+        e.url,
+        files.client_toml.display()
+    );
+    Ok(files.client_toml)
+}
+
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
     BadConfig(e.to_string()).into()
 }
@@ -385,22 +450,42 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Init {
             dir,
             listen,
+            public,
             expose,
         } => {
             let opts = InitOptions {
                 listen,
+                public,
                 expose,
                 ..InitOptions::default()
             };
             let w = init::write(&dir, &opts).map_err(bad)?;
-            println!(
-                "wrote {}, {}, {} and certificates",
-                w.gateway_toml.display(),
-                w.client_toml.display(),
-                w.acl.display()
+            print!("{}", init::summary(&w, &opts));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Enroll {
+            gateway_id,
+            config,
+            url,
+            out,
+        } => {
+            let cfg = GatewayConfig::load(&config).map_err(bad)?;
+            let state = load_state(&cfg)?;
+            let managed = state.tenants().map_err(|e| bad(e.join("\n")))?;
+            let s = sgw::enroll::for_gateway(&cfg, &managed, &gateway_id, url.as_deref())
+                .map_err(bad)?;
+            if let Some(out) = &out {
+                sgw::fsutil::write_private(out, format!("{s}\n").as_bytes())
+                    .with_context(|| format!("writing {}", out.display()))?;
+                eprintln!("wrote {} (mode 0600)", out.display());
+            }
+            eprintln!(
+                "On the on-prem host, as root: sgw client --enroll - --dir /etc/sgw --write-only"
             );
-            println!("run: sgw gateway --config {}", w.gateway_toml.display());
-            println!("     sgw client --config {}", w.client_toml.display());
+            eprintln!(
+                "and paste this line (it holds the gateway's token: hand it over like a password):"
+            );
+            println!("{s}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Gateway {
@@ -453,10 +538,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Client {
             config,
+            enroll,
+            dir,
+            write_only,
             acl,
             log_level,
             log_format,
         } => {
+            let config = match (enroll, config) {
+                (Some(e), _) => {
+                    let files = enroll_client(&e, &dir)?;
+                    if write_only {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    files
+                }
+                (None, Some(c)) => c,
+                (None, None) => return Err(bad("give --config FILE or --enroll STRING")),
+            };
             let cfg = ClientConfig::load(&config).map_err(bad)?;
             let acl_override = acl;
             let acl_path = acl_override.clone().unwrap_or_else(|| cfg.acl_file.clone());

@@ -17,6 +17,26 @@ use crate::compress::{Decoded, Deflater, Inflater};
 use crate::mux::{MuxStream, StreamError};
 use crate::proto::{Reason, MAX_DATA};
 
+/// TCP keepalive on relayed sockets: the first probe after this much silence, then every
+/// [`KEEPALIVE_INTERVAL`]. Under the idle limits of common NATs and load balancers (Azure 4
+/// min, AWS NAT 350 s, many firewalls 5 min and more), so an idle session stays mapped; a dead
+/// peer is noticed after about two minutes of unanswered probes.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// Prepares a socket to relay: `TCP_NODELAY` (the tunnel already batches) and TCP keepalive,
+/// so a long idle session (a pooled database connection, a blocking `BLPOP`) keeps its NAT and
+/// firewall state. Best effort: a socket that refuses keeps working without.
+pub fn tune(tcp: &TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+}
+
 /// How a relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {

@@ -530,7 +530,7 @@ async fn compression_shrinks_tunnel_bytes_not_content() {
 async fn idle_stream_is_reset_with_reason_timeout() {
     let echo = echo_server().await;
     let h = Harness::start(&[echo], |s| {
-        s.gateway.gateways[0].destinations[0].timeout = Duration::from_secs(1);
+        s.gateway.gateways[0].destinations[0].idle_timeout = Some(Duration::from_secs(2));
     })
     .await;
     let mut s = TcpStream::connect(h.cloud(0)).await.unwrap();
@@ -546,7 +546,7 @@ async fn idle_stream_is_reset_with_reason_timeout() {
         "idle stream should be reset: {r:?}"
     );
     assert!(
-        quiet.elapsed() >= Duration::from_millis(900),
+        quiet.elapsed() >= Duration::from_millis(1900),
         "{:?}",
         quiet.elapsed()
     );
@@ -758,4 +758,41 @@ async fn socks5_refusal_carries_the_proxy_reply_code() {
     assert_eq!(err.reason, sgw::proto::Reason::Proxy);
     assert!(err.message.contains("SOCKS5 reply"), "{}", err.message);
     eprintln!("{}", err.message);
+}
+
+/// docs/DESTINATIONS.md "Idle sessions": the sockets a relay holds, toward the endpoint and
+/// toward the caller, send TCP keepalives, so NATs and firewalls keep an idle session mapped.
+/// Read from the kernel's own view (`ss -o`), not from our code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_sockets_carry_tcp_keepalive() {
+    let Some(ss) = which("ss") else {
+        println!("SKIPPED: ss is needed (apt-get install iproute2)");
+        return;
+    };
+    let echo = echo_server().await;
+    let h = Harness::start(&[echo], |_| {}).await;
+    let cloud = h.cloud(0);
+    let mut s = TcpStream::connect(cloud).await.unwrap();
+    s.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    let timers = |filter: String| {
+        let out = std::process::Command::new(&ss)
+            .args(["-t", "-n", "-o", "state", "established"])
+            .arg(filter)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The client's socket to the endpoint, and the gateway's socket to the caller.
+    let toward_endpoint = timers(format!("dst {echo}"));
+    let toward_caller = timers(format!("src {cloud}"));
+    assert!(
+        toward_endpoint.contains("timer:(keepalive"),
+        "{toward_endpoint}"
+    );
+    assert!(
+        toward_caller.contains("timer:(keepalive"),
+        "{toward_caller}"
+    );
 }

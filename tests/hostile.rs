@@ -908,7 +908,7 @@ async fn pending_udp_is_bounded_per_flow_and_in_all() {
 async fn callers_of_a_silent_client_are_released() {
     let echo = echo_server().await;
     let mut setup = Setup::new(&[echo]);
-    setup.gateway.gateways[0].destinations[0].timeout = Duration::from_secs(1);
+    setup.gateway.gateways[0].destinations[0].idle_timeout = Some(Duration::from_secs(1));
     let gw = start_gateway(setup.gateway.clone()).await;
     let mut link = setup.client.gateways[0].clone();
     link.url.port = gw.handle.tunnel_addr().port();

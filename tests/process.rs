@@ -355,12 +355,14 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw_toml = setup.path("gateway.toml");
-    std::fs::write(setup.path("gw-admin.token"), "gw-admin-secret\n").unwrap();
+    // sgw init turns the admin endpoint on, with the API's token (api.token).
+    std::fs::write(setup.path("api.token"), "gw-admin-secret\n").unwrap();
     let text = std::fs::read_to_string(&gw_toml).unwrap();
-    let text = format!(
-        "admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"gw-admin.token\"\n{text}\n[limits]\nmax_destinations = 7\n"
-    );
-    std::fs::write(&gw_toml, text).unwrap();
+    std::fs::write(
+        &gw_toml,
+        format!("{text}\n[limits]\nmax_destinations = 7\n"),
+    )
+    .unwrap();
     let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
     let admin: std::net::SocketAddr = field(
         &gw.wait_line("admin endpoint listening").await,

@@ -4,6 +4,9 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
 
 use common::*;
 
@@ -89,5 +92,157 @@ async fn redis_benchmark_and_redis_cli_through_the_tunnel() {
     assert_eq!(
         st.streams_failed.load(std::sync::atomic::Ordering::Relaxed),
         0
+    );
+}
+
+/// PostgreSQL (Debian's package) in a fresh data directory on a free loopback port, run as the
+/// `postgres` user when we are root (postgres refuses root). `None` when it can't be run here.
+async fn start_postgres() -> Option<(Daemon, u16, tempfile::TempDir)> {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .find(|b| b.join("initdb").is_file())?;
+    let dir = tempfile::tempdir().ok()?;
+    let data = dir.path().join("data");
+    let root = nix_is_root();
+    let as_pg = |prog: &str| {
+        let mut c = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+            c
+        } else {
+            Command::new(bin.join(prog))
+        };
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    if root {
+        let ok = Command::new("chown")
+            .args(["postgres:", dir.path().to_str()?])
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+    }
+    let init = as_pg("initdb")
+        .args(["-A", "trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .status()
+        .ok()?;
+    if !init.success() {
+        return None;
+    }
+    let port = free_port();
+    let child = as_pg("postgres")
+        .arg("-D")
+        .arg(&data)
+        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir.path())
+        .spawn()
+        .ok()?;
+    let pg = Daemon(child);
+    wait_listening(port).await;
+    Some((pg, port, dir))
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Secure Gateway's default: no idle timeout. With the default config a psql session and a
+/// redis `BLPOP key 0` sit idle through the tunnel for longer than the old 30 s default and
+/// still work (docs/DESTINATIONS.md "Timeouts").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_psql_session_and_blocking_blpop_outlive_the_old_30s_default() {
+    let (Some(psql), Some(cli)) = (which("psql"), which("redis-cli")) else {
+        println!("SKIPPED: psql and redis-cli are needed (apt-get install postgresql redis-tools)");
+        return;
+    };
+    let Some((_redis, redis_port)) = start_redis().await else {
+        println!("SKIPPED: redis-server is needed (apt-get install redis-server)");
+        return;
+    };
+    let Some((_pg, pg_port, _pgdir)) = start_postgres().await else {
+        println!("SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)");
+        return;
+    };
+    let pg: std::net::SocketAddr = format!("127.0.0.1:{pg_port}").parse().unwrap();
+    let redis: std::net::SocketAddr = format!("127.0.0.1:{redis_port}").parse().unwrap();
+    let h = Harness::start(&[pg, redis], |s| {
+        // The defaults this test checks: nothing set, so none.
+        for d in &s.gateway.gateways[0].destinations {
+            assert_eq!(d.idle_timeout, None);
+        }
+    })
+    .await;
+    const IDLE: Duration = Duration::from_secs(35);
+
+    // psql: one query, 35 s of silence in the same session, another query.
+    let mut session = tokio::process::Command::new(&psql)
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .args(["-p", &h.cloud(0).port().to_string(), "postgres"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    stdin.write_all(b"select 'before idle';\n").await.unwrap();
+    // BLPOP on an empty list blocks until a push, with no byte either way meanwhile.
+    let blpop = tokio::process::Command::new(&cli)
+        .args([
+            "-p",
+            &h.cloud(1).port().to_string(),
+            "blpop",
+            "sgw:idle",
+            "0",
+        ])
+        .output();
+    let blpop = tokio::spawn(blpop);
+    tokio::time::sleep(IDLE).await;
+    stdin.write_all(b"select 'after idle';\n").await.unwrap();
+    drop(stdin);
+    let push = Command::new(&cli)
+        .args(["-p", &redis_port.to_string(), "rpush", "sgw:idle", "woke"])
+        .output()
+        .unwrap();
+    assert!(push.status.success());
+    let out = tokio::time::timeout(WAIT, session.wait_with_output())
+        .await
+        .expect("psql finished")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("before idle") && text.contains("after idle"),
+        "psql: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = tokio::time::timeout(WAIT, blpop)
+        .await
+        .expect("BLPOP answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["sgw:idle", "woke"]
     );
 }

@@ -37,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sgconfig/{gateway_id}/export"),
     ("PUT", "/v1/sgconfig/{gateway_id}/setActivity"),
     ("GET", "/v1/sgconfig/{gateway_id}/stats"),
+    ("GET", "/v1/sgconfig/{gateway_id}/enrollment"),
     ("GET", "/v1/sgconfig/{gateway_id}/destinations"),
     ("POST", "/v1/sgconfig/{gateway_id}/destinations"),
     ("DELETE", "/v1/sgconfig/{gateway_id}/bulkDestinations"),
@@ -120,6 +121,10 @@ pub(super) fn router<B: Backend>(api: Arc<Api<B>>) -> Router {
             put(dests_activity::<B>),
         )
         .route("/v1/sgconfig/{gateway_id}/stats", get(gateway_stats::<B>))
+        .route(
+            "/v1/sgconfig/{gateway_id}/enrollment",
+            get(gateway_enrollment::<B>),
+        )
         .route(
             "/v1/sgconfig/{gateway_id}/destinations",
             get(list_dests::<B>).post(create_dest::<B>),
@@ -795,6 +800,39 @@ async fn gateway_stats<B: Backend>(State(api): St<B>, h: HeaderMap, Path(gw): Pa
         .stats(&gw)
         .ok_or_else(|| ApiError::not_found(format!("no gateway `{gw}`")))?;
     ok(s)
+}
+
+/// The enrollment string for this gateway id (docs/DEPLOYMENT.md): `public_url` (or `?url=`),
+/// `enroll_ca_file` and the gateway's token. It holds the token, so the same callers as for
+/// the token itself: the admin or the gateway's own token.
+async fn gateway_enrollment<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res {
+    let (_, cfg) = api.authorize(&h, &gw)?;
+    let defaults = &api.settings.enroll;
+    let url = match q.get("url") {
+        Some(u) => {
+            crate::config::WssUrl::parse(u).map_err(|e| ApiError::bad(format!("url: {e}")))?
+        }
+        None => defaults.url.clone().ok_or_else(|| {
+            ApiError::conflict(
+                "gateway.toml has no public_url: set it, or pass ?url=wss://NAME:PORT/tunnel",
+            )
+        })?,
+    };
+    let e = crate::enroll::Enrollment {
+        url,
+        gateway_id: gw,
+        token: cfg.token.clone(),
+        ca_pem: defaults.ca_pem.clone(),
+    };
+    let s = e
+        .encode()
+        .map_err(|e| ApiError::conflict(format!("enroll_ca_file: {e}")))?;
+    ok(json!({ "enrollment": s, "url": e.url.to_string(), "gateway_id": e.gateway_id }))
 }
 
 // ---- destinations ----

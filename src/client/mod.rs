@@ -1205,9 +1205,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
         };
         let opts = Options {
             compress,
-            idle: Some(Duration::from_secs(u64::from(
-                dest.spec.timeout.clamp(1, 180),
-            ))),
+            idle: dest.spec.idle(),
         };
         let out = match conn {
             Conn::Tcp(tcp) => relay_with(tcp, stream, &entry.counters, opts).await,
@@ -1233,7 +1231,7 @@ async fn serve_open(shared: Arc<Shared>, link: Arc<Link>, inc: Incoming, client_
             }
             Conn::Udp(sock) => {
                 let c = crate::udp::FlowCounters::default();
-                let idle = opts.idle.unwrap_or(Duration::from_secs(30));
+                let idle = dest.spec.udp_expiry();
                 let sock = crate::udp::Connected::new(sock);
                 let e = crate::udp::relay_flow(sock, stream, idle, &c, &shared.stats.udp).await;
                 c.log_closed(Facing::Endpoint, started, &e);

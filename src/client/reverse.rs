@@ -120,7 +120,7 @@ pub(super) async fn accept_until(
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
+                    crate::relay::tune(&tcp);
                     on_conn(tcp, peer);
                 }
                 Err(e) => {
@@ -210,7 +210,7 @@ async fn serve_local(
         let counters = Counters::default();
         let opts = Options {
             compress,
-            idle: Some(timeout),
+            idle: dest.spec.idle(),
         };
         let out = relay_with(tcp, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);

@@ -57,6 +57,10 @@ pub struct Destination {
     pub cloud_port: u16,
     /// Connect timeout on the client's side (1..=180 s).
     pub timeout: Duration,
+    /// A stream with no byte either way for this long is reset (`idle_timeout`, seconds);
+    /// `None` (0, the default, as in Secure Gateway): never. UDP flows, which have no close,
+    /// expire after this or, when it is off, after `timeout`.
+    pub idle_timeout: Option<Duration>,
     /// Only callers matching one of `ip_table_rules` are accepted (none: nobody).
     pub private: bool,
     pub ip_table_rules: Vec<IpTableRule>,
@@ -156,6 +160,17 @@ pub struct GatewayConfig {
     /// The local admin endpoint (health, readiness, metrics, status), when `admin_listen`
     /// is set.
     pub admin: Option<AdminConfig>,
+    /// What enrollment strings tell clients (`public_url`, `enroll_ca_file`).
+    pub enroll: EnrollDefaults,
+}
+
+/// What `sgw enroll` and the API's enrollment call hand to clients unless told otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollDefaults {
+    /// `public_url`: the tunnel URL as clients reach it (through NAT, a load balancer, DNS).
+    pub url: Option<super::WssUrl>,
+    /// `enroll_ca_file`: PEM of the CA clients should trust; absent: the system's roots.
+    pub ca_pem: Option<String>,
 }
 
 /// `admin_listen` and what goes with it: the same endpoint the client has, without ACL calls.
@@ -187,6 +202,8 @@ pub struct ApiConfig {
     pub max_connections_per_source: usize,
     /// Deadline for a whole request, body included (`api_request_timeout`).
     pub request_timeout: std::time::Duration,
+    /// For the enrollment call: the same as [`GatewayConfig::enroll`].
+    pub enroll: EnrollDefaults,
 }
 
 const LATER: &[&str] = &[];
@@ -194,6 +211,8 @@ const LATER: &[&str] = &[];
 /// Default `api_max_body`: certificates and imports are small.
 const API_MAX_BODY: u64 = 1 << 20;
 const DEST_LATER: &[&str] = &[];
+/// Longest `idle_timeout`: a week, far beyond any NAT's patience.
+const MAX_IDLE_TIMEOUT: i64 = 7 * 24 * 3600;
 
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
@@ -278,7 +297,8 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         }
     }
     // Read before any `?` below, so their errors are reported beside a broken TLS key.
-    let api = read_api(root, admin_token.clone());
+    let enroll = read_enroll(root);
+    let api = read_api(root, admin_token.clone(), &enroll);
     let admin = read_admin(root, admin_token);
     let shutdown_grace = root
         .duration("shutdown_grace")
@@ -298,7 +318,25 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
         egress_allow,
         api,
         admin,
+        enroll,
     })
+}
+
+fn read_enroll(root: &Tbl<'_, '_>) -> EnrollDefaults {
+    let url = root
+        .str("public_url")
+        .and_then(|u| match super::WssUrl::parse(&u) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                root.invalid("public_url", e);
+                None
+            }
+        });
+    // Read as certificates so a bad file is reported here, kept as text for the string.
+    let ca_pem = read_certs(root, "enroll_ca_file").and_then(|_| {
+        super::pem_source(root, "enroll_ca_file").and_then(|b| String::from_utf8(b).ok())
+    });
+    EnrollDefaults { url, ca_pem }
 }
 
 /// `admin_token` serves both the API and the admin endpoint; alone it would guard nothing.
@@ -335,7 +373,11 @@ fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> 
     })
 }
 
-fn read_api(root: &Tbl<'_, '_>, admin_token: Option<Secret>) -> Option<ApiConfig> {
+fn read_api(
+    root: &Tbl<'_, '_>,
+    admin_token: Option<Secret>,
+    enroll: &EnrollDefaults,
+) -> Option<ApiConfig> {
     let keys = [
         "state_file",
         "api_max_body",
@@ -391,6 +433,7 @@ fn read_api(root: &Tbl<'_, '_>, admin_token: Option<Secret>) -> Option<ApiConfig
         max_connections,
         max_connections_per_source,
         request_timeout,
+        enroll: enroll.clone(),
     })
 }
 
@@ -463,6 +506,7 @@ pub(super) fn read_destination(
         }
     }
     let timeout = d.int_in("timeout", 1..=180).unwrap_or(30);
+    let idle_timeout = d.int_in("idle_timeout", 0..=MAX_IDLE_TIMEOUT).unwrap_or(0);
     let private = d.bool("private").unwrap_or(false);
     let mut ip_table_rules = Vec::new();
     let mut apps = HashSet::new();
@@ -556,6 +600,7 @@ pub(super) fn read_destination(
         cloud_host,
         cloud_port: cloud_port? as u16,
         timeout: Duration::from_secs(timeout as u64),
+        idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout as u64)),
         private,
         ip_table_rules,
     })

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 pub use client::{ClientConfig, DestOverride, GatewayLink, Reconnect, Trust, WssUrl};
 pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
 pub use gateway::{
-    AdminConfig, ApiConfig, Destination, Egress, GatewayConfig, Protocol, TenantConfig, TlsIdentity,
+    AdminConfig, ApiConfig, Destination, Egress, EnrollDefaults, GatewayConfig, Protocol,
+    TenantConfig, TlsIdentity,
 };
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};

@@ -25,7 +25,13 @@ pub const STATE_VERSION: u32 = 1;
 
 /// Integer fields that documents may also give as digit strings (seed 000's examples send
 /// `"port": "443"`), by table: the destination's own, then its `proxy` table's.
-const INT_KEYS: &[&str] = &["port", "cloud_port", "local_port", "timeout"];
+const INT_KEYS: &[&str] = &[
+    "port",
+    "cloud_port",
+    "local_port",
+    "timeout",
+    "idle_timeout",
+];
 const PROXY_INT_KEYS: &[&str] = &["port", "protocol"];
 
 /// The state file: every gateway created or imported through the API.
@@ -289,6 +295,10 @@ pub fn destination_to_json(d: &Destination, secrets: bool) -> Map<String, Value>
         put("cloud_port", d.cloud_port.into());
     }
     put("timeout", d.timeout.as_secs().into());
+    put(
+        "idle_timeout",
+        d.idle_timeout.map_or(0, |t| t.as_secs()).into(),
+    );
     put("private", d.private.into());
     if !d.ip_table_rules.is_empty() {
         let rules = d

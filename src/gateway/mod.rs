@@ -290,6 +290,9 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
         ip: d.ip.clone(),
         port: d.port,
         timeout: d.timeout.as_secs() as u32,
+        idle_timeout: d
+            .idle_timeout
+            .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX)),
         private: d.private,
         ip_table_rules: d
             .ip_table_rules
@@ -869,7 +872,7 @@ async fn serve_caller(
     tcp: TcpStream,
     caller: SocketAddr,
 ) {
-    let _ = tcp.set_nodelay(true);
+    crate::relay::tune(&tcp);
     let span = caller_span(&dest, caller);
     async move {
         let started = Instant::now();
@@ -918,7 +921,7 @@ async fn serve_caller(
         // never meant to) must not hold this caller forever: the gateway bounds it as well.
         let opts = Options {
             compress,
-            idle: Some(dest.timeout),
+            idle: dest.idle_timeout,
         };
         let counters = Counters::default();
         let out = match conn {

@@ -56,6 +56,7 @@ fn reverse_target(cfg: &TenantConfig, meta: &crate::proto::OpenMeta) -> Option<D
         cloud_host: String::new(),
         cloud_port: 0,
         timeout: std::time::Duration::from_secs(30),
+        idle_timeout: None,
         private: false,
         ip_table_rules: Vec::new(),
         endpoint_tls: None,
@@ -170,7 +171,7 @@ pub(super) async fn serve_reverse(
         inner.count(&tenant, Stat::Opened, 1);
         let opts = Options {
             compress,
-            idle: Some(dest.timeout),
+            idle: dest.idle_timeout,
         };
         let counters = Counters::default();
         let out = match conn {

@@ -246,7 +246,14 @@ async fn run_flow(
                 super::record_stream(&client_id, &stream);
                 inner.count(&tenant, Stat::Opened, 1);
                 let counters = FlowCounters::default();
-                let e = relay_flow(flow, stream, dest.timeout, &counters, &inner.stats.udp).await;
+                let e = relay_flow(
+                    flow,
+                    stream,
+                    dest.idle_timeout.unwrap_or(dest.timeout),
+                    &counters,
+                    &inner.stats.udp,
+                )
+                .await;
                 counters.log_closed(Facing::Caller, started, &e);
             }
             Err((reason, message)) => {

@@ -88,8 +88,12 @@ pub struct DestinationSpec {
     pub protocol: String,
     pub ip: String,
     pub port: u16,
-    /// Connect and idle timeout on the client's side, seconds.
+    /// Connect timeout on the client's side, seconds.
     pub timeout: u32,
+    /// Seconds without a byte either way after which a stream is reset; 0 (the default, and
+    /// what a gateway that predates the field means to new clients): never.
+    #[serde(default)]
+    pub idle_timeout: u32,
     /// Seed 000 `private`: only callers matching `ip_table_rules` may use the destination.
     #[serde(default)]
     pub private: bool,
@@ -113,6 +117,19 @@ pub struct DestinationSpec {
     pub reverse: bool,
     #[serde(default)]
     pub local_port: u16,
+}
+
+impl DestinationSpec {
+    /// How long a stream may go without a byte either way; `None`: forever.
+    pub fn idle(&self) -> Option<std::time::Duration> {
+        (self.idle_timeout > 0).then(|| std::time::Duration::from_secs(self.idle_timeout.into()))
+    }
+
+    /// When a UDP flow, which has no close, is forgotten: `idle_timeout`, else `timeout`.
+    pub fn udp_expiry(&self) -> std::time::Duration {
+        self.idle()
+            .unwrap_or_else(|| std::time::Duration::from_secs(self.timeout.clamp(1, 180).into()))
+    }
 }
 
 /// A string kept out of `Debug` output: private keys and passwords travel in CONFIG pushes.

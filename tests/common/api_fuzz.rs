@@ -75,6 +75,7 @@ async fn setup() -> (axum::Router, String, String, String) {
         max_connections: 4,
         max_connections_per_source: 4,
         request_timeout: Duration::from_secs(5),
+        enroll: Default::default(),
     };
     let app = api::app(Api::new(Memory::default(), settings, StateFile::empty()));
     let (s, gw) = call(&app, "POST", "/v1/sgconfig", ADMIN, br#"{"desc":"fuzz"}"#).await;

@@ -103,6 +103,8 @@ impl Setup {
         let opts = InitOptions {
             listen: "127.0.0.1:0".into(),
             admin_listen: "127.0.0.1:0".into(),
+            api_listen: "127.0.0.1:0".into(),
+            gateway_admin_listen: "127.0.0.1:0".into(),
             expose: expose
                 .iter()
                 .map(|a| Expose {
