@@ -207,8 +207,12 @@ pub fn write_client_dir(
         move |source| EnrollError::Io { path, source }
     };
     if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        set_mode(dir, 0o750).map_err(io_err(dir))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(io_err(dir))?;
     }
     let mut out = ClientFiles {
         client_toml: dir.join("client.toml"),
@@ -221,13 +225,9 @@ pub fn write_client_dir(
             out.kept.push(path);
             return Ok(());
         }
-        // An older file's looser mode must not survive for a secret.
-        if mode == 0o600 {
-            crate::fsutil::write_private(&path, body.as_bytes()).map_err(io_err(&path))?;
-        } else {
-            crate::fsutil::write_atomic(&path, body.as_bytes(), mode).map_err(io_err(&path))?;
-            set_mode(&path, mode).map_err(io_err(&path))?;
-        }
+        // Exactly this mode (an older file's looser one must not survive for a secret), owned
+        // like the directory, all through the temp file's descriptor.
+        crate::fsutil::write_owned(&path, body.as_bytes(), mode).map_err(io_err(&path))?;
         out.written.push(path);
         Ok::<(), EnrollError>(())
     };
@@ -255,11 +255,6 @@ pub fn write_client_dir(
     );
     put("client.toml", &toml, 0o644, true)?;
     Ok(out)
-}
-
-fn set_mode(path: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 #[cfg(test)]

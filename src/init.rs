@@ -67,6 +67,10 @@ pub struct InitOptions {
     /// The gateway's management API and admin endpoint (loopback by default).
     pub api_listen: String,
     pub gateway_admin_listen: String,
+    /// Where the API keeps what it creates; `None`: `state.json` beside gateway.toml, or for
+    /// `/etc/sgw` (the packaged layout, where the gateway's unit may write only there)
+    /// `/var/lib/sgw/state.json`.
+    pub state_file: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -79,6 +83,7 @@ impl Default for InitOptions {
             admin_listen: "127.0.0.1:9003".into(),
             api_listen: "127.0.0.1:9443".into(),
             gateway_admin_listen: "127.0.0.1:9004".into(),
+            state_file: None,
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct Written {
     pub names: Vec<String>,
     /// Set when no `--public` was given: what init chose, and why.
     pub chosen: Option<String>,
+    /// `state_file` as written into gateway.toml.
+    pub state_file: String,
 }
 
 /// The names clients reach the gateway by: `--public` as given; else the listen address when
@@ -188,6 +195,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), InitErro
             io_err(e)
         }
     })?;
+    if let Some(dir) = path.parent() {
+        crate::fsutil::own_like_dir(&f, dir);
+    }
     io::Write::write_all(&mut f, contents.as_bytes()).map_err(io_err)
 }
 
@@ -263,6 +273,13 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
     } else {
         format!("wss://{first}:{port}/tunnel")
     };
+    let state_file = opts.state_file.clone().unwrap_or_else(|| {
+        if dir == Path::new("/etc/sgw") {
+            "/var/lib/sgw/state.json".into()
+        } else {
+            "state.json".into()
+        }
+    });
     let mut gw = String::new();
     let _ = writeln!(
         gw,
@@ -271,11 +288,12 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
          # What `sgw enroll` hands to clients: the URL they dial and the CA they trust.\n\
          public_url = {}\nenroll_ca_file = \"ca.pem\"\n\n\
          # Management API (docs/API.md) and admin endpoint (/metrics), on loopback.\n\
-         api_listen = {}\nadmin_listen = {}\nadmin_token_file = \"api.token\"\nstate_file = \"state.json\"\n",
+         api_listen = {}\nadmin_listen = {}\nadmin_token_file = \"api.token\"\nstate_file = {}\n",
         toml_str(&opts.listen),
         toml_str(&url),
         toml_str(&opts.api_listen),
         toml_str(&opts.gateway_admin_listen),
+        toml_str(&state_file),
     );
     let _ = writeln!(
         gw,
@@ -312,6 +330,7 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         url,
         names,
         chosen,
+        state_file,
     };
     write_file(&w.gateway_toml, &gw, false)?;
     write_file(&w.client_toml, &client, false)?;
@@ -340,6 +359,11 @@ pub fn summary(w: &Written, opts: &InitOptions) -> String {
         w.names.join(", ")
     );
     let _ = writeln!(out, "clients dial: {}", w.url);
+    let _ = writeln!(
+        out,
+        "the management API keeps its changes in {}",
+        w.state_file
+    );
     if let Some(why) = &w.chosen {
         let _ = writeln!(out, "note: {why}");
     }

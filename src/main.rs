@@ -86,6 +86,10 @@ enum Cmd {
         /// certificate; the first is the URL clients dial.
         #[arg(long)]
         public: Vec<String>,
+        /// Where the management API keeps what it creates (default: state.json beside
+        /// gateway.toml; /var/lib/sgw/state.json for /etc/sgw).
+        #[arg(long)]
+        state_file: Option<String>,
         /// Expose an on-prem service: HOST:PORT[@CLOUD_PORT].
         #[arg(long)]
         expose: Vec<Expose>,
@@ -344,17 +348,36 @@ async fn reload_gateway(
 
 /// `sgw client --enroll`: reads the string (argument, `-` for stdin, `@FILE`), writes the
 /// client's files, says what it did; returns client.toml's path.
-fn enroll_client(arg: &str, dir: &Path) -> Result<PathBuf> {
+fn enroll_client(arg: &str, dir: &Path, write_only: bool) -> Result<PathBuf> {
     use std::io::Read as _;
+    const MAX: u64 = 1 << 20;
+    // On the command line the string (a token) is in every local user's `ps` for as long as
+    // the process runs: only for a short-lived --write-only.
+    let literal = arg != "-" && !arg.starts_with('@');
+    if literal && !write_only && std::env::args().any(|a| a.contains(arg)) {
+        return Err(bad(
+            "an enrollment string on the command line is visible to every local user while the client runs: \
+             pass it on stdin (--enroll -), from a file (--enroll @FILE) or in SGW_ENROLL, or add --write-only",
+        ));
+    }
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) && arg == "-" {
+        eprintln!("paste the line `sgw enroll` printed, then Enter:");
+    }
     let text = match arg {
+        // One line, so a pasted string followed by Enter is enough.
         "-" => {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin().take(1 << 20), &mut s)
+            std::io::BufRead::read_line(&mut std::io::stdin().lock().take(MAX), &mut s)
                 .context("reading the enrollment string from stdin")?;
             s
         }
-        a if a.starts_with('@') => std::fs::read_to_string(&a[1..])
-            .with_context(|| format!("reading the enrollment string from {}", &a[1..]))?,
+        a if a.starts_with('@') => {
+            let mut s = String::new();
+            std::fs::File::open(&a[1..])
+                .and_then(|f| f.take(MAX).read_to_string(&mut s))
+                .with_context(|| format!("reading the enrollment string from {}", &a[1..]))?;
+            s
+        }
         a => a.to_owned(),
     };
     let e = sgw::enroll::Enrollment::decode(&text).map_err(bad)?;
@@ -423,6 +446,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if let Err(errs) = Acl::load(&c.acl_file, c.default_policy) {
                     return Err(bad(errs.join("\n")));
                 }
+                for w in c.warnings(&file) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok (client config, {} gateway(s))",
                     file.display(),
@@ -451,11 +477,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             listen,
             public,
+            state_file,
             expose,
         } => {
             let opts = InitOptions {
                 listen,
                 public,
+                state_file,
                 expose,
                 ..InitOptions::default()
             };
@@ -547,7 +575,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let config = match (enroll, config) {
                 (Some(e), _) => {
-                    let files = enroll_client(&e, &dir)?;
+                    let files = enroll_client(&e, &dir, write_only)?;
                     if write_only {
                         return Ok(ExitCode::SUCCESS);
                     }

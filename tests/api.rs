@@ -1560,3 +1560,38 @@ async fn expired_token_is_refused() {
         "{g}"
     );
 }
+
+/// The enrollment call hands out the same line `sgw enroll` prints, to the admin or the
+/// gateway's own token only; the line decodes to this gateway's URL, id, token and CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_string_from_the_api() {
+    let env = Env::start().await;
+    let (id, token) = env.create_gateway().await;
+    let path = format!("/v1/sgconfig/{id}/enrollment");
+    // No public_url in this gateway.toml: the caller must say where clients connect.
+    let (st, v) = env.call("GET", &path, ADMIN, None).await;
+    assert_eq!(st, 409, "{v}");
+    assert!(s(&v["message"]).contains("public_url"), "{v}");
+    let with_url = format!("{path}?url=wss://gw.example:8443/tunnel");
+    for who in [ADMIN, token.as_str()] {
+        let (st, v) = env.call("GET", &with_url, who, None).await;
+        assert_eq!(st, 200, "{v}");
+        let e = sgw::enroll::Enrollment::decode(&s(&v["enrollment"])).unwrap();
+        assert_eq!(e.url.to_string(), "wss://gw.example:8443/tunnel");
+        assert_eq!(
+            (e.gateway_id.as_str(), e.token.expose()),
+            (id.as_str(), token.as_str())
+        );
+        assert!(e.ca_pem.is_none(), "no enroll_ca_file: the system's roots");
+    }
+    // Another gateway's token may not read this one's.
+    let (other, other_token) = env.create_gateway().await;
+    assert_ne!(other, id);
+    let (st, _) = env.call("GET", &with_url, &other_token, None).await;
+    assert_eq!(st, 403);
+    let (st, v) = env
+        .call("GET", &format!("{path}?url=http://x"), ADMIN, None)
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(!env.logs().contains(&token));
+}

@@ -12,7 +12,7 @@ fn every_example_config_loads() {
     // The examples point at the files `sgw init` writes: make real ones next to them.
     let certs = tempfile::tempdir().unwrap();
     sgw::init::write(certs.path(), &sgw::init::InitOptions::default()).unwrap();
-    for f in ["ca.pem", "gateway.pem", "gateway.key", "token"] {
+    for f in ["ca.pem", "gateway.pem", "gateway.key", "token", "api.token"] {
         std::fs::copy(certs.path().join(f), dir.path().join(f)).unwrap();
     }
     let mut seen = 0;
@@ -75,6 +75,7 @@ fn every_example_config_loads() {
                 assert!(!acl.check(&night).allow);
                 seen += 1;
             }
+            Some("yml") => {} // docker-compose.yml: its own test below
             _ => panic!("unexpected file in config/: {}", name.to_string_lossy()),
         }
     }
@@ -113,4 +114,70 @@ fn gateway_admin_keys_need_a_listener() {
                 && e.contains("`nowhere` is not an ip:port address")),
         "{e:?}"
     );
+}
+
+/// config/docker-compose.yml as its comments say to use it: an enrolled ./sgw directory, the
+/// ACL line it adds, its SGW_CLIENT_* variables with the secrets where compose mounts them.
+/// The client config those make loads, and the ACL lets the app through by its service name.
+#[test]
+fn the_compose_example_configures_a_working_client() {
+    let compose = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/docker-compose.yml"),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let sgw_dir = work.path().join("sgw");
+    let (ca, _, _) = sgw::init::ca_and_server("t", "t", vec!["gw.example".into()]).unwrap();
+    let e = sgw::enroll::Enrollment {
+        url: config::WssUrl::parse("wss://gw.example:443/tunnel").unwrap(),
+        gateway_id: "gw1".into(),
+        token: config::Secret::new("compose-token"),
+        ca_pem: Some(ca.pem()),
+    };
+    sgw::enroll::write_client_dir(&sgw_dir, &e, "127.0.0.1:9003").unwrap();
+    let rule = compose
+        .lines()
+        .find_map(|l| l.split("echo '").nth(1)?.split('\'').next())
+        .expect("the ACL line the comments add");
+    let acl_path = sgw_dir.join("acl.list");
+    let acl_text = std::fs::read_to_string(&acl_path).unwrap() + rule + "\n";
+    std::fs::write(&acl_path, acl_text).unwrap();
+
+    // secrets: NAME -> file; environment: SGW_CLIENT_* with /run/secrets/NAME mapped to it.
+    let mut secrets = std::collections::HashMap::new();
+    let mut name = None;
+    for l in compose.lines() {
+        let t = l.trim();
+        if l.starts_with("  ") && !l.starts_with("    ") && t.ends_with(':') {
+            name = Some(t.trim_end_matches(':').to_owned());
+        } else if let (Some(n), Some(f)) = (&name, t.strip_prefix("file: ")) {
+            secrets.insert(n.clone(), work.path().join(f));
+        }
+    }
+    let mut env = std::collections::BTreeMap::new();
+    for l in compose.lines() {
+        let Some((k, v)) = l.trim().split_once(": ") else {
+            continue;
+        };
+        if !k.starts_with("SGW_CLIENT_") || k == "SGW_CLIENT_CONFIG" || k == "SGW_CLIENT_LOG_FORMAT"
+        {
+            continue;
+        }
+        let v = match v.strip_prefix("/run/secrets/") {
+            Some(n) => secrets[n].display().to_string(),
+            None => v.to_owned(),
+        };
+        env.insert(k.to_owned(), v);
+    }
+    assert_eq!(env.len(), 2, "{env:?}");
+    let client_toml = sgw_dir.join("client.toml");
+    let text = std::fs::read_to_string(&client_toml).unwrap();
+    let c = config::ClientConfig::from_toml_env(&client_toml, &text, env).unwrap();
+    assert_eq!(c.gateways[0].token.expose(), "compose-token");
+    assert!(c.admin_token.is_some());
+    let acl = Acl::load(&acl_path, c.default_policy).unwrap();
+    assert!(acl.check(&Request::new("legacy-app", 6379)).allow);
+    assert!(!acl.check(&Request::new("legacy-app", 22)).allow);
+    assert!(compose.contains(r#"test: ["CMD", "sgw", "health"]"#));
+    assert!(compose.contains("- ./sgw:/etc/sgw:ro"));
 }

@@ -193,7 +193,25 @@ fn init_writes_configs_that_check_clean() {
             "{f}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
     }
+    // client.toml copied alone to an on-prem host still names this host: check says so.
+    let onprem = tempfile::tempdir().unwrap();
+    for f in ["client.toml", "acl.list", "ca.pem", "token", "admin.token"] {
+        std::fs::copy(dir.path().join(f), onprem.path().join(f)).unwrap();
+    }
+    let out = Command::new(sgw_bin())
+        .args(["config", "check"])
+        .arg(onprem.path().join("client.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: gateway[0].url: wss://localhost:9000/tunnel points at this host")
+            && err.contains("sgw init --public"),
+        "{err}"
+    );
     let acl = std::fs::read_to_string(dir.path().join("acl.list")).unwrap();
     assert!(acl.contains("acl allow 127.0.0.1:6379"));
     use std::os::unix::fs::PermissionsExt;

@@ -102,7 +102,7 @@ fn systemd_analyze_verify_accepts_both_units() {
             .unwrap();
             let p = dir.path().join(u);
             // verify checks that ExecStart exists: point it at the binary under test.
-            std::fs::write(&p, src.replace("/usr/local/bin/sgw", sgw_bin())).unwrap();
+            std::fs::write(&p, src.replace("/usr/bin/sgw", sgw_bin())).unwrap();
             p.to_string_lossy().into_owned()
         })
         .collect();

@@ -382,7 +382,18 @@ impl<B: Backend> Api<B> {
             return Ok(());
         };
         let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        crate::fsutil::write_atomic(path, &bytes, 0o600).map_err(|e| {
+        // The first change creates the directory (/var/lib/sgw outside systemd's StateDirectory).
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists());
+        let made = parent.map_or(Ok(()), |p| {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(p)
+        });
+        made.and_then(|()| crate::fsutil::write_atomic(path, &bytes, 0o600)).map_err(|e| {
             warn!(state_file = %path.display(), error = %e, "cannot write the state file; change undone");
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -22,6 +22,9 @@ pub struct WssUrl {
 
 impl WssUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err("the URL has spaces or control characters".into());
+        }
         let rest = s
             .strip_prefix("wss://")
             .ok_or_else(|| format!("`{s}` must start with wss:// (the tunnel is always TLS)"))?;
@@ -139,6 +142,32 @@ pub struct DestOverride {
 const LATER: &[&str] = &[];
 
 impl ClientConfig {
+    /// Warnings for `sgw config check`: settings that load but likely don't do what the
+    /// operator wants. `file` is where this config was read from.
+    pub fn warnings(&self, file: &Path) -> Vec<String> {
+        let beside = file.parent().map(|d| d.join("gateway.toml"));
+        let gateway_here = beside.as_ref().is_some_and(|g| g.exists());
+        let mut out = Vec::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            let host = g.url.host.as_str();
+            let loopback = host == "localhost"
+                || host.ends_with(".localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback());
+            if loopback && !gateway_here {
+                out.push(format!(
+                    "gateway[{i}].url: {} points at this host, but no gateway.toml is next to {}: \
+                     on an on-prem host the url must name the gateway host \
+                     (on the gateway host: sgw init --public NAME, then sgw enroll)",
+                    g.url,
+                    file.display()
+                ));
+            }
+        }
+        out
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let src = super::read_file(path)?;
         Self::from_toml(path, &src)

@@ -917,8 +917,9 @@ async fn serve_caller(
         record_stream(&client_id, &stream);
         inner.count(&tenant, Stat::Opened, 1);
         tracing::debug!("stream opened");
-        // The client enforces the idle timeout too, but a client that stopped answering (or
-        // never meant to) must not hold this caller forever: the gateway bounds it as well.
+        // The client enforces `idle_timeout` too, but a client that stopped answering (or never
+        // meant to) must not hold this caller beyond it: the gateway bounds it as well. Off
+        // (the default), a live but silent client holds its callers (docs/SECURITY.md).
         let opts = Options {
             compress,
             idle: dest.idle_timeout,
