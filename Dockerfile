@@ -15,6 +15,8 @@ COPY benches benches
 RUN cargo build --release --locked --bin sgw && strip target/release/sgw
 
 FROM debian:bookworm-slim
+# ca-certificates unpinned on purpose: the image should take the distribution's current roots.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
