@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 /// What a new file's mode and owner should be.
 #[derive(Debug, Clone, Copy)]
 enum Mode {
-    /// An existing file keeps its permissions; a new one gets this mode.
+    /// An existing file keeps its permission bits; a new one gets this mode.
     KeepOr(u32),
-    /// Exactly this mode, and the directory's owner: root writing into a directory the service
-    /// user owns (the .deb's /etc/sgw) leaves files that user can read.
-    Exactly(u32),
+    /// Exactly this mode; with `own`, the directory's owner too: root writing into a directory
+    /// the service user owns (the .deb's /etc/sgw) leaves files that user can read.
+    Exactly { mode: u32, own: bool },
 }
 
 /// Temp file, fsync, rename over, fsync the directory: a crash leaves either the old file or
@@ -30,12 +30,19 @@ pub fn write_atomic(path: &Path, data: &[u8], new_mode: u32) -> std::io::Result<
 /// [`write_atomic`] with exactly `mode` from the first byte, whatever an older file had, owned
 /// by the directory's owner (when we may chown: as root).
 pub fn write_owned(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    write_inner(path, data, Mode::Exactly(mode))
+    write_inner(path, data, Mode::Exactly { mode, own: true })
 }
 
-/// [`write_owned`] for a secret: 0600.
+/// A secret for whoever runs us: 0600 from the first byte, our owner (never handed over).
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_owned(path, data, 0o600)
+    write_inner(
+        path,
+        data,
+        Mode::Exactly {
+            mode: 0o600,
+            own: false,
+        },
+    )
 }
 
 /// Gives an open file its directory's owner, best effort (only root may; others keep theirs).
@@ -62,8 +69,12 @@ fn write_inner(path: &Path, data: &[u8], mode: Mode) -> std::io::Result<()> {
         rand::random::<u32>()
     ));
     let bits = match mode {
-        Mode::KeepOr(m) => std::fs::metadata(path).map_or(m, |old| old.mode() & 0o7777),
-        Mode::Exactly(m) => m,
+        // The file itself, not what a symlink there points at; never setuid/setgid bits.
+        Mode::KeepOr(m) => std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|old| old.file_type().is_file())
+            .map_or(m, |old| old.mode() & 0o777),
+        Mode::Exactly { mode, .. } => mode,
     };
     let result = (|| {
         // create_new: O_EXCL, which also refuses a symlink planted at the temp name.
@@ -74,14 +85,18 @@ fn write_inner(path: &Path, data: &[u8], mode: Mode) -> std::io::Result<()> {
             .open(&tmp)?;
         // The umask may have taken bits away; set them on the descriptor, before any data.
         f.set_permissions(std::fs::Permissions::from_mode(bits))?;
-        if matches!(mode, Mode::Exactly(_)) {
+        if matches!(mode, Mode::Exactly { own: true, .. }) {
             own_like_dir(&f, &dir);
         }
         f.write_all(data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
+    if result.is_ok() {
+        // Durability of the rename, best effort: the new file is in place either way, so an
+        // error here must not make a caller undo what is already on disk.
+        let _ = File::open(&dir).and_then(|d| d.sync_all());
+    }
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

@@ -274,6 +274,8 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         format!("wss://{first}:{port}/tunnel")
     };
     let state_file = opts.state_file.clone().unwrap_or_else(|| {
+        // However it was named (`cd /etc && sgw init sgw`).
+        let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         if dir == Path::new("/etc/sgw") {
             "/var/lib/sgw/state.json".into()
         } else {

@@ -205,7 +205,7 @@ enum PolicyArg {
 /// Where the running client's admin endpoint is.
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// The client's config: its admin_listen and admin_token are used.
+    /// The client's (or gateway's) config: its admin_listen and admin_token are used.
     #[arg(long)]
     config: Option<PathBuf>,
     /// The admin endpoint address (default 127.0.0.1:9003).
@@ -354,7 +354,7 @@ fn enroll_client(arg: &str, dir: &Path, write_only: bool) -> Result<PathBuf> {
     // On the command line the string (a token) is in every local user's `ps` for as long as
     // the process runs: only for a short-lived --write-only.
     let literal = arg != "-" && !arg.starts_with('@');
-    if literal && !write_only && std::env::args().any(|a| a.contains(arg)) {
+    if literal && !write_only && std::env::args_os().any(|a| a.to_string_lossy().contains(arg)) {
         return Err(bad(
             "an enrollment string on the command line is visible to every local user while the client runs: \
              pass it on stdin (--enroll -), from a file (--enroll @FILE) or in SGW_ENROLL, or add --write-only",
@@ -856,13 +856,22 @@ async fn admin_request(
 /// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.
 fn admin_target(args: &AdminArgs) -> Result<(SocketAddr, Option<String>)> {
     let (mut addr, token) = match &args.config {
-        Some(c) => {
-            let cfg = ClientConfig::load(c).map_err(bad)?;
-            (
+        // The gateway's admin endpoint too (`admin_listen` in gateway.toml, with admin_token).
+        Some(c) => match config::load_any(c).map_err(bad)? {
+            AnyConfig::Client(cfg) => (
                 cfg.admin_listen,
                 cfg.admin_token.map(|t| t.expose().to_owned()),
-            )
-        }
+            ),
+            AnyConfig::Gateway(g) => {
+                let a = g.admin.ok_or_else(|| {
+                    bad(format!(
+                        "{}: no admin_listen: the gateway's admin endpoint is off",
+                        c.display()
+                    ))
+                })?;
+                (a.listen, a.token.map(|t| t.expose().to_owned()))
+            }
+        },
         None => (
             args.admin
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9003))),

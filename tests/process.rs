@@ -447,6 +447,15 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["gateways"][0]["id"], "gw1");
     assert_eq!(v["gateways"][0]["tunnels"], 2);
+    // The CLI reaches it too, with the token from gateway.toml's admin_token_file.
+    let out = Command::new(sgw_bin())
+        .args(["status", "--json", "--config", gw_toml.to_str().unwrap()])
+        .args(["--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["gateways"][0]["clients"], 1);
     let (st, body) = get("/v1/acl", Some("gw-admin-secret")).await;
     assert_eq!(st, 404);
     assert!(body.contains("client's acl_file"), "{body}");

@@ -37,7 +37,11 @@ impl WssUrl {
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let end = v6.find(']').ok_or("unclosed [ in IPv6 address")?;
-            let port = v6[end + 1..].strip_prefix(':');
+            let rest = &v6[end + 1..];
+            let port = rest.strip_prefix(':');
+            if port.is_none() && !rest.is_empty() {
+                return Err(format!("`{s}`: only `:PORT` may follow `]`"));
+            }
             (v6[..end].to_owned(), port)
         } else {
             match authority.rsplit_once(':') {
