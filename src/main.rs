@@ -397,6 +397,14 @@ fn enroll_client(arg: &str, dir: &Path, write_only: bool) -> Result<PathBuf> {
     Ok(files.client_toml)
 }
 
+/// gateway.toml, its state file, and the gateway ids that file holds.
+fn load_gateway(path: &Path) -> Result<(GatewayConfig, StateFile, Vec<config::TenantConfig>)> {
+    let cfg = GatewayConfig::load(path).map_err(bad)?;
+    let state = load_state(&cfg)?;
+    let managed = state.tenants().map_err(|e| bad(e.join("\n")))?;
+    Ok((cfg, state, managed))
+}
+
 fn bad<E: std::fmt::Display>(e: E) -> anyhow::Error {
     BadConfig(e.to_string()).into()
 }
@@ -497,9 +505,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             url,
             out,
         } => {
-            let cfg = GatewayConfig::load(&config).map_err(bad)?;
-            let state = load_state(&cfg)?;
-            let managed = state.tenants().map_err(|e| bad(e.join("\n")))?;
+            let (cfg, _, managed) = load_gateway(&config)?;
             let s = sgw::enroll::for_gateway(&cfg, &managed, &gateway_id, url.as_deref())
                 .map_err(bad)?;
             if let Some(out) = &out {
@@ -521,9 +527,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             log_level,
             log_format,
         } => {
-            let cfg = GatewayConfig::load(&config).map_err(bad)?;
-            let state = load_state(&cfg)?;
-            let managed = state.tenants().map_err(|e| bad(e.join("\n")))?;
+            let (cfg, state, managed) = load_gateway(&config)?;
             let level_fixed = log_level.is_some();
             let log = log_settings(log_level, log_format, &cfg.log)?;
             // Installed before anything else: without a handler SIGHUP would terminate.

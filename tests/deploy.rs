@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -98,72 +97,38 @@ impl Drop for Hosts {
     }
 }
 
-/// A long-running command; its stderr lines are kept; killed (with its children) on drop.
-struct Running {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+/// A long-running command on one host ([`Proc`]: stderr kept); its whole process group is
+/// killed on drop, so the kill reaches the program under `ip netns exec sh -c`.
+struct Running(Proc);
 
 impl Running {
     fn start(mut cmd: Command, stdin: Option<&str>) -> Running {
-        // Its own process group, so the kill reaches the program under `ip netns exec sh -c`.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
+        cmd.stdin(Stdio::piped());
+        let mut p = Proc::start(cmd);
+        let mut input = p.child.stdin.take().unwrap();
         if let Some(s) = stdin {
             input.write_all(s.as_bytes()).unwrap();
         }
         // Kept open: a daemon reading stdin must not see EOF as a reason to stop.
         std::mem::forget(input);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let err = child.stderr.take().unwrap();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(l);
-            }
-        });
-        Running { child, lines }
+        Running(p)
     }
+}
 
-    async fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?}; got:\n{}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn all(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+impl std::ops::Deref for Running {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.0
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let pgid = self.child.id().to_string();
+        let pgid = format!("-{}", self.0.child.id());
         let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{pgid}")])
+            .args(["-s", "KILL", "--", &pgid])
             .status();
-        let _ = self.child.wait();
     }
 }
 

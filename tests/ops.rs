@@ -192,13 +192,6 @@ async fn tunnel_through_microsocks_socks5_with_and_without_auth() {
 }
 
 /// Value of an unlabelled or labelled sample in Prometheus text.
-fn sample(text: &str, series: &str) -> i64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_add_up_and_readyz_follows_the_gateway() {
     let echo = echo_server().await;

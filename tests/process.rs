@@ -51,15 +51,7 @@ async fn gateway_killed_and_restarted_client_reconnects() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw_toml = setup.path("gateway.toml");
-    let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
-    let tunnel_addr: std::net::SocketAddr =
-        field(&gw.wait_line("gateway started").await, "tunnel.listen")
-            .parse()
-            .unwrap();
-    let cloud: std::net::SocketAddr =
-        field(&gw.wait_line("destination listening").await, "cloud.addr")
-            .parse()
-            .unwrap();
+    let (gw, tunnel_addr, cloud) = gateway_process(&gw_toml).await;
     let client = start_client(setup.client.clone(), tunnel_addr).await;
     assert_eq!(echo_once(cloud, b"before").await.unwrap(), b"before");
 
@@ -381,21 +373,13 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         format!("{text}\n[limits]\nmax_destinations = 7\n"),
     )
     .unwrap();
-    let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    let (gw, tunnel_addr, cloud) = gateway_process(&gw_toml).await;
     let admin: std::net::SocketAddr = field(
         &gw.wait_line("admin endpoint listening").await,
         "admin.addr",
     )
     .parse()
     .unwrap();
-    let tunnel_addr: std::net::SocketAddr =
-        field(&gw.wait_line("gateway started").await, "tunnel.listen")
-            .parse()
-            .unwrap();
-    let cloud: std::net::SocketAddr =
-        field(&gw.wait_line("destination listening").await, "cloud.addr")
-            .parse()
-            .unwrap();
     let get = |path: &'static str, token: Option<&'static str>| async move {
         call(admin, hyper::Method::GET, path, None, token)
             .await
@@ -453,7 +437,11 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         .args(["--admin", &admin.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["gateways"][0]["clients"], 1);
     let (st, body) = get("/v1/acl", Some("gw-admin-secret")).await;
@@ -462,9 +450,13 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     assert!(!gw.all().contains("gw-admin-secret"));
 }
 
-fn sample(text: &str, series: &str) -> i64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+/// `sgw gateway --config FILE` as a process, once it serves: (process, tunnel address, the
+/// first destination's cloud address).
+async fn gateway_process(
+    gw_toml: &std::path::Path,
+) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
+    let gw = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    let tunnel = field(&gw.wait_line("gateway started").await, "tunnel.listen");
+    let cloud = field(&gw.wait_line("destination listening").await, "cloud.addr");
+    (gw, tunnel.parse().unwrap(), cloud.parse().unwrap())
 }

@@ -92,6 +92,19 @@ pub trait Backend: Send + Sync + 'static {
     fn set_log_level(&self, level: &str) -> Result<(), String>;
 }
 
+/// `PUT /v1/log` for a process whose log level can change (`log`), the same for both programs.
+pub fn set_log_level(
+    log: Option<&crate::telemetry::LogControl>,
+    level: &str,
+) -> Result<(), String> {
+    let Some(l) = log else {
+        return Err("this process cannot change its log level".into());
+    };
+    l.set_level(level)?;
+    tracing::info!(level, "log level changed through the admin endpoint");
+    Ok(())
+}
+
 fn no_acl() -> AclError {
     AclError {
         status: 404,

@@ -238,13 +238,6 @@ impl Backend for AdminBackend {
     }
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {
-        match &self.log {
-            Some(l) => {
-                l.set_level(level)?;
-                tracing::info!(level, "log level changed through the admin endpoint");
-                Ok(())
-            }
-            None => Err("this process cannot change its log level".into()),
-        }
+        crate::admin::set_log_level(self.log.as_ref(), level)
     }
 }

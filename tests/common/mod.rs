@@ -233,9 +233,14 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(sgw_bin())
-            .args(args)
-            .env_remove("RUST_LOG")
+        let mut cmd = Command::new(sgw_bin());
+        cmd.args(args).env_remove("RUST_LOG");
+        Proc::start(cmd)
+    }
+
+    /// Any command, its stderr collected the same way (stdout discarded).
+    pub fn start(mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -283,6 +288,14 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of one Prometheus series (`name{labels}`) in a /metrics text.
+pub fn sample(text: &str, series: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 /// Value of `key=` in a text log line.
