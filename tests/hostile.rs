@@ -982,3 +982,50 @@ async fn fuzz_corpus_replay_api_body() {
         "{done} served, {refused} refused"
     );
 }
+
+/// SECURITY.md "Revoked tokens": rotating a gateway id's token closes the tunnels that came in
+/// on the old one before the new configuration is pushed, so a client holding the old token
+/// never sees the destinations (and their TLS material) added with the rotation. The client
+/// here is a wire-protocol peer that keeps every CONFIG it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_closes_the_tunnel_before_the_new_config_is_pushed() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut link = setup.client.gateways[0].clone();
+    link.url.port = gw.handle.tunnel_addr().port();
+    sgw::tls::install_crypto();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let hello = sgw::proto::Hello {
+        version: "0.1.0".into(),
+        proto: [1, 1],
+        hostname: "raw".into(),
+        env: "test".into(),
+        instance: "old-token-holder".into(),
+        features: vec![],
+    };
+    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
+    let (r, w) = sgw::tunnel::split(ws);
+    let cfg = sgw::mux::MuxConfig {
+        role: sgw::mux::Role::Client,
+        ..Default::default()
+    };
+    let (mux, events) = sgw::mux::Mux::start(r, w, cfg);
+    let configs = events.config.clone();
+    eventually("the first CONFIG", || configs.borrow().is_some()).await;
+
+    let mut rotated = gw.handle.tenant_config("gw1").unwrap();
+    rotated.token = sgw::config::Secret::new("rotated-token-0123456789");
+    let mut added = rotated.destinations[0].clone();
+    added.id = "added-with-the-rotation".into();
+    added.cloud_port = 0;
+    rotated.destinations.push(added);
+    gw.handle.apply(rotated).await.unwrap();
+
+    eventually("the old token's tunnel closed", || mux.is_closed()).await;
+    let last = configs.borrow().clone().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&last).contains("added-with-the-rotation"),
+        "a tunnel on the revoked token was sent the new configuration"
+    );
+}
