@@ -237,7 +237,7 @@ pub fn write_client_dir(
     }
     put(
         "admin.token",
-        &format!("{}\n", crate::init::new_token()),
+        &format!("{}\n", Secret::generate().expose()),
         0o600,
         false,
     )?;

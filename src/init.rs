@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::config::Secret;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 /// One exposed on-prem service.
@@ -141,15 +142,6 @@ pub fn public_names(listen: &str, public: &[String]) -> (Vec<String>, Option<Str
     }
 }
 
-/// A new random secret (token) as 64 hex digits.
-pub fn new_token() -> String {
-    format!(
-        "{:032x}{:032x}",
-        rand::random::<u128>(),
-        rand::random::<u128>()
-    )
-}
-
 /// client.toml for one gateway: the token in `token`, the CA in `ca.pem` when `with_ca`, the
 /// ACL in `acl.list`, default deny. Shared by `sgw init` and `sgw client --enroll`.
 pub fn client_toml(url: &str, gateway_id: &str, with_ca: bool, admin_listen: &str) -> String {
@@ -248,19 +240,19 @@ pub fn write(dir: &Path, opts: &InitOptions) -> Result<Written, InitError> {
         }
     }
     let (ca, gw_cert, gw_key) = ca_and_server("sgw local CA", "sgw gateway", names.clone())?;
-    let token = new_token();
+    let token = Secret::generate();
     // The client's admin token (ACL changes and status need it, docs/SECURITY.md), and the
     // gateway's (API account-level calls, admin endpoint status).
-    let admin_token = new_token();
-    let api_token = new_token();
+    let admin_token = Secret::generate();
+    let api_token = Secret::generate();
 
     let files = [
         ("ca.pem", ca.pem(), false),
         ("gateway.pem", gw_cert.pem(), false),
         ("gateway.key", gw_key.serialize_pem(), true),
-        ("token", format!("{token}\n"), true),
-        ("admin.token", format!("{admin_token}\n"), true),
-        ("api.token", format!("{api_token}\n"), true),
+        ("token", format!("{}\n", token.expose()), true),
+        ("admin.token", format!("{}\n", admin_token.expose()), true),
+        ("api.token", format!("{}\n", api_token.expose()), true),
     ];
     for (name, body, private) in &files {
         write_file(&dir.join(name), body, *private)?;

@@ -910,25 +910,7 @@ async fn callers_of_a_silent_client_are_released() {
     let mut setup = Setup::new(&[echo]);
     setup.gateway.gateways[0].destinations[0].idle_timeout = Some(Duration::from_secs(1));
     let gw = start_gateway(setup.gateway.clone()).await;
-    let mut link = setup.client.gateways[0].clone();
-    link.url.port = gw.handle.tunnel_addr().port();
-    sgw::tls::install_crypto();
-    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let hello = sgw::proto::Hello {
-        version: "0.1.0".into(),
-        proto: [1, 1],
-        hostname: "raw".into(),
-        env: "test".into(),
-        instance: "raw-peer".into(),
-        features: vec![],
-    };
-    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
-    let (r, w) = sgw::tunnel::split(ws);
-    let cfg = sgw::mux::MuxConfig {
-        role: sgw::mux::Role::Client,
-        ..Default::default()
-    };
-    let (mux, mut events) = sgw::mux::Mux::start(r, w, cfg);
+    let (mux, mut events) = raw_client(&setup, &gw, "raw-peer").await;
     let mut caller = TcpStream::connect(gw.handle.dest_addr("dest1").unwrap())
         .await
         .unwrap();
@@ -993,25 +975,7 @@ async fn a_rotated_token_closes_the_tunnel_before_the_new_config_is_pushed() {
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
-    let mut link = setup.client.gateways[0].clone();
-    link.url.port = gw.handle.tunnel_addr().port();
-    sgw::tls::install_crypto();
-    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let hello = sgw::proto::Hello {
-        version: "0.1.0".into(),
-        proto: [1, 1],
-        hostname: "raw".into(),
-        env: "test".into(),
-        instance: "old-token-holder".into(),
-        features: vec![],
-    };
-    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
-    let (r, w) = sgw::tunnel::split(ws);
-    let cfg = sgw::mux::MuxConfig {
-        role: sgw::mux::Role::Client,
-        ..Default::default()
-    };
-    let (mux, events) = sgw::mux::Mux::start(r, w, cfg);
+    let (mux, events) = raw_client(&setup, &gw, "old-token-holder").await;
     let configs = events.config.clone();
     eventually("the first CONFIG", || configs.borrow().is_some()).await;
 
@@ -1029,4 +993,32 @@ async fn a_rotated_token_closes_the_tunnel_before_the_new_config_is_pushed() {
         !String::from_utf8_lossy(&last).contains("added-with-the-rotation"),
         "a tunnel on the revoked token was sent the new configuration"
     );
+}
+
+/// A client written against the wire protocol only (`sgw::tunnel` + `sgw::mux`, no client
+/// logic), connected to `gw` with the setup's token: it does exactly what a test tells it.
+async fn raw_client(
+    setup: &Setup,
+    gw: &RunningGateway,
+    instance: &str,
+) -> (sgw::mux::Mux, sgw::mux::Events) {
+    let mut link = setup.client.gateways[0].clone();
+    link.url.port = gw.handle.tunnel_addr().port();
+    sgw::tls::install_crypto();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let hello = sgw::proto::Hello {
+        version: "0.1.0".into(),
+        proto: [1, 1],
+        hostname: "raw".into(),
+        env: "test".into(),
+        instance: instance.into(),
+        features: vec![],
+    };
+    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
+    let (r, w) = sgw::tunnel::split(ws);
+    let cfg = sgw::mux::MuxConfig {
+        role: sgw::mux::Role::Client,
+        ..Default::default()
+    };
+    sgw::mux::Mux::start(r, w, cfg)
 }

@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use base64::Engine;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -450,11 +449,6 @@ fn filter_enabled(q: &HashMap<String, String>) -> Result<Option<bool>, ApiError>
     }
 }
 
-fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn random_id(len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -497,7 +491,7 @@ fn new_record(g: NewGateway, destinations: Vec<DestRecord>) -> Result<GatewayRec
         desc: g.desc.unwrap_or_default(),
         enabled: g.enabled.unwrap_or(true),
         enf_tok_sec: g.enf_tok_sec.unwrap_or(true),
-        security_token: StoredSecret(Secret::new(new_token())),
+        security_token: StoredSecret(Secret::generate()),
         token_exp: days,
         token_expires_at: expiry(days),
         created_at: now,
@@ -723,7 +717,7 @@ async fn update_gateway<B: Backend>(
                 r.enf_tok_sec = e;
             }
             if u.regen_token == Some(true) {
-                r.security_token = StoredSecret(Secret::new(new_token()));
+                r.security_token = StoredSecret(Secret::generate());
                 r.token_exp = days;
                 r.token_expires_at = expiry(days);
             }

@@ -35,6 +35,16 @@ impl Secret {
         Secret(s.into())
     }
 
+    /// A new random token: 256 bits as 64 hex digits (safe in a header, a URL, a shell and a
+    /// TOML string). Every token sgw makes (security tokens, admin tokens) comes from here.
+    pub fn generate() -> Self {
+        Secret(format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        ))
+    }
+
     /// The secret itself, for the one place that sends or compares it.
     pub fn expose(&self) -> &str {
         &self.0
