@@ -1,5 +1,9 @@
-//! Reaching on-prem endpoints: resolve once, then connect to addresses the caller has vetted,
+//! Reaching endpoints: resolve once, then connect to addresses the caller has vetted,
 //! within the destination's timeout. Failures are classified into the protocol's reason codes.
+//!
+//! The one way out, used by the client for its on-prem endpoints and by the gateway for
+//! reverse destinations: [`vet`] (resolve once, keep what the ACL allows) → [`tcp_any`]
+//! (or a SOCKS proxy: [`socks_connect`]) → [`secure`] (TLS when the destination asks).
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,7 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::acl::{Acl, Decision, Request};
 use crate::proto::Reason;
+use crate::relay::Socket;
 
 /// A failed dial: the reason code for OPEN_ERR and a human explanation.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +105,60 @@ pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
             Err(timed_out(&what, started.elapsed()))
         }
     }
+}
+
+/// What [`vet`] lets through.
+#[derive(Debug)]
+pub enum Vetted {
+    /// The addresses of the name that the ACL allows: the only ones to dial.
+    Addrs(Vec<SocketAddr>),
+    /// The name does not resolve here but the ACL allows it by name: only a proxy that can
+    /// resolve it may go on.
+    Name(DialError),
+}
+
+/// Resolves `req.host` once and keeps the addresses `acl` allows for `req`. A request no
+/// address could change the answer for is decided before any lookup, so a name no rule
+/// allows (an attacker's slow name, say) costs no DNS query. `Err` is the denying decision.
+pub async fn vet(acl: &Acl, req: &Request<'_>, deadline: Instant) -> Result<Vetted, Decision> {
+    if req.addr.is_some() || !acl.has_address_rules() {
+        let d = acl.check(req);
+        if !d.allow {
+            return Err(d);
+        }
+    }
+    match resolve(req.host, req.port, deadline).await {
+        Ok(addrs) => acl.allowed_addrs(req, &addrs).map(Vetted::Addrs),
+        // Unresolvable: name rules still decide, so a denied name is reported as denied.
+        Err(e) => {
+            let d = acl.check(&Request { addr: None, ..*req });
+            if d.allow {
+                Ok(Vetted::Name(e))
+            } else {
+                Err(d)
+            }
+        }
+    }
+}
+
+/// The last step out: TLS on `tcp` when the destination asks for it, before `deadline`.
+pub async fn secure(
+    tcp: TcpStream,
+    tls: Option<&crate::tls::EndpointConnector>,
+    deadline: Instant,
+) -> Result<Socket, DialError> {
+    let Some(ep) = tls else {
+        return Ok(Socket::Tcp(tcp));
+    };
+    if ep.unverified {
+        tracing::warn!(
+            reason = "reject_unauth_false",
+            "endpoint certificate NOT verified (reject_unauth = false): anyone on the path can impersonate it"
+        );
+    }
+    self::tls(tcp, ep, deadline)
+        .await
+        .map(|t| Socket::TlsTo(Box::new(t)))
 }
 
 /// Resolve and connect to any address: for dials no ACL governs.

@@ -211,14 +211,110 @@ enum Failure {
     BadData(String),
 }
 
-/// Relays until both directions end or either fails.
-pub async fn relay(tcp: TcpStream, stream: MuxStream) -> Outcome {
-    relay_counted(tcp, stream, &Counters::default()).await
+/// A connection the relay serves, whatever it is: the one type every caller hands over.
+pub enum Socket {
+    Tcp(TcpStream),
+    /// TLS this side started: to an endpoint (`enable_client_tls`, reverse TLS).
+    TlsTo(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// TLS this side accepted: from a caller (`caller_tls`).
+    TlsFrom(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// [`relay`], keeping `counters` current as bytes move.
-pub async fn relay_counted(tcp: TcpStream, stream: MuxStream, counters: &Counters) -> Outcome {
-    relay_with(tcp, stream, counters, Options::default()).await
+impl Socket {
+    /// Makes the coming close send a TCP RST instead of a FIN.
+    pub fn abort(&self) {
+        match self {
+            Socket::Tcp(t) => Endpoint::abort(t),
+            Socket::TlsTo(t) => t.abort(),
+            Socket::TlsFrom(t) => t.abort(),
+        }
+    }
+}
+
+/// `$s` bound to whichever stream `$sock` holds, pinned.
+macro_rules! each {
+    ($sock:expr, $s:ident => $e:expr) => {
+        match $sock.get_mut() {
+            Socket::Tcp(t) => {
+                let $s = std::pin::Pin::new(t);
+                $e
+            }
+            Socket::TlsTo(t) => {
+                let $s = std::pin::Pin::new(t.as_mut());
+                $e
+            }
+            Socket::TlsFrom(t) => {
+                let $s = std::pin::Pin::new(t.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+/// So code that reads and writes whole connections (the HTTP forwarder) takes any socket.
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        each!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        each!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        each!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(t) => t.is_write_vectored(),
+            Socket::TlsTo(t) => t.is_write_vectored(),
+            Socket::TlsFrom(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        each!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        each!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+/// Relays `socket` and `stream` until both directions end or either fails, keeping
+/// `counters` current.
+pub async fn relay(
+    socket: Socket,
+    stream: MuxStream,
+    counters: &Counters,
+    opts: Options,
+) -> Outcome {
+    match socket {
+        Socket::Tcp(t) => relay_with(t, stream, counters, opts).await,
+        Socket::TlsTo(t) => relay_with(*t, stream, counters, opts).await,
+        Socket::TlsFrom(t) => relay_with(*t, stream, counters, opts).await,
+    }
 }
 
 /// Relays any [`Endpoint`] with these options, keeping `counters` current.

@@ -455,16 +455,8 @@ pub async fn serve<B: Backend>(
             },
             _ = shutdown.cancelled() => return,
         };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
+        let Some((tcp, peer)) = crate::listen::accept(&listener, &shutdown).await else {
+            return;
         };
         // One source may hold only so many connections: a trickling client can't take every
         // slot and lock the admin out.

@@ -46,7 +46,7 @@ impl Backend for AdminBackend {
     }
 
     fn status(&self) -> serde_json::Value {
-        self.client.snapshot()
+        serde_json::to_value(self.client.snapshot()).unwrap_or_default()
     }
 
     fn metrics(&self) -> Vec<Family> {

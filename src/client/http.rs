@@ -5,26 +5,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{record_denial, vet_and_dial, Conn, DenyReason, Dest, Refusal, Shared};
-use crate::acl::{self, LocalTime, Request};
+use super::admit::{connect, Conn, Refusal};
+use super::state::{ClientState, PushedDest};
+use crate::acl::{LocalTime, Request};
 use crate::http::{HttpSettings, Refused, Upstream};
 use crate::proto::DestinationSpec;
-
-/// Any socket to the endpoint (TCP, or TLS over TCP).
-pub(super) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// A private destination's caller rules apply to the connection, before any request.
-pub(super) fn admit_caller(dest: &Dest, caller: &str) -> Result<(), Refusal> {
-    if acl::caller_admitted(dest.spec.private, &dest.ip_rules, caller.parse().ok()) {
-        return Ok(());
-    }
-    Err(Refusal::Denied {
-        reason: DenyReason::Caller,
-        why: "ip_table_rules of this private destination".into(),
-        line: None,
-    })
-}
 
 /// What [`crate::http::serve`] needs to know about the destination.
 pub(super) fn settings(spec: &DestinationSpec) -> HttpSettings {
@@ -55,30 +40,21 @@ fn bracket(h: &str) -> String {
 }
 
 pub(super) struct ClientUpstream {
-    pub shared: Arc<Shared>,
-    pub dest: Arc<Dest>,
+    pub state: Arc<ClientState>,
+    pub dest: Arc<PushedDest>,
     pub caller: String,
 }
 
 impl Upstream for ClientUpstream {
-    type Conn = Box<dyn Io>;
+    type Conn = crate::relay::Socket;
 
     fn judges_paths(&self) -> bool {
-        self.shared
-            .acl
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .has_path_rules()
+        self.state.acl().has_path_rules()
     }
 
     fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), String> {
         let spec = &self.dest.spec;
-        let acl = self
-            .shared
-            .acl
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let acl = self.state.acl();
         let mut req = Request::new(&spec.ip, spec.port).path(path);
         req.from = self.caller.parse().ok();
         if acl.has_time_windows() {
@@ -90,37 +66,23 @@ impl Upstream for ClientUpstream {
         if d.allow {
             return Ok(());
         }
-        let (reason, why) = match d.line.and_then(|l| acl.rule_at(l)) {
-            Some(r) => (DenyReason::Rule, r.text.clone()),
-            None => (DenyReason::Default, "default policy (deny)".into()),
-        };
-        Err(record_denial(
-            &self.shared,
-            &self.dest,
-            reason,
-            &why,
-            d.line,
-            "HTTP request denied",
-        ))
+        let (_, public) =
+            Refusal::denied(&acl, &d).record(&self.state, Some(&self.dest), "HTTP request denied");
+        Err(public)
     }
 
     async fn connect(&self, path: &str) -> Result<(Self::Conn, Option<IpAddr>), Refused> {
-        match vet_and_dial(&self.shared, &self.dest, &self.caller, Some(path)).await {
-            Ok((Conn::Tcp(t), ip)) => Ok((Box::new(t), ip)),
-            Ok((Conn::Tls(t), ip)) => Ok((Box::new(*t), ip)),
+        match connect(&self.state, &self.dest, &self.caller, Some(path)).await {
+            Ok((Conn::Socket(s), ip)) => Ok((s, ip)),
             Ok((Conn::Udp(_) | Conn::Http, _)) => Err(Refused::Failed(crate::dial::DialError {
                 reason: crate::proto::Reason::Internal,
                 message: "not a TCP endpoint".into(),
             })),
-            Err(Refusal::Denied { reason, why, line }) => Err(Refused::Denied(record_denial(
-                &self.shared,
-                &self.dest,
-                reason,
-                &why,
-                line,
-                "HTTP request denied",
-            ))),
             Err(Refusal::Failed(e)) => Err(Refused::Failed(e)),
+            Err(why) => {
+                let (_, public) = why.record(&self.state, Some(&self.dest), "HTTP request denied");
+                Err(Refused::Denied(public))
+            }
         }
     }
 }

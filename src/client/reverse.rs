@@ -16,8 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::{Dest, Link, Shared};
-use crate::mux::Mux;
+use super::state::{ClientState, GatewayPeer, PushedDest};
 use crate::proto::{OpenMeta, FEATURE_DEFLATE};
 use crate::relay::{relay_with, Counters, Facing, Options};
 
@@ -26,13 +25,13 @@ pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, Cancel
 
 /// Brings the listeners in line with the destinations just pushed.
 pub(super) fn reconcile(
-    shared: &Arc<Shared>,
-    link: &Arc<Link>,
-    dests: &HashMap<String, Arc<Dest>>,
+    shared: &Arc<ClientState>,
+    link: &Arc<GatewayPeer>,
+    dests: &HashMap<String, Arc<PushedDest>>,
 ) {
     // The gateway names the port; only the client's operator may allow it (`reverse_ports`),
     // so a hostile gateway can't take a local service's port before the service starts.
-    let consented = |d: &&Arc<Dest>| {
+    let consented = |d: &&Arc<PushedDest>| {
         let ok = shared
             .cfg
             .reverse_ports
@@ -96,56 +95,24 @@ pub(super) fn reconcile(
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
-    link: Arc<Link>,
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
     dest_id: String,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
-    accept_until(&listener, &stop, |tcp, peer| {
+    crate::listen::accept_until(&listener, &stop, |tcp, peer| {
+        crate::relay::tune(&tcp);
         let fut = serve_local(shared.clone(), link.clone(), dest_id.clone(), tcp, peer);
         shared.tracker.spawn(fut);
     })
     .await
 }
 
-/// Accepts on `listener` until `stop`; a failed accept (out of file descriptors, say) is
-/// logged and retried after a pause instead of spinning.
-pub(super) async fn accept_until(
-    listener: &TcpListener,
-    stop: &CancellationToken,
-    mut on_conn: impl FnMut(TcpStream, SocketAddr),
-) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, peer)) => {
-                    crate::relay::tune(&tcp);
-                    on_conn(tcp, peer);
-                }
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = stop.cancelled() => return,
-        }
-    }
-}
-
-/// The least busy tunnel of the link, if any is up.
-pub(super) fn pick(link: &Link) -> Option<Mux> {
-    link.live_tunnels()
-        .iter()
-        .filter(|m| !m.is_closed() && !m.is_going_away())
-        .min_by_key(|m| m.active_streams())
-        .cloned()
-}
-
 /// One on-prem connection to a reverse destination.
 async fn serve_local(
-    shared: Arc<Shared>,
-    link: Arc<Link>,
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
     dest_id: String,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -160,7 +127,7 @@ async fn serve_local(
     async move {
         let started = Instant::now();
         let dest = link.dest(&dest_id);
-        let (Some(dest), Some(mux)) = (dest, pick(&link)) else {
+        let (Some(dest), Some(mux)) = (dest, link.pick()) else {
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             warn!(
                 reason = "unreachable",

@@ -16,8 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::reverse::{accept_until, pick};
-use super::{Link, Shared};
+use super::state::{ClientState, GatewayPeer};
 use crate::mux::OpenError;
 use crate::proto::{OpenMeta, Reason};
 use crate::relay::{relay_with, Counters, Facing, Options};
@@ -30,15 +29,16 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn serve(
-    shared: Arc<Shared>,
-    link: Arc<Link>,
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
     if let Ok(a) = listener.local_addr() {
         info!(socks5.listen = %a, gateway.id = %link.cfg.gateway_id, "SOCKS5 listener started");
     }
-    accept_until(&listener, &stop, |tcp, peer| {
+    crate::listen::accept_until(&listener, &stop, |tcp, peer| {
+        crate::relay::tune(&tcp);
         shared
             .tracker
             .spawn(connect(shared.clone(), link.clone(), tcp, peer));
@@ -57,7 +57,12 @@ fn reply_for(reason: Reason) -> ReplyError {
     }
 }
 
-async fn connect(shared: Arc<Shared>, link: Arc<Link>, tcp: TcpStream, peer: SocketAddr) {
+async fn connect(
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
     let span = tracing::info_span!(
         "stream",
         dest.id = SOCKS_DEST,
@@ -95,7 +100,7 @@ async fn connect(shared: Arc<Shared>, link: Arc<Link>, tcp: TcpStream, peer: Soc
             TargetAddr::Domain(h, p) => format!("{h}:{p}"),
         };
         tracing::Span::current().record("dest.addr", tracing::field::display(&target));
-        let Some(mux) = pick(&link) else {
+        let Some(mux) = link.pick() else {
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             warn!(
                 reason = "unreachable",

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::registry::{Tenant, TenantState};
-use super::{accept_loop, bind, serve_caller, spec_of, udp, GatewayError, Inner};
+use super::{bind, serve_caller, spec_of, udp, GatewayError, Inner};
 use crate::config::{Destination, Protocol, TenantConfig};
 use crate::proto::ConfigPush;
 
@@ -370,7 +370,7 @@ fn start(inner: &Arc<Inner>, tenant: &Arc<Tenant>, dest: Destination, b: Bound) 
         Bound::Tcp(listener, tls) => {
             let (inner2, tenant, stop2) = (inner.clone(), tenant.clone(), stop.clone());
             inner.tracker.spawn(async move {
-                accept_loop(&listener, &stop2, |tcp, caller| {
+                crate::listen::accept_until(&listener, &stop2, |tcp, caller| {
                     let fut = serve_caller(
                         inner2.clone(),
                         tenant.clone(),

@@ -39,7 +39,7 @@ use crate::proto::{
     DestinationSpec, EndpointTls, Frame, Hidden, IpTableRuleSpec, LogPush, OpenMeta, ProxySpec,
     Reason, Welcome, PROTO_MAJOR, PROTO_MINOR,
 };
-use crate::relay::{self, relay_with, Counters, Endpoint, Facing, Options};
+use crate::relay::{self, Counters, Facing, Options, Socket};
 use crate::telemetry::clean;
 use crate::tunnel;
 
@@ -346,20 +346,20 @@ impl Gateway {
         cfg: GatewayConfig,
         more: Vec<TenantConfig>,
     ) -> Result<Gateway, GatewayError> {
-        let tls = tunnel::server_tls(&cfg.tls).map_err(GatewayError::Tls)?;
         let tunnel_listener = bind(&cfg.listen.to_string()).await?;
+        Self::serve_on(tunnel_listener, cfg, more).await
+    }
+
+    /// As [`Gateway::bind_with`], with the tunnel endpoint already bound (`cfg.listen` is
+    /// not used): whoever binds it knows the port before the gateway starts.
+    pub async fn serve_on(
+        tunnel_listener: TcpListener,
+        cfg: GatewayConfig,
+        more: Vec<TenantConfig>,
+    ) -> Result<Gateway, GatewayError> {
+        let tls = tunnel::server_tls(&cfg.tls).map_err(GatewayError::Tls)?;
         let egress = reverse::egress_acl(&cfg.egress_allow).map_err(GatewayError::Egress)?;
-        let mux_cfg = MuxConfig {
-            role: Role::Gateway,
-            initial_window: cfg.limits.stream_window,
-            max_window: cfg.limits.max_stream_window,
-            tunnel_window_budget: cfg.limits.tunnel_buffer,
-            max_streams: cfg.limits.max_streams,
-            accept_backlog: cfg.limits.accept_backlog,
-            keepalive_interval: cfg.keepalive.interval,
-            keepalive_timeout: cfg.keepalive.timeout,
-            window_budget: crate::mux::WindowBudget::new(cfg.limits.window_budget),
-        };
+        let mux_cfg = MuxConfig::from_limits(Role::Gateway, &cfg.limits, &cfg.keepalive);
         let inner = Arc::new(Inner {
             tls,
             mux_cfg,
@@ -413,10 +413,9 @@ impl Gateway {
         if let Ok(a) = self.tunnel_listener.local_addr() {
             info!(tunnel.listen = %a, "gateway started");
         }
-        let inner2 = inner.clone();
-        accept_loop(&self.tunnel_listener, &shutdown, |tcp, peer| {
-            let fut = serve_tunnel(inner2.clone(), tcp, peer, shutdown.clone());
-            inner2.tracker.spawn(fut);
+        crate::listen::accept_until(&self.tunnel_listener, &shutdown, |tcp, peer| {
+            let fut = serve_tunnel(inner.clone(), tcp, peer, shutdown.clone());
+            inner.tracker.spawn(fut);
         })
         .await;
         // Drain: no new streams anywhere, open ones get a bounded grace period.
@@ -429,15 +428,22 @@ impl Gateway {
         for m in &tunnels {
             m.go_away(Reason::Shutdown, "gateway shutting down");
         }
-        let deadline = tokio::time::Instant::now() + inner.shutdown_grace;
-        while tunnels.iter().any(|m| m.active_streams() > 0)
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let all_idle = async {
+            for m in &tunnels {
+                m.idle().await;
+            }
+        };
+        let _ = tokio::time::timeout(inner.shutdown_grace, all_idle).await;
         for m in &tunnels {
             m.close("gateway shut down");
         }
+        // A finished stream's last bytes may still be queued: let the writers flush them.
+        let closing = async {
+            for m in &tunnels {
+                m.flushed().await;
+            }
+        };
+        let _ = tokio::time::timeout(crate::mux::CLOSE_FLUSH, closing).await;
         inner.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), inner.tracker.wait()).await;
         info!("gateway stopped");
@@ -633,27 +639,6 @@ impl GatewayHandle {
     }
 }
 
-/// Accepts until shutdown. Accept errors (e.g. out of file descriptors) are logged and
-/// retried after a pause instead of spinning.
-async fn accept_loop(
-    listener: &TcpListener,
-    shutdown: &CancellationToken,
-    mut on_conn: impl FnMut(TcpStream, SocketAddr),
-) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => match r {
-                Ok((tcp, peer)) => on_conn(tcp, peer),
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
 /// May a tunnel that presented `token` belong to this gateway id now?
 fn admits(state: &registry::TenantState, token: Option<&crate::config::Secret>) -> bool {
     let now = crate::telemetry::unix_ms() / 1000;
@@ -837,14 +822,6 @@ async fn open_for_caller(
     }
 }
 
-/// A caller's connection, after TLS when the destination has `client_tls`; or, for reverse
-/// destinations, the gateway's own connection to the cloud endpoint.
-enum CallerConn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    EndpointTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
 /// The span of one caller's stream (TCP connection or UDP flow); client and stream ids are
 /// filled in by [`record_stream`] once the stream is open.
 fn caller_span(dest: &Destination, caller: SocketAddr) -> tracing::Span {
@@ -886,9 +863,9 @@ async fn serve_caller(
         }
         // TLS toward the caller first: a caller that cannot complete it costs no stream.
         let conn = match tls {
-            None => CallerConn::Plain(tcp),
+            None => Socket::Tcp(tcp),
             Some(acceptor) => match tokio::time::timeout(CALLER_TLS_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => CallerConn::Tls(Box::new(s)),
+                Ok(Ok(s)) => Socket::TlsFrom(Box::new(s)),
                 Ok(Err(e)) => {
                     inner.stats.caller_tls_failures.fetch_add(1, Ordering::Relaxed);
                     warn!(reason = "tls", error = %e, client_tls = dest.caller_tls.as_str(), "caller TLS handshake failed");
@@ -906,11 +883,7 @@ async fn serve_caller(
             Err((reason, message)) => {
                 inner.count(&tenant, Stat::Failed, 1);
                 info!(reason = %reason, error = %message, duration_ms = started.elapsed().as_millis() as u64, "stream refused");
-                match &conn {
-                    CallerConn::Tls(t) => t.abort(),
-                    CallerConn::EndpointTls(t) => t.abort(),
-                    CallerConn::Plain(tcp) => relay::abort(tcp),
-                }
+                conn.abort();
                 return;
             }
         };
@@ -925,11 +898,7 @@ async fn serve_caller(
             idle: dest.idle_timeout,
         };
         let counters = Counters::default();
-        let out = match conn {
-            CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
-            CallerConn::Plain(tcp) => relay_with(tcp, stream, &counters, opts).await,
-            CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
-        };
+        let out = relay::relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         inner.count(&tenant, Stat::Up, d.up);
         inner.count(&tenant, Stat::Down, d.down);

@@ -12,13 +12,13 @@ use std::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use super::registry::Tenant;
-use super::{CallerConn, Inner, Stat};
+use super::{Inner, Stat};
 use crate::acl::Request;
 use crate::config::{Destination, TenantConfig};
 use crate::dial;
 use crate::mux::Incoming;
 use crate::proto::{Reason, FEATURE_DEFLATE};
-use crate::relay::{relay_with, Counters, Facing, Options};
+use crate::relay::{relay, Counters, Facing, Options, Socket};
 
 /// Builds the egress policy: each `egress_allow` entry is an ACL `host[:ports]` form.
 pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> {
@@ -149,10 +149,10 @@ pub(super) async fn serve_reverse(
                 Some(_) => None,
             };
             match tls {
-                None => Ok(CallerConn::Plain(tcp)),
+                None => Ok(Socket::Tcp(tcp)),
                 Some(ep) => dial::tls(tcp, ep, deadline)
                     .await
-                    .map(|t| CallerConn::EndpointTls(Box::new(t)))
+                    .map(|t| Socket::TlsTo(Box::new(t)))
                     .map_err(|e| refuse(e.reason, e.message)),
             }
         };
@@ -174,11 +174,7 @@ pub(super) async fn serve_reverse(
             idle: dest.idle_timeout,
         };
         let counters = Counters::default();
-        let out = match conn {
-            CallerConn::Plain(t) => relay_with(t, stream, &counters, opts).await,
-            CallerConn::Tls(t) => relay_with(*t, stream, &counters, opts).await,
-            CallerConn::EndpointTls(t) => relay_with(*t, stream, &counters, opts).await,
-        };
+        let out = relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Endpoint, started);
         inner.count(&tenant, Stat::Up, d.up);
         inner.count(&tenant, Stat::Down, d.down);

@@ -290,6 +290,8 @@ pub(crate) async fn writer_loop<W>(
 ) where
     W: Sink<Bytes, Error = std::io::Error> + Unpin,
 {
+    // However the writer ends, a `close_flushed` waiting on it learns.
+    let _flushed = shared.flushed.clone().drop_guard();
     let mut buf = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
     let mut count = 0u64;
     loop {
@@ -331,10 +333,21 @@ pub(crate) async fn writer_loop<W>(
             buf.reserve(BATCH_BYTES + 64 * 1024);
         }
     }
-    // Closing: flush what explains the close (GO_AWAY), then close the transport, bounded.
-    drain_urgent(&shared, &mut buf, &mut count);
+    // Closing: flush what is already queued — a finished stream's last DATA and FIN (a drain
+    // closes as soon as the last stream is done), what explains the close (GO_AWAY) — in
+    // batches the peer accepts, then close the transport; all bounded in time.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if !buf.is_empty() {
+        loop {
+            drain_urgent(&shared, &mut buf, &mut count);
+            while buf.len() < BATCH_BYTES {
+                match data_rx.try_recv() {
+                    Ok(f) => encode_frame(&f, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if buf.is_empty() {
+                break;
+            }
             writer.send(buf.split().freeze()).await?;
         }
         writer.close().await

@@ -67,6 +67,28 @@ pub struct MuxConfig {
     pub window_budget: Arc<WindowBudget>,
 }
 
+impl MuxConfig {
+    /// A tunnel's settings from a config file's `[limits]` and `[keepalive]` (the client's
+    /// and the gateway's are the same keys).
+    pub fn from_limits(
+        role: Role,
+        l: &crate::config::Limits,
+        keepalive: &crate::config::Keepalive,
+    ) -> MuxConfig {
+        MuxConfig {
+            role,
+            initial_window: l.stream_window,
+            max_window: l.max_stream_window,
+            tunnel_window_budget: l.tunnel_buffer,
+            max_streams: l.max_streams,
+            accept_backlog: l.accept_backlog,
+            keepalive_interval: keepalive.interval,
+            keepalive_timeout: keepalive.timeout,
+            window_budget: WindowBudget::new(l.window_budget),
+        }
+    }
+}
+
 /// The receive-window bytes this process has promised its peers, over every stream of every
 /// tunnel (`limits.window_budget`): all that peers could make it buffer at once. A stream
 /// takes its initial window when it opens and any growth when its window grows; a stream
@@ -191,8 +213,12 @@ pub(crate) struct Shared {
     /// LOG frames in `urgent` now (at most [`LOG_QUEUE`]); taken out by `drain_urgent`.
     queued_logs: AtomicUsize,
     wake_writer: Notify,
+    /// Woken when the last open stream goes: a drain waits on it.
+    streams_gone: Notify,
     data_tx: mpsc::Sender<Frame>,
     closed: CancellationToken,
+    /// Cancelled when the writer has stopped: queued frames written, transport closed.
+    flushed: CancellationToken,
     close_reason: Mutex<Option<String>>,
     local_go_away: AtomicBool,
     peer_go_away: AtomicBool,
@@ -215,6 +241,9 @@ pub struct Events {
     /// LOG payloads (client to gateway); dropped, not queued without bound, when slow.
     pub logs: mpsc::Receiver<Bytes>,
 }
+
+/// How long [`Mux::close_flushed`] waits for the writer (it gives its closing flush 2 s).
+pub const CLOSE_FLUSH: Duration = Duration::from_secs(3);
 
 /// Handle to one multiplexed tunnel. Cheap to clone.
 #[derive(Clone)]
@@ -262,8 +291,10 @@ impl Mux {
             urgent_cap,
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
+            streams_gone: Notify::new(),
             data_tx,
             closed: CancellationToken::new(),
+            flushed: CancellationToken::new(),
             close_reason: Mutex::new(None),
             local_go_away: AtomicBool::new(false),
             peer_go_away: AtomicBool::new(false),
@@ -396,6 +427,31 @@ impl Mux {
         self.shared.close_reason.lock().ok().and_then(|g| g.clone())
     }
 
+    /// Resolves once no stream is open, or the tunnel is closed.
+    pub async fn idle(&self) {
+        loop {
+            let gone = self.shared.streams_gone.notified();
+            tokio::pin!(gone);
+            // Registered before the check, so a stream ending in between still wakes us.
+            gone.as_mut().enable();
+            if self.active_streams() == 0 || self.is_closed() {
+                return;
+            }
+            tokio::select! {
+                _ = gone => {}
+                _ = self.closed() => return,
+            }
+        }
+    }
+
+    /// Takes no new streams and waits, at most `grace`, for the open ones to finish.
+    /// Returns how many are still open.
+    pub async fn drain(&self, reason: Reason, message: &str, grace: Duration) -> usize {
+        self.go_away(reason, message);
+        let _ = tokio::time::timeout(grace, self.idle()).await;
+        self.active_streams()
+    }
+
     /// Tells the peer no new streams will be accepted here; open streams continue.
     pub fn go_away(&self, reason: Reason, message: &str) {
         if !self.shared.local_go_away.swap(true, Ordering::AcqRel) {
@@ -453,6 +509,20 @@ impl Mux {
     /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
     pub fn close(&self, why: &str) {
         self.shared.close(why.to_owned());
+    }
+
+    /// Closes the tunnel and waits, at most [`CLOSE_FLUSH`], until the frames queued before
+    /// (a finished stream's last DATA and FIN) are written and the transport is closed: how
+    /// a drained tunnel ends without losing what its last stream sent.
+    pub async fn close_flushed(&self, why: &str) {
+        self.close(why);
+        let _ = tokio::time::timeout(CLOSE_FLUSH, self.flushed()).await;
+    }
+
+    /// Resolves once the writer has stopped (after a close: queued frames written,
+    /// transport closed). Unbounded on its own: a close must come first.
+    pub async fn flushed(&self) {
+        self.shared.flushed.cancelled().await
     }
 }
 
@@ -512,10 +582,18 @@ impl Shared {
 
     /// Forgets a stream (once: later calls find nothing) and gives back its initial window.
     fn remove_stream(&self, id: u32) {
-        if self.lock_streams().map.remove(&id).is_some() {
+        let (removed, empty) = {
+            let mut t = self.lock_streams();
+            let removed = t.map.remove(&id).is_some();
+            (removed, t.map.is_empty())
+        };
+        if removed {
             self.cfg
                 .window_budget
                 .give(u64::from(self.cfg.initial_window));
+            if empty {
+                self.streams_gone.notify_waiters();
+            }
         }
     }
 

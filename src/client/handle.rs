@@ -1,0 +1,145 @@
+//! [`ClientHandle`]: what the admin endpoint, SIGHUP and the daemon see of a running
+//! client — its status, counters and limits, and the ACL, which it reloads and edits.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use super::acl_file::{AclEditError, AclFile};
+use super::state::{ClientState, GatewayPeer};
+use super::stats::ClientStats;
+use super::status::{self, Status, StatusSnapshot};
+use crate::acl::Acl;
+
+/// Read access to a running client, and its ACL.
+#[derive(Clone)]
+pub struct ClientHandle {
+    pub(super) state: Arc<ClientState>,
+    pub(super) peers: Vec<Arc<GatewayPeer>>,
+}
+
+impl ClientHandle {
+    /// Watch the status (tunnels up, client ids).
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.state.status.subscribe()
+    }
+
+    /// The process's receive-window budget (`limits.window_budget`), for metrics.
+    pub fn window_budget(&self) -> Arc<crate::mux::WindowBudget> {
+        self.state.mux_cfg.window_budget.clone()
+    }
+
+    pub fn stats(&self) -> &ClientStats {
+        &self.state.stats
+    }
+
+    /// The `[limits]` in force, for metrics.
+    pub fn limits(&self) -> crate::config::Limits {
+        self.state.cfg.limits
+    }
+
+    /// Replaces the ACL for new streams.
+    pub fn set_acl(&self, acl: Acl) {
+        self.state.set_acl(acl);
+    }
+
+    /// Streams being relayed now.
+    pub fn active_streams(&self) -> usize {
+        self.state.lock_active().len()
+    }
+
+    /// Per live tunnel: gateway id, minimum RTT (seconds) and bytes buffered for slow readers.
+    pub fn tunnel_gauges(&self) -> Vec<(String, Option<f64>, u64)> {
+        self.peers
+            .iter()
+            .flat_map(|l| {
+                l.live_tunnels()
+                    .iter()
+                    .map(|m| {
+                        (
+                            l.cfg.gateway_id.clone(),
+                            m.rtt().map(|r| r.as_secs_f64()),
+                            m.stats().buffered.load(Ordering::Relaxed),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Everything `/v1/status` and `sgw status` show: tunnels per gateway with RTT,
+    /// destinations, active streams with addresses and live byte counts.
+    pub fn snapshot(&self) -> StatusSnapshot {
+        status::snapshot(&self.state, &self.peers)
+    }
+
+    /// The rule set new streams are checked against.
+    pub fn acl(&self) -> Arc<Acl> {
+        self.state.acl()
+    }
+
+    /// Reloads the ACL file, all or nothing: on any error the old rules stay and every error
+    /// is logged. Returns the errors too (for SIGHUP and the admin API).
+    pub fn reload_acl(&self) -> Result<usize, Vec<String>> {
+        let Some(file) = &self.state.acl_file else {
+            return Err(vec!["this client has no ACL file".into()]);
+        };
+        match file.load() {
+            Ok(a) => {
+                let n = a.rules.len();
+                info!(rules = n, file = %file.path().display(), "ACL reloaded");
+                self.state.stats.acl_reloads.fetch_add(1, Ordering::Relaxed);
+                self.set_acl(a);
+                Ok(n)
+            }
+            Err(errs) => {
+                self.state
+                    .stats
+                    .acl_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                for e in &errs {
+                    error!(error = %e, "ACL reload failed, keeping the old rules");
+                }
+                Err(errs)
+            }
+        }
+    }
+
+    pub(super) fn reload_acl_if_changed(&self) {
+        if self.state.acl_file.as_ref().is_some_and(|f| f.changed()) {
+            let _ = self.reload_acl();
+        }
+    }
+
+    /// Adds a rule (before line `before`, or at the end), writes the file back and applies the
+    /// new rule set to new streams at once. Returns the rule's line.
+    pub fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclEditError> {
+        let file = self.acl_file()?;
+        let (acl, line) = file.add(rule, before)?;
+        info!(acl.line = line, acl.rule = %rule.trim(), "ACL rule added");
+        self.set_acl(acl);
+        Ok(line)
+    }
+
+    /// Removes a rule by text or line, writes the file back and applies the new rule set.
+    pub fn acl_remove(
+        &self,
+        rule: Option<&str>,
+        line: Option<usize>,
+    ) -> Result<usize, AclEditError> {
+        let file = self.acl_file()?;
+        let (acl, removed) = file.remove(rule, line)?;
+        info!(acl.line = removed, "ACL rule removed");
+        self.set_acl(acl);
+        Ok(removed)
+    }
+
+    fn acl_file(&self) -> Result<&AclFile, AclEditError> {
+        self.state
+            .acl_file
+            .as_ref()
+            .ok_or_else(|| AclEditError::Invalid("this client has no ACL file".into()))
+    }
+}

@@ -1,0 +1,240 @@
+//! A tunnel's life on the client: each slot connects (backoff between attempts, restarted
+//! if its task ends), serves the tunnel — CONFIG pushes, streams the gateway opens — and
+//! drains it at shutdown. Also the client's two background loops: forwarding its own
+//! warn/error lines to the gateways, and re-reading the ACL file when it changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn, Instrument};
+
+use super::reverse;
+use super::state::{ClientState, GatewayPeer, PushedDest};
+use super::stream::serve_open;
+use super::ClientHandle;
+use crate::config::Reconnect;
+use crate::mux::Mux;
+use crate::proto::{ConfigPush, LogPush, Reason};
+use crate::telemetry::ForwardedLog;
+use crate::tunnel::{self, ConnectError};
+
+/// How often the ACL file is checked for changes.
+const ACL_POLL: Duration = Duration::from_secs(1);
+
+/// Delay before reconnect attempt `attempt` (0-based): exponential from `initial` to `max`,
+/// with full jitter in the upper half so a fleet does not reconnect in lockstep.
+pub fn backoff(attempt: u32, r: &Reconnect) -> Duration {
+    let exp = r.initial.saturating_mul(1u32 << attempt.min(20));
+    let cap = exp.min(r.max);
+    let half = cap / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Keeps one tunnel slot running: a slot task that ends or panics (a bug, never the peer's
+/// doing by design) is logged and started again after a pause, so a gateway or proxy can
+/// never take a tunnel away for good.
+pub(super) async fn supervise_slot(
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let task = tokio::spawn(tunnel_slot(
+            shared.clone(),
+            link.clone(),
+            slot,
+            shutdown.clone(),
+        ));
+        let why = match task.await {
+            _ if shutdown.is_cancelled() => return,
+            Ok(()) => "ended".to_string(),
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => e.to_string(),
+        };
+        shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+        error!(gateway.id = %link.cfg.gateway_id, tunnel.slot = slot, reason = "internal", "tunnel slot {why}; starting it again");
+        tokio::select! {
+            _ = tokio::time::sleep(SLOT_RESTART_PAUSE) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The pause before a failed slot task is started again.
+const SLOT_RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Keeps one tunnel to one gateway up, forever (until shutdown).
+async fn tunnel_slot(
+    shared: Arc<ClientState>,
+    link: Arc<GatewayPeer>,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %link.cfg.url, tunnel.slot = slot);
+    async move {
+        let mut attempt = 0u32;
+        loop {
+            let connect = tunnel::connect(&link.cfg, &link.tls, &shared.hello);
+            let res = tokio::select! {
+                r = connect => r,
+                _ = shutdown.cancelled() => return,
+            };
+            match res {
+                Ok((ws, welcome)) => {
+                    attempt = 0;
+                    shared.stats.tunnel_connects.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::info_span!("up", client.id = %welcome.client_id);
+                    let reason = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown).instrument(span).await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    warn!(client.id = %welcome.client_id, reason = %reason, "tunnel down");
+                }
+                Err(ConnectError::Unauthorized) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    error!("gateway rejected the security token; check token / token_file for this gateway");
+                }
+                Err(ConnectError::Proxy(e)) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "outbound proxy did not open the tunnel; check outbound_proxy");
+                }
+                Err(e) => {
+                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "cannot connect tunnel");
+                }
+            }
+            let delay = backoff(attempt, &shared.cfg.reconnect);
+            attempt = attempt.saturating_add(1);
+            debug!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &[u8]) {
+    match serde_json::from_slice::<ConfigPush>(payload) {
+        Ok(push) => {
+            let n = push.destinations.len();
+            let map: HashMap<String, Arc<PushedDest>> = push
+                .destinations
+                .into_iter()
+                .map(|d| {
+                    let local = shared.cfg.destinations.get(&d.id);
+                    (
+                        d.id.clone(),
+                        Arc::new(PushedDest::new(d, &shared.stats, local)),
+                    )
+                })
+                .collect();
+            reverse::reconcile(shared, link, &map);
+            *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+            info!(destinations = n, "destinations updated by gateway");
+        }
+        Err(e) => warn!(error = %e, "ignoring malformed destination push from gateway"),
+    }
+}
+
+/// Serves one connected tunnel until it closes; returns why it closed.
+async fn serve_tunnel(
+    shared: &Arc<ClientState>,
+    link: &Arc<GatewayPeer>,
+    ws: tunnel::ClientWs,
+    client_id: &str,
+    shutdown: &CancellationToken,
+) -> String {
+    let (r, w) = tunnel::split(ws);
+    let (mux, mut events) = Mux::start(r, w, shared.mux_cfg.clone());
+    link.live_tunnels().push(mux.clone());
+    shared
+        .status
+        .send_modify(|s| s.tunnel(&link.cfg.gateway_id, client_id, 1));
+    info!("tunnel up");
+    loop {
+        tokio::select! {
+            inc = events.incoming.recv() => match inc {
+                Some(inc) => {
+                    // The reader stores CONFIG before queueing later OPENs: apply it first.
+                    if events.config.has_changed().unwrap_or(false) {
+                        if let Some(p) = events.config.borrow_and_update().clone() {
+                            apply_config(shared, link, &p);
+                        }
+                    }
+                    let fut = serve_open(shared.clone(), link.clone(), inc, client_id.to_owned());
+                    shared.tracker.spawn(fut);
+                }
+                None => break,
+            },
+            changed = events.config.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if let Some(p) = events.config.borrow_and_update().clone() {
+                    apply_config(shared, link, &p);
+                }
+            }
+            _ = mux.closed() => break,
+            _ = shutdown.cancelled() => {
+                info!(active = mux.active_streams(), grace_ms = shared.cfg.shutdown_grace.as_millis() as u64, "draining tunnel");
+                mux.drain(Reason::Shutdown, "client shutting down", shared.cfg.shutdown_grace).await;
+                break;
+            }
+        }
+    }
+    link.live_tunnels().retain(|m| !m.ptr_eq(&mux));
+    shared
+        .status
+        .send_modify(|s| s.tunnel(&link.cfg.gateway_id, client_id, -1));
+    mux.close_flushed("client closed the tunnel").await;
+    mux.close_reason().unwrap_or_default()
+}
+
+/// Sends this process's warn/error lines to one live tunnel of every gateway (for its
+/// clientLogs), best effort: a line that finds no tunnel is dropped.
+pub(super) async fn forward_logs(
+    mut logs: tokio::sync::mpsc::Receiver<ForwardedLog>,
+    peers: Vec<Arc<GatewayPeer>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let line = tokio::select! {
+            l = logs.recv() => match l { Some(l) => l, None => break },
+            _ = stop.cancelled() => break,
+        };
+        let push = LogPush {
+            level: line.level,
+            message: line.message,
+            time: line.time,
+        };
+        let Ok(payload) = serde_json::to_vec(&push) else {
+            continue;
+        };
+        let payload = bytes::Bytes::from(payload);
+        for p in &peers {
+            let first = p.live_tunnels().first().cloned();
+            if let Some(m) = first {
+                m.send_log(payload.clone());
+            }
+        }
+    }
+}
+
+/// Reloads the ACL when its file changes, until `stop`.
+pub(super) async fn watch_acl_file(handle: ClientHandle, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(ACL_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.reload_acl_if_changed(),
+            _ = stop.cancelled() => break,
+        }
+    }
+}

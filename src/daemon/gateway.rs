@@ -1,0 +1,175 @@
+//! `sgw gateway`: loads gateway.toml and the API's state file, starts the gateway, its
+//! management API and admin endpoint, reloads on SIGHUP and drains on SIGTERM.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::state::StateFile;
+use crate::config::{GatewayConfig, TenantConfig};
+use crate::gateway::{Gateway, GatewayHandle};
+use crate::telemetry::LogControl;
+
+use super::{hangup, init_logging, shutdown_on_signals, Error, Format};
+
+/// `sgw gateway`. Options also come from SGW_GATEWAY_* env vars.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// gateway.toml.
+    #[arg(long, env = "SGW_GATEWAY_CONFIG")]
+    pub config: PathBuf,
+    /// Overrides log_level in the config (trace, debug, info, warn, error).
+    #[arg(long, env = "SGW_GATEWAY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Overrides log_format in the config.
+    #[arg(long, value_enum, env = "SGW_GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<Format>,
+}
+
+/// A gateway's files as it would start with them.
+pub struct Loaded {
+    pub config: GatewayConfig,
+    /// What the management API keeps (empty when it has no state file yet).
+    pub state: StateFile,
+    /// The gateway ids `state` holds, checked.
+    pub managed: Vec<TenantConfig>,
+}
+
+/// Reads gateway.toml and its state file (see [`with_state`]). Gateway ids in both are refused: each gateway id
+/// has one owner.
+pub fn load(path: &Path) -> Result<Loaded, Error> {
+    with_state(GatewayConfig::load(path).map_err(Error::input)?)
+}
+
+/// Reads the state file `config` names and checks it against `config`.
+pub fn with_state(config: GatewayConfig) -> Result<Loaded, Error> {
+    let state = match config.api.as_ref().and_then(|a| a.state_file.as_ref()) {
+        Some(p) => StateFile::load(p)
+            .map_err(Error::input)?
+            .unwrap_or_else(StateFile::empty),
+        None => StateFile::empty(),
+    };
+    if let Some(g) = state
+        .gateways
+        .iter()
+        .find(|g| config.gateways.iter().any(|t| t.id == g.id))
+    {
+        return Err(Error::Input(format!(
+            "gateway id `{}` is both in the config file and in state_file; remove it from one",
+            g.id
+        )));
+    }
+    let managed = state.tenants().map_err(Error::findings)?;
+    Ok(Loaded {
+        config,
+        state,
+        managed,
+    })
+}
+
+/// Runs the gateway until SIGTERM/SIGINT, then drains.
+pub async fn run(args: GatewayArgs) -> Result<(), Error> {
+    let Loaded {
+        config: cfg,
+        state,
+        managed,
+    } = load(&args.config)?;
+    let level_fixed = args.log_level.is_some();
+    let log = init_logging(args.log_level.as_deref(), args.log_format, &cfg.log)?;
+    let hup = hangup()?;
+    let shutdown = shutdown_on_signals()?;
+    let api = cfg.api.clone();
+    let admin = cfg.admin.clone();
+    let file_ids: Vec<String> = cfg.gateways.iter().map(|g| g.id.clone()).collect();
+    let gw = Gateway::bind_with(cfg, managed)
+        .await
+        .map_err(Error::start("starting gateway"))?;
+    let h = gw.handle();
+    if let Some(api) = &api {
+        h.start_api(api, state, shutdown.clone())
+            .await
+            .map_err(Error::start("starting the management API"))?;
+    }
+    if let Some(admin) = &admin {
+        h.start_admin(admin, api.clone(), Some(log.clone()), shutdown.clone())
+            .await
+            .map_err(Error::start("starting the admin endpoint (admin_listen)"))?;
+    }
+    let reload = Reload {
+        path: args.config,
+        gateway: h.clone(),
+        log,
+        level_fixed,
+        file_ids,
+    };
+    tokio::spawn(reload.on_each(hup));
+    crate::systemd::spawn_watchdog(shutdown.clone());
+    crate::systemd::ready(&format!("serving: tunnel endpoint {}", h.tunnel_addr()));
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        crate::systemd::stopping();
+    });
+    gw.run(shutdown).await;
+    Ok(())
+}
+
+/// SIGHUP: re-reads gateway.toml; applies the log level and the `[[gateways]]` it defines
+/// (added, changed, removed) to the running gateway. Gateway ids the API manages are not
+/// touched; listeners and TLS settings need a restart.
+struct Reload {
+    path: PathBuf,
+    gateway: GatewayHandle,
+    log: LogControl,
+    level_fixed: bool,
+    /// The ids the file defined at the last (re)load.
+    file_ids: Vec<String>,
+}
+
+impl Reload {
+    async fn on_each(mut self, mut hup: tokio::signal::unix::Signal) {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %self.path.display(), "SIGHUP: reloading configuration");
+            self.once().await;
+        }
+    }
+
+    async fn once(&mut self) {
+        let new = match GatewayConfig::load(&self.path) {
+            Ok(n) => n,
+            Err(errs) => {
+                for e in &errs.0 {
+                    tracing::error!(error = %e, "config reload failed, keeping the running configuration");
+                }
+                return;
+            }
+        };
+        if !self.level_fixed {
+            if let Err(e) = self.log.set_level(&new.log.level) {
+                tracing::error!(error = %e, "cannot apply log_level");
+            }
+        }
+        // Every running id that did not come from the file is the API's.
+        let api_ids: Vec<String> = self
+            .gateway
+            .gateway_ids()
+            .into_iter()
+            .filter(|id| !self.file_ids.contains(id))
+            .collect();
+        let mut applied = Vec::new();
+        for t in new.gateways {
+            if api_ids.contains(&t.id) {
+                tracing::error!(gateway.id = %t.id, "not applied: this gateway id is managed through the API");
+                continue;
+            }
+            let id = t.id.clone();
+            if let Err(e) = self.gateway.apply(t).await {
+                tracing::error!(gateway.id = %id, error = %e, "gateway not reloaded; it keeps its running configuration");
+            }
+            applied.push(id);
+        }
+        for gone in self.file_ids.iter().filter(|id| !applied.contains(id)) {
+            self.gateway.remove(gone).await;
+        }
+        self.file_ids = applied;
+        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits and api settings take effect after a restart");
+    }
+}

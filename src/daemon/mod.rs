@@ -1,0 +1,91 @@
+//! Process wiring for the long-running programs: `sgw client`, `sgw gateway` and
+//! `sgw quickstart`. Each has one `run` here that loads its files, installs the signal
+//! handlers (SIGTERM/SIGINT drain, SIGHUP reload), starts the admin endpoint and the API,
+//! talks to systemd, and hands the bound listeners to the library's `Client` or `Gateway`.
+//! `main.rs` only parses the command line.
+
+pub mod client;
+pub mod gateway;
+pub mod quickstart;
+mod signals;
+
+use std::path::Path;
+
+pub use signals::{hangup, shutdown_on_signals};
+
+use crate::config::{self, LogFormat};
+
+/// Why a program or command could not do its job. [`Error::Input`] is the user's to fix
+/// (a config, a file, an argument): the CLI exits 2 for it, 1 for the rest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A config, file or argument is wrong; the message says where and why.
+    #[error("{0}")]
+    Input(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gateway, its API or its admin endpoint could not start (`what` says which).
+    #[error("{what}: {source}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: crate::gateway::GatewayError,
+    },
+    #[error("{0}")]
+    Admin(#[from] crate::admin::client::CallError),
+    #[error("the client did not connect to the gateway within {0} s")]
+    NotReady(u64),
+}
+
+impl Error {
+    /// A bad config, file or argument: anything with a message for the user.
+    pub fn input(e: impl std::fmt::Display) -> Error {
+        Error::Input(e.to_string())
+    }
+
+    /// Several findings (one per line, each with its path and line).
+    pub fn findings(errs: impl IntoIterator<Item = impl std::fmt::Display>) -> Error {
+        let lines: Vec<String> = errs.into_iter().map(|e| e.to_string()).collect();
+        Error::Input(lines.join("\n"))
+    }
+
+    pub fn start(what: &'static str) -> impl FnOnce(crate::gateway::GatewayError) -> Error {
+        move |source| Error::Start { what, source }
+    }
+
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.into();
+        move |source| Error::Io { what, source }
+    }
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Installs logging: `--log-level`/`--log-format` win over the config file's.
+pub fn init_logging(
+    level: Option<&str>,
+    format: Option<Format>,
+    cfg: &config::LogSettings,
+) -> Result<crate::telemetry::LogControl, Error> {
+    let level = level.unwrap_or(&cfg.level);
+    let format = match format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Text) => LogFormat::Text,
+        None => cfg.format,
+    };
+    crate::telemetry::init(level, format).map_err(|e| Error::Input(format!("log settings: {e}")))
+}
+
+/// Loads an ACL file; every bad line is reported with its path and line.
+pub fn load_acl(path: &Path, policy: config::Policy) -> Result<crate::acl::Acl, Error> {
+    crate::acl::Acl::load(path, policy).map_err(Error::findings)
+}
