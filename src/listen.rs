@@ -45,3 +45,30 @@ pub async fn accept_until(
         on_conn(tcp, peer);
     }
 }
+
+/// Listen backlog: a burst of callers must queue, not overflow the SYN queue into syncookies
+/// (which can resurrect closed connections from stray ACKs).
+const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (a name is resolved; the first address that binds wins) with
+/// `SO_REUSEADDR` and a deep backlog.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let listener = sock.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(BACKLOG)
+        });
+        match listener {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")))
+}

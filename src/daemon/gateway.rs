@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::state::StateFile;
 use crate::config::{GatewayConfig, TenantConfig};
-use crate::gateway::{Gateway, GatewayHandle};
+use crate::gateway::{Gateway, GatewayError, GatewayHandle};
 use crate::telemetry::LogControl;
 
 use super::{hangup, init_logging, shutdown_on_signals, Error, Format};
@@ -84,9 +84,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Error> {
         .map_err(Error::start("starting gateway"))?;
     let h = gw.handle();
     if let Some(api) = &api {
-        h.start_api(api, state, shutdown.clone())
-            .await
-            .map_err(Error::start("starting the management API"))?;
+        start_api(&h, api, state, shutdown.clone()).await?;
     }
     if let Some(admin) = &admin {
         h.start_admin(admin, api.clone(), Some(log.clone()), shutdown.clone())
@@ -110,6 +108,29 @@ pub async fn run(args: GatewayArgs) -> Result<(), Error> {
     });
     gw.run(shutdown).await;
     Ok(())
+}
+
+/// Starts the management API on `cfg.listen` (TLS with the tunnel endpoint's certificate)
+/// until `shutdown`; `state` is what the state file held (already served by the gateway).
+async fn start_api(
+    h: &GatewayHandle,
+    cfg: &crate::config::ApiConfig,
+    state: StateFile,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::net::SocketAddr, Error> {
+    let addr = cfg.listen.to_string();
+    let failed = |source| Error::Start {
+        what: "starting the management API",
+        source: GatewayError::Bind {
+            addr: addr.clone(),
+            source,
+        },
+    };
+    let listener = crate::listen::bind(&addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    let api = crate::api::Api::new(h.clone(), cfg.clone(), state);
+    h.spawn(crate::api::serve(api, listener, h.tls_acceptor(), shutdown));
+    Ok(bound)
 }
 
 /// SIGHUP: re-reads gateway.toml; applies the log level and the `[[gateways]]` it defines

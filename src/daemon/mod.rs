@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod gateway;
+mod gateway_api;
 pub mod quickstart;
 mod signals;
 

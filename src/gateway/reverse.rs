@@ -12,13 +12,13 @@ use std::time::Instant;
 use tracing::{info, warn, Instrument};
 
 use super::registry::Tenant;
-use super::{Inner, Stat};
+use super::state::{GatewayState, Stat};
 use crate::acl::Request;
 use crate::config::{Destination, TenantConfig};
-use crate::dial;
+use crate::dial::{self, Vetted};
 use crate::mux::Incoming;
 use crate::proto::{Reason, FEATURE_DEFLATE};
-use crate::relay::{relay, Counters, Facing, Options, Socket};
+use crate::relay::{relay, Counters, Facing, Options};
 
 /// Builds the egress policy: each `egress_allow` entry is an ACL `host[:ports]` form.
 pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> {
@@ -71,7 +71,7 @@ fn reverse_target(cfg: &TenantConfig, meta: &crate::proto::OpenMeta) -> Option<D
 
 /// A stream a client opened for one of its on-prem connections.
 pub(super) async fn serve_reverse(
-    inner: Arc<Inner>,
+    gw: Arc<GatewayState>,
     tenant: Arc<Tenant>,
     inc: Incoming,
     client_id: String,
@@ -89,7 +89,7 @@ pub(super) async fn serve_reverse(
         let started = Instant::now();
         let state = tenant.state();
         let Some(dest) = reverse_target(&state.cfg, &inc.meta) else {
-            inner.count(&tenant, Stat::Failed, 1);
+            gw.count(&tenant, Stat::Failed, 1);
             info!(
                 reason = "unknown_dest",
                 "reverse stream refused: no such reverse destination"
@@ -111,11 +111,11 @@ pub(super) async fn serve_reverse(
         );
         let deadline = tokio::time::Instant::now() + dest.timeout;
         let refuse = |reason: Reason, message: String| {
-            inner.count(&tenant, Stat::Failed, 1);
+            gw.count(&tenant, Stat::Failed, 1);
             (reason, message)
         };
         let denied = || {
-            inner.count(&tenant, Stat::Denied, 1);
+            gw.count(&tenant, Stat::Denied, 1);
             (
                 Reason::AclDenied,
                 format!(
@@ -125,22 +125,15 @@ pub(super) async fn serve_reverse(
             )
         };
         let dialled = async {
-            // Name and literal rules decide before any lookup: a name no rule can allow costs
-            // no DNS query (attacker-chosen slow names would tie up the resolver for everyone).
+            // The one way out (crate::dial): a name no egress rule allows costs no lookup
+            // (attacker-chosen slow names would tie up the resolver for everyone).
             let req = Request::new(&dest.ip, dest.port);
-            if !state.egress.check(&req).allow
-                && (req.addr.is_some() || !state.egress.has_address_rules())
-            {
-                return Err(denied());
-            }
-            let addrs = dial::resolve(&dest.ip, dest.port, deadline)
-                .await
-                .map_err(|e| refuse(e.reason, e.message))?;
-            let allowed = state
-                .egress
-                .allowed_addrs(&req, &addrs)
-                .map_err(|_| denied())?;
-            let tcp = dial::tcp_any(&allowed, deadline)
+            let addrs = match dial::vet(&state.egress, &req, deadline).await {
+                Ok(Vetted::Addrs(a)) => a,
+                Ok(Vetted::Name(e)) => return Err(refuse(e.reason, e.message)),
+                Err(_) => return Err(denied()),
+            };
+            let tcp = dial::tcp_any(&addrs, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
             // SOCKS targets never take a destination's TLS settings, whatever their name.
@@ -148,13 +141,9 @@ pub(super) async fn serve_reverse(
                 None => state.reverse_tls.get(&dest.id),
                 Some(_) => None,
             };
-            match tls {
-                None => Ok(Socket::Tcp(tcp)),
-                Some(ep) => dial::tls(tcp, ep, deadline)
-                    .await
-                    .map(|t| Socket::TlsTo(Box::new(t)))
-                    .map_err(|e| refuse(e.reason, e.message)),
-            }
+            dial::secure(tcp, tls, deadline)
+                .await
+                .map_err(|e| refuse(e.reason, e.message))
         };
         let conn = match dialled.await {
             Ok(c) => c,
@@ -168,7 +157,7 @@ pub(super) async fn serve_reverse(
         let Ok(stream) = inc.accept().await else {
             return;
         };
-        inner.count(&tenant, Stat::Opened, 1);
+        gw.count(&tenant, Stat::Opened, 1);
         let opts = Options {
             compress,
             idle: dest.idle_timeout,
@@ -176,8 +165,8 @@ pub(super) async fn serve_reverse(
         let counters = Counters::default();
         let out = relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Endpoint, started);
-        inner.count(&tenant, Stat::Up, d.up);
-        inner.count(&tenant, Stat::Down, d.down);
+        gw.count(&tenant, Stat::Up, d.up);
+        gw.count(&tenant, Stat::Down, d.down);
     }
     .instrument(span)
     .await

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::registry::Tenant;
-use super::{Inner, Stat};
+use super::state::{GatewayState, Stat};
 use crate::acl;
 use crate::config::Destination;
 use crate::relay::Facing;
@@ -40,7 +40,7 @@ type Flows = Arc<Mutex<HashMap<SocketAddr, FlowTx>>>;
 
 /// Receives on one UDP destination's socket until `shutdown`.
 pub(super) async fn serve_udp(
-    inner: Arc<Inner>,
+    gw: Arc<GatewayState>,
     tenant: Arc<Tenant>,
     dest: Arc<Destination>,
     sock: Arc<UdpSocket>,
@@ -65,10 +65,10 @@ pub(super) async fn serve_udp(
         let mut table = flows.lock().unwrap_or_else(|e| e.into_inner());
         let datagram = match table.get(&caller) {
             None => datagram,
-            Some(f) => match f.push(datagram, &inner) {
+            Some(f) => match f.push(datagram, &gw) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+                    gw.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 // That flow just ended: this datagram starts a new one.
@@ -79,7 +79,7 @@ pub(super) async fn serve_udp(
             },
         };
         let new = NewFlow {
-            inner: &inner,
+            gw: &gw,
             tenant: &tenant,
             dest: &dest,
             sock: &sock,
@@ -91,7 +91,7 @@ pub(super) async fn serve_udp(
 
 /// What a new flow needs from its destination's receive loop.
 struct NewFlow<'a> {
-    inner: &'a Arc<Inner>,
+    gw: &'a Arc<GatewayState>,
     tenant: &'a Arc<Tenant>,
     dest: &'a Arc<Destination>,
     sock: &'a Arc<UdpSocket>,
@@ -101,16 +101,16 @@ struct NewFlow<'a> {
 impl FlowTx {
     /// Queues a datagram unless the flow already holds its budget (`udp_flow_buffer`, or
     /// `udp_pending_buffer` before its stream is open) or all flows hold `udp_buffer_total`.
-    fn push(&self, d: Bytes, inner: &Inner) -> Result<(), mpsc::error::TrySendError<Bytes>> {
+    fn push(&self, d: Bytes, gw: &GatewayState) -> Result<(), mpsc::error::TrySendError<Bytes>> {
         let len = d.len() as u64;
         let budget = if self.open.load(Ordering::Acquire) {
-            inner.udp_flow_buffer
+            gw.udp_flow_buffer
         } else {
-            inner.udp_pending_buffer
+            gw.udp_pending_buffer
         };
-        let total = &inner.stats.udp_queued;
+        let total = &gw.stats.udp_queued;
         if self.queued.load(Ordering::Relaxed) + len > budget
-            || total.load(Ordering::Relaxed) + len > inner.udp_buffer_total
+            || total.load(Ordering::Relaxed) + len > gw.udp_buffer_total
         {
             return Err(mpsc::error::TrySendError::Full(d));
         }
@@ -131,27 +131,24 @@ impl NewFlow<'_> {
         last_full_log: &mut Option<Instant>,
     ) {
         let NewFlow {
-            inner,
+            gw,
             tenant,
             dest,
             sock,
             flows,
         } = *self;
         if !acl::caller_admitted(dest.private, &dest.ip_table_rules, Some(caller)) {
-            inner.count(tenant, Stat::Denied, 1);
-            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+            gw.count(tenant, Stat::Denied, 1);
+            gw.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if table.len() >= inner.max_udp_flows {
-            inner
-                .stats
-                .udp_flows_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+        if table.len() >= gw.max_udp_flows {
+            gw.stats.udp_flows_rejected.fetch_add(1, Ordering::Relaxed);
+            gw.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
             // One line per second at most: a flood must not become a log flood.
             if last_full_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 *last_full_log = Some(Instant::now());
-                warn!(dest.id = %dest.id, caller.addr = %caller, limit = inner.max_udp_flows, reason = "limit", "UDP flow table full: datagrams from new callers dropped");
+                warn!(dest.id = %dest.id, caller.addr = %caller, limit = gw.max_udp_flows, reason = "limit", "UDP flow table full: datagrams from new callers dropped");
             }
             return;
         }
@@ -161,26 +158,26 @@ impl NewFlow<'_> {
             queued: Arc::default(),
             open: Arc::default(),
         };
-        if f.push(first, inner).is_err() {
-            inner.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
+        if f.push(first, gw).is_err() {
+            gw.stats.udp.dropped.fetch_add(1, Ordering::Relaxed);
         }
         table.insert(caller, f.clone());
-        inner.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
+        gw.stats.udp_flows.fetch_add(1, Ordering::Relaxed);
         let flow = run_flow(
-            inner.clone(),
+            gw.clone(),
             tenant.clone(),
             dest.clone(),
             GatewayFlow {
                 rx,
                 queued: f.queued.clone(),
-                total: inner.stats.udp_queued.clone(),
+                total: gw.stats.udp_queued.clone(),
                 open: f.open.clone(),
                 sock: sock.clone(),
                 caller,
             },
             (flows.clone(), f.tx),
         );
-        inner.tracker.spawn(flow);
+        gw.tracker.spawn(flow);
     }
 }
 
@@ -229,35 +226,35 @@ impl FlowSocket for GatewayFlow {
 
 /// One flow from its first datagram to expiry.
 async fn run_flow(
-    inner: Arc<Inner>,
+    gw: Arc<GatewayState>,
     tenant: Arc<Tenant>,
     dest: Arc<Destination>,
     flow: GatewayFlow,
     (flows, mine): (Flows, mpsc::Sender<Bytes>),
 ) {
     let caller = flow.caller;
-    let span = super::caller_span(&dest, caller);
+    let span = super::caller::caller_span(&dest, caller);
     async move {
         let started = Instant::now();
         // UDP destinations never compress (config refuses it), so no deflate is offered.
-        match super::open_for_caller(&tenant, &dest, caller).await {
+        match super::caller::open_for_caller(&tenant, &dest, caller).await {
             Ok((client_id, stream, _)) => {
                 flow.open.store(true, Ordering::Release);
-                super::record_stream(&client_id, &stream);
-                inner.count(&tenant, Stat::Opened, 1);
+                super::caller::record_stream(&client_id, &stream);
+                gw.count(&tenant, Stat::Opened, 1);
                 let counters = FlowCounters::default();
                 let e = relay_flow(
                     flow,
                     stream,
                     dest.idle_timeout.unwrap_or(dest.timeout),
                     &counters,
-                    &inner.stats.udp,
+                    &gw.stats.udp,
                 )
                 .await;
                 counters.log_closed(Facing::Caller, started, &e);
             }
             Err((reason, message)) => {
-                inner.count(&tenant, Stat::Failed, 1);
+                gw.count(&tenant, Stat::Failed, 1);
                 info!(reason = %reason, error = %message, "UDP flow refused");
             }
         }
@@ -267,7 +264,7 @@ async fn run_flow(
             table.remove(&caller);
         }
         drop(table);
-        inner.stats.udp_flows.fetch_sub(1, Ordering::Relaxed);
+        gw.stats.udp_flows.fetch_sub(1, Ordering::Relaxed);
     }
     .instrument(span)
     .await

@@ -368,3 +368,22 @@ pub async fn accept<T>(
         .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
     Ok((ws, authorized, hello))
 }
+
+/// Gateway side, the handshake's last step: WELCOME (the client's id) and the first CONFIG,
+/// within [`HANDSHAKE_TIMEOUT`], so a client that does not read can't hold the gateway's task.
+pub async fn welcome(
+    ws: &mut ServerWs,
+    welcome: &Welcome,
+    config: Bytes,
+) -> Result<(), AcceptError> {
+    let body = serde_json::to_vec(welcome)
+        .map_err(|e| AcceptError::Handshake(format!("cannot encode WELCOME: {e}")))?;
+    let frames = [Frame::Welcome(Bytes::from(body)), Frame::Config(config)];
+    let send = async {
+        for f in &frames {
+            ws.send(Message::Binary(frame_message(f))).await?;
+        }
+        Ok(())
+    };
+    accept_step("WELCOME and CONFIG", send, AcceptError::Ws).await
+}

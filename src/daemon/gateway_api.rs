@@ -1,10 +1,11 @@
-//! The running gateway as the management API sees it ([`crate::api::Backend`]).
+//! The running gateway as the management API sees it ([`crate::api::Backend`]): the
+//! adapter between the two lives here, in the wiring, so neither imports the other.
 
 use serde_json::{json, Value};
 
-use super::{GatewayError, GatewayHandle};
 use crate::api::{rfc3339_ms, ApplyError, Backend};
 use crate::config::TenantConfig;
+use crate::gateway::{GatewayError, GatewayHandle};
 
 impl Backend for GatewayHandle {
     async fn apply(&self, cfg: TenantConfig) -> Result<TenantConfig, ApplyError> {

@@ -18,8 +18,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::caller::serve_caller;
 use super::registry::{Tenant, TenantState};
-use super::{bind, serve_caller, spec_of, udp, GatewayError, Inner};
+use super::state::{bind, GatewayState};
+use super::wire::spec_of;
+use super::{udp, GatewayError};
 use crate::config::{Destination, Protocol, TenantConfig};
 use crate::proto::ConfigPush;
 
@@ -121,8 +124,8 @@ pub(super) fn config_push(
     Ok(push)
 }
 
-fn build_state(cfg: TenantConfig, inner: &Inner) -> Result<TenantState, GatewayError> {
-    let push = config_push(&cfg, inner.max_destinations)?;
+fn build_state(cfg: TenantConfig, gw: &GatewayState) -> Result<TenantState, GatewayError> {
+    let push = config_push(&cfg, gw.max_destinations)?;
     let mut reverse_tls = HashMap::new();
     for d in cfg.destinations.iter().filter(|d| d.reverse) {
         if let Some(spec) = spec_of(d).tls {
@@ -132,7 +135,7 @@ fn build_state(cfg: TenantConfig, inner: &Inner) -> Result<TenantState, GatewayE
         }
     }
     let egress = match &cfg.egress {
-        crate::config::Egress::FileDefault => inner.egress.clone(),
+        crate::config::Egress::FileDefault => gw.egress.clone(),
         crate::config::Egress::Own(list) => super::reverse::egress_acl(list)
             .map_err(|e| GatewayError::Egress(format!("gateway {}: {e}", cfg.id)))?,
     };
@@ -159,13 +162,13 @@ fn close_tunnels(tenant: &Tenant, id: &str, why: &str) {
 /// configuration as it runs: destinations asking for `cloud_port = 0` carry the bound port
 /// (kept across later changes). On error nothing has changed.
 pub(super) async fn apply(
-    inner: &Arc<Inner>,
+    gw: &Arc<GatewayState>,
     mut cfg: TenantConfig,
 ) -> Result<TenantConfig, GatewayError> {
-    let _one_at_a_time = inner.apply_lock.lock().await;
+    let _one_at_a_time = gw.apply_lock.lock().await;
     let id = cfg.id.clone();
     let mut running: HashMap<String, Listening> = {
-        let mut l = inner.lock_listeners();
+        let mut l = gw.lock_listeners();
         let keys: Vec<_> = l.keys().filter(|(g, _)| *g == id).cloned().collect();
         keys.into_iter()
             .filter_map(|k| l.remove(&k).map(|v| (k.1, v)))
@@ -208,7 +211,7 @@ pub(super) async fn apply(
     // Everything that can fail comes before anything changes. Kept listeners keep their TLS
     // settings: only listeners that (re)bind get new ones.
     let prepared = (|| {
-        let state = build_state(cfg.clone(), inner)?;
+        let state = build_state(cfg.clone(), gw)?;
         let mut acceptors = HashMap::new();
         for d in fresh.iter().chain(rebind.iter().map(|(d, _)| d)) {
             let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
@@ -221,7 +224,7 @@ pub(super) async fn apply(
     let (mut state, mut acceptors) = match prepared {
         Ok(x) => x,
         Err(e) => {
-            put_back(inner, &id, running, keep, rebind);
+            put_back(gw, &id, running, keep, rebind);
             return Err(e);
         }
     };
@@ -231,7 +234,7 @@ pub(super) async fn apply(
         match bind_dest(d, tls).await {
             Ok(b) => bound.push((d.clone(), b)),
             Err(e) => {
-                put_back(inner, &id, running, keep, rebind);
+                put_back(gw, &id, running, keep, rebind);
                 return Err(e);
             }
         }
@@ -245,7 +248,7 @@ pub(super) async fn apply(
         }
     }
     let result_cfg = state.cfg.clone();
-    let old = inner.tenant(&id).map(|t| t.state().cfg.clone());
+    let old = gw.tenant(&id).map(|t| t.state().cfg.clone());
     // Tunnels on a revoked token are closed before the new CONFIG (which may carry secrets)
     // is pushed to the tunnels that stay.
     let revoked = old.as_ref().and_then(|old| {
@@ -261,15 +264,15 @@ pub(super) async fn apply(
             None
         }
     });
-    if let (Some(why), Some(t)) = (revoked, inner.tenant(&id)) {
+    if let (Some(why), Some(t)) = (revoked, gw.tenant(&id)) {
         close_tunnels(&t, &id, why);
     }
-    let tenant = match inner.tenant(&id) {
+    let tenant = match gw.tenant(&id) {
         Some(t) => {
             t.set_state(state);
             t
         }
-        None => inner.insert_tenant(Tenant::new(state)),
+        None => gw.insert_tenant(Tenant::new(state)),
     };
     // Stop what is gone or changed; open streams are not touched and finish on their own.
     for (_, r) in running {
@@ -294,7 +297,7 @@ pub(super) async fn apply(
         }
     }
     started.extend(bound);
-    let mut l = inner.lock_listeners();
+    let mut l = gw.lock_listeners();
     for (k, v) in keep {
         l.insert((id.clone(), k), v);
     }
@@ -302,7 +305,7 @@ pub(super) async fn apply(
         if let Ok(a) = b.local_addr() {
             d.cloud_port = a.port();
         }
-        let listening = start(inner, &tenant, d, b);
+        let listening = start(gw, &tenant, d, b);
         l.insert((id.clone(), listening.dest.id.clone()), listening);
     }
     drop(l);
@@ -315,13 +318,13 @@ pub(super) async fn apply(
 
 /// A change that failed: the listeners taken out for it go back as they were.
 fn put_back(
-    inner: &Inner,
+    gw: &GatewayState,
     id: &str,
     running: HashMap<String, Listening>,
     keep: HashMap<String, Listening>,
     rebind: Vec<(Destination, Option<Listening>)>,
 ) {
-    let mut l = inner.lock_listeners();
+    let mut l = gw.lock_listeners();
     let again = rebind.into_iter().filter_map(|(d, r)| r.map(|r| (d.id, r)));
     for (k, v) in running.into_iter().chain(keep).chain(again) {
         l.insert((id.to_owned(), k), v);
@@ -329,13 +332,13 @@ fn put_back(
 }
 
 /// Stops a gateway id: its listeners close, its clients are disconnected.
-pub(super) async fn remove(inner: &Arc<Inner>, id: &str) {
-    let _one_at_a_time = inner.apply_lock.lock().await;
-    let Some(tenant) = inner.remove_tenant(id) else {
+pub(super) async fn remove(gw: &Arc<GatewayState>, id: &str) {
+    let _one_at_a_time = gw.apply_lock.lock().await;
+    let Some(tenant) = gw.remove_tenant(id) else {
         return;
     };
     let stopping: Vec<Listening> = {
-        let mut l = inner.lock_listeners();
+        let mut l = gw.lock_listeners();
         let keys: Vec<_> = l.keys().filter(|(g, _)| g == id).cloned().collect();
         keys.into_iter().filter_map(|k| l.remove(&k)).collect()
     };
@@ -349,8 +352,8 @@ pub(super) async fn remove(inner: &Arc<Inner>, id: &str) {
 }
 
 /// Serves a bound destination socket until its token (a child of the gateway's) is cancelled.
-fn start(inner: &Arc<Inner>, tenant: &Arc<Tenant>, dest: Destination, b: Bound) -> Listening {
-    let stop = inner.root.child_token();
+fn start(gw: &Arc<GatewayState>, tenant: &Arc<Tenant>, dest: Destination, b: Bound) -> Listening {
+    let stop = gw.root.child_token();
     let addr = b
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -358,18 +361,12 @@ fn start(inner: &Arc<Inner>, tenant: &Arc<Tenant>, dest: Destination, b: Bound) 
     info!(gateway.id = %tenant.id, dest.id = %dest.id, cloud.addr = %addr, protocol = dest.protocol.as_str(), dest.addr = %format!("{}:{}", dest.ip, dest.port), client_tls = dest.caller_tls.as_str(), "destination listening");
     let done = match b {
         Bound::Udp(sock) => {
-            let fut = udp::serve_udp(
-                inner.clone(),
-                tenant.clone(),
-                d,
-                Arc::new(sock),
-                stop.clone(),
-            );
-            inner.tracker.spawn(fut)
+            let fut = udp::serve_udp(gw.clone(), tenant.clone(), d, Arc::new(sock), stop.clone());
+            gw.tracker.spawn(fut)
         }
         Bound::Tcp(listener, tls) => {
-            let (inner2, tenant, stop2) = (inner.clone(), tenant.clone(), stop.clone());
-            inner.tracker.spawn(async move {
+            let (inner2, tenant, stop2) = (gw.clone(), tenant.clone(), stop.clone());
+            gw.tracker.spawn(async move {
                 crate::listen::accept_until(&listener, &stop2, |tcp, caller| {
                     let fut = serve_caller(
                         inner2.clone(),

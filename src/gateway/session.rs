@@ -1,0 +1,168 @@
+//! One client tunnel on the gateway, from TLS accept to close: the handshake
+//! ([`crate::tunnel::accept`], the token judged, the tunnel registered, WELCOME and the
+//! first CONFIG sent), then the session — reverse streams the client opens, its forwarded
+//! log lines, token expiry — until either side closes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use super::registry::TenantState;
+use super::reverse;
+use super::state::GatewayState;
+use crate::mux::Mux;
+use crate::proto::{LogPush, Welcome, PROTO_MAJOR, PROTO_MINOR};
+use crate::telemetry::clean;
+use crate::tunnel::{self, AcceptError};
+
+/// May a tunnel that presented `token` belong to this gateway id now?
+fn admits(state: &TenantState, token: Option<&crate::config::Secret>) -> bool {
+    let now = crate::telemetry::unix_ms() / 1000;
+    let token_ok = token.is_some_and(|t| state.cfg.token_valid(t.expose(), now));
+    state.cfg.enabled && (!state.cfg.enf_tok_sec || token_ok)
+}
+
+/// A client log line is kept (and logged) cut to this many bytes.
+const CLIENT_LOG_MAX: usize = 2048;
+
+/// One client tunnel from TLS accept to close.
+pub(super) async fn serve_tunnel(
+    gw: Arc<GatewayState>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    // The token is judged again after registering and before every CONFIG this tunnel is
+    // sent: a change may revoke it at any point of the handshake.
+    let mut token: Option<crate::config::Secret> = None;
+    let accepted = tunnel::accept(tcp, &gw.tls, |req| {
+        let tenant = gw.tenant(req.gateway_id)?;
+        token = req.token.map(crate::config::Secret::new);
+        admits(&tenant.state(), token.as_ref()).then_some(tenant)
+    })
+    .await;
+    let (mut ws, tenant, hello) = match accepted {
+        Ok(x) => x,
+        Err(e) => {
+            gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(peer.addr = %peer, error = %e, "tunnel refused");
+            return;
+        }
+    };
+    let client_id = tenant.client_id_for(&hello.instance);
+    let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.id, peer.addr = %peer);
+    async move {
+        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
+        if let Err(why) = tenant.tunnel_room(&hello.instance, gw.tunnel_caps) {
+            gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+            warn!(reason = "limit", error = %why, "tunnel refused");
+            return;
+        }
+        let state = tenant.state();
+        if !admits(&state, token.as_ref()) {
+            warn!(reason = "token_revoked", "tunnel refused: its security token was revoked during the handshake");
+            return;
+        }
+        let sent_config = state.push.clone();
+        drop(state);
+        match tunnel::welcome(&mut ws, &welcome, sent_config.clone()).await {
+            Ok(()) => {}
+            Err(AcceptError::Timeout(..)) => {
+                warn!(reason = "timeout", "tunnel dropped: the client did not take WELCOME and CONFIG in time");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "tunnel lost during handshake");
+                return;
+            }
+        }
+        let (r, w) = tunnel::split(ws);
+        let (mux, mut events) = Mux::start(r, w, gw.mux_cfg.clone());
+        let tunnel_id = match tenant.register(&client_id, &hello, mux.clone(), gw.tunnel_caps) {
+            Ok(id) => {
+                gw.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+                tenant.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);
+                id
+            }
+            Err(why) => {
+                gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(reason = "limit", error = %why, "tunnel refused");
+                mux.close(&why);
+                return;
+            }
+        };
+        // A change applied between the hello and registering would otherwise miss this tunnel:
+        // a revoked token closes it (before anything more is sent), a new list is pushed.
+        let now = tenant.state();
+        if !admits(&now, token.as_ref()) {
+            mux.close("security token revoked");
+        } else if now.push != sent_config {
+            if let Err(e) = mux.push_config(now.push.clone()) {
+                warn!(error = %e, "could not send the changed configuration; closing the tunnel so the client reconnects");
+                mux.close("configuration push failed");
+            }
+        }
+        drop(now);
+        info!(client.version = %clean(&hello.version, 64), client.hostname = %clean(&hello.hostname, 256), client.env = %clean(&hello.env, 64), "tunnel up");
+        // The token this tunnel came in with stops being good at its expiry; a changed token
+        // closes the tunnel sooner (apply::apply).
+        let expires = {
+            let cfg = &tenant.state().cfg;
+            cfg.token_expires_at.filter(|_| cfg.enf_tok_sec)
+        };
+        let expiry = async move {
+            match expires {
+                Some(at) => {
+                    let now = crate::telemetry::unix_ms() / 1000;
+                    tokio::time::sleep(Duration::from_secs(at.saturating_sub(now))).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                _ = &mut expiry => {
+                    info!(reason = "token_expired", "the security token expired; closing the tunnel");
+                    mux.close("security token expired");
+                    break;
+                }
+                inc = events.incoming.recv() => match inc {
+                    // Client-opened streams are for reverse destinations.
+                    Some(i) => {
+                        let fut = reverse::serve_reverse(gw.clone(), tenant.clone(), i, client_id.clone());
+                        gw.tracker.spawn(fut);
+                    }
+                    None => break,
+                },
+                log = events.logs.recv() => if let Some(line) = log {
+                    match serde_json::from_slice::<LogPush>(&line) {
+                        Ok(l) => {
+                            // Kept per gateway id for clientLogs: stored short and escaped.
+                            let l = LogPush { level: clean(&l.level, 16), message: clean(&l.message, CLIENT_LOG_MAX), time: l.time };
+                            info!(client.log.level = %l.level, client.log = %l.message, "client log");
+                            tenant.push_log(&client_id, l);
+                        }
+                        Err(e) => info!(error = %e, "ignoring malformed client log line"),
+                    }
+                },
+                _ = mux.closed() => break,
+                _ = shutdown.cancelled() => {
+                    // `run` drains and closes every tunnel; just wait for that.
+                    mux.closed().await;
+                    break;
+                }
+            }
+        }
+        let reason = mux.close_reason().unwrap_or_default();
+        tenant.unregister(&client_id, tunnel_id, &reason);
+        info!(reason = %reason, "tunnel down");
+    }
+    .instrument(span)
+    .await
+}
