@@ -9,8 +9,15 @@
 //! One request's path: [`serve`] (TLS, HTTP/1) → router → a handler in `routes` →
 //! [`Api::authorize`] → [`Api::change`] for changes.
 
+mod body;
 mod certs;
+mod clients;
+mod dest_certs;
+mod destinations;
+mod gateways;
 mod routes;
+mod rules;
+mod views;
 
 use std::collections::HashMap;
 use std::future::Future;

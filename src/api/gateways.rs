@@ -1,0 +1,348 @@
+//! Gateway-level calls: list, create, update, delete, activity, export and import, stats
+//! and the enrollment string.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::body::{json_body, need_body, object, ok, prefix, typed, upload, Body, Res, St};
+use super::destinations::{new_dest, Origin};
+use super::views::{check_token_exp, expiry, filter_enabled, find_dest, new_record, NewGateway};
+use super::{ApiError, Backend};
+use crate::config::state::StoredSecret;
+use crate::config::Secret;
+
+pub(super) async fn list_gateways<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res {
+    api.admin(&h)?;
+    let only = filter_enabled(&q)?;
+    let recs = api.records().await;
+    let out: Vec<Value> = api
+        .backend
+        .gateway_ids()
+        .iter()
+        .filter_map(|id| api.backend.tenant(id))
+        .filter(|t| only.is_none_or(|e| e == t.enabled))
+        .map(|t| api.gateway_view(&t, recs.iter().find(|r| r.id == t.id)))
+        .collect();
+    ok(Value::Array(out))
+}
+
+pub(super) async fn create_gateway<B: Backend>(State(api): St<B>, h: HeaderMap, body: Body) -> Res {
+    api.admin(&h)?;
+    let g: NewGateway = typed(json_body(body)?.unwrap_or_else(|| json!({})))?;
+    let rec = new_record(g, Vec::new())?;
+    let done = api.add(vec![rec]).await?;
+    let (rec, cfg) = &done[0];
+    tracing::info!(gateway.id = %rec.id, "gateway created");
+    ok(api.gateway_view(cfg, Some(rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Activity {
+    #[serde(default)]
+    set_active: Vec<String>,
+    #[serde(default)]
+    set_inactive: Vec<String>,
+}
+
+pub(super) async fn gateways_activity<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    body: Body,
+) -> Res {
+    api.admin(&h)?;
+    let a: Activity = typed(need_body(body)?)?;
+    for id in a.set_active.iter().chain(&a.set_inactive) {
+        if api.record(id).await.is_none() {
+            return Err(api.not_managed(id));
+        }
+    }
+    let (mut on, mut off, mut same) = (Vec::new(), Vec::new(), Vec::new());
+    for (ids, want) in [(&a.set_active, true), (&a.set_inactive, false)] {
+        for id in ids {
+            let mut changed = false;
+            let (rec, cfg) = api
+                .change(id, |r| {
+                    changed = r.enabled != want;
+                    r.enabled = want;
+                    Ok(())
+                })
+                .await?;
+            let v = api.gateway_view(&cfg, Some(&rec));
+            match (changed, want) {
+                (false, _) => same.push(Value::String(id.clone())),
+                (true, true) => on.push(v),
+                (true, false) => off.push(v),
+            }
+        }
+    }
+    ok(json!({ "activated": on, "deactivated": off, "unchanged": same }))
+}
+
+pub(super) async fn export_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Res {
+    api.admin(&h)?;
+    let gateways: Vec<Value> = api
+        .backend
+        .gateway_ids()
+        .iter()
+        .filter_map(|id| api.backend.tenant(id))
+        .map(|t| api.gateway_export(&t, None))
+        .collect();
+    ok(json!({ "gateways": gateways }))
+}
+
+/// A `.gateway` file as import reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatewayFile {
+    pub desc: Option<String>,
+    pub enf_tok_sec: Option<bool>,
+    pub enabled: Option<bool>,
+    pub token_exp: Option<u32>,
+    #[serde(default)]
+    pub destinations: Vec<Value>,
+}
+
+/// The uploaded file of an import: the `state` part, or the whole body.
+pub(super) fn import_file(parts: Vec<(String, String)>) -> Result<Value, ApiError> {
+    let text = match parts.as_slice() {
+        [(_, t)] => t.clone(),
+        _ => parts
+            .into_iter()
+            .find(|(n, _)| n == "state")
+            .map(|(_, t)| t)
+            .ok_or_else(|| ApiError::bad("state: missing (upload the file as -F state=@file)"))?,
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad("state: the file is empty"));
+    }
+    serde_json::from_str(&text).map_err(|e| ApiError::bad(format!("state: not valid JSON: {e}")))
+}
+
+pub(super) async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req: Request) -> Res {
+    api.admin(&h)?;
+    let v = import_file(upload(req).await?)?;
+    let files: Vec<Value> = match v {
+        Value::Object(mut m) if m.contains_key("gateways") => {
+            if m.len() > 1 {
+                return Err(ApiError::bad("a service config has only `gateways`"));
+            }
+            match m.remove("gateways") {
+                Some(Value::Array(a)) => a,
+                _ => return Err(ApiError::bad("gateways: must be an array")),
+            }
+        }
+        other => vec![other],
+    };
+    let mut recs = Vec::new();
+    for (i, f) in files.into_iter().enumerate() {
+        let at = |e: ApiError| prefix(e, &format!("gateways[{i}]"));
+        let g: GatewayFile = typed(f).map_err(at)?;
+        let dests = g
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(j, d)| {
+                let doc = object(d.clone(), "a destination")?;
+                new_dest(&api, doc, &[], Origin::Import)
+                    .map_err(|e| prefix(e, &format!("destinations[{j}]")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(at)?;
+        let head = NewGateway {
+            desc: g.desc,
+            enf_tok_sec: g.enf_tok_sec,
+            enabled: g.enabled,
+            token_exp: g.token_exp,
+        };
+        recs.push(new_record(head, dests).map_err(at)?);
+    }
+    let done = api.add(recs).await?;
+    let out: Vec<Value> = done
+        .iter()
+        .map(|(r, c)| api.gateway_view(c, Some(r)))
+        .collect();
+    ok(json!({ "imported": out }))
+}
+
+pub(super) async fn stats_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Res {
+    api.admin(&h)?;
+    let mut per = Map::new();
+    let mut total: Map<String, Value> = Map::new();
+    for id in api.backend.gateway_ids() {
+        if let Some(Value::Object(s)) = api.backend.stats(&id) {
+            for (k, v) in &s {
+                let sum =
+                    total.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+                total.insert(k.clone(), sum.into());
+            }
+            per.insert(id, Value::Object(s));
+        }
+    }
+    ok(json!({ "total": total, "gateways": per }))
+}
+
+pub(super) async fn get_gateway<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+) -> Res {
+    let (_, cfg) = api.authorize(&h, &gw)?;
+    let rec = api.record(&gw).await;
+    ok(api.gateway_view(&cfg, rec.as_ref()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayUpdate {
+    desc: Option<String>,
+    enabled: Option<bool>,
+    enf_tok_sec: Option<bool>,
+    regen_token: Option<bool>,
+    token_exp: Option<u32>,
+}
+
+pub(super) async fn update_gateway<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+    body: Body,
+) -> Res {
+    api.authorize(&h, &gw)?;
+    let u: GatewayUpdate = typed(need_body(body)?)?;
+    let days = check_token_exp(u.token_exp)?;
+    let (rec, cfg) = api
+        .change(&gw, |r| {
+            if let Some(d) = u.desc {
+                r.desc = d;
+            }
+            if let Some(e) = u.enabled {
+                r.enabled = e;
+            }
+            if let Some(e) = u.enf_tok_sec {
+                r.enf_tok_sec = e;
+            }
+            if u.regen_token == Some(true) {
+                r.security_token = StoredSecret(Secret::generate());
+                r.token_exp = days;
+                r.token_expires_at = expiry(days);
+            }
+            Ok(())
+        })
+        .await?;
+    ok(api.gateway_view(&cfg, Some(&rec)))
+}
+
+pub(super) async fn delete_gateway<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+) -> Res {
+    api.authorize(&h, &gw)?;
+    api.delete_gateway(&gw).await?;
+    tracing::info!(gateway.id = %gw, "gateway deleted");
+    ok(json!({ "deleted": gw }))
+}
+
+pub(super) async fn export_gateway<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+) -> Res {
+    let (_, cfg) = api.authorize(&h, &gw)?;
+    ok(api.gateway_export(&cfg, None))
+}
+
+pub(super) async fn dests_activity<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+    body: Body,
+) -> Res {
+    api.authorize(&h, &gw)?;
+    let a: Activity = typed(need_body(body)?)?;
+    let mut changed = Vec::new();
+    let mut same = Vec::new();
+    let (rec, cfg) = api
+        .change(&gw, |r| {
+            for (ids, want) in [(&a.set_active, true), (&a.set_inactive, false)] {
+                for id in ids {
+                    let i = find_dest(r, id)
+                        .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
+                    let doc = &mut r.destinations[i];
+                    if doc.config.get("enabled").and_then(Value::as_bool) == Some(want) {
+                        same.push(Value::String(id.clone()));
+                    } else {
+                        doc.config.insert("enabled".into(), want.into());
+                        doc.updated_at = crate::telemetry::unix_ms();
+                        changed.push((id.clone(), want));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    let view = |want: bool| -> Vec<Value> {
+        changed
+            .iter()
+            .filter(|(_, w)| *w == want)
+            .filter_map(|(id, _)| cfg.destinations.iter().find(|d| d.id == *id))
+            .map(|d| api.dest_view(&gw, d, Some(&rec)))
+            .collect()
+    };
+    ok(json!({ "activated": view(true), "deactivated": view(false), "unchanged": same }))
+}
+
+pub(super) async fn gateway_stats<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+) -> Res {
+    api.authorize(&h, &gw)?;
+    let s = api
+        .backend
+        .stats(&gw)
+        .ok_or_else(|| ApiError::not_found(format!("no gateway `{gw}`")))?;
+    ok(s)
+}
+
+/// The enrollment string for this gateway id (docs/DEPLOYMENT.md): `public_url` (or `?url=`),
+/// `enroll_ca_file` and the gateway's token. It holds the token, so the same callers as for
+/// the token itself: the admin or the gateway's own token.
+pub(super) async fn gateway_enrollment<B: Backend>(
+    State(api): St<B>,
+    h: HeaderMap,
+    Path(gw): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res {
+    let (_, cfg) = api.authorize(&h, &gw)?;
+    let defaults = &api.settings.enroll;
+    let url = match q.get("url") {
+        Some(u) => {
+            crate::config::WssUrl::parse(u).map_err(|e| ApiError::bad(format!("url: {e}")))?
+        }
+        None => defaults.url.clone().ok_or_else(|| {
+            ApiError::conflict(
+                "gateway.toml has no public_url: set it, or pass ?url=wss://NAME:PORT/tunnel",
+            )
+        })?,
+    };
+    let e = crate::enroll::Enrollment {
+        url,
+        gateway_id: gw,
+        token: cfg.token.clone(),
+        ca_pem: defaults.ca_pem.clone(),
+    };
+    let s = e
+        .encode()
+        .map_err(|e| ApiError::conflict(format!("enroll_ca_file: {e}")))?;
+    ok(json!({ "enrollment": s, "url": e.url.to_string(), "gateway_id": e.gateway_id }))
+}
