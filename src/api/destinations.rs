@@ -58,9 +58,7 @@ fn normalise(doc: &mut Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// A destination document validated and in its canonical form.
-fn canonical(
-    doc: &Map<String, Value>,
-) -> Result<(Destination, Map<String, Value>), ApiError> {
+fn canonical(doc: &Map<String, Value>) -> Result<(Destination, Map<String, Value>), ApiError> {
     let d = destination_from_json(doc).map_err(ApiError::invalid)?;
     let canon = destination_to_json(&d, true);
     Ok((d, canon))
