@@ -55,11 +55,28 @@ pub const FORWARD_FIELD_MAX: usize = 128;
 /// Lines waiting to be forwarded; beyond this they are dropped (and counted).
 pub const FORWARD_QUEUE: usize = 256;
 
+/// Why logging could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("unknown log level `{0}` (trace, debug, info, warn, error, off)")]
+    UnknownLevel(String),
+    #[error("{what}: {message}")]
+    Filter { what: &'static str, message: String },
+    #[error("cannot change the log level: {0}")]
+    Reload(String),
+    #[error("logging is already set up in this process: {0}")]
+    Installed(String),
+    #[error("this process cannot change its log level")]
+    Fixed,
+}
+
 impl LogControl {
     /// `level` is a level (`debug`) or a full filter directive (`sgw=debug,hyper=warn`).
-    pub fn set_level(&self, level: &str) -> Result<(), String> {
+    pub fn set_level(&self, level: &str) -> Result<(), LogError> {
         let f = filter(level)?;
-        self.handle.reload(f).map_err(|e| e.to_string())
+        self.handle
+            .reload(f)
+            .map_err(|e| LogError::Reload(e.to_string()))
     }
 
     /// The warn/error lines of this process (once; later calls get `None`).
@@ -71,26 +88,28 @@ impl LogControl {
     }
 }
 
-fn filter(level: &str) -> Result<EnvFilter, String> {
+fn filter(level: &str) -> Result<EnvFilter, LogError> {
     let spec = if level.contains('=') || level.contains(',') {
         level.to_owned()
     } else {
         match level {
             "trace" | "debug" | "info" | "warn" | "error" | "off" => format!("sgw={level},warn"),
-            other => {
-                return Err(format!(
-                    "unknown log level `{other}` (trace, debug, info, warn, error, off)"
-                ))
-            }
+            other => return Err(LogError::UnknownLevel(other.to_owned())),
         }
     };
-    EnvFilter::try_new(spec).map_err(|e| e.to_string())
+    EnvFilter::try_new(spec).map_err(|e| LogError::Filter {
+        what: "log_level",
+        message: e.to_string(),
+    })
 }
 
 /// Installs the global subscriber; logs go to stderr. Once per process.
-pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
+pub fn init(level: &str, format: LogFormat) -> Result<LogControl, LogError> {
     let f = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => EnvFilter::try_new(f).map_err(|e| format!("RUST_LOG: {e}"))?,
+        Ok(f) if !f.is_empty() => EnvFilter::try_new(f).map_err(|e| LogError::Filter {
+            what: "RUST_LOG",
+            message: e.to_string(),
+        })?,
         _ => filter(level)?,
     };
     let (filter_layer, handle) = reload::Layer::new(f);
@@ -110,7 +129,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, String> {
         (LogFormat::Text, true) => registry.with(base.without_time()).try_init(),
         (LogFormat::Text, false) => registry.with(base).try_init(),
     };
-    res.map_err(|e| e.to_string())?;
+    res.map_err(|e| LogError::Installed(e.to_string()))?;
     Ok(LogControl {
         handle: Arc::new(handle),
         forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),

@@ -33,6 +33,24 @@ pub fn system_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
+/// Why TLS settings can't be built: the setting at fault and what is wrong with it, never
+/// key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct TlsError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl TlsError {
+    pub fn new(setting: impl Into<String>, problem: impl std::fmt::Display) -> TlsError {
+        TlsError {
+            setting: setting.into(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
 /// How the client connects TLS to one endpoint.
 #[derive(Clone)]
 pub struct EndpointConnector {
@@ -53,11 +71,15 @@ impl std::fmt::Debug for EndpointConnector {
 
 /// Builds the TLS settings for a destination's endpoint; `host` is its `ip`, the server name
 /// when `sni` is empty. Errors name the field at fault and never quote key material.
-pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConnector, String> {
+pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConnector, TlsError> {
     install_crypto();
     let name = if spec.sni.is_empty() { host } else { &spec.sni };
-    let server_name = ServerName::try_from(name.to_owned())
-        .map_err(|_| format!("sni: `{name}` is not a valid server name or address"))?;
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|_| {
+        TlsError::new(
+            "sni",
+            format!("`{name}` is not a valid server name or address"),
+        )
+    })?;
     let builder = rustls::ClientConfig::builder();
     let builder = if spec.reject_unauth {
         let roots = if spec.client_certs.is_empty() {
@@ -66,16 +88,21 @@ pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConn
             let mut roots = RootCertStore::empty();
             for (i, pem) in spec.client_certs.iter().enumerate() {
                 for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let c = c.map_err(|e| format!("client_certs[{i}]: bad PEM: {e}"))?;
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("client_certs[{i}]: unusable CA: {e}"))?;
+                    let c = c.map_err(|e| {
+                        TlsError::new(format!("client_certs[{i}]"), format!("bad PEM: {e}"))
+                    })?;
+                    roots.add(c).map_err(|e| {
+                        TlsError::new(format!("client_certs[{i}]"), format!("unusable CA: {e}"))
+                    })?;
                 }
             }
             Arc::new(roots)
         };
         if roots.is_empty() {
-            return Err("reject_unauth: no client_certs given and no system CA found".into());
+            return Err(TlsError::new(
+                "reject_unauth",
+                "no client_certs given and no system CA found",
+            ));
         }
         builder.with_root_certificates(roots)
     } else {
@@ -86,22 +113,22 @@ pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConn
     let cfg = if !spec.mutual {
         builder.with_no_client_auth()
     } else if spec.dest_cert.is_empty() || spec.dest_key.0.is_empty() {
-        return Err(
-            "tls = mutualauth but no dest_cert/dest_key: none from the gateway and none in client.toml [[destinations]]"
-                .into(),
-        );
+        return Err(TlsError::new(
+            "tls",
+            "mutualauth needs dest_cert and dest_key: none from the gateway and none in client.toml [[destinations]]",
+        ));
     } else {
         let certs: Result<Vec<_>, _> =
             CertificateDer::pem_slice_iter(spec.dest_cert.as_bytes()).collect();
-        let certs = certs.map_err(|e| format!("dest_cert: bad PEM: {e}"))?;
+        let certs = certs.map_err(|e| TlsError::new("dest_cert", format!("bad PEM: {e}")))?;
         if certs.is_empty() {
-            return Err("dest_cert: contains no PEM certificate".into());
+            return Err(TlsError::new("dest_cert", "contains no PEM certificate"));
         }
         let key = PrivateKeyDer::from_pem_slice(spec.dest_key.0.as_bytes())
-            .map_err(|_| "dest_key: contains no usable PEM private key".to_string())?;
+            .map_err(|_| TlsError::new("dest_key", "contains no usable PEM private key"))?;
         builder
             .with_client_auth_cert(certs, key)
-            .map_err(|e| format!("dest_cert/dest_key: {e}"))?
+            .map_err(|e| TlsError::new("dest_cert/dest_key", e))?
     };
     Ok(EndpointConnector {
         connector: TlsConnector::from(Arc::new(cfg)),
@@ -111,7 +138,7 @@ pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConn
 }
 
 /// The gateway's TLS toward a destination's callers; `None` for `client_tls = "none"`.
-pub fn caller_acceptor(mode: &CallerTls) -> Result<Option<TlsAcceptor>, String> {
+pub fn caller_acceptor(mode: &CallerTls) -> Result<Option<TlsAcceptor>, TlsError> {
     install_crypto();
     let (id, mutual): (&TlsIdentity, bool) = match mode {
         CallerTls::None => return Ok(None),
@@ -122,20 +149,20 @@ pub fn caller_acceptor(mode: &CallerTls) -> Result<Option<TlsAcceptor>, String> 
     let builder = if mutual {
         let mut roots = RootCertStore::empty();
         for c in &id.certs {
-            roots
-                .add(c.clone())
-                .map_err(|e| format!("server_cert: unusable as a CA for callers: {e}"))?;
+            roots.add(c.clone()).map_err(|e| {
+                TlsError::new("server_cert", format!("unusable as a CA for callers: {e}"))
+            })?;
         }
         let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
-            .map_err(|e| format!("server_cert: {e}"))?;
+            .map_err(|e| TlsError::new("server_cert", e))?;
         builder.with_client_cert_verifier(verifier)
     } else {
         builder.with_no_client_auth()
     };
     let cfg = builder
         .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .map_err(|e| format!("server_cert/server_key: {e}"))?;
+        .map_err(|e| TlsError::new("server_cert/server_key", e))?;
     Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
 }
 

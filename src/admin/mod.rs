@@ -89,16 +89,16 @@ pub trait Backend: Send + Sync + 'static {
         Err(no_acl())
     }
     /// Changes the log level (`debug`, or a filter like `sgw=debug,hyper=warn`).
-    fn set_log_level(&self, level: &str) -> Result<(), String>;
+    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError>;
 }
 
 /// `PUT /v1/log` for a process whose log level can change (`log`), the same for both programs.
 pub fn set_log_level(
     log: Option<&crate::telemetry::LogControl>,
     level: &str,
-) -> Result<(), String> {
+) -> Result<(), crate::telemetry::LogError> {
     let Some(l) = log else {
-        return Err("this process cannot change its log level".into());
+        return Err(crate::telemetry::LogError::Fixed);
     };
     l.set_level(level)?;
     tracing::info!(level, "log level changed through the admin endpoint");
@@ -434,7 +434,7 @@ async fn set_log(
     match body {
         Ok(Json(b)) => match st.backend.set_log_level(&b.level) {
             Ok(()) => Json(serde_json::json!({ "level": b.level })).into_response(),
-            Err(e) => json_error(StatusCode::BAD_REQUEST, e),
+            Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         },
         Err(e) => json_error(StatusCode::BAD_REQUEST, e.body_text()),
     }

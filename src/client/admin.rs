@@ -331,7 +331,7 @@ impl Backend for AdminBackend {
         self.client.acl_remove(rule, line).map_err(edit_error)
     }
 
-    fn set_log_level(&self, level: &str) -> Result<(), String> {
+    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError> {
         crate::admin::set_log_level(self.log.as_ref(), level)
     }
 

@@ -14,7 +14,7 @@ use super::state::{ClientState, GatewayPeer, PushedDest};
 use crate::acl::{self, Decision, LocalTime, Request};
 use crate::dial::{self, DialError, Vetted};
 use crate::mux::Incoming;
-use crate::proto::{OpenMeta, Reason, FEATURE_DEFLATE};
+use crate::proto::{OpenMeta, Protocol, Reason, FEATURE_DEFLATE};
 use crate::relay::Socket;
 
 /// Why a stream (or one HTTP request) is not served.
@@ -196,6 +196,12 @@ pub(super) fn admit(
     if dest.spec.reverse {
         return Err(Refusal::ReverseDest);
     }
+    if dest.spec.protocol == Protocol::Unknown {
+        return Err(Refusal::Failed(DialError {
+            reason: Reason::Protocol,
+            message: "this client does not know the destination's protocol; upgrade it".into(),
+        }));
+    }
     let compress = match meta.compress.as_deref() {
         None => false,
         Some(FEATURE_DEFLATE) => true,
@@ -247,7 +253,7 @@ pub(super) async fn connect(
         ..Request::new(host, port)
     };
     let target = vet(&acl, ask(&spec.ip, spec.port, path), deadline).await?;
-    if spec.protocol == "UDP" {
+    if spec.protocol == Protocol::Udp {
         // Config forbids proxies and TLS for UDP destinations.
         return match target {
             Vetted::Addrs(a) => dial::udp(&a).await.map(|s| (Conn::Udp(s), None)),
@@ -286,7 +292,7 @@ pub(super) async fn connect(
         Some(Err(e)) => {
             return Err(Refusal::Failed(DialError {
                 reason: Reason::Tls,
-                message: e.clone(),
+                message: e.to_string(),
             }))
         }
     };

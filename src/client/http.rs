@@ -22,7 +22,7 @@ pub(super) fn settings(spec: &DestinationSpec) -> HttpSettings {
     };
     HttpSettings {
         caller: None,
-        proto: if spec.protocol == "HTTPS" {
+        proto: if spec.protocol == crate::proto::Protocol::Https {
             "https"
         } else {
             "http"

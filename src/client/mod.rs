@@ -54,8 +54,12 @@ use state::{ClientState, GatewayPeer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("gateway {gateway}: {message}")]
-    Tls { gateway: String, message: String },
+    #[error("gateway {gateway}: {source}")]
+    Tls {
+        gateway: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
 }
 
 /// A configured, not yet running client.
@@ -82,9 +86,9 @@ impl Client {
     pub fn new(cfg: ClientConfig, acl: Acl) -> Result<Client, ClientError> {
         let mut peers = Vec::new();
         for g in &cfg.gateways {
-            let tls = tunnel::client_tls(&g.trust).map_err(|message| ClientError::Tls {
+            let tls = tunnel::client_tls(&g.trust).map_err(|source| ClientError::Tls {
                 gateway: g.gateway_id.clone(),
-                message,
+                source,
             })?;
             peers.push(Arc::new(GatewayPeer::new(g.clone(), tls)));
         }

@@ -46,21 +46,7 @@ pub fn reload_from_files(
         }
     }
     let mut restart = Vec::new();
-    let links = |c: &ClientConfig| {
-        c.gateways
-            .iter()
-            .map(|g| {
-                (
-                    g.url.to_string(),
-                    g.gateway_id.clone(),
-                    g.token.expose().to_owned(),
-                    g.tunnels,
-                    g.proxy.clone(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    if links(&new) != links(running) {
+    if new.gateways != running.gateways {
         restart.push("gateway");
     }
     if new.acl_file != running.acl_file || new.default_policy != running.default_policy {
@@ -69,13 +55,14 @@ pub fn reload_from_files(
     if new.admin_listen != running.admin_listen || new.admin_token != running.admin_token {
         restart.push("admin_listen/admin_token");
     }
-    if format!(
-        "{:?}{:?}{:?}{:?}",
-        new.limits, new.keepalive, new.reconnect, new.shutdown_grace
-    ) != format!(
-        "{:?}{:?}{:?}{:?}",
-        running.limits, running.keepalive, running.reconnect, running.shutdown_grace
-    ) {
+    if (new.limits, new.keepalive, new.reconnect, new.shutdown_grace)
+        != (
+            running.limits,
+            running.keepalive,
+            running.reconnect,
+            running.shutdown_grace,
+        )
+    {
         restart.push("limits/keepalive/reconnect/shutdown_grace");
     }
     if !restart.is_empty() {

@@ -118,7 +118,7 @@ pub(super) struct PushedDest {
     /// This destination's metric series, looked up once per push, not once per stream.
     pub stats: Arc<DestStats>,
     /// TLS to the endpoint, built once per push; an error fails each stream with reason `tls`.
-    pub tls: Option<Result<EndpointConnector, String>>,
+    pub tls: Option<Result<EndpointConnector, crate::tls::TlsError>>,
 }
 
 impl PushedDest {

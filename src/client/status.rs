@@ -115,7 +115,7 @@ pub(super) fn snapshot(state: &ClientState, peers: &[Arc<GatewayPeer>]) -> Statu
                 .values()
                 .map(|d| DestinationStatus {
                     id: d.spec.id.clone(),
-                    protocol: d.spec.protocol.to_string(),
+                    protocol: d.spec.protocol.as_str().to_owned(),
                     addr: format!("{}:{}", d.spec.ip, d.spec.port),
                     private: d.spec.private,
                 })

@@ -39,7 +39,7 @@ pub(super) async fn serve_open(
         let dest_addr = format!("{}:{}", dest.spec.ip, dest.spec.port);
         tracing::Span::current().record("dest.addr", tracing::field::display(&dest_addr));
         // Counted from here so concurrent opens cannot overshoot the limit.
-        let udp = dest.spec.protocol == "UDP";
+        let udp = dest.spec.protocol == crate::proto::Protocol::Udp;
         let _flow = if udp {
             match FlowSlot::take(&state) {
                 Some(slot) => Some(slot),
@@ -52,7 +52,7 @@ pub(super) async fn serve_open(
             None
         };
         // HTTP is judged and dialled per request, once the stream is open.
-        let http = matches!(dest.spec.protocol.as_str(), "HTTP" | "HTTPS");
+        let http = dest.spec.protocol.is_http();
         let conn = if http {
             super::admit::admit_caller(&dest, inc.meta.caller.parse().ok()).map(|()| Conn::Http)
         } else {

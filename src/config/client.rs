@@ -75,7 +75,7 @@ impl std::fmt::Display for WssUrl {
 }
 
 /// Which certificates the client trusts for the gateway.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
     /// The operating system's trust store.
     System,
@@ -84,7 +84,7 @@ pub enum Trust {
 }
 
 /// One `[[gateway]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayLink {
     pub url: WssUrl,
     pub gateway_id: String,
@@ -95,14 +95,14 @@ pub struct GatewayLink {
     pub proxy: Option<OutboundProxy>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconnect {
     pub initial: Duration,
     pub max: Duration,
 }
 
 /// Validated client configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     pub gateways: Vec<GatewayLink>,
     pub acl_file: PathBuf,

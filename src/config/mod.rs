@@ -91,20 +91,20 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
     pub interval: std::time::Duration,
     pub timeout: std::time::Duration,
 }
 
 /// Bounds on memory and concurrency, per tunnel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_streams: usize,
     pub max_udp_flows: usize,

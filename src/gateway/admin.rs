@@ -237,7 +237,7 @@ impl Backend for AdminBackend {
         ]
     }
 
-    fn set_log_level(&self, level: &str) -> Result<(), String> {
+    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError> {
         crate::admin::set_log_level(self.log.as_ref(), level)
     }
 }

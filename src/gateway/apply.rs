@@ -129,8 +129,13 @@ fn build_state(cfg: TenantConfig, gw: &GatewayState) -> Result<TenantState, Gate
     let mut reverse_tls = HashMap::new();
     for d in cfg.destinations.iter().filter(|d| d.reverse) {
         if let Some(spec) = spec_of(d).tls {
-            let ep = crate::tls::endpoint_connector(&spec, &d.ip)
-                .map_err(|e| GatewayError::Tls(format!("destination {}: {e}", d.id)))?;
+            let ep = crate::tls::endpoint_connector(&spec, &d.ip).map_err(|source| {
+                GatewayError::DestTls {
+                    gateway: cfg.id.clone(),
+                    dest: d.id.clone(),
+                    source,
+                }
+            })?;
             reverse_tls.insert(d.id.clone(), ep);
         }
     }
@@ -214,8 +219,12 @@ pub(super) async fn apply(
         let state = build_state(cfg.clone(), gw)?;
         let mut acceptors = HashMap::new();
         for d in fresh.iter().chain(rebind.iter().map(|(d, _)| d)) {
-            let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|e| {
-                GatewayError::Tls(format!("gateway {id} destination {}: {e}", d.id))
+            let tls = crate::tls::caller_acceptor(&d.caller_tls).map_err(|source| {
+                GatewayError::DestTls {
+                    gateway: id.to_owned(),
+                    dest: d.id.clone(),
+                    source,
+                }
             })?;
             acceptors.insert(d.id.clone(), tls);
         }

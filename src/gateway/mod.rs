@@ -65,7 +65,14 @@ pub enum GatewayError {
         source: std::io::Error,
     },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS: gateway {gateway} destination {dest}: {source}")]
+    DestTls {
+        gateway: String,
+        dest: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("{0}")]
     Egress(String),
     #[error("gateway `{id}` has {count} destinations, more than limits.max_destinations ({max})")]
@@ -128,7 +135,7 @@ impl Gateway {
         cfg: GatewayConfig,
         more: Vec<TenantConfig>,
     ) -> Result<Gateway, GatewayError> {
-        let tls = tunnel::server_tls(&cfg.tls).map_err(GatewayError::Tls)?;
+        let tls = tunnel::server_tls(&cfg.tls)?;
         let egress = reverse::egress_acl(&cfg.egress_allow).map_err(GatewayError::Egress)?;
         let mux_cfg = MuxConfig::from_limits(Role::Gateway, &cfg.limits, &cfg.keepalive);
         let gw = Arc::new(GatewayState {

@@ -6,7 +6,7 @@ use tracing::warn;
 
 use super::{apply, reverse};
 use crate::config::{Destination, GatewayConfig, TenantConfig};
-use crate::proto::{DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, ProxySpec};
+use crate::proto::{DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, Protocol, ProxySpec};
 use crate::tunnel;
 
 /// Warnings about a gateway id's configuration that is valid but probably not meant.
@@ -28,7 +28,7 @@ pub(super) fn warn_odd(t: &TenantConfig) {
 pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
     if let Err(e) = tunnel::server_tls(&cfg.tls) {
-        errs.push(format!("tls_cert/tls_key: {e}"));
+        errs.push(e.to_string());
     }
     if let Err(e) = reverse::egress_acl(&cfg.egress_allow) {
         errs.push(e);
@@ -67,7 +67,13 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
 pub fn spec_of(d: &Destination) -> DestinationSpec {
     DestinationSpec {
         id: d.id.clone(),
-        protocol: d.protocol.as_str().into(),
+        protocol: match d.protocol {
+            crate::config::Protocol::Tcp => Protocol::Tcp,
+            crate::config::Protocol::Udp => Protocol::Udp,
+            crate::config::Protocol::Http => Protocol::Http,
+            crate::config::Protocol::Https => Protocol::Https,
+            crate::config::Protocol::Tls => Protocol::Tls,
+        },
         ip: d.ip.clone(),
         port: d.port,
         timeout: d.timeout.as_secs() as u32,

@@ -81,11 +81,49 @@ pub struct OpenMeta {
     pub target: Option<String>,
 }
 
+/// A destination's protocol on the wire (`"TCP"`, `"UDP"`, `"HTTP"`, `"HTTPS"`, `"TLS"`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Http,
+    Https,
+    Tls,
+    /// A protocol a newer gateway added: this client refuses its streams rather than guess.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+            Protocol::Tls => "TLS",
+            Protocol::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// HTTP(S) destinations are judged and dialled per request.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One destination as the gateway sends it to clients.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DestinationSpec {
     pub id: String,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub ip: String,
     pub port: u16,
     /// Connect timeout on the client's side, seconds.

@@ -41,10 +41,10 @@ pub fn ws_config() -> WebSocketConfig {
     c
 }
 
-use crate::tls::install_crypto;
+use crate::tls::{install_crypto, TlsError};
 
 /// TLS client settings trusting the configured CA or the system store.
-pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
+pub fn client_tls(trust: &Trust) -> Result<TlsConnector, TlsError> {
     install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     match trust {
@@ -52,13 +52,16 @@ pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
             for c in certs {
                 roots
                     .add(c.clone())
-                    .map_err(|e| format!("bad CA certificate: {e}"))?;
+                    .map_err(|e| TlsError::new("ca_file", format!("bad CA certificate: {e}")))?;
             }
         }
         Trust::System => {
             roots = (*crate::tls::system_roots()).clone();
             if roots.is_empty() {
-                return Err("no system CA certificates found; set ca_file".into());
+                return Err(TlsError::new(
+                    "ca_file",
+                    "not set, and no system CA certificates found",
+                ));
             }
         }
     }
@@ -69,12 +72,12 @@ pub fn client_tls(trust: &Trust) -> Result<TlsConnector, String> {
 }
 
 /// TLS server settings for the gateway's tunnel endpoint.
-pub fn server_tls(id: &TlsIdentity) -> Result<TlsAcceptor, String> {
+pub fn server_tls(id: &TlsIdentity) -> Result<TlsAcceptor, TlsError> {
     install_crypto();
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .map_err(|e| format!("gateway certificate/key: {e}"))?;
+        .map_err(|e| TlsError::new("tls_cert/tls_key", e))?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
