@@ -1,4 +1,4 @@
-//! The client's local veto (SPEC §5): iptables-style rules, evaluated top-down, the first
+//! The client's local veto (docs/ACL.md): iptables-style rules, evaluated top-down, the first
 //! matching rule decides, `default_policy` when none matches.
 //!
 //! A pure function of rules and request: [`Acl::check`] takes everything it looks at (name,

@@ -1,4 +1,4 @@
-//! The ACL file syntax (SPEC §5): `[no] acl allow|deny TARGET [from SRC[:SPORT]]
+//! The ACL file syntax (docs/ACL.md): `[no] acl allow|deny TARGET [from SRC[:SPORT]]
 //! [during DAYS HH:MM-HH:MM]`, one rule a line, `#` comments. Every bad line is reported with
 //! `file:line:col` and what was expected, all in one pass.
 

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Api, ApiError};
@@ -19,7 +20,7 @@ pub(super) type Res = Result<Response, ApiError>;
 
 pub(super) type Body = Result<Bytes, BytesRejection>;
 
-/// The body as JSON; `None` when empty. Content-Type is not required (seed 000's curl
+/// The body as JSON; `None` when empty. Content-Type is not required (the Secure Gateway API's curl
 /// examples send JSON with `-d` alone).
 pub(super) fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
     let bytes = body.map_err(body_error)?;
@@ -133,4 +134,31 @@ pub(super) fn prefix(mut e: ApiError, at: &str) -> ApiError {
         *m = format!("{at}.{m}");
     }
     e
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatewayFile {
+    pub desc: Option<String>,
+    pub enf_tok_sec: Option<bool>,
+    pub enabled: Option<bool>,
+    pub token_exp: Option<u32>,
+    #[serde(default)]
+    pub destinations: Vec<Value>,
+}
+
+/// The uploaded file of an import: the `state` part, or the whole body.
+pub(super) fn import_file(parts: Vec<(String, String)>) -> Result<Value, ApiError> {
+    let text = match parts.as_slice() {
+        [(_, t)] => t.clone(),
+        _ => parts
+            .into_iter()
+            .find(|(n, _)| n == "state")
+            .map(|(_, t)| t)
+            .ok_or_else(|| ApiError::bad("state: missing (upload the file as -F state=@file)"))?,
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad("state: the file is empty"));
+    }
+    serde_json::from_str(&text).map_err(|e| ApiError::bad(format!("state: not valid JSON: {e}")))
 }

@@ -8,8 +8,8 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::body::{import_file, GatewayFile};
 use super::body::{json_type, need_body, object, ok, prefix, typed, upload, Body, Res, St};
-use super::gateways::{import_file, GatewayFile};
 use super::views::{filter_enabled, find_dest, random_id, MAX_ID};
 use super::{certs, Api, ApiError, Backend};
 use crate::config::state::{destination_from_json, destination_to_json, DestRecord, GatewayRecord};
@@ -65,7 +65,7 @@ fn canonical(doc: &Map<String, Value>) -> Result<(Destination, Map<String, Value
 }
 
 /// Generates what a destination needs and does not have: the gateway's certificate for
-/// callers when `client_tls` is on and none was given (seed 000 auto-generates it).
+/// callers when `client_tls` is on and none was given (as the Secure Gateway API does, docs/API.md).
 fn fill_in(doc: &mut Map<String, Value>) -> Result<(), ApiError> {
     let caller_tls = matches!(
         doc.get("client_tls").and_then(Value::as_str),

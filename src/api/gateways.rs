@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::body::{import_file, GatewayFile};
 use super::body::{json_body, need_body, object, ok, prefix, typed, upload, Body, Res, St};
 use super::destinations::{new_dest, Origin};
 use super::views::{check_token_exp, expiry, filter_enabled, find_dest, new_record, NewGateway};
@@ -100,33 +101,6 @@ pub(super) async fn export_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> R
 }
 
 /// A `.gateway` file as import reads it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct GatewayFile {
-    pub desc: Option<String>,
-    pub enf_tok_sec: Option<bool>,
-    pub enabled: Option<bool>,
-    pub token_exp: Option<u32>,
-    #[serde(default)]
-    pub destinations: Vec<Value>,
-}
-
-/// The uploaded file of an import: the `state` part, or the whole body.
-pub(super) fn import_file(parts: Vec<(String, String)>) -> Result<Value, ApiError> {
-    let text = match parts.as_slice() {
-        [(_, t)] => t.clone(),
-        _ => parts
-            .into_iter()
-            .find(|(n, _)| n == "state")
-            .map(|(_, t)| t)
-            .ok_or_else(|| ApiError::bad("state: missing (upload the file as -F state=@file)"))?,
-    };
-    if text.trim().is_empty() {
-        return Err(ApiError::bad("state: the file is empty"));
-    }
-    serde_json::from_str(&text).map_err(|e| ApiError::bad(format!("state: not valid JSON: {e}")))
-}
-
 pub(super) async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req: Request) -> Res {
     api.admin(&h)?;
     let v = import_file(upload(req).await?)?;

@@ -1,4 +1,4 @@
-//! The gateway's management REST API (SPEC §7, seed 000): `/v1/...` JSON over HTTPS.
+//! The gateway's management REST API (docs/API.md, after the Secure Gateway REST API): `/v1/...` JSON over HTTPS.
 //!
 //! Gateways from `gateway.toml` can be read here but are changed in that file (SIGHUP);
 //! gateways created or imported here live in `state_file` and are changed only here. Every

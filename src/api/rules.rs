@@ -54,7 +54,7 @@ pub(super) async fn put_rule<B: Backend>(
         let Value::Array(list) = rules else {
             return Err(ApiError::bad("ip_table_rules: is not a list"));
         };
-        // The same `app` replaces its rule (seed 000: app identifies the rule).
+        // The same `app` replaces its rule (docs/API.md: `app` identifies the rule).
         let same = rule.app.as_ref().filter(|a| !a.is_empty()).and_then(|a| {
             list.iter()
                 .position(|r| r.get("app").and_then(Value::as_str) == Some(a.as_str()))

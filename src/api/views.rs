@@ -13,7 +13,7 @@ use crate::config::{Destination, Secret, TenantConfig};
 /// Longest destination id accepted.
 pub(super) const MAX_ID: usize = 64;
 
-/// Days a new or regenerated token lasts unless `token_exp` says otherwise (seed 000).
+/// Days a new or regenerated token lasts unless `token_exp` says otherwise (docs/API.md).
 const DEFAULT_TOKEN_DAYS: u32 = 90;
 
 fn status_word(enabled: bool) -> &'static str {

@@ -8,9 +8,11 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use super::acl_file::{AclEditError, AclFile};
-use super::state::{ClientState, GatewayPeer};
+use super::state::{ActiveStream, ClientState, GatewayPeer};
 use super::stats::ClientStats;
-use super::status::{self, Status, StatusSnapshot};
+use super::status::{
+    AclStatus, DestinationStatus, GatewayStatus, Status, StatusSnapshot, StreamStatus, TunnelStatus,
+};
 use crate::acl::Acl;
 
 /// Read access to a running client, and its ACL.
@@ -72,7 +74,7 @@ impl ClientHandle {
     /// Everything `/v1/status` and `sgw status` show: tunnels per gateway with RTT,
     /// destinations, active streams with addresses and live byte counts.
     pub fn snapshot(&self) -> StatusSnapshot {
-        status::snapshot(&self.state, &self.peers)
+        snapshot(&self.state, &self.peers)
     }
 
     /// The rule set new streams are checked against.
@@ -141,5 +143,71 @@ impl ClientHandle {
             .acl_file
             .as_ref()
             .ok_or_else(|| AclEditError::Invalid("this client has no ACL file".into()))
+    }
+}
+
+fn snapshot(state: &ClientState, peers: &[Arc<GatewayPeer>]) -> StatusSnapshot {
+    let st = state.status.borrow().clone();
+    let gateways = peers
+        .iter()
+        .map(|p| GatewayStatus {
+            gateway_id: p.cfg.gateway_id.clone(),
+            url: p.cfg.url.to_string(),
+            via_proxy: p
+                .cfg
+                .proxy
+                .as_ref()
+                .map(|x| format!("{}:{}", x.host, x.port)),
+            client_id: st
+                .client_ids
+                .iter()
+                .find(|(g, _)| *g == p.cfg.gateway_id)
+                .map(|(_, c)| c.clone()),
+            tunnels: p
+                .live_tunnels()
+                .iter()
+                .map(|m| TunnelStatus {
+                    rtt_ms: m.rtt().map(|r| r.as_secs_f64() * 1000.0),
+                    active_streams: m.active_streams(),
+                })
+                .collect(),
+            destinations: p
+                .dests
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .map(|d| DestinationStatus {
+                    id: d.spec.id.clone(),
+                    protocol: d.spec.protocol.as_str().to_owned(),
+                    addr: format!("{}:{}", d.spec.ip, d.spec.port),
+                    private: d.spec.private,
+                })
+                .collect(),
+        })
+        .collect();
+    let mut streams: Vec<Arc<ActiveStream>> = state.lock_active().values().cloned().collect();
+    streams.sort_by_key(|s| s.started);
+    let active_streams = streams
+        .iter()
+        .map(|s| StreamStatus {
+            stream_id: s.stream_id,
+            dest_id: s.dest_id.clone(),
+            dest_addr: s.dest_addr.clone(),
+            caller_addr: s.caller.clone(),
+            bytes_up: s.counters.to_socket.load(Ordering::Relaxed),
+            bytes_down: s.counters.to_stream.load(Ordering::Relaxed),
+            age_ms: s.started.elapsed().as_millis() as u64,
+        })
+        .collect();
+    let acl = state.acl();
+    StatusSnapshot {
+        version: state.hello.version.clone(),
+        tunnels_up: st.tunnels_up,
+        gateways,
+        active_streams,
+        acl: AclStatus {
+            file: acl.file.clone(),
+            rules: acl.rules.len(),
+        },
     }
 }

@@ -20,9 +20,6 @@ use super::state::{ClientState, GatewayPeer, PushedDest};
 use crate::proto::{OpenMeta, FEATURE_DEFLATE};
 use crate::relay::{relay_with, Counters, Facing, Options};
 
-/// Running listeners of one gateway link: destination id → (address, stop).
-pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, CancellationToken)>>;
-
 /// Brings the listeners in line with the destinations just pushed.
 pub(super) fn reconcile(
     shared: &Arc<ClientState>,

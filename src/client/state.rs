@@ -3,6 +3,7 @@
 //! being relayed.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
@@ -14,7 +15,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, warn};
 
 use super::acl_file::AclFile;
-use super::reverse;
 use super::stats::{ClientStats, DestStats};
 use super::status::Status;
 use crate::acl::Acl;
@@ -68,6 +68,9 @@ impl ClientState {
     }
 }
 
+/// Running listeners of one gateway link: destination id → (address, stop).
+pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, CancellationToken)>>;
+
 /// One configured gateway: its settings, what it pushed, and the tunnels up to it.
 pub(super) struct GatewayPeer {
     pub cfg: GatewayLink,
@@ -76,7 +79,7 @@ pub(super) struct GatewayPeer {
     /// Tunnels up right now (for sending LOG frames and opening reverse streams).
     pub live: Mutex<Vec<Mux>>,
     /// Listeners of this gateway's reverse destinations.
-    pub reverse: reverse::Listeners,
+    pub reverse: Listeners,
 }
 
 impl GatewayPeer {

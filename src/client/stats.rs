@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::state::ClientState;
-
 /// Client-wide counters.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -90,9 +88,9 @@ impl ClientStats {
 pub(super) struct FlowSlot<'a>(&'a ClientStats);
 
 impl<'a> FlowSlot<'a> {
-    pub(super) fn take(state: &'a ClientState) -> Option<Self> {
-        let max = state.cfg.limits.max_udp_flows as u64;
-        let s = &state.stats;
+    /// A slot if fewer than `max` flows are open.
+    pub(super) fn take(s: &'a ClientStats, max: usize) -> Option<Self> {
+        let max = max as u64;
         s.udp_flows
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

@@ -2,12 +2,7 @@
 //! systemd notification and readiness follow, and the [`StatusSnapshot`] behind
 //! `/v1/status` and `sgw status`.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
 use serde::Serialize;
-
-use super::state::{ActiveStream, ClientState, GatewayPeer};
 
 /// What the client looks like from outside right now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,70 +76,4 @@ pub struct StreamStatus {
 pub struct AclStatus {
     pub file: String,
     pub rules: usize,
-}
-
-pub(super) fn snapshot(state: &ClientState, peers: &[Arc<GatewayPeer>]) -> StatusSnapshot {
-    let st = state.status.borrow().clone();
-    let gateways = peers
-        .iter()
-        .map(|p| GatewayStatus {
-            gateway_id: p.cfg.gateway_id.clone(),
-            url: p.cfg.url.to_string(),
-            via_proxy: p
-                .cfg
-                .proxy
-                .as_ref()
-                .map(|x| format!("{}:{}", x.host, x.port)),
-            client_id: st
-                .client_ids
-                .iter()
-                .find(|(g, _)| *g == p.cfg.gateway_id)
-                .map(|(_, c)| c.clone()),
-            tunnels: p
-                .live_tunnels()
-                .iter()
-                .map(|m| TunnelStatus {
-                    rtt_ms: m.rtt().map(|r| r.as_secs_f64() * 1000.0),
-                    active_streams: m.active_streams(),
-                })
-                .collect(),
-            destinations: p
-                .dests
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .map(|d| DestinationStatus {
-                    id: d.spec.id.clone(),
-                    protocol: d.spec.protocol.as_str().to_owned(),
-                    addr: format!("{}:{}", d.spec.ip, d.spec.port),
-                    private: d.spec.private,
-                })
-                .collect(),
-        })
-        .collect();
-    let mut streams: Vec<Arc<ActiveStream>> = state.lock_active().values().cloned().collect();
-    streams.sort_by_key(|s| s.started);
-    let active_streams = streams
-        .iter()
-        .map(|s| StreamStatus {
-            stream_id: s.stream_id,
-            dest_id: s.dest_id.clone(),
-            dest_addr: s.dest_addr.clone(),
-            caller_addr: s.caller.clone(),
-            bytes_up: s.counters.to_socket.load(Ordering::Relaxed),
-            bytes_down: s.counters.to_stream.load(Ordering::Relaxed),
-            age_ms: s.started.elapsed().as_millis() as u64,
-        })
-        .collect();
-    let acl = state.acl();
-    StatusSnapshot {
-        version: state.hello.version.clone(),
-        tunnels_up: st.tunnels_up,
-        gateways,
-        active_streams,
-        acl: AclStatus {
-            file: acl.file.clone(),
-            rules: acl.rules.len(),
-        },
-    }
 }

@@ -41,7 +41,7 @@ pub(super) async fn serve_open(
         // Counted from here so concurrent opens cannot overshoot the limit.
         let udp = dest.spec.protocol == crate::proto::Protocol::Udp;
         let _flow = if udp {
-            match FlowSlot::take(&state) {
+            match FlowSlot::take(&state.stats, state.cfg.limits.max_udp_flows) {
                 Some(slot) => Some(slot),
                 None => {
                     let why = Refusal::UdpFlows(state.cfg.limits.max_udp_flows);

@@ -1,4 +1,4 @@
-//! `client.toml`: the on-prem daemon's configuration (SPEC §4).
+//! `client.toml`: the on-prem daemon's configuration (the example with every key: config/client.toml).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +8,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::walk::Tbl;
 use super::{
-    read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, ConfigErrors,
-    Keepalive, Limits, LogSettings, OutboundProxy, Policy, Secret,
+    read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, Keepalive, Limits,
+    LogSettings, OutboundProxy, Policy, Secret,
 };
 
 /// A validated `wss://` URL.
@@ -170,24 +170,6 @@ impl ClientConfig {
             }
         }
         out
-    }
-
-    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let src = super::read_file(path)?;
-        Self::from_toml(path, &src)
-    }
-
-    pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        Self::from_toml_env(path, src, super::walk::sgw_env())
-    }
-
-    /// As [`Self::from_toml`], with these `SGW_CLIENT_*` variables instead of the process's.
-    pub fn from_toml_env(
-        path: &Path,
-        src: &str,
-        env: std::collections::BTreeMap<String, String>,
-    ) -> Result<Self, ConfigErrors> {
-        super::walk::read_document(path, src, "CLIENT", env, LATER, read)
     }
 }
 
@@ -369,6 +351,8 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         log,
     })
 }
+
+config_document!(ClientConfig, "CLIENT", LATER, read);
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,4 @@
-//! Destination connector fields (seed 000): TLS to the endpoint, TLS toward callers, the SOCKS
+//! Destination connector fields (docs/API.md): TLS to the endpoint, TLS toward callers, the SOCKS
 //! proxy in front of the endpoint, compression. Shared by `gateway.toml` destinations and the
 //! client's local `[[destinations]]` overrides.
 //!
@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::walk::Tbl;
 use super::{pem_source, Secret, TlsIdentity};
 
-/// Most CA certificates a destination may list in `client_certs` (seed 000).
+/// Most CA certificates a destination may list in `client_certs` (docs/API.md).
 pub const MAX_CLIENT_CERTS: usize = 6;
 
 /// TLS from the client to the on-prem endpoint (`enable_client_tls = true`).

@@ -1,8 +1,7 @@
-//! `gateway.toml`: the cloud side's configuration (SPEC §4; destination fields from seed 000).
+//! `gateway.toml`: the cloud side's configuration (the example with every key: config/gateway.toml; destination fields as in docs/API.md).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -12,11 +11,11 @@ use super::endpoint::{
 };
 use super::walk::Tbl;
 use super::{
-    read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, ConfigErrors,
-    IpTableRule, Keepalive, Limits, LogSettings, Secret,
+    read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, IpTableRule,
+    Keepalive, Limits, LogSettings, Secret,
 };
 
-/// Destination protocol (seed 000 names).
+/// Destination protocol (the Secure Gateway API's names, docs/API.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
@@ -110,7 +109,7 @@ pub struct TenantConfig {
     pub id: String,
     pub desc: String,
     pub token: Secret,
-    /// Enforce the security token (seed 000 `enf_tok_sec`).
+    /// Enforce the security token (docs/API.md `enf_tok_sec`).
     pub enf_tok_sec: bool,
     /// A disabled gateway accepts no tunnels and listens for no callers.
     pub enabled: bool,
@@ -155,7 +154,7 @@ pub struct GatewayConfig {
     /// What reverse destinations may dial: ACL host[:ports] forms (CIDR, ranges, names),
     /// default deny. Checked when the gateway binds.
     pub egress_allow: Vec<String>,
-    /// The management API (SPEC §7), when `api_listen` is set.
+    /// The management API (docs/API.md), when `api_listen` is set.
     pub api: Option<ApiConfig>,
     /// The local admin endpoint (health, readiness, metrics, status), when `admin_listen`
     /// is set.
@@ -214,25 +213,7 @@ const DEST_LATER: &[&str] = &[];
 /// Longest `idle_timeout`: a week, far beyond any NAT's patience.
 const MAX_IDLE_TIMEOUT: i64 = 7 * 24 * 3600;
 
-impl GatewayConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let src = super::read_file(path)?;
-        Self::from_toml(path, &src)
-    }
-
-    pub fn from_toml(path: &Path, src: &str) -> Result<Self, ConfigErrors> {
-        Self::from_toml_env(path, src, super::walk::sgw_env())
-    }
-
-    /// As [`Self::from_toml`], with these `SGW_GATEWAY_*` variables instead of the process's.
-    pub fn from_toml_env(
-        path: &Path,
-        src: &str,
-        env: std::collections::BTreeMap<String, String>,
-    ) -> Result<Self, ConfigErrors> {
-        super::walk::read_document(path, src, "GATEWAY", env, LATER, read)
-    }
-}
+config_document!(GatewayConfig, "GATEWAY", LATER, read);
 
 fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
     let listen = root

@@ -2,6 +2,35 @@
 //! structs with defaults applied. Every error is reported, each with file, line and dotted
 //! path; nothing here touches the network or spawns tasks.
 
+/// `load`, `from_toml` and `from_toml_env` for a config document: `$read` reads the
+/// validated struct, `SGW_$env_*` variables override the file's values.
+macro_rules! config_document {
+    ($ty:ty, $env:literal, $later:expr, $read:path) => {
+        impl $ty {
+            pub fn load(path: &std::path::Path) -> Result<Self, crate::config::ConfigErrors> {
+                let src = crate::config::read_file(path)?;
+                Self::from_toml(path, &src)
+            }
+
+            pub fn from_toml(
+                path: &std::path::Path,
+                src: &str,
+            ) -> Result<Self, crate::config::ConfigErrors> {
+                Self::from_toml_env(path, src, crate::config::walk::sgw_env())
+            }
+
+            #[doc = concat!("As [`Self::from_toml`], with these `SGW_", $env, "_*` variables instead of the process's.")]
+            pub fn from_toml_env(
+                path: &std::path::Path,
+                src: &str,
+                env: std::collections::BTreeMap<String, String>,
+            ) -> Result<Self, crate::config::ConfigErrors> {
+                crate::config::walk::read_document(path, src, $env, env, $later, $read)
+            }
+        }
+    };
+}
+
 mod client;
 mod endpoint;
 mod gateway;

@@ -23,7 +23,7 @@ use super::{ConfigErrors, Secret};
 /// Version of the state file format written by this build.
 pub const STATE_VERSION: u32 = 1;
 
-/// Integer fields that documents may also give as digit strings (seed 000's examples send
+/// Integer fields that documents may also give as digit strings (the Secure Gateway API's examples, docs/API.md send
 /// `"port": "443"`), by table: the destination's own, then its `proxy` table's.
 const INT_KEYS: &[&str] = &[
     "port",

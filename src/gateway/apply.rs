@@ -10,42 +10,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::caller::serve_caller;
 use super::registry::{Tenant, TenantState};
-use super::state::{bind, GatewayState};
-use super::wire::spec_of;
+use super::state::{bind, GatewayState, Listening};
+use super::wire::{config_push, spec_of};
 use super::{udp, GatewayError};
 use crate::config::{Destination, Protocol, TenantConfig};
-use crate::proto::ConfigPush;
-
-/// How long stopping a listener may take before it is left to finish on its own.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// One destination's listener, running.
-pub(super) struct Listening {
-    /// The destination as it runs (`cloud_port` is the bound port, never 0).
-    pub dest: Destination,
-    pub addr: SocketAddr,
-    stop: CancellationToken,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Listening {
-    async fn stop(self) {
-        self.stop.cancel();
-        if tokio::time::timeout(STOP_WAIT, self.done).await.is_err() {
-            warn!(dest.id = %self.dest.id, "listener did not stop within {} s", STOP_WAIT.as_secs());
-        }
-    }
-}
 
 /// A bound socket not yet served.
 enum Bound {
@@ -92,38 +67,6 @@ async fn bind_dest(d: &Destination, tls: Option<TlsAcceptor>) -> Result<Bound, G
 }
 
 /// Builds what a configuration needs besides sockets; fails on what `check` would refuse.
-/// The CONFIG payload clients of `cfg` get, or why it can't be sent: more destinations than
-/// `max_destinations`, or a payload over the protocol's limit (clients would refuse it and
-/// reconnect in a loop). Used by every change and by `sgw config check`.
-pub(super) fn config_push(
-    cfg: &TenantConfig,
-    max_destinations: usize,
-) -> Result<Bytes, GatewayError> {
-    if cfg.destinations.len() > max_destinations {
-        return Err(GatewayError::TooManyDestinations {
-            id: cfg.id.clone(),
-            count: cfg.destinations.len(),
-            max: max_destinations,
-        });
-    }
-    let push = ConfigPush {
-        destinations: cfg
-            .destinations
-            .iter()
-            .filter(|d| d.enabled)
-            .map(spec_of)
-            .collect(),
-    };
-    let push = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
-    if push.len() > crate::proto::MAX_CONTROL_JSON {
-        return Err(GatewayError::ConfigTooLarge {
-            id: cfg.id.clone(),
-            len: push.len(),
-        });
-    }
-    Ok(push)
-}
-
 fn build_state(cfg: TenantConfig, gw: &GatewayState) -> Result<TenantState, GatewayError> {
     let push = config_push(&cfg, gw.max_destinations)?;
     let mut reverse_tls = HashMap::new();

@@ -2,6 +2,7 @@
 //! served now and their destination listeners, counters, the task tracker).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
@@ -10,8 +11,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::warn;
 
-use super::apply::Listening;
+use crate::config::Destination;
+
 use super::registry::{Tenant, TunnelCaps};
 use super::{GatewayError, GatewayStats};
 use crate::mux::MuxConfig;
@@ -105,4 +108,25 @@ pub(super) async fn bind(addr: &str) -> Result<TcpListener, GatewayError> {
             addr: addr.to_owned(),
             source,
         })
+}
+
+/// How long stopping a listener may take before it is left to finish on its own.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// One destination's listener, running.
+pub(super) struct Listening {
+    /// The destination as it runs (`cloud_port` is the bound port, never 0).
+    pub dest: Destination,
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+impl Listening {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(STOP_WAIT, self.done).await.is_err() {
+            warn!(dest.id = %self.dest.id, "listener did not stop within {} s", STOP_WAIT.as_secs());
+        }
+    }
 }

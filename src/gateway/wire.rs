@@ -4,9 +4,13 @@
 
 use tracing::warn;
 
-use super::{apply, reverse};
+use bytes::Bytes;
+
+use super::{reverse, GatewayError};
 use crate::config::{Destination, GatewayConfig, TenantConfig};
-use crate::proto::{DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, Protocol, ProxySpec};
+use crate::proto::{
+    ConfigPush, DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, Protocol, ProxySpec,
+};
 use crate::tunnel;
 
 /// Warnings about a gateway id's configuration that is valid but probably not meant.
@@ -34,7 +38,7 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
         errs.push(e);
     }
     for t in &cfg.gateways {
-        if let Err(e) = apply::config_push(t, cfg.limits.max_destinations) {
+        if let Err(e) = config_push(t, cfg.limits.max_destinations) {
             errs.push(e.to_string());
         }
         if let crate::config::Egress::Own(list) = &t.egress {
@@ -120,4 +124,36 @@ pub fn spec_of(d: &Destination) -> DestinationSpec {
         reverse: d.reverse,
         local_port: d.local_port,
     }
+}
+
+/// The CONFIG payload clients of `cfg` get, or why it can't be sent: more destinations than
+/// `max_destinations`, or a payload over the protocol's limit (clients would refuse it and
+/// reconnect in a loop). Used by every change and by `sgw config check`.
+pub(super) fn config_push(
+    cfg: &TenantConfig,
+    max_destinations: usize,
+) -> Result<Bytes, GatewayError> {
+    if cfg.destinations.len() > max_destinations {
+        return Err(GatewayError::TooManyDestinations {
+            id: cfg.id.clone(),
+            count: cfg.destinations.len(),
+            max: max_destinations,
+        });
+    }
+    let push = ConfigPush {
+        destinations: cfg
+            .destinations
+            .iter()
+            .filter(|d| d.enabled)
+            .map(spec_of)
+            .collect(),
+    };
+    let push = Bytes::from(serde_json::to_vec(&push).unwrap_or_default());
+    if push.len() > crate::proto::MAX_CONTROL_JSON {
+        return Err(GatewayError::ConfigTooLarge {
+            id: cfg.id.clone(),
+            len: push.len(),
+        });
+    }
+    Ok(push)
 }

@@ -185,7 +185,7 @@ impl std::fmt::Debug for Hidden {
     }
 }
 
-/// How the client speaks TLS to the endpoint (seed 000 `enable_client_tls` and friends).
+/// How the client speaks TLS to the endpoint (docs/API.md `enable_client_tls` and friends).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointTls {
     /// Server name to send and verify; empty: the destination's `ip`.
@@ -212,7 +212,7 @@ fn yes() -> bool {
     true
 }
 
-/// A SOCKS proxy in front of the endpoint (seed 000 `proxy`).
+/// A SOCKS proxy in front of the endpoint (docs/API.md `proxy`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProxySpec {
     pub host: String,
