@@ -150,12 +150,6 @@ pub async fn secure(
     let Some(ep) = tls else {
         return Ok(Socket::Tcp(tcp));
     };
-    if ep.unverified {
-        tracing::warn!(
-            reason = "reject_unauth_false",
-            "endpoint certificate NOT verified (reject_unauth = false): anyone on the path can impersonate it"
-        );
-    }
     self::tls(tcp, ep, deadline)
         .await
         .map(|t| Socket::TlsTo(Box::new(t)))

@@ -23,7 +23,8 @@ pub async fn accept(
             r = listener.accept() => match r {
                 Ok(conn) => return Some(conn),
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    let addr = listener.local_addr().ok();
+                    warn!(listen.addr = ?addr, error = %e, "accept failed");
                     tokio::select! {
                         _ = tokio::time::sleep(ACCEPT_RETRY) => {}
                         _ = stop.cancelled() => return None,

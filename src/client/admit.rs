@@ -23,8 +23,8 @@ pub(super) enum Refusal {
     UnknownDest(String),
     /// A reverse destination's endpoint is on the cloud side: the gateway dials it.
     ReverseDest,
-    /// A compression this client does not speak.
-    Compression(String),
+    /// Something this client does not speak: a compression, a destination protocol.
+    Unsupported(String),
     /// `limits.max_udp_flows` flows are open.
     UdpFlows(usize),
     /// `why` is for the local log (the rule's text, or which policy); `line` is the deciding
@@ -113,9 +113,8 @@ impl Refusal {
                     "a reverse destination is dialled by the gateway".into(),
                 )
             }
-            Refusal::Compression(other) => {
+            Refusal::Unsupported(msg) => {
                 stats.streams_failed.fetch_add(1, Ordering::Relaxed);
-                let msg = format!("unknown compression `{other}`");
                 warn!(reason = "protocol", error = %msg, "stream refused");
                 (Reason::Protocol, msg)
             }
@@ -197,15 +196,19 @@ pub(super) fn admit(
         return Err(Refusal::ReverseDest);
     }
     if dest.spec.protocol == Protocol::Unknown {
-        return Err(Refusal::Failed(DialError {
-            reason: Reason::Protocol,
-            message: "this client does not know the destination's protocol; upgrade it".into(),
-        }));
+        return Err(Refusal::Unsupported(
+            "this client does not know the destination's protocol; upgrade it".into(),
+        ));
     }
     let compress = match meta.compress.as_deref() {
         None => false,
         Some(FEATURE_DEFLATE) => true,
-        Some(other) => return Err(Refusal::Compression(other.to_owned())),
+        Some(other) => {
+            let other = crate::telemetry::clean(other, 64);
+            return Err(Refusal::Unsupported(format!(
+                "unknown compression `{other}`"
+            )));
+        }
     };
     Ok((dest, compress))
 }
@@ -288,7 +291,15 @@ pub(super) async fn connect(
     .map_err(Refusal::Failed)?;
     let tls = match &dest.tls {
         None => None,
-        Some(Ok(ep)) => Some(ep),
+        Some(Ok(ep)) => {
+            if ep.unverified {
+                warn!(
+                    reason = "reject_unauth_false",
+                    "endpoint certificate NOT verified (reject_unauth = false): anyone on the path can impersonate it"
+                );
+            }
+            Some(ep)
+        }
         Some(Err(e)) => {
             return Err(Refusal::Failed(DialError {
                 reason: Reason::Tls,

@@ -193,7 +193,12 @@ async fn serve_tunnel(
     shared
         .status
         .send_modify(|s| s.tunnel(&link.cfg.gateway_id, client_id, -1));
-    mux.close_flushed("client closed the tunnel").await;
+    if shutdown.is_cancelled() {
+        // Drained: let the last stream's final bytes out before the process exits.
+        mux.close_flushed("client closed the tunnel").await;
+    } else {
+        mux.close("client closed the tunnel");
+    }
     mux.close_reason().unwrap_or_default()
 }
 

@@ -12,8 +12,9 @@ use crate::telemetry::LogControl;
 
 use super::{hangup, init_logging, load_acl, shutdown_on_signals, Error, Format};
 
-/// `sgw client`. Options also come from SGW_CLIENT_* env vars.
-#[derive(Debug, clap::Args)]
+/// `sgw client`. Options also come from SGW_CLIENT_* env vars. No `Debug`: `enroll` holds
+/// a token.
+#[derive(clap::Args)]
 pub struct ClientArgs {
     /// client.toml (with --enroll: DIR/client.toml).
     #[arg(long, env = "SGW_CLIENT_CONFIG", required_unless_present = "enroll")]

@@ -333,13 +333,15 @@ pub(crate) async fn writer_loop<W>(
             buf.reserve(BATCH_BYTES + 64 * 1024);
         }
     }
-    // Closing: flush what is already queued — a finished stream's last DATA and FIN (a drain
-    // closes as soon as the last stream is done), what explains the close (GO_AWAY) — in
-    // batches the peer accepts, then close the transport; all bounded in time.
+    // Closing: flush what explains the close (GO_AWAY, resets) and, after a drain, the stream
+    // frames already queued — a finished stream's last DATA and FIN (a drain closes as soon as
+    // the last stream is done) — in batches the peer accepts, then close the transport; all
+    // bounded in time.
+    let graceful = shared.graceful.load(Ordering::Acquire);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             drain_urgent(&shared, &mut buf, &mut count);
-            while buf.len() < BATCH_BYTES {
+            while graceful && buf.len() < BATCH_BYTES {
                 match data_rx.try_recv() {
                     Ok(f) => encode_frame(&f, &mut buf),
                     Err(_) => break,

@@ -179,6 +179,10 @@ pub(crate) struct Shared {
     closed: CancellationToken,
     /// Cancelled when the writer has stopped: queued frames written, transport closed.
     flushed: CancellationToken,
+    /// Set by a drained close: the writer sends the stream frames still queued (a finished
+    /// stream's last DATA and FIN). Any other close (revoked token, protocol error, API
+    /// disconnect) sends nothing more of the streams.
+    graceful: AtomicBool,
     close_reason: Mutex<Option<String>>,
     local_go_away: AtomicBool,
     peer_go_away: AtomicBool,
@@ -255,6 +259,7 @@ impl Mux {
             data_tx,
             closed: CancellationToken::new(),
             flushed: CancellationToken::new(),
+            graceful: AtomicBool::new(false),
             close_reason: Mutex::new(None),
             local_go_away: AtomicBool::new(false),
             peer_go_away: AtomicBool::new(false),
@@ -299,6 +304,10 @@ impl Mux {
         let Ok(permit) = s.data_tx.reserve().await else {
             return Err(OpenError::TunnelClosed);
         };
+        // The wait for queue space may have outlived the tunnel.
+        if s.closed.is_cancelled() {
+            return Err(OpenError::TunnelClosed);
+        }
         let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
         if meta.len() > crate::proto::MAX_OPEN_JSON {
             return Err(OpenError::TooLarge(meta.len()));
@@ -475,8 +484,15 @@ impl Mux {
     /// (a finished stream's last DATA and FIN) are written and the transport is closed: how
     /// a drained tunnel ends without losing what its last stream sent.
     pub async fn close_flushed(&self, why: &str) {
-        self.close(why);
+        self.close_graceful(why);
         let _ = tokio::time::timeout(CLOSE_FLUSH, self.flushed()).await;
+    }
+
+    /// Closes the tunnel after a drain: as [`Mux::close`], but the frames already queued are
+    /// still written (bounded); [`Mux::flushed`] says when.
+    pub fn close_graceful(&self, why: &str) {
+        self.shared.graceful.store(true, Ordering::Release);
+        self.close(why);
     }
 
     /// Resolves once the writer has stopped (after a close: queued frames written,

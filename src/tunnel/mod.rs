@@ -101,6 +101,8 @@ pub enum ConnectError {
     Http { status: u16, body: String },
     #[error("WebSocket upgrade failed: {0}")]
     Ws(tungstenite::Error),
+    #[error("sending WELCOME and CONFIG failed: {0}")]
+    Send(tungstenite::Error),
     #[error("handshake failed: {0}")]
     Handshake(String),
     #[error("{0} timed out after {1:?}")]
@@ -260,6 +262,8 @@ pub enum AcceptError {
     Refused(String),
     #[error("WebSocket upgrade failed: {0}")]
     Ws(tungstenite::Error),
+    #[error("sending WELCOME and CONFIG failed: {0}")]
+    Send(tungstenite::Error),
     #[error("handshake failed: {0}")]
     Handshake(String),
     #[error("{0} timed out after {1:?}")]
@@ -388,5 +392,5 @@ pub async fn welcome(
         }
         Ok(())
     };
-    accept_step("WELCOME and CONFIG", send, AcceptError::Ws).await
+    accept_step("WELCOME and CONFIG", send, AcceptError::Send).await
 }
