@@ -158,13 +158,19 @@ async fn client_speaks_the_notify_protocol() {
         ready.contains("STATUS=") && ready.contains("tunnel(s) up"),
         "{ready}"
     );
-    assert!(
+    // The gateway counts a tunnel once it has sent WELCOME and registered it, so the client
+    // can be READY a moment before the count moves: wait for it, bounded.
+    let accepted = || {
         gw.handle
             .stats()
             .tunnels_accepted
             .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    };
+    let deadline = Instant::now() + WAIT;
+    while accepted() < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(accepted() >= 1);
     got.clear();
     recv_until(&sock, &mut got, "WATCHDOG=1");
     assert!(Command::new("kill")
