@@ -58,7 +58,7 @@ pub struct CheckArgs {
     pub file: PathBuf,
     /// HOST:PORT[/PATH]; a name is resolved and every address checked, as the client does.
     pub target: String,
-    /// The caller, for `from` rules: IP[:PORT].
+    /// The caller, for `from` rules: `IP[:PORT]`.
     #[arg(long)]
     pub from: Option<String>,
     /// Local time for `during` rules: `DAY HH:MM` or YYYY-MM-DDTHH:MM (default: now).

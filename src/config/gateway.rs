@@ -151,7 +151,7 @@ pub struct GatewayConfig {
     /// How long open streams may finish after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub gateways: Vec<TenantConfig>,
-    /// What reverse destinations may dial: ACL host[:ports] forms (CIDR, ranges, names),
+    /// What reverse destinations may dial: ACL `host[:ports]` forms (CIDR, ranges, names),
     /// default deny. Checked when the gateway binds.
     pub egress_allow: Vec<String>,
     /// The management API (docs/API.md), when `api_listen` is set.

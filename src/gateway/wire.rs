@@ -27,7 +27,7 @@ pub(super) fn warn_odd(t: &TenantConfig) {
     }
 }
 
-/// Everything [`Gateway::bind`] would refuse in a valid-looking config, short of binding
+/// Everything [`super::Gateway::bind`] would refuse in a valid-looking config, short of binding
 /// sockets: TLS identities and trust, `egress_allow` entries. For `sgw config check`.
 pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
     let mut errs = Vec::new();
