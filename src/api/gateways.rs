@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -40,7 +40,12 @@ pub(super) async fn create_gateway<B: Backend>(State(api): St<B>, h: HeaderMap, 
     let g: NewGateway = typed(json_body(body)?.unwrap_or_else(|| json!({})))?;
     let rec = new_record(g, Vec::new())?;
     let done = api.add(vec![rec]).await?;
-    let (rec, cfg) = &done[0];
+    let Some((rec, cfg)) = done.first() else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the new gateway was not stored",
+        ));
+    };
     tracing::info!(gateway.id = %rec.id, "gateway created");
     ok(api.gateway_view(cfg, Some(rec)))
 }

@@ -31,12 +31,20 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Http => "HTTP",
-            Protocol::Https => "HTTPS",
-            Protocol::Tls => "TLS",
+        crate::proto::Protocol::from(self).as_str()
+    }
+}
+
+/// The wire has one more value (`Unknown`, for what a newer gateway may send); a config never
+/// holds it.
+impl From<Protocol> for crate::proto::Protocol {
+    fn from(p: Protocol) -> Self {
+        match p {
+            Protocol::Tcp => crate::proto::Protocol::Tcp,
+            Protocol::Udp => crate::proto::Protocol::Udp,
+            Protocol::Http => crate::proto::Protocol::Http,
+            Protocol::Https => crate::proto::Protocol::Https,
+            Protocol::Tls => crate::proto::Protocol::Tls,
         }
     }
 }

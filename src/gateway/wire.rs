@@ -8,9 +8,7 @@ use bytes::Bytes;
 
 use super::{reverse, GatewayError};
 use crate::config::{Destination, GatewayConfig, TenantConfig};
-use crate::proto::{
-    ConfigPush, DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, Protocol, ProxySpec,
-};
+use crate::proto::{ConfigPush, DestinationSpec, EndpointTls, Hidden, IpTableRuleSpec, ProxySpec};
 use crate::tunnel;
 
 /// Warnings about a gateway id's configuration that is valid but probably not meant.
@@ -71,13 +69,7 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
 pub fn spec_of(d: &Destination) -> DestinationSpec {
     DestinationSpec {
         id: d.id.clone(),
-        protocol: match d.protocol {
-            crate::config::Protocol::Tcp => Protocol::Tcp,
-            crate::config::Protocol::Udp => Protocol::Udp,
-            crate::config::Protocol::Http => Protocol::Http,
-            crate::config::Protocol::Https => Protocol::Https,
-            crate::config::Protocol::Tls => Protocol::Tls,
-        },
+        protocol: d.protocol.into(),
         ip: d.ip.clone(),
         port: d.port,
         timeout: d.timeout.as_secs() as u32,
