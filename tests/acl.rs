@@ -212,7 +212,7 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
         token: Some(sgw::config::Secret::new("adm-secret-0")),
         hosts: Vec::new(),
     };
-    tokio::spawn(sgw::admin::serve(l, backend, access, stop));
+    tokio::spawn(sgw::admin::serve(l, backend, access, 64, stop));
     let sgw = |args: &[&str]| {
         let out = Command::new(sgw_bin())
             .args(args)
@@ -262,6 +262,7 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
         l,
         backend,
         sgw::admin::Access::default(),
+        64,
         h.client.stop.clone(),
     ));
     let out = Command::new(sgw_bin())
@@ -280,7 +281,13 @@ async fn sgw_acl_add_and_remove_through_the_admin_api() {
         token: Some(token),
         hosts: Vec::new(),
     };
-    tokio::spawn(sgw::admin::serve(l, backend, access, h.client.stop.clone()));
+    tokio::spawn(sgw::admin::serve(
+        l,
+        backend,
+        access,
+        64,
+        h.client.stop.clone(),
+    ));
     let show = |tok: Option<&str>| {
         let mut c = Command::new(sgw_bin());
         c.args(["acl", "show", "--admin", &guarded.to_string()]);

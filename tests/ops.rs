@@ -203,6 +203,7 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
         l,
         backend,
         sgw::admin::Access::default(),
+        64,
         h.client.stop.clone(),
     ));
     let get = |path: &'static str| async move {
@@ -465,7 +466,13 @@ async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
         token: Some(sgw::config::Secret::new("status-token")),
         hosts: Vec::new(),
     };
-    tokio::spawn(sgw::admin::serve(l, backend, access, h.client.stop.clone()));
+    tokio::spawn(sgw::admin::serve(
+        l,
+        backend,
+        access,
+        64,
+        h.client.stop.clone(),
+    ));
     // One stream held open with 5 bytes each way so far.
     let mut s = TcpStream::connect(h.cloud(0)).await.unwrap();
     let me = s.local_addr().unwrap();

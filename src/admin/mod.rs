@@ -147,13 +147,17 @@ struct AppState {
     access: Access,
 }
 
-/// Serves until `shutdown`.
+/// How long a caller may take to send a request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves until `shutdown`, at most `max_connections` at once (`admin_max_connections`).
 pub async fn serve(
     listener: TcpListener,
     backend: Arc<dyn Backend>,
     access: Access,
+    max_connections: usize,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) {
     let state = Arc::new(AppState { backend, access });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -168,9 +172,14 @@ pub async fn serve(
             check_host,
         ))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // Callers are local: one source may use every slot.
+    let limits = crate::listen::http::HttpLimits {
+        max_connections,
+        max_per_source: max_connections,
+        per_source_key: "admin_max_connections",
+        head_timeout: HEAD_TIMEOUT,
+    };
+    crate::listen::http::serve("admin", listener, app, None, limits, shutdown).await;
 }
 
 fn acl_error(e: AclError) -> Response {

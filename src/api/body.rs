@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Api, ApiError};
+use super::access::Api;
+use super::error::ApiError;
 
 pub(super) type St<B> = State<Arc<Api<B>>>;
 
@@ -125,15 +126,12 @@ pub(super) async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiErr
     Ok(parts)
 }
 
-pub(super) fn ok(v: Value) -> Res {
+pub(super) fn ok(v: impl serde::Serialize) -> Res {
     Ok(Json(v).into_response())
 }
 
-pub(super) fn prefix(mut e: ApiError, at: &str) -> ApiError {
-    for m in e.messages.iter_mut() {
-        *m = format!("{at}.{m}");
-    }
-    e
+pub(super) fn prefix(e: ApiError, at: &str) -> ApiError {
+    e.within(at)
 }
 
 #[derive(Deserialize)]

@@ -5,11 +5,21 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
+use super::access::Caller;
+use super::backend::{Backend, ClientLogLine};
 use super::body::{need_body, ok, typed, Body, Res, St};
-use super::{ApiError, Backend, Caller};
+use super::error::ApiError;
+
+/// One client, connected or recently gone, with which it is.
+#[derive(Serialize)]
+struct Connected<C> {
+    #[serde(flatten)]
+    client: C,
+    connected: bool,
+}
 
 pub(super) async fn list_clients<B: Backend>(
     State(api): St<B>,
@@ -17,7 +27,7 @@ pub(super) async fn list_clients<B: Backend>(
     Path(gw): Path<String>,
 ) -> Res {
     api.authorize(&h, &gw)?;
-    ok(Value::Array(api.backend.clients(&gw)))
+    ok(api.backend.clients(&gw))
 }
 
 #[derive(Deserialize)]
@@ -54,18 +64,19 @@ pub(super) async fn get_client<B: Backend>(
     Path((gw, cid)): Path<(String, String)>,
 ) -> Res {
     api.authorize(&h, &gw)?;
-    let is = |c: &Value| c.get("client_id").and_then(Value::as_str) == Some(cid.as_str());
-    if let Some(mut c) = api.backend.clients(&gw).into_iter().find(is) {
-        if let Value::Object(m) = &mut c {
-            m.insert("connected".into(), true.into());
-        }
-        return ok(c);
+    let connected = api.backend.clients(&gw).into_iter();
+    if let Some(c) = connected.into_iter().find(|c| c.client_id == cid) {
+        return ok(Connected {
+            client: c,
+            connected: true,
+        });
     }
-    if let Some(mut c) = api.backend.disconnected(&gw).into_iter().rev().find(is) {
-        if let Value::Object(m) = &mut c {
-            m.insert("connected".into(), false.into());
-        }
-        return ok(c);
+    let gone = api.backend.disconnected(&gw).into_iter().rev();
+    if let Some(c) = gone.into_iter().find(|c| c.client_id == cid) {
+        return ok(Connected {
+            client: c,
+            connected: false,
+        });
     }
     Err(ApiError::not_found(format!(
         "no client `{cid}` connected recently"
@@ -89,20 +100,14 @@ pub(super) async fn client_logs<B: Backend>(
         }
     };
     let client = q.get("client_id").filter(|c| !c.is_empty());
-    let out: Vec<Value> = api
+    let out: Vec<ClientLogLine> = api
         .backend
         .client_logs(&gw)
         .into_iter()
-        .filter(|l| {
-            level
-                .as_ref()
-                .is_none_or(|t| l.get("level").and_then(Value::as_str) == Some(t.as_str()))
-        })
-        .filter(|l| {
-            client.is_none_or(|c| l.get("client_id").and_then(Value::as_str) == Some(c.as_str()))
-        })
+        .filter(|l| level.as_ref().is_none_or(|t| l.level == *t))
+        .filter(|l| client.is_none_or(|c| l.client_id == *c))
         .collect();
-    ok(Value::Array(out))
+    ok(out)
 }
 
 pub(super) async fn disconnected<B: Backend>(
@@ -111,5 +116,5 @@ pub(super) async fn disconnected<B: Backend>(
     Path(gw): Path<String>,
 ) -> Res {
     api.authorize(&h, &gw)?;
-    ok(Value::Array(api.backend.disconnected(&gw)))
+    ok(api.backend.disconnected(&gw))
 }

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::body::{import_file, GatewayFile};
 use super::body::{json_body, need_body, object, ok, prefix, typed, upload, Body, Res, St};
 use super::destinations::{new_dest, Origin};
 use super::views::{check_token_exp, expiry, filter_enabled, find_dest, new_record, NewGateway};
-use super::{ApiError, Backend};
+use super::{ApiError, Backend, GatewayStats};
 use crate::config::state::StoredSecret;
 use crate::config::Secret;
 
@@ -154,16 +154,12 @@ pub(super) async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req:
 
 pub(super) async fn stats_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Res {
     api.admin(&h)?;
-    let mut per = Map::new();
-    let mut total: Map<String, Value> = Map::new();
+    let mut per = std::collections::BTreeMap::new();
+    let mut total = GatewayStats::default();
     for id in api.backend.gateway_ids() {
-        if let Some(Value::Object(s)) = api.backend.stats(&id) {
-            for (k, v) in &s {
-                let sum =
-                    total.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
-                total.insert(k.clone(), sum.into());
-            }
-            per.insert(id, Value::Object(s));
+        if let Some(s) = api.backend.stats(&id) {
+            total.add(&s);
+            per.insert(id, s);
         }
     }
     ok(json!({ "total": total, "gateways": per }))

@@ -11,8 +11,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 use super::body::too_large;
+use super::error::Logged;
 use super::{clients, dest_certs, destinations, gateways, rules};
-use super::{Api, ApiError, Backend, Logged};
+use super::{Api, ApiError, Backend};
 
 /// The route table, written once: `ROUTES` (what docs/openapi.json documents, tested) and
 /// the router are both made from it.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{rfc3339_ms, Api, ApiError, Backend};
+use super::access::Api;
+use super::backend::{rfc3339_text, Backend};
+use super::error::ApiError;
 use crate::config::state::{destination_to_json, DestRecord, GatewayRecord, StoredSecret};
 use crate::config::{Destination, Secret, TenantConfig};
 
@@ -26,17 +28,17 @@ fn status_word(enabled: bool) -> &'static str {
 
 impl<B: Backend> Api<B> {
     pub(super) fn gateway_view(&self, cfg: &TenantConfig, rec: Option<&GatewayRecord>) -> Value {
-        let clients: Vec<Value> = self
+        let clients: Vec<String> = self
             .backend
             .clients(&cfg.id)
             .into_iter()
-            .filter_map(|c| c.get("client_id").cloned())
+            .map(|c| c.client_id)
             .collect();
-        let gone: Vec<Value> = self
+        let gone: Vec<String> = self
             .backend
             .disconnected(&cfg.id)
             .into_iter()
-            .filter_map(|c| c.get("client_id").cloned())
+            .map(|c| c.client_id)
             .collect();
         json!({
             "id": cfg.id,
@@ -46,9 +48,9 @@ impl<B: Backend> Api<B> {
             "security_token": cfg.token.expose(),
             "enf_tok_sec": cfg.enf_tok_sec,
             "token_exp": rec.map(|r| r.token_exp),
-            "token_expires_at": cfg.token_expires_at.map_or(Value::Null, |s| rfc3339_ms(s.saturating_mul(1000))),
-            "created_at": rec.map_or(Value::Null, |r| rfc3339_ms(r.created_at)),
-            "updated_at": rec.map_or(Value::Null, |r| rfc3339_ms(r.updated_at)),
+            "token_expires_at": cfg.token_expires_at.and_then(|s| rfc3339_text(s.saturating_mul(1000))),
+            "created_at": rec.and_then(|r| rfc3339_text(r.created_at)),
+            "updated_at": rec.and_then(|r| rfc3339_text(r.updated_at)),
             "managed_by": if rec.is_some() { "api" } else { "gateway.toml" },
             "destinations": cfg.destinations.len(),
             "connected_clients": clients,
@@ -70,11 +72,11 @@ impl<B: Backend> Api<B> {
             .map(|i| &rec_dests(rec)[i]);
         m.insert(
             "created_at".into(),
-            r.map_or(Value::Null, |r| rfc3339_ms(r.created_at)),
+            r.and_then(|r| rfc3339_text(r.created_at)).into(),
         );
         m.insert(
             "updated_at".into(),
-            r.map_or(Value::Null, |r| rfc3339_ms(r.updated_at)),
+            r.and_then(|r| rfc3339_text(r.updated_at)).into(),
         );
         Value::Object(m)
     }

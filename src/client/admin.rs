@@ -13,11 +13,31 @@ use super::{AclEditError, ClientHandle};
 pub struct AdminBackend {
     client: ClientHandle,
     log: Option<LogControl>,
+    /// `admin_max_connections`, shown with the other limits.
+    admin_max_connections: usize,
 }
 
 impl AdminBackend {
     pub fn new(client: ClientHandle) -> Self {
-        AdminBackend { client, log: None }
+        AdminBackend {
+            client,
+            log: None,
+            admin_max_connections: crate::config::ADMIN_MAX_CONNECTIONS,
+        }
+    }
+
+    /// The admin endpoint's own connection limit, for `/metrics`.
+    pub fn with_admin_max_connections(mut self, n: usize) -> Self {
+        self.admin_max_connections = n;
+        self
+    }
+
+    /// `[limits]` and the admin endpoint's own.
+    fn limits(&self) -> Vec<(&'static str, u64)> {
+        let mut l = self.client.limits().entries(crate::config::Side::Client);
+        let n = u64::try_from(self.admin_max_connections).unwrap_or(u64::MAX);
+        l.push(("admin_max_connections", n));
+        l
     }
 
     /// Lets `PUT /v1/log` change the process's log level.
@@ -278,10 +298,7 @@ impl Backend for AdminBackend {
                     })
                     .collect(),
             },
-            crate::admin::limit_family(
-                "sgw_client_limit",
-                &self.client.limits().entries(crate::config::Side::Client),
-            ),
+            crate::admin::limit_family("sgw_client_limit", &self.limits()),
             one(
                 "sgw_client_acl_rules",
                 "Rules in force.",

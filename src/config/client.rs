@@ -116,6 +116,8 @@ pub struct ClientConfig {
     /// Names a request to the admin endpoint may carry in `Host`, besides `localhost` and IP
     /// literals (for a name the operator uses to reach it).
     pub admin_hosts: Vec<String>,
+    /// Admin connections served at once (`admin_max_connections`).
+    pub admin_max_connections: usize,
     /// How long open streams may finish after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub limits: Limits,
@@ -274,6 +276,9 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         .then(|| read_secret(root, "admin_token", "admin_token_file"))
         .flatten();
     let admin_hosts = root.strs("admin_hosts").unwrap_or_default();
+    let admin_max_connections = root
+        .int_in("admin_max_connections", 1..=10_000)
+        .map_or(super::ADMIN_MAX_CONNECTIONS, |n| n as usize);
     let mut reverse_ports = Vec::new();
     for p in root.strs("reverse_ports").unwrap_or_default() {
         match super::parse_port_range(&p) {
@@ -343,6 +348,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
         admin_listen,
         admin_token,
         admin_hosts,
+        admin_max_connections,
         reverse_ports,
         shutdown_grace: root
             .duration("shutdown_grace")

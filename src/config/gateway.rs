@@ -189,6 +189,8 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Names besides `localhost` and IP literals a request's `Host` may carry.
     pub hosts: Vec<String>,
+    /// Connections served at once (`admin_max_connections`).
+    pub max_connections: usize,
 }
 
 /// `api_listen` and what goes with it.
@@ -346,8 +348,10 @@ fn read_admin_token(root: &Tbl<'_, '_>) -> Option<Secret> {
 
 fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> {
     let Some(s) = root.str("admin_listen") else {
-        if root.has("admin_hosts") {
-            root.invalid("admin_hosts", "only applies with admin_listen");
+        for k in ["admin_hosts", "admin_max_connections"] {
+            if root.has(k) {
+                root.invalid(k, "only applies with admin_listen");
+            }
         }
         return None;
     };
@@ -359,6 +363,9 @@ fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> 
         listen,
         token,
         hosts: root.strs("admin_hosts").unwrap_or_default(),
+        max_connections: root
+            .int_in("admin_max_connections", 1..=10_000)
+            .map_or(super::ADMIN_MAX_CONNECTIONS, |n| n as usize),
     })
 }
 

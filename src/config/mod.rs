@@ -408,6 +408,9 @@ fn read_secret(t: &walk::Tbl<'_, '_>, key: &str, file_key: &str) -> Option<Secre
 
 /// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.
 /// Certificates and keys from the network are PEM text; a path would read the gateway's files.
+/// Default `admin_max_connections`: the admin endpoint is local and answers quickly.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 const NOT_PEM: &str = "must be PEM text starting with `-----BEGIN` (file paths are not read here)";
 
 fn pem_source(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<u8>> {

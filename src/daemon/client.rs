@@ -151,6 +151,7 @@ fn enroll(arg: &str, dir: &Path, write_only: bool) -> Result<PathBuf, Error> {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub access: crate::admin::Access,
+    pub max_connections: usize,
 }
 
 impl AdminSettings {
@@ -161,6 +162,7 @@ impl AdminSettings {
                 token: cfg.admin_token.clone(),
                 hosts: cfg.admin_hosts.clone(),
             },
+            max_connections: cfg.admin_max_connections,
         }
     }
 }
@@ -180,14 +182,17 @@ pub async fn start_admin(
         .map_err(Error::io(what()))?;
     let bound = l.local_addr().map_err(Error::io(what()))?;
     tracing::info!(admin.addr = %bound, auth = admin.access.token.is_some(), "admin endpoint listening");
-    let backend =
-        std::sync::Arc::new(crate::client::AdminBackend::new(handle.clone()).with_log(log));
+    let backend = crate::client::AdminBackend::new(handle.clone())
+        .with_log(log)
+        .with_admin_max_connections(admin.max_connections);
     let stop = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::admin::serve(l, backend, admin.access, stop).await {
-            tracing::error!(error = %e, "admin endpoint failed");
-        }
-    });
+    tokio::spawn(crate::admin::serve(
+        l,
+        std::sync::Arc::new(backend),
+        admin.access,
+        admin.max_connections,
+        stop,
+    ));
     Ok(bound)
 }
 

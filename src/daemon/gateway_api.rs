@@ -1,9 +1,7 @@
 //! The running gateway as the management API sees it ([`crate::api::Backend`]): the
 //! adapter between the two lives here, in the wiring, so neither imports the other.
 
-use serde_json::{json, Value};
-
-use crate::api::{rfc3339_ms, ApplyError, Backend};
+use crate::api::{ApplyError, Backend, ClientLogLine, ClientView, GatewayStats, GoneClient};
 use crate::config::TenantConfig;
 use crate::gateway::{GatewayError, GatewayHandle};
 
@@ -27,19 +25,17 @@ impl Backend for GatewayHandle {
         GatewayHandle::gateway_ids(self)
     }
 
-    fn clients(&self, id: &str) -> Vec<Value> {
+    fn clients(&self, id: &str) -> Vec<ClientView> {
         GatewayHandle::clients(self, id)
             .into_iter()
-            .map(|c| {
-                json!({
-                    "client_id": c.client_id,
-                    "version": c.version,
-                    "hostname": c.hostname,
-                    "env": c.env,
-                    "tunnels": c.tunnels,
-                    "active_streams": c.active_streams,
-                    "streams_opened": c.streams_opened,
-                })
+            .map(|c| ClientView {
+                client_id: c.client_id,
+                version: c.version,
+                hostname: c.hostname,
+                env: c.env,
+                tunnels: c.tunnels,
+                active_streams: c.active_streams,
+                streams_opened: c.streams_opened,
             })
             .collect()
     }
@@ -48,48 +44,44 @@ impl Backend for GatewayHandle {
         GatewayHandle::disconnect(self, id, client_ids)
     }
 
-    fn client_logs(&self, id: &str) -> Vec<Value> {
+    fn client_logs(&self, id: &str) -> Vec<ClientLogLine> {
         GatewayHandle::client_logs(self, id)
             .into_iter()
-            .map(|(client, l)| {
-                json!({
-                    "client_id": client,
-                    "level": l.level,
-                    "message": l.message,
-                    "time": rfc3339_ms(l.time.saturating_mul(1000)),
-                })
+            .map(|(client_id, l)| ClientLogLine {
+                client_id,
+                level: l.level,
+                message: l.message,
+                time_ms: l.time.saturating_mul(1000),
             })
             .collect()
     }
 
-    fn disconnected(&self, id: &str) -> Vec<Value> {
+    fn disconnected(&self, id: &str) -> Vec<GoneClient> {
         GatewayHandle::disconnected(self, id)
             .into_iter()
-            .map(|d| {
-                json!({
-                    "client_id": d.client_id,
-                    "version": d.version,
-                    "hostname": d.hostname,
-                    "env": d.env,
-                    "disconnected_at": rfc3339_ms(d.at_ms),
-                    "reason": d.reason,
-                })
+            .map(|d| GoneClient {
+                client_id: d.client_id,
+                version: d.version,
+                hostname: d.hostname,
+                env: d.env,
+                disconnected_at_ms: d.at_ms,
+                reason: d.reason,
             })
             .collect()
     }
 
-    fn stats(&self, id: &str) -> Option<Value> {
+    fn stats(&self, id: &str) -> Option<GatewayStats> {
         let s = self.tenant_stats(id)?;
-        Some(json!({
-            "clients": s.clients,
-            "tunnels": s.tunnels,
-            "tunnels_accepted": s.tunnels_accepted,
-            "streams_active": s.streams_active,
-            "streams_opened": s.streams_opened,
-            "streams_failed": s.streams_failed,
-            "streams_denied": s.streams_denied,
-            "bytes_up": s.bytes_up,
-            "bytes_down": s.bytes_down,
-        }))
+        Some(GatewayStats {
+            clients: s.clients,
+            tunnels: s.tunnels,
+            tunnels_accepted: s.tunnels_accepted,
+            streams_active: s.streams_active,
+            streams_opened: s.streams_opened,
+            streams_failed: s.streams_failed,
+            streams_denied: s.streams_denied,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+        })
     }
 }

@@ -17,14 +17,21 @@ pub struct AdminBackend {
     log: Option<LogControl>,
     /// The API's limits, shown beside `[limits]` when the API is on.
     api: Option<ApiConfig>,
+    /// `admin_max_connections`, shown with the other limits.
+    admin_max_connections: usize,
 }
 
 impl AdminBackend {
-    pub fn new(gateway: GatewayHandle, api: Option<ApiConfig>) -> Self {
+    pub fn new(
+        gateway: GatewayHandle,
+        api: Option<ApiConfig>,
+        admin_max_connections: usize,
+    ) -> Self {
         AdminBackend {
             gateway,
             log: None,
             api,
+            admin_max_connections,
         }
     }
 
@@ -35,9 +42,10 @@ impl AdminBackend {
     }
 
     fn limits(&self) -> Vec<(&'static str, u64)> {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let mut l = self.gateway.limits().entries(Side::Gateway);
+        l.push(("admin_max_connections", n(self.admin_max_connections)));
         if let Some(a) = &self.api {
-            let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
             l.extend([
                 ("api_max_body", a.max_body),
                 ("api_max_connections", n(a.max_connections)),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::admin::AdminBackend;
 use super::registry::{ClientInfo, Disconnected};
@@ -75,16 +75,18 @@ impl GatewayHandle {
         let listener = TcpListener::bind(cfg.listen).await.map_err(err)?;
         let addr = listener.local_addr().map_err(err)?;
         info!(admin.addr = %addr, auth = cfg.token.is_some(), "admin endpoint listening");
-        let backend = Arc::new(AdminBackend::new(self.clone(), api).with_log(log));
+        let backend = AdminBackend::new(self.clone(), api, cfg.max_connections).with_log(log);
         let access = crate::admin::Access {
             token: cfg.token.clone(),
             hosts: cfg.hosts.clone(),
         };
-        self.gw.tracker.spawn(async move {
-            if let Err(e) = crate::admin::serve(listener, backend, access, shutdown).await {
-                warn!(error = %e, "admin endpoint failed");
-            }
-        });
+        self.gw.tracker.spawn(crate::admin::serve(
+            listener,
+            Arc::new(backend),
+            access,
+            cfg.max_connections,
+            shutdown,
+        ));
         Ok(addr)
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use sgw::api::{self, Api, ApplyError, Backend};
+use sgw::api::{
+    self, Api, ApplyError, Backend, ClientLogLine, ClientView, GatewayStats, GoneClient,
+};
 use sgw::config::state::StateFile;
 use sgw::config::{ApiConfig, Secret, TenantConfig};
 use tower::ServiceExt;
@@ -46,20 +48,28 @@ impl Backend for Memory {
     fn gateway_ids(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
     }
-    fn clients(&self, _id: &str) -> Vec<Value> {
-        vec![json!({"client_id": "c1", "version": "1", "hostname": "h", "env": "test"})]
+    fn clients(&self, _id: &str) -> Vec<ClientView> {
+        vec![ClientView {
+            client_id: "c1".into(),
+            version: "1".into(),
+            hostname: "h".into(),
+            env: "test".into(),
+            tunnels: 1,
+            active_streams: 0,
+            streams_opened: 0,
+        }]
     }
     fn disconnect(&self, _id: &str, client_ids: &[String]) -> Vec<String> {
         client_ids.iter().filter(|c| *c == "c1").cloned().collect()
     }
-    fn client_logs(&self, _id: &str) -> Vec<Value> {
+    fn client_logs(&self, _id: &str) -> Vec<ClientLogLine> {
         Vec::new()
     }
-    fn disconnected(&self, _id: &str) -> Vec<Value> {
+    fn disconnected(&self, _id: &str) -> Vec<GoneClient> {
         Vec::new()
     }
-    fn stats(&self, id: &str) -> Option<Value> {
-        self.map().contains_key(id).then(|| json!({}))
+    fn stats(&self, id: &str) -> Option<GatewayStats> {
+        self.map().contains_key(id).then(GatewayStats::default)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Accepting connections, the same way on every listener (tunnel endpoint, destinations'
 //! cloud ports, reverse and SOCKS5 listeners, the management API): until a stop signal, and
 //! a failed accept (out of file descriptors, say) is logged and retried after a pause
-//! instead of spinning.
+//! instead of spinning. [`http`] serves HTTP/1 on such a listener (admin endpoint, API).
+
+pub mod http;
 
 use std::net::SocketAddr;
 use std::time::Duration;

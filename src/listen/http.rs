@@ -1,0 +1,151 @@
+//! The one HTTP/1 server under the admin endpoint and the management API: a bounded number
+//! of connections (in all, and from one source address), an optional TLS handshake, a time
+//! limit on the handshake and on every request head, and a graceful close at shutdown that
+//! waits a bounded grace.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// What one server lets its callers hold.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections served at once; the next caller waits in the listen backlog.
+    pub max_connections: usize,
+    /// Connections one source address may hold, so a trickling caller can't take every slot
+    /// and lock the others out.
+    pub max_per_source: usize,
+    /// The config key of `max_per_source`, named when a connection is refused.
+    pub per_source_key: &'static str,
+    /// For the TLS handshake, for every request head, and the grace at shutdown.
+    pub head_timeout: Duration,
+}
+
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `stop`, then lets
+/// requests in flight finish within [`HttpLimits::head_timeout`]. `name` is the listener's
+/// name in logs (`admin`, `api`).
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let sources = Sources::default();
+    let tasks = TaskTracker::new();
+    if let Ok(a) = listener.local_addr() {
+        info!(http.server = name, listen.addr = %a, "HTTP endpoint listening");
+    }
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let Some((tcp, peer)) = super::accept(&listener, &stop).await else {
+            break;
+        };
+        let Some(source) = sources.take(peer.ip(), limits.max_per_source) else {
+            let key = limits.per_source_key;
+            warn!(http.server = name, peer.addr = %peer, reason = "limit", "HTTP connection refused: {key} reached");
+            continue;
+        };
+        let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
+        tasks.spawn(async move {
+            let _held = (permit, source);
+            let Some(tls) = tls else {
+                return serve_conn(name, tcp, peer, app, limits.head_timeout, stop).await;
+            };
+            match tokio::time::timeout(limits.head_timeout, tls.accept(tcp)).await {
+                Ok(Ok(s)) => serve_conn(name, s, peer, app, limits.head_timeout, stop).await,
+                Ok(Err(e)) => {
+                    debug!(http.server = name, peer.addr = %peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    debug!(http.server = name, peer.addr = %peer, "TLS handshake timed out")
+                }
+            }
+        });
+    }
+    tasks.close();
+    // Every connection closes gracefully at `stop` within the grace; this bounds the wait.
+    let grace = limits.head_timeout.saturating_add(Duration::from_secs(1));
+    let _ = tokio::time::timeout(grace, tasks.wait()).await;
+}
+
+async fn serve_conn<S>(
+    name: &'static str,
+    io: S,
+    peer: SocketAddr,
+    app: axum::Router,
+    head_timeout: Duration,
+    stop: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            debug!(http.server = name, peer.addr = %peer, error = %e, "HTTP connection ended with an error");
+        },
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(head_timeout, conn.as_mut()).await;
+        }
+    }
+}
+
+/// Connections per source address.
+#[derive(Clone, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection counted against its source address; released on drop.
+struct SourceSlot {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
