@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sgw::api::{
     self, Api, ApplyError, Backend, ClientLogLine, ClientView, GatewayStats, GoneClient,
 };
