@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
-use super::walk::Tbl;
+use super::walk::Table;
 use super::{
     read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, Keepalive, Limits,
     LogSettings, OutboundProxy, Policy, Secret,
@@ -175,7 +175,7 @@ impl ClientConfig {
     }
 }
 
-fn read(root: &Tbl<'_, '_>) -> Option<ClientConfig> {
+fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
     let outbound_proxy = root
         .str("outbound_proxy")
         .and_then(|s| match OutboundProxy::parse(&s) {

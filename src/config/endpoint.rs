@@ -8,7 +8,7 @@
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::walk::Tbl;
+use super::walk::Table;
 use super::{pem_source, Secret, TlsIdentity};
 
 /// Most CA certificates a destination may list in `client_certs` (docs/API.md).
@@ -66,7 +66,7 @@ pub struct DestProxy {
 }
 
 /// One PEM certificate (or chain) field, validated; the PEM text is returned.
-pub(super) fn read_cert_pem(t: &Tbl<'_, '_>, key: &str) -> Option<String> {
+pub(super) fn read_cert_pem(t: &Table<'_, '_>, key: &str) -> Option<String> {
     let pem = pem_source(t, key)?;
     match check_certs(&pem) {
         Ok(()) => Some(String::from_utf8_lossy(&pem).into_owned()),
@@ -78,7 +78,7 @@ pub(super) fn read_cert_pem(t: &Tbl<'_, '_>, key: &str) -> Option<String> {
 }
 
 /// A PEM private key field, validated; never quoted in errors.
-pub(super) fn read_key_pem(t: &Tbl<'_, '_>, key: &str) -> Option<Secret> {
+pub(super) fn read_key_pem(t: &Table<'_, '_>, key: &str) -> Option<Secret> {
     let pem = pem_source(t, key)?;
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(_) => Some(Secret::new(String::from_utf8_lossy(&pem).into_owned())),
@@ -93,7 +93,7 @@ pub(super) fn read_key_pem(t: &Tbl<'_, '_>, key: &str) -> Option<Secret> {
 }
 
 /// `client_certs`: up to [`MAX_CLIENT_CERTS`] entries, each inline PEM or a file path.
-pub(super) fn read_client_certs(t: &Tbl<'_, '_>) -> Option<Vec<String>> {
+pub(super) fn read_client_certs(t: &Table<'_, '_>) -> Option<Vec<String>> {
     let entries = t.strs("client_certs")?;
     if entries.len() > MAX_CLIENT_CERTS {
         t.invalid(
@@ -137,7 +137,7 @@ fn check_certs(pem: &[u8]) -> Result<(), String> {
 }
 
 /// The client-to-endpoint TLS fields of a gateway destination.
-pub(super) fn read_endpoint_tls(d: &Tbl<'_, '_>) -> Option<Option<EndpointTlsConfig>> {
+pub(super) fn read_endpoint_tls(d: &Table<'_, '_>) -> Option<Option<EndpointTlsConfig>> {
     let enabled = d.bool("enable_client_tls").unwrap_or(false);
     if !enabled {
         // Settings that would do nothing are mistakes worth a message, not silence.
@@ -208,7 +208,7 @@ pub(super) fn read_endpoint_tls(d: &Tbl<'_, '_>) -> Option<Option<EndpointTlsCon
 }
 
 /// `client_tls` with `server_cert`/`server_key`.
-pub(super) fn read_caller_tls(d: &Tbl<'_, '_>, tls_protocol: bool) -> Option<CallerTls> {
+pub(super) fn read_caller_tls(d: &Table<'_, '_>, tls_protocol: bool) -> Option<CallerTls> {
     let mode = d.str("client_tls").unwrap_or_else(|| "none".into());
     if !matches!(mode.as_str(), "none" | "serverside" | "mutualauth") {
         d.invalid(
@@ -254,7 +254,7 @@ pub(super) fn read_caller_tls(d: &Tbl<'_, '_>, tls_protocol: bool) -> Option<Cal
 }
 
 /// The `proxy` table of a destination (absent: `None`).
-pub(super) fn read_dest_proxy(d: &Tbl<'_, '_>) -> Option<Option<DestProxy>> {
+pub(super) fn read_dest_proxy(d: &Table<'_, '_>) -> Option<Option<DestProxy>> {
     if !d.has("proxy") {
         return Some(None);
     }

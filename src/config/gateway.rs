@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use super::endpoint::{
     read_caller_tls, read_dest_proxy, read_endpoint_tls, CallerTls, DestProxy, EndpointTlsConfig,
 };
-use super::walk::Tbl;
+use super::walk::Table;
 use super::{
     read_certs, read_keepalive, read_key, read_limits, read_log, read_secret, IpTableRule,
     Keepalive, Limits, LogSettings, Secret,
@@ -225,7 +225,7 @@ const MAX_IDLE_TIMEOUT: i64 = 7 * 24 * 3600;
 
 config_document!(GatewayConfig, "GATEWAY", LATER, read);
 
-fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
+fn read(root: &Table<'_, '_>) -> Option<GatewayConfig> {
     let listen = root
         .req_str("listen")
         .and_then(|s| match s.parse::<SocketAddr>() {
@@ -313,7 +313,7 @@ fn read(root: &Tbl<'_, '_>) -> Option<GatewayConfig> {
     })
 }
 
-fn read_enroll(root: &Tbl<'_, '_>) -> EnrollDefaults {
+fn read_enroll(root: &Table<'_, '_>) -> EnrollDefaults {
     let url = root
         .str("public_url")
         .and_then(|u| match super::WssUrl::parse(&u) {
@@ -331,7 +331,7 @@ fn read_enroll(root: &Tbl<'_, '_>) -> EnrollDefaults {
 }
 
 /// `admin_token` serves both the API and the admin endpoint; alone it would guard nothing.
-fn read_admin_token(root: &Tbl<'_, '_>) -> Option<Secret> {
+fn read_admin_token(root: &Table<'_, '_>) -> Option<Secret> {
     if !(root.has("admin_token") || root.has("admin_token_file")) {
         return None;
     }
@@ -346,7 +346,7 @@ fn read_admin_token(root: &Tbl<'_, '_>) -> Option<Secret> {
     read_secret(root, "admin_token", "admin_token_file")
 }
 
-fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> {
+fn read_admin(root: &Table<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> {
     let Some(s) = root.str("admin_listen") else {
         for k in ["admin_hosts", "admin_max_connections"] {
             if root.has(k) {
@@ -370,7 +370,7 @@ fn read_admin(root: &Tbl<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> 
 }
 
 fn read_api(
-    root: &Tbl<'_, '_>,
+    root: &Table<'_, '_>,
     admin_token: Option<Secret>,
     enroll: &EnrollDefaults,
 ) -> Option<ApiConfig> {
@@ -434,7 +434,7 @@ fn read_api(
 }
 
 pub(super) fn read_destination(
-    d: &Tbl<'_, '_>,
+    d: &Table<'_, '_>,
     ids: &mut HashSet<String>,
     ports: &mut HashSet<(String, u16, bool)>,
 ) -> Option<Destination> {

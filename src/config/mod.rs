@@ -222,7 +222,7 @@ impl Limits {
     }
 }
 
-fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
+fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
     let mut l = Limits::default();
     let Some(t) = t else { return l };
     for (key, slot, range) in [
@@ -308,7 +308,7 @@ fn read_limits(t: Option<walk::Tbl<'_, '_>>) -> Limits {
     l
 }
 
-fn read_keepalive(t: Option<walk::Tbl<'_, '_>>) -> Keepalive {
+fn read_keepalive(t: Option<walk::Table<'_, '_>>) -> Keepalive {
     let mut k = Keepalive {
         interval: std::time::Duration::from_secs(15),
         timeout: std::time::Duration::from_secs(45),
@@ -330,7 +330,7 @@ fn read_keepalive(t: Option<walk::Tbl<'_, '_>>) -> Keepalive {
     k
 }
 
-fn read_log(t: &walk::Tbl<'_, '_>) -> LogSettings {
+fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
     let level = t.str("log_level").unwrap_or_else(|| "info".into());
     if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
         t.invalid(
@@ -360,7 +360,7 @@ fn relative_to(file: &Path, p: &str) -> PathBuf {
 }
 
 /// Reads a secret given inline (`key`) or as a file (`key_file`); exactly one is required.
-fn read_secret(t: &walk::Tbl<'_, '_>, key: &str, file_key: &str) -> Option<Secret> {
+fn read_secret(t: &walk::Table<'_, '_>, key: &str, file_key: &str) -> Option<Secret> {
     let inline = t.str(key);
     let file = t.str(file_key);
     match (inline, file) {
@@ -413,7 +413,7 @@ pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 const NOT_PEM: &str = "must be PEM text starting with `-----BEGIN` (file paths are not read here)";
 
-fn pem_source(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<u8>> {
+fn pem_source(t: &walk::Table<'_, '_>, key: &str) -> Option<Vec<u8>> {
     let s = t.str(key)?;
     if s.trim_start().starts_with("-----BEGIN") {
         return Some(s.into_bytes());
@@ -434,7 +434,7 @@ fn pem_source(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn read_certs(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<CertificateDer<'static>>> {
+fn read_certs(t: &walk::Table<'_, '_>, key: &str) -> Option<Vec<CertificateDer<'static>>> {
     let pem = pem_source(t, key)?;
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match certs {
@@ -454,7 +454,7 @@ fn read_certs(t: &walk::Tbl<'_, '_>, key: &str) -> Option<Vec<CertificateDer<'st
     }
 }
 
-fn read_key(t: &walk::Tbl<'_, '_>, key: &str) -> Option<PrivateKeyDer<'static>> {
+fn read_key(t: &walk::Table<'_, '_>, key: &str) -> Option<PrivateKeyDer<'static>> {
     let pem = pem_source(t, key)?;
     match PrivateKeyDer::from_pem_slice(&pem) {
         Ok(k) => Some(k),

@@ -23,17 +23,6 @@ use super::{ConfigErrors, Secret};
 /// Version of the state file format written by this build.
 pub const STATE_VERSION: u32 = 1;
 
-/// Integer fields that documents may also give as digit strings (the Secure Gateway API's examples, docs/API.md send
-/// `"port": "443"`), by table: the destination's own, then its `proxy` table's.
-const INT_KEYS: &[&str] = &[
-    "port",
-    "cloud_port",
-    "local_port",
-    "timeout",
-    "idle_timeout",
-];
-const PROXY_INT_KEYS: &[&str] = &["port", "protocol"];
-
 /// The state file: every gateway created or imported through the API.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,48 +217,11 @@ pub fn check_unique(dests: &[Destination]) -> Result<(), String> {
     Ok(())
 }
 
-/// Validates a destination document, as `gateway.toml` would; every error names its field.
+/// Validates a destination document with the reader of `gateway.toml`'s destinations, read
+/// straight from the JSON; every error names its field.
 pub fn destination_from_json(fields: &Map<String, Value>) -> Result<Destination, Vec<String>> {
-    let mut table = toml::Table::new();
-    for (k, v) in fields {
-        if let Some(t) = json_to_toml(v, INT_KEYS.contains(&k.as_str()), k == "proxy") {
-            table.insert(k.clone(), t);
-        }
-    }
-    let src =
-        toml::to_string(&table).map_err(|e| vec![format!("cannot read the document: {e}")])?;
-    super::walk::read_inline(&src, |root| {
+    super::walk::read_json(fields, |root| {
         read_destination(root, &mut HashSet::new(), &mut HashSet::new())
-    })
-}
-
-/// JSON to TOML: `null` means absent; a digit string becomes an integer where `int` says the
-/// field is one; the fields of a `proxy` table are judged by [`PROXY_INT_KEYS`].
-fn json_to_toml(v: &Value, int: bool, proxy: bool) -> Option<toml::Value> {
-    Some(match v {
-        Value::Null => return None,
-        Value::Bool(b) => toml::Value::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => toml::Value::Integer(i),
-            None => toml::Value::Float(n.as_f64().unwrap_or(f64::MAX)),
-        },
-        Value::String(s) => match s.trim().parse::<i64>() {
-            Ok(i) if int => toml::Value::Integer(i),
-            _ => toml::Value::String(s.clone()),
-        },
-        Value::Array(a) => toml::Value::Array(
-            a.iter()
-                .filter_map(|x| json_to_toml(x, false, false))
-                .collect(),
-        ),
-        Value::Object(m) => toml::Value::Table(
-            m.iter()
-                .filter_map(|(k, x)| {
-                    let int = proxy && PROXY_INT_KEYS.contains(&k.as_str());
-                    json_to_toml(x, int, false).map(|t| (k.clone(), t))
-                })
-                .collect(),
-        ),
     })
 }
 

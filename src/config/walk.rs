@@ -1,40 +1,41 @@
-//! A small typed walker over a spanned TOML document that collects every error (with file,
-//! line, column and dotted path) instead of stopping at the first, and reports unknown keys.
+//! The config reader: a typed walk over a document tree ([`node`]) that collects every error
+//! (with file, line, column and dotted path) instead of stopping at the first, and reports
+//! unknown keys. `SGW_<SECTION>_...` environment variables are laid over each table as it is
+//! opened, before any of its keys is read, so every value is read once, by one accessor,
+//! whatever its origin.
+
+mod node;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use toml::de::{DeTable, DeValue};
-use toml::Spanned;
+use node::{Entries, Entry, Kind, Node, Origin};
 
-/// Error collector for one file, plus the `SGW_<SECTION>_<KEY>` environment overrides.
-pub(crate) struct Cx<'a> {
+/// One document being read: its errors, and the `SGW_<SECTION>_<KEY>` overrides.
+pub(crate) struct Source<'a> {
     file: &'a Path,
     src: &'a str,
     errors: RefCell<Vec<(usize, String)>>,
     section: &'static str,
     env: BTreeMap<String, String>,
     /// Stands in for a table the file leaves out when the environment sets keys in it.
-    empty: DeTable<'a>,
+    empty: Entries,
     /// A document that came over the network (management API, state file): errors carry
     /// no file position and certificate fields must be inline PEM, never paths to read.
     inline: bool,
 }
 
-/// Reads `src` as an inline document (see [`Cx`]`::inline`): no environment overrides.
-pub(crate) fn read_inline<T>(
-    src: &str,
-    read: impl FnOnce(&Tbl<'_, '_>) -> Option<T>,
+/// Reads a JSON document (see [`Source`]`::inline`) with `read`: no environment overrides.
+pub(crate) fn read_json<T>(
+    doc: &serde_json::Map<String, serde_json::Value>,
+    read: impl FnOnce(&Table<'_, '_>) -> Option<T>,
 ) -> Result<T, Vec<String>> {
-    let mut cx = Cx::new(Path::new("<document>"), src);
+    let mut cx = Source::new(Path::new("<document>"), "");
     cx.inline = true;
-    let Some(doc) = cx.parse() else {
-        return Err(cx.into_errors());
-    };
-    let root = Tbl::root(&cx, &doc);
+    let tree = node::from_json(doc);
+    let root = Table::root(&cx, &tree);
     let out = read(&root);
     root.finish(&[]);
     match out {
@@ -51,13 +52,13 @@ pub(crate) fn read_document<T>(
     section: &'static str,
     env: BTreeMap<String, String>,
     later: &[&str],
-    read: fn(&Tbl<'_, '_>) -> Option<T>,
+    read: fn(&Table<'_, '_>) -> Option<T>,
 ) -> Result<T, super::ConfigErrors> {
-    let cx = Cx::new(path, src).with_env(section, env);
+    let cx = Source::new(path, src).with_env(section, env);
     let Some(doc) = cx.parse() else {
         return Err(super::ConfigErrors(cx.into_errors()));
     };
-    let root = Tbl::root(&cx, &doc);
+    let root = Table::root(&cx, &doc);
     let cfg = read(&root);
     root.finish(later);
     match cfg {
@@ -73,15 +74,15 @@ pub(crate) fn sgw_env() -> BTreeMap<String, String> {
         .collect()
 }
 
-impl<'a> Cx<'a> {
+impl<'a> Source<'a> {
     pub fn new(file: &'a Path, src: &'a str) -> Self {
-        Cx {
+        Source {
             file,
             src,
             errors: RefCell::new(Vec::new()),
             section: "",
             env: BTreeMap::new(),
-            empty: DeTable::new(),
+            empty: Entries::default(),
             inline: false,
         }
     }
@@ -91,12 +92,6 @@ impl<'a> Cx<'a> {
         self.section = section;
         self.env = env;
         self
-    }
-
-    /// An error in a value that came from the environment (listed after the file's errors).
-    pub fn error_env(&self, var: &str, msg: impl std::fmt::Display) {
-        let text = format!("environment {var}: {msg}");
-        self.errors.borrow_mut().push((usize::MAX, text));
     }
 
     pub fn file(&self) -> &Path {
@@ -117,22 +112,27 @@ impl<'a> Cx<'a> {
         (line, col)
     }
 
-    pub fn error_at(&self, span: Range<usize>, path: &str, msg: impl std::fmt::Display) {
-        let (line, col) = self.position(span.start);
+    /// An error about the value at `origin`, whose dotted path is `path`.
+    fn error(&self, origin: &Origin, path: &str, msg: impl std::fmt::Display) {
         let where_ = if path.is_empty() {
             String::new()
         } else {
             format!("{path}: ")
         };
-        let text = if self.inline {
-            format!("{where_}{msg}")
-        } else {
-            format!("{}:{line}:{col}: {where_}{msg}", self.file.display())
+        let (at, text) = match origin {
+            // Environment errors are listed after the file's.
+            Origin::Env(var) => (usize::MAX, format!("environment {var}: {msg}")),
+            Origin::Doc(n) => (*n, format!("{where_}{msg}")),
+            Origin::File(span) => {
+                let (line, col) = self.position(span.start);
+                let file = self.file.display();
+                (span.start, format!("{file}:{line}:{col}: {where_}{msg}"))
+            }
         };
-        self.errors.borrow_mut().push((span.start, text));
+        self.errors.borrow_mut().push((at, text));
     }
 
-    /// Every error, in file order.
+    /// Every error, in document order.
     pub fn into_errors(self) -> Vec<String> {
         let mut e = self.errors.into_inner();
         e.sort_by_key(|(at, _)| *at);
@@ -143,37 +143,72 @@ impl<'a> Cx<'a> {
         !self.errors.borrow().is_empty()
     }
 
-    /// Parses the document; syntax errors are recorded and give `None`.
-    pub fn parse(&self) -> Option<Spanned<DeTable<'a>>> {
-        let (doc, errs) = DeTable::parse_recoverable(self.src);
+    /// Parses the file; syntax errors are recorded and give `None`.
+    pub fn parse(&self) -> Option<Node> {
+        let (doc, errs) = toml::de::DeTable::parse_recoverable(self.src);
         for e in &errs {
             let span = e.span().unwrap_or(0..0);
-            self.error_at(span, "", format!("TOML syntax: {}", e.message()));
+            let msg = format!("TOML syntax: {}", e.message());
+            self.error(&Origin::File(span), "", msg);
         }
-        errs.is_empty().then_some(doc)
+        errs.is_empty().then(|| node::from_toml(&doc))
     }
 }
 
-/// One TOML table being read; remembers which keys were used.
-pub(crate) struct Tbl<'c, 'a> {
-    pub cx: &'c Cx<'a>,
+/// One table being read: the document's entries under the environment's, and which keys
+/// were asked for.
+pub(crate) struct Table<'c, 'a> {
+    pub cx: &'c Source<'a>,
     pub path: String,
-    map: &'c DeTable<'a>,
-    span: Range<usize>,
+    map: &'c Entries,
+    origin: Origin,
+    /// `SGW_*` values for this table's keys; they win over the file's.
+    overlay: Vec<Entry>,
     used: RefCell<BTreeSet<String>>,
 }
 
-pub(crate) type Val<'c, 'a> = &'c Spanned<DeValue<'a>>;
+impl<'c, 'a> Table<'c, 'a> {
+    pub fn root(cx: &'c Source<'a>, doc: &'c Node) -> Self {
+        let map = match &doc.kind {
+            Kind::Table(t) => t,
+            _ => &cx.empty,
+        };
+        Table::open(cx, String::new(), map, doc.origin.clone())
+    }
 
-impl<'c, 'a> Tbl<'c, 'a> {
-    pub fn root(cx: &'c Cx<'a>, doc: &'c Spanned<DeTable<'a>>) -> Self {
-        Tbl {
+    /// Opens a table, laying the environment over it: `SGW_<SECTION>_<PATH>_<KEY>` with the
+    /// table path upper-cased (`SGW_CLIENT_LIMITS_MAX_STREAMS`). Keys of the first
+    /// `[[gateway]]`/`[[gateways]]` entry may also drop the table (`SGW_CLIENT_TOKEN_FILE`).
+    /// Later array entries cannot be overridden.
+    fn open(cx: &'c Source<'a>, path: String, map: &'c Entries, origin: Origin) -> Self {
+        let mut t = Table {
             cx,
-            path: String::new(),
-            map: doc.get_ref(),
-            span: doc.span(),
+            path,
+            map,
+            origin,
+            overlay: Vec::new(),
             used: Default::default(),
+        };
+        let mut prefixes: Vec<String> = t.env_prefix().into_iter().collect();
+        if !cx.section.is_empty() && matches!(t.path.as_str(), "gateway[0]" | "gateways[0]") {
+            prefixes.push(format!("SGW_{}_", cx.section));
         }
+        for prefix in prefixes {
+            for (var, text) in cx.env.range(prefix.clone()..) {
+                let Some(rest) = var.strip_prefix(&prefix) else {
+                    break;
+                };
+                t.overlay.push(Entry {
+                    key: rest.to_ascii_lowercase(),
+                    key_origin: Origin::Env(var.clone()),
+                    value: Node {
+                        origin: Origin::Env(var.clone()),
+                        kind: Kind::Text(text.clone()),
+                    },
+                });
+            }
+        }
+        t
     }
 
     fn child_path(&self, key: &str) -> String {
@@ -182,61 +217,6 @@ impl<'c, 'a> Tbl<'c, 'a> {
         } else {
             format!("{}.{key}", self.path)
         }
-    }
-
-    pub fn get(&self, key: &str) -> Option<Val<'c, 'a>> {
-        self.used.borrow_mut().insert(key.to_owned());
-        self.map
-            .iter()
-            .find(|(k, _)| k.get_ref() == key)
-            .map(|(_, v)| v)
-    }
-
-    pub fn err(&self, key: &str, v: Val<'c, 'a>, msg: impl std::fmt::Display) {
-        self.cx.error_at(v.span(), &self.child_path(key), msg);
-    }
-
-    pub fn missing(&self, key: &str) {
-        self.cx.error_at(
-            self.span.clone(),
-            &self.child_path(key),
-            "missing required key",
-        );
-    }
-
-    fn typed<T>(&self, key: &str, what: &str, f: impl Fn(&DeValue<'a>) -> Option<T>) -> Option<T> {
-        let v = self.get(key)?;
-        let out = f(v.get_ref());
-        if out.is_none() {
-            self.err(
-                key,
-                v,
-                format!("expected {what}, found {}", v.get_ref().type_str()),
-            );
-        }
-        out
-    }
-
-    /// The environment variable overriding `key` here, if set: `SGW_<SECTION>_<PATH>_<KEY>`
-    /// with the table path upper-cased (`SGW_CLIENT_LIMITS_MAX_STREAMS`). Keys of the first
-    /// `[[gateway]]`/`[[gateways]]` entry may also drop the table (`SGW_CLIENT_TOKEN_FILE`).
-    /// Later array entries cannot be overridden.
-    fn env(&self, key: &str) -> Option<(String, String)> {
-        if self.cx.env.is_empty() {
-            return None;
-        }
-        let key_up = key.to_ascii_uppercase();
-        let mut names = vec![format!("{}{key_up}", self.env_prefix()?)];
-        if matches!(self.path.as_str(), "gateway[0]" | "gateways[0]") {
-            names.push(format!("SGW_{}_{key_up}", self.cx.section));
-        }
-        let found = names
-            .into_iter()
-            .find_map(|n| self.cx.env.get(&n).map(|v| (n, v.clone())));
-        if found.is_some() {
-            self.used.borrow_mut().insert(key.to_owned());
-        }
-        found
     }
 
     /// `SGW_<SECTION>_<PATH>_` for this table (None where overrides do not apply).
@@ -262,47 +242,80 @@ impl<'c, 'a> Tbl<'c, 'a> {
         })
     }
 
-    /// Reports a bad value of `key` where it came from: the environment variable that set
-    /// it, or its place in the file.
+    /// The value of `key`: the environment's, else the document's.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.used.borrow_mut().insert(key.to_owned());
+        self.overlay
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| &e.value)
+            .or_else(|| self.map.get(key))
+    }
+
+    /// Reports a bad value of `key` where it came from: its place in the document, or the
+    /// environment variable that set it.
+    pub fn err(&self, key: &str, v: &Node, msg: impl std::fmt::Display) {
+        self.cx.error(&v.origin, &self.child_path(key), msg);
+    }
+
+    /// As [`Table::err`], for the value `key` has.
     pub fn invalid(&self, key: &str, msg: impl std::fmt::Display) {
-        if let Some((n, _)) = self.env(key) {
-            self.cx.error_env(&n, msg);
-        } else if let Some(v) = self.get(key) {
+        if let Some(v) = self.get(key) {
             self.err(key, v, msg);
         }
     }
 
-    /// Whether `key` is given, in the file or the environment.
+    pub fn missing(&self, key: &str) {
+        let path = self.child_path(key);
+        self.cx.error(&self.origin, &path, "missing required key");
+    }
+
+    fn wrong_type(&self, key: &str, v: &Node, what: &str) {
+        let found = v.kind.type_str();
+        self.err(key, v, format!("expected {what}, found {found}"));
+    }
+
+    /// Whether `key` is given, in the document or the environment.
     pub fn has(&self, key: &str) -> bool {
-        self.env(key).is_some() || self.get(key).is_some()
+        self.get(key).is_some()
     }
 
     pub fn str(&self, key: &str) -> Option<String> {
-        if let Some((_, v)) = self.env(key) {
-            return Some(v);
+        let v = self.get(key)?;
+        match &v.kind {
+            Kind::Str(s) | Kind::Text(s) => Some(s.clone()),
+            _ => {
+                self.wrong_type(key, v, "a string");
+                None
+            }
         }
-        self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
     }
 
-    /// An array of strings (a single string is taken as a one-element list).
+    /// An array of strings (a single string is taken as a one-element list; in the
+    /// environment, a comma-separated list).
     pub fn strs(&self, key: &str) -> Option<Vec<String>> {
-        if let Some((_, v)) = self.env(key) {
-            // Comma-separated in the environment.
-            return Some(
-                v.split(',')
+        let v = self.get(key)?;
+        let list = match &v.kind {
+            Kind::Text(t) => Some(
+                t.split(',')
                     .map(|s| s.trim().to_owned())
                     .filter(|s| !s.is_empty())
                     .collect(),
-            );
-        }
-        self.typed(key, "an array of strings", |v| match v {
-            DeValue::String(s) => Some(vec![s.to_string()]),
-            DeValue::Array(a) => a
+            ),
+            Kind::Str(s) => Some(vec![s.clone()]),
+            Kind::Array(a) => a
                 .iter()
-                .map(|i| i.get_ref().as_str().map(str::to_owned))
+                .map(|i| match &i.kind {
+                    Kind::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
                 .collect(),
             _ => None,
-        })
+        };
+        if list.is_none() {
+            self.wrong_type(key, v, "an array of strings");
+        }
+        list
     }
 
     pub fn req_str(&self, key: &str) -> Option<String> {
@@ -314,49 +327,59 @@ impl<'c, 'a> Tbl<'c, 'a> {
     }
 
     pub fn bool(&self, key: &str) -> Option<bool> {
-        if let Some((n, v)) = self.env(key) {
-            return match v.trim() {
+        let v = self.get(key)?;
+        match &v.kind {
+            Kind::Bool(b) => Some(*b),
+            Kind::Text(t) => match t.trim() {
                 "true" | "1" | "yes" => Some(true),
                 "false" | "0" | "no" => Some(false),
                 other => {
-                    self.cx
-                        .error_env(&n, format!("`{other}` is not a boolean (true/false)"));
+                    self.err(key, v, format!("`{other}` is not a boolean (true/false)"));
                     None
                 }
-            };
+            },
+            _ => {
+                self.wrong_type(key, v, "a boolean");
+                None
+            }
         }
-        self.typed(key, "a boolean", |v| v.as_bool())
     }
 
+    /// An integer within `range`. Documents may give it as a digit string (the Secure
+    /// Gateway API's examples, docs/API.md, send `"port": "443"`).
     pub fn int_in(&self, key: &str, range: std::ops::RangeInclusive<i64>) -> Option<i64> {
-        if let Some((n, v)) = self.env(key) {
-            return match v.trim().replace('_', "").parse::<i64>() {
-                Ok(i) if range.contains(&i) => Some(i),
-                Ok(i) => {
-                    self.cx.error_env(
-                        &n,
-                        format!("{i} is out of range {}..={}", range.start(), range.end()),
-                    );
-                    None
-                }
-                Err(_) => {
-                    self.cx.error_env(&n, format!("`{v}` is not an integer"));
-                    None
-                }
-            };
-        }
-        let n = self.typed(key, "an integer", |v| {
-            let i = v.as_integer()?;
-            i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
-        })?;
-        if !range.contains(&n) {
-            if let Some(v) = self.get(key) {
-                self.err(
-                    key,
-                    v,
-                    format!("{n} is out of range {}..={}", range.start(), range.end()),
-                );
+        let v = self.get(key)?;
+        let out_of_range = |shown: &dyn std::fmt::Display| {
+            let (lo, hi) = (range.start(), range.end());
+            self.err(key, v, format!("{shown} is out of range {lo}..={hi}"));
+        };
+        let n = match &v.kind {
+            Kind::Int(Some(i)) => *i,
+            Kind::Int(None) => {
+                out_of_range(&"the integer");
+                return None;
             }
+            Kind::Text(t) => match t.trim().replace('_', "").parse::<i64>() {
+                Ok(i) => i,
+                Err(_) => {
+                    self.err(key, v, format!("`{t}` is not an integer"));
+                    return None;
+                }
+            },
+            Kind::Str(s) if matches!(v.origin, Origin::Doc(_)) => match s.trim().parse::<i64>() {
+                Ok(i) => i,
+                Err(_) => {
+                    self.wrong_type(key, v, "an integer");
+                    return None;
+                }
+            },
+            _ => {
+                self.wrong_type(key, v, "an integer");
+                return None;
+            }
+        };
+        if !range.contains(&n) {
+            out_of_range(&n);
             return None;
         }
         Some(n)
@@ -365,80 +388,56 @@ impl<'c, 'a> Tbl<'c, 'a> {
     /// Duration given as `"30s"`, `"5m"`, `"250ms"`, `"1h"`.
     pub fn duration(&self, key: &str) -> Option<Duration> {
         let s = self.str(key)?;
-        match parse_duration(&s) {
-            Some(d) => Some(d),
-            None => {
-                let msg = format!("`{s}` is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")");
-                if let Some((n, _)) = self.env(key) {
-                    self.cx.error_env(&n, msg);
-                } else if let Some(v) = self.get(key) {
-                    self.err(key, v, msg);
-                }
-                None
-            }
+        let d = parse_duration(&s);
+        if d.is_none() {
+            self.invalid(
+                key,
+                format!("`{s}` is not a duration (use e.g. \"500ms\", \"30s\", \"5m\")"),
+            );
         }
+        d
     }
 
     /// Byte size given as an integer or `"256KiB"`, `"16MiB"`.
     pub fn size(&self, key: &str) -> Option<u64> {
-        if let Some((n, v)) = self.env(key) {
-            let parsed = v
+        let v = self.get(key)?;
+        let parsed = match &v.kind {
+            Kind::Int(Some(i)) => u64::try_from(*i).ok(),
+            Kind::Str(s) => parse_size(s),
+            Kind::Text(t) => t
                 .trim()
                 .parse::<u64>()
                 .ok()
-                .or_else(|| parse_size(v.trim()));
-            if parsed.is_none() {
-                self.cx.error_env(
-                    &n,
-                    format!("`{v}` is not a size in bytes (e.g. 262144 or 256KiB)"),
-                );
-            }
-            return parsed;
-        }
-        let v = self.get(key)?;
-        let parsed = match v.get_ref() {
-            DeValue::Integer(i) => {
-                u64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()
-            }
-            DeValue::String(s) => parse_size(s),
+                .or_else(|| parse_size(t.trim())),
             _ => None,
         };
         if parsed.is_none() {
-            self.err(
-                key,
-                v,
-                "expected a size in bytes (e.g. 262144 or \"256KiB\")",
-            );
+            match &v.kind {
+                Kind::Text(t) => self.err(
+                    key,
+                    v,
+                    format!("`{t}` is not a size in bytes (e.g. 262144 or 256KiB)"),
+                ),
+                _ => self.err(
+                    key,
+                    v,
+                    "expected a size in bytes (e.g. 262144 or \"256KiB\")",
+                ),
+            }
         }
         parsed
     }
 
-    pub fn table(&self, key: &str) -> Option<Tbl<'c, 'a>> {
-        let Some(v) = self.get(key) else {
+    pub fn table(&self, key: &str) -> Option<Table<'c, 'a>> {
+        let path = self.child_path(key);
+        self.used.borrow_mut().insert(key.to_owned());
+        let Some(v) = self.map.get(key) else {
             // Absent from the file: still readable if the environment sets keys in it.
-            let probe = Tbl {
-                cx: self.cx,
-                path: self.child_path(key),
-                map: &self.cx.empty,
-                span: self.span.clone(),
-                used: Default::default(),
-            };
-            let prefix = probe.env_prefix()?;
-            return self
-                .cx
-                .env
-                .keys()
-                .any(|k| k.starts_with(&prefix))
-                .then_some(probe);
+            let probe = Table::open(self.cx, path, &self.cx.empty, self.origin.clone());
+            return (!probe.overlay.is_empty()).then_some(probe);
         };
-        match v.get_ref() {
-            DeValue::Table(t) => Some(Tbl {
-                cx: self.cx,
-                path: self.child_path(key),
-                map: t,
-                span: v.span(),
-                used: Default::default(),
-            }),
+        match &v.kind {
+            Kind::Table(t) => Some(Table::open(self.cx, path, t, v.origin.clone())),
             other => {
                 self.err(
                     key,
@@ -451,34 +450,27 @@ impl<'c, 'a> Tbl<'c, 'a> {
     }
 
     /// An array of tables (`[[key]]`); each element's path is `key[i]`.
-    pub fn tables(&self, key: &str) -> Vec<Tbl<'c, 'a>> {
-        let Some(v) = self.get(key) else {
+    pub fn tables(&self, key: &str) -> Vec<Table<'c, 'a>> {
+        self.used.borrow_mut().insert(key.to_owned());
+        let Some(v) = self.map.get(key) else {
             return Vec::new();
         };
-        let Some(arr) = v.get_ref().as_array() else {
+        let Kind::Array(arr) = &v.kind else {
+            let found = v.kind.type_str();
             self.err(
                 key,
                 v,
-                format!(
-                    "expected an array of tables, found {}",
-                    v.get_ref().type_str()
-                ),
+                format!("expected an array of tables, found {found}"),
             );
             return Vec::new();
         };
         let mut out = Vec::new();
         for (i, item) in arr.iter().enumerate() {
             let path = format!("{}[{i}]", self.child_path(key));
-            match item.get_ref() {
-                DeValue::Table(t) => out.push(Tbl {
-                    cx: self.cx,
-                    path,
-                    map: t,
-                    span: item.span(),
-                    used: Default::default(),
-                }),
-                other => self.cx.error_at(
-                    item.span(),
+            match &item.kind {
+                Kind::Table(t) => out.push(Table::open(self.cx, path, t, item.origin.clone())),
+                other => self.cx.error(
+                    &item.origin,
                     &path,
                     format!("expected a table, found {}", other.type_str()),
                 ),
@@ -487,26 +479,20 @@ impl<'c, 'a> Tbl<'c, 'a> {
         out
     }
 
-    /// Reports every key that was never asked for. `later` names keys this version knows
-    /// but does not implement yet, so the message says so instead of "unknown".
+    /// Reports every key of the document that was never asked for. `later` names keys this
+    /// version knows but does not implement yet, so the message says so instead of
+    /// "unknown". Environment variables that name no key are not errors: the process's
+    /// environment holds other programs' settings too.
     pub fn finish(self, later: &[&str]) {
         let used = self.used.borrow();
-        for (k, v) in self.map.iter() {
-            let key = k.get_ref().as_ref();
-            if used.contains(key) {
-                continue;
-            }
-            let path = self.child_path(key);
-            if later.contains(&key) {
-                self.cx.error_at(
-                    k.span(),
-                    &path,
-                    "is not supported by this version of sgw yet",
-                );
+        for e in self.map.0.iter().filter(|e| !used.contains(&e.key)) {
+            let path = self.child_path(&e.key);
+            let msg = if later.contains(&e.key.as_str()) {
+                "is not supported by this version of sgw yet"
             } else {
-                self.cx.error_at(k.span(), &path, "unknown key");
-            }
-            let _ = v;
+                "unknown key"
+            };
+            self.cx.error(&e.key_origin, &path, msg);
         }
     }
 }

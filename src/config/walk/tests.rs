@@ -19,9 +19,9 @@ fn durations_and_sizes() {
 fn every_error_with_line_and_path() {
     let src = "a = 1\n[t]\nx = \"y\"\nbad = true\n[[arr]]\nn = \"str\"\n[[arr]]\nn = 500\n";
     let path = Path::new("f.toml");
-    let cx = Cx::new(path, src);
+    let cx = Source::new(path, src);
     let doc = cx.parse().unwrap();
-    let root = Tbl::root(&cx, &doc);
+    let root = Table::root(&cx, &doc);
     let t = root.table("t").unwrap();
     assert_eq!(t.str("x").as_deref(), Some("y"));
     t.finish(&[]);
@@ -49,7 +49,7 @@ fn every_error_with_line_and_path() {
 
 #[test]
 fn syntax_errors_have_positions() {
-    let cx = Cx::new(Path::new("s.toml"), "a = \n[x\n");
+    let cx = Source::new(Path::new("s.toml"), "a = \n[x\n");
     assert!(cx.parse().is_none());
     let errs = cx.into_errors();
     assert!(!errs.is_empty());
