@@ -108,7 +108,7 @@ impl Enrollment {
         let wire: Wire = serde_json::from_slice(&json)
             .map_err(|_| EnrollError::Damaged("not a complete document"))?;
         let field = |field, reason: String| EnrollError::Field { field, reason };
-        let url = WssUrl::parse(&wire.url).map_err(|e| field("url", e))?;
+        let url = WssUrl::parse(&wire.url).map_err(|e| field("url", e.to_string()))?;
         if wire.gateway_id.is_empty()
             || wire.gateway_id.len() > 128
             || wire.gateway_id.chars().any(|c| c.is_control() || c == '"')
@@ -157,7 +157,7 @@ pub fn for_gateway(
     let url = match url {
         Some(u) => WssUrl::parse(u).map_err(|reason| EnrollError::Field {
             field: "--url",
-            reason,
+            reason: reason.to_string(),
         })?,
         None => cfg.enroll.url.clone().ok_or(EnrollError::NoUrl)?,
     };

@@ -32,6 +32,12 @@ pub enum Refused {
     Failed(crate::dial::DialError),
 }
 
+/// A request the policy refuses on an open connection: 403 with this explanation (it names
+/// the rule's line, not its text).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Denied(pub String);
+
 /// Policy and dialling for one caller connection.
 pub trait Upstream: Send + Sync + 'static {
     type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -40,7 +46,7 @@ pub trait Upstream: Send + Sync + 'static {
     fn judges_paths(&self) -> bool;
     /// May a request for `path` use the open upstream connection, which reaches `reached`
     /// (`None`: an address only a proxy knows)?
-    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), String>;
+    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), Denied>;
     /// Judges a request for `path` with no upstream connection yet, and connects for it
     /// (TLS included when the destination wants it). Returns the address reached.
     fn connect(
@@ -214,7 +220,7 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
         )
     };
     if let Some((_, reached)) = current.as_ref() {
-        if let Err(why) = c.upstream.admit(&path, *reached) {
+        if let Err(Denied(why)) = c.upstream.admit(&path, *reached) {
             return deny(why);
         }
     } else {

@@ -19,10 +19,16 @@ pub struct Expose {
 }
 
 impl std::str::FromStr for Expose {
-    type Err = String;
+    type Err = crate::config::BadValue;
 
     /// `HOST:PORT[@CLOUD_PORT]`
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Expose::read(s).map_err(crate::config::BadValue)
+    }
+}
+
+impl Expose {
+    fn read(s: &str) -> Result<Self, String> {
         let (target, cloud) = match s.split_once('@') {
             Some((t, c)) => (
                 t,

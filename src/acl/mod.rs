@@ -23,6 +23,67 @@ use std::sync::Arc;
 use crate::config::{IpTableRule, Policy};
 
 pub use lint::{lint, Finding};
+
+/// One bad line of an ACL file: `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct LineError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// A rule typed at `sgw acl add` (or sent to the admin endpoint) that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("column {column}: {message}")]
+    At { column: usize, message: String },
+    #[error("`no acl` removes a rule; use `sgw acl remove`")]
+    Removal,
+    #[error("empty rule")]
+    Empty,
+}
+
+/// Why an ACL file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    #[error("{file}: cannot read ACL file: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every bad line, in file order (shown on one line, `; ` between them).
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<LineError>),
+    /// The client runs without an ACL file.
+    #[error("this client has no ACL file")]
+    NoFile,
+}
+
+impl AclError {
+    /// One message per problem (each bad line on its own), for logs and the admin endpoint.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            AclError::Invalid(lines) => lines.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn join_lines(lines: &[LineError]) -> String {
+    lines
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A time given to `sgw acl check --at` that is not `DAY HH:MM` or a local date and time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad time `{0}`: expected `DAY HH:MM` (e.g. `sat 10:00`) or YYYY-MM-DDTHH:MM")]
+pub struct BadTime(String);
 pub use parse::{parse_rule, same_rule};
 pub use path::{normalize_path, path_has_prefix, request_path, PathError};
 
@@ -142,13 +203,11 @@ impl LocalTime {
 }
 
 impl std::str::FromStr for LocalTime {
-    type Err = String;
+    type Err = BadTime;
 
     /// `mon 09:30`, or a local date and time `2026-11-23T09:30` (for `sgw acl check --at`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("bad time `{s}`: expected `DAY HH:MM` (e.g. `sat 10:00`) or YYYY-MM-DDTHH:MM")
-        };
+    fn from_str(s: &str) -> Result<Self, BadTime> {
+        let bad = || BadTime(s.to_owned());
         if let Some((day, hm)) = s.trim().split_once(char::is_whitespace) {
             let weekday = parse::parse_day(day).ok_or_else(bad)?;
             let (h, m) = hm.trim().split_once(':').ok_or_else(bad)?;
@@ -398,15 +457,17 @@ impl Acl {
         }
     }
 
-    pub fn load(path: &Path, default_policy: Policy) -> Result<Self, Vec<String>> {
-        let src = std::fs::read_to_string(path)
-            .map_err(|e| vec![format!("{}: cannot read ACL file: {e}", path.display())])?;
-        Self::parse(&path.display().to_string(), &src, default_policy)
+    pub fn load(path: &Path, default_policy: Policy) -> Result<Self, AclError> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(src) => Self::parse(&file, &src, default_policy),
+            Err(source) => Err(AclError::Read { file, source }),
+        }
     }
 
     /// Parses a whole file; every bad line is reported as `file:line:col: message`.
-    pub fn parse(file: &str, src: &str, default_policy: Policy) -> Result<Self, Vec<String>> {
-        let parsed = parse::parse_file(file, src)?;
+    pub fn parse(file: &str, src: &str, default_policy: Policy) -> Result<Self, AclError> {
+        let parsed = parse::parse_file(file, src).map_err(AclError::Invalid)?;
         let mut acl = Self::from_rules(file.to_owned(), parsed.rules, default_policy);
         acl.unmatched_removals = parsed.unmatched_removals;
         Ok(acl)

@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use super::{ip_key, normalize_path, HostPat, PortRange, Rule, Source, Window};
+use super::{
+    ip_key, normalize_path, HostPat, LineError, PortRange, Rule, RuleError, Source, Window,
+};
 
 /// A whole file after `no acl` removals.
 pub(crate) struct Parsed {
@@ -16,7 +18,7 @@ pub(crate) struct Parsed {
 /// (byte offset in the line, message)
 type Err = (usize, String);
 
-pub(crate) fn parse_file(file: &str, src: &str) -> Result<Parsed, Vec<String>> {
+pub(crate) fn parse_file(file: &str, src: &str) -> Result<Parsed, Vec<LineError>> {
     let mut rules: Vec<Rule> = Vec::new();
     let mut unmatched_removals = Vec::new();
     let mut errors = Vec::new();
@@ -37,7 +39,12 @@ pub(crate) fn parse_file(file: &str, src: &str) -> Result<Parsed, Vec<String>> {
                     None => unmatched_removals.push((line, rule.text)),
                 }
             }
-            Err((col, msg)) => errors.push(format!("{file}:{line}:{}: {msg}", col + 1)),
+            Err((col, message)) => errors.push(LineError {
+                file: file.to_owned(),
+                line,
+                column: col + 1,
+                message,
+            }),
         }
     }
     if errors.is_empty() {
@@ -52,12 +59,15 @@ pub(crate) fn parse_file(file: &str, src: &str) -> Result<Parsed, Vec<String>> {
 
 /// Parses one rule (`acl allow ...`, no `no`, no comment) as typed at `sgw acl add`.
 /// The error carries the 1-based column.
-pub fn parse_rule(text: &str) -> Result<Rule, String> {
+pub fn parse_rule(text: &str) -> Result<Rule, RuleError> {
     match parse_line(text) {
         Ok(Some((false, r))) => Ok(r),
-        Ok(Some((true, _))) => Err("`no acl` removes a rule; use `sgw acl remove`".into()),
-        Ok(None) => Err("empty rule".into()),
-        Err((col, msg)) => Err(format!("column {}: {msg}", col + 1)),
+        Ok(Some((true, _))) => Err(RuleError::Removal),
+        Ok(None) => Err(RuleError::Empty),
+        Err((col, message)) => Err(RuleError::At {
+            column: col + 1,
+            message,
+        }),
     }
 }
 

@@ -281,7 +281,9 @@ fn every_error_with_line_and_column() {
         acl\n\
         no acl allow\n\
         acl allow [::1:1\n";
-    let errs = Acl::parse("acl.list", src, Policy::Deny).unwrap_err();
+    let errs = Acl::parse("acl.list", src, Policy::Deny)
+        .unwrap_err()
+        .messages();
     let want: &[(&str, &str)] = &[
         (
             "acl.list:2:5:",
@@ -317,6 +319,7 @@ fn every_error_with_line_and_column() {
     assert!(parse_rule("no acl allow h:1").is_err());
     assert!(parse_rule("acl allow h:0")
         .unwrap_err()
+        .to_string()
         .starts_with("column 13: bad port"));
 }
 

@@ -27,10 +27,10 @@ impl ApiError {
     }
 
     /// 400 with every validation error.
-    pub fn invalid(messages: Vec<String>) -> Self {
+    pub fn invalid(errors: crate::config::ConfigErrors) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
-            messages,
+            messages: errors.0,
         }
     }
 

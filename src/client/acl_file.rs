@@ -10,17 +10,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::acl::{parse_rule, same_rule, Acl};
+use crate::acl::{parse_rule, same_rule, Acl, AclError};
 use crate::config::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AclEditError {
     #[error("bad rule: {0}")]
-    BadRule(String),
+    BadRule(#[from] crate::acl::RuleError),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Acl(#[from] AclError),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
 }
@@ -61,7 +63,7 @@ impl AclFile {
     }
 
     /// Loads the file as it is now.
-    pub fn load(&self) -> Result<Acl, Vec<String>> {
+    pub fn load(&self) -> Result<Acl, AclError> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         *seen = stamp(&self.path);
         Acl::load(&self.path, self.policy)
@@ -82,7 +84,7 @@ impl AclFile {
     /// and the rule's line.
     pub fn add(&self, rule: &str, before: Option<usize>) -> Result<(Acl, usize), AclEditError> {
         let rule = rule.trim();
-        parse_rule(rule).map_err(AclEditError::BadRule)?;
+        parse_rule(rule)?;
         self.edit(|lines| {
             let at = match before {
                 None => lines.len(),
@@ -107,14 +109,13 @@ impl AclFile {
         line: Option<usize>,
     ) -> Result<(Acl, usize), AclEditError> {
         let wanted = match rule {
-            Some(r) => Some(parse_rule(r.trim()).map_err(AclEditError::BadRule)?),
+            Some(r) => Some(parse_rule(r.trim())?),
             None => None,
         };
         let policy = self.policy;
         let file = self.path.display().to_string();
         self.edit(|lines| {
-            let current = Acl::parse(&file, &lines.join("\n"), policy)
-                .map_err(|e| AclEditError::Invalid(e.join("\n")))?;
+            let current = Acl::parse(&file, &lines.join("\n"), policy)?;
             let found = match (&wanted, line) {
                 (_, Some(l)) => current.rule_at(l).map(|r| r.line).ok_or_else(|| {
                     AclEditError::NotFound(format!("no rule in force at line {l}"))
@@ -150,8 +151,7 @@ impl AclFile {
         let line = f(&mut lines)?;
         let mut new_text = lines.join("\n");
         new_text.push('\n');
-        let acl = Acl::parse(&self.path.display().to_string(), &new_text, self.policy)
-            .map_err(|e| AclEditError::Invalid(e.join("\n")))?;
+        let acl = Acl::parse(&self.path.display().to_string(), &new_text, self.policy)?;
         crate::fsutil::write_atomic(&self.path, new_text.as_bytes(), 0o644).map_err(io)?;
         *seen = stamp(&self.path);
         Ok((acl, line))

@@ -49,7 +49,7 @@ impl AdminBackend {
 
 fn edit_error(e: AclEditError) -> AclError {
     let status = match e {
-        AclEditError::BadRule(_) | AclEditError::Invalid(_) => 400,
+        AclEditError::BadRule(_) | AclEditError::Invalid(_) | AclEditError::Acl(_) => 400,
         AclEditError::NotFound(_) => 404,
         AclEditError::Io { .. } => 500,
     };
@@ -353,10 +353,10 @@ impl Backend for AdminBackend {
     }
 
     fn acl_reload(&self) -> Result<usize, AclError> {
-        self.client.reload_acl().map_err(|errors| AclError {
+        self.client.reload_acl().map_err(|e| AclError {
             status: 422,
             message: "ACL file invalid; old rules kept".into(),
-            errors,
+            errors: e.messages(),
         })
     }
 }

@@ -84,9 +84,9 @@ impl ClientHandle {
 
     /// Reloads the ACL file, all or nothing: on any error the old rules stay and every error
     /// is logged. Returns the errors too (for SIGHUP and the admin API).
-    pub fn reload_acl(&self) -> Result<usize, Vec<String>> {
+    pub fn reload_acl(&self) -> Result<usize, crate::acl::AclError> {
         let Some(file) = &self.state.acl_file else {
-            return Err(vec!["this client has no ACL file".into()]);
+            return Err(crate::acl::AclError::NoFile);
         };
         match file.load() {
             Ok(a) => {
@@ -101,7 +101,7 @@ impl ClientHandle {
                     .stats
                     .acl_reload_failures
                     .fetch_add(1, Ordering::Relaxed);
-                for e in &errs {
+                for e in errs.messages() {
                     error!(error = %e, "ACL reload failed, keeping the old rules");
                 }
                 Err(errs)

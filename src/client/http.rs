@@ -52,7 +52,7 @@ impl Upstream for ClientUpstream {
         self.state.acl().has_path_rules()
     }
 
-    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), String> {
+    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), crate::http::Denied> {
         let spec = &self.dest.spec;
         let acl = self.state.acl();
         let mut req = Request::new(&spec.ip, spec.port).path(path);
@@ -68,7 +68,7 @@ impl Upstream for ClientUpstream {
         }
         let (_, public) =
             Refusal::denied(&acl, &d).record(&self.state, Some(&self.dest), "HTTP request denied");
-        Err(public)
+        Err(crate::http::Denied(public))
     }
 
     async fn connect(&self, path: &str) -> Result<(Self::Conn, Option<IpAddr>), Refused> {

@@ -34,7 +34,7 @@ pub fn reload_from_files(
     let acl = match Acl::load(&acl_path, running.default_policy) {
         Ok(a) => a,
         Err(errs) => {
-            for e in &errs {
+            for e in errs.messages() {
                 tracing::error!(error = %e, "ACL reload failed, keeping the running configuration and rules");
             }
             return;

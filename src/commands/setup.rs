@@ -86,7 +86,7 @@ pub fn check_config(file: PathBuf) -> Result<ExitCode, Error> {
             );
         }
         AnyConfig::Gateway(g) => {
-            crate::gateway::check(&g).map_err(Error::findings)?;
+            crate::gateway::check(&g).map_err(|e| Error::findings(e.0))?;
             // The state file is part of what the gateway would start with.
             let loaded = gateway::with_state(*g)?;
             let ids = &loaded.config.gateways;

@@ -21,7 +21,11 @@ pub struct WssUrl {
 }
 
 impl WssUrl {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, super::BadValue> {
+        Self::read(s).map_err(super::BadValue)
+    }
+
+    fn read(s: &str) -> Result<Self, String> {
         if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err("the URL has spaces or control characters".into());
         }

@@ -19,7 +19,11 @@ pub struct IpTableRule {
 }
 
 impl IpTableRule {
-    pub fn new(src: &str, spt: &str, app: &str) -> Result<Self, String> {
+    pub fn new(src: &str, spt: &str, app: &str) -> Result<Self, super::BadValue> {
+        Self::read(src, spt, app).map_err(super::BadValue)
+    }
+
+    fn read(src: &str, spt: &str, app: &str) -> Result<Self, String> {
         let (src, spt) = (src.trim(), spt.trim());
         if src.is_empty() && spt.is_empty() {
             return Err("a rule needs `src` or `spt`".into());

@@ -55,6 +55,12 @@ pub use walk::{parse_duration, parse_size};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// A single value that does not parse (a URL, a proxy URL, a caller rule); the message says
+/// what is wrong without repeating secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
 /// A secret string (token, password). Never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -103,7 +109,7 @@ impl fmt::Display for Secret {
 }
 
 /// All problems found in a config file, one per line.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 

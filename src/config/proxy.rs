@@ -25,7 +25,11 @@ pub struct OutboundProxy {
 
 impl OutboundProxy {
     /// Errors never repeat the URL: it may hold a password.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, super::BadValue> {
+        Self::read(s).map_err(super::BadValue)
+    }
+
+    fn read(s: &str) -> Result<Self, String> {
         let (kind, rest, default_port) = if let Some(r) = s.strip_prefix("http://") {
             (ProxyKind::Http, r, 3128)
         } else if let Some(r) = s
@@ -158,7 +162,7 @@ mod tests {
             assert!(OutboundProxy::parse(bad).is_err(), "{bad}");
         }
         let e = OutboundProxy::parse("http://user:hunter2@p:99999").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
+        assert!(!e.0.contains("hunter2"), "{e}");
     }
 
     #[test]

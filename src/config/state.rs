@@ -130,7 +130,8 @@ impl StateFile {
         }
         state.tenants().map_err(|errs| {
             ConfigErrors(
-                errs.into_iter()
+                errs.0
+                    .into_iter()
                     .map(|e| format!("state_file {}: {e}", path.display()))
                     .collect(),
             )
@@ -139,7 +140,7 @@ impl StateFile {
     }
 
     /// Every gateway as the gateway runs it; errors name the gateway and destination.
-    pub fn tenants(&self) -> Result<Vec<TenantConfig>, Vec<String>> {
+    pub fn tenants(&self) -> Result<Vec<TenantConfig>, ConfigErrors> {
         let mut out = Vec::new();
         let mut errs = Vec::new();
         let mut ids = HashSet::new();
@@ -150,7 +151,7 @@ impl StateFile {
             match tenant_from_record(g) {
                 Ok(t) => out.push(t),
                 Err(e) => errs.extend(
-                    e.into_iter()
+                    e.0.into_iter()
                         .map(|m| format!("gateways[{i}] (`{}`): {m}", g.id)),
                 ),
             }
@@ -158,13 +159,13 @@ impl StateFile {
         if errs.is_empty() {
             Ok(out)
         } else {
-            Err(errs)
+            Err(ConfigErrors(errs))
         }
     }
 }
 
 /// A gateway record as the gateway runs it.
-pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, Vec<String>> {
+pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, ConfigErrors> {
     let mut errs = Vec::new();
     let mut dests = Vec::new();
     for (j, d) in g.destinations.iter().enumerate() {
@@ -173,7 +174,7 @@ pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, Vec<String>
             Err(e) => {
                 let id = d.config.get("id").and_then(Value::as_str).unwrap_or("?");
                 errs.extend(
-                    e.into_iter()
+                    e.0.into_iter()
                         .map(|m| format!("destinations[{j}] (`{id}`): {m}")),
                 );
             }
@@ -183,7 +184,7 @@ pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, Vec<String>
         errs.push(e);
     }
     if !errs.is_empty() {
-        return Err(errs);
+        return Err(ConfigErrors(errs));
     }
     Ok(TenantConfig {
         id: g.id.clone(),
@@ -199,7 +200,7 @@ pub fn tenant_from_record(g: &GatewayRecord) -> Result<TenantConfig, Vec<String>
 }
 
 /// Destination ids and cloud ports (other than 0) are unique within a gateway.
-pub fn check_unique(dests: &[Destination]) -> Result<(), String> {
+fn check_unique(dests: &[Destination]) -> Result<(), String> {
     let mut ids = HashSet::new();
     let mut ports = HashSet::new();
     for d in dests {
@@ -219,7 +220,7 @@ pub fn check_unique(dests: &[Destination]) -> Result<(), String> {
 
 /// Validates a destination document with the reader of `gateway.toml`'s destinations, read
 /// straight from the JSON; every error names its field.
-pub fn destination_from_json(fields: &Map<String, Value>) -> Result<Destination, Vec<String>> {
+pub fn destination_from_json(fields: &Map<String, Value>) -> Result<Destination, ConfigErrors> {
     super::walk::read_json(fields, |root| {
         read_destination(root, &mut HashSet::new(), &mut HashSet::new())
     })
@@ -355,7 +356,7 @@ mod tests {
         let d = destination_from_json(&doc(serde_json::json!({
             "id": "d1", "ip": "example.com", "port": "443", "cloud_port": 0, "protocol": "TCP"
         })))
-        .map_err(|e| e.join("; "));
+        .map_err(|e| e.0.join("; "));
         assert_eq!(d.map(|d| d.port), Ok(443));
     }
 
@@ -365,7 +366,7 @@ mod tests {
             "id": "d1", "ip": "h", "port": "1", "cloud_port": 0,
             "proxy": {"host": "p", "port": "1080", "protocol": "4"}
         })))
-        .map_err(|e| e.join("; "));
+        .map_err(|e| e.0.join("; "));
         assert_eq!(
             d.map(|d| d.proxy.map(|p| (p.port, p.protocol))),
             Ok(Some((1080, 4)))
@@ -374,6 +375,7 @@ mod tests {
             "id": "d1", "ip": "h", "port": 1, "cloud_port": 0, "protocol": "5", "desc": "7"
         })))
         .err()
+        .map(|e| e.0)
         .unwrap_or_default();
         assert_eq!(
             e,
@@ -387,6 +389,7 @@ mod tests {
             "id": "d1", "ip": "h", "port": 1, "cloud_port": 0, "timeout": 500, "bogus": 1
         })))
         .err()
+        .map(|e| e.0)
         .unwrap_or_default();
         assert!(
             e.iter()
@@ -403,6 +406,7 @@ mod tests {
             "server_cert": "/etc/passwd", "server_key": "/etc/shadow"
         })))
         .err()
+        .map(|e| e.0)
         .unwrap_or_default();
         assert!(
             e.iter()

@@ -31,7 +31,7 @@ pub(crate) struct Source<'a> {
 pub(crate) fn read_json<T>(
     doc: &serde_json::Map<String, serde_json::Value>,
     read: impl FnOnce(&Table<'_, '_>) -> Option<T>,
-) -> Result<T, Vec<String>> {
+) -> Result<T, super::ConfigErrors> {
     let mut cx = Source::new(Path::new("<document>"), "");
     cx.inline = true;
     let tree = node::from_json(doc);
@@ -40,7 +40,7 @@ pub(crate) fn read_json<T>(
     root.finish(&[]);
     match out {
         Some(c) if !cx.has_errors() => Ok(c),
-        _ => Err(cx.into_errors()),
+        _ => Err(super::ConfigErrors(cx.into_errors())),
     }
 }
 

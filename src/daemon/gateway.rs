@@ -57,7 +57,7 @@ pub fn with_state(config: GatewayConfig) -> Result<Loaded, Error> {
             g.id
         )));
     }
-    let managed = state.tenants().map_err(Error::findings)?;
+    let managed = state.tenants().map_err(|e| Error::findings(e.0))?;
     Ok(Loaded {
         config,
         state,

@@ -88,5 +88,5 @@ pub fn init_logging(
 
 /// Loads an ACL file; every bad line is reported with its path and line.
 pub fn load_acl(path: &Path, policy: config::Policy) -> Result<crate::acl::Acl, Error> {
-    crate::acl::Acl::load(path, policy).map_err(Error::findings)
+    crate::acl::Acl::load(path, policy).map_err(|e| Error::findings(e.messages()))
 }

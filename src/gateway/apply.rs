@@ -84,8 +84,12 @@ fn build_state(cfg: TenantConfig, gw: &GatewayState) -> Result<TenantState, Gate
     }
     let egress = match &cfg.egress {
         crate::config::Egress::FileDefault => gw.egress.clone(),
-        crate::config::Egress::Own(list) => super::reverse::egress_acl(list)
-            .map_err(|e| GatewayError::Egress(format!("gateway {}: {e}", cfg.id)))?,
+        crate::config::Egress::Own(list) => {
+            super::reverse::egress_acl(list).map_err(|source| GatewayError::Egress {
+                gateway: Some(cfg.id.clone()),
+                source,
+            })?
+        }
     };
     Ok(TenantState {
         egress,

@@ -73,8 +73,14 @@ pub enum GatewayError {
         #[source]
         source: crate::tls::TlsError,
     },
-    #[error("{0}")]
-    Egress(String),
+    /// An `egress_allow` entry (of the whole gateway, or of one gateway id) that is not an
+    /// ACL `host[:ports]` form.
+    #[error("{}{source}", gateway.as_ref().map(|g| format!("gateway {g}: ")).unwrap_or_default())]
+    Egress {
+        gateway: Option<String>,
+        #[source]
+        source: crate::acl::AclError,
+    },
     #[error("gateway `{id}` has {count} destinations, more than limits.max_destinations ({max})")]
     TooManyDestinations {
         id: String,
@@ -136,7 +142,11 @@ impl Gateway {
         more: Vec<TenantConfig>,
     ) -> Result<Gateway, GatewayError> {
         let tls = tunnel::server_tls(&cfg.tls)?;
-        let egress = reverse::egress_acl(&cfg.egress_allow).map_err(GatewayError::Egress)?;
+        let egress =
+            reverse::egress_acl(&cfg.egress_allow).map_err(|source| GatewayError::Egress {
+                gateway: None,
+                source,
+            })?;
         let mux_cfg = MuxConfig::from_limits(Role::Gateway, &cfg.limits, &cfg.keepalive);
         let gw = Arc::new(GatewayState {
             tls,

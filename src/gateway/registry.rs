@@ -96,6 +96,15 @@ pub(crate) struct Tenant {
 
 /// How many tunnels a client process and a whole gateway id may hold at once: a client (or a
 /// stolen token) can't open tunnels until the gateway runs out of memory or descriptors.
+/// A tunnel refused because its client or its gateway id holds as many as allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TunnelLimit {
+    #[error("this client already holds {held} tunnels (limits.max_tunnels_per_client)")]
+    PerClient { held: usize },
+    #[error("this gateway id already has {held} tunnels (limits.max_tunnels_per_gateway)")]
+    PerGateway { held: usize },
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TunnelCaps {
     pub per_client: usize,
@@ -103,18 +112,14 @@ pub(crate) struct TunnelCaps {
 }
 
 impl TunnelCaps {
-    fn check(self, c: &Clients, instance: &str) -> Result<(), String> {
-        let mine = c.entries.get(instance).map_or(0, |e| e.tunnels.len());
-        if mine >= self.per_client {
-            return Err(format!(
-                "this client already holds {mine} tunnels (limits.max_tunnels_per_client)"
-            ));
+    fn check(self, c: &Clients, instance: &str) -> Result<(), TunnelLimit> {
+        let held = c.entries.get(instance).map_or(0, |e| e.tunnels.len());
+        if held >= self.per_client {
+            return Err(TunnelLimit::PerClient { held });
         }
-        let all: usize = c.entries.values().map(|e| e.tunnels.len()).sum();
-        if all >= self.per_gateway {
-            return Err(format!(
-                "this gateway id already has {all} tunnels (limits.max_tunnels_per_gateway)"
-            ));
+        let held: usize = c.entries.values().map(|e| e.tunnels.len()).sum();
+        if held >= self.per_gateway {
+            return Err(TunnelLimit::PerGateway { held });
         }
         Ok(())
     }
@@ -212,7 +217,7 @@ impl Tenant {
 
     /// Is there room for one more tunnel of this client process? Checked before WELCOME, and
     /// again (under the same lock as the insert) by [`Tenant::register`].
-    pub fn tunnel_room(&self, instance: &str, caps: TunnelCaps) -> Result<(), String> {
+    pub fn tunnel_room(&self, instance: &str, caps: TunnelCaps) -> Result<(), TunnelLimit> {
         caps.check(&self.lock(), instance)
     }
 
@@ -222,7 +227,7 @@ impl Tenant {
         hello: &Hello,
         mux: Mux,
         caps: TunnelCaps,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, TunnelLimit> {
         let mut c = self.lock();
         caps.check(&c, &hello.instance)?;
         c.next_tunnel += 1;

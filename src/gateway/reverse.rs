@@ -21,10 +21,9 @@ use crate::proto::{Reason, FEATURE_DEFLATE};
 use crate::relay::{relay, Counters, Facing, Options};
 
 /// Builds the egress policy: each `egress_allow` entry is an ACL `host[:ports]` form.
-pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, String> {
+pub(super) fn egress_acl(entries: &[String]) -> Result<crate::acl::Acl, crate::acl::AclError> {
     let text: String = entries.iter().map(|e| format!("acl allow {e}\n")).collect();
     crate::acl::Acl::parse("egress_allow", &text, crate::config::Policy::Deny)
-        .map_err(|errs| errs.join("; "))
 }
 
 /// Where a client-opened stream goes: a reverse destination by id, or the `host:port` target

@@ -92,7 +92,7 @@ pub(super) async fn serve_tunnel(
             Err(why) => {
                 gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
                 warn!(reason = "limit", error = %why, "tunnel refused");
-                mux.close(&why);
+                mux.close(&why.to_string());
                 return;
             }
         };

@@ -27,13 +27,13 @@ pub(super) fn warn_odd(t: &TenantConfig) {
 
 /// Everything [`super::Gateway::bind`] would refuse in a valid-looking config, short of binding
 /// sockets: TLS identities and trust, `egress_allow` entries. For `sgw config check`.
-pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
+pub fn check(cfg: &GatewayConfig) -> Result<(), crate::config::ConfigErrors> {
     let mut errs = Vec::new();
     if let Err(e) = tunnel::server_tls(&cfg.tls) {
         errs.push(e.to_string());
     }
     if let Err(e) = reverse::egress_acl(&cfg.egress_allow) {
-        errs.push(e);
+        errs.push(e.to_string());
     }
     for t in &cfg.gateways {
         if let Err(e) = config_push(t, cfg.limits.max_destinations) {
@@ -61,7 +61,7 @@ pub fn check(cfg: &GatewayConfig) -> Result<(), Vec<String>> {
     if errs.is_empty() {
         Ok(())
     } else {
-        Err(errs)
+        Err(crate::config::ConfigErrors(errs))
     }
 }
 

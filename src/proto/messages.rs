@@ -25,32 +25,41 @@ pub const MAX_HELLO_FEATURES: usize = 16;
 
 impl Hello {
     /// Refuses a HELLO whose strings or lists are over their caps (PROTOCOL.md §3).
-    pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [
+    pub fn validate(&self) -> Result<(), HelloError> {
+        for (field, v) in [
             ("version", &self.version),
             ("hostname", &self.hostname),
             ("env", &self.env),
             ("instance", &self.instance),
         ] {
             if v.len() > MAX_HELLO_FIELD {
-                return Err(format!(
-                    "`{name}` is {} bytes, over the limit of {MAX_HELLO_FIELD}",
-                    v.len()
-                ));
+                return Err(HelloError::TooLong {
+                    field,
+                    len: v.len(),
+                });
             }
         }
         if self.instance.is_empty() {
-            return Err("`instance` is empty".into());
+            return Err(HelloError::NoInstance);
         }
         if self.features.len() > MAX_HELLO_FEATURES
             || self.features.iter().any(|f| f.len() > MAX_HELLO_FIELD)
         {
-            return Err(format!(
-                "`features` holds more than {MAX_HELLO_FEATURES} entries or an entry over {MAX_HELLO_FIELD} bytes"
-            ));
+            return Err(HelloError::Features);
         }
         Ok(())
     }
+}
+
+/// A HELLO over its caps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("`{field}` is {len} bytes, over the limit of {MAX_HELLO_FIELD}")]
+    TooLong { field: &'static str, len: usize },
+    #[error("`instance` is empty")]
+    NoInstance,
+    #[error("`features` holds more than {MAX_HELLO_FEATURES} entries or an entry over {MAX_HELLO_FIELD} bytes")]
+    Features,
 }
 
 /// The `features` value for per-stream deflate compression.
