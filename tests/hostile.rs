@@ -211,9 +211,9 @@ async fn a_denied_request_with_a_64kb_path_does_not_drop_the_tunnel() {
     let deadline = Instant::now() + WAIT;
     let line = loop {
         let logs = gw.handle.client_logs("gw1");
-        if let Some((_, l)) = logs
+        if let Some(l) = logs
             .iter()
-            .find(|(_, l)| l.message.contains("HTTP request denied"))
+            .find(|l| l.message.contains("HTTP request denied"))
         {
             break l.clone();
         }

@@ -39,7 +39,7 @@ pub trait Backend: Send + Sync + 'static {
     /// Clients that went away recently, oldest first.
     fn disconnected(&self, id: &str) -> Vec<GoneClient>;
     /// Counters of one gateway id (None: unknown id).
-    fn stats(&self, id: &str) -> Option<GatewayStats>;
+    fn stats(&self, id: &str) -> Option<IdCounts>;
 }
 
 /// One connected client (`GET .../clients`).
@@ -78,9 +78,9 @@ pub struct ClientLogLine {
     pub time_ms: u64,
 }
 
-/// The counters of one gateway id (`GET .../stats`); [`GatewayStats::add`] sums them.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct GatewayStats {
+/// The counters of one gateway id (`GET .../stats`); [`IdCounts::add`] sums them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct IdCounts {
     pub clients: u64,
     pub tunnels: u64,
     pub tunnels_accepted: u64,
@@ -92,9 +92,9 @@ pub struct GatewayStats {
     pub bytes_down: u64,
 }
 
-impl GatewayStats {
+impl IdCounts {
     /// Adds `o`'s counters (saturating), for the account-wide total.
-    pub fn add(&mut self, o: &GatewayStats) {
+    pub fn add(&mut self, o: &IdCounts) {
         let pairs = [
             (&mut self.clients, o.clients),
             (&mut self.tunnels, o.tunnels),

@@ -15,26 +15,26 @@ use serde_json::{Map, Value};
 use super::access::Api;
 use super::error::ApiError;
 
-pub(super) type St<B> = State<Arc<Api<B>>>;
+pub(super) type ApiState<B> = State<Arc<Api<B>>>;
 
-pub(super) type Res = Result<Response, ApiError>;
+pub(super) type Answer = Result<Response, ApiError>;
 
-pub(super) type Body = Result<Bytes, BytesRejection>;
+pub(super) type RawBody = Result<Bytes, BytesRejection>;
 
 /// The body as JSON; `None` when empty. Content-Type is not required (the Secure Gateway API's curl
 /// examples send JSON with `-d` alone).
-pub(super) fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
+pub(super) fn json_body(body: RawBody) -> Result<Option<Value>, ApiError> {
     let bytes = body.map_err(body_error)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| ApiError::bad(format!("body is not valid JSON: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))
 }
 
-pub(super) fn need_body(body: Body) -> Result<Value, ApiError> {
-    json_body(body)?.ok_or_else(|| ApiError::bad("a JSON body is required"))
+pub(super) fn need_body(body: RawBody) -> Result<Value, ApiError> {
+    json_body(body)?.ok_or_else(|| ApiError::bad_request("a JSON body is required"))
 }
 
 pub(super) fn too_large() -> ApiError {
@@ -62,9 +62,9 @@ pub(super) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." {
-            ApiError::bad(inner.to_string())
+            ApiError::bad_request(inner.to_string())
         } else {
-            ApiError::bad(format!("{path}: {inner}"))
+            ApiError::bad_request(format!("{path}: {inner}"))
         }
     })
 }
@@ -72,7 +72,7 @@ pub(super) fn typed<T: DeserializeOwned>(v: Value) -> Result<T, ApiError> {
 pub(super) fn object(v: Value, what: &str) -> Result<Map<String, Value>, ApiError> {
     match v {
         Value::Object(m) => Ok(m),
-        other => Err(ApiError::bad(format!(
+        other => Err(ApiError::bad_request(format!(
             "{what} must be a JSON object, not {}",
             json_type(&other)
         ))),
@@ -100,7 +100,7 @@ pub(super) async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiErr
     if !multipart {
         let body = Bytes::from_request(req, &()).await.map_err(body_error)?;
         let text = String::from_utf8(body.to_vec())
-            .map_err(|_| ApiError::bad("body is not UTF-8 text"))?;
+            .map_err(|_| ApiError::bad_request("body is not UTF-8 text"))?;
         return Ok(vec![(String::new(), text)]);
     }
     let mut mp = axum::extract::Multipart::from_request(req, &())
@@ -120,13 +120,13 @@ pub(super) async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiErr
             )
         })?;
         let text = String::from_utf8(bytes.to_vec())
-            .map_err(|_| ApiError::bad(format!("{name}: is not UTF-8 text")))?;
+            .map_err(|_| ApiError::bad_request(format!("{name}: is not UTF-8 text")))?;
         parts.push((name, text));
     }
     Ok(parts)
 }
 
-pub(super) fn ok(v: impl serde::Serialize) -> Res {
+pub(super) fn ok(v: impl serde::Serialize) -> Answer {
     Ok(Json(v).into_response())
 }
 
@@ -153,10 +153,13 @@ pub(super) fn import_file(parts: Vec<(String, String)>) -> Result<Value, ApiErro
             .into_iter()
             .find(|(n, _)| n == "state")
             .map(|(_, t)| t)
-            .ok_or_else(|| ApiError::bad("state: missing (upload the file as -F state=@file)"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("state: missing (upload the file as -F state=@file)")
+            })?,
     };
     if text.trim().is_empty() {
-        return Err(ApiError::bad("state: the file is empty"));
+        return Err(ApiError::bad_request("state: the file is empty"));
     }
-    serde_json::from_str(&text).map_err(|e| ApiError::bad(format!("state: not valid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::bad_request(format!("state: not valid JSON: {e}")))
 }

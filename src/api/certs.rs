@@ -47,12 +47,12 @@ pub(super) fn put(
     parts: Vec<(String, String)>,
 ) -> Result<(), ApiError> {
     if parts.iter().any(|(n, _)| n.is_empty()) {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::bad_request(format!(
             "upload certificates as multipart form fields: {UPLOAD_FIELDS}"
         )));
     }
     if parts.is_empty() {
-        return Err(ApiError::bad(format!(
+        return Err(ApiError::bad_request(format!(
             "no files uploaded; fields: {UPLOAD_FIELDS}"
         )));
     }
@@ -72,14 +72,14 @@ pub(super) fn put(
                 continue;
             }
             other => {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "{other}: not a certificate field; one of {UPLOAD_FIELDS}"
                 )))
             }
         };
         // Seed 000: one server certificate (chain), one client certificate and key.
         if seen.iter().any(|f| f == field) {
-            return Err(ApiError::bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "{field}: upload one file, not several"
             )));
         }
@@ -92,7 +92,7 @@ pub(super) fn put(
 /// Removes files by name; every name must exist.
 pub(super) fn delete(doc: &mut Map<String, Value>, names: &[String]) -> Result<(), ApiError> {
     if names.is_empty() {
-        return Err(ApiError::bad("filename: list at least one file"));
+        return Err(ApiError::bad_request("filename: list at least one file"));
     }
     let mut client_idx = Vec::new();
     for n in names {
@@ -180,7 +180,7 @@ pub(super) fn generate(doc: &mut Map<String, Value>) -> Result<(), ApiError> {
     let mutual = doc.get("enable_client_tls").and_then(Value::as_bool) == Some(true)
         && doc.get("tls").and_then(Value::as_str) == Some("mutualauth");
     if !caller_tls && !mutual {
-        return Err(ApiError::bad(
+        return Err(ApiError::bad_request(
             "nothing to generate: the destination uses neither client_tls (serverside, mutualauth) nor tls = mutualauth",
         ));
     }

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::access::Caller;
 use super::backend::{Backend, ClientLogLine};
-use super::body::{need_body, ok, typed, Body, Res, St};
+use super::body::{ok, Answer, ApiState};
 use super::error::ApiError;
+use super::extract::{GatewayCall, JsonBody};
 
 /// One client, connected or recently gone, with which it is.
 #[derive(Serialize)]
@@ -21,29 +21,27 @@ struct Connected<C> {
     connected: bool,
 }
 
-pub(super) async fn list_clients<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+pub(super) async fn list_clients<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
+    let gw = call.id;
     ok(api.backend.clients(&gw))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct DeleteList {
+pub(super) struct DeleteList {
     delete_list: Vec<String>,
 }
 
 pub(super) async fn delete_clients<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-    body: Body,
-) -> Res {
-    let (who, _) = api.authorize(&h, &gw)?;
-    let l: DeleteList = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    JsonBody(l): JsonBody<DeleteList>,
+) -> Answer {
+    let GatewayCall {
+        id: gw,
+        caller: who,
+        ..
+    } = call;
     let found = api.backend.disconnect(&gw, &l.delete_list);
     let missing: Vec<&String> = l
         .delete_list
@@ -59,11 +57,11 @@ pub(super) async fn delete_clients<B: Backend>(
 }
 
 pub(super) async fn get_client<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, cid)): Path<(String, String)>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, cid)): Path<(String, String)>,
+) -> Answer {
+    let gw = call.id;
     let connected = api.backend.clients(&gw).into_iter();
     if let Some(c) = connected.into_iter().find(|c| c.client_id == cid) {
         return ok(Connected {
@@ -84,17 +82,16 @@ pub(super) async fn get_client<B: Backend>(
 }
 
 pub(super) async fn client_logs<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
+    State(api): ApiState<B>,
+    call: GatewayCall,
     Query(q): Query<HashMap<String, String>>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+) -> Answer {
+    let gw = call.id;
     let level = match q.get("type").map(String::as_str) {
         None | Some("") => None,
         Some(t @ ("warn" | "error")) => Some(t.to_owned()),
         Some(other) => {
-            return Err(ApiError::bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "type: `{other}` is not one of warn, error"
             )))
         }
@@ -110,11 +107,7 @@ pub(super) async fn client_logs<B: Backend>(
     ok(out)
 }
 
-pub(super) async fn disconnected<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+pub(super) async fn disconnected<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
+    let gw = call.id;
     ok(api.backend.disconnected(&gw))
 }

@@ -3,24 +3,24 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::body::{need_body, ok, typed, upload, Body, Res, St};
+use super::body::{ok, upload, Answer, ApiState};
 use super::destinations::{edit_dest, running_dest};
+use super::extract::{GatewayCall, JsonBody};
 use super::{certs, ApiError, Backend};
 use crate::config::state::destination_to_json;
 
 pub(super) async fn get_cert<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
+    _: ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+) -> Answer {
+    let GatewayCall { cfg, .. } = call;
     if q.get("zip").is_some_and(|z| z == "true") {
-        return Err(ApiError::bad(
+        return Err(ApiError::bad_request(
             "zip: packing as a zip file is not supported; the files come as JSON",
         ));
     }
@@ -29,38 +29,37 @@ pub(super) async fn get_cert<B: Backend>(
 }
 
 pub(super) async fn put_cert<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
     req: Request,
-) -> Res {
-    api.authorize(&h, &gw)?;
+) -> Answer {
+    let gw = call.id;
     let parts = upload(req).await?;
     edit_dest(&api, &gw, &id, |doc| certs::put(doc, parts)).await
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileNames {
+pub(super) struct FileNames {
     filename: Vec<String>,
 }
 
 pub(super) async fn delete_cert<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
-    let f: FileNames = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+    JsonBody(f): JsonBody<FileNames>,
+) -> Answer {
+    let gw = call.id;
     edit_dest(&api, &gw, &id, |doc| certs::delete(doc, &f.filename)).await
 }
 
 pub(super) async fn gen_certs<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+) -> Answer {
+    let gw = call.id;
     edit_dest(&api, &gw, &id, certs::generate).await
 }

@@ -4,24 +4,25 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::body::{import_file, GatewayFile};
-use super::body::{json_type, need_body, object, ok, prefix, typed, upload, Body, Res, St};
+use super::body::{
+    json_type, need_body, object, ok, prefix, typed, upload, Answer, ApiState, RawBody,
+};
+use super::extract::{GatewayCall, JsonBody};
 use super::views::{filter_enabled, find_dest, random_id, MAX_ID};
 use super::{certs, Api, ApiError, Backend};
 use crate::config::state::{destination_from_json, destination_to_json, DestRecord, GatewayRecord};
 use crate::config::{Destination, TenantConfig};
 
 pub(super) async fn list_dests<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
+    State(api): ApiState<B>,
+    call: GatewayCall,
     Query(q): Query<HashMap<String, String>>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+) -> Answer {
+    let GatewayCall { id: gw, cfg, .. } = call;
     let only = filter_enabled(&q)?;
     let rec = api.record(&gw).await;
     let out: Vec<Value> = cfg
@@ -47,7 +48,7 @@ fn normalise(doc: &mut Map<String, Value>) -> Result<(), ApiError> {
     for (alias, name) in ALIASES {
         if let Some(v) = doc.remove(*alias) {
             if doc.contains_key(*name) {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "{alias}: give either `{alias}` or `{name}`, not both"
                 )));
             }
@@ -93,7 +94,7 @@ pub(super) fn cloud_host<B: Backend>(
             Ok(())
         }
         Some(Value::String(h)) if h == host => Ok(()),
-        Some(other) => Err(ApiError::bad(format!(
+        Some(other) => Err(ApiError::bad_request(format!(
             "cloud_host: {other} is not where this gateway listens for API destinations ({host}, cloud_host in gateway.toml)"
         ))),
     }
@@ -122,7 +123,7 @@ pub(super) fn new_dest<B: Backend>(
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
             if !good {
-                return Err(ApiError::bad(format!(
+                return Err(ApiError::bad_request(format!(
                     "id: may have 1..={MAX_ID} letters, digits, `_`, `-` or `.`"
                 )));
             }
@@ -134,7 +135,7 @@ pub(super) fn new_dest<B: Backend>(
             s.clone()
         }
         Some(other) => {
-            return Err(ApiError::bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "id: expected a string, found {}",
                 json_type(other)
             )))
@@ -173,12 +174,11 @@ fn dest_ids(r: &GatewayRecord) -> Vec<String> {
 }
 
 pub(super) async fn create_dest<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    body: RawBody,
+) -> Answer {
+    let gw = call.id;
     let doc = object(need_body(body)?, "the body")?;
     let mut id = String::new();
     let (rec, cfg) = api
@@ -204,7 +204,7 @@ fn dest_answer<B: Backend>(
     cfg: &TenantConfig,
     rec: &GatewayRecord,
     id: &str,
-) -> Res {
+) -> Answer {
     let d = cfg
         .destinations
         .iter()
@@ -215,18 +215,16 @@ fn dest_answer<B: Backend>(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IdList {
+pub(super) struct IdList {
     destinations: Vec<String>,
 }
 
 pub(super) async fn bulk_delete<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
-    let l: IdList = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    JsonBody(l): JsonBody<IdList>,
+) -> Answer {
+    let gw = call.id;
     api.change(&gw, |r| {
         for id in &l.destinations {
             let i = find_dest(r, id)
@@ -240,12 +238,11 @@ pub(super) async fn bulk_delete<B: Backend>(
 }
 
 pub(super) async fn import_dests<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
+    State(api): ApiState<B>,
+    call: GatewayCall,
     req: Request,
-) -> Res {
-    api.authorize(&h, &gw)?;
+) -> Answer {
+    let gw = call.id;
     let v = import_file(upload(req).await?)?;
     let list = match v {
         Value::Object(m) => match typed::<GatewayFile>(Value::Object(m)) {
@@ -254,7 +251,7 @@ pub(super) async fn import_dests<B: Backend>(
         },
         Value::Array(a) => a,
         other => {
-            return Err(ApiError::bad(format!(
+            return Err(ApiError::bad_request(format!(
                 "state: expected a .gateway file, found {}",
                 json_type(&other)
             )))
@@ -299,11 +296,11 @@ pub(super) fn running_dest<'a>(
 }
 
 pub(super) async fn get_dest<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+) -> Answer {
+    let GatewayCall { id: gw, cfg, .. } = call;
     let d = running_dest(&cfg, &id)?;
     let rec = api.record(&gw).await;
     ok(api.dest_view(&gw, d, rec.as_ref()))
@@ -315,7 +312,7 @@ pub(super) async fn edit_dest<B: Backend>(
     gw: &str,
     id: &str,
     edit: impl FnOnce(&mut Map<String, Value>) -> Result<(), ApiError>,
-) -> Res {
+) -> Answer {
     let (rec, cfg) = api
         .change(gw, |r| {
             let i = find_dest(r, id)
@@ -332,16 +329,18 @@ pub(super) async fn edit_dest<B: Backend>(
 }
 
 pub(super) async fn update_dest<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+    body: RawBody,
+) -> Answer {
+    let gw = call.id;
     let mut patch = object(need_body(body)?, "the body")?;
     normalise(&mut patch)?;
     match patch.get("id") {
-        Some(Value::String(s)) if *s != id => return Err(ApiError::bad("id: cannot be changed")),
+        Some(Value::String(s)) if *s != id => {
+            return Err(ApiError::bad_request("id: cannot be changed"))
+        }
         _ => {}
     }
     edit_dest(&api, &gw, &id, |doc| {
@@ -360,11 +359,11 @@ pub(super) async fn update_dest<B: Backend>(
 }
 
 pub(super) async fn delete_dest<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+) -> Answer {
+    let gw = call.id;
     api.change(&gw, |r| {
         let i = find_dest(r, &id)
             .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
@@ -377,11 +376,11 @@ pub(super) async fn delete_dest<B: Backend>(
 }
 
 pub(super) async fn export_dest<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+) -> Answer {
+    let GatewayCall { cfg, .. } = call;
     running_dest(&cfg, &id)?;
     ok(api.gateway_export(&cfg, Some(&id)))
 }

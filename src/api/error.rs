@@ -22,7 +22,7 @@ impl ApiError {
         }
     }
 
-    pub fn bad(message: impl Into<String>) -> Self {
+    pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
@@ -88,7 +88,7 @@ impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
         match e {
             ApplyError::Conflict(m) => ApiError::conflict(m),
-            ApplyError::Invalid(m) => ApiError::bad(m),
+            ApplyError::Invalid(m) => ApiError::bad_request(m),
         }
     }
 }

@@ -3,25 +3,25 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, Request, State};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{import_file, GatewayFile};
-use super::body::{json_body, need_body, object, ok, prefix, typed, upload, Body, Res, St};
+use super::body::{json_body, object, ok, prefix, typed, upload, Answer, ApiState, RawBody};
 use super::destinations::{new_dest, Origin};
+use super::extract::{AdminCall, GatewayCall, JsonBody};
 use super::views::{check_token_exp, expiry, filter_enabled, find_dest, new_record, NewGateway};
-use super::{ApiError, Backend, GatewayStats};
+use super::{ApiError, Backend, IdCounts};
 use crate::config::state::StoredSecret;
 use crate::config::Secret;
 
 pub(super) async fn list_gateways<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
+    State(api): ApiState<B>,
+    _: AdminCall,
     Query(q): Query<HashMap<String, String>>,
-) -> Res {
-    api.admin(&h)?;
+) -> Answer {
     let only = filter_enabled(&q)?;
     let recs = api.records().await;
     let out: Vec<Value> = api
@@ -35,8 +35,11 @@ pub(super) async fn list_gateways<B: Backend>(
     ok(Value::Array(out))
 }
 
-pub(super) async fn create_gateway<B: Backend>(State(api): St<B>, h: HeaderMap, body: Body) -> Res {
-    api.admin(&h)?;
+pub(super) async fn create_gateway<B: Backend>(
+    State(api): ApiState<B>,
+    _: AdminCall,
+    body: RawBody,
+) -> Answer {
     let g: NewGateway = typed(json_body(body)?.unwrap_or_else(|| json!({})))?;
     let rec = new_record(g, Vec::new())?;
     let done = api.add(vec![rec]).await?;
@@ -52,7 +55,7 @@ pub(super) async fn create_gateway<B: Backend>(State(api): St<B>, h: HeaderMap, 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Activity {
+pub(super) struct Activity {
     #[serde(default)]
     set_active: Vec<String>,
     #[serde(default)]
@@ -60,12 +63,10 @@ struct Activity {
 }
 
 pub(super) async fn gateways_activity<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    body: Body,
-) -> Res {
-    api.admin(&h)?;
-    let a: Activity = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    _: AdminCall,
+    JsonBody(a): JsonBody<Activity>,
+) -> Answer {
     for id in a.set_active.iter().chain(&a.set_inactive) {
         if api.record(id).await.is_none() {
             return Err(api.not_managed(id));
@@ -93,8 +94,7 @@ pub(super) async fn gateways_activity<B: Backend>(
     ok(json!({ "activated": on, "deactivated": off, "unchanged": same }))
 }
 
-pub(super) async fn export_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Res {
-    api.admin(&h)?;
+pub(super) async fn export_all<B: Backend>(State(api): ApiState<B>, _: AdminCall) -> Answer {
     let gateways: Vec<Value> = api
         .backend
         .gateway_ids()
@@ -106,17 +106,22 @@ pub(super) async fn export_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> R
 }
 
 /// A `.gateway` file as import reads it.
-pub(super) async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req: Request) -> Res {
-    api.admin(&h)?;
+pub(super) async fn import_all<B: Backend>(
+    State(api): ApiState<B>,
+    _: AdminCall,
+    req: Request,
+) -> Answer {
     let v = import_file(upload(req).await?)?;
     let files: Vec<Value> = match v {
         Value::Object(mut m) if m.contains_key("gateways") => {
             if m.len() > 1 {
-                return Err(ApiError::bad("a service config has only `gateways`"));
+                return Err(ApiError::bad_request(
+                    "a service config has only `gateways`",
+                ));
             }
             match m.remove("gateways") {
                 Some(Value::Array(a)) => a,
-                _ => return Err(ApiError::bad("gateways: must be an array")),
+                _ => return Err(ApiError::bad_request("gateways: must be an array")),
             }
         }
         other => vec![other],
@@ -152,10 +157,9 @@ pub(super) async fn import_all<B: Backend>(State(api): St<B>, h: HeaderMap, req:
     ok(json!({ "imported": out }))
 }
 
-pub(super) async fn stats_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Res {
-    api.admin(&h)?;
+pub(super) async fn stats_all<B: Backend>(State(api): ApiState<B>, _: AdminCall) -> Answer {
     let mut per = std::collections::BTreeMap::new();
-    let mut total = GatewayStats::default();
+    let mut total = IdCounts::default();
     for id in api.backend.gateway_ids() {
         if let Some(s) = api.backend.stats(&id) {
             total.add(&s);
@@ -165,19 +169,15 @@ pub(super) async fn stats_all<B: Backend>(State(api): St<B>, h: HeaderMap) -> Re
     ok(json!({ "total": total, "gateways": per }))
 }
 
-pub(super) async fn get_gateway<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+pub(super) async fn get_gateway<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
+    let GatewayCall { id: gw, cfg, .. } = call;
     let rec = api.record(&gw).await;
     ok(api.gateway_view(&cfg, rec.as_ref()))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GatewayUpdate {
+pub(super) struct GatewayUpdate {
     desc: Option<String>,
     enabled: Option<bool>,
     enf_tok_sec: Option<bool>,
@@ -186,13 +186,11 @@ struct GatewayUpdate {
 }
 
 pub(super) async fn update_gateway<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
-    let u: GatewayUpdate = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    JsonBody(u): JsonBody<GatewayUpdate>,
+) -> Answer {
+    let gw = call.id;
     let days = check_token_exp(u.token_exp)?;
     let (rec, cfg) = api
         .change(&gw, |r| {
@@ -217,33 +215,29 @@ pub(super) async fn update_gateway<B: Backend>(
 }
 
 pub(super) async fn delete_gateway<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+) -> Answer {
+    let gw = call.id;
     api.delete_gateway(&gw).await?;
     tracing::info!(gateway.id = %gw, "gateway deleted");
     ok(json!({ "deleted": gw }))
 }
 
 pub(super) async fn export_gateway<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+) -> Answer {
+    let GatewayCall { cfg, .. } = call;
     ok(api.gateway_export(&cfg, None))
 }
 
 pub(super) async fn dests_activity<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
-    let a: Activity = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    JsonBody(a): JsonBody<Activity>,
+) -> Answer {
+    let gw = call.id;
     let mut changed = Vec::new();
     let mut same = Vec::new();
     let (rec, cfg) = api
@@ -277,11 +271,10 @@ pub(super) async fn dests_activity<B: Backend>(
 }
 
 pub(super) async fn gateway_stats<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+) -> Answer {
+    let gw = call.id;
     let s = api
         .backend
         .stats(&gw)
@@ -293,17 +286,15 @@ pub(super) async fn gateway_stats<B: Backend>(
 /// `enroll_ca_file` and the gateway's token. It holds the token, so the same callers as for
 /// the token itself: the admin or the gateway's own token.
 pub(super) async fn gateway_enrollment<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path(gw): Path<String>,
+    State(api): ApiState<B>,
+    call: GatewayCall,
     Query(q): Query<HashMap<String, String>>,
-) -> Res {
-    let (_, cfg) = api.authorize(&h, &gw)?;
+) -> Answer {
+    let GatewayCall { id: gw, cfg, .. } = call;
     let defaults = &api.settings.enroll;
     let url = match q.get("url") {
-        Some(u) => {
-            crate::config::WssUrl::parse(u).map_err(|e| ApiError::bad(format!("url: {e}")))?
-        }
+        Some(u) => crate::config::WssUrl::parse(u)
+            .map_err(|e| ApiError::bad_request(format!("url: {e}")))?,
         None => defaults.url.clone().ok_or_else(|| {
             ApiError::conflict(
                 "gateway.toml has no public_url: set it, or pass ?url=wss://NAME:PORT/tunnel",

@@ -18,6 +18,7 @@ mod clients;
 mod dest_certs;
 mod destinations;
 mod error;
+mod extract;
 mod gateways;
 mod routes;
 mod rules;
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use access::Api;
 pub use backend::{
-    rfc3339_text, ApplyError, Backend, ClientLogLine, ClientView, GatewayStats, GoneClient,
+    rfc3339_text, ApplyError, Backend, ClientLogLine, ClientView, GoneClient, IdCounts,
 };
 pub use error::ApiError;
 pub use routes::ROUTES;

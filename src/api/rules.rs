@@ -1,17 +1,17 @@
 //! A destination's `ipTableRule` calls: add and remove caller rules.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::body::{json_body, need_body, typed, Body, Res, St};
+use super::body::{json_body, typed, Answer, ApiState, RawBody};
 use super::destinations::edit_dest;
+use super::extract::{GatewayCall, JsonBody};
 use super::{ApiError, Backend};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Rule {
+pub(super) struct Rule {
     src: Option<String>,
     spt: Option<String>,
     app: Option<String>,
@@ -34,13 +34,12 @@ fn rule_matches(r: &Value, want: &Rule) -> bool {
 }
 
 pub(super) async fn put_rule<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
-    let rule: Rule = typed(need_body(body)?)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+    JsonBody(rule): JsonBody<Rule>,
+) -> Answer {
+    let gw = call.id;
     edit_dest(&api, &gw, &id, |doc| {
         let mut obj = Map::new();
         for (k, v) in [("src", &rule.src), ("spt", &rule.spt), ("app", &rule.app)] {
@@ -52,7 +51,7 @@ pub(super) async fn put_rule<B: Backend>(
             .entry("ip_table_rules")
             .or_insert_with(|| Value::Array(Vec::new()));
         let Value::Array(list) = rules else {
-            return Err(ApiError::bad("ip_table_rules: is not a list"));
+            return Err(ApiError::bad_request("ip_table_rules: is not a list"));
         };
         // The same `app` replaces its rule (docs/API.md: `app` identifies the rule).
         let same = rule.app.as_ref().filter(|a| !a.is_empty()).and_then(|a| {
@@ -69,12 +68,12 @@ pub(super) async fn put_rule<B: Backend>(
 }
 
 pub(super) async fn delete_rule<B: Backend>(
-    State(api): St<B>,
-    h: HeaderMap,
-    Path((gw, id)): Path<(String, String)>,
-    body: Body,
-) -> Res {
-    api.authorize(&h, &gw)?;
+    State(api): ApiState<B>,
+    call: GatewayCall,
+    Path((_, id)): Path<(String, String)>,
+    body: RawBody,
+) -> Answer {
+    let gw = call.id;
     let want: Option<Rule> = json_body(body)?.map(typed).transpose()?;
     edit_dest(&api, &gw, &id, |doc| {
         let all = want

@@ -108,7 +108,7 @@ pub(super) fn filter_enabled(q: &HashMap<String, String>) -> Result<Option<bool>
         None | Some("") => Ok(None),
         Some("enabled") => Ok(Some(true)),
         Some("disabled") => Ok(Some(false)),
-        Some(other) => Err(ApiError::bad(format!(
+        Some(other) => Err(ApiError::bad_request(format!(
             "type: `{other}` is not one of enabled, disabled"
         ))),
     }
@@ -128,7 +128,7 @@ pub(super) fn check_token_exp(days: Option<u32>) -> Result<u32, ApiError> {
     match days {
         None => Ok(DEFAULT_TOKEN_DAYS),
         Some(d) if d <= 90 => Ok(d),
-        Some(d) => Err(ApiError::bad(format!(
+        Some(d) => Err(ApiError::bad_request(format!(
             "token_exp: {d} is out of range 0..=90"
         ))),
     }

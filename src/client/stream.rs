@@ -20,16 +20,7 @@ pub(super) async fn serve_open(
     inc: Incoming,
     client_id: String,
 ) {
-    let span = tracing::info_span!(
-        "stream",
-        client.id = %client_id,
-        stream.id = inc.id(),
-        dest.id = %crate::telemetry::clean(&inc.meta.dest, 128),
-        caller.addr = %crate::telemetry::clean(&inc.meta.caller, 64),
-        dest.addr = tracing::field::Empty,
-        http.requests = tracing::field::Empty,
-        http.denied = tracing::field::Empty,
-    );
+    let span = inc.span(&client_id, "forward");
     async move {
         let started = Instant::now();
         let (dest, compress) = match admit(&peer, &inc.meta) {

@@ -112,7 +112,7 @@ impl std::fmt::Debug for TlsIdentity {
 }
 
 /// One `[[gateways]]` entry: a gateway id with its token and destinations.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
     pub id: String,
     pub desc: String,
@@ -149,7 +149,7 @@ impl TenantConfig {
 }
 
 /// Validated gateway configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub tls: TlsIdentity,
@@ -172,7 +172,7 @@ pub struct GatewayConfig {
 }
 
 /// What `sgw enroll` and the API's enrollment call hand to clients unless told otherwise.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnrollDefaults {
     /// `public_url`: the tunnel URL as clients reach it (through NAT, a load balancer, DNS).
     pub url: Option<super::WssUrl>,
@@ -181,7 +181,7 @@ pub struct EnrollDefaults {
 }
 
 /// `admin_listen` and what goes with it: the same endpoint the client has, without ACL calls.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// `admin_token`, shared with the API: needed for everything but `/healthz`, `/readyz` and
@@ -194,7 +194,7 @@ pub struct AdminConfig {
 }
 
 /// `api_listen` and what goes with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
     pub listen: SocketAddr,
     /// For account-level calls (create, list, import, export gateways).

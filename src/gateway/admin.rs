@@ -115,7 +115,7 @@ impl Backend for AdminBackend {
             .iter()
             .filter_map(|id| Some((id.clone(), self.gateway.tenant_stats(id)?)))
             .collect();
-        let by_id = |f: fn(&super::TenantCounts) -> u64| {
+        let by_id = |f: fn(&crate::api::IdCounts) -> u64| {
             per_id
                 .iter()
                 .map(|(id, c)| (vec![("gateway", id.clone())], n(f(c))))

@@ -321,18 +321,18 @@ fn start(gw: &Arc<GatewayState>, tenant: &Arc<Tenant>, dest: Destination, b: Bou
             gw.tracker.spawn(fut)
         }
         Bound::Tcp(listener, tls) => {
-            let (inner2, tenant, stop2) = (gw.clone(), tenant.clone(), stop.clone());
+            let (task_gw, tenant, task_stop) = (gw.clone(), tenant.clone(), stop.clone());
             gw.tracker.spawn(async move {
-                crate::listen::accept_until(&listener, &stop2, |tcp, caller| {
+                crate::listen::accept_until(&listener, &task_stop, |tcp, caller| {
                     let fut = serve_caller(
-                        inner2.clone(),
+                        task_gw.clone(),
                         tenant.clone(),
                         d.clone(),
                         tls.clone(),
                         tcp,
                         caller,
                     );
-                    inner2.tracker.spawn(fut);
+                    task_gw.tracker.spawn(fut);
                 })
                 .await
             })

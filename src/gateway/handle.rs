@@ -10,12 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::admin::AdminBackend;
-use super::registry::{ClientInfo, Disconnected};
 use super::state::GatewayState;
 use super::wire::warn_odd;
-use super::{apply, GatewayError, GatewayStats, TenantCounts};
+use super::{apply, GatewayError, GatewayStats};
+use crate::api::{ClientLogLine, ClientView, GoneClient, IdCounts};
 use crate::config::TenantConfig;
-use crate::proto::LogPush;
 
 /// Read access to a running gateway (status, tests).
 #[derive(Clone)]
@@ -123,7 +122,7 @@ impl GatewayHandle {
     }
 
     /// Connected clients of a gateway id.
-    pub fn clients(&self, gateway_id: &str) -> Vec<ClientInfo> {
+    pub fn clients(&self, gateway_id: &str) -> Vec<ClientView> {
         self.gw
             .tenant(gateway_id)
             .map(|t| t.client_infos())
@@ -139,7 +138,7 @@ impl GatewayHandle {
     }
 
     /// Clients of a gateway id that disconnected recently, oldest first.
-    pub fn disconnected(&self, gateway_id: &str) -> Vec<Disconnected> {
+    pub fn disconnected(&self, gateway_id: &str) -> Vec<GoneClient> {
         self.gw
             .tenant(gateway_id)
             .map(|t| t.disconnected())
@@ -147,11 +146,11 @@ impl GatewayHandle {
     }
 
     /// Counters of one gateway id.
-    pub fn tenant_stats(&self, gateway_id: &str) -> Option<TenantCounts> {
+    pub fn tenant_stats(&self, gateway_id: &str) -> Option<IdCounts> {
         let t = self.gw.tenant(gateway_id)?;
         let s = &t.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Some(TenantCounts {
+        Some(IdCounts {
             clients: t.client_infos().len() as u64,
             tunnels: t.all_tunnels().len() as u64,
             tunnels_accepted: get(&s.tunnels_accepted),
@@ -168,12 +167,20 @@ impl GatewayHandle {
         })
     }
 
-    /// The latest warn/error lines the clients of `gateway_id` pushed: (client id, line).
-    pub fn client_logs(&self, gateway_id: &str) -> Vec<(String, LogPush)> {
-        self.gw
-            .tenant(gateway_id)
-            .map(|t| t.logs())
-            .unwrap_or_default()
+    /// The latest warn/error lines the clients of `gateway_id` pushed, oldest first.
+    pub fn client_logs(&self, gateway_id: &str) -> Vec<ClientLogLine> {
+        let Some(t) = self.gw.tenant(gateway_id) else {
+            return Vec::new();
+        };
+        t.logs()
+            .into_iter()
+            .map(|(client_id, l)| ClientLogLine {
+                client_id,
+                level: l.level,
+                message: l.message,
+                time_ms: l.time.saturating_mul(1000),
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> &GatewayStats {

@@ -32,7 +32,6 @@ use tracing::info;
 pub use admin::AdminBackend;
 pub use caller::CALLER_TLS_TIMEOUT;
 pub use handle::GatewayHandle;
-pub use registry::{ClientInfo, Disconnected};
 pub use wire::{check, spec_of};
 
 use crate::config::{GatewayConfig, TenantConfig};
@@ -42,20 +41,6 @@ use crate::tunnel;
 use session::serve_tunnel;
 use state::{bind, GatewayState};
 use wire::warn_odd;
-
-/// One gateway id's counters (`stats`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TenantCounts {
-    pub clients: u64,
-    pub tunnels: u64,
-    pub tunnels_accepted: u64,
-    pub streams_active: u64,
-    pub streams_opened: u64,
-    pub streams_failed: u64,
-    pub streams_denied: u64,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

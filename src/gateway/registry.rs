@@ -9,21 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
+use crate::api::{ClientView, GoneClient};
 use crate::config::TenantConfig;
 use crate::mux::{Mux, MuxStream, OpenError};
 use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE};
-
-/// A connected client as status shows it.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub client_id: String,
-    pub version: String,
-    pub hostname: String,
-    pub env: String,
-    pub tunnels: usize,
-    pub active_streams: usize,
-    pub streams_opened: u64,
-}
 
 struct ClientEntry {
     client_id: String,
@@ -41,18 +30,6 @@ struct Clients {
     ids: HashMap<String, String>,
     rr: usize,
     next_tunnel: u64,
-}
-
-/// A client that went away, for `disconnectedClients`.
-#[derive(Debug, Clone)]
-pub struct Disconnected {
-    pub client_id: String,
-    pub version: String,
-    pub hostname: String,
-    pub env: String,
-    /// Unix milliseconds.
-    pub at_ms: u64,
-    pub reason: String,
 }
 
 /// Per gateway id counters (`stats`).
@@ -86,7 +63,7 @@ pub(crate) struct Tenant {
     /// gateway's configuration changes.
     current: RwLock<Arc<TenantState>>,
     pub stats: TenantStats,
-    disconnected: Mutex<std::collections::VecDeque<Disconnected>>,
+    disconnected: Mutex<std::collections::VecDeque<GoneClient>>,
     clients: Mutex<Clients>,
     /// Signalled when a tunnel registers, for callers waiting for a client.
     registered: tokio::sync::Notify,
@@ -172,7 +149,7 @@ impl Tenant {
     }
 
     /// Clients that disconnected recently, oldest first.
-    pub fn disconnected(&self) -> Vec<Disconnected> {
+    pub fn disconnected(&self) -> Vec<GoneClient> {
         let q = self.disconnected.lock().unwrap_or_else(|e| e.into_inner());
         q.iter().cloned().collect()
     }
@@ -257,12 +234,12 @@ impl Tenant {
                 e.tunnels.retain(|(t, _)| *t != tunnel_id);
             }
             if e.tunnels.is_empty() {
-                gone.push(Disconnected {
+                gone.push(GoneClient {
                     client_id: e.client_id.clone(),
                     version: e.hello.version.clone(),
                     hostname: e.hello.hostname.clone(),
                     env: e.hello.env.clone(),
-                    at_ms: crate::telemetry::unix_ms(),
+                    disconnected_at_ms: crate::telemetry::unix_ms(),
                     reason: reason.to_owned(),
                 });
             }
@@ -305,12 +282,12 @@ impl Tenant {
             .collect()
     }
 
-    pub fn client_infos(&self) -> Vec<ClientInfo> {
+    pub fn client_infos(&self) -> Vec<ClientView> {
         let c = self.lock();
         let mut v: Vec<_> = c
             .entries
             .values()
-            .map(|e| ClientInfo {
+            .map(|e| ClientView {
                 client_id: e.client_id.clone(),
                 version: e.hello.version.clone(),
                 hostname: e.hello.hostname.clone(),

@@ -75,15 +75,7 @@ pub(super) async fn serve_reverse(
     inc: Incoming,
     client_id: String,
 ) {
-    let span = tracing::info_span!(
-        "stream",
-        client.id = %client_id,
-        stream.id = inc.id(),
-        dest.id = %crate::telemetry::clean(&inc.meta.dest, 128),
-        caller.addr = %crate::telemetry::clean(&inc.meta.caller, 64),
-        dest.addr = tracing::field::Empty,
-        direction = "reverse",
-    );
+    let span = inc.span(&client_id, "reverse");
     async move {
         let started = Instant::now();
         let state = tenant.state();

@@ -9,7 +9,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::stream::{Delivery, Incoming, MuxStream, StreamShared, StreamState};
-use super::{Role, Shared, BATCH_BYTES};
+use super::{MuxState, Role, BATCH_BYTES};
 use crate::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
 
 pub(crate) struct ReaderSinks {
@@ -18,7 +18,7 @@ pub(crate) struct ReaderSinks {
     pub logs: mpsc::Sender<Bytes>,
 }
 
-pub(crate) async fn reader_loop<R>(shared: Arc<Shared>, mut reader: R, sinks: ReaderSinks)
+pub(crate) async fn reader_loop<R>(shared: Arc<MuxState>, mut reader: R, sinks: ReaderSinks)
 where
     R: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
@@ -69,7 +69,7 @@ fn is_local(role: Role, id: u32) -> bool {
 }
 
 /// Handles one frame. `Err` is a tunnel-level protocol error.
-fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(), String> {
+fn dispatch(shared: &Arc<MuxState>, frame: Frame, sinks: &ReaderSinks) -> Result<(), String> {
     let role = shared.cfg.role;
     match frame {
         Frame::Ping(v) => {
@@ -166,7 +166,7 @@ fn dispatch(shared: &Arc<Shared>, frame: Frame, sinks: &ReaderSinks) -> Result<(
 /// Routes a stream frame. Frames for streams that already ended are ignored (they were in
 /// flight); frames for peer ids never opened are protocol errors.
 fn with_stream(
-    shared: &Arc<Shared>,
+    shared: &Arc<MuxState>,
     id: u32,
     f: impl FnOnce(&StreamShared) -> Delivery,
 ) -> Result<(), String> {
@@ -197,7 +197,7 @@ fn with_stream(
 }
 
 /// The peer broke one stream's rules: that stream fails and is reset, the tunnel goes on.
-fn violation(shared: &Shared, stream: &StreamShared, what: String) {
+fn violation(shared: &MuxState, stream: &StreamShared, what: String) {
     let id = stream.id;
     shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");
@@ -211,7 +211,7 @@ fn violation(shared: &Shared, stream: &StreamShared, what: String) {
 }
 
 fn on_open(
-    shared: &Arc<Shared>,
+    shared: &Arc<MuxState>,
     id: u32,
     window: u32,
     meta: Bytes,
@@ -284,7 +284,7 @@ fn on_open(
 }
 
 pub(crate) async fn writer_loop<W>(
-    shared: Arc<Shared>,
+    shared: Arc<MuxState>,
     mut writer: W,
     mut data_rx: mpsc::Receiver<Frame>,
 ) where
@@ -359,7 +359,7 @@ pub(crate) async fn writer_loop<W>(
 
 /// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
 /// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
-fn drain_urgent(shared: &Shared, buf: &mut BytesMut, count: &mut u64) {
+fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
     let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
     while let Some(f) = q.front() {
         if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
@@ -377,7 +377,7 @@ fn drain_urgent(shared: &Shared, buf: &mut BytesMut, count: &mut u64) {
     }
 }
 
-pub(crate) async fn keepalive_loop(shared: Arc<Shared>) {
+pub(crate) async fn keepalive_loop(shared: Arc<MuxState>) {
     let interval = shared.cfg.keepalive_interval;
     let timeout = shared.cfg.keepalive_timeout;
     // Ping often while streams are active: auto-tuning needs a current RTT.

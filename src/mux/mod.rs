@@ -165,7 +165,7 @@ pub(crate) struct StreamTable {
     max_peer: u32,
 }
 
-pub(crate) struct Shared {
+pub(crate) struct MuxState {
     cfg: MuxConfig,
     streams: Mutex<StreamTable>,
     urgent: Mutex<VecDeque<Frame>>,
@@ -212,7 +212,7 @@ pub const CLOSE_FLUSH: Duration = Duration::from_secs(3);
 /// Handle to one multiplexed tunnel. Cheap to clone.
 #[derive(Clone)]
 pub struct Mux {
-    shared: Arc<Shared>,
+    shared: Arc<MuxState>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -244,7 +244,7 @@ impl Mux {
             Role::Gateway => 1,
             Role::Client => 2,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(MuxState {
             cfg,
             streams: Mutex::new(StreamTable {
                 map: HashMap::new(),
@@ -502,7 +502,7 @@ impl Mux {
     }
 }
 
-impl Shared {
+impl MuxState {
     fn lock_streams(&self) -> MutexGuard<'_, StreamTable> {
         // A poisoned lock means a panic elsewhere already; the table itself is still sound.
         self.streams.lock().unwrap_or_else(|e| e.into_inner())

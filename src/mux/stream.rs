@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MuxStats, Shared};
+use super::{MuxState, MuxStats};
 use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
 
 /// Why a stream operation failed.
@@ -276,7 +276,7 @@ impl StreamShared {
 /// Dropping a stream that has not finished both directions resets it on the peer.
 pub struct MuxStream {
     shared: Arc<StreamShared>,
-    mux: Arc<Shared>,
+    mux: Arc<MuxState>,
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -288,7 +288,7 @@ impl std::fmt::Debug for MuxStream {
 }
 
 impl MuxStream {
-    pub(crate) fn new(shared: Arc<StreamShared>, mux: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<StreamShared>, mux: Arc<MuxState>) -> Self {
         MuxStream { shared, mux }
     }
 
@@ -558,6 +558,23 @@ impl Incoming {
 
     pub fn id(&self) -> u32 {
         self.stream.id()
+    }
+
+    /// The span one accepted stream's log lines carry, the same on both sides:
+    /// `direction` is `forward` (a caller at the gateway) or `reverse` (on-prem). `dest.addr`
+    /// and the `http.*` counts are recorded as they become known.
+    pub fn span(&self, client_id: &str, direction: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "stream",
+            client.id = %client_id,
+            stream.id = self.id(),
+            dest.id = %crate::telemetry::clean(&self.meta.dest, 128),
+            caller.addr = %crate::telemetry::clean(&self.meta.caller, 64),
+            dest.addr = tracing::field::Empty,
+            http.requests = tracing::field::Empty,
+            http.denied = tracing::field::Empty,
+            direction,
+        )
     }
 
     /// Accepts the stream (OPEN_OK) and returns it.

@@ -127,6 +127,22 @@ pub fn frame_message(f: &Frame) -> Bytes {
     b.freeze()
 }
 
+/// Reads the handshake frame `name` (HELLO or WELCOME: the first message, one frame, `body`
+/// picks its JSON body) and decodes it.
+async fn handshake_frame<T, S>(
+    ws: &mut WebSocketStream<S>,
+    name: &str,
+    body: fn(Frame) -> Result<Bytes, Frame>,
+) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let first = first_frame(ws).await?;
+    let bytes = body(first).map_err(|f| format!("expected {name}, got {}", f.name()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("bad {name}: {e}"))
+}
+
 /// Reads the first message of a tunnel, which must hold exactly one frame.
 async fn first_frame<S>(ws: &mut WebSocketStream<S>) -> Result<Frame, String>
 where
@@ -241,15 +257,11 @@ pub async fn connect(
         ConnectError::Ws,
     )
     .await?;
-    let first = step("WELCOME", first_frame(&mut ws), ConnectError::Handshake).await?;
-    let Frame::Welcome(body) = first else {
-        return Err(ConnectError::Handshake(format!(
-            "expected WELCOME, got {}",
-            first.name()
-        )));
-    };
-    let welcome: Welcome = serde_json::from_slice(&body)
-        .map_err(|e| ConnectError::Handshake(format!("bad WELCOME: {e}")))?;
+    let welcome = handshake_frame(&mut ws, "WELCOME", |f| match f {
+        Frame::Welcome(body) => Ok(body),
+        other => Err(other),
+    });
+    let welcome: Welcome = step("WELCOME", welcome, ConnectError::Handshake).await?;
     Ok((ws, welcome))
 }
 
@@ -361,15 +373,11 @@ pub async fn accept<T>(
         (_, Err(why)) => return Err(AcceptError::Refused(why)),
         (Err(e), _) => return Err(e),
     };
-    let first = accept_step("HELLO", first_frame(&mut ws), AcceptError::Handshake).await?;
-    let Frame::Hello(body) = first else {
-        return Err(AcceptError::Handshake(format!(
-            "expected HELLO, got {}",
-            first.name()
-        )));
-    };
-    let hello: Hello = serde_json::from_slice(&body)
-        .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
+    let hello = handshake_frame(&mut ws, "HELLO", |f| match f {
+        Frame::Hello(body) => Ok(body),
+        other => Err(other),
+    });
+    let hello: Hello = accept_step("HELLO", hello, AcceptError::Handshake).await?;
     hello
         .validate()
         .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;

@@ -14,9 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
-use sgw::api::{
-    self, Api, ApplyError, Backend, ClientLogLine, ClientView, GatewayStats, GoneClient,
-};
+use sgw::api::{self, Api, ApplyError, Backend, ClientLogLine, ClientView, GoneClient, IdCounts};
 use sgw::config::state::StateFile;
 use sgw::config::{ApiConfig, Secret, TenantConfig};
 use tower::ServiceExt;
@@ -68,8 +66,8 @@ impl Backend for Memory {
     fn disconnected(&self, _id: &str) -> Vec<GoneClient> {
         Vec::new()
     }
-    fn stats(&self, id: &str) -> Option<GatewayStats> {
-        self.map().contains_key(id).then(GatewayStats::default)
+    fn stats(&self, id: &str) -> Option<IdCounts> {
+        self.map().contains_key(id).then(IdCounts::default)
     }
 }
 
