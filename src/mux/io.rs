@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use super::stream::{Delivery, Incoming, MuxStream, StreamShared, StreamState};
+use super::incoming::Incoming;
+use super::stream::{Delivery, MuxStream, StreamShared, StreamState};
 use super::{MuxState, Role, BATCH_BYTES};
 use crate::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
 

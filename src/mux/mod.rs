@@ -13,6 +13,7 @@
 //! can run the mux over an in-memory pipe; `tunnel` adapts a WebSocket to it.
 
 mod budget;
+mod incoming;
 mod io;
 pub mod memory;
 mod stream;
@@ -30,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::proto::{Frame, OpenMeta, Reason};
 
 pub use budget::WindowBudget;
-pub use stream::{Incoming, MuxStream, StreamError};
+pub use incoming::Incoming;
+pub use stream::{MuxStream, StreamError};
 use stream::{StreamShared, StreamState};
 
 /// Frames are batched into messages of at most about this many bytes.

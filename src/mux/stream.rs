@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{MuxState, MuxStats};
-use crate::proto::{Frame, OpenMeta, Reason, MAX_CREDIT, MAX_DATA};
+use crate::proto::{Frame, Reason, MAX_CREDIT, MAX_DATA};
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -275,8 +275,8 @@ impl StreamShared {
 ///
 /// Dropping a stream that has not finished both directions resets it on the peer.
 pub struct MuxStream {
-    shared: Arc<StreamShared>,
-    mux: Arc<MuxState>,
+    pub(super) shared: Arc<StreamShared>,
+    pub(super) mux: Arc<MuxState>,
 }
 
 impl std::fmt::Debug for MuxStream {
@@ -491,7 +491,18 @@ impl MuxStream {
         }
     }
 
-    fn tunnel_lost(&self) -> StreamError {
+    /// Before OPEN_OK is queued: fails if the stream already failed, else lets the peer send
+    /// (set first, so the peer's first DATA can never arrive earlier).
+    pub(super) fn accepting(&self) -> Result<(), StreamError> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.error {
+            return Err(e.clone());
+        }
+        st.peer_may_send = true;
+        Ok(())
+    }
+
+    pub(super) fn tunnel_lost(&self) -> StreamError {
         let st = self.shared.lock();
         st.error.clone().unwrap_or(StreamError::Reset {
             reason: Reason::TunnelLost,
@@ -533,89 +544,5 @@ impl Drop for MuxStream {
                 });
             }
         }
-    }
-}
-
-/// A stream the peer opened, waiting for this side's decision.
-pub struct Incoming {
-    pub meta: OpenMeta,
-    stream: MuxStream,
-}
-
-impl std::fmt::Debug for Incoming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Incoming")
-            .field("id", &self.stream.id())
-            .field("meta", &self.meta)
-            .finish()
-    }
-}
-
-impl Incoming {
-    pub(crate) fn new(meta: OpenMeta, stream: MuxStream) -> Self {
-        Incoming { meta, stream }
-    }
-
-    pub fn id(&self) -> u32 {
-        self.stream.id()
-    }
-
-    /// The span one accepted stream's log lines carry, the same on both sides:
-    /// `direction` is `forward` (a caller at the gateway) or `reverse` (on-prem). `dest.addr`
-    /// and the `http.*` counts are recorded as they become known.
-    pub fn span(&self, client_id: &str, direction: &'static str) -> tracing::Span {
-        tracing::info_span!(
-            "stream",
-            client.id = %client_id,
-            stream.id = self.id(),
-            dest.id = %crate::telemetry::clean(&self.meta.dest, 128),
-            caller.addr = %crate::telemetry::clean(&self.meta.caller, 64),
-            dest.addr = tracing::field::Empty,
-            http.requests = tracing::field::Empty,
-            http.denied = tracing::field::Empty,
-            direction,
-        )
-    }
-
-    /// Accepts the stream (OPEN_OK) and returns it.
-    pub async fn accept(self) -> Result<MuxStream, StreamError> {
-        let s = &self.stream;
-        if let Some(e) = &s.shared.lock().error {
-            return Err(e.clone());
-        }
-        let frame = Frame::OpenOk {
-            id: s.id(),
-            window: s.mux.cfg.initial_window,
-        };
-        // Before the frame is queued, so the peer's first DATA can never arrive earlier.
-        s.shared.lock().peer_may_send = true;
-        if s.mux.data_tx.send(frame).await.is_err() {
-            return Err(s.tunnel_lost());
-        }
-        Ok(self.stream)
-    }
-
-    /// Refuses without waiting for queue space (used by the reader, which must not block).
-    pub(crate) fn refuse_now(self, reason: Reason, message: &str) {
-        let s = &self.stream;
-        s.forget();
-        s.mux.push_urgent(Frame::OpenErr {
-            id: s.id(),
-            reason,
-            message: message.to_owned(),
-        });
-    }
-
-    /// Refuses the stream (OPEN_ERR) with a reason the gateway shows the caller.
-    pub async fn reject(self, reason: Reason, message: &str) {
-        let s = &self.stream;
-        let id = s.id();
-        s.forget();
-        let frame = Frame::OpenErr {
-            id,
-            reason,
-            message: message.to_owned(),
-        };
-        let _ = s.mux.data_tx.send(frame).await;
     }
 }
