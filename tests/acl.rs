@@ -200,6 +200,53 @@ async fn file_changes_reload_atomically_and_bad_files_keep_the_old_rules() {
     assert_eq!(stats.acl_reloads.load(Relaxed), 1);
 }
 
+/// A caller without the admin token is refused from its headers: the body it announces is
+/// never waited for, so trickling one cannot hold one of the endpoint's few connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refuses_strangers_before_reading_a_body() {
+    let (s, _) = counting_echo().await;
+    let h = Harness::start(&[s], |_| {}).await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = l.local_addr().unwrap();
+    let backend = Arc::new(sgw::client::AdminBackend::new(h.client.handle.clone()));
+    let access = sgw::admin::Access {
+        token: Some(sgw::config::Secret::new("adm-secret-1")),
+        hosts: Vec::new(),
+    };
+    tokio::spawn(sgw::admin::serve(
+        l,
+        backend,
+        access,
+        64,
+        h.client.stop.clone(),
+    ));
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let mut t = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let head = format!(
+            "POST /v1/acl HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        );
+        t.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(WAIT, t.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    // The open calls stay open.
+    let mut t = tokio::net::TcpStream::connect(admin).await.unwrap();
+    t.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(WAIT, t.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sgw_acl_add_and_remove_through_the_admin_api() {
     let (s, _) = counting_echo().await;

@@ -150,6 +150,13 @@ struct AppState {
 /// How long a caller may take to send a request head.
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long one whole request (body included) may take: every call here is quick, so a
+/// caller trickling a body cannot hold one of the few connections for longer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The calls open without the admin token (probes and scrapers carry none).
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
 /// Serves until `shutdown`, at most `max_connections` at once (`admin_max_connections`).
 pub async fn serve(
     listener: TcpListener,
@@ -167,10 +174,7 @@ pub async fn serve(
         .route("/v1/acl", get(acl_show).post(acl_add).delete(acl_remove))
         .route("/v1/acl/reload", axum::routing::post(acl_reload))
         .route("/v1/log", axum::routing::put(set_log))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            check_host,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state);
     // Callers are local: one source may use every slot.
     let limits = crate::listen::http::HttpLimits {
@@ -198,9 +202,12 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-/// Refuses (421) a request whose `Host` names something other than this host: a web page
-/// whose name was rebound to 127.0.0.1 sends its own name, and must not reach the ACL.
-async fn check_host(
+/// Runs before any handler reads a body:
+/// - a request whose `Host` names something other than this host gets 421 (a web page whose
+///   name was rebound to 127.0.0.1 sends its own name, and must not reach the ACL);
+/// - every call but the open ones needs the admin token;
+/// - the whole request must finish within [`REQUEST_TIMEOUT`] (408).
+async fn gate(
     State(st): State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -210,14 +217,28 @@ async fn check_host(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if host_allowed(host, &st.access.hosts) {
-        return next.run(req).await;
+    if !host_allowed(host, &st.access.hosts) {
+        tracing::warn!(http.host = %crate::telemetry::clean(host, 128), reason = "host", "admin request refused: Host is not this host");
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "Host must be an IP address, localhost or a name in admin_hosts",
+        );
     }
-    tracing::warn!(http.host = %crate::telemetry::clean(host, 128), reason = "host", "admin request refused: Host is not this host");
-    json_error(
-        StatusCode::MISDIRECTED_REQUEST,
-        "Host must be an IP address, localhost or a name in admin_hosts",
-    )
+    if !OPEN_PATHS.contains(&req.uri().path()) {
+        if let Some(r) = refusal(&st, req.headers()) {
+            return r;
+        }
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request was not completed within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// `localhost`, an IP literal (a browser sends one only when the page itself is at that
@@ -275,10 +296,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn status(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
+async fn status(State(st): State<Arc<AppState>>) -> Response {
     Json(st.backend.status()).into_response()
 }
 
@@ -333,10 +351,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn acl_show(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
+async fn acl_show(State(st): State<Arc<AppState>>) -> Response {
     match st.backend.acl_show() {
         Ok(v) => Json(v).into_response(),
         Err(e) => acl_error(e),
@@ -354,12 +369,8 @@ struct AddBody {
 
 async fn acl_add(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Json<AddBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -388,12 +399,8 @@ struct RemoveQuery {
 
 async fn acl_remove(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
     q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -414,10 +421,7 @@ async fn acl_remove(
     }
 }
 
-async fn acl_reload(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
+async fn acl_reload(State(st): State<Arc<AppState>>) -> Response {
     let backend = st.backend.clone();
     match tokio::task::spawn_blocking(move || backend.acl_reload()).await {
         Ok(Ok(n)) => Json(serde_json::json!({ "rules": n })).into_response(),
@@ -434,12 +438,8 @@ struct LogBody {
 
 async fn set_log(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
     body: Result<Json<LogBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&st, &headers) {
-        return r;
-    }
     match body {
         Ok(Json(b)) => match st.backend.set_log_level(&b.level) {
             Ok(()) => Json(serde_json::json!({ "level": b.level })).into_response(),

@@ -198,6 +198,10 @@ impl<'c, 'a> Table<'c, 'a> {
                 let Some(rest) = var.strip_prefix(&prefix) else {
                     break;
                 };
+                // Only the upper-case spelling names a key, as documented.
+                if rest.bytes().any(|b| b.is_ascii_lowercase()) {
+                    continue;
+                }
                 t.overlay.push(Entry {
                     key: rest.to_ascii_lowercase(),
                     key_origin: Origin::Env(var.clone()),

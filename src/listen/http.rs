@@ -69,7 +69,11 @@ pub async fn serve(
             let Some(tls) = tls else {
                 return serve_conn(name, tcp, peer, app, limits.head_timeout, stop).await;
             };
-            match tokio::time::timeout(limits.head_timeout, tls.accept(tcp)).await {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(limits.head_timeout, tls.accept(tcp)) => r,
+                _ = stop.cancelled() => return,
+            };
+            match handshake {
                 Ok(Ok(s)) => serve_conn(name, s, peer, app, limits.head_timeout, stop).await,
                 Ok(Err(e)) => {
                     debug!(http.server = name, peer.addr = %peer, error = %e, "TLS handshake failed")
