@@ -1,7 +1,8 @@
 //! The one HTTP/1 server under the admin endpoint and the management API: a bounded number
 //! of connections (in all, and from one source address), an optional TLS handshake, a time
-//! limit on the handshake and on every request head, and a graceful close at shutdown that
-//! waits a bounded grace.
+//! limit on the handshake, on every request head and on every stalled write of an answer,
+//! and a graceful close at shutdown that waits a bounded grace. Each server bounds a whole
+//! request (body included) in its own router.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +27,8 @@ pub struct HttpLimits {
     pub max_per_source: usize,
     /// The config key of `max_per_source`, named when a connection is refused.
     pub per_source_key: &'static str,
-    /// For the TLS handshake, for every request head, and the grace at shutdown.
+    /// For the TLS handshake, every request head, a write that makes no progress, and the
+    /// grace at shutdown.
     pub head_timeout: Duration,
 }
 
@@ -100,11 +102,15 @@ async fn serve_conn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // A caller that stops reading its answer fails the connection after `head_timeout`
+    // instead of holding one of the server's few connections.
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(head_timeout));
     let svc = hyper_util::service::TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(head_timeout)
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+        .serve_connection(hyper_util::rt::TokioIo::new(Box::pin(io)), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r {
