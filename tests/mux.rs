@@ -1,5 +1,6 @@
 //! The multiplexer against a hostile or slow peer, over an in-memory transport: malformed
-//! frames, flow-control violations, fuzz corpus replay, and window auto-tuning on a WAN path.
+//! frames, flow-control violations, fuzz corpus replay, window auto-tuning on a WAN path, and
+//! fair sending when a bulk stream fills the tunnel.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -31,8 +32,13 @@ impl Peer {
     }
 
     fn with(cfg: MuxConfig) -> Peer {
+        Peer::with_buffer(cfg, 64)
+    }
+
+    /// `messages`: what the transport holds between the mux's writer and the test.
+    fn with_buffer(cfg: MuxConfig, messages: usize) -> Peer {
         let (to_mux, rx) = mpsc::channel(64);
-        let (tx, from_mux) = mpsc::channel::<Bytes>(64);
+        let (tx, from_mux) = mpsc::channel::<Bytes>(messages);
         let (mux, events) = Mux::start(rx, tx.sink_map_err(io::Error::other), cfg);
         Peer {
             mux,
@@ -601,4 +607,77 @@ async fn the_window_budget_caps_streams_across_tunnels() {
         .await
         .unwrap_err();
     assert_eq!(err.reason(), Reason::Limit, "{err}");
+}
+
+/// The next message's DATA bytes of stream 1 (the bulk one), and whether stream 3's DATA (the
+/// small write) is in it.
+async fn bulk_bytes_then_small(p: &mut Peer) -> (usize, bool) {
+    let msg = tokio::time::timeout(T, p.from_mux.next())
+        .await
+        .expect("message in time")
+        .expect("mux writer open");
+    let (mut bulk_bytes, mut small) = (0, false);
+    decode_message(&msg, |f| match f {
+        Frame::Data { id: 1, data } => bulk_bytes += data.len(),
+        Frame::Data { id: 3, .. } => small = true,
+        _ => {}
+    })
+    .unwrap();
+    (bulk_bytes, small)
+}
+
+/// A bulk stream with plenty of credit fills the tunnel: a small write on another stream must
+/// reach the wire after at most a few messages' worth of the bulk stream's bytes, not after
+/// everything the bulk stream has queued (each stream's send queue is bounded and the writer
+/// takes turns between streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_stream_does_not_queue_ahead_of_an_interactive_one() {
+    let send_queue = 128 * 1024;
+    let cfg = MuxConfig {
+        role: Role::Client,
+        send_queue,
+        ..MuxConfig::default()
+    };
+    // One message waits in the transport: the rest queues inside the mux.
+    let mut p = Peer::with_buffer(cfg, 1);
+    let credit = 32 * 1024 * 1024;
+    p.send(&[open(1, credit), open(3, credit)]).await;
+    let bulk = p.accept().await;
+    let interactive = p.accept().await;
+    let total = 24 * 1024 * 1024;
+    let sender = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+        for _ in 0..total / chunk.len() {
+            bulk.send(chunk.clone()).await.unwrap();
+        }
+        bulk
+    });
+    // The bulk stream is in full flow: its queue and the transport are full.
+    let mut seen = 0;
+    while seen < 2 * 1024 * 1024 {
+        seen += bulk_bytes_then_small(&mut p).await.0;
+    }
+    interactive.send(Bytes::from_static(b"PING")).await.unwrap();
+    let mut ahead = 0;
+    loop {
+        let (b, small) = bulk_bytes_then_small(&mut p).await;
+        ahead += b;
+        if small {
+            break;
+        }
+        assert!(seen + ahead < total, "the small write never came");
+    }
+    // At most the transport's message, the writer's batch and one turn of the bulk stream.
+    let bound = 4 * sgw::mux::BATCH_BYTES;
+    assert!(
+        ahead <= bound,
+        "{ahead} bytes of the bulk stream went ahead of a 4-byte write (bound {bound})"
+    );
+    // The bulk stream still gets all its bytes through.
+    while seen + ahead < total {
+        ahead += bulk_bytes_then_small(&mut p).await.0;
+    }
+    let bulk = tokio::time::timeout(T, sender).await.unwrap().unwrap();
+    assert!(!p.mux.is_closed());
+    drop((bulk, interactive));
 }

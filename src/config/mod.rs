@@ -146,6 +146,9 @@ pub struct Limits {
     pub stream_window: u32,
     pub max_stream_window: u32,
     pub tunnel_buffer: u64,
+    /// DATA bytes one stream may have waiting for its tunnel's writer: what a bulk stream can
+    /// put ahead of the others (the writer serves streams round robin) and hold in memory.
+    pub stream_send_queue: usize,
     pub accept_backlog: usize,
     /// Gateway: datagram bytes queued per UDP flow while its stream opens or is short of
     /// credit; beyond it datagrams are dropped.
@@ -176,6 +179,8 @@ impl Default for Limits {
             // throughput above the peers while peak RSS under 8 streams drops from ~40 to ~24 MiB
             // (16 MiB: no faster, only bigger).
             tunnel_buffer: 4 * 1024 * 1024,
+            // Two reads of a bulk socket: enough to keep the writer busy between turns.
+            stream_send_queue: 128 * 1024,
             accept_backlog: 1024,
             // iperf3 -u at 1 Gbit/s in 1400-byte datagrams (benches/udp.sh): 64 datagrams
             // lost ~24%, 512 (~700 KiB) ~2% against 1.3% direct.
@@ -211,6 +216,7 @@ impl Limits {
             ("stream_window", u64::from(self.stream_window)),
             ("max_stream_window", u64::from(self.max_stream_window)),
             ("tunnel_buffer", self.tunnel_buffer),
+            ("stream_send_queue", n(self.stream_send_queue)),
             ("accept_backlog", n(self.accept_backlog)),
             ("window_budget", self.window_budget),
         ];
@@ -266,6 +272,17 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
     }
     if let Some(v) = t.size("tunnel_buffer") {
         l.tunnel_buffer = v;
+    }
+    if let Some(v) = t.size("stream_send_queue") {
+        if (16 * 1024..=16 * 1024 * 1024).contains(&v) {
+            l.stream_send_queue = v as usize;
+        } else if let Some(val) = t.get("stream_send_queue") {
+            t.err(
+                "stream_send_queue",
+                val,
+                format!("{v} is out of range 16KiB..=16MiB"),
+            );
+        }
     }
     if let Some(v) = t.size("udp_flow_buffer") {
         if (64 * 1024..=(1u64 << 30)).contains(&v) {

@@ -48,13 +48,11 @@ impl Incoming {
     pub async fn accept(self) -> Result<MuxStream, StreamError> {
         let s = &self.stream;
         s.accepting()?;
-        let frame = Frame::OpenOk {
+        // In the stream's own queue, so its DATA can never reach the wire first.
+        s.queue_frame(Frame::OpenOk {
             id: s.id(),
             window: s.mux.cfg.initial_window,
-        };
-        if s.mux.data_tx.send(frame).await.is_err() {
-            return Err(s.tunnel_lost());
-        }
+        })?;
         Ok(self.stream)
     }
 
@@ -71,14 +69,6 @@ impl Incoming {
 
     /// Refuses the stream (OPEN_ERR) with a reason the gateway shows the caller.
     pub async fn reject(self, reason: Reason, message: &str) {
-        let s = &self.stream;
-        let id = s.id();
-        s.forget();
-        let frame = Frame::OpenErr {
-            id,
-            reason,
-            message: message.to_owned(),
-        };
-        let _ = s.mux.data_tx.send(frame).await;
+        self.refuse_now(reason, message);
     }
 }

@@ -284,11 +284,8 @@ fn on_open(
     Ok(())
 }
 
-pub(crate) async fn writer_loop<W>(
-    shared: Arc<MuxState>,
-    mut writer: W,
-    mut data_rx: mpsc::Receiver<Frame>,
-) where
+pub(crate) async fn writer_loop<W>(shared: Arc<MuxState>, mut writer: W)
+where
     W: Sink<Bytes, Error = std::io::Error> + Unpin,
 {
     // However the writer ends, a `close_flushed` waiting on it learns.
@@ -296,31 +293,19 @@ pub(crate) async fn writer_loop<W>(
     let mut buf = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
     let mut count = 0u64;
     loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.closed.cancelled() => break,
-            _ = shared.wake_writer.notified() => None,
-            f = data_rx.recv() => match f {
-                Some(f) => Some(f),
-                None => break,
-            },
-        };
+        if shared.closed.is_cancelled() {
+            break;
+        }
         drain_urgent(&shared, &mut buf, &mut count);
-        if let Some(f) = first {
-            encode_frame(&f, &mut buf);
-            count += 1;
-        }
-        while buf.len() < BATCH_BYTES {
-            match data_rx.try_recv() {
-                Ok(f) => {
-                    encode_frame(&f, &mut buf);
-                    count += 1;
-                }
-                Err(_) => break,
-            }
-        }
+        take_stream_frames(&shared, &mut buf, &mut count);
         if buf.is_empty() {
-            continue;
+            // A notification sent since the queues were looked at is kept as a permit, so
+            // this never sleeps past work.
+            tokio::select! {
+                biased;
+                _ = shared.closed.cancelled() => break,
+                _ = shared.wake_writer.notified() => continue,
+            }
         }
         shared
             .stats
@@ -328,6 +313,7 @@ pub(crate) async fn writer_loop<W>(
             .fetch_add(std::mem::take(&mut count), Ordering::Relaxed);
         if let Err(e) = writer.send(buf.split().freeze()).await {
             shared.close(format!("tunnel write failed: {e}"));
+            shared.clear_ready();
             return;
         }
         if buf.capacity() < BATCH_BYTES / 2 {
@@ -342,11 +328,8 @@ pub(crate) async fn writer_loop<W>(
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             drain_urgent(&shared, &mut buf, &mut count);
-            while graceful && buf.len() < BATCH_BYTES {
-                match data_rx.try_recv() {
-                    Ok(f) => encode_frame(&f, &mut buf),
-                    Err(_) => break,
-                }
+            if graceful {
+                take_stream_frames(&shared, &mut buf, &mut count);
             }
             if buf.is_empty() {
                 break;
@@ -356,6 +339,25 @@ pub(crate) async fn writer_loop<W>(
         writer.close().await
     })
     .await;
+    shared.clear_ready();
+}
+
+/// Fills `buf` up to a batch from the streams' send queues: one frame per ready stream per
+/// turn, round robin, so every stream with something to send gets a turn within one pass.
+fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
+    while buf.len() < BATCH_BYTES {
+        let Some(stream) = shared.lock_ready().pop_front() else {
+            break;
+        };
+        let (frame, more) = stream.next_frame(shared.cfg.send_queue);
+        if let Some(f) = frame {
+            encode_frame(&f, buf);
+            *count += 1;
+        }
+        if more {
+            shared.lock_ready().push_back(stream);
+        }
+    }
 }
 
 /// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,

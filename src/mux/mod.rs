@@ -4,12 +4,14 @@
 //! - the **reader** decodes messages and dispatches frames. It never waits on anything but
 //!   the transport: data goes into the stream's buffer (bounded by the credit the stream
 //!   granted), control answers go into the bounded urgent queue;
-//! - the **writer** batches frames into messages: urgent frames first, then queued data, up to
-//!   [`BATCH_BYTES`] per message;
+//! - the **writer** batches frames into messages: urgent frames first, then the streams' send
+//!   queues round robin, one frame (at most `MAX_DATA` bytes) per stream per turn, up to
+//!   [`BATCH_BYTES`] per message, so a bulk stream adds at most a frame to an interactive
+//!   stream's wait;
 //! - the **keepalive** task sends PINGs (RTT for auto-tuning) and closes a silent tunnel.
 //!
-//! Streams talk to the writer through a bounded channel, so a full tunnel pushes back on the
-//! sockets feeding it. The transport is any `Stream`/`Sink` of messages, so benches and tests
+//! Each stream's send queue is bounded (`limits.stream_send_queue`), so a full tunnel pushes
+//! back on the sockets feeding it. The transport is any `Stream`/`Sink` of messages, so benches and tests
 //! can run the mux over an in-memory pipe; `tunnel` adapts a WebSocket to it.
 
 mod budget;
@@ -39,8 +41,6 @@ use stream::{StreamShared, StreamState};
 pub const BATCH_BYTES: usize = 128 * 1024;
 /// LOG frames waiting in the control queue at most; more are dropped.
 pub const LOG_QUEUE: usize = 32;
-/// Frames the writer queue holds before stream writers wait.
-const DATA_QUEUE: usize = 256;
 
 /// Which side of the tunnel this mux is; decides stream id parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct MuxConfig {
     pub max_streams: usize,
     /// Opens from the peer waiting to be accepted.
     pub accept_backlog: usize,
+    /// DATA bytes one stream may have waiting for the tunnel's writer.
+    pub send_queue: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     /// Receive window promised to peers by every stream of every tunnel of the process.
@@ -86,6 +88,7 @@ impl MuxConfig {
             tunnel_window_budget: l.tunnel_buffer,
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
+            send_queue: l.stream_send_queue,
             keepalive_interval: keepalive.interval,
             keepalive_timeout: keepalive.timeout,
             window_budget: WindowBudget::new(l.window_budget),
@@ -102,6 +105,7 @@ impl Default for MuxConfig {
             tunnel_window_budget: 4 * 1024 * 1024,
             max_streams: 10_000,
             accept_backlog: 1024,
+            send_queue: crate::config::Limits::default().stream_send_queue,
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
             window_budget: WindowBudget::new(u64::MAX),
@@ -175,9 +179,10 @@ pub(crate) struct MuxState {
     /// LOG frames in `urgent` now (at most [`LOG_QUEUE`]); taken out by `drain_urgent`.
     queued_logs: AtomicUsize,
     wake_writer: Notify,
+    /// Streams with frames in their send queue, served round robin by the writer.
+    ready: Mutex<VecDeque<Arc<StreamShared>>>,
     /// Woken when the last open stream goes: a drain waits on it.
     streams_gone: Notify,
-    data_tx: mpsc::Sender<Frame>,
     closed: CancellationToken,
     /// Cancelled when the writer has stopped: queued frames written, transport closed.
     flushed: CancellationToken,
@@ -235,13 +240,13 @@ impl Mux {
         R: Stream<Item = std::io::Result<Bytes>> + Send + Unpin + 'static,
         W: Sink<Bytes, Error = std::io::Error> + Send + Unpin + 'static,
     {
-        let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
         let (incoming_tx, incoming) = mpsc::channel(cfg.accept_backlog.max(1));
         let (config_tx, config) = watch::channel(None);
         let (logs_tx, logs) = mpsc::channel(256);
-        // Per stream at most two window updates and one reset can be pending (each update
-        // needs the peer to use half a window first), plus pings and go-away.
-        let urgent_cap = cfg.max_streams.saturating_mul(3).saturating_add(256);
+        // Per stream at most an OPEN or OPEN_ERR, two window updates and one reset can be
+        // pending (each update needs the peer to use half a window first), plus pings and
+        // go-away.
+        let urgent_cap = cfg.max_streams.saturating_mul(4).saturating_add(256);
         let next_local = match cfg.role {
             Role::Gateway => 1,
             Role::Client => 2,
@@ -257,8 +262,8 @@ impl Mux {
             urgent_cap,
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
+            ready: Mutex::new(VecDeque::new()),
             streams_gone: Notify::new(),
-            data_tx,
             closed: CancellationToken::new(),
             flushed: CancellationToken::new(),
             graceful: AtomicBool::new(false),
@@ -278,7 +283,7 @@ impl Mux {
             logs: logs_tx,
         };
         tokio::spawn(io::reader_loop(shared.clone(), reader, sinks));
-        tokio::spawn(io::writer_loop(shared.clone(), writer, data_rx));
+        tokio::spawn(io::writer_loop(shared.clone(), writer));
         tokio::spawn(io::keepalive_loop(shared.clone()));
         (
             Mux { shared },
@@ -300,15 +305,6 @@ impl Mux {
         }
         if s.peer_go_away.load(Ordering::Acquire) || s.local_go_away.load(Ordering::Acquire) {
             return Err(OpenError::GoingAway);
-        }
-        // Ids must reach the wire in increasing order: take queue space first, then pick the
-        // id and enqueue the OPEN inside one critical section.
-        let Ok(permit) = s.data_tx.reserve().await else {
-            return Err(OpenError::TunnelClosed);
-        };
-        // The wait for queue space may have outlived the tunnel.
-        if s.closed.is_cancelled() {
-            return Err(OpenError::TunnelClosed);
         }
         let meta = Bytes::from(serde_json::to_vec(meta).unwrap_or_default());
         if meta.len() > crate::proto::MAX_OPEN_JSON {
@@ -336,12 +332,19 @@ impl Mux {
                 id,
                 StreamState::opening(s.cfg.initial_window, tx),
             ));
-            t.map.insert(id, shared.clone());
-            permit.send(Frame::Open {
+            // Ids must reach the wire in increasing order: the id is picked and the OPEN
+            // queued inside one critical section. The control queue has room for an OPEN per
+            // stream the table can hold.
+            let open = Frame::Open {
                 id,
                 window: s.cfg.initial_window,
                 meta,
-            });
+            };
+            if !s.push_control(open) {
+                s.cfg.window_budget.give(u64::from(s.cfg.initial_window));
+                return Err(OpenError::TunnelClosed);
+            }
+            t.map.insert(id, shared.clone());
             MuxStream::new(shared, self.shared.clone())
         };
         match rx.await {
@@ -510,6 +513,37 @@ impl MuxState {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_ready(&self) -> MutexGuard<'_, VecDeque<Arc<StreamShared>>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a stream that has frames to send on the writer's ready list.
+    fn schedule(&self, stream: &Arc<StreamShared>) {
+        self.lock_ready().push_back(stream.clone());
+        self.wake_writer.notify_one();
+    }
+
+    /// The writer has stopped: nothing queued will be sent.
+    fn clear_ready(&self) {
+        let streams = std::mem::take(&mut *self.lock_ready());
+        drop(streams);
+    }
+
+    /// Queues a control frame of this side's own making; false (nothing queued) when the
+    /// queue is full or the tunnel closed. Never closes the tunnel, so callers may hold the
+    /// stream table's lock.
+    fn push_control(&self, frame: Frame) -> bool {
+        {
+            let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() >= self.urgent_cap || self.closed.is_cancelled() {
+                return false;
+            }
+            q.push_back(frame);
+        }
+        self.wake_writer.notify_one();
+        true
+    }
+
     /// Queues a control frame for the writer without waiting. Overflow means the peer makes
     /// us answer faster than we can write: the tunnel is closed rather than buffering more.
     fn push_urgent(&self, frame: Frame) {
@@ -554,7 +588,7 @@ impl MuxState {
             .window_budget
             .give(u64::from(self.cfg.initial_window) * streams.len() as u64);
         for s in streams {
-            s.fail(Reason::TunnelLost, "tunnel closed", &self.stats);
+            s.fail_tunnel_closed(&self.stats);
         }
     }
 

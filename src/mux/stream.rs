@@ -1,4 +1,8 @@
-//! One multiplexed stream: receive buffer, credit, half-close and reset state.
+//! One multiplexed stream: receive buffer, credit, send queue, half-close and reset state.
+//!
+//! A stream's outgoing frames (OPEN_OK, DATA, FIN) wait in its own send queue, bounded by
+//! `limits.stream_send_queue`; the writer serves the queues of all streams round robin, one
+//! frame per turn, so a bulk stream never has more than that ahead of anyone else.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -8,7 +12,7 @@ use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{MuxState, MuxStats};
 use crate::proto::{Frame, Reason, MAX_CREDIT, MAX_DATA};
@@ -67,8 +71,14 @@ pub(crate) struct StreamState {
     growth: u64,
     // Send direction.
     credit: u64,
+    /// Woken for credit and for room in the send queue.
     send_waker: Option<Waker>,
     fin_sent: bool,
+    /// Frames waiting for the writer, in wire order, and the DATA bytes among them.
+    outbox: VecDeque<Frame>,
+    outbox_bytes: usize,
+    /// In the mux's ready list, or being served by the writer: whoever sets it schedules.
+    scheduled: bool,
     // Both.
     error: Option<StreamError>,
     /// Set once the stream is finished or reset; Drop then sends nothing.
@@ -96,6 +106,9 @@ impl StreamState {
             credit,
             send_waker: None,
             fin_sent: false,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            scheduled: false,
             error: None,
             done: false,
             orphaned: false,
@@ -110,6 +123,16 @@ impl StreamState {
 
     pub(crate) fn accepted(window: u32, peer_window: u32) -> Self {
         Self::new(window, u64::from(peer_window))
+    }
+
+    /// Queues a frame for the writer; true when the caller must put the stream on the ready
+    /// list (it was not on it).
+    fn enqueue(&mut self, frame: Frame) -> bool {
+        if let Frame::Data { data, .. } = &frame {
+            self.outbox_bytes += data.len();
+        }
+        self.outbox.push_back(frame);
+        !std::mem::replace(&mut self.scheduled, true)
     }
 
     fn wake_all(&mut self) {
@@ -242,7 +265,7 @@ impl StreamShared {
         true
     }
 
-    /// Ends the stream with an error (peer reset, tunnel loss, violation).
+    /// Ends the stream with an error (peer reset, violation): what it had queued is dropped.
     pub(crate) fn fail(&self, reason: Reason, message: &str, stats: &MuxStats) {
         self.fail_with(
             StreamError::Reset {
@@ -254,7 +277,26 @@ impl StreamShared {
     }
 
     pub(crate) fn fail_with(&self, err: StreamError, stats: &MuxStats) {
+        self.end(err, stats, true);
+    }
+
+    /// The tunnel closed: the stream fails, but its queued frames stay for the writer, which
+    /// sends them only when the close is a drained one (a finished stream's last DATA and
+    /// FIN).
+    pub(crate) fn fail_tunnel_closed(&self, stats: &MuxStats) {
+        let err = StreamError::Reset {
+            reason: Reason::TunnelLost,
+            message: "tunnel closed".into(),
+        };
+        self.end(err, stats, false);
+    }
+
+    fn end(&self, err: StreamError, stats: &MuxStats, drop_queued: bool) {
         let mut st = self.lock();
+        if drop_queued {
+            st.outbox.clear();
+            st.outbox_bytes = 0;
+        }
         if let Some(w) = st.open_waiter.take() {
             let _ = w.send(Err((err.reason(), err.to_string())));
         }
@@ -268,6 +310,26 @@ impl StreamShared {
         st.recv_bytes = 0;
         st.recv.clear();
         st.wake_all();
+    }
+}
+
+impl StreamShared {
+    /// The writer's turn on this stream: its next queued frame, and whether more wait (then
+    /// the writer puts it back at the end of the ready list; otherwise it leaves the list).
+    pub(crate) fn next_frame(&self, send_queue: usize) -> (Option<Frame>, bool) {
+        let mut st = self.lock();
+        let frame = st.outbox.pop_front();
+        if let Some(Frame::Data { data, .. }) = &frame {
+            st.outbox_bytes -= data.len();
+            if st.outbox_bytes < send_queue {
+                if let Some(w) = st.send_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        let more = !st.outbox.is_empty();
+        st.scheduled = more;
+        (frame, more)
     }
 }
 
@@ -307,19 +369,14 @@ impl MuxStream {
         self.mux.remove_stream(self.shared.id);
     }
 
-    /// Sends `data` (1..=MAX_DATA bytes) as one DATA frame if the peer's credit and the tunnel
-    /// queue allow it right now; otherwise sends nothing and returns `Ok(false)`. For
-    /// datagrams, where dropping beats waiting.
+    /// Sends `data` (1..=MAX_DATA bytes) as one DATA frame if the peer's credit and the
+    /// stream's send queue allow it right now; otherwise sends nothing and returns
+    /// `Ok(false)`. For datagrams, where dropping beats waiting.
     pub fn try_send(&self, data: Bytes) -> Result<bool, StreamError> {
         if data.is_empty() || data.len() > MAX_DATA {
             return Ok(false);
         }
-        let permit = match self.mux.data_tx.try_reserve() {
-            Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => return Ok(false),
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(self.tunnel_lost()),
-        };
-        {
+        let schedule = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
                 return Err(e.clone());
@@ -327,22 +384,30 @@ impl MuxStream {
             if st.fin_sent {
                 return Err(StreamError::AlreadyFinished);
             }
-            if st.credit < data.len() as u64 {
+            if st.credit < data.len() as u64
+                || st.outbox_bytes + data.len() > self.mux.cfg.send_queue
+            {
                 return Ok(false);
             }
             st.credit -= data.len() as u64;
+            st.enqueue(Frame::Data {
+                id: self.shared.id,
+                data,
+            })
+        };
+        if schedule {
+            self.mux.schedule(&self.shared);
         }
-        permit.send(Frame::Data {
-            id: self.shared.id,
-            data,
-        });
         Ok(true)
     }
 
-    /// Sends bytes, waiting for credit and queue space; splits into DATA frames as needed.
+    /// Sends bytes, waiting for credit and room in the stream's send queue; splits into DATA
+    /// frames as needed.
     pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
+        let id = self.shared.id;
+        let send_queue = self.mux.cfg.send_queue;
         while !data.is_empty() {
-            let n = poll_fn(|cx| {
+            let schedule = poll_fn(|cx| {
                 let mut st = self.shared.lock();
                 if let Some(e) = &st.error {
                     return Poll::Ready(Err(e.clone()));
@@ -350,30 +415,41 @@ impl MuxStream {
                 if st.fin_sent {
                     return Poll::Ready(Err(StreamError::AlreadyFinished));
                 }
-                if st.credit == 0 {
+                if st.credit == 0 || st.outbox_bytes >= send_queue {
                     st.send_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
                 let n = (st.credit as usize).min(data.len()).min(MAX_DATA);
                 st.credit -= n as u64;
-                Poll::Ready(Ok(n))
+                let data = data.split_to(n);
+                Poll::Ready(Ok(st.enqueue(Frame::Data { id, data })))
             })
             .await?;
-            let chunk = data.split_to(n);
-            let frame = Frame::Data {
-                id: self.shared.id,
-                data: chunk,
-            };
-            if self.mux.data_tx.send(frame).await.is_err() {
-                return Err(self.tunnel_lost());
+            if schedule {
+                self.mux.schedule(&self.shared);
             }
         }
         Ok(())
     }
 
-    /// Half-closes the sending direction (FIN); receiving continues.
+    /// Queues a frame that must follow everything this stream queued before (OPEN_OK).
+    pub(super) fn queue_frame(&self, frame: Frame) -> Result<(), StreamError> {
+        let schedule = {
+            let mut st = self.shared.lock();
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            st.enqueue(frame)
+        };
+        if schedule {
+            self.mux.schedule(&self.shared);
+        }
+        Ok(())
+    }
+
+    /// Half-closes the sending direction (FIN, after the queued DATA); receiving continues.
     pub async fn finish(&self) -> Result<(), StreamError> {
-        {
+        let schedule = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
                 return Err(e.clone());
@@ -382,15 +458,10 @@ impl MuxStream {
                 return Ok(());
             }
             st.fin_sent = true;
-        }
-        if self
-            .mux
-            .data_tx
-            .send(Frame::Fin { id: self.shared.id })
-            .await
-            .is_err()
-        {
-            return Err(self.tunnel_lost());
+            st.enqueue(Frame::Fin { id: self.shared.id })
+        };
+        if schedule {
+            self.mux.schedule(&self.shared);
         }
         let finished = {
             let mut st = self.shared.lock();
@@ -501,14 +572,6 @@ impl MuxStream {
         st.peer_may_send = true;
         Ok(())
     }
-
-    pub(super) fn tunnel_lost(&self) -> StreamError {
-        let st = self.shared.lock();
-        st.error.clone().unwrap_or(StreamError::Reset {
-            reason: Reason::TunnelLost,
-            message: "tunnel closed".into(),
-        })
-    }
 }
 
 impl Drop for MuxStream {
@@ -534,7 +597,13 @@ impl Drop for MuxStream {
         }
         self.mux.remove_stream(self.shared.id);
         if !done {
-            self.shared.lock().done = true;
+            {
+                // Abandoned: what it still had queued would only be thrown away by the peer.
+                let mut st = self.shared.lock();
+                st.done = true;
+                st.outbox.clear();
+                st.outbox_bytes = 0;
+            }
             if !self.mux.closed.is_cancelled() {
                 // Abortive, like a TCP close with data unread: it may overtake queued DATA.
                 self.mux.push_urgent(Frame::Reset {
