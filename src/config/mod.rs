@@ -175,10 +175,11 @@ impl Default for Limits {
             max_udp_flows: 4096,
             stream_window: 256 * 1024,
             max_stream_window: 16 * 1024 * 1024,
-            // Measured with ../shared/bench/peers.sh: 4 MiB keeps single- and 8-stream
-            // throughput above the peers while peak RSS under 8 streams drops from ~40 to ~24 MiB
-            // (16 MiB: no faster, only bigger).
-            tunnel_buffer: 4 * 1024 * 1024,
+            // benches/wan.sh (25 ms each way, 1 Gbit/s): one stream reaches 47% of the path
+            // at 4 MiB, 73% at 8 MiB, 97% at 16 MiB. With each stream's send queue bounded,
+            // peers.sh's peak RSS on loopback is about the same at 4 and 16 MiB (38 vs 41 MiB,
+            // both processes).
+            tunnel_buffer: 16 * 1024 * 1024,
             // Two reads of a bulk socket: enough to keep the writer busy between turns.
             stream_send_queue: 128 * 1024,
             accept_backlog: 1024,
