@@ -681,3 +681,68 @@ async fn a_bulk_stream_does_not_queue_ahead_of_an_interactive_one() {
     assert!(!p.mux.is_closed());
     drop((bulk, interactive));
 }
+
+/// SECURITY.md: a peer that stops reading makes the streams of its tunnel hold at most
+/// `tunnel_send_queue` bytes together (each stream's own queue is smaller, but there may be
+/// thousands), and closing the tunnel then frees them and stops its writer although the peer
+/// still reads nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_makes_a_tunnel_queue_a_bounded_amount() {
+    let budget = 1024 * 1024;
+    let cfg = MuxConfig {
+        role: Role::Client,
+        send_queue: 128 * 1024,
+        tunnel_send_queue: budget,
+        ..MuxConfig::default()
+    };
+    // The test never reads: one message fits in the transport, one more in the writer.
+    let mut p = Peer::with_buffer(cfg, 1);
+    let streams = 20u32;
+    let credit = 4 * 1024 * 1024;
+    let opens: Vec<_> = (0..streams).map(|i| open(2 * i + 1, credit)).collect();
+    p.send(&opens).await;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut senders = Vec::new();
+    for _ in 0..streams {
+        let s = p.accept().await;
+        let (sent, progress) = (sent.clone(), progress.clone());
+        senders.push(tokio::spawn(async move {
+            let chunk = Bytes::from(vec![b's'; 64 * 1024]);
+            loop {
+                if let Err(e) = s.send(chunk.clone()).await {
+                    return e;
+                }
+                sent.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                progress.notify_one();
+            }
+        }));
+    }
+    // Wait until every sender is stuck: no progress for 300 ms, at most T in all.
+    let deadline = Instant::now() + T;
+    while tokio::time::timeout(Duration::from_millis(300), progress.notified())
+        .await
+        .is_ok()
+    {
+        assert!(Instant::now() < deadline, "senders never stopped");
+    }
+    let queued = sent.load(std::sync::atomic::Ordering::Relaxed);
+    // The budget, plus what the writer took: a batch in the transport, one in the writer.
+    let bound = budget + 4 * sgw::mux::BATCH_BYTES;
+    assert!(
+        queued <= bound,
+        "{queued} bytes queued by {streams} streams of a tunnel nobody reads (bound {bound})"
+    );
+    // Closing ends every sender and the writer, though the peer still reads nothing.
+    p.mux.close("test over");
+    for s in senders {
+        let e = tokio::time::timeout(T, s)
+            .await
+            .expect("sender ended")
+            .unwrap();
+        assert_eq!(e.reason(), Reason::TunnelLost, "{e}");
+    }
+    tokio::time::timeout(T, p.mux.flushed())
+        .await
+        .expect("the writer stopped");
+}

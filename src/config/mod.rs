@@ -149,6 +149,9 @@ pub struct Limits {
     /// DATA bytes one stream may have waiting for its tunnel's writer: what a bulk stream can
     /// put ahead of the others (the writer serves streams round robin) and hold in memory.
     pub stream_send_queue: usize,
+    /// DATA bytes all streams of one tunnel may have waiting for its writer: what a peer that
+    /// stops reading can make the process hold on the sending side.
+    pub tunnel_send_queue: usize,
     pub accept_backlog: usize,
     /// Gateway: datagram bytes queued per UDP flow while its stream opens or is short of
     /// credit; beyond it datagrams are dropped.
@@ -182,6 +185,8 @@ impl Default for Limits {
             tunnel_buffer: 16 * 1024 * 1024,
             // Two reads of a bulk socket: enough to keep the writer busy between turns.
             stream_send_queue: 128 * 1024,
+            // What the single queue of 256 frames held before streams had their own.
+            tunnel_send_queue: 16 * 1024 * 1024,
             accept_backlog: 1024,
             // iperf3 -u at 1 Gbit/s in 1400-byte datagrams (benches/udp.sh): 64 datagrams
             // lost ~24%, 512 (~700 KiB) ~2% against 1.3% direct.
@@ -218,6 +223,7 @@ impl Limits {
             ("max_stream_window", u64::from(self.max_stream_window)),
             ("tunnel_buffer", self.tunnel_buffer),
             ("stream_send_queue", n(self.stream_send_queue)),
+            ("tunnel_send_queue", n(self.tunnel_send_queue)),
             ("accept_backlog", n(self.accept_backlog)),
             ("window_budget", self.window_budget),
         ];
@@ -273,6 +279,17 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
     }
     if let Some(v) = t.size("tunnel_buffer") {
         l.tunnel_buffer = v;
+    }
+    if let Some(v) = t.size("tunnel_send_queue") {
+        if (1024 * 1024..=(1u64 << 30)).contains(&v) {
+            l.tunnel_send_queue = v as usize;
+        } else if let Some(val) = t.get("tunnel_send_queue") {
+            t.err(
+                "tunnel_send_queue",
+                val,
+                format!("{v} is out of range 1MiB..=1GiB"),
+            );
+        }
     }
     if let Some(v) = t.size("stream_send_queue") {
         if (16 * 1024..=16 * 1024 * 1024).contains(&v) {

@@ -151,10 +151,7 @@ fn dispatch(shared: &Arc<MuxState>, frame: Frame, sinks: &ReaderSinks) -> Result
         } => {
             let stream = shared.lock_streams().map.remove(&id);
             if let Some(s) = stream {
-                s.fail_with(
-                    super::StreamError::ResetByPeer { reason, message },
-                    &shared.stats,
-                );
+                s.fail_with(super::StreamError::ResetByPeer { reason, message }, shared);
             }
             Ok(())
         }
@@ -203,7 +200,7 @@ fn violation(shared: &MuxState, stream: &StreamShared, what: String) {
     shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(stream.id = id, error = %what, "stream protocol error, resetting stream");
     shared.remove_stream(id);
-    stream.fail(Reason::Protocol, &what, &shared.stats);
+    stream.fail(Reason::Protocol, &what, shared);
     shared.push_urgent(Frame::Reset {
         id,
         reason: Reason::Protocol,
@@ -228,6 +225,11 @@ fn on_open(
     };
     let stream = {
         let mut t = shared.lock_streams();
+        // A close emptied the table while this message was being dispatched: a stream added
+        // now would never be failed.
+        if shared.closed.is_cancelled() {
+            return Ok(());
+        }
         if is_local(shared.cfg.role, id) || id <= t.max_peer {
             return Err(format!(
                 "OPEN with invalid stream id {id} (last peer id {})",
@@ -284,6 +286,10 @@ fn on_open(
     Ok(())
 }
 
+/// How long a closing tunnel's writer may take to write what explains the close (and, after a
+/// drain, the streams' last frames).
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
 pub(crate) async fn writer_loop<W>(shared: Arc<MuxState>, mut writer: W)
 where
     W: Sink<Bytes, Error = std::io::Error> + Unpin,
@@ -311,7 +317,25 @@ where
             .stats
             .frames_out
             .fetch_add(std::mem::take(&mut count), Ordering::Relaxed);
-        if let Err(e) = writer.send(buf.split().freeze()).await {
+        let sent = {
+            let send = writer.send(buf.split().freeze());
+            tokio::pin!(send);
+            tokio::select! {
+                r = &mut send => r,
+                // A peer that stops reading must not keep a closed tunnel's writer, and all it
+                // holds, forever: the message under way gets the closing grace.
+                _ = shared.closed.cancelled() => {
+                    match tokio::time::timeout(CLOSING_GRACE, &mut send).await {
+                        Ok(r) => r,
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "peer stopped reading",
+                        )),
+                    }
+                }
+            }
+        };
+        if let Err(e) = sent {
             shared.close(format!("tunnel write failed: {e}"));
             shared.clear_ready();
             return;
@@ -325,7 +349,7 @@ where
     // the last stream is done) — in batches the peer accepts, then close the transport; all
     // bounded in time.
     let graceful = shared.graceful.load(Ordering::Acquire);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(CLOSING_GRACE, async {
         loop {
             drain_urgent(&shared, &mut buf, &mut count);
             if graceful {
@@ -351,6 +375,9 @@ fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
         };
         let (frame, more) = stream.next_frame(shared.cfg.send_queue);
         if let Some(f) = frame {
+            if let Frame::Data { data, .. } = &f {
+                shared.send_budget.add_permits(data.len());
+            }
             encode_frame(&f, buf);
             *count += 1;
         }

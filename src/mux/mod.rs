@@ -67,6 +67,8 @@ pub struct MuxConfig {
     pub accept_backlog: usize,
     /// DATA bytes one stream may have waiting for the tunnel's writer.
     pub send_queue: usize,
+    /// DATA bytes all streams together may have waiting for the tunnel's writer.
+    pub tunnel_send_queue: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
     /// Receive window promised to peers by every stream of every tunnel of the process.
@@ -89,6 +91,7 @@ impl MuxConfig {
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
             send_queue: l.stream_send_queue,
+            tunnel_send_queue: l.tunnel_send_queue,
             keepalive_interval: keepalive.interval,
             keepalive_timeout: keepalive.timeout,
             window_budget: WindowBudget::new(l.window_budget),
@@ -102,10 +105,11 @@ impl Default for MuxConfig {
             role: Role::Client,
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,
-            tunnel_window_budget: 4 * 1024 * 1024,
+            tunnel_window_budget: crate::config::Limits::default().tunnel_buffer,
             max_streams: 10_000,
             accept_backlog: 1024,
             send_queue: crate::config::Limits::default().stream_send_queue,
+            tunnel_send_queue: crate::config::Limits::default().tunnel_send_queue,
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
             window_budget: WindowBudget::new(u64::MAX),
@@ -128,6 +132,8 @@ pub enum OpenError {
     TooLarge(usize),
     #[error("the process's window budget of {0} bytes is committed (limits.window_budget)")]
     Budget(u64),
+    #[error("the tunnel's control queue is full: the peer is not reading")]
+    Congested,
 }
 
 impl OpenError {
@@ -139,6 +145,7 @@ impl OpenError {
             OpenError::Limit(_) => Reason::Limit,
             OpenError::TooLarge(_) => Reason::Internal,
             OpenError::Budget(_) => Reason::Limit,
+            OpenError::Congested => Reason::Limit,
         }
     }
 }
@@ -181,6 +188,10 @@ pub(crate) struct MuxState {
     wake_writer: Notify,
     /// Streams with frames in their send queue, served round robin by the writer.
     ready: Mutex<VecDeque<Arc<StreamShared>>>,
+    /// Room for DATA bytes in all send queues together (`tunnel_send_queue`), taken before a
+    /// frame is queued and given back when the writer takes it or a failed stream drops it.
+    /// Closed with the tunnel, which fails every wait for it.
+    send_budget: tokio::sync::Semaphore,
     /// Woken when the last open stream goes: a drain waits on it.
     streams_gone: Notify,
     closed: CancellationToken,
@@ -251,6 +262,7 @@ impl Mux {
             Role::Gateway => 1,
             Role::Client => 2,
         };
+        let send_budget = cfg.tunnel_send_queue;
         let shared = Arc::new(MuxState {
             cfg,
             streams: Mutex::new(StreamTable {
@@ -263,6 +275,7 @@ impl Mux {
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
             ready: Mutex::new(VecDeque::new()),
+            send_budget: tokio::sync::Semaphore::new(send_budget),
             streams_gone: Notify::new(),
             closed: CancellationToken::new(),
             flushed: CancellationToken::new(),
@@ -340,9 +353,9 @@ impl Mux {
                 window: s.cfg.initial_window,
                 meta,
             };
-            if !s.push_control(open) {
+            if let Err(e) = s.push_control(open) {
                 s.cfg.window_budget.give(u64::from(s.cfg.initial_window));
-                return Err(OpenError::TunnelClosed);
+                return Err(e);
             }
             t.map.insert(id, shared.clone());
             MuxStream::new(shared, self.shared.clone())
@@ -523,25 +536,33 @@ impl MuxState {
         self.wake_writer.notify_one();
     }
 
+    /// Takes a failed stream off the ready list: it has nothing left to send.
+    fn unschedule(&self, stream: &StreamShared) {
+        self.lock_ready()
+            .retain(|s| !std::ptr::eq(Arc::as_ptr(s), stream));
+    }
+
     /// The writer has stopped: nothing queued will be sent.
     fn clear_ready(&self) {
         let streams = std::mem::take(&mut *self.lock_ready());
         drop(streams);
     }
 
-    /// Queues a control frame of this side's own making; false (nothing queued) when the
-    /// queue is full or the tunnel closed. Never closes the tunnel, so callers may hold the
-    /// stream table's lock.
-    fn push_control(&self, frame: Frame) -> bool {
+    /// Queues a control frame of this side's own making, or says why not (nothing queued).
+    /// Never closes the tunnel, so callers may hold the stream table's lock.
+    fn push_control(&self, frame: Frame) -> Result<(), OpenError> {
         {
             let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
-            if q.len() >= self.urgent_cap || self.closed.is_cancelled() {
-                return false;
+            if self.closed.is_cancelled() {
+                return Err(OpenError::TunnelClosed);
+            }
+            if q.len() >= self.urgent_cap {
+                return Err(OpenError::Congested);
             }
             q.push_back(frame);
         }
         self.wake_writer.notify_one();
-        true
+        Ok(())
     }
 
     /// Queues a control frame for the writer without waiting. Overflow means the peer makes
@@ -551,7 +572,9 @@ impl MuxState {
             let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
             if q.len() >= self.urgent_cap {
                 drop(q);
-                self.protocol_error("control queue overflow (peer floods requests)".into());
+                self.protocol_error(
+                    "control queue overflow: the peer floods requests or stopped reading".into(),
+                );
                 return;
             }
             q.push_back(frame);
@@ -582,13 +605,16 @@ impl MuxState {
             *r = Some(why);
         }
         self.closed.cancel();
+        self.send_budget.close();
         self.wake_writer.notify_one();
         let streams: Vec<_> = self.lock_streams().map.drain().map(|(_, s)| s).collect();
         self.cfg
             .window_budget
             .give(u64::from(self.cfg.initial_window) * streams.len() as u64);
+        // Only a drained close still sends what the streams queued.
+        let keep = self.graceful.load(Ordering::Acquire);
         for s in streams {
-            s.fail_tunnel_closed(&self.stats);
+            s.fail_tunnel_closed(self, keep);
         }
     }
 

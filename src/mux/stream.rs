@@ -135,6 +135,14 @@ impl StreamState {
         !std::mem::replace(&mut self.scheduled, true)
     }
 
+    /// Empties the send queue (the stream failed or was abandoned); returns the DATA bytes
+    /// it held, for the tunnel's send budget.
+    fn drop_queued(&mut self) -> usize {
+        self.outbox.clear();
+        self.scheduled = false;
+        std::mem::take(&mut self.outbox_bytes)
+    }
+
     fn wake_all(&mut self) {
         if let Some(w) = self.recv_waker.take() {
             w.wake();
@@ -266,36 +274,40 @@ impl StreamShared {
     }
 
     /// Ends the stream with an error (peer reset, violation): what it had queued is dropped.
-    pub(crate) fn fail(&self, reason: Reason, message: &str, stats: &MuxStats) {
+    pub(crate) fn fail(&self, reason: Reason, message: &str, mux: &MuxState) {
         self.fail_with(
             StreamError::Reset {
                 reason,
                 message: message.to_owned(),
             },
-            stats,
+            mux,
         )
     }
 
-    pub(crate) fn fail_with(&self, err: StreamError, stats: &MuxStats) {
-        self.end(err, stats, true);
+    pub(crate) fn fail_with(&self, err: StreamError, mux: &MuxState) {
+        let scheduled = self.end(err, mux, true);
+        if scheduled {
+            mux.unschedule(self);
+        }
     }
 
-    /// The tunnel closed: the stream fails, but its queued frames stay for the writer, which
-    /// sends them only when the close is a drained one (a finished stream's last DATA and
-    /// FIN).
-    pub(crate) fn fail_tunnel_closed(&self, stats: &MuxStats) {
+    /// The tunnel closed: the stream fails. Its queued frames stay for the writer when
+    /// `keep_queued` (a drained close still sends a finished stream's last DATA and FIN);
+    /// the writer, which is stopping, empties its ready list itself.
+    pub(crate) fn fail_tunnel_closed(&self, mux: &MuxState, keep_queued: bool) {
         let err = StreamError::Reset {
             reason: Reason::TunnelLost,
             message: "tunnel closed".into(),
         };
-        self.end(err, stats, false);
+        self.end(err, mux, !keep_queued);
     }
 
-    fn end(&self, err: StreamError, stats: &MuxStats, drop_queued: bool) {
+    /// Fails the stream; true when it is (still) on the ready list.
+    fn end(&self, err: StreamError, mux: &MuxState, drop_queued: bool) -> bool {
         let mut st = self.lock();
+        let scheduled = st.scheduled;
         if drop_queued {
-            st.outbox.clear();
-            st.outbox_bytes = 0;
+            mux.send_budget.add_permits(st.drop_queued());
         }
         if let Some(w) = st.open_waiter.take() {
             let _ = w.send(Err((err.reason(), err.to_string())));
@@ -304,12 +316,13 @@ impl StreamShared {
             st.error = Some(err);
         }
         st.done = true;
-        stats
+        mux.stats
             .buffered
             .fetch_sub(st.recv_bytes as u64, Ordering::Relaxed);
         st.recv_bytes = 0;
         st.recv.clear();
         st.wake_all();
+        scheduled && drop_queued
     }
 }
 
@@ -331,6 +344,14 @@ impl StreamShared {
         st.scheduled = more;
         (frame, more)
     }
+}
+
+/// Why a send found the tunnel closed: the stream's own error, which the close set.
+fn closed_error(st: &StreamState) -> StreamError {
+    st.error.clone().unwrap_or(StreamError::Reset {
+        reason: Reason::TunnelLost,
+        message: "tunnel closed".into(),
+    })
 }
 
 /// An open stream. Send and receive take `&self`, so one task can drive both directions.
@@ -389,6 +410,12 @@ impl MuxStream {
             {
                 return Ok(false);
             }
+            // At most MAX_DATA: fits in u32.
+            match self.mux.send_budget.try_acquire_many(data.len() as u32) {
+                Ok(room) => room.forget(),
+                Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(false),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(closed_error(&st)),
+            }
             st.credit -= data.len() as u64;
             st.enqueue(Frame::Data {
                 id: self.shared.id,
@@ -407,7 +434,7 @@ impl MuxStream {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
         while !data.is_empty() {
-            let schedule = poll_fn(|cx| {
+            let n = poll_fn(|cx| {
                 let mut st = self.shared.lock();
                 if let Some(e) = &st.error {
                     return Poll::Ready(Err(e.clone()));
@@ -421,10 +448,28 @@ impl MuxStream {
                 }
                 let n = (st.credit as usize).min(data.len()).min(MAX_DATA);
                 st.credit -= n as u64;
-                let data = data.split_to(n);
-                Poll::Ready(Ok(st.enqueue(Frame::Data { id, data })))
+                Poll::Ready(Ok(n))
             })
             .await?;
+            // Room in the tunnel's send budget too: all streams of a tunnel whose peer stops
+            // reading hold at most `tunnel_send_queue`. At most MAX_DATA: fits in u32.
+            match self.mux.send_budget.acquire_many(n as u32).await {
+                Ok(room) => room.forget(),
+                Err(_) => return Err(closed_error(&self.shared.lock())),
+            }
+            let schedule = {
+                let mut st = self.shared.lock();
+                if let Some(e) = &st.error {
+                    let e = e.clone();
+                    drop(st);
+                    self.mux.send_budget.add_permits(n);
+                    return Err(e);
+                }
+                st.enqueue(Frame::Data {
+                    id,
+                    data: data.split_to(n),
+                })
+            };
             if schedule {
                 self.mux.schedule(&self.shared);
             }
@@ -551,7 +596,7 @@ impl MuxStream {
             let st = self.shared.lock();
             !st.done
         };
-        self.shared.fail(reason, message, &self.mux.stats);
+        self.shared.fail(reason, message, &self.mux);
         self.mux.remove_stream(self.shared.id);
         if send {
             self.mux.push_urgent(Frame::Reset {
@@ -597,12 +642,16 @@ impl Drop for MuxStream {
         }
         self.mux.remove_stream(self.shared.id);
         if !done {
-            {
+            let (freed, scheduled) = {
                 // Abandoned: what it still had queued would only be thrown away by the peer.
                 let mut st = self.shared.lock();
                 st.done = true;
-                st.outbox.clear();
-                st.outbox_bytes = 0;
+                let scheduled = st.scheduled;
+                (st.drop_queued(), scheduled)
+            };
+            self.mux.send_budget.add_permits(freed);
+            if scheduled {
+                self.mux.unschedule(&self.shared);
             }
             if !self.mux.closed.is_cancelled() {
                 // Abortive, like a TCP close with data unread: it may overtake queued DATA.
