@@ -148,10 +148,10 @@ pub struct Limits {
     pub tunnel_buffer: u64,
     /// DATA bytes one stream may have waiting for its tunnel's writer: what a bulk stream can
     /// put ahead of the others (the writer serves streams round robin) and hold in memory.
-    pub stream_send_queue: usize,
+    pub stream_send_queue: u64,
     /// DATA bytes all streams of one tunnel may have waiting for its writer: what a peer that
     /// stops reading can make the process hold on the sending side.
-    pub tunnel_send_queue: usize,
+    pub tunnel_send_queue: u64,
     pub accept_backlog: usize,
     /// Gateway: datagram bytes queued per UDP flow while its stream opens or is short of
     /// credit; beyond it datagrams are dropped.
@@ -222,8 +222,8 @@ impl Limits {
             ("stream_window", u64::from(self.stream_window)),
             ("max_stream_window", u64::from(self.max_stream_window)),
             ("tunnel_buffer", self.tunnel_buffer),
-            ("stream_send_queue", n(self.stream_send_queue)),
-            ("tunnel_send_queue", n(self.tunnel_send_queue)),
+            ("stream_send_queue", self.stream_send_queue),
+            ("tunnel_send_queue", self.tunnel_send_queue),
             ("accept_backlog", n(self.accept_backlog)),
             ("window_budget", self.window_budget),
         ];
@@ -280,28 +280,6 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
     if let Some(v) = t.size("tunnel_buffer") {
         l.tunnel_buffer = v;
     }
-    if let Some(v) = t.size("tunnel_send_queue") {
-        if (1024 * 1024..=(1u64 << 30)).contains(&v) {
-            l.tunnel_send_queue = v as usize;
-        } else if let Some(val) = t.get("tunnel_send_queue") {
-            t.err(
-                "tunnel_send_queue",
-                val,
-                format!("{v} is out of range 1MiB..=1GiB"),
-            );
-        }
-    }
-    if let Some(v) = t.size("stream_send_queue") {
-        if (16 * 1024..=16 * 1024 * 1024).contains(&v) {
-            l.stream_send_queue = v as usize;
-        } else if let Some(val) = t.get("stream_send_queue") {
-            t.err(
-                "stream_send_queue",
-                val,
-                format!("{v} is out of range 16KiB..=16MiB"),
-            );
-        }
-    }
     if let Some(v) = t.size("udp_flow_buffer") {
         if (64 * 1024..=(1u64 << 30)).contains(&v) {
             l.udp_flow_buffer = v;
@@ -328,6 +306,16 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
             "window_budget",
             &mut l.window_budget,
             1024 * 1024..=(1u64 << 44),
+        ),
+        (
+            "stream_send_queue",
+            &mut l.stream_send_queue,
+            16 * 1024..=16 * 1024 * 1024,
+        ),
+        (
+            "tunnel_send_queue",
+            &mut l.tunnel_send_queue,
+            1024 * 1024..=(1u64 << 30),
         ),
     ] {
         if let Some(v) = t.size(key) {

@@ -90,8 +90,8 @@ impl MuxConfig {
             tunnel_window_budget: l.tunnel_buffer,
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
-            send_queue: l.stream_send_queue,
-            tunnel_send_queue: l.tunnel_send_queue,
+            send_queue: usize::try_from(l.stream_send_queue).unwrap_or(usize::MAX),
+            tunnel_send_queue: usize::try_from(l.tunnel_send_queue).unwrap_or(usize::MAX),
             keepalive_interval: keepalive.interval,
             keepalive_timeout: keepalive.timeout,
             window_budget: WindowBudget::new(l.window_budget),
@@ -108,8 +108,10 @@ impl Default for MuxConfig {
             tunnel_window_budget: crate::config::Limits::default().tunnel_buffer,
             max_streams: 10_000,
             accept_backlog: 1024,
-            send_queue: crate::config::Limits::default().stream_send_queue,
-            tunnel_send_queue: crate::config::Limits::default().tunnel_send_queue,
+            send_queue: usize::try_from(crate::config::Limits::default().stream_send_queue)
+                .unwrap_or(usize::MAX),
+            tunnel_send_queue: usize::try_from(crate::config::Limits::default().tunnel_send_queue)
+                .unwrap_or(usize::MAX),
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
             window_budget: WindowBudget::new(u64::MAX),
@@ -262,7 +264,10 @@ impl Mux {
             Role::Gateway => 1,
             Role::Client => 2,
         };
-        let send_budget = cfg.tunnel_send_queue;
+        // A semaphore holds at most MAX_PERMITS; the config caps the queue far below it.
+        let send_budget = cfg
+            .tunnel_send_queue
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         let shared = Arc::new(MuxState {
             cfg,
             streams: Mutex::new(StreamTable {
