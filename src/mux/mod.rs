@@ -10,9 +10,10 @@
 //!   stream's wait;
 //! - the **keepalive** task sends PINGs (RTT for auto-tuning) and closes a silent tunnel.
 //!
-//! Each stream's send queue is bounded (`limits.stream_send_queue`), so a full tunnel pushes
-//! back on the sockets feeding it. The transport is any `Stream`/`Sink` of messages, so benches and tests
-//! can run the mux over an in-memory pipe; `tunnel` adapts a WebSocket to it.
+//! Send queues are bounded per stream and per tunnel (`limits.stream_send_queue`,
+//! `limits.tunnel_send_queue`), so a full tunnel pushes back on the sockets feeding it. The
+//! transport is any `Stream`/`Sink` of messages, so benches and tests can run the mux over an
+//! in-memory pipe; `tunnel` adapts a WebSocket to it.
 
 mod budget;
 mod incoming;
@@ -90,8 +91,8 @@ impl MuxConfig {
             tunnel_window_budget: l.tunnel_buffer,
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
-            send_queue: usize::try_from(l.stream_send_queue).unwrap_or(usize::MAX),
-            tunnel_send_queue: usize::try_from(l.tunnel_send_queue).unwrap_or(usize::MAX),
+            send_queue: bytes(l.stream_send_queue),
+            tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: keepalive.interval,
             keepalive_timeout: keepalive.timeout,
             window_budget: WindowBudget::new(l.window_budget),
@@ -99,19 +100,23 @@ impl MuxConfig {
     }
 }
 
+/// A byte limit from the config (at most 1 GiB there) as a length.
+fn bytes(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
 impl Default for MuxConfig {
     fn default() -> Self {
+        let l = crate::config::Limits::default();
         MuxConfig {
             role: Role::Client,
             initial_window: 256 * 1024,
             max_window: 16 * 1024 * 1024,
-            tunnel_window_budget: crate::config::Limits::default().tunnel_buffer,
+            tunnel_window_budget: l.tunnel_buffer,
             max_streams: 10_000,
             accept_backlog: 1024,
-            send_queue: usize::try_from(crate::config::Limits::default().stream_send_queue)
-                .unwrap_or(usize::MAX),
-            tunnel_send_queue: usize::try_from(crate::config::Limits::default().tunnel_send_queue)
-                .unwrap_or(usize::MAX),
+            send_queue: bytes(l.stream_send_queue),
+            tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: Duration::from_secs(15),
             keepalive_timeout: Duration::from_secs(45),
             window_budget: WindowBudget::new(u64::MAX),
@@ -549,8 +554,7 @@ impl MuxState {
 
     /// The writer has stopped: nothing queued will be sent.
     fn clear_ready(&self) {
-        let streams = std::mem::take(&mut *self.lock_ready());
-        drop(streams);
+        self.lock_ready().clear();
     }
 
     /// Queues a control frame of this side's own making, or says why not (nothing queued).
