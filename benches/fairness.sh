@@ -20,12 +20,7 @@ PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
 for t in iperf3 redis-server redis-benchmark openssl python3; do
   command -v $t >/dev/null || { echo "$t missing"; exit 1; }
 done
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+. benches/common.sh
 IP=$(free_port); RP=$(free_port)
 iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
 redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
@@ -51,55 +46,17 @@ printf '%-12s %10s %10s %12s %12s %9s %10s\n' tunnel "p50 alone" "p99 alone" "p5
 measure direct "$IP" "$RP"
 
 # sgw: gateway and client as two processes, one tunnel.
-TUN=$(free_port); API=$(free_port); CI=$(free_port); CR=$(free_port)
-"$SGW" init "$dir/sgw" --listen "127.0.0.1:$TUN" --expose "127.0.0.1:$IP@$CI" --expose "127.0.0.1:$RP@$CR" >/dev/null
-sed -i -E "s/^(api_listen *= *).*/\1\"127.0.0.1:$API\"/" "$dir/sgw/gateway.toml"
-sed -i -E 's/^(admin_listen *= *).*/\1"127.0.0.1:0"/; s/^(tunnels *= *).*/\11/' "$dir/sgw/client.toml"
-SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & pids+=($!)
-SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & pids+=($!)
+CI=$(free_port); CR=$(free_port)
+sgw_init --expose "127.0.0.1:$IP@$CI" --expose "127.0.0.1:$RP@$CR"
+sed -i -E 's/^(tunnels *= *).*/\11/' "$dir/sgw/client.toml"
+sgw_start
 for _ in $(seq 100); do [ "$(timeout 2 redis-cli -p "$CR" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
 measure sgw "$CI" "$CR"
 
-RH=$PEERS/rathole/bin/rathole
-if [ -x "$RH" ]; then
-  (cd "$dir" && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1 &&
-    openssl pkcs12 -export -out id.pfx -inkey key.pem -in cert.pem -passout pass:1234 >/dev/null 2>&1)
-  RT=$(free_port); RI=$(free_port); RR=$(free_port)
-  cat >"$dir/rs.toml" <<EOF
-[server]
-bind_addr = "127.0.0.1:$RT"
-[server.transport]
-type = "tls"
-[server.transport.tls]
-pkcs12 = "$dir/id.pfx"
-pkcs12_password = "1234"
-[server.services.a]
-token = "t"
-bind_addr = "127.0.0.1:$RI"
-[server.services.b]
-token = "t"
-bind_addr = "127.0.0.1:$RR"
-EOF
-  cat >"$dir/rc.toml" <<EOF
-[client]
-remote_addr = "localhost:$RT"
-[client.transport]
-type = "tls"
-[client.transport.tls]
-trusted_root = "$dir/cert.pem"
-hostname = "localhost"
-[client.services.a]
-token = "t"
-local_addr = "127.0.0.1:$IP"
-[client.services.b]
-token = "t"
-local_addr = "127.0.0.1:$RP"
-EOF
-  "$RH" -s "$dir/rs.toml" >/dev/null 2>&1 & pids+=($!)
-  "$RH" -c "$dir/rc.toml" >/dev/null 2>&1 & pids+=($!)
+RI=$(free_port); RR=$(free_port)
+if rathole_tls "$RI:$IP" "$RR:$RP"; then
   for _ in $(seq 100); do [ "$(timeout 2 redis-cli -p "$RR" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
   measure rathole-tls "$RI" "$RR"
 else
-  echo "rathole-tls: skipped ($RH missing)"
+  echo "rathole-tls: skipped (no $PEERS/rathole/bin/rathole)"
 fi

@@ -16,19 +16,14 @@ SGW=${SGW_BIN:-target/release/sgw}
 STREAMS=${STREAMS:-10000}
 ulimit -n "$(ulimit -Hn)"
 [ "$(ulimit -n)" -gt $((STREAMS + 1000)) ] || { echo "fd limit $(ulimit -n) is too low for $STREAMS streams"; exit 1; }
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-RP=$(free_port); TUN=$(free_port); API=$(free_port); CR=$(free_port)
+PEERS=${PEERS:-}
+. benches/common.sh
+RP=$(free_port); CR=$(free_port)
 redis-server --port "$RP" --save '' --appendonly no --maxclients $((STREAMS + 100)) >/dev/null 2>&1 & pids+=($!)
-"$SGW" init "$dir/sgw" --listen "127.0.0.1:$TUN" --expose "127.0.0.1:$RP@$CR" >/dev/null
-sed -i -E "s/^(api_listen *= *).*/\1\"127.0.0.1:$API\"/" "$dir/sgw/gateway.toml"
-sed -i -E 's/^(admin_listen *= *).*/\1"127.0.0.1:0"/' "$dir/sgw/client.toml" "$dir/sgw/gateway.toml"
-printf '\n[limits]\nwindow_budget = "3GiB"\n' | tee -a "$dir/sgw/client.toml" >>"$dir/sgw/gateway.toml"
-SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & gw=$!; pids+=($gw)
-SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & cl=$!; pids+=($cl)
+sgw_init --expose "127.0.0.1:$RP@$CR"
+sgw_limits 'window_budget = "3GiB"'
+sgw_start
+gw=$GW; cl=$CL
 for _ in $(seq 100); do [ "$(timeout 2 redis-cli -p "$CR" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 base=$(( $(rss $gw) + $(rss $cl) ))

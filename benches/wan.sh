@@ -13,11 +13,8 @@ SGW=${SGW_BIN:-target/release/sgw}
 DELAY_MS=${DELAY_MS:-25}
 RATE_MBIT=${RATE_MBIT:-1000}
 SECS=${SECS:-10}
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PEERS=${PEERS:-}
+. benches/common.sh
 proxy() { # listen target: starts a delay proxy, waits until it listens
   python3 benches/delay_proxy.py "$1" "$2" "$DELAY_MS" "$RATE_MBIT" >"$dir/proxy.$1" 2>&1 & pids+=($!)
   for _ in $(seq 100); do grep -q ready "$dir/proxy.$1" 2>/dev/null && return 0; sleep 0.1; done
@@ -32,18 +29,13 @@ iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
 proxy "$PD" "$IP"
 direct=$(gbps "$PD")
 
-TUN=$(free_port); PT=$(free_port); API=$(free_port); CI=$(free_port)
-"$SGW" init "$dir/sgw" --listen "127.0.0.1:$TUN" --expose "127.0.0.1:$IP@$CI" >/dev/null
-sed -i -E "s/^(api_listen *= *).*/\1\"127.0.0.1:$API\"/" "$dir/sgw/gateway.toml"
-sed -i -E 's/^(admin_listen *= *).*/\1"127.0.0.1:0"/' "$dir/sgw/client.toml" "$dir/sgw/gateway.toml"
+PT=$(free_port); CI=$(free_port)
+sgw_init --expose "127.0.0.1:$IP@$CI"
 # The client reaches the gateway through the delay proxy.
 sed -i -E "s#^(url *= *).*#\1\"wss://localhost:$PT/tunnel\"#" "$dir/sgw/client.toml"
 proxy "$PT" "$TUN"
-if [ -n "${LIMITS:-}" ]; then
-  printf '\n[limits]\n%s\n' "$LIMITS" | tee -a "$dir/sgw/client.toml" >>"$dir/sgw/gateway.toml"
-fi
-SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & pids+=($!)
-SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & pids+=($!)
+[ -z "${LIMITS:-}" ] || sgw_limits "$LIMITS"
+sgw_start
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$CI) 2>/dev/null && iperf3 -c 127.0.0.1 -p "$CI" -n 1K >/dev/null 2>&1 && break; sleep 0.2; done
 down=$(gbps "$CI")
 up=$(gbps "$CI" -R)

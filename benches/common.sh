@@ -1,0 +1,54 @@
+# Sourced by the benchmark scripts: a temporary directory and the processes started in it
+# (stopped and removed on exit), free ports, and sgw and rathole-tls set-ups on loopback.
+# Expects SGW (the sgw binary) and PEERS (see ../shared/bench/peers.sh) to be set.
+dir=$(mktemp -d)
+chmod 755 "$dir"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# sgw_init ARGS...: `sgw init` into $dir/sgw, the gateway on the free port $TUN, the API on a
+# free port and both admin endpoints on port 0; ARGS are init's (--expose ...). Edit the files
+# in $dir/sgw before sgw_start.
+sgw_init() {
+  TUN=$(free_port)
+  "$SGW" init "$dir/sgw" --listen "127.0.0.1:$TUN" "$@" >/dev/null
+  sed -i -E "s/^(api_listen *= *).*/\1\"127.0.0.1:$(free_port)\"/" "$dir/sgw/gateway.toml"
+  sed -i -E 's/^(admin_listen *= *).*/\1"127.0.0.1:0"/' "$dir/sgw/client.toml" "$dir/sgw/gateway.toml"
+}
+
+# sgw_limits LINE...: a [limits] table with these lines in both programs' files.
+sgw_limits() {
+  printf '\n[limits]\n' | tee -a "$dir/sgw/client.toml" >>"$dir/sgw/gateway.toml"
+  printf '%s\n' "$@" | tee -a "$dir/sgw/client.toml" >>"$dir/sgw/gateway.toml"
+}
+
+# sgw_start: the gateway and the client as two processes ($GW and $CL), logging warnings.
+sgw_start() {
+  SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & GW=$!; pids+=($GW)
+  SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & CL=$!; pids+=($CL)
+}
+
+# rathole_tls BIND:TARGET...: a rathole server and client over TLS, forwarding each BIND port
+# to its TARGET port. Fails (starts nothing) when $PEERS has no rathole.
+rathole_tls() {
+  local rh=$PEERS/rathole/bin/rathole rt i=0 p
+  [ -x "$rh" ] || return 1
+  (cd "$dir" && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 \
+    -subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1 &&
+    openssl pkcs12 -export -out id.pfx -inkey key.pem -in cert.pem -passout pass:1234 >/dev/null 2>&1)
+  rt=$(free_port)
+  printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.transport]\ntype = "tls"\n[server.transport.tls]\npkcs12 = "%s/id.pfx"\npkcs12_password = "1234"\n' \
+    "$rt" "$dir" >"$dir/rs.toml"
+  printf '[client]\nremote_addr = "localhost:%s"\n[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "%s/cert.pem"\nhostname = "localhost"\n' \
+    "$rt" "$dir" >"$dir/rc.toml"
+  for p in "$@"; do
+    i=$((i + 1))
+    printf '[server.services.s%d]\ntoken = "t"\nbind_addr = "127.0.0.1:%s"\n' $i "${p%%:*}" >>"$dir/rs.toml"
+    printf '[client.services.s%d]\ntoken = "t"\nlocal_addr = "127.0.0.1:%s"\n' $i "${p#*:}" >>"$dir/rc.toml"
+  done
+  "$rh" -s "$dir/rs.toml" >/dev/null 2>&1 & pids+=($!)
+  "$rh" -c "$dir/rc.toml" >/dev/null 2>&1 & pids+=($!)
+}
