@@ -116,7 +116,7 @@ async fn world() -> World {
     tokio::spawn(gw.run(stop.clone()));
     let mut c = ClientConfig::load(&w.client_toml).unwrap();
     for l in &mut c.gateways {
-        l.url.port = handle.tunnel_addr().port();
+        l.replicas[0].url.port = handle.tunnel_addr().port();
     }
     let acl = Acl::load(&c.acl_file, c.default_policy).unwrap();
     let client = Client::new(c, acl).unwrap();

@@ -24,6 +24,7 @@ pub mod mux;
 pub mod proto;
 pub mod relay;
 pub mod socks5;
+pub mod store;
 pub mod systemd;
 pub mod telemetry;
 pub mod tls;

@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 use sgw::commands::acl::AclCmd;
 use sgw::commands::admin::{HealthArgs, StatusArgs};
 use sgw::commands::setup::{EnrollArgs, InitArgs};
-use sgw::commands::{acl, admin, setup};
+use sgw::commands::state::StateCmd;
+use sgw::commands::{acl, admin, setup, state};
 use sgw::daemon::client::ClientArgs;
 use sgw::daemon::gateway::GatewayArgs;
 use sgw::daemon::quickstart::QuickstartArgs;
@@ -48,6 +49,11 @@ enum Cmd {
     /// Exit 0 if the running process is alive (/healthz), or with --ready, ready (/readyz).
     /// For container health checks.
     Health(HealthArgs),
+    /// The management API's store: `state migrate` moves a state file into PostgreSQL.
+    State {
+        #[command(subcommand)]
+        cmd: StateCmd,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -102,6 +108,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, Error> {
             cmd: ConfigCmd::Check { file },
         } => setup::check_config(file),
         Cmd::Acl { cmd } => acl::run(cmd).await,
+        Cmd::State { cmd } => state::run(cmd).await,
         Cmd::Status(args) => admin::status(args).await,
         Cmd::Health(args) => admin::health(args).await,
         Cmd::Version => {

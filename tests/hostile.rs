@@ -778,7 +778,7 @@ async fn tunnels_per_client_are_capped() {
     let gw = start_gateway(setup.gateway.clone()).await;
     let mut cfg = setup.client.clone();
     cfg.gateways[0].tunnels = 5;
-    cfg.gateways[0].url.port = gw.handle.tunnel_addr().port();
+    cfg.gateways[0].replicas[0].url.port = gw.handle.tunnel_addr().port();
     let acl = sgw::acl::Acl::load(&cfg.acl_file, cfg.default_policy).unwrap();
     let client = sgw::client::Client::new(cfg, acl).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -1003,7 +1003,7 @@ async fn raw_client(
     instance: &str,
 ) -> (sgw::mux::Mux, sgw::mux::Events) {
     let mut link = setup.client.gateways[0].clone();
-    link.url.port = gw.handle.tunnel_addr().port();
+    link.replicas[0].url.port = gw.handle.tunnel_addr().port();
     sgw::tls::install_crypto();
     let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
     let hello = sgw::proto::Hello {
@@ -1014,7 +1014,9 @@ async fn raw_client(
         instance: instance.into(),
         features: vec![],
     };
-    let (ws, _welcome) = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap();
+    let (ws, _welcome) = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+        .await
+        .unwrap();
     let (r, w) = sgw::tunnel::split(ws);
     let cfg = sgw::mux::MuxConfig {
         role: sgw::mux::Role::Client,

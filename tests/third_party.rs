@@ -95,67 +95,6 @@ async fn redis_benchmark_and_redis_cli_through_the_tunnel() {
     );
 }
 
-/// PostgreSQL (Debian's package) in a fresh data directory on a free loopback port, run as the
-/// `postgres` user when we are root (postgres refuses root). `None` when it can't be run here.
-async fn start_postgres() -> Option<(Daemon, u16, tempfile::TempDir)> {
-    let bin = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .find(|b| b.join("initdb").is_file())?;
-    let dir = tempfile::tempdir().ok()?;
-    let data = dir.path().join("data");
-    let root = nix_is_root();
-    let as_pg = |prog: &str| {
-        let mut c = if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
-            c
-        } else {
-            Command::new(bin.join(prog))
-        };
-        c.stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
-    };
-    if root {
-        let ok = Command::new("chown")
-            .args(["postgres:", dir.path().to_str()?])
-            .status()
-            .ok()?
-            .success();
-        if !ok {
-            return None;
-        }
-    }
-    let init = as_pg("initdb")
-        .args(["-A", "trust", "-U", "postgres", "-D"])
-        .arg(&data)
-        .status()
-        .ok()?;
-    if !init.success() {
-        return None;
-    }
-    let port = free_port();
-    let child = as_pg("postgres")
-        .arg("-D")
-        .arg(&data)
-        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
-        .arg("-k")
-        .arg(dir.path())
-        .spawn()
-        .ok()?;
-    let pg = Daemon(child);
-    wait_listening(port).await;
-    Some((pg, port, dir))
-}
-
-fn nix_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
 /// Secure Gateway's default: no idle timeout. With the default config a psql session and a
 /// redis `BLPOP key 0` sit idle through the tunnel for longer than the old 30 s default and
 /// still work (docs/DESTINATIONS.md "Timeouts").
@@ -169,11 +108,11 @@ async fn idle_psql_session_and_blocking_blpop_outlive_the_old_30s_default() {
         println!("SKIPPED: redis-server is needed (apt-get install redis-server)");
         return;
     };
-    let Some((_pg, pg_port, _pgdir)) = start_postgres().await else {
+    let Some(postgres) = Postgres::start().await else {
         println!("SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)");
         return;
     };
-    let pg: std::net::SocketAddr = format!("127.0.0.1:{pg_port}").parse().unwrap();
+    let pg: std::net::SocketAddr = format!("127.0.0.1:{}", postgres.port).parse().unwrap();
     let redis: std::net::SocketAddr = format!("127.0.0.1:{redis_port}").parse().unwrap();
     let h = Harness::start(&[pg, redis], |s| {
         // The defaults this test checks: nothing set, so none.

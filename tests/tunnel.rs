@@ -285,7 +285,7 @@ async fn wrong_token_gets_401_before_upgrade() {
     let setup = Setup::new(&[]);
     let gw = start_gateway(setup.gateway.clone()).await;
     let mut link = setup.client.gateways[0].clone();
-    link.url.port = gw.handle.tunnel_addr().port();
+    link.replicas[0].url.port = gw.handle.tunnel_addr().port();
     link.token = sgw::config::Secret::new("not-the-token");
     let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
     let hello = sgw::proto::Hello {
@@ -296,7 +296,9 @@ async fn wrong_token_gets_401_before_upgrade() {
         instance: "i".into(),
         features: Vec::new(),
     };
-    let err = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap_err();
+    let err = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, sgw::tunnel::ConnectError::Unauthorized),
         "{err}"
@@ -307,7 +309,9 @@ async fn wrong_token_gets_401_before_upgrade() {
     );
     link.gateway_id = "no-such-gateway".into();
     link.token = setup.client.gateways[0].token.clone();
-    let err = sgw::tunnel::connect(&link, &tls, &hello).await.unwrap_err();
+    let err = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, sgw::tunnel::ConnectError::Unauthorized),
         "{err}"

@@ -9,6 +9,7 @@ use super::backend::Backend;
 use super::error::ApiError;
 use crate::config::state::StateFile;
 use crate::config::{ApiConfig, TenantConfig};
+use crate::store::Store;
 
 /// Who is calling.
 pub(super) enum Caller {
@@ -23,18 +24,24 @@ pub struct Api<B> {
     pub(super) settings: ApiConfig,
     /// Held across a whole change (validate, apply, write), so changes never interleave.
     pub(super) state: tokio::sync::Mutex<StateFile>,
+    /// Where changes are committed.
+    pub(super) store: Store,
+    /// Asks the store follower to re-read now (a commit found this copy behind).
+    pub(super) resync: tokio::sync::Notify,
 }
 
 impl<B: Backend> Api<B> {
-    /// `state`: what `state_file` held at start (already applied to the backend).
-    pub fn new(backend: B, settings: ApiConfig, state: StateFile) -> Arc<Self> {
-        if settings.state_file.is_none() {
-            warn!("api_listen without state_file: gateways created through the API are lost at restart");
+    /// `state`: what `store` held at start (already applied to the backend).
+    pub fn new(backend: B, settings: ApiConfig, state: StateFile, store: Store) -> Arc<Self> {
+        if matches!(store, Store::Memory) {
+            warn!("api_listen without state_file or state_store: gateways created through the API are lost at restart");
         }
         Arc::new(Api {
             backend,
             settings,
             state: tokio::sync::Mutex::new(state),
+            store,
+            resync: tokio::sync::Notify::new(),
         })
     }
 

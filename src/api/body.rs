@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::access::Api;
 use super::error::ApiError;
+use crate::config::state::GatewayRecord;
 
 pub(super) type ApiState<B> = State<Arc<Api<B>>>;
 
@@ -128,6 +129,17 @@ pub(super) async fn upload(req: Request) -> Result<Vec<(String, String)>, ApiErr
 
 pub(super) fn ok(v: impl serde::Serialize) -> Answer {
     Ok(Json(v).into_response())
+}
+
+/// An answer about one API-managed gateway, with its revision as the ETag (for `If-Match`).
+pub(super) fn ok_at(v: impl serde::Serialize, rec: Option<&GatewayRecord>) -> Answer {
+    let mut r = Json(v).into_response();
+    if let Some(tag) =
+        rec.and_then(|g| axum::http::HeaderValue::from_str(&format!("\"{}\"", g.revision)).ok())
+    {
+        r.headers_mut().insert(axum::http::header::ETAG, tag);
+    }
+    Ok(r)
 }
 
 pub(super) fn prefix(e: ApiError, at: &str) -> ApiError {

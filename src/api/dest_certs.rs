@@ -34,9 +34,9 @@ pub(super) async fn put_cert<B: Backend>(
     Path((_, id)): Path<(String, String)>,
     req: Request,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let parts = upload(req).await?;
-    edit_dest(&api, &gw, &id, |doc| certs::put(doc, parts)).await
+    edit_dest(&api, &gw, if_match, &id, |doc| certs::put(doc, parts)).await
 }
 
 #[derive(Deserialize)]
@@ -51,8 +51,11 @@ pub(super) async fn delete_cert<B: Backend>(
     Path((_, id)): Path<(String, String)>,
     JsonBody(f): JsonBody<FileNames>,
 ) -> Answer {
-    let gw = call.id;
-    edit_dest(&api, &gw, &id, |doc| certs::delete(doc, &f.filename)).await
+    let (gw, if_match) = (call.id, call.if_match);
+    edit_dest(&api, &gw, if_match, &id, |doc| {
+        certs::delete(doc, &f.filename)
+    })
+    .await
 }
 
 pub(super) async fn gen_certs<B: Backend>(
@@ -60,6 +63,6 @@ pub(super) async fn gen_certs<B: Backend>(
     call: GatewayCall,
     Path((_, id)): Path<(String, String)>,
 ) -> Answer {
-    let gw = call.id;
-    edit_dest(&api, &gw, &id, certs::generate).await
+    let (gw, if_match) = (call.id, call.if_match);
+    edit_dest(&api, &gw, if_match, &id, certs::generate).await
 }

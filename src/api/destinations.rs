@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::body::{import_file, GatewayFile};
 use super::body::{
-    json_type, need_body, object, ok, prefix, typed, upload, Answer, ApiState, RawBody,
+    json_type, need_body, object, ok, ok_at, prefix, typed, upload, Answer, ApiState, RawBody,
 };
 use super::extract::{GatewayCall, JsonBody};
 use super::views::{filter_enabled, find_dest, random_id, MAX_ID};
@@ -178,11 +178,11 @@ pub(super) async fn create_dest<B: Backend>(
     call: GatewayCall,
     body: RawBody,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let doc = object(need_body(body)?, "the body")?;
     let mut id = String::new();
     let (rec, cfg) = api
-        .change(&gw, |r| {
+        .change(&gw, if_match, |r| {
             let d = new_dest(&api, doc, &dest_ids(r), Origin::Request)?;
             id = d
                 .config
@@ -210,7 +210,7 @@ fn dest_answer<B: Backend>(
         .iter()
         .find(|d| d.id == id)
         .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
-    ok(api.dest_view(gw, d, Some(rec)))
+    ok_at(api.dest_view(gw, d, Some(rec)), Some(rec))
 }
 
 #[derive(Deserialize)]
@@ -224,8 +224,8 @@ pub(super) async fn bulk_delete<B: Backend>(
     call: GatewayCall,
     JsonBody(l): JsonBody<IdList>,
 ) -> Answer {
-    let gw = call.id;
-    api.change(&gw, |r| {
+    let (gw, if_match) = (call.id, call.if_match);
+    api.change(&gw, if_match, |r| {
         for id in &l.destinations {
             let i = find_dest(r, id)
                 .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
@@ -242,7 +242,7 @@ pub(super) async fn import_dests<B: Backend>(
     call: GatewayCall,
     req: Request,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let v = import_file(upload(req).await?)?;
     let list = match v {
         Value::Object(m) => match typed::<GatewayFile>(Value::Object(m)) {
@@ -259,7 +259,7 @@ pub(super) async fn import_dests<B: Backend>(
     };
     let mut ids = Vec::new();
     let (rec, cfg) = api
-        .change(&gw, |r| {
+        .change(&gw, if_match, |r| {
             for (j, d) in list.into_iter().enumerate() {
                 let at = |e| prefix(e, &format!("destinations[{j}]"));
                 let doc = object(d, "a destination").map_err(at)?;
@@ -303,18 +303,19 @@ pub(super) async fn get_dest<B: Backend>(
     let GatewayCall { id: gw, cfg, .. } = call;
     let d = running_dest(&cfg, &id)?;
     let rec = api.record(&gw).await;
-    ok(api.dest_view(&gw, d, rec.as_ref()))
+    ok_at(api.dest_view(&gw, d, rec.as_ref()), rec.as_ref())
 }
 
 /// Changes one destination's document with `edit`, then validates it.
 pub(super) async fn edit_dest<B: Backend>(
     api: &Api<B>,
     gw: &str,
+    if_match: Option<i64>,
     id: &str,
     edit: impl FnOnce(&mut Map<String, Value>) -> Result<(), ApiError>,
 ) -> Answer {
     let (rec, cfg) = api
-        .change(gw, |r| {
+        .change(gw, if_match, |r| {
             let i = find_dest(r, id)
                 .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
             let mut doc = r.destinations[i].config.clone();
@@ -334,7 +335,7 @@ pub(super) async fn update_dest<B: Backend>(
     Path((_, id)): Path<(String, String)>,
     body: RawBody,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let mut patch = object(need_body(body)?, "the body")?;
     normalise(&mut patch)?;
     match patch.get("id") {
@@ -343,7 +344,7 @@ pub(super) async fn update_dest<B: Backend>(
         }
         _ => {}
     }
-    edit_dest(&api, &gw, &id, |doc| {
+    edit_dest(&api, &gw, if_match, &id, |doc| {
         // A key set to null goes back to its default.
         for (k, v) in patch {
             if v.is_null() {
@@ -363,8 +364,8 @@ pub(super) async fn delete_dest<B: Backend>(
     call: GatewayCall,
     Path((_, id)): Path<(String, String)>,
 ) -> Answer {
-    let gw = call.id;
-    api.change(&gw, |r| {
+    let (gw, if_match) = (call.id, call.if_match);
+    api.change(&gw, if_match, |r| {
         let i = find_dest(r, &id)
             .ok_or_else(|| ApiError::not_found(format!("no destination `{id}`")))?;
         r.destinations.remove(i);

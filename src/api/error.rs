@@ -80,6 +80,13 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer"),
             );
         }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The store is retried in the background; a few seconds is a fair first wait.
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
         r
     }
 }
@@ -90,5 +97,17 @@ impl From<ApplyError> for ApiError {
             ApplyError::Conflict(m) => ApiError::conflict(m),
             ApplyError::Invalid(m) => ApiError::bad_request(m),
         }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        let status = match &e {
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Failed(_) | StoreError::Invalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
     }
 }

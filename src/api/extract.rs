@@ -22,6 +22,28 @@ pub(super) struct GatewayCall {
     pub caller: Caller,
     /// The gateway id as it runs.
     pub cfg: TenantConfig,
+    /// `If-Match`: the revision (ETag) the caller last read; a change is refused with 409
+    /// if the gateway has changed since.
+    pub if_match: Option<i64>,
+}
+
+/// `If-Match: "N"` (an ETag this API gave), `W/"N"`, or `*` (any revision).
+fn if_match(parts: &Parts) -> Result<Option<i64>, ApiError> {
+    let Some(v) = parts.headers.get(axum::http::header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    text.trim_start_matches("W/")
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request("If-Match: expected an ETag this API gave, such as \"3\"")
+        })
 }
 
 impl<B: Backend> FromRequestParts<Arc<Api<B>>> for GatewayCall {
@@ -40,7 +62,13 @@ impl<B: Backend> FromRequestParts<Arc<Api<B>>> for GatewayCall {
             .map(|(_, v)| v.to_owned())
             .ok_or_else(|| ApiError::not_found("no such API call"))?;
         let (caller, cfg) = api.authorize(&parts.headers, &id)?;
-        Ok(GatewayCall { id, caller, cfg })
+        let if_match = if_match(parts)?;
+        Ok(GatewayCall {
+            id,
+            caller,
+            cfg,
+            if_match,
+        })
     }
 }
 

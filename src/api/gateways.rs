@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::body::{import_file, GatewayFile};
-use super::body::{json_body, object, ok, prefix, typed, upload, Answer, ApiState, RawBody};
+use super::body::{json_body, object, ok, ok_at, prefix, typed, upload, Answer, ApiState, RawBody};
 use super::destinations::{new_dest, Origin};
 use super::extract::{AdminCall, GatewayCall, JsonBody};
 use super::views::{check_token_exp, expiry, filter_enabled, find_dest, new_record, NewGateway};
@@ -77,7 +77,7 @@ pub(super) async fn gateways_activity<B: Backend>(
         for id in ids {
             let mut changed = false;
             let (rec, cfg) = api
-                .change(id, |r| {
+                .change(id, None, |r| {
                     changed = r.enabled != want;
                     r.enabled = want;
                     Ok(())
@@ -172,7 +172,7 @@ pub(super) async fn stats_all<B: Backend>(State(api): ApiState<B>, _: AdminCall)
 pub(super) async fn get_gateway<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
     let GatewayCall { id: gw, cfg, .. } = call;
     let rec = api.record(&gw).await;
-    ok(api.gateway_view(&cfg, rec.as_ref()))
+    ok_at(api.gateway_view(&cfg, rec.as_ref()), rec.as_ref())
 }
 
 #[derive(Deserialize)]
@@ -190,10 +190,10 @@ pub(super) async fn update_gateway<B: Backend>(
     call: GatewayCall,
     JsonBody(u): JsonBody<GatewayUpdate>,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let days = check_token_exp(u.token_exp)?;
     let (rec, cfg) = api
-        .change(&gw, |r| {
+        .change(&gw, if_match, |r| {
             if let Some(d) = u.desc {
                 r.desc = d;
             }
@@ -211,7 +211,7 @@ pub(super) async fn update_gateway<B: Backend>(
             Ok(())
         })
         .await?;
-    ok(api.gateway_view(&cfg, Some(&rec)))
+    ok_at(api.gateway_view(&cfg, Some(&rec)), Some(&rec))
 }
 
 pub(super) async fn delete_gateway<B: Backend>(
@@ -237,11 +237,11 @@ pub(super) async fn dests_activity<B: Backend>(
     call: GatewayCall,
     JsonBody(a): JsonBody<Activity>,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let mut changed = Vec::new();
     let mut same = Vec::new();
     let (rec, cfg) = api
-        .change(&gw, |r| {
+        .change(&gw, if_match, |r| {
             for (ids, want) in [(&a.set_active, true), (&a.set_inactive, false)] {
                 for id in ids {
                     let i = find_dest(r, id)

@@ -1,10 +1,11 @@
 //! The gateway's management REST API (docs/API.md, after the Secure Gateway REST API): `/v1/...` JSON over HTTPS.
 //!
 //! Gateways from `gateway.toml` can be read here but are changed in that file (SIGHUP);
-//! gateways created or imported here live in `state_file` and are changed only here. Every
-//! change is validated by the same reader as `gateway.toml`, applied to the running gateway
-//! through [`Backend::apply`] (connected clients get it as a CONFIG push), then written to
-//! the state file atomically; if the write fails the running gateway is put back.
+//! gateways created or imported here live in the store (`state_file`, or `state_store` shared
+//! by replicas: `crate::store`) and are changed only here. Every change is validated by the
+//! same reader as `gateway.toml`, applied to the running gateway through [`Backend::apply`]
+//! (connected clients get it as a CONFIG push), then committed to the store; if the commit
+//! fails the running gateway is put back. Replicas follow each other's commits (follow.rs).
 //!
 //! One request's path: [`serve`] (TLS, HTTP/1, connection limits: `crate::listen::http`) →
 //! the route table (routes.rs) → a handler by resource → `Api::authorize` (access.rs) →
@@ -19,6 +20,7 @@ mod dest_certs;
 mod destinations;
 mod error;
 mod extract;
+mod follow;
 mod gateways;
 mod routes;
 mod rules;
@@ -37,6 +39,7 @@ pub use backend::{
     rfc3339_text, ApplyError, Backend, ClientLogLine, ClientView, GoneClient, IdCounts,
 };
 pub use error::ApiError;
+pub use follow::{follow_store, RESYNC_EVERY};
 pub use routes::ROUTES;
 
 /// How long a caller of the API may take for its TLS handshake and each request head.

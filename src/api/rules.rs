@@ -39,8 +39,8 @@ pub(super) async fn put_rule<B: Backend>(
     Path((_, id)): Path<(String, String)>,
     JsonBody(rule): JsonBody<Rule>,
 ) -> Answer {
-    let gw = call.id;
-    edit_dest(&api, &gw, &id, |doc| {
+    let (gw, if_match) = (call.id, call.if_match);
+    edit_dest(&api, &gw, if_match, &id, |doc| {
         let mut obj = Map::new();
         for (k, v) in [("src", &rule.src), ("spt", &rule.spt), ("app", &rule.app)] {
             if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
@@ -73,9 +73,9 @@ pub(super) async fn delete_rule<B: Backend>(
     Path((_, id)): Path<(String, String)>,
     body: RawBody,
 ) -> Answer {
-    let gw = call.id;
+    let (gw, if_match) = (call.id, call.if_match);
     let want: Option<Rule> = json_body(body)?.map(typed).transpose()?;
-    edit_dest(&api, &gw, &id, |doc| {
+    edit_dest(&api, &gw, if_match, &id, |doc| {
         let all = want
             .as_ref()
             .is_none_or(|w| w.src.is_none() && w.spt.is_none() && w.app.is_none());

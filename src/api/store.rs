@@ -1,23 +1,26 @@
 //! Changes to the API-managed gateways, one at a time: edit the record, validate it with
-//! the config reader, apply it to the running gateway, then write the state file
-//! atomically; if the write fails the running gateway is put back.
+//! the config reader, apply it to the running gateway, then commit it to the store (the
+//! state file, or PostgreSQL shared by replicas); if the commit fails the running gateway is
+//! put back.
 
-use axum::http::StatusCode;
 use serde_json::Value;
-use tracing::warn;
 
 use super::access::Api;
 use super::backend::Backend;
 use super::error::ApiError;
-use crate::config::state::{tenant_from_record, GatewayRecord, StateFile};
+use crate::config::state::{tenant_from_record, GatewayRecord};
 use crate::config::TenantConfig;
+use crate::store::{Change, StoreError};
 
 impl<B: Backend> Api<B> {
-    /// Changes one API-managed gateway: `edit` the record, validate, apply, persist.
-    /// Gateways from gateway.toml are refused with 403.
+    /// Changes one API-managed gateway: `edit` the record, validate, apply, commit.
+    /// Gateways from gateway.toml are refused with 403. `if_match`: the revision the caller
+    /// read (`If-Match`); another one is refused with 409, as is a commit that finds the store
+    /// changed since this replica read it.
     pub(super) async fn change<F>(
         &self,
         gateway_id: &str,
+        if_match: Option<i64>,
         edit: F,
     ) -> Result<(GatewayRecord, TenantConfig), ApiError>
     where
@@ -28,6 +31,12 @@ impl<B: Backend> Api<B> {
             return Err(self.not_managed(gateway_id));
         };
         let old = st.gateways[idx].clone();
+        if let Some(want) = if_match.filter(|w| *w != old.revision) {
+            return Err(ApiError::conflict(format!(
+                "If-Match: gateway `{gateway_id}` is at revision \"{}\" now, not \"{want}\": it was changed since you read it; read it again and retry",
+                old.revision
+            )));
+        }
         let mut rec = old.clone();
         edit(&mut rec)?;
         rec.updated_at = crate::telemetry::unix_ms();
@@ -36,12 +45,14 @@ impl<B: Backend> Api<B> {
         sync_ports(&mut rec, &running);
         let mut new = st.clone();
         new.gateways[idx] = rec.clone();
-        if let Err(e) = self.persist(&new) {
+        if let Err(e) = self.commit(&new, Change::Put(&rec)).await {
             if let Ok(c) = tenant_from_record(&old) {
                 let _ = self.backend.apply(c).await;
             }
             return Err(e);
         }
+        rec.revision += 1;
+        new.gateways[idx].revision = rec.revision;
         *st = new;
         Ok((rec, running))
     }
@@ -74,13 +85,27 @@ impl<B: Backend> Api<B> {
         }
         let failed = match failed {
             Some(e) => Some(e),
-            None => self.persist(&new).err(),
+            None => {
+                let recs: Vec<GatewayRecord> = done.iter().map(|(r, _)| r.clone()).collect();
+                self.commit(&new, Change::Insert(&recs)).await.err()
+            }
         };
         if let Some(e) = failed {
             for (r, _) in &done {
                 self.backend.remove(&r.id).await;
             }
             return Err(e);
+        }
+        // A new row's first revision (the store's numbering).
+        for g in new
+            .gateways
+            .iter_mut()
+            .filter(|g| done.iter().any(|(r, _)| r.id == g.id))
+        {
+            g.revision = 1;
+        }
+        for (r, _) in done.iter_mut() {
+            r.revision = 1;
         }
         *st = new;
         Ok(done)
@@ -95,7 +120,7 @@ impl<B: Backend> Api<B> {
         let mut new = st.clone();
         let old = new.gateways.remove(idx);
         self.backend.remove(gateway_id).await;
-        if let Err(e) = self.persist(&new) {
+        if let Err(e) = self.commit(&new, Change::Delete(&old)).await {
             if let Ok(c) = tenant_from_record(&old) {
                 let _ = self.backend.apply(c).await;
             }
@@ -124,29 +149,21 @@ impl<B: Backend> Api<B> {
         self.state.lock().await.gateways.clone()
     }
 
-    pub(super) fn persist(&self, state: &StateFile) -> Result<(), ApiError> {
-        let Some(path) = &self.settings.state_file else {
-            return Ok(());
-        };
-        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        // The first change creates the directory (/var/lib/sgw outside systemd's StateDirectory).
-        let parent = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty() && !p.exists());
-        let made = parent.map_or(Ok(()), |p| {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(p)
-        });
-        made.and_then(|()| crate::fsutil::write_atomic(path, &bytes, 0o600)).map_err(|e| {
-            warn!(state_file = %path.display(), error = %e, "cannot write the state file; change undone");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot write state_file {}: {e}; nothing was changed", path.display()),
-            )
-        })
+    /// Commits a change to the store; a refusal or failure becomes the API's answer. A
+    /// conflict means this replica's copy is behind: it is re-read at once.
+    async fn commit(
+        &self,
+        after: &crate::config::state::StateFile,
+        change: Change<'_>,
+    ) -> Result<(), ApiError> {
+        let done = self.store.commit(after, change).await;
+        if let Err(e) = &done {
+            tracing::warn!(store = %self.store.describe(), error = %e, "change not committed; undone");
+            if matches!(e, StoreError::Conflict(_)) {
+                self.resync.notify_one();
+            }
+        }
+        done.map_err(ApiError::from)
     }
 }
 

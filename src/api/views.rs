@@ -164,5 +164,6 @@ pub(super) fn new_record(
         created_at: now,
         updated_at: now,
         destinations,
+        revision: 0,
     })
 }

@@ -152,11 +152,18 @@ fn snapshot(state: &ClientState, peers: &[Arc<GatewayPeer>]) -> StatusSnapshot {
         .iter()
         .map(|p| GatewayStatus {
             gateway_id: p.cfg.gateway_id.clone(),
-            url: p.cfg.url.to_string(),
+            url: p
+                .cfg
+                .replicas
+                .first()
+                .map(|r| r.url.to_string())
+                .unwrap_or_default(),
+            urls: p.cfg.replicas.iter().map(|r| r.url.to_string()).collect(),
             via_proxy: p
                 .cfg
-                .proxy
-                .as_ref()
+                .replicas
+                .first()
+                .and_then(|r| r.proxy.as_ref())
                 .map(|x| format!("{}:{}", x.host, x.port)),
             client_id: st
                 .client_ids

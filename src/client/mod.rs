@@ -26,7 +26,6 @@ pub use acl_file::{AclEditError, AclFile};
 pub use admin::AdminBackend;
 pub use handle::ClientHandle;
 pub use reload::reload_from_files;
-pub use session::backoff;
 pub use stats::{ClientStats, DestStats, MAX_DEST_SERIES};
 pub use status::{
     AclStatus, DestinationStatus, GatewayStatus, Status, StatusSnapshot, StreamStatus, TunnelStatus,
@@ -152,7 +151,8 @@ impl Client {
         info!(version = %state.hello.version, env = %state.hello.env, gateways = self.peers.len(), "client started");
         let slots = TaskTracker::new();
         for peer in &self.peers {
-            for slot in 0..peer.cfg.tunnels {
+            // Slot `s` is tunnel `s % tunnels` to replica `s / tunnels`.
+            for slot in 0..peer.cfg.tunnels * peer.cfg.replicas.len() {
                 let s =
                     session::supervise_slot(state.clone(), peer.clone(), slot, shutdown.clone());
                 slots.spawn(s);

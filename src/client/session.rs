@@ -15,7 +15,6 @@ use super::reverse;
 use super::state::{ClientState, GatewayPeer, PushedDest};
 use super::stream::serve_open;
 use super::ClientHandle;
-use crate::config::Reconnect;
 use crate::mux::Mux;
 use crate::proto::{ConfigPush, LogPush, Reason};
 use crate::telemetry::ForwardedLog;
@@ -23,15 +22,6 @@ use crate::tunnel::{self, ConnectError};
 
 /// How often the ACL file is checked for changes.
 const ACL_POLL: Duration = Duration::from_secs(1);
-
-/// Delay before reconnect attempt `attempt` (0-based): exponential from `initial` to `max`,
-/// with full jitter in the upper half so a fleet does not reconnect in lockstep.
-pub fn backoff(attempt: u32, r: &Reconnect) -> Duration {
-    let exp = r.initial.saturating_mul(1u32 << attempt.min(20));
-    let cap = exp.min(r.max);
-    let half = cap / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
 
 /// Keeps one tunnel slot running: a slot task that ends or panics (a bug, never the peer's
 /// doing by design) is logged and started again after a pause, so a gateway or proxy can
@@ -67,18 +57,26 @@ pub(super) async fn supervise_slot(
 /// The pause before a failed slot task is started again.
 const SLOT_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
-/// Keeps one tunnel to one gateway up, forever (until shutdown).
+/// Keeps one tunnel to one replica of a gateway up, forever (until shutdown).
 async fn tunnel_slot(
     shared: Arc<ClientState>,
     link: Arc<GatewayPeer>,
     slot: usize,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %link.cfg.url, tunnel.slot = slot);
+    let Some(replica) = link
+        .cfg
+        .replicas
+        .get(slot / link.cfg.tunnels.max(1))
+        .cloned()
+    else {
+        return;
+    };
+    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %replica.url, tunnel.slot = slot);
     async move {
         let mut attempt = 0u32;
         loop {
-            let connect = tunnel::connect(&link.cfg, &link.tls, &shared.hello);
+            let connect = tunnel::connect(&link.cfg, &replica, &link.tls, &shared.hello);
             let res = tokio::select! {
                 r = connect => r,
                 _ = shutdown.cancelled() => return,
@@ -107,7 +105,7 @@ async fn tunnel_slot(
                     warn!(error = %e, "cannot connect tunnel");
                 }
             }
-            let delay = backoff(attempt, &shared.cfg.reconnect);
+            let delay = shared.cfg.reconnect.delay(attempt);
             attempt = attempt.saturating_add(1);
             debug!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
             tokio::select! {
@@ -120,7 +118,15 @@ async fn tunnel_slot(
     .await
 }
 
-fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &[u8]) {
+fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &bytes::Bytes) {
+    {
+        let mut last = link.last_push.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() == Some(payload) {
+            debug!("the same destinations from another tunnel; already applied");
+            return;
+        }
+        *last = Some(payload.clone());
+    }
     match serde_json::from_slice::<ConfigPush>(payload) {
         Ok(push) => {
             let n = push.destinations.len();

@@ -80,6 +80,9 @@ pub(super) struct GatewayPeer {
     pub live: Mutex<Vec<Mux>>,
     /// Listeners of this gateway's reverse destinations.
     pub reverse: Listeners,
+    /// The last CONFIG applied: every tunnel, to every replica, pushes the same one, which is
+    /// applied once.
+    pub last_push: Mutex<Option<bytes::Bytes>>,
 }
 
 impl GatewayPeer {
@@ -90,6 +93,7 @@ impl GatewayPeer {
             dests: RwLock::new(Arc::new(HashMap::new())),
             live: Mutex::new(Vec::new()),
             reverse: Default::default(),
+            last_push: Mutex::new(None),
         }
     }
 

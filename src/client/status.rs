@@ -39,8 +39,11 @@ pub struct StatusSnapshot {
 #[derive(Debug, Serialize)]
 pub struct GatewayStatus {
     pub gateway_id: String,
+    /// The first of `urls`.
     pub url: String,
-    /// The outbound proxy's `host:port`, when tunnels go through one.
+    /// Every replica's URL (`urls` in client.toml); the client holds tunnels to each.
+    pub urls: Vec<String>,
+    /// The outbound proxy's `host:port`, when tunnels (to the first replica) go through one.
     pub via_proxy: Option<String>,
     pub client_id: Option<String>,
     pub tunnels: Vec<TunnelStatus>,

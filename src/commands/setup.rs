@@ -91,11 +91,22 @@ pub fn check_config(file: PathBuf) -> Result<ExitCode, Error> {
             let loaded = gateway::with_state(*g)?;
             let ids = &loaded.config.gateways;
             let n: usize = ids.iter().map(|t| t.destinations.len()).sum();
+            let kept = match loaded
+                .config
+                .api
+                .as_ref()
+                .and_then(|a| a.state_store.as_ref())
+            {
+                Some(pg) => format!(
+                    "the API's gateways are in state_store {} (read at start)",
+                    pg.url
+                ),
+                None => format!("{} from state_file", loaded.state.gateways.len()),
+            };
             println!(
-                "{}: ok (gateway config, {} gateway id(s), {n} destination(s); {} from state_file)",
+                "{}: ok (gateway config, {} gateway id(s), {n} destination(s); {kept})",
                 file.display(),
                 ids.len(),
-                loaded.state.gateways.len()
             );
         }
     }

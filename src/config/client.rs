@@ -87,22 +87,45 @@ pub enum Trust {
     Certs(Vec<CertificateDer<'static>>),
 }
 
-/// One `[[gateway]]` entry.
+/// One `[[gateway]]` entry: one logical gateway, served by one or more replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayLink {
-    pub url: WssUrl,
+    /// `url`, or each of `urls`: the client holds `tunnels` tunnels to every one, so a caller
+    /// arriving at any replica finds this client there.
+    pub replicas: Vec<Replica>,
     pub gateway_id: String,
     pub token: Secret,
     pub trust: Trust,
+    /// Tunnels to each replica.
     pub tunnels: usize,
-    /// The proxy to reach this gateway through (`outbound_proxy` unless `no_proxy` matches).
+}
+
+/// One address of a gateway and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub url: WssUrl,
+    /// The proxy to reach it through (`outbound_proxy` unless `no_proxy` matches).
     pub proxy: Option<OutboundProxy>,
 }
+
+/// Most `urls` one `[[gateway]]` may list (each gets `tunnels` tunnels).
+pub const MAX_REPLICAS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconnect {
     pub initial: Duration,
     pub max: Duration,
+}
+
+impl Reconnect {
+    /// Delay before reconnect attempt `attempt` (0-based): exponential from `initial` to
+    /// `max`, with full jitter in the upper half so a fleet does not reconnect in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.initial.saturating_mul(1u32 << attempt.min(20));
+        let cap = exp.min(self.max);
+        let half = cap / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
 }
 
 /// Validated client configuration.
@@ -159,7 +182,10 @@ impl ClientConfig {
         let gateway_here = beside.as_ref().is_some_and(|g| g.exists());
         let mut out = Vec::new();
         for (i, g) in self.gateways.iter().enumerate() {
-            let host = g.url.host.as_str();
+            let Some(url) = g.replicas.first().map(|r| &r.url) else {
+                continue;
+            };
+            let host = url.host.as_str();
             let loopback = host == "localhost"
                 || host.ends_with(".localhost")
                 || host
@@ -170,13 +196,56 @@ impl ClientConfig {
                     "gateway[{i}].url: {} points at this host, but no gateway.toml is next to {}: \
                      on an on-prem host the url must name the gateway host \
                      (on the gateway host: sgw init --public NAME, then sgw enroll)",
-                    g.url,
+                    url,
                     file.display()
                 ));
             }
         }
         out
     }
+}
+
+/// `url = "wss://..."`, or `urls = [...]` for a gateway run as several replicas.
+fn read_urls(g: &Table<'_, '_>) -> Option<Vec<WssUrl>> {
+    let list = match (g.str("url"), g.strs("urls")) {
+        (Some(_), Some(_)) => {
+            g.invalid("urls", "give either url or urls, not both");
+            return None;
+        }
+        (Some(u), None) => {
+            return match WssUrl::parse(&u) {
+                Ok(u) => Some(vec![u]),
+                Err(e) => {
+                    g.invalid("url", e);
+                    None
+                }
+            }
+        }
+        (None, Some(list)) => list,
+        (None, None) => {
+            g.missing("url");
+            return None;
+        }
+    };
+    if list.is_empty() || list.len() > MAX_REPLICAS {
+        g.invalid("urls", format!("list 1 to {MAX_REPLICAS} gateway URLs"));
+        return None;
+    }
+    let mut out: Vec<WssUrl> = Vec::new();
+    for (i, u) in list.iter().enumerate() {
+        match WssUrl::parse(u) {
+            Ok(u) if out.contains(&u) => {
+                g.invalid("urls", format!("`{u}` is listed twice"));
+                return None;
+            }
+            Ok(u) => out.push(u),
+            Err(e) => {
+                g.invalid("urls", format!("[{i}]: {e}"));
+                return None;
+            }
+        }
+    }
+    Some(out)
 }
 
 fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
@@ -196,13 +265,7 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
         root.missing("gateway");
     }
     for g in entries {
-        let url = g.req_str("url").and_then(|u| match WssUrl::parse(&u) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                g.invalid("url", e);
-                None
-            }
-        });
+        let urls = read_urls(&g);
         let gateway_id = g.req_str("gateway_id");
         let token = read_secret(&g, "token", "token_file");
         let trust = match g.has("ca_file") {
@@ -211,19 +274,24 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
         };
         let tunnels = g.int_in("tunnels", 1..=16).unwrap_or(2) as usize;
         g.finish(&[]);
-        if let (Some(url), Some(gateway_id), Some(token), Some(trust)) =
-            (url, gateway_id, token, trust)
+        if let (Some(urls), Some(gateway_id), Some(token), Some(trust)) =
+            (urls, gateway_id, token, trust)
         {
-            let proxy = outbound_proxy
-                .clone()
-                .filter(|_| !super::no_proxy_bypass(&no_proxy, &url.host));
+            let replicas = urls
+                .into_iter()
+                .map(|url| Replica {
+                    proxy: outbound_proxy
+                        .clone()
+                        .filter(|_| !super::no_proxy_bypass(&no_proxy, &url.host)),
+                    url,
+                })
+                .collect();
             gateways.push(GatewayLink {
-                url,
+                replicas,
                 gateway_id,
                 token,
                 trust,
                 tunnels,
-                proxy,
             });
         }
     }
@@ -412,7 +480,10 @@ mod tests {
         assert_eq!(c.gateways[0].tunnels, 3);
         assert_eq!(c.limits.stream_window, 1 << 20);
         assert_eq!(c.keepalive.interval, Duration::from_secs(5));
-        assert!(c.gateways[0].proxy.is_some(), "gw not in no_proxy");
+        assert!(
+            c.gateways[0].replicas[0].proxy.is_some(),
+            "gw not in no_proxy"
+        );
         let errs = ClientConfig::from_toml_env(
             Path::new("c.toml"),
             src,

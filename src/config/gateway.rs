@@ -201,6 +201,11 @@ pub struct ApiConfig {
     pub admin_token: Option<Secret>,
     /// Where gateways created through the API are kept (absent: lost at restart).
     pub state_file: Option<std::path::PathBuf>,
+    /// `state_store`: PostgreSQL shared by gateway replicas instead of `state_file`.
+    pub state_store: Option<PgStoreConfig>,
+    /// `replica`: this process's name among replicas (logs, `/metrics`); the host name by
+    /// default.
+    pub replica: String,
     /// Largest request body accepted.
     pub max_body: u64,
     /// `cloud_host` for destinations created through the API without one.
@@ -213,6 +218,27 @@ pub struct ApiConfig {
     pub request_timeout: std::time::Duration,
     /// For the enrollment call: the same as [`GatewayConfig::enroll`].
     pub enroll: EnrollDefaults,
+}
+
+/// `state_store` and what goes with it (docs/HA.md).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgStoreConfig {
+    /// The URL as given, without a password (one is refused there), so safe to log.
+    pub url: String,
+    /// `state_store_password_file`.
+    pub password: Option<Secret>,
+    /// `state_store_ca_file`: roots for TLS to the database; absent: the system's roots.
+    pub ca: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+}
+
+impl std::fmt::Debug for PgStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStoreConfig")
+            .field("url", &self.url)
+            .field("password", &self.password)
+            .field("ca", &self.ca.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 const LATER: &[&str] = &[];
@@ -376,6 +402,10 @@ fn read_api(
 ) -> Option<ApiConfig> {
     let keys = [
         "state_file",
+        "state_store",
+        "state_store_password_file",
+        "state_store_ca_file",
+        "replica",
         "api_max_body",
         "cloud_host",
         "api_max_connections",
@@ -400,6 +430,17 @@ fn read_api(
     let state_file = root
         .str("state_file")
         .map(|p| super::relative_to(root.cx.file(), &p));
+    let state_store = read_store(root);
+    if let (Some(_), Some(v)) = (&state_store, root.get("state_file")) {
+        root.err(
+            "state_file",
+            v,
+            "give either state_file or state_store, not both (`sgw state migrate` moves a state file into the store)",
+        );
+    }
+    let replica = root
+        .str("replica")
+        .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned());
     let max_body = match root.size("api_max_body") {
         Some(n) if !(1024..=(64 << 20)).contains(&n) => {
             root.invalid("api_max_body", "must be between 1KiB and 64MiB");
@@ -424,6 +465,8 @@ fn read_api(
         listen,
         admin_token,
         state_file,
+        state_store,
+        replica,
         max_body,
         cloud_host: root.str("cloud_host").unwrap_or_else(|| "0.0.0.0".into()),
         max_connections,
@@ -431,6 +474,57 @@ fn read_api(
         request_timeout,
         enroll: enroll.clone(),
     })
+}
+
+/// `state_store = "postgres://user@host:port/db?sslmode=require"`, the password in
+/// `state_store_password_file`.
+fn read_store(root: &Table<'_, '_>) -> Option<PgStoreConfig> {
+    let Some(url) = root.str("state_store") else {
+        for k in ["state_store_password_file", "state_store_ca_file"] {
+            if root.has(k) {
+                root.invalid(k, "only applies with state_store");
+            }
+        }
+        return None;
+    };
+    if let Err(e) = check_store_url(&url) {
+        root.invalid("state_store", e);
+        return None;
+    }
+    let password = root
+        .has("state_store_password_file")
+        .then(|| read_secret(root, "state_store_password", "state_store_password_file"))
+        .flatten();
+    let ca = if root.has("state_store_ca_file") {
+        Some(read_certs(root, "state_store_ca_file")?)
+    } else {
+        None
+    };
+    Some(PgStoreConfig { url, password, ca })
+}
+
+/// A PostgreSQL URL the driver reads, naming a host and no password.
+pub fn check_store_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("expected a `postgres://user@host:port/database` URL".into());
+    }
+    // The driver's own error could quote the URL, password and all: say only what is wrong.
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|_| "not a PostgreSQL URL the driver can read (postgres://user@host:port/database?sslmode=...)".to_string())?;
+    if cfg.get_password().is_some() {
+        return Err(
+            "a password in the URL would show in logs and process listings; put it in state_store_password_file"
+                .into(),
+        );
+    }
+    if cfg.get_hosts().is_empty() {
+        return Err("names no host".into());
+    }
+    if cfg.get_user().is_none() {
+        return Err("names no user (postgres://USER@host/database)".into());
+    }
+    Ok(())
 }
 
 pub(super) fn read_destination(

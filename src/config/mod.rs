@@ -42,11 +42,13 @@ mod walk;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use client::{ClientConfig, DestOverride, GatewayLink, Reconnect, Trust, WssUrl};
+pub use client::{
+    ClientConfig, DestOverride, GatewayLink, Reconnect, Replica, Trust, WssUrl, MAX_REPLICAS,
+};
 pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
 pub use gateway::{
-    AdminConfig, ApiConfig, Destination, Egress, EnrollDefaults, GatewayConfig, Protocol,
-    TenantConfig, TlsIdentity,
+    check_store_url, AdminConfig, ApiConfig, Destination, Egress, EnrollDefaults, GatewayConfig,
+    PgStoreConfig, Protocol, TenantConfig, TlsIdentity,
 };
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};

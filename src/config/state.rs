@@ -49,6 +49,22 @@ pub struct GatewayRecord {
     pub created_at: u64,
     pub updated_at: u64,
     pub destinations: Vec<DestRecord>,
+    /// The record's version in a shared store, for optimistic concurrency: a change names the
+    /// revision it started from. Kept by the store, not in the document.
+    #[serde(skip)]
+    pub revision: i64,
+}
+
+impl GatewayRecord {
+    /// API destinations listen on each replica's own `cloud_host`: a record read from a
+    /// store that replicas share is made this replica's before it is served.
+    pub fn localize(&mut self, cloud_host: &str) {
+        for d in &mut self.destinations {
+            if d.config.get("reverse").and_then(Value::as_bool) != Some(true) {
+                d.config.insert("cloud_host".into(), cloud_host.into());
+            }
+        }
+    }
 }
 
 impl fmt::Debug for GatewayRecord {

@@ -1,11 +1,13 @@
-//! `sgw gateway`: loads gateway.toml and the API's state file, starts the gateway, its
-//! management API and admin endpoint, reloads on SIGHUP and drains on SIGTERM.
+//! `sgw gateway`: loads gateway.toml and the API's store (state file, or the PostgreSQL store
+//! replicas share), starts the gateway, its management API and admin endpoint, follows the
+//! shared store, reloads on SIGHUP and drains on SIGTERM.
 
 use std::path::{Path, PathBuf};
 
 use crate::config::state::StateFile;
 use crate::config::{GatewayConfig, TenantConfig};
 use crate::gateway::{Gateway, GatewayError, GatewayHandle};
+use crate::store::Store;
 use crate::telemetry::LogControl;
 
 use super::{hangup, init_logging, shutdown_on_signals, Error, Format};
@@ -39,7 +41,8 @@ pub fn load(path: &Path) -> Result<Loaded, Error> {
     with_state(GatewayConfig::load(path).map_err(Error::input)?)
 }
 
-/// Reads the state file `config` names and checks it against `config`.
+/// Reads the state file `config` names and checks it against `config`. A shared store
+/// (`state_store`) is read at start by [`run`], not here.
 pub fn with_state(config: GatewayConfig) -> Result<Loaded, Error> {
     let state = match config.api.as_ref().and_then(|a| a.state_file.as_ref()) {
         Some(p) => StateFile::load(p)
@@ -47,13 +50,18 @@ pub fn with_state(config: GatewayConfig) -> Result<Loaded, Error> {
             .unwrap_or_else(StateFile::empty),
         None => StateFile::empty(),
     };
+    checked(config, state)
+}
+
+/// `state` checked against `config`: each gateway id has one owner.
+fn checked(config: GatewayConfig, state: StateFile) -> Result<Loaded, Error> {
     if let Some(g) = state
         .gateways
         .iter()
         .find(|g| config.gateways.iter().any(|t| t.id == g.id))
     {
         return Err(Error::Input(format!(
-            "gateway id `{}` is both in the config file and in state_file; remove it from one",
+            "gateway id `{}` is both in the config file and in the API's store; remove it from one",
             g.id
         )));
     }
@@ -67,13 +75,25 @@ pub fn with_state(config: GatewayConfig) -> Result<Loaded, Error> {
 
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(args: GatewayArgs) -> Result<(), Error> {
+    let loaded = load(&args.config)?;
+    let level_fixed = args.log_level.is_some();
+    let log = init_logging(
+        args.log_level.as_deref(),
+        args.log_format,
+        &loaded.config.log,
+    )?;
+    let store = match &loaded.config.api {
+        Some(a) => Some(Store::open(a)?),
+        None => None,
+    };
     let Loaded {
         config: cfg,
         state,
         managed,
-    } = load(&args.config)?;
-    let level_fixed = args.log_level.is_some();
-    let log = init_logging(args.log_level.as_deref(), args.log_format, &cfg.log)?;
+    } = match &store {
+        Some(s) if s.shared() => read_shared(s, loaded.config).await?,
+        _ => loaded,
+    };
     let hup = hangup()?;
     let shutdown = shutdown_on_signals()?;
     let api = cfg.api.clone();
@@ -83,8 +103,8 @@ pub async fn run(args: GatewayArgs) -> Result<(), Error> {
         .await
         .map_err(Error::start("starting gateway"))?;
     let h = gw.handle();
-    if let Some(api) = &api {
-        start_api(&h, api, state, shutdown.clone()).await?;
+    if let (Some(api), Some(store)) = (&api, store) {
+        start_api(&h, api, state, store, shutdown.clone()).await?;
     }
     if let Some(admin) = &admin {
         h.start_admin(admin, api.clone(), Some(log.clone()), shutdown.clone())
@@ -116,6 +136,7 @@ async fn start_api(
     h: &GatewayHandle,
     cfg: &crate::config::ApiConfig,
     state: StateFile,
+    store: Store,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<std::net::SocketAddr, Error> {
     let addr = cfg.listen.to_string();
@@ -128,9 +149,26 @@ async fn start_api(
     };
     let listener = crate::listen::bind(&addr).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
-    let api = crate::api::Api::new(h.clone(), cfg.clone(), state);
+    let api = crate::api::Api::new(h.clone(), cfg.clone(), state, store);
+    h.spawn(crate::api::follow_store(api.clone(), shutdown.clone()));
     h.spawn(crate::api::serve(api, listener, h.tls_acceptor(), shutdown));
     Ok(bound)
+}
+
+/// Reads the store replicas share, once, before the gateway binds: a replica that can't reach
+/// it at start has no state to serve and says so (systemd restarts it). Each record is made
+/// this replica's (its own `cloud_host`).
+async fn read_shared(store: &Store, config: GatewayConfig) -> Result<Loaded, Error> {
+    store.prepare().await?;
+    let mut state = store.load().await?;
+    let host = config.api.as_ref().map(|a| a.cloud_host.clone());
+    for g in &mut state.gateways {
+        if let Some(h) = &host {
+            g.localize(h);
+        }
+    }
+    tracing::info!(store = %store.describe(), gateways = state.gateways.len(), "read the shared state store");
+    checked(config, state)
 }
 
 /// SIGHUP: re-reads gateway.toml; applies the log level and the `[[gateways]]` it defines

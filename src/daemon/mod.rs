@@ -40,6 +40,8 @@ pub enum Error {
     Admin(#[from] crate::admin::client::CallError),
     #[error("the client did not connect to the gateway within {0} s")]
     NotReady(u64),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl Error {

@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 pub use transport::{split, WsReader, WsWriter};
 
-use crate::config::{GatewayLink, TlsIdentity, Trust};
+use crate::config::{GatewayLink, Replica, TlsIdentity, Trust};
 use crate::proto::{self, decode_message, encode_frame, Frame, Hello, Welcome, SUBPROTOCOL};
 
 /// Limit for each step of connecting or accepting a tunnel (TCP, TLS, upgrade, hello).
@@ -176,14 +176,16 @@ where
 /// Client side: TCP, TLS, upgrade with token, HELLO, WELCOME.
 pub async fn connect(
     link: &GatewayLink,
+    replica: &Replica,
     tls: &TlsConnector,
     hello: &Hello,
 ) -> Result<(ClientWs, Welcome), ConnectError> {
-    let tcp = match &link.proxy {
+    let url = &replica.url;
+    let tcp = match &replica.proxy {
         None => {
             step(
                 "TCP connect",
-                TcpStream::connect((link.url.host.as_str(), link.url.port)),
+                TcpStream::connect((url.host.as_str(), url.port)),
                 ConnectError::Tcp,
             )
             .await?
@@ -191,18 +193,17 @@ pub async fn connect(
         Some(p) => {
             step(
                 "proxy handshake",
-                proxy::dial(p, &link.url.host, link.url.port),
+                proxy::dial(p, &url.host, url.port),
                 ConnectError::Proxy,
             )
             .await?
         }
     };
     let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(link.url.host.clone())
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
         .map_err(|e| ConnectError::Handshake(format!("bad gateway host name: {e}")))?;
     let tls_stream = step("TLS handshake", tls.connect(name, tcp), ConnectError::Tls).await?;
-    let mut req = link
-        .url
+    let mut req = url
         .to_string()
         .into_client_request()
         .map_err(ConnectError::Ws)?;

@@ -78,6 +78,8 @@ async fn setup() -> (axum::Router, String, String, String) {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(Secret::new(ADMIN)),
         state_file: None,
+        state_store: None,
+        replica: "fuzz".into(),
         max_body: MAX_BODY,
         cloud_host: "gateway.test".into(),
         max_connections: 4,
@@ -85,7 +87,12 @@ async fn setup() -> (axum::Router, String, String, String) {
         request_timeout: Duration::from_secs(5),
         enroll: Default::default(),
     };
-    let app = api::app(Api::new(Memory::default(), settings, StateFile::empty()));
+    let app = api::app(Api::new(
+        Memory::default(),
+        settings,
+        StateFile::empty(),
+        sgw::store::Store::Memory,
+    ));
     let (s, gw) = call(&app, "POST", "/v1/sgconfig", ADMIN, br#"{"desc":"fuzz"}"#).await;
     assert_eq!(s, StatusCode::OK, "{gw}");
     let id = gw["id"].as_str().unwrap().to_owned();

@@ -155,7 +155,7 @@ pub struct RunningClient {
 /// Starts a client pointed at `tunnel` and waits until all its tunnels are up.
 pub async fn start_client(mut cfg: ClientConfig, tunnel: SocketAddr) -> RunningClient {
     for g in &mut cfg.gateways {
-        g.url.port = tunnel.port();
+        g.replicas[0].url.port = tunnel.port();
     }
     let tunnels: usize = cfg.gateways.iter().map(|g| g.tunnels).sum();
     let acl = Acl::load(&cfg.acl_file, cfg.default_policy).unwrap();
@@ -467,3 +467,126 @@ pub const GATEWAY_HEAD: &str =
     "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
     [[gateways]]\nid = \"g\"\nsecurity_token = \"t\"\n\
     [[gateways.destinations]]\nid = \"d1\"\nip = \"127.0.0.1\"\nport = 1\n";
+
+/// PostgreSQL (Debian's package) in a fresh data directory on a free loopback port, trusting
+/// local connections, run as the `postgres` user when we are root (postgres refuses root).
+/// It can be stopped and started again on the same port and data.
+pub struct Postgres {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+impl Postgres {
+    /// `None` when it can't be run here (not installed, or no `postgres` user as root).
+    pub async fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|b| b.join("initdb").is_file())?;
+        let dir = tempfile::tempdir().ok()?;
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["postgres:", dir.path().to_str()?])
+                .status()
+                .ok()?
+                .success();
+            if !ok {
+                return None;
+            }
+        }
+        let mut pg = Postgres {
+            port: free_port(),
+            bin,
+            dir,
+            server: None,
+        };
+        let init = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(pg.data())
+            .status()
+            .ok()?;
+        if !init.success() {
+            return None;
+        }
+        pg.resume().await;
+        Some(pg)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, prog: &str) -> Command {
+        let mut c = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(prog));
+            c
+        } else {
+            Command::new(self.bin.join(prog))
+        };
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub async fn resume(&mut self) {
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .arg("-k")
+            .arg(self.dir.path())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        wait_listening(self.port).await;
+    }
+
+    /// `pg_ctl stop -m fast` (sessions are ended, nothing is lost); waits until it has exited.
+    pub async fn stop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            self.fast_shutdown();
+            wait_exit(&mut c).await;
+        }
+    }
+
+    fn fast_shutdown(&self) {
+        // The server runs under runuser, which does not pass every signal on: ask pg_ctl.
+        let _ = self
+            .command("pg_ctl")
+            .args(["stop", "-m", "fast", "-t", "15", "-D"])
+            .arg(self.data())
+            .status();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            self.fast_shutdown();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

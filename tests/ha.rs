@@ -1,0 +1,610 @@
+//! Gateway replicas sharing one PostgreSQL store (docs/HA.md), as real processes: PostgreSQL
+//! started here, three `sgw gateway` replicas on 127.0.0.2, .3 and .4 (each its own `listen`,
+//! `api_listen` and `cloud_host`, as separate hosts would be), one `sgw client` holding
+//! tunnels to all three, and callers and curl against each replica.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::*;
+
+const ADMIN: &str = "ha-admin-token-0123456789";
+/// The propagation bound the HA design promises (docs/HA.md).
+const PROPAGATION: Duration = Duration::from_secs(2);
+
+/// One replica: its address and ports (kept across a restart) and its process.
+struct Replica {
+    host: String,
+    tunnel: u16,
+    api: u16,
+    proc: Option<Proc>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    pg: Postgres,
+    replicas: Vec<Replica>,
+}
+
+/// An HTTP answer: status, JSON body (or the text as a string) and the ETag header.
+struct Reply {
+    status: u16,
+    body: Value,
+    etag: Option<String>,
+}
+
+impl Cluster {
+    /// PostgreSQL and three replicas; `None` (with the reason printed) where PostgreSQL can't
+    /// run here.
+    async fn start() -> Option<Cluster> {
+        let Some(pg) = Postgres::start().await else {
+            println!(
+                "SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)"
+            );
+            return None;
+        };
+        let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+        let dir = tempfile::tempdir().unwrap();
+        // The certificate every replica serves names all three addresses (`sgw init --public`).
+        let out = Command::new(sgw_bin())
+            .arg("init")
+            .arg(dir.path())
+            .args(hosts.iter().flat_map(|h| ["--public", h]))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let mut c = Cluster {
+            dir,
+            pg,
+            replicas: hosts
+                .iter()
+                .map(|h| Replica {
+                    host: h.to_string(),
+                    tunnel: 0,
+                    api: 0,
+                    proc: None,
+                })
+                .collect(),
+        };
+        for i in 0..hosts.len() {
+            c.launch(i).await;
+        }
+        Some(c)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts replica `i` on its ports (0 the first time: then read back from its log).
+    async fn launch(&mut self, i: usize) {
+        let r = &self.replicas[i];
+        let cfg = format!(
+            "listen = \"{h}:{t}\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+             api_listen = \"{h}:{a}\"\nadmin_token = \"{ADMIN}\"\ncloud_host = \"{h}\"\n\
+             state_store = \"{url}\"\nreplica = \"r{i}\"\n",
+            h = r.host,
+            t = r.tunnel,
+            a = r.api,
+            url = self.pg.url(),
+        );
+        let path = self.path(&format!("gateway-{i}.toml"));
+        std::fs::write(&path, cfg).unwrap();
+        let p = Proc::spawn(&["gateway", "--config", path.to_str().unwrap()]);
+        let api = p.wait_line("management API listening").await;
+        let tunnel = p.wait_line("gateway started").await;
+        let port = |line: &str, key: &str| -> u16 {
+            field(line, key)
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let r = &mut self.replicas[i];
+        r.api = port(&api, "api.listen");
+        r.tunnel = port(&tunnel, "tunnel.listen");
+        r.proc = Some(p);
+    }
+
+    /// `kill -9`: no drain, no goodbye.
+    async fn kill9(&mut self, i: usize) {
+        let mut p = self.replicas[i].proc.take().unwrap();
+        assert!(Command::new("kill")
+            .args(["-KILL", &p.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        wait_exit(&mut p.child).await;
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "--- replica {i}:\n{}",
+                    r.proc.as_ref().map(Proc::all).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// curl to replica `i`'s API with the gateways' CA.
+    async fn call(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Reply {
+        let ca = self.path("ca.pem");
+        let url = format!(
+            "https://{}:{}{path}",
+            self.replicas[i].host, self.replicas[i].api
+        );
+        let auth = format!("Authorization: Bearer {token}");
+        let text = body.map(|b| b.to_string());
+        let cond = if_match.map(|t| format!("If-Match: {t}"));
+        let mut args = vec![
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-D",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &auth,
+            &url,
+        ];
+        if let Some(t) = &text {
+            args.extend(["-H", "Content-Type: application/json", "-d", t]);
+        }
+        if let Some(c) = &cond {
+            args.extend(["-H", c]);
+        }
+        let (code, out, err) = curl(&args).await;
+        assert_eq!(code, 0, "curl {args:?}: {err}");
+        let (head, rest) = out.split_once("\r\n\r\n").unwrap_or(("", &out));
+        let (body, status) = rest.rsplit_once('\n').unwrap();
+        let etag = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("etag").then(|| v.trim().to_owned())
+        });
+        Reply {
+            status: status.parse().unwrap(),
+            body: serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+            etag,
+        }
+    }
+
+    /// Waits (bounded by `within`) until `check` holds for replica `i`'s answer to GET `path`.
+    async fn until(&self, i: usize, path: &str, within: Duration, check: impl Fn(&Reply) -> bool) {
+        let deadline = Instant::now() + within;
+        loop {
+            let r = self.call(i, "GET", path, ADMIN, None, None).await;
+            if check(&r) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i}: GET {path} did not reach the expected state within {within:?}: {} {}\n{}",
+                r.status,
+                r.body,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every gateway as replica `i` exports it, without what differs by replica by design
+    /// (each listens on its own `cloud_host`).
+    async fn export(&self, i: usize) -> Value {
+        let r = self.call(i, "GET", "/v1/export", ADMIN, None, None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mut v = r.body;
+        for g in v["gateways"].as_array_mut().unwrap() {
+            for d in g["destinations"].as_array_mut().unwrap() {
+                d.as_object_mut().unwrap().remove("cloud_host");
+            }
+        }
+        v
+    }
+
+    /// An `sgw client` with tunnels to every replica for gateway `id`.
+    fn client(&self, id: &str, token: &str, allow: &str) -> Proc {
+        let acl = self.path("acl.list");
+        std::fs::write(&acl, format!("acl allow {allow}\n")).unwrap();
+        let urls: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| format!("\"wss://{}:{}/tunnel\"", r.host, r.tunnel))
+            .collect();
+        let cfg = format!(
+            "acl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [[gateway]]\nurls = [{}]\ngateway_id = \"{id}\"\ntoken = \"{token}\"\n\
+             ca_file = \"ca.pem\"\ntunnels = 1\n[reconnect]\ninitial = \"100ms\"\nmax = \"500ms\"\n",
+            urls.join(", ")
+        );
+        let path = self.path("client.toml");
+        std::fs::write(&path, cfg).unwrap();
+        Proc::spawn(&["client", "--config", path.to_str().unwrap()])
+    }
+
+    /// Waits until replica `i` has `n` tunnels from clients of gateway `id`.
+    async fn tunnels(&self, i: usize, id: &str, n: u64) {
+        self.until(i, &format!("/v1/sgconfig/{id}/clients"), WAIT, |r| {
+            let t: u64 = r
+                .body
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c["tunnels"].as_u64()).sum())
+                .unwrap_or(0);
+            r.status == 200 && t == n
+        })
+        .await;
+    }
+}
+
+/// One caller: connect to `host:port`, echo `msg` through the tunnel, close.
+async fn echo_via(host: &str, port: u16, msg: &[u8]) -> std::io::Result<()> {
+    let mut s = TcpStream::connect((host, port)).await?;
+    roundtrip(&mut s, msg).await
+}
+
+async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no echo within the wait"))??;
+    if buf != msg {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_postgres_store_share_changes_and_survive_losses() {
+    let Some(mut c) = Cluster::start().await else {
+        return;
+    };
+    let echo = echo_server().await;
+
+    // A gateway created on replica 0 is known to the others.
+    let g = c
+        .call(
+            0,
+            "POST",
+            "/v1/sgconfig",
+            ADMIN,
+            Some(&json!({"desc": "ha"})),
+            None,
+        )
+        .await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    for i in 1..3 {
+        c.until(i, &format!("/v1/sgconfig/{id}"), PROPAGATION, |r| {
+            r.status == 200
+        })
+        .await;
+    }
+    let client = c.client(&id, &token, &echo.to_string());
+    for i in 0..3 {
+        c.tunnels(i, &id, 1).await;
+    }
+
+    // Propagation: a destination created on replica 0 answers callers at replicas 1 and 2
+    // within the bound, on the same cloud port, each on its own address.
+    let d = c
+        .call(
+            0,
+            "POST",
+            &format!("/v1/sgconfig/{id}/destinations"),
+            &token,
+            Some(&json!({"id": "echo", "ip": "127.0.0.1", "port": echo.port()})),
+            None,
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let created = Instant::now();
+    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
+    assert_ne!(port, 0);
+    for i in [1, 2] {
+        let host = c.replicas[i].host.clone();
+        loop {
+            if echo_via(&host, port, b"hello").await.is_ok() {
+                break;
+            }
+            assert!(
+                created.elapsed() < PROPAGATION,
+                "replica {i} did not serve the new destination within {PROPAGATION:?}\n{}\n--- client:\n{}",
+                c.logs(),
+                client.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    echo_via(&c.replicas[0].host, port, b"hello").await.unwrap();
+
+    // Concurrent changes to one destination through two replicas, both from the revision
+    // they read: exactly one wins, the other gets 409, and all replicas end up with the winner.
+    let dest = format!("/v1/sgconfig/{id}/destinations/echo");
+    let read = c.call(0, "GET", &dest, &token, None, None).await;
+    let tag = read.etag.clone().expect("ETag on a destination");
+    let (d0, d1) = (json!({"desc": "from-0"}), json!({"desc": "from-1"}));
+    let (a, b) = tokio::join!(
+        c.call(0, "PUT", &dest, &token, Some(&d0), Some(&tag)),
+        c.call(1, "PUT", &dest, &token, Some(&d1), Some(&tag)),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.body, b.body);
+    let (winner, loser) = if a.status == 200 { (&a, &b) } else { (&b, &a) };
+    assert!(
+        text(&loser.body["message"]).contains("changed"),
+        "{}",
+        loser.body
+    );
+    let want = text(&winner.body["desc"]);
+    for i in 0..3 {
+        c.until(i, &dest, PROPAGATION, |r| r.body["desc"] == want.as_str())
+            .await;
+    }
+
+    // Store loss: callers are still served (one connected before, new ones at every
+    // replica); changes get 503 and change nothing; reads answer.
+    let mut before = TcpStream::connect((c.replicas[1].host.as_str(), port))
+        .await
+        .unwrap();
+    roundtrip(&mut before, b"before").await.unwrap();
+    c.pg.stop().await;
+    roundtrip(&mut before, b"during").await.unwrap();
+    for r in &c.replicas {
+        echo_via(&r.host, port, b"store down").await.unwrap();
+    }
+    let w = c
+        .call(
+            0,
+            "PUT",
+            &dest,
+            &token,
+            Some(&json!({"desc": "lost"})),
+            None,
+        )
+        .await;
+    assert_eq!(w.status, 503, "{}", w.body);
+    assert!(
+        text(&w.body["message"]).contains("unreachable"),
+        "{}",
+        w.body
+    );
+    let r = c.call(0, "GET", &dest, &token, None, None).await;
+    assert_eq!((r.status, text(&r.body["desc"])), (200, want.clone()));
+    c.pg.resume().await;
+    // Writes work again once the pool reconnects (bounded), and every replica agrees.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let w = c
+            .call(
+                1,
+                "PUT",
+                &dest,
+                &token,
+                Some(&json!({"desc": "after"})),
+                None,
+            )
+            .await;
+        if w.status == 200 {
+            break;
+        }
+        assert_eq!(w.status, 503, "{}", w.body);
+        assert!(
+            Instant::now() < deadline,
+            "writes did not come back: {}",
+            w.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..3 {
+        c.until(i, &dest, WAIT, |r| r.body["desc"] == "after").await;
+    }
+    let exports = [c.export(0).await, c.export(1).await, c.export(2).await];
+    assert_eq!(exports[0], exports[1]);
+    assert_eq!(exports[0], exports[2]);
+    roundtrip(&mut before, b"after").await.unwrap();
+
+    // Replica loss: replica 0 is killed while 20 callers a second arrive at replicas 1 and 2;
+    // none of them fails. Then it comes back and the client returns to it by itself.
+    let hosts = [c.replicas[1].host.clone(), c.replicas[2].host.clone()];
+    let load = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for n in 0..80 {
+            tick.tick().await;
+            if let Err(e) = echo_via(&hosts[n % 2], port, b"during loss").await {
+                failures.push(format!("caller {n} at {}: {e}", hosts[n % 2]));
+            }
+        }
+        failures
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.kill9(0).await;
+    let failures = load.await.unwrap();
+    assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
+    c.launch(0).await;
+    c.tunnels(0, &id, 1).await;
+    echo_via(&c.replicas[0].host, port, b"back").await.unwrap();
+
+    // A token regenerated on replica 1 closes the old token's tunnels at every replica.
+    let regen = c
+        .call(
+            1,
+            "PUT",
+            &format!("/v1/sgconfig/{id}"),
+            ADMIN,
+            Some(&json!({"regen_token": true})),
+            None,
+        )
+        .await;
+    assert_eq!(regen.status, 200, "{}", regen.body);
+    assert_ne!(text(&regen.body["security_token"]), token);
+    for i in 0..3 {
+        c.tunnels(i, &id, 0).await;
+    }
+    drop(client);
+}
+
+/// `sgw state migrate` moves a single gateway's state file into PostgreSQL: the same gateway
+/// id, token and destination (on the same cloud port) keep working for the same client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_migrate_moves_a_single_gateway_into_postgres() {
+    let Some(pg) = Postgres::start().await else {
+        println!("SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let gw_toml = dir.path().join("gateway.toml");
+    let write = |tunnel: u16, api: u16, store: &str| {
+        std::fs::write(
+            &gw_toml,
+            format!(
+                "listen = \"127.0.0.1:{tunnel}\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+                 api_listen = \"127.0.0.1:{api}\"\nadmin_token = \"{ADMIN}\"\ncloud_host = \"127.0.0.1\"\n{store}\n"
+            ),
+        )
+        .unwrap();
+    };
+    write(0, 0, "state_file = \"state.json\"");
+    let start = || async {
+        let p = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+        let api = p.wait_line("management API listening").await;
+        let tunnel = p.wait_line("gateway started").await;
+        let port = |line: &str, key: &str| -> u16 {
+            field(line, key)
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let ports = (port(&tunnel, "tunnel.listen"), port(&api, "api.listen"));
+        (p, ports)
+    };
+    let (gw, (tunnel, api)) = start().await;
+    let ca = dir.path().join("ca.pem");
+    let call = |method: &'static str, path: String, body: Value| {
+        let ca = ca.clone();
+        async move {
+            let url = format!("https://127.0.0.1:{api}{path}");
+            let auth = format!("Authorization: Bearer {ADMIN}");
+            let b = body.to_string();
+            let mut args = vec![
+                "--cacert",
+                ca.to_str().unwrap(),
+                "-X",
+                method,
+                "-H",
+                &auth,
+                &url,
+            ];
+            if !body.is_null() {
+                args.extend(["-H", "Content-Type: application/json", "-d", &b]);
+            }
+            let (code, out, err) = curl(&args).await;
+            assert_eq!(code, 0, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()
+        }
+    };
+    let g = call("POST", "/v1/sgconfig".into(), json!({"desc": "old"})).await;
+    let (id, token) = (text(&g["id"]), text(&g["security_token"]));
+    let echo = echo_server().await;
+    let d = call(
+        "POST",
+        format!("/v1/sgconfig/{id}/destinations"),
+        json!({"ip": "127.0.0.1", "port": echo.port()}),
+    )
+    .await;
+    let port = d["cloud_port"].as_u64().unwrap() as u16;
+    let acl = dir.path().join("acl.list");
+    std::fs::write(&acl, format!("acl allow {echo}\n")).unwrap();
+    let client_toml = dir.path().join("client-ha.toml");
+    std::fs::write(
+        &client_toml,
+        format!(
+            "acl_file = \"acl.list\"\ndefault_policy = \"deny\"\n[[gateway]]\n\
+             url = \"wss://127.0.0.1:{tunnel}/tunnel\"\ngateway_id = \"{id}\"\ntoken = \"{token}\"\n\
+             ca_file = \"ca.pem\"\ntunnels = 1\n[reconnect]\ninitial = \"100ms\"\nmax = \"300ms\"\n"
+        ),
+    )
+    .unwrap();
+    let client = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    client.wait_line("tunnel up").await;
+    let served = |what: &'static [u8]| async move {
+        let deadline = Instant::now() + WAIT;
+        while let Err(e) = echo_via("127.0.0.1", port, what).await {
+            assert!(Instant::now() < deadline, "not served: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    served(b"file").await;
+    drop(gw);
+
+    let migrate = |to: String| {
+        Command::new(sgw_bin())
+            .args(["state", "migrate", "--from"])
+            .arg(dir.path().join("state.json"))
+            .args(["--to", &to])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(pg.url());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        said.contains("copied 1 gateway(s) with 1 destination(s)"),
+        "{said}"
+    );
+    // Again: the id is taken, so nothing is written, and the reason says so.
+    let again = migrate(pg.url());
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{again:?}"
+    );
+    // A password in the URL is refused before anything is dialled.
+    let bad = migrate(format!(
+        "postgres://postgres:secret@127.0.0.1:{}/postgres",
+        pg.port
+    ));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&bad.stderr).contains("secret"));
+
+    write(tunnel, api, &format!("state_store = \"{}\"", pg.url()));
+    let (_gw, _) = start().await;
+    served(b"postgres").await;
+    let g2 = call("GET", format!("/v1/sgconfig/{id}"), Value::Null).await;
+    assert_eq!(text(&g2["security_token"]), token);
+    assert_eq!(text(&g2["desc"]), "old");
+    drop(client);
+}
