@@ -16,6 +16,8 @@ use tokio::net::TcpStream;
 use common::*;
 
 const ADMIN: &str = "ha-admin-token-0123456789";
+/// A name that resolves to the three replicas, in a private /etc/hosts.
+const NAME: &str = "gw.ha.test";
 /// The propagation bound the HA design promises (docs/HA.md).
 const PROPAGATION: Duration = Duration::from_secs(2);
 
@@ -24,6 +26,8 @@ struct Replica {
     host: String,
     tunnel: u16,
     api: u16,
+    /// The admin endpoint's `ip:port`.
+    admin: String,
     proc: Option<Proc>,
 }
 
@@ -42,8 +46,9 @@ struct Reply {
 
 impl Cluster {
     /// PostgreSQL and three replicas; `None` (with the reason printed) where PostgreSQL can't
-    /// run here.
-    async fn start() -> Option<Cluster> {
+    /// run here. With `one_port`, every replica's tunnel endpoint is on the same port (as
+    /// behind one DNS name that resolves to the three addresses).
+    async fn start(one_port: bool) -> Option<Cluster> {
         let Some(pg) = Postgres::start().await else {
             println!(
                 "SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)"
@@ -52,11 +57,12 @@ impl Cluster {
         };
         let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
         let dir = tempfile::tempdir().unwrap();
-        // The certificate every replica serves names all three addresses (`sgw init --public`).
+        // The certificate every replica serves names all three addresses and the name
+        // (`sgw init --public`).
         let out = Command::new(sgw_bin())
             .arg("init")
             .arg(dir.path())
-            .args(hosts.iter().flat_map(|h| ["--public", h]))
+            .args(hosts.iter().chain(&[NAME]).flat_map(|h| ["--public", h]))
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -67,8 +73,9 @@ impl Cluster {
                 .iter()
                 .map(|h| Replica {
                     host: h.to_string(),
-                    tunnel: 0,
+                    tunnel: if one_port { shared_port(&hosts) } else { 0 },
                     api: 0,
+                    admin: String::new(),
                     proc: None,
                 })
                 .collect(),
@@ -89,7 +96,7 @@ impl Cluster {
         let cfg = format!(
             "listen = \"{h}:{t}\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
              api_listen = \"{h}:{a}\"\nadmin_token = \"{ADMIN}\"\ncloud_host = \"{h}\"\n\
-             state_store = \"{url}\"\nreplica = \"r{i}\"\n",
+             state_store = \"{url}\"\nreplica = \"r{i}\"\nadmin_listen = \"{h}:0\"\n",
             h = r.host,
             t = r.tunnel,
             a = r.api,
@@ -108,7 +115,9 @@ impl Cluster {
                 .parse()
                 .unwrap()
         };
+        let admin = field(&p.wait_line("admin endpoint listening").await, "admin.addr");
         let r = &mut self.replicas[i];
+        r.admin = admin;
         r.api = port(&api, "api.listen");
         r.tunnel = port(&tunnel, "tunnel.listen");
         r.proc = Some(p);
@@ -224,15 +233,20 @@ impl Cluster {
         v
     }
 
-    /// An `sgw client` with tunnels to every replica for gateway `id`.
+    /// An `sgw client` with tunnels to every replica for gateway `id`, from their URLs.
     fn client(&self, id: &str, token: &str, allow: &str) -> Proc {
-        let acl = self.path("acl.list");
-        std::fs::write(&acl, format!("acl allow {allow}\n")).unwrap();
         let urls: Vec<String> = self
             .replicas
             .iter()
             .map(|r| format!("\"wss://{}:{}/tunnel\"", r.host, r.tunnel))
             .collect();
+        let path = self.client_config(&urls, id, token, allow);
+        Proc::spawn(&["client", "--config", path.to_str().unwrap()])
+    }
+
+    fn client_config(&self, urls: &[String], id: &str, token: &str, allow: &str) -> PathBuf {
+        let acl = self.path("acl.list");
+        std::fs::write(&acl, format!("acl allow {allow}\n")).unwrap();
         let cfg = format!(
             "acl_file = \"acl.list\"\ndefault_policy = \"deny\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [[gateway]]\nurls = [{}]\ngateway_id = \"{id}\"\ntoken = \"{token}\"\n\
@@ -241,21 +255,51 @@ impl Cluster {
         );
         let path = self.path("client.toml");
         std::fs::write(&path, cfg).unwrap();
-        Proc::spawn(&["client", "--config", path.to_str().unwrap()])
+        path
     }
 
-    /// Waits until replica `i` has `n` tunnels from clients of gateway `id`.
-    async fn tunnels(&self, i: usize, id: &str, n: u64) {
-        self.until(i, &format!("/v1/sgconfig/{id}/clients"), WAIT, |r| {
-            let t: u64 = r
-                .body
-                .as_array()
-                .map(|a| a.iter().filter_map(|c| c["tunnels"].as_u64()).sum())
+    /// Waits until replica `i` itself holds `n` tunnels from clients of gateway `id` (its
+    /// own `/metrics`: the API's client list is the view across replicas).
+    async fn tunnels(&self, i: usize, id: &str, n: i64) {
+        let deadline = Instant::now() + WAIT;
+        let series = format!("gateway=\"{id}\"");
+        loop {
+            let (_, text, _) = curl(&[&format!("http://{}/metrics", self.replicas[i].admin)]).await;
+            let up = text
+                .lines()
+                .find(|l| l.starts_with("sgw_gateway_tunnels_up{") && l.contains(&series))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
                 .unwrap_or(0);
-            r.status == 200 && t == n
-        })
-        .await;
+            if up == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} holds {up} tunnels of {id}, not {n}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+}
+
+/// A port free on every one of `hosts` a moment ago.
+fn shared_port(hosts: &[&str]) -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        for _ in 0..100 {
+            let first = std::net::TcpListener::bind((hosts[0], 0)).unwrap();
+            let port = first.local_addr().unwrap().port();
+            let rest: Vec<_> = hosts[1..]
+                .iter()
+                .map(|h| std::net::TcpListener::bind((*h, port)))
+                .collect();
+            if rest.iter().all(Result::is_ok) {
+                return port;
+            }
+        }
+        panic!("no port free on all of {hosts:?}");
+    })
 }
 
 /// One caller: connect to `host:port`, echo `msg` through the tunnel, close.
@@ -284,7 +328,7 @@ fn text(v: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_postgres_store_share_changes_and_survive_losses() {
-    let Some(mut c) = Cluster::start().await else {
+    let Some(mut c) = Cluster::start(false).await else {
         return;
     };
     let echo = echo_server().await;
@@ -311,6 +355,27 @@ async fn replicas_on_one_postgres_store_share_changes_and_survive_losses() {
     let client = c.client(&id, &token, &echo.to_string());
     for i in 0..3 {
         c.tunnels(i, &id, 1).await;
+    }
+    // One view for operators: every replica lists the one client with its three tunnels
+    // (one to each replica), and counts them the same.
+    for i in 0..3 {
+        c.until(i, &format!("/v1/sgconfig/{id}/clients"), WAIT, |r| {
+            r.body
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["tunnels"] == 3)
+        })
+        .await;
+        c.until(i, &format!("/v1/sgconfig/{id}/stats"), WAIT, |r| {
+            r.body["clients"] == 1 && r.body["tunnels"] == 3
+        })
+        .await;
+    }
+    // Each replica's metrics say which replica they come from.
+    for (i, r) in c.replicas.iter().enumerate() {
+        let (code, text, err) = curl(&[&format!("http://{}/metrics", r.admin)]).await;
+        assert_eq!(code, 0, "{err}");
+        let want = format!("sgw_gateway_tunnels_accepted_total{{replica=\"r{i}\"}}");
+        assert!(text.contains(&want), "{want} in\n{text}");
     }
 
     // Propagation: a destination created on replica 0 answers callers at replicas 1 and 2
@@ -607,4 +672,254 @@ async fn state_migrate_moves_a_single_gateway_into_postgres() {
     assert_eq!(text(&g2["security_token"]), token);
     assert_eq!(text(&g2["desc"]), "old");
     drop(client);
+}
+
+/// A single URL whose name resolves to three addresses is three replicas: the client holds a
+/// tunnel to each, and a destination answers callers at every one. The name lives in a
+/// private /etc/hosts, bind-mounted for the client alone (a mount namespace: root only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_name_with_three_addresses_gets_tunnels_to_each() {
+    if !is_root() || which("unshare").is_none() {
+        println!("SKIPPED: needs root and unshare (util-linux) for a private /etc/hosts");
+        return;
+    }
+    let Some(c) = Cluster::start(true).await else {
+        return;
+    };
+    let echo = echo_server().await;
+    let g = c
+        .call(
+            0,
+            "POST",
+            "/v1/sgconfig",
+            ADMIN,
+            Some(&json!({"desc": "dns"})),
+            None,
+        )
+        .await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    let hosts = c.path("hosts");
+    let lines: String = c
+        .replicas
+        .iter()
+        .map(|r| format!("{} {NAME}\n", r.host))
+        .collect();
+    std::fs::write(&hosts, format!("127.0.0.1 localhost\n{lines}")).unwrap();
+    let url = format!("\"wss://{NAME}:{}/tunnel\"", c.replicas[0].tunnel);
+    let cfg = c.client_config(&[url], &id, &token, &echo.to_string());
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$1\" client --config \"$2\"",
+    ])
+    .arg(&hosts)
+    .arg(sgw_bin())
+    .arg(&cfg)
+    .env_remove("RUST_LOG");
+    let client = Proc::start(cmd);
+    for i in 0..3 {
+        c.tunnels(i, &id, 1).await;
+    }
+    let d = c
+        .call(
+            1,
+            "POST",
+            &format!("/v1/sgconfig/{id}/destinations"),
+            &token,
+            Some(&json!({"ip": "127.0.0.1", "port": echo.port()})),
+            None,
+        )
+        .await;
+    assert_eq!(d.status, 200, "{}", d.body);
+    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
+    for r in &c.replicas {
+        let deadline = Instant::now() + WAIT;
+        while let Err(e) = echo_via(&r.host, port, b"dns").await {
+            assert!(
+                Instant::now() < deadline,
+                "{}: {e}\n{}",
+                r.host,
+                client.all()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The `n`th fenced block of docs/HA.md opened with ```lang.
+fn ha_doc_block(lang: &str, n: usize) -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/HA.md"),
+    )
+    .unwrap();
+    let fence = format!("```{lang}\n");
+    let start = doc
+        .match_indices(&fence)
+        .nth(n)
+        .unwrap_or_else(|| panic!("docs/HA.md has no block {n} of {lang}"))
+        .0
+        + fence.len();
+    let len = doc[start..].find("```").unwrap();
+    doc[start..start + len].to_owned()
+}
+
+/// The replica config, the client config and the Kubernetes manifests of docs/HA.md load:
+/// the configs with sgw's own readers (files they name written beside them), the manifests
+/// as YAML with the objects and settings the text promises.
+#[test]
+fn the_ha_docs_configs_and_manifests_load() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    std::fs::copy(dir.path().join("ca.pem"), dir.path().join("db-ca.pem")).unwrap();
+    std::fs::write(dir.path().join("admin-token"), "t0123456789").unwrap();
+    std::fs::write(dir.path().join("db-password"), "pw").unwrap();
+    std::fs::write(dir.path().join("token"), "client-token").unwrap();
+
+    let gw_path = dir.path().join("gateway-a.toml");
+    std::fs::write(&gw_path, ha_doc_block("toml", 0)).unwrap();
+    let gw = sgw::config::GatewayConfig::load(&gw_path).unwrap();
+    let api = gw.api.unwrap();
+    let store = api.state_store.unwrap();
+    assert_eq!(
+        store.url,
+        "postgres://sgw@db.example.com:5432/sgw?sslmode=require"
+    );
+    assert_eq!(store.password.unwrap().expose(), "pw");
+    assert!(store.ca.is_some());
+    assert_eq!(
+        (api.replica.as_str(), api.cloud_host.as_str()),
+        ("a", "10.0.0.11")
+    );
+
+    let client_path = dir.path().join("client.toml");
+    std::fs::write(&client_path, ha_doc_block("toml", 1)).unwrap();
+    let c = sgw::config::ClientConfig::load(&client_path).unwrap();
+    let urls: Vec<String> = c.gateways[0]
+        .replicas
+        .iter()
+        .map(|r| r.url.to_string())
+        .collect();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    assert!(urls[2].starts_with("wss://10.0.0.13:9000"), "{urls:?}");
+
+    let yaml = ha_doc_block("yaml", 0);
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == k).collect() };
+    let deploy = kind("Deployment")[0];
+    assert_eq!(deploy["spec"]["replicas"], 3);
+    let labels = &deploy["spec"]["template"]["metadata"]["labels"];
+    let pdb = kind("PodDisruptionBudget")[0];
+    assert_eq!(pdb["spec"]["minAvailable"], 2);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    let services = kind("Service");
+    assert_eq!(services.len(), 2);
+    assert!(services.iter().all(|s| &s["spec"]["selector"] == labels));
+    assert!(services.iter().any(|s| s["spec"]["clusterIP"] == "None"));
+    let pod = &deploy["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"][0], "gateway");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The ConfigMap's gateway.toml, with the mounted files where the pod has them.
+    let toml = kind("ConfigMap")[0]["data"]["gateway.toml"]
+        .as_str()
+        .unwrap()
+        .replace("/etc/sgw/tls/", "")
+        .replace("/etc/sgw/secrets/", "");
+    let k8s_path = dir.path().join("gateway-k8s.toml");
+    std::fs::write(&k8s_path, toml).unwrap();
+    let k = sgw::config::GatewayConfig::load(&k8s_path).unwrap();
+    assert!(k.api.unwrap().state_store.is_some());
+    assert!(k.admin.is_some(), "probes need admin_listen");
+}
+
+/// docs/HA.md's HAProxy example in front of three replicas: callers through it keep being
+/// served while a replica is killed with `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_docs_haproxy_example_hides_a_lost_replica() {
+    let Some(haproxy) = which("haproxy")
+        .or_else(|| Some(PathBuf::from("/usr/sbin/haproxy")).filter(|p| p.exists()))
+    else {
+        println!("SKIPPED: haproxy is needed (apt-get install haproxy)");
+        return;
+    };
+    let Some(mut c) = Cluster::start(false).await else {
+        return;
+    };
+    let echo = echo_server().await;
+    let g = c
+        .call(
+            0,
+            "POST",
+            "/v1/sgconfig",
+            ADMIN,
+            Some(&json!({"desc": "lb"})),
+            None,
+        )
+        .await;
+    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    let client = c.client(&id, &token, &echo.to_string());
+    for i in 0..3 {
+        c.tunnels(i, &id, 1).await;
+    }
+    let d = c
+        .call(
+            0,
+            "POST",
+            &format!("/v1/sgconfig/{id}/destinations"),
+            &token,
+            Some(&json!({"ip": "127.0.0.1", "port": echo.port()})),
+            None,
+        )
+        .await;
+    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
+    for r in &c.replicas {
+        let deadline = Instant::now() + WAIT;
+        while echo_via(&r.host, port, b"up").await.is_err() {
+            assert!(Instant::now() < deadline, "{}\n{}", c.logs(), client.all());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let front = free_port();
+    let cfg = ha_doc_block("haproxy", 0)
+        .replace("bind 0.0.0.0:5432", &format!("bind 127.0.0.1:{front}"))
+        .replace("10.0.0.11:5432", &format!("127.0.0.2:{port}"))
+        .replace("10.0.0.12:5432", &format!("127.0.0.3:{port}"))
+        .replace("10.0.0.13:5432", &format!("127.0.0.4:{port}"));
+    let cfg_path = c.path("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let check = Command::new(&haproxy)
+        .arg("-c")
+        .arg("-f")
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    let mut cmd = Command::new(&haproxy);
+    cmd.arg("-db").arg("-f").arg(&cfg_path);
+    let _lb = Proc::start(cmd);
+    wait_listening(front).await;
+
+    for n in 0..6 {
+        echo_via("127.0.0.1", front, b"before")
+            .await
+            .unwrap_or_else(|e| panic!("{n}: {e}"));
+    }
+    // Killed: callers arriving from then on, before and after the health checks notice
+    // (2 s), are all served (a caller mid-connection at the kill would be cut, as with any
+    // lost host).
+    c.kill9(0).await;
+    let mut failures = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for n in 0..60 {
+        tick.tick().await;
+        if let Err(e) = echo_via("127.0.0.1", front, b"through haproxy").await {
+            failures.push(format!("caller {n}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
 }

@@ -1014,7 +1014,7 @@ async fn raw_client(
         instance: instance.into(),
         features: vec![],
     };
-    let (ws, _welcome) = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+    let (ws, _welcome) = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
         .unwrap();
     let (r, w) = sgw::tunnel::split(ws);

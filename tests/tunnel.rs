@@ -296,7 +296,7 @@ async fn wrong_token_gets_401_before_upgrade() {
         instance: "i".into(),
         features: Vec::new(),
     };
-    let err = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+    let err = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
         .unwrap_err();
     assert!(
@@ -309,7 +309,7 @@ async fn wrong_token_gets_401_before_upgrade() {
     );
     link.gateway_id = "no-such-gateway".into();
     link.token = setup.client.gateways[0].token.clone();
-    let err = sgw::tunnel::connect(&link, &link.replicas[0], &tls, &hello)
+    let err = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
         .unwrap_err();
     assert!(

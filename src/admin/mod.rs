@@ -73,6 +73,10 @@ pub trait Backend: Send + Sync + 'static {
     fn ready(&self) -> bool;
     fn status(&self) -> serde_json::Value;
     fn metrics(&self) -> Vec<Family>;
+    /// Labels every series carries (a gateway replica's `replica`).
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     fn acl_show(&self) -> Result<AclView, AclError> {
         Err(no_acl())
     }
@@ -335,7 +339,12 @@ impl Collector for Scrape {
 
 /// Open, like the probes: scrapers carry no token, and counters reveal no rule or secret.
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut reg = Registry::default();
+    let labels = st.backend.metric_labels();
+    let mut reg = Registry::with_labels(
+        labels
+            .into_iter()
+            .map(|(k, v)| (std::borrow::Cow::Borrowed(k), std::borrow::Cow::Owned(v))),
+    );
     reg.register_collector(Box::new(Scrape(st.backend.metrics())));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {

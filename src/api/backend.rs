@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::TenantConfig;
 
@@ -43,7 +43,7 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 /// One connected client (`GET .../clients`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClientView {
     pub client_id: String,
     pub version: String,
@@ -55,31 +55,39 @@ pub struct ClientView {
 }
 
 /// A client that went away (`GET .../disconnectedClients`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GoneClient {
     pub client_id: String,
     pub version: String,
     pub hostname: String,
     pub env: String,
     /// Unix milliseconds, shown as RFC 3339.
-    #[serde(rename = "disconnected_at", serialize_with = "rfc3339")]
+    #[serde(
+        rename = "disconnected_at",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
     pub disconnected_at_ms: u64,
     pub reason: String,
 }
 
 /// One line a client pushed (`GET .../clientLogs`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLogLine {
     pub client_id: String,
     pub level: String,
     pub message: String,
     /// Unix milliseconds, shown as RFC 3339.
-    #[serde(rename = "time", serialize_with = "rfc3339")]
+    #[serde(
+        rename = "time",
+        serialize_with = "rfc3339",
+        deserialize_with = "from_rfc3339"
+    )]
     pub time_ms: u64,
 }
 
 /// The counters of one gateway id (`GET .../stats`); [`IdCounts::add`] sums them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdCounts {
     pub clients: u64,
     pub tunnels: u64,
@@ -121,4 +129,13 @@ pub fn rfc3339_text(ms: u64) -> Option<String> {
 
 fn rfc3339<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
     rfc3339_text(*ms).serialize(s)
+}
+
+/// [`rfc3339`] read back (another replica's view); a time that does not parse is 0.
+fn from_rfc3339<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = Option::<String>::deserialize(d)?;
+    Ok(text
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .and_then(|t| u64::try_from(t.as_millisecond()).ok())
+        .unwrap_or(0))
 }

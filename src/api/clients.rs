@@ -23,7 +23,7 @@ struct Connected<C> {
 
 pub(super) async fn list_clients<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
     let gw = call.id;
-    ok(api.backend.clients(&gw))
+    ok(api.view(&gw).await.clients)
 }
 
 #[derive(Deserialize)]
@@ -62,15 +62,19 @@ pub(super) async fn get_client<B: Backend>(
     Path((_, cid)): Path<(String, String)>,
 ) -> Answer {
     let gw = call.id;
-    let connected = api.backend.clients(&gw).into_iter();
-    if let Some(c) = connected.into_iter().find(|c| c.client_id == cid) {
+    let view = api.view(&gw).await;
+    if let Some(c) = view.clients.into_iter().find(|c| c.client_id == cid) {
         return ok(Connected {
             client: c,
             connected: true,
         });
     }
-    let gone = api.backend.disconnected(&gw).into_iter().rev();
-    if let Some(c) = gone.into_iter().find(|c| c.client_id == cid) {
+    if let Some(c) = view
+        .disconnected
+        .into_iter()
+        .rev()
+        .find(|c| c.client_id == cid)
+    {
         return ok(Connected {
             client: c,
             connected: false,
@@ -98,8 +102,9 @@ pub(super) async fn client_logs<B: Backend>(
     };
     let client = q.get("client_id").filter(|c| !c.is_empty());
     let out: Vec<ClientLogLine> = api
-        .backend
-        .client_logs(&gw)
+        .view(&gw)
+        .await
+        .logs
         .into_iter()
         .filter(|l| level.as_ref().is_none_or(|t| l.level == *t))
         .filter(|l| client.is_none_or(|c| l.client_id == *c))
@@ -109,5 +114,5 @@ pub(super) async fn client_logs<B: Backend>(
 
 pub(super) async fn disconnected<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
     let gw = call.id;
-    ok(api.backend.disconnected(&gw))
+    ok(api.view(&gw).await.disconnected)
 }

@@ -161,7 +161,7 @@ pub(super) async fn stats_all<B: Backend>(State(api): ApiState<B>, _: AdminCall)
     let mut per = std::collections::BTreeMap::new();
     let mut total = IdCounts::default();
     for id in api.backend.gateway_ids() {
-        if let Some(s) = api.backend.stats(&id) {
+        if let Some(s) = api.view(&id).await.stats {
             total.add(&s);
             per.insert(id, s);
         }
@@ -276,8 +276,9 @@ pub(super) async fn gateway_stats<B: Backend>(
 ) -> Answer {
     let gw = call.id;
     let s = api
-        .backend
-        .stats(&gw)
+        .view(&gw)
+        .await
+        .stats
         .ok_or_else(|| ApiError::not_found(format!("no gateway `{gw}`")))?;
     ok(s)
 }

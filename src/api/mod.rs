@@ -22,6 +22,7 @@ mod error;
 mod extract;
 mod follow;
 mod gateways;
+mod presence;
 mod routes;
 mod rules;
 mod store;
@@ -40,6 +41,7 @@ pub use backend::{
 };
 pub use error::ApiError;
 pub use follow::{follow_store, RESYNC_EVERY};
+pub use presence::publish_presence;
 pub use routes::ROUTES;
 
 /// How long a caller of the API may take for its TLS handshake and each request head.

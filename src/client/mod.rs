@@ -14,6 +14,7 @@ mod admit;
 mod handle;
 mod http;
 mod reload;
+mod replicas;
 mod reverse;
 mod session;
 mod socks;
@@ -151,11 +152,9 @@ impl Client {
         info!(version = %state.hello.version, env = %state.hello.env, gateways = self.peers.len(), "client started");
         let slots = TaskTracker::new();
         for peer in &self.peers {
-            // Slot `s` is tunnel `s % tunnels` to replica `s / tunnels`.
-            for slot in 0..peer.cfg.tunnels * peer.cfg.replicas.len() {
-                let s =
-                    session::supervise_slot(state.clone(), peer.clone(), slot, shutdown.clone());
-                slots.spawn(s);
+            for r in 0..peer.cfg.replicas.len() {
+                let hold = replicas::hold(state.clone(), peer.clone(), r, shutdown.clone());
+                slots.spawn(hold);
             }
         }
         if let Some(logs) = self.logs.take() {

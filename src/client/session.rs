@@ -15,6 +15,7 @@ use super::reverse;
 use super::state::{ClientState, GatewayPeer, PushedDest};
 use super::stream::serve_open;
 use super::ClientHandle;
+use crate::config::Replica;
 use crate::mux::Mux;
 use crate::proto::{ConfigPush, LogPush, Reason};
 use crate::telemetry::ForwardedLog;
@@ -29,14 +30,15 @@ const ACL_POLL: Duration = Duration::from_secs(1);
 pub(super) async fn supervise_slot(
     shared: Arc<ClientState>,
     link: Arc<GatewayPeer>,
-    slot: usize,
+    target: Target,
     shutdown: CancellationToken,
 ) {
+    let slot = target.slot;
     loop {
         let task = tokio::spawn(tunnel_slot(
             shared.clone(),
             link.clone(),
-            slot,
+            target.clone(),
             shutdown.clone(),
         ));
         let why = match task.await {
@@ -57,26 +59,34 @@ pub(super) async fn supervise_slot(
 /// The pause before a failed slot task is started again.
 const SLOT_RESTART_PAUSE: Duration = Duration::from_secs(1);
 
-/// Keeps one tunnel to one replica of a gateway up, forever (until shutdown).
+/// Where one tunnel slot connects: a replica's URL, and the one address of it when its name
+/// resolves to several (client/replicas.rs).
+#[derive(Clone)]
+pub(super) struct Target {
+    pub replica: Replica,
+    pub addr: Option<std::net::SocketAddr>,
+    /// Numbers the gateway's slots in logs.
+    pub slot: usize,
+}
+
+/// Keeps one tunnel to one replica of a gateway up, forever (until `shutdown`: the process's,
+/// or the replica's address no longer resolving).
 async fn tunnel_slot(
     shared: Arc<ClientState>,
     link: Arc<GatewayPeer>,
-    slot: usize,
+    target: Target,
     shutdown: CancellationToken,
 ) {
-    let Some(replica) = link
-        .cfg
-        .replicas
-        .get(slot / link.cfg.tunnels.max(1))
-        .cloned()
-    else {
-        return;
-    };
-    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %replica.url, tunnel.slot = slot);
+    let Target {
+        replica,
+        addr,
+        slot,
+    } = target;
+    let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %replica.url, gateway.addr = addr.map(tracing::field::display), tunnel.slot = slot);
     async move {
         let mut attempt = 0u32;
         loop {
-            let connect = tunnel::connect(&link.cfg, &replica, &link.tls, &shared.hello);
+            let connect = tunnel::connect(&link.cfg, &replica, addr, &link.tls, &shared.hello);
             let res = tokio::select! {
                 r = connect => r,
                 _ = shutdown.cancelled() => return,

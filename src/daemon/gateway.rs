@@ -151,6 +151,7 @@ async fn start_api(
     let bound = listener.local_addr().map_err(failed)?;
     let api = crate::api::Api::new(h.clone(), cfg.clone(), state, store);
     h.spawn(crate::api::follow_store(api.clone(), shutdown.clone()));
+    h.spawn(crate::api::publish_presence(api.clone(), shutdown.clone()));
     h.spawn(crate::api::serve(api, listener, h.tls_acceptor(), shutdown));
     Ok(bound)
 }

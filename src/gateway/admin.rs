@@ -108,6 +108,14 @@ impl Backend for AdminBackend {
         })
     }
 
+    fn metric_labels(&self) -> Vec<(&'static str, String)> {
+        // Replicas of one gateway are told apart on a shared dashboard.
+        match &self.api {
+            Some(a) if a.state_store.is_some() => vec![("replica", a.replica.clone())],
+            _ => Vec::new(),
+        }
+    }
+
     fn metrics(&self) -> Vec<Family> {
         let s = self.gateway.stats();
         let ids = self.gateway.gateway_ids();

@@ -25,9 +25,6 @@ struct ClientEntry {
 struct Clients {
     /// Keyed by the client's instance id (all tunnels of one process).
     entries: HashMap<String, ClientEntry>,
-    /// Client ids assigned to instances, kept while the gateway runs so a reconnecting
-    /// client keeps its id.
-    ids: HashMap<String, String>,
     rr: usize,
     next_tunnel: u64,
 }
@@ -173,23 +170,14 @@ impl Tenant {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A client process's id: derived from its instance id, so every replica and every
+    /// restart of the gateway gives the same client the same id (the instance itself, which
+    /// groups a process's tunnels, is not shown).
     pub fn client_id_for(&self, instance: &str) -> String {
-        let mut c = self.lock();
-        if let Some(id) = c.ids.get(instance) {
-            return id.clone();
-        }
-        // Bound the id memory: forget ids of instances that are not connected.
-        if c.ids.len() >= 100_000 {
-            let live: std::collections::HashSet<String> = c.entries.keys().cloned().collect();
-            c.ids.retain(|k, _| live.contains(k));
-        }
-        let id = format!(
-            "{}_{:012x}",
-            self.id,
-            rand::random::<u64>() & 0xffff_ffff_ffff
-        );
-        c.ids.insert(instance.to_owned(), id.clone());
-        id
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(instance.as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("{}_{hex}", self.id)
     }
 
     /// Is there room for one more tunnel of this client process? Checked before WELCOME, and

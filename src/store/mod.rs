@@ -107,6 +107,31 @@ impl Store {
         }
     }
 
+    /// Publishes what this replica sees of `gateway_id` for the others (shared store only).
+    pub async fn publish(
+        &self,
+        gateway_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.publish(gateway_id, body).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// What other replicas published about `gateway_id` within `fresh` (none for a store
+    /// nothing else writes to).
+    pub async fn presence(
+        &self,
+        gateway_id: &str,
+        fresh: std::time::Duration,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.presence(gateway_id, fresh).await,
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// A feed that yields whenever another process may have changed the store; it ends when
     /// the store connection is lost (then call again, after a backoff). `None`: nothing else
     /// writes here.

@@ -32,12 +32,23 @@ const MIGRATION_LOCK: i64 = 0x5367_7753_7461_7465;
 
 /// The schema, one step per entry, applied in order at start; `sgw_schema` records how many
 /// have been applied. Steps are never edited once released, only appended.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sgw_gateways (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sgw_gateways (
         id text PRIMARY KEY,
         revision bigint NOT NULL,
         doc jsonb NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now()
-    )"];
+    )",
+    // What each replica sees of each gateway id (clients, logs, counters), refreshed by a
+    // heartbeat; rows older than a few heartbeats are a replica that is gone.
+    "CREATE TABLE sgw_presence (
+        replica text NOT NULL,
+        gateway_id text NOT NULL,
+        body jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (replica, gateway_id)
+    )",
+];
 
 /// The shared store: a small connection pool plus how to open the change feed.
 pub struct PgStore {
@@ -311,6 +322,51 @@ impl PgStore {
             tx.commit().await.map_err(|e| self.query_error(e))
         })
         .await
+    }
+
+    /// Records what this replica sees of `gateway_id` (its heartbeat).
+    pub async fn publish(
+        &self,
+        gateway_id: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.bounded(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO sgw_presence (replica, gateway_id, body) VALUES ($1, $2, $3)
+                     ON CONFLICT (replica, gateway_id) DO UPDATE SET body = $3, updated_at = now()",
+                    &[&self.replica, &gateway_id, body],
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| self.query_error(e))
+        })
+        .await
+    }
+
+    /// What the other replicas published about `gateway_id` within `fresh`.
+    pub async fn presence(
+        &self,
+        gateway_id: &str,
+        fresh: Duration,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let secs = fresh.as_secs_f64();
+        let rows = self
+            .bounded(async {
+                let client = self.client().await?;
+                client
+                    .query(
+                        "SELECT body FROM sgw_presence
+                         WHERE gateway_id = $1 AND replica <> $2
+                           AND updated_at > now() - make_interval(secs => $3)",
+                        &[&gateway_id, &self.replica, &secs],
+                    )
+                    .await
+                    .map_err(|e| self.query_error(e))
+            })
+            .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
     }
 
     /// Opens the change feed: a connection of its own that `LISTEN`s on [`CHANNEL`].

@@ -177,12 +177,15 @@ where
 pub async fn connect(
     link: &GatewayLink,
     replica: &Replica,
+    addr: Option<std::net::SocketAddr>,
     tls: &TlsConnector,
     hello: &Hello,
 ) -> Result<(ClientWs, Welcome), ConnectError> {
     let url = &replica.url;
-    let tcp = match &replica.proxy {
-        None => {
+    let tcp = match (&replica.proxy, addr) {
+        // One address of a name that resolves to several (the TLS name is still the URL's).
+        (None, Some(a)) => step("TCP connect", TcpStream::connect(a), ConnectError::Tcp).await?,
+        (None, None) => {
             step(
                 "TCP connect",
                 TcpStream::connect((url.host.as_str(), url.port)),
@@ -190,7 +193,7 @@ pub async fn connect(
             )
             .await?
         }
-        Some(p) => {
+        (Some(p), _) => {
             step(
                 "proxy handshake",
                 proxy::dial(p, &url.host, url.port),
