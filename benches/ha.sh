@@ -35,11 +35,11 @@ ADMIN=$(cat "$dir/sgw/api.token")
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user+system ticks
 run() { # store-line -> one row
   local store=$1 name=$2
-  sed -E '/^state_file *=/d' "$dir/gateway.base" >"$dir/sgw/gateway.toml"
-  echo "$store" >>"$dir/sgw/gateway.toml"
+  # In place of state_file: top-level keys must come before the first table.
+  sed -E "s#^state_file *=.*#$store#" "$dir/gateway.base" >"$dir/sgw/gateway.toml"
   rm -f "$dir/sgw/state.json"
-  as_pg "$BIN/psql" -q -h 127.0.0.1 -p "$PG" -U postgres -c 'DROP TABLE IF EXISTS sgw_gateways, sgw_presence, sgw_schema' postgres >/dev/null
-  SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & GW=$!
+  as_pg "$BIN/psql" -q -h 127.0.0.1 -p "$PG" -U postgres -c 'SET client_min_messages = warning; DROP TABLE IF EXISTS sgw_gateways, sgw_presence, sgw_schema' postgres >/dev/null
+  SGW_GATEWAY_LOG_LEVEL=warn "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & GW=$!; pids+=($GW)
   wait_port "${API##*:}"
   api() { curl -sS --cacert "$dir/sgw/ca.pem" -H "Authorization: Bearer $ADMIN" -H 'Content-Type: application/json' "$@"; }
   local g id tok
@@ -49,13 +49,12 @@ run() { # store-line -> one row
   CI=$(free_port); CR=$(free_port)
   api -X POST -d "{\"ip\":\"127.0.0.1\",\"port\":$IP,\"cloud_port\":$CI}" "https://$API/v1/sgconfig/$id/destinations" >/dev/null
   api -X POST -d "{\"ip\":\"127.0.0.1\",\"port\":$RP,\"cloud_port\":$CR}" "https://$API/v1/sgconfig/$id/destinations" >/dev/null
+  # Beside the files init wrote (paths in it are relative), for the gateway id just made.
   sed -E -e "s/^gateway_id *=.*/gateway_id = \"$id\"/" -e "s/^token(_file)? *=.*/token = \"$tok\"/" \
-    "$dir/sgw/client.toml" >"$dir/client.toml"
-  printf 'acl allow 127.0.0.1:%s\nacl allow 127.0.0.1:%s\n' "$IP" "$RP" >"$dir/acl.list"
-  sed -i -E "s#^acl_file *=.*#acl_file = \"$dir/acl.list\"#" "$dir/client.toml"
-  sed -i -E "s#\"ca.pem\"#\"$dir/sgw/ca.pem\"#" "$dir/client.toml"
-  SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/client.toml" 2>"$dir/cl.log" & CL=$!
-  for _ in $(seq 100); do redis-cli -p "$CR" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    -e 's/^acl_file *=.*/acl_file = "acl-bench.list"/' "$dir/sgw/client.toml" >"$dir/sgw/client-bench.toml"
+  printf 'acl allow 127.0.0.1:%s\nacl allow 127.0.0.1:%s\n' "$IP" "$RP" >"$dir/sgw/acl-bench.list"
+  SGW_CLIENT_LOG_LEVEL=warn "$SGW" client --config "$dir/sgw/client-bench.toml" 2>"$dir/cl.log" & CL=$!; pids+=($CL)
+  for _ in $(seq 100); do timeout 2 redis-cli -p "$CR" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   local c0 bytes g1 g8 rps cpu_s
   c0=$(( $(cpu $GW) + $(cpu $CL) ))
   bytes=$(iperf3 -c 127.0.0.1 -p "$CI" -t "$SECS" -J | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"])')
@@ -69,5 +68,5 @@ run() { # store-line -> one row
 printf '%-16s %8s %8s %10s %8s\n' store "1x Gb/s" "8x Gb/s" "redis rps" "cpu-s/GB"
 for _ in $(seq "$ROUNDS"); do
   run 'state_file = "state.json"' state_file
-  run "state_store = \"postgres://postgres@127.0.0.1:$PG/postgres\"" postgres
+  run "state_store = \"postgres://postgres@127.0.0.1:$PG/postgres?sslmode=disable\"" postgres
 done

@@ -664,6 +664,16 @@ async fn state_migrate_moves_a_single_gateway_into_postgres() {
     ));
     assert_eq!(bad.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&bad.stderr).contains("secret"));
+    // The password never crosses a network in plain text: no `prefer`, and `disable` only for
+    // a database on this host.
+    for mode in ["prefer", "disable"] {
+        let out = migrate(format!("postgres://sgw@db.example.com/sgw?sslmode={mode}"));
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("plain text"),
+            "{out:?}"
+        );
+    }
 
     write(tunnel, api, &format!("state_store = \"{}\"", pg.url()));
     let (_gw, _) = start().await;
@@ -922,4 +932,80 @@ async fn the_ha_docs_haproxy_example_hides_a_lost_replica() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}\n{}", c.logs());
+}
+
+/// `state_store` over TLS: with `sslmode=require` the database's certificate is verified
+/// against `state_store_ca_file` (the gateway serves with it); a database signed by another
+/// CA stops the gateway at start with the reason, and so does one that refuses plain
+/// connections when TLS is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_store_over_tls_verifies_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
+    // The database presents the certificate `sgw init` made (it names localhost).
+    let Some(pg) = Postgres::start_tls(
+        &dir.path().join("gateway.pem"),
+        &dir.path().join("gateway.key"),
+    )
+    .await
+    else {
+        println!("SKIPPED: a PostgreSQL server could not be started (apt-get install postgresql)");
+        return;
+    };
+    std::fs::copy(other.path().join("ca.pem"), dir.path().join("other-ca.pem")).unwrap();
+    let gw_toml = dir.path().join("gateway.toml");
+    let write = |params: &str, ca: &str| {
+        std::fs::write(
+            &gw_toml,
+            format!(
+                "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+                 api_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n\
+                 state_store = \"postgres://postgres@localhost:{}/postgres?{params}\"\n\
+                 state_store_ca_file = \"{ca}\"\n",
+                pg.port
+            ),
+        )
+        .unwrap();
+    };
+    // A gateway that should refuse to start: its exit (bounded) and what it said.
+    let run_briefly = || async {
+        let mut p = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+        // Its last words: main's `sgw: <why>`.
+        let why = p.wait_line("sgw: ").await;
+        (wait_exit(&mut p.child).await, why)
+    };
+
+    write("sslmode=require", "other-ca.pem");
+    let (status, err) = run_briefly().await;
+    assert!(!status.success());
+    assert!(
+        err.contains("state store") && err.contains("certificate"),
+        "{err}"
+    );
+    write("sslmode=disable", "ca.pem");
+    let (status, err) = run_briefly().await;
+    assert!(!status.success());
+    assert!(err.contains("no encryption"), "{err}");
+    assert!(!err.contains(ADMIN));
+
+    write("sslmode=require", "ca.pem");
+    let p = Proc::spawn(&["gateway", "--config", gw_toml.to_str().unwrap()]);
+    p.wait_line("read the shared state store").await;
+    let api = field(&p.wait_line("management API listening").await, "api.listen");
+    let (code, out, err) = curl(&[
+        "--cacert",
+        dir.path().join("ca.pem").to_str().unwrap(),
+        "-X",
+        "POST",
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        "-d",
+        "{\"desc\":\"over tls\"}",
+        &format!("https://{api}/v1/sgconfig"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("security_token"), "{out}\n{}", p.all());
 }

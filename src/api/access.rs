@@ -28,6 +28,8 @@ pub struct Api<B> {
     pub(super) store: Store,
     /// Asks the store follower to re-read now (a commit found this copy behind).
     pub(super) resync: tokio::sync::Notify,
+    /// The other replicas' views of clients, logs and counters (presence.rs).
+    pub(super) others: super::presence::Others,
 }
 
 impl<B: Backend> Api<B> {
@@ -42,6 +44,7 @@ impl<B: Backend> Api<B> {
             state: tokio::sync::Mutex::new(state),
             store,
             resync: tokio::sync::Notify::new(),
+            others: Default::default(),
         })
     }
 

@@ -23,7 +23,7 @@ struct Connected<C> {
 
 pub(super) async fn list_clients<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
     let gw = call.id;
-    ok(api.view(&gw).await.clients)
+    ok(api.view(&gw).clients)
 }
 
 #[derive(Deserialize)]
@@ -62,7 +62,7 @@ pub(super) async fn get_client<B: Backend>(
     Path((_, cid)): Path<(String, String)>,
 ) -> Answer {
     let gw = call.id;
-    let view = api.view(&gw).await;
+    let view = api.view(&gw);
     if let Some(c) = view.clients.into_iter().find(|c| c.client_id == cid) {
         return ok(Connected {
             client: c,
@@ -103,7 +103,6 @@ pub(super) async fn client_logs<B: Backend>(
     let client = q.get("client_id").filter(|c| !c.is_empty());
     let out: Vec<ClientLogLine> = api
         .view(&gw)
-        .await
         .logs
         .into_iter()
         .filter(|l| level.as_ref().is_none_or(|t| l.level == *t))
@@ -114,5 +113,5 @@ pub(super) async fn client_logs<B: Backend>(
 
 pub(super) async fn disconnected<B: Backend>(State(api): ApiState<B>, call: GatewayCall) -> Answer {
     let gw = call.id;
-    ok(api.view(&gw).await.disconnected)
+    ok(api.view(&gw).disconnected)
 }

@@ -103,11 +103,18 @@ impl From<ApplyError> for ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         use crate::store::StoreError;
-        let status = match &e {
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Failed(_) | StoreError::Invalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError::new(status, e.to_string())
+        // Where the store is and what its driver said stay in the gateway's log (the caller
+        // may be any gateway's token holder); the caller learns what happened and what to do.
+        match e {
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::Unavailable { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the state store is unreachable: nothing was changed; reads still answer; retry later",
+            ),
+            StoreError::Failed(_) | StoreError::Invalid(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the state store refused the change: nothing was changed (the gateway's log has the reason)",
+            ),
+        }
     }
 }

@@ -22,6 +22,9 @@ use crate::store::StoreError;
 /// The safety net: a full re-read this often even when no change was announced.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
+/// Least time between two re-reads.
+const MIN_GAP: Duration = Duration::from_millis(250);
+
 /// Backoff between attempts to reach the store's change feed: short, since a replica that
 /// is not following may serve an old state, and one connection attempt costs the store little.
 const RETRY: Reconnect = Reconnect {
@@ -44,6 +47,11 @@ pub async fn follow_store<B: Backend>(api: Arc<Api<B>>, shutdown: CancellationTo
                 attempt = 0;
                 loop {
                     api.resync_logged().await;
+                    // However often anyone on the database sends NOTIFY, re-reads are spaced.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(MIN_GAP) => {}
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         more = feed.changed() => if !more { break },
@@ -81,7 +89,7 @@ impl<B: Backend> Api<B> {
     /// many gateway ids changed here. A change that can't be applied here (a port taken on
     /// this host) is logged and tried again at the next re-read.
     pub async fn resync_now(&self) -> Result<usize, StoreError> {
-        let fresh = self.store.load().await?;
+        let (fresh, unreadable) = self.store.load().await?;
         let mut st = self.state.lock().await;
         let mut changed = 0;
         for mut rec in fresh.gateways.iter().cloned() {
@@ -114,7 +122,8 @@ impl<B: Backend> Api<B> {
         let gone: Vec<String> = st
             .gateways
             .iter()
-            .filter(|g| !fresh.gateways.iter().any(|f| f.id == g.id))
+            // A row that does not validate is not a deletion: keep serving what runs.
+            .filter(|g| !fresh.gateways.iter().any(|f| f.id == g.id) && !unreadable.contains(&g.id))
             .map(|g| g.id.clone())
             .collect();
         for id in gone {

@@ -161,7 +161,7 @@ pub(super) async fn stats_all<B: Backend>(State(api): ApiState<B>, _: AdminCall)
     let mut per = std::collections::BTreeMap::new();
     let mut total = IdCounts::default();
     for id in api.backend.gateway_ids() {
-        if let Some(s) = api.view(&id).await.stats {
+        if let Some(s) = api.view(&id).stats {
             total.add(&s);
             per.insert(id, s);
         }
@@ -218,8 +218,8 @@ pub(super) async fn delete_gateway<B: Backend>(
     State(api): ApiState<B>,
     call: GatewayCall,
 ) -> Answer {
-    let gw = call.id;
-    api.delete_gateway(&gw).await?;
+    let (gw, if_match) = (call.id, call.if_match);
+    api.delete_gateway(&gw, if_match).await?;
     tracing::info!(gateway.id = %gw, "gateway deleted");
     ok(json!({ "deleted": gw }))
 }
@@ -277,7 +277,6 @@ pub(super) async fn gateway_stats<B: Backend>(
     let gw = call.id;
     let s = api
         .view(&gw)
-        .await
         .stats
         .ok_or_else(|| ApiError::not_found(format!("no gateway `{gw}`")))?;
     ok(s)

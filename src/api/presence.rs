@@ -1,14 +1,15 @@
 //! One view of a gateway id across replicas: each replica publishes what it sees (connected
-//! clients, clients gone, client log lines, counters) to the shared store every
-//! [`HEARTBEAT`], and the API's clients, clientLogs, disconnectedClients and stats calls
-//! answer with this replica's own view merged with the other replicas' fresh ones. A replica
-//! that stops publishing (killed, cut off) drops out of the view after [`FRESH`].
-//!
-//! Without a shared store, or while it is unreachable, the calls answer with this replica's
-//! own view.
+//! clients, clients gone, client log lines, counters) of the gateway ids the store holds, and
+//! reads the others', every [`HEARTBEAT`]; the API's clients, clientLogs,
+//! disconnectedClients and stats calls answer with this replica's live view merged with the
+//! others' from that read, so no API call waits on the store. A replica that stops publishing
+//! (killed, cut off) drops out of the view after [`FRESH`]; so do all the others while this
+//! replica can't read the store. Gateway ids from gateway.toml are this replica's own and are
+//! neither published nor merged.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -23,9 +24,32 @@ pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const FRESH: Duration = Duration::from_secs(15);
 /// Most log lines and gone clients one merged answer holds (as one replica keeps).
 const MAX_LINES: usize = 1000;
+/// Most clients one merged answer lists.
+const MAX_CLIENTS: usize = 10_000;
+
+/// Views by gateway id.
+type Views = HashMap<String, Vec<View>>;
+
+/// The other replicas' views, as last read: when, and by gateway id.
+#[derive(Default)]
+pub(super) struct Others(std::sync::Mutex<Option<(Instant, Views)>>);
+
+impl Others {
+    fn set(&self, views: Views) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), views));
+    }
+
+    fn for_id(&self, id: &str) -> Vec<View> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match g.as_mut() {
+            Some((at, views)) if at.elapsed() < FRESH => views.get(id).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+}
 
 /// What one replica sees of one gateway id.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(super) struct View {
     pub clients: Vec<ClientView>,
     pub disconnected: Vec<GoneClient>,
@@ -34,23 +58,45 @@ pub(super) struct View {
     pub stats: Option<IdCounts>,
 }
 
-/// Publishes this replica's view of every gateway id it serves until `shutdown` (a store
-/// nothing else reads: returns at once).
+/// Publishes this replica's view of the gateway ids the store holds, and reads the other
+/// replicas', until `shutdown` (a store nothing else reads: returns at once).
 pub async fn publish_presence<B: Backend>(api: Arc<Api<B>>, shutdown: CancellationToken) {
     if !api.store.shared() {
         return;
     }
     loop {
-        for id in api.backend.gateway_ids() {
-            let view = api.local_view(&id);
-            let body = match serde_json::to_value(&view) {
-                Ok(b) => b,
-                Err(_) => continue,
+        let ids: Vec<String> = api.records().await.into_iter().map(|g| g.id).collect();
+        let mut reachable = true;
+        for id in &ids {
+            let Ok(body) = serde_json::to_value(api.local_view(id)) else {
+                continue;
             };
-            if let Err(e) = api.store.publish(&id, &body).await {
+            if let Err(e) = api.store.publish(id, &body).await {
                 // The store being down is reported by the follower; this only waits for it.
                 debug!(gateway.id = %id, error = %e, "presence not published");
+                reachable = false;
                 break;
+            }
+        }
+        if reachable {
+            match api.store.presence(FRESH).await {
+                Ok(rows) => {
+                    let mine: HashSet<&String> = ids.iter().collect();
+                    let mut views = Views::new();
+                    for (id, body) in rows {
+                        if !mine.contains(&id) {
+                            continue;
+                        }
+                        if let Ok(mut v) = serde_json::from_value::<View>(body) {
+                            v.clients.truncate(MAX_CLIENTS);
+                            v.disconnected.truncate(MAX_LINES);
+                            v.logs.truncate(MAX_LINES);
+                            views.entry(id).or_default().push(v);
+                        }
+                    }
+                    api.others.set(views);
+                }
+                Err(e) => debug!(error = %e, "other replicas' views not read"),
             }
         }
         tokio::select! {
@@ -70,20 +116,10 @@ impl<B: Backend> Api<B> {
         }
     }
 
-    /// This replica's view of `id` merged with the other replicas' fresh ones.
-    pub(super) async fn view(&self, id: &str) -> View {
+    /// This replica's live view of `id` merged with the other replicas' last read ones.
+    pub(super) fn view(&self, id: &str) -> View {
         let mut all = self.local_view(id);
-        let others = match self.store.presence(id, FRESH).await {
-            Ok(o) => o,
-            Err(e) => {
-                debug!(gateway.id = %id, error = %e, "other replicas' views unavailable; answering with this one's");
-                Vec::new()
-            }
-        };
-        for v in others {
-            let Ok(v) = serde_json::from_value::<View>(v) else {
-                continue;
-            };
+        for v in self.others.for_id(id) {
             merge(&mut all, v);
         }
         all
@@ -94,30 +130,51 @@ impl<B: Backend> Api<B> {
 /// sum of its tunnels and streams; lines and gone clients are joined in time order without
 /// repeats; counters add up, but clients are counted once.
 fn merge(all: &mut View, v: View) {
+    let mut at: HashMap<String, usize> = all
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.client_id.clone(), i))
+        .collect();
     for c in v.clients {
-        match all.clients.iter_mut().find(|x| x.client_id == c.client_id) {
-            Some(x) => {
-                x.tunnels += c.tunnels;
-                x.active_streams += c.active_streams;
-                x.streams_opened += c.streams_opened;
+        match at.get(&c.client_id) {
+            Some(&i) => {
+                let x = &mut all.clients[i];
+                x.tunnels = x.tunnels.saturating_add(c.tunnels);
+                x.active_streams = x.active_streams.saturating_add(c.active_streams);
+                x.streams_opened = x.streams_opened.saturating_add(c.streams_opened);
             }
-            None => all.clients.push(c),
+            None if all.clients.len() < MAX_CLIENTS => {
+                at.insert(c.client_id.clone(), all.clients.len());
+                all.clients.push(c);
+            }
+            None => {}
         }
     }
+    let mut gone: HashSet<(String, u64)> = all
+        .disconnected
+        .iter()
+        .map(|g| (g.client_id.clone(), g.disconnected_at_ms))
+        .collect();
     for g in v.disconnected {
-        let seen = all
-            .disconnected
-            .iter()
-            .any(|x| x.client_id == g.client_id && x.disconnected_at_ms == g.disconnected_at_ms);
-        if !seen {
+        if gone.insert((g.client_id.clone(), g.disconnected_at_ms)) {
             all.disconnected.push(g);
         }
     }
     all.disconnected.sort_by_key(|g| g.disconnected_at_ms);
     let over = all.disconnected.len().saturating_sub(MAX_LINES);
     all.disconnected.drain(..over);
+    let key = |l: &ClientLogLine| {
+        (
+            l.client_id.clone(),
+            l.time_ms,
+            l.level.clone(),
+            l.message.clone(),
+        )
+    };
+    let mut lines: HashSet<(String, u64, String, String)> = all.logs.iter().map(key).collect();
     for l in v.logs {
-        if !all.logs.contains(&l) {
+        if lines.insert(key(&l)) {
             all.logs.push(l);
         }
     }

@@ -32,6 +32,10 @@ impl<B: Backend> Api<B> {
         };
         let old = st.gateways[idx].clone();
         if let Some(want) = if_match.filter(|w| *w != old.revision) {
+            if want > old.revision {
+                // The caller read it through a replica ahead of this one.
+                self.resync.notify_one();
+            }
             return Err(ApiError::conflict(format!(
                 "If-Match: gateway `{gateway_id}` is at revision \"{}\" now, not \"{want}\": it was changed since you read it; read it again and retry",
                 old.revision
@@ -111,12 +115,22 @@ impl<B: Backend> Api<B> {
         Ok(done)
     }
 
-    /// Deletes an API-managed gateway.
-    pub(super) async fn delete_gateway(&self, gateway_id: &str) -> Result<(), ApiError> {
+    /// Deletes an API-managed gateway (`if_match`: as for [`Api::change`]).
+    pub(super) async fn delete_gateway(
+        &self,
+        gateway_id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ApiError> {
         let mut st = self.state.lock().await;
         let Some(idx) = st.gateways.iter().position(|g| g.id == gateway_id) else {
             return Err(self.not_managed(gateway_id));
         };
+        if let Some(want) = if_match.filter(|w| *w != st.gateways[idx].revision) {
+            return Err(ApiError::conflict(format!(
+                "If-Match: gateway `{gateway_id}` is at revision \"{}\" now, not \"{want}\": read it again and retry",
+                st.gateways[idx].revision
+            )));
+        }
         let mut new = st.clone();
         let old = new.gateways.remove(idx);
         self.backend.remove(gateway_id).await;

@@ -503,8 +503,12 @@ fn read_store(root: &Table<'_, '_>) -> Option<PgStoreConfig> {
     Some(PgStoreConfig { url, password, ca })
 }
 
-/// A PostgreSQL URL the driver reads, naming a host and no password.
+/// A PostgreSQL URL the driver reads, naming a host and a user, and no password. The password
+/// never crosses a network in plain text: TLS is required (`sslmode=require`, the default
+/// here) unless the database is on this host (`sslmode=disable` for loopback or a socket).
+/// `prefer` is refused: anyone on the path can turn it into plain text.
 pub fn check_store_url(url: &str) -> Result<(), String> {
+    use tokio_postgres::config::{Host, SslMode};
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("expected a `postgres://user@host:port/database` URL".into());
     }
@@ -524,7 +528,41 @@ pub fn check_store_url(url: &str) -> Result<(), String> {
     if cfg.get_user().is_none() {
         return Err("names no user (postgres://USER@host/database)".into());
     }
-    Ok(())
+    let local = cfg.get_hosts().iter().all(|h| match h {
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+        _ => true,
+    });
+    let given = url.contains("sslmode=");
+    match cfg.get_ssl_mode() {
+        SslMode::Prefer if given => Err(
+            "sslmode=prefer falls back to plain text whenever someone on the path asks, password included; use sslmode=require (the default)"
+                .into(),
+        ),
+        SslMode::Disable if !local => Err(
+            "sslmode=disable would send the password in plain text across the network; it is only for a database on this host (localhost or a socket directory); use sslmode=require"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The TLS mode a checked URL gets: what it says, or `require` when it says nothing.
+pub fn store_ssl_mode(
+    url: &str,
+    parsed: tokio_postgres::config::SslMode,
+) -> tokio_postgres::config::SslMode {
+    if url.contains("sslmode=") {
+        parsed
+    } else {
+        tokio_postgres::config::SslMode::Require
+    }
 }
 
 pub(super) fn read_destination(

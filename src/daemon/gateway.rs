@@ -161,7 +161,16 @@ async fn start_api(
 /// this replica's (its own `cloud_host`).
 async fn read_shared(store: &Store, config: GatewayConfig) -> Result<Loaded, Error> {
     store.prepare().await?;
-    let mut state = store.load().await?;
+    let (mut state, _unreadable) = store.load().await?;
+    // Another replica's API may have made an id this replica's gateway.toml defines: the file
+    // wins here, as it does on every later re-read.
+    state.gateways.retain(|g| {
+        let clash = config.gateways.iter().any(|t| t.id == g.id);
+        if clash {
+            tracing::error!(gateway.id = %g.id, "not served from the state store: this gateway id is defined in gateway.toml here");
+        }
+        !clash
+    });
     let host = config.api.as_ref().map(|a| a.cloud_host.clone());
     for g in &mut state.gateways {
         if let Some(h) = &host {

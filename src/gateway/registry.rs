@@ -170,13 +170,22 @@ impl Tenant {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A client process's id: derived from its instance id, so every replica and every
-    /// restart of the gateway gives the same client the same id (the instance itself, which
-    /// groups a process's tunnels, is not shown).
+    /// A client process's id: derived from its instance id and the gateway id, so every
+    /// replica and every restart of the gateway gives the same client the same id, while the
+    /// same process in two gateway ids can't be linked, and the instance itself (which groups
+    /// a process's tunnels) is not shown. 128 bits: no client can make another's id.
     pub fn client_id_for(&self, instance: &str) -> String {
         use sha2::Digest;
-        let digest = sha2::Sha256::digest(instance.as_bytes());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let mut h = sha2::Sha256::new();
+        h.update(self.id.as_bytes());
+        h.update([0u8]);
+        h.update(instance.as_bytes());
+        let hex: String = h
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         format!("{}_{hex}", self.id)
     }
 

@@ -87,12 +87,13 @@ impl Store {
         }
     }
 
-    /// Every gateway the store holds, validated.
-    pub async fn load(&self) -> Result<StateFile, StoreError> {
+    /// Every gateway the store holds, validated, and the ids of those left out because they
+    /// do not validate (a shared store only; a state file that does not validate is an error).
+    pub async fn load(&self) -> Result<(StateFile, Vec<String>), StoreError> {
         match self {
-            Store::Memory => Ok(StateFile::empty()),
+            Store::Memory => Ok((StateFile::empty(), Vec::new())),
             Store::File(p) => StateFile::load(p)
-                .map(|s| s.unwrap_or_else(StateFile::empty))
+                .map(|s| (s.unwrap_or_else(StateFile::empty), Vec::new()))
                 .map_err(StoreError::Invalid),
             Store::Postgres(pg) => pg.load().await,
         }
@@ -119,15 +120,14 @@ impl Store {
         }
     }
 
-    /// What other replicas published about `gateway_id` within `fresh` (none for a store
-    /// nothing else writes to).
+    /// What other replicas published within `fresh`: (gateway id, view) rows (none for a
+    /// store nothing else writes to).
     pub async fn presence(
         &self,
-        gateway_id: &str,
         fresh: std::time::Duration,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         match self {
-            Store::Postgres(pg) => pg.presence(gateway_id, fresh).await,
+            Store::Postgres(pg) => pg.presence(fresh).await,
             _ => Ok(Vec::new()),
         }
     }

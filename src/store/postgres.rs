@@ -17,7 +17,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tracing::{debug, warn};
 
 use super::{Change, StoreError};
-use crate::config::state::{GatewayRecord, StateFile, STATE_VERSION};
+use crate::config::state::{tenant_from_record, GatewayRecord, StateFile, STATE_VERSION};
 use crate::config::PgStoreConfig;
 
 /// The channel commits notify and replicas listen on.
@@ -47,8 +47,20 @@ const MIGRATIONS: &[&str] = &[
         body jsonb NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now(),
         PRIMARY KEY (replica, gateway_id)
-    )",
+    );
+    CREATE INDEX sgw_presence_updated ON sgw_presence (updated_at)",
 ];
+
+/// Most gateway rows read (a store holding more is refused at start with this figure).
+pub const MAX_GATEWAYS: i64 = 10_000;
+/// Largest gateway document read; a larger row is skipped and logged, as one that does not
+/// validate is.
+const MAX_DOC_BYTES: i32 = 16 << 20;
+/// Most presence rows read at once, and the largest one.
+const MAX_PRESENCE_ROWS: i64 = 10_000;
+const MAX_PRESENCE_BYTES: i32 = 4 << 20;
+/// Presence rows of replicas silent this long are deleted (pod names change at every start).
+const PRESENCE_KEPT: Duration = Duration::from_secs(3600);
 
 /// The shared store: a small connection pool plus how to open the change feed.
 pub struct PgStore {
@@ -84,6 +96,11 @@ impl PgStore {
         if let Some(p) = &cfg.password {
             config.password(p.expose());
         }
+        // Without `sslmode` in the URL, TLS is required (the driver's default would fall back).
+        config.ssl_mode(crate::config::store_ssl_mode(
+            &cfg.url,
+            config.get_ssl_mode(),
+        ));
         config
             .application_name(format!("sgw-gateway {replica}"))
             .connect_timeout(CALL_TIMEOUT)
@@ -138,6 +155,19 @@ impl PgStore {
         }
     }
 
+    /// A driver error with its causes ("error performing TLS handshake: invalid peer
+    /// certificate: UnknownIssuer"): the driver's own text stops at the first line.
+    fn unreachable(&self, e: &tokio_postgres::Error) -> StoreError {
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
+        self.unavailable(why)
+    }
+
     /// A failed query: the server's own refusal is a failure, anything else (connection lost,
     /// timed out) means the store is unreachable.
     fn query_error(&self, e: tokio_postgres::Error) -> StoreError {
@@ -148,7 +178,7 @@ impl PgStore {
                 db.message(),
                 db.code().code()
             )),
-            None => self.unavailable(e),
+            None => self.unreachable(&e),
         }
     }
 
@@ -205,54 +235,63 @@ impl PgStore {
         .await
     }
 
-    /// Every gateway the store holds, with its revision, validated as the state file is.
-    pub async fn load(&self) -> Result<StateFile, StoreError> {
+    /// Every gateway the store holds, with its revision, each validated as the state file's
+    /// are. A row that does not validate (or is over [`MAX_DOC_BYTES`]) is logged and left out;
+    /// its id is returned beside, so a replica keeps serving what it has for that id.
+    pub async fn load(&self) -> Result<(StateFile, Vec<String>), StoreError> {
         let rows = self
             .bounded(async {
                 let client = self.client().await?;
                 client
                     .query(
-                        "SELECT id, revision, doc FROM sgw_gateways ORDER BY id",
-                        &[],
+                        "SELECT id, revision, CASE WHEN octet_length(doc::text) <= $1 THEN doc END
+                         FROM sgw_gateways ORDER BY id LIMIT $2",
+                        &[&MAX_DOC_BYTES, &(MAX_GATEWAYS + 1)],
                     )
                     .await
                     .map_err(|e| self.query_error(e))
             })
             .await?;
-        let mut gateways = Vec::with_capacity(rows.len());
-        let mut errs = Vec::new();
+        if rows.len() as i64 > MAX_GATEWAYS {
+            return Err(StoreError::Failed(format!(
+                "state_store {}: more than {MAX_GATEWAYS} gateways",
+                self.url
+            )));
+        }
+        let mut gateways: Vec<GatewayRecord> = Vec::with_capacity(rows.len());
+        let mut skipped = Vec::new();
         for row in rows {
+            let Ok(id) = row.try_get::<_, String>(0) else {
+                continue;
+            };
             let read = (|| {
-                let id: String = row.try_get(0).map_err(|e| e.to_string())?;
                 let revision: i64 = row.try_get(1).map_err(|e| e.to_string())?;
-                let doc: serde_json::Value = row.try_get(2).map_err(|e| e.to_string())?;
+                let doc: Option<serde_json::Value> = row.try_get(2).map_err(|e| e.to_string())?;
+                let doc = doc.ok_or_else(|| format!("larger than {MAX_DOC_BYTES} bytes"))?;
                 let mut rec: GatewayRecord = serde_json::from_value(doc)
-                    .map_err(|e| format!("gateway `{id}`: not a gateway document: {e}"))?;
+                    .map_err(|e| format!("not a gateway document: {e}"))?;
                 if rec.id != id {
-                    return Err(format!("row `{id}` holds gateway `{}`", rec.id));
+                    return Err(format!("the row holds gateway `{}`", rec.id));
                 }
+                tenant_from_record(&rec).map_err(|e| e.to_string())?;
                 rec.revision = revision;
                 Ok(rec)
             })();
             match read {
                 Ok(rec) => gateways.push(rec),
-                Err(e) => errs.push(format!("state_store {}: {e}", self.url)),
+                Err(e) => {
+                    warn!(state_store = %self.url, gateway.id = %id, error = %e, "gateway in the state store left out: it does not validate");
+                    skipped.push(id);
+                }
             }
         }
-        let state = StateFile {
-            version: STATE_VERSION,
-            gateways,
-        };
-        if let Err(e) = state.tenants() {
-            errs.extend(
-                e.0.into_iter()
-                    .map(|m| format!("state_store {}: {m}", self.url)),
-            );
-        }
-        if !errs.is_empty() {
-            return Err(StoreError::Invalid(crate::config::ConfigErrors(errs)));
-        }
-        Ok(state)
+        Ok((
+            StateFile {
+                version: STATE_VERSION,
+                gateways,
+            },
+            skipped,
+        ))
     }
 
     /// Commits one change in one transaction; a record whose revision is no longer the
@@ -345,28 +384,41 @@ impl PgStore {
         .await
     }
 
-    /// What the other replicas published about `gateway_id` within `fresh`.
+    /// What the other replicas published within `fresh`, as (gateway id, view) rows, within
+    /// [`MAX_PRESENCE_ROWS`] rows of at most [`MAX_PRESENCE_BYTES`] each; rows of replicas
+    /// silent for [`PRESENCE_KEPT`] are deleted on the way.
     pub async fn presence(
         &self,
-        gateway_id: &str,
         fresh: Duration,
-    ) -> Result<Vec<serde_json::Value>, StoreError> {
+    ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
         let secs = fresh.as_secs_f64();
+        let kept = PRESENCE_KEPT.as_secs_f64();
         let rows = self
             .bounded(async {
                 let client = self.client().await?;
                 client
+                    .execute(
+                        "DELETE FROM sgw_presence WHERE updated_at < now() - make_interval(secs => $1)",
+                        &[&kept],
+                    )
+                    .await
+                    .map_err(|e| self.query_error(e))?;
+                client
                     .query(
-                        "SELECT body FROM sgw_presence
-                         WHERE gateway_id = $1 AND replica <> $2
-                           AND updated_at > now() - make_interval(secs => $3)",
-                        &[&gateway_id, &self.replica, &secs],
+                        "SELECT gateway_id, body FROM sgw_presence
+                         WHERE replica <> $1 AND updated_at > now() - make_interval(secs => $2)
+                           AND octet_length(body::text) <= $3
+                         ORDER BY updated_at DESC LIMIT $4",
+                        &[&self.replica, &secs, &MAX_PRESENCE_BYTES, &MAX_PRESENCE_ROWS],
                     )
                     .await
                     .map_err(|e| self.query_error(e))
             })
             .await?;
-        Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+            .collect())
     }
 
     /// Opens the change feed: a connection of its own that `LISTEN`s on [`CHANNEL`].
@@ -376,14 +428,17 @@ impl PgStore {
                 .config
                 .connect(self.tls.clone())
                 .await
-                .map_err(|e| self.unavailable(e))?;
+                .map_err(|e| self.unreachable(&e))?;
             // Capacity one: a change pending is enough, since a re-read takes in all of them.
             let (tx, rx) = mpsc::channel(1);
             let url = self.url.clone();
+            let me = self.replica.clone();
             tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                 while let Some(m) = messages.next().await {
                     match m {
+                        // This replica's own commits are applied already.
+                        Ok(AsyncMessage::Notification(n)) if n.payload() == me => {}
                         Ok(AsyncMessage::Notification(_)) => {
                             let _ = tx.try_send(());
                         }

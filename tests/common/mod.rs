@@ -481,6 +481,15 @@ pub struct Postgres {
 impl Postgres {
     /// `None` when it can't be run here (not installed, or no `postgres` user as root).
     pub async fn start() -> Option<Postgres> {
+        Postgres::start_with(None).await
+    }
+
+    /// TLS only over TCP, with this certificate and key (PEM): plain connections are refused.
+    pub async fn start_tls(cert: &Path, key: &Path) -> Option<Postgres> {
+        Postgres::start_with(Some((cert, key))).await
+    }
+
+    async fn start_with(tls: Option<(&Path, &Path)>) -> Option<Postgres> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
             .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
@@ -511,6 +520,34 @@ impl Postgres {
         if !init.success() {
             return None;
         }
+        if let Some((cert, key)) = tls {
+            let data = pg.data();
+            std::fs::copy(cert, data.join("server.crt")).ok()?;
+            std::fs::copy(key, data.join("server.key")).ok()?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .ok()?;
+            if is_root() {
+                for f in ["server.crt", "server.key"] {
+                    Command::new("chown")
+                        .arg("postgres:")
+                        .arg(data.join(f))
+                        .status()
+                        .ok()?;
+                }
+            }
+            let conf = data.join("postgresql.conf");
+            let text = std::fs::read_to_string(&conf).ok()? + "\nssl = on\n";
+            std::fs::write(&conf, text).ok()?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .ok()?;
+        }
         pg.resume().await;
         Some(pg)
     }
@@ -531,9 +568,12 @@ impl Postgres {
         c
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    /// `postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable` (a database on this host).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            self.port
+        )
     }
 
     /// Starts the server (again) and waits until it accepts connections.
