@@ -92,8 +92,14 @@ impl<B: Backend> Api<B> {
         let (fresh, unreadable) = self.store.load().await?;
         let mut st = self.state.lock().await;
         let mut changed = 0;
+        let mut at: std::collections::HashMap<String, usize> = st
+            .gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.id.clone(), i))
+            .collect();
         for mut rec in fresh.gateways.iter().cloned() {
-            let known = st.gateways.iter().position(|g| g.id == rec.id);
+            let known = at.get(&rec.id).copied();
             if known.is_some_and(|i| st.gateways[i].revision == rec.revision) {
                 continue;
             }
@@ -110,7 +116,10 @@ impl<B: Backend> Api<B> {
                 Ok(_) => {
                     match known {
                         Some(i) => st.gateways[i] = rec,
-                        None => st.gateways.push(rec),
+                        None => {
+                            at.insert(rec.id.clone(), st.gateways.len());
+                            st.gateways.push(rec);
+                        }
                     }
                     changed += 1;
                 }
@@ -119,18 +128,24 @@ impl<B: Backend> Api<B> {
                 }
             }
         }
+        let kept: std::collections::HashSet<&String> = fresh
+            .gateways
+            .iter()
+            .map(|g| &g.id)
+            // A row that does not validate is not a deletion: keep serving what runs.
+            .chain(unreadable.iter())
+            .collect();
         let gone: Vec<String> = st
             .gateways
             .iter()
-            // A row that does not validate is not a deletion: keep serving what runs.
-            .filter(|g| !fresh.gateways.iter().any(|f| f.id == g.id) && !unreadable.contains(&g.id))
+            .filter(|g| !kept.contains(&g.id))
             .map(|g| g.id.clone())
             .collect();
-        for id in gone {
-            self.backend.remove(&id).await;
-            st.gateways.retain(|g| g.id != id);
+        for id in &gone {
+            self.backend.remove(id).await;
             changed += 1;
         }
+        st.gateways.retain(|g| !gone.contains(&g.id));
         Ok(changed)
     }
 }
