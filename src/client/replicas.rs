@@ -21,7 +21,8 @@ use crate::config::MAX_REPLICAS;
 
 /// How often a replica's name is resolved again.
 pub(super) const RESOLVE_EVERY: Duration = Duration::from_secs(30);
-/// Longest wait for one resolution.
+/// Longest wait for one resolution (a name that gets no answer in time counts as not
+/// resolving; the tunnels already held are kept).
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Holds `tunnels` tunnels to replica `index` of `peer` (to each of its addresses) until
@@ -73,15 +74,17 @@ pub(super) async fn hold(
         let addrs: Option<BTreeSet<SocketAddr>> = match found {
             // A name's answer is bounded like any other input: at most MAX_REPLICAS addresses.
             Ok(Ok(a)) => Some(a.take(MAX_REPLICAS).collect()),
-            Ok(Err(e)) => {
-                warn!(gateway.id = %peer.cfg.gateway_id, gateway.url = %replica.url, error = %e, "cannot resolve the gateway's name; keeping the tunnels held");
-                None
-            }
-            Err(_) => {
-                warn!(gateway.id = %peer.cfg.gateway_id, gateway.url = %replica.url, "no answer from DNS within {RESOLVE_TIMEOUT:?}; keeping the tunnels held");
+            Ok(Err(_)) | Err(_) => {
+                let why = crate::tunnel::why::dns_failed(host);
+                let held_now = held.len();
+                warn!(gateway.id = %peer.cfg.gateway_id, gateway.url = %replica.url, reason = %why.code, tunnels.addresses = held_now, "{}", why.sentence);
                 None
             }
         };
+        if addrs.as_ref().is_some_and(|a| a.is_empty()) {
+            let why = crate::tunnel::why::dns_failed(host);
+            warn!(gateway.id = %peer.cfg.gateway_id, gateway.url = %replica.url, reason = %why.code, "{}", why.sentence);
+        }
         if let Some(addrs) = addrs.filter(|a| !a.is_empty()) {
             attempt = 0;
             let new: Vec<SocketAddr> = addrs

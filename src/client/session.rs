@@ -19,7 +19,7 @@ use crate::config::Replica;
 use crate::mux::Mux;
 use crate::proto::{ConfigPush, LogPush, Reason};
 use crate::telemetry::ForwardedLog;
-use crate::tunnel::{self, ConnectError};
+use crate::tunnel;
 
 /// How often the ACL file is checked for changes.
 const ACL_POLL: Duration = Duration::from_secs(1);
@@ -96,28 +96,30 @@ async fn tunnel_slot(
                     attempt = 0;
                     shared.stats.tunnel_connects.fetch_add(1, Ordering::Relaxed);
                     let span = tracing::info_span!("up", client.id = %welcome.client_id);
-                    let reason = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown).instrument(span).await;
+                    let reason = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown)
+                        .instrument(span)
+                        .await;
                     if shutdown.is_cancelled() {
                         return;
                     }
                     warn!(client.id = %welcome.client_id, reason = %reason, "tunnel down");
                 }
-                Err(ConnectError::Unauthorized) => {
-                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
-                    error!("gateway rejected the security token; check token / token_file for this gateway");
-                }
-                Err(ConnectError::Proxy(e)) => {
-                    shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, "outbound proxy did not open the tunnel; check outbound_proxy");
-                }
                 Err(e) => {
                     shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "cannot connect tunnel");
+                    let why = tunnel::why::explain(&e, &replica, &link.cfg.trust);
+                    if why.needs_change {
+                        error!(reason = %why.code, "{}", why.sentence);
+                    } else {
+                        warn!(reason = %why.code, "{}", why.sentence);
+                    }
                 }
             }
             let delay = shared.cfg.reconnect.delay(attempt);
             attempt = attempt.saturating_add(1);
-            debug!(delay_ms = delay.as_millis() as u64, "reconnecting after backoff");
+            debug!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting after backoff"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.cancelled() => return,

@@ -5,6 +5,7 @@
 
 pub mod proxy;
 mod transport;
+pub mod why;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +88,8 @@ pub type ServerWs = WebSocketStream<tokio_rustls::server::TlsStream<TcpStream>>;
 /// Why a tunnel could not be established (client side).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    #[error("cannot resolve the gateway's name: {0}")]
+    Dns(std::io::Error),
     #[error("cannot reach gateway: {0}")]
     Tcp(std::io::Error),
     #[error("{0}")]
@@ -107,6 +110,26 @@ pub enum ConnectError {
     Handshake(String),
     #[error("{0} timed out after {1:?}")]
     Timeout(&'static str, Duration),
+}
+
+/// Resolves `host` (a step of its own, so a name that does not resolve is told apart from a
+/// gateway that does not answer), then connects to its addresses in turn.
+async fn dial(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(ConnectError::Dns)?
+        .collect();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
+    if addrs.is_empty() {
+        return Err(ConnectError::Dns(last));
+    }
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(ConnectError::Tcp(last))
 }
 
 async fn step<T, E>(
@@ -185,14 +208,7 @@ pub async fn connect(
     let tcp = match (&replica.proxy, addr) {
         // One address of a name that resolves to several (the TLS name is still the URL's).
         (None, Some(a)) => step("TCP connect", TcpStream::connect(a), ConnectError::Tcp).await?,
-        (None, None) => {
-            step(
-                "TCP connect",
-                TcpStream::connect((url.host.as_str(), url.port)),
-                ConnectError::Tcp,
-            )
-            .await?
-        }
+        (None, None) => step("TCP connect", dial(&url.host, url.port), |e| e).await?,
         (Some(p), _) => {
             step(
                 "proxy handshake",
