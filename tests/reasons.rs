@@ -228,3 +228,38 @@ fn the_reason_table_matches_the_source() {
         .collect();
     assert_eq!(documented, sgw::tunnel::why::CODES);
 }
+
+/// A gateway killed under a connected client: the client's `tunnel down` line says the
+/// gateway went without a goodbye, not the TLS library's words and link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_is_a_tunnel_down_without_a_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sgw::init::write(d, &sgw::init::InitOptions::default()).unwrap();
+    std::fs::write(d.join("acl.list"), "acl allow 127.0.0.1:1\n").unwrap();
+    let token = std::fs::read_to_string(d.join("token")).unwrap();
+    let (mut gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
+    let cfg = client_config(
+        d,
+        "killed",
+        &format!("wss://127.0.0.1:{port}/tunnel"),
+        "ca.pem",
+        token.trim(),
+    );
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    c.wait_line("tunnel up").await;
+    assert!(Command::new("kill")
+        .args(["-KILL", &gw.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_exit(&mut gw.child).await;
+    let line = c.wait_line("tunnel down").await;
+    assert!(
+        line.contains("without a goodbye") || line.contains("was reset"),
+        "{line}"
+    );
+    for raw in RAW {
+        assert!(!line.contains(raw), "{raw:?} in {line}");
+    }
+}

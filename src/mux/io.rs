@@ -19,6 +19,23 @@ pub(crate) struct ReaderSinks {
     pub logs: mpsc::Sender<Bytes>,
 }
 
+/// Why reading the tunnel failed, in words an operator acts on (the TLS library's own text
+/// for a missing close_notify is a link to its manual).
+fn read_failure(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::UnexpectedEof => {
+            "the other side closed the connection without a goodbye: its process ended or the network cut it".into()
+        }
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            "the connection was reset: the other side's process ended or something on the path cut it".into()
+        }
+        ErrorKind::TimedOut => "the connection timed out: the network path stopped carrying it".into(),
+        ErrorKind::InvalidData => format!("the other side sent something that is not a tunnel message: {e}"),
+        k => format!("tunnel read failed: {k}"),
+    }
+}
+
 pub(crate) async fn reader_loop<R>(shared: Arc<MuxState>, mut reader: R, sinks: ReaderSinks)
 where
     R: Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -32,7 +49,7 @@ where
         let msg = match msg {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                shared.close(format!("tunnel read failed: {e}"));
+                shared.close(read_failure(&e));
                 return;
             }
             None => {
