@@ -168,17 +168,21 @@ impl PgStore {
         self.unavailable(why)
     }
 
-    /// A failed query: the server's own refusal is a failure, anything else (connection lost,
-    /// timed out) means the store is unreachable.
+    /// A failed query: the server's own refusal of the statement is a failure; a lost
+    /// connection, a timeout, or the server going away or turning connections down
+    /// (SQLSTATE classes 08 connection, 53 resources, 57 operator intervention such as a
+    /// shutdown, 58 system) means the store is unreachable for now.
     fn query_error(&self, e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
-            Some(db) => StoreError::Failed(format!(
-                "state_store {}: {} ({})",
-                self.url,
-                db.message(),
-                db.code().code()
-            )),
-            None => self.unreachable(&e),
+            Some(db) if !matches!(db.code().code().get(..2), Some("08" | "53" | "57" | "58")) => {
+                StoreError::Failed(format!(
+                    "state_store {}: {} ({})",
+                    self.url,
+                    db.message(),
+                    db.code().code()
+                ))
+            }
+            _ => self.unreachable(&e),
         }
     }
 
