@@ -65,7 +65,7 @@ pub async fn publish_presence<B: Backend>(api: Arc<Api<B>>, shutdown: Cancellati
         return;
     }
     loop {
-        let ids: Vec<String> = api.records().await.into_iter().map(|g| g.id).collect();
+        let ids = api.managed_ids().await;
         let mut reachable = true;
         for id in &ids {
             let Ok(body) = serde_json::to_value(api.local_view(id)) else {

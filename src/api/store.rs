@@ -31,16 +31,7 @@ impl<B: Backend> Api<B> {
             return Err(self.not_managed(gateway_id));
         };
         let old = st.gateways[idx].clone();
-        if let Some(want) = if_match.filter(|w| *w != old.revision) {
-            if want > old.revision {
-                // The caller read it through a replica ahead of this one.
-                self.resync.notify_one();
-            }
-            return Err(ApiError::conflict(format!(
-                "If-Match: gateway `{gateway_id}` is at revision \"{}\" now, not \"{want}\": it was changed since you read it; read it again and retry",
-                old.revision
-            )));
-        }
+        self.check_if_match(&old, if_match)?;
         let mut rec = old.clone();
         edit(&mut rec)?;
         rec.updated_at = crate::telemetry::unix_ms();
@@ -78,6 +69,8 @@ impl<B: Backend> Api<B> {
             match applied {
                 Ok(running) => {
                     sync_ports(&mut rec, &running);
+                    // A new row's first revision (the store's numbering).
+                    rec.revision = 1;
                     new.gateways.push(rec.clone());
                     done.push((rec, running));
                 }
@@ -100,17 +93,6 @@ impl<B: Backend> Api<B> {
             }
             return Err(e);
         }
-        // A new row's first revision (the store's numbering).
-        for g in new
-            .gateways
-            .iter_mut()
-            .filter(|g| done.iter().any(|(r, _)| r.id == g.id))
-        {
-            g.revision = 1;
-        }
-        for (r, _) in done.iter_mut() {
-            r.revision = 1;
-        }
         *st = new;
         Ok(done)
     }
@@ -125,12 +107,7 @@ impl<B: Backend> Api<B> {
         let Some(idx) = st.gateways.iter().position(|g| g.id == gateway_id) else {
             return Err(self.not_managed(gateway_id));
         };
-        if let Some(want) = if_match.filter(|w| *w != st.gateways[idx].revision) {
-            return Err(ApiError::conflict(format!(
-                "If-Match: gateway `{gateway_id}` is at revision \"{}\" now, not \"{want}\": read it again and retry",
-                st.gateways[idx].revision
-            )));
-        }
+        self.check_if_match(&st.gateways[idx], if_match)?;
         let mut new = st.clone();
         let old = new.gateways.remove(idx);
         self.backend.remove(gateway_id).await;
@@ -161,6 +138,27 @@ impl<B: Backend> Api<B> {
 
     pub(super) async fn records(&self) -> Vec<GatewayRecord> {
         self.state.lock().await.gateways.clone()
+    }
+
+    /// The ids of the API-managed gateways (without copying their documents).
+    pub(super) async fn managed_ids(&self) -> Vec<String> {
+        let st = self.state.lock().await;
+        st.gateways.iter().map(|g| g.id.clone()).collect()
+    }
+
+    /// `If-Match` against the revision this replica holds: another one is a 409. A caller who
+    /// read a newer one did so through a replica ahead of this one: it is re-read at once.
+    fn check_if_match(&self, rec: &GatewayRecord, if_match: Option<i64>) -> Result<(), ApiError> {
+        let Some(want) = if_match.filter(|w| *w != rec.revision) else {
+            return Ok(());
+        };
+        if want > rec.revision {
+            self.resync.notify_one();
+        }
+        Err(ApiError::conflict(format!(
+            "If-Match: gateway `{}` is at revision \"{}\" now, not \"{want}\": it was changed since you read it; read it again and retry",
+            rec.id, rec.revision
+        )))
     }
 
     /// Commits a change to the store; a refusal or failure becomes the API's answer. A

@@ -506,8 +506,9 @@ fn read_store(root: &Table<'_, '_>) -> Option<PgStoreConfig> {
 /// A PostgreSQL URL the driver reads, naming a host and a user, and no password. The password
 /// never crosses a network in plain text: TLS is required (`sslmode=require`, the default
 /// here) unless the database is on this host (`sslmode=disable` for loopback or a socket).
-/// `prefer` is refused: anyone on the path can turn it into plain text.
-pub fn check_store_url(url: &str) -> Result<(), String> {
+/// `prefer` is refused: anyone on the path can turn it into plain text. Returns the TLS mode
+/// to connect with.
+pub fn check_store_url(url: &str) -> Result<tokio_postgres::config::SslMode, String> {
     use tokio_postgres::config::{Host, SslMode};
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         return Err("expected a `postgres://user@host:port/database` URL".into());
@@ -539,9 +540,12 @@ pub fn check_store_url(url: &str) -> Result<(), String> {
         }
         _ => true,
     });
-    let given = url.contains("sslmode=");
+    if !url.contains("sslmode=") {
+        // The driver's default (`prefer`) would fall back to plain text.
+        return Ok(SslMode::Require);
+    }
     match cfg.get_ssl_mode() {
-        SslMode::Prefer if given => Err(
+        SslMode::Prefer => Err(
             "sslmode=prefer falls back to plain text whenever someone on the path asks, password included; use sslmode=require (the default)"
                 .into(),
         ),
@@ -549,19 +553,7 @@ pub fn check_store_url(url: &str) -> Result<(), String> {
             "sslmode=disable would send the password in plain text across the network; it is only for a database on this host (localhost or a socket directory); use sslmode=require"
                 .into(),
         ),
-        _ => Ok(()),
-    }
-}
-
-/// The TLS mode a checked URL gets: what it says, or `require` when it says nothing.
-pub fn store_ssl_mode(
-    url: &str,
-    parsed: tokio_postgres::config::SslMode,
-) -> tokio_postgres::config::SslMode {
-    if url.contains("sslmode=") {
-        parsed
-    } else {
-        tokio_postgres::config::SslMode::Require
+        mode => Ok(mode),
     }
 }
 

@@ -47,8 +47,8 @@ pub use client::{
 };
 pub use endpoint::{CallerTls, DestProxy, EndpointTlsConfig, MAX_CLIENT_CERTS};
 pub use gateway::{
-    check_store_url, store_ssl_mode, AdminConfig, ApiConfig, Destination, Egress, EnrollDefaults,
-    GatewayConfig, PgStoreConfig, Protocol, TenantConfig, TlsIdentity,
+    check_store_url, AdminConfig, ApiConfig, Destination, Egress, EnrollDefaults, GatewayConfig,
+    PgStoreConfig, Protocol, TenantConfig, TlsIdentity,
 };
 pub use iptable::IpTableRule;
 pub use proxy::{bypass as no_proxy_bypass, OutboundProxy, ProxyKind};

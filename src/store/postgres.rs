@@ -89,18 +89,15 @@ impl Feed {
 impl PgStore {
     pub fn new(cfg: &PgStoreConfig, replica: &str) -> Result<Self, StoreError> {
         let url = cfg.url.clone();
-        let mut config: Config = cfg
-            .url
+        let bad = |why: String| StoreError::Failed(format!("state_store {url}: {why}"));
+        let ssl_mode = crate::config::check_store_url(&url).map_err(bad)?;
+        let mut config: Config = url
             .parse()
-            .map_err(|_| StoreError::Failed(format!("state_store {url}: not a PostgreSQL URL")))?;
+            .map_err(|_| bad("not a PostgreSQL URL".into()))?;
         if let Some(p) = &cfg.password {
             config.password(p.expose());
         }
-        // Without `sslmode` in the URL, TLS is required (the driver's default would fall back).
-        config.ssl_mode(crate::config::store_ssl_mode(
-            &cfg.url,
-            config.get_ssl_mode(),
-        ));
+        config.ssl_mode(ssl_mode);
         config
             .application_name(format!("sgw-gateway {replica}"))
             .connect_timeout(CALL_TIMEOUT)

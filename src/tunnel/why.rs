@@ -84,7 +84,10 @@ pub fn explain(e: &ConnectError, replica: &Replica, trust: &Trust) -> Why {
         ConnectError::Version(v) => why(
             "version_mismatch",
             true,
-            format!("the gateway does not speak this client's protocol ({v}): upgrade the older of the two"),
+            format!(
+                "the gateway does not speak this client's protocol ({}): upgrade the older of the two",
+                crate::telemetry::clean(v, 256)
+            ),
         ),
         ConnectError::Http { status, .. } => why(
             "upgrade_refused",
@@ -96,7 +99,11 @@ pub fn explain(e: &ConnectError, replica: &Replica, trust: &Trust) -> Why {
         ConnectError::Ws(_) | ConnectError::Send(_) | ConnectError::Handshake(_) => why(
             "handshake_failed",
             false,
-            format!("the tunnel handshake with {at} failed ({e}); it is retried, and if it persists check that the URL is a gateway's tunnel endpoint"),
+            format!(
+                "the tunnel handshake with {at} failed ({}); it is retried, and if it persists check that the URL is a gateway's tunnel endpoint",
+                // Partly the peer's words (a close reason): cleaned and cut short.
+                crate::telemetry::clean(&e.to_string(), 256)
+            ),
         ),
         ConnectError::Timeout(step, after) => why(
             "timeout",
@@ -151,11 +158,7 @@ fn tls(io: &std::io::Error, at: &str, ca: &str) -> Why {
             true,
             format!(
                 "the gateway's certificate holds {}, not {}: connect by one of those names, or add this one to the certificate (`sgw init --public {}` on the gateway)",
-                if presented.is_empty() {
-                    "no names".to_string()
-                } else {
-                    presented.join(", ")
-                },
+                names_held(presented),
                 expected.to_str(),
                 expected.to_str()
             ),
@@ -188,9 +191,30 @@ fn tls(io: &std::io::Error, at: &str, ca: &str) -> Why {
         other => why(
             "tls_failed",
             false,
-            format!("the TLS handshake with {at} failed: {other}"),
+            format!(
+                "the TLS handshake with {at} failed: {}",
+                crate::telemetry::clean(&other.to_string(), 256)
+            ),
         ),
     }
+}
+
+/// The names a certificate holds, as the peer sent them: the first few, each cleaned of
+/// control characters and cut short, so a certificate can't flood or forge log lines.
+fn names_held(presented: &[String]) -> String {
+    const SHOWN: usize = 8;
+    if presented.is_empty() {
+        return "no names".into();
+    }
+    let mut out: Vec<String> = presented
+        .iter()
+        .take(SHOWN)
+        .map(|n| crate::telemetry::clean(n, 64))
+        .collect();
+    if presented.len() > SHOWN {
+        out.push(format!("and {} more", presented.len() - SHOWN));
+    }
+    out.join(", ")
 }
 
 /// An io error as words, without `Os { code: .. }`.
