@@ -52,3 +52,20 @@ rathole_tls() {
   "$rh" -s "$dir/rs.toml" >/dev/null 2>&1 & pids+=($!)
   "$rh" -c "$dir/rc.toml" >/dev/null 2>&1 & pids+=($!)
 }
+
+# pg_start [POSTGRES-ARGS...]: a fresh PostgreSQL (Debian's package) in $dir/pg on the free
+# port $PG, trusting local connections, run as the postgres user when we are root; $BIN is its
+# bin directory and as_pg runs a command as that user. Exits when PostgreSQL is missing.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_start() {
+  BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)
+  [ -x "$BIN/initdb" ] || { echo "PostgreSQL server missing (apt-get install postgresql)"; exit 1; }
+  PG=$(free_port)
+  mkdir "$dir/pg"
+  if [ "$(id -u)" = 0 ]; then chown postgres: "$dir/pg"; fi
+  as_pg "$BIN/initdb" -A trust -U postgres -D "$dir/pg/data" >/dev/null
+  as_pg "$BIN/postgres" -D "$dir/pg/data" -c listen_addresses=127.0.0.1 -p "$PG" -k "$dir/pg" \
+    "$@" >"$dir/pg.log" 2>&1 & pids+=($!)
+  wait_port "$PG"
+  for _ in $(seq 50); do "$BIN/pg_isready" -h 127.0.0.1 -p "$PG" >/dev/null 2>&1 && break; sleep 0.1; done
+}

@@ -13,16 +13,8 @@ cd "$(dirname "$0")/.."
 SGW=${SGW_BIN:-target/release/sgw}
 SECS=${SECS:-5}
 ROUNDS=${ROUNDS:-2}
-BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)
-[ -x "$BIN/initdb" ] || { echo "PostgreSQL server missing (apt-get install postgresql)"; exit 1; }
 . benches/common.sh
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-PG=$(free_port)
-mkdir "$dir/pg"
-[ "$(id -u)" = 0 ] && chown postgres: "$dir/pg"
-as_pg "$BIN/initdb" -A trust -U postgres -D "$dir/pg/data" >/dev/null
-as_pg "$BIN/postgres" -D "$dir/pg/data" -c listen_addresses=127.0.0.1 -p "$PG" -k "$dir/pg" >"$dir/pg.log" 2>&1 & pids+=($!)
-wait_port "$PG"
+pg_start
 IP=$(free_port); RP=$(free_port)
 iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
 redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)

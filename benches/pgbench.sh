@@ -12,18 +12,8 @@ SGW=${SGW_BIN:-target/release/sgw}
 CLIENTS=${CLIENTS:-8}
 SECS=${SECS:-10}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
-BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)
-[ -x "$BIN/initdb" ] || { echo "PostgreSQL server missing (apt-get install postgresql)"; exit 1; }
 . benches/common.sh
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-PG=$(free_port)
-mkdir "$dir/pg"
-[ "$(id -u)" = 0 ] && chown postgres: "$dir/pg"
-as_pg "$BIN/initdb" -A trust -U postgres -D "$dir/pg/data" >/dev/null
-as_pg "$BIN/postgres" -D "$dir/pg/data" -c listen_addresses=127.0.0.1 -p "$PG" -k "$dir/pg" \
-  -c max_connections=200 >"$dir/pg.log" 2>&1 & pids+=($!)
-wait_port "$PG"
-for _ in $(seq 50); do "$BIN/pg_isready" -h 127.0.0.1 -p "$PG" >/dev/null 2>&1 && break; sleep 0.1; done
+pg_start -c max_connections=200
 "$BIN/pgbench" -h 127.0.0.1 -p "$PG" -U postgres -i -s 10 -q postgres >/dev/null 2>&1
 
 tps() { # port -> transactions/s and mean latency

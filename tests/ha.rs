@@ -126,12 +126,7 @@ impl Cluster {
     /// `kill -9`: no drain, no goodbye.
     async fn kill9(&mut self, i: usize) {
         let mut p = self.replicas[i].proc.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-KILL", &p.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        wait_exit(&mut p.child).await;
+        kill9(&mut p.child).await;
     }
 
     fn logs(&self) -> String {
@@ -231,6 +226,42 @@ impl Cluster {
             }
         }
         v
+    }
+
+    /// A gateway created through replica `i`'s API: its id and security token.
+    async fn create_gateway(&self, i: usize, desc: &str) -> (String, String) {
+        let body = json!({ "desc": desc });
+        let g = self
+            .call(i, "POST", "/v1/sgconfig", ADMIN, Some(&body), None)
+            .await;
+        assert_eq!(g.status, 200, "{}", g.body);
+        (text(&g.body["id"]), text(&g.body["security_token"]))
+    }
+
+    /// A destination `doc` created on gateway `id` through replica `i`: its cloud port.
+    async fn create_dest(&self, i: usize, id: &str, token: &str, doc: Value) -> u16 {
+        let path = format!("/v1/sgconfig/{id}/destinations");
+        let d = self.call(i, "POST", &path, token, Some(&doc), None).await;
+        assert_eq!(d.status, 200, "{}", d.body);
+        let port = d.body["cloud_port"].as_u64().unwrap() as u16;
+        assert_ne!(port, 0);
+        port
+    }
+
+    /// Waits until a caller at replica `i` gets its bytes echoed through `port`, within
+    /// `within` (`client`'s log shown if not).
+    async fn serves(&self, i: usize, port: u16, within: Duration, client: &Proc) {
+        let deadline = Instant::now() + within;
+        let host = &self.replicas[i].host;
+        while let Err(e) = echo_via(host, port, b"hello").await {
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} did not serve port {port} within {within:?}: {e}\n{}\n--- client:\n{}",
+                self.logs(),
+                client.all()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// An `sgw client` with tunnels to every replica for gateway `id`, from their URLs.
@@ -334,18 +365,7 @@ async fn replicas_on_one_postgres_store_share_changes_and_survive_losses() {
     let echo = echo_server().await;
 
     // A gateway created on replica 0 is known to the others.
-    let g = c
-        .call(
-            0,
-            "POST",
-            "/v1/sgconfig",
-            ADMIN,
-            Some(&json!({"desc": "ha"})),
-            None,
-        )
-        .await;
-    assert_eq!(g.status, 200, "{}", g.body);
-    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    let (id, token) = c.create_gateway(0, "ha").await;
     for i in 1..3 {
         c.until(i, &format!("/v1/sgconfig/{id}"), PROPAGATION, |r| {
             r.status == 200
@@ -380,34 +400,12 @@ async fn replicas_on_one_postgres_store_share_changes_and_survive_losses() {
 
     // Propagation: a destination created on replica 0 answers callers at replicas 1 and 2
     // within the bound, on the same cloud port, each on its own address.
-    let d = c
-        .call(
-            0,
-            "POST",
-            &format!("/v1/sgconfig/{id}/destinations"),
-            &token,
-            Some(&json!({"id": "echo", "ip": "127.0.0.1", "port": echo.port()})),
-            None,
-        )
-        .await;
-    assert_eq!(d.status, 200, "{}", d.body);
+    let doc = json!({"id": "echo", "ip": "127.0.0.1", "port": echo.port()});
+    let port = c.create_dest(0, &id, &token, doc).await;
     let created = Instant::now();
-    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
-    assert_ne!(port, 0);
     for i in [1, 2] {
-        let host = c.replicas[i].host.clone();
-        loop {
-            if echo_via(&host, port, b"hello").await.is_ok() {
-                break;
-            }
-            assert!(
-                created.elapsed() < PROPAGATION,
-                "replica {i} did not serve the new destination within {PROPAGATION:?}\n{}\n--- client:\n{}",
-                c.logs(),
-                client.all()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = PROPAGATION.saturating_sub(created.elapsed());
+        c.serves(i, port, left, &client).await;
     }
     echo_via(&c.replicas[0].host, port, b"hello").await.unwrap();
 
@@ -697,18 +695,7 @@ async fn a_gateway_name_with_three_addresses_gets_tunnels_to_each() {
         return;
     };
     let echo = echo_server().await;
-    let g = c
-        .call(
-            0,
-            "POST",
-            "/v1/sgconfig",
-            ADMIN,
-            Some(&json!({"desc": "dns"})),
-            None,
-        )
-        .await;
-    assert_eq!(g.status, 200, "{}", g.body);
-    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    let (id, token) = c.create_gateway(0, "dns").await;
     let hosts = c.path("hosts");
     let lines: String = c
         .replicas
@@ -733,29 +720,10 @@ async fn a_gateway_name_with_three_addresses_gets_tunnels_to_each() {
     for i in 0..3 {
         c.tunnels(i, &id, 1).await;
     }
-    let d = c
-        .call(
-            1,
-            "POST",
-            &format!("/v1/sgconfig/{id}/destinations"),
-            &token,
-            Some(&json!({"ip": "127.0.0.1", "port": echo.port()})),
-            None,
-        )
-        .await;
-    assert_eq!(d.status, 200, "{}", d.body);
-    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
-    for r in &c.replicas {
-        let deadline = Instant::now() + WAIT;
-        while let Err(e) = echo_via(&r.host, port, b"dns").await {
-            assert!(
-                Instant::now() < deadline,
-                "{}: {e}\n{}",
-                r.host,
-                client.all()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let doc = json!({"ip": "127.0.0.1", "port": echo.port()});
+    let port = c.create_dest(1, &id, &token, doc).await;
+    for i in 0..3 {
+        c.serves(i, port, WAIT, &client).await;
     }
 }
 
@@ -861,38 +829,15 @@ async fn the_ha_docs_haproxy_example_hides_a_lost_replica() {
         return;
     };
     let echo = echo_server().await;
-    let g = c
-        .call(
-            0,
-            "POST",
-            "/v1/sgconfig",
-            ADMIN,
-            Some(&json!({"desc": "lb"})),
-            None,
-        )
-        .await;
-    let (id, token) = (text(&g.body["id"]), text(&g.body["security_token"]));
+    let (id, token) = c.create_gateway(0, "lb").await;
     let client = c.client(&id, &token, &echo.to_string());
     for i in 0..3 {
         c.tunnels(i, &id, 1).await;
     }
-    let d = c
-        .call(
-            0,
-            "POST",
-            &format!("/v1/sgconfig/{id}/destinations"),
-            &token,
-            Some(&json!({"ip": "127.0.0.1", "port": echo.port()})),
-            None,
-        )
-        .await;
-    let port = d.body["cloud_port"].as_u64().unwrap() as u16;
-    for r in &c.replicas {
-        let deadline = Instant::now() + WAIT;
-        while echo_via(&r.host, port, b"up").await.is_err() {
-            assert!(Instant::now() < deadline, "{}\n{}", c.logs(), client.all());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let doc = json!({"ip": "127.0.0.1", "port": echo.port()});
+    let port = c.create_dest(0, &id, &token, doc).await;
+    for i in 0..3 {
+        c.serves(i, port, WAIT, &client).await;
     }
     let front = free_port();
     let cfg = ha_doc_block("haproxy", 0)

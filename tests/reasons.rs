@@ -65,14 +65,20 @@ async fn says(client: &Proc, code: &str, words: &[&str]) -> String {
     line
 }
 
+/// `sgw init`'s files in a new directory, with an ACL for the clients; and gw1's token.
+fn init_dir() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    std::fs::write(dir.path().join("acl.list"), "acl allow 127.0.0.1:1\n").unwrap();
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    (dir, token.trim().to_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_broken_setup_names_its_cause_and_fix() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, token) = init_dir();
     let d = dir.path();
-    sgw::init::write(d, &sgw::init::InitOptions::default()).unwrap();
-    std::fs::write(d.join("acl.list"), "acl allow 127.0.0.1:1\n").unwrap();
-    let token = std::fs::read_to_string(d.join("token")).unwrap();
-    let token = token.trim();
+    let token = token.as_str();
     let other = tempfile::tempdir().unwrap();
     sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
     std::fs::copy(other.path().join("ca.pem"), d.join("other-ca.pem")).unwrap();
@@ -233,27 +239,19 @@ fn the_reason_table_matches_the_source() {
 /// gateway went without a goodbye, not the TLS library's words and link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_is_a_tunnel_down_without_a_goodbye() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, token) = init_dir();
     let d = dir.path();
-    sgw::init::write(d, &sgw::init::InitOptions::default()).unwrap();
-    std::fs::write(d.join("acl.list"), "acl allow 127.0.0.1:1\n").unwrap();
-    let token = std::fs::read_to_string(d.join("token")).unwrap();
     let (mut gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
     let cfg = client_config(
         d,
         "killed",
         &format!("wss://127.0.0.1:{port}/tunnel"),
         "ca.pem",
-        token.trim(),
+        &token,
     );
     let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
     c.wait_line("tunnel up").await;
-    assert!(Command::new("kill")
-        .args(["-KILL", &gw.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    wait_exit(&mut gw.child).await;
+    kill9(&mut gw.child).await;
     let line = c.wait_line("tunnel down").await;
     assert!(
         line.contains("without a goodbye") || line.contains("was reset"),

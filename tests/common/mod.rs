@@ -349,6 +349,12 @@ pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// `kill -9` (no drain, no goodbye), and waits (bounded) until it is gone.
+pub async fn kill9(child: &mut Child) {
+    child.kill().unwrap();
+    wait_exit(child).await;
+}
+
 /// A port that was free a moment ago, for third-party daemons that cannot bind port 0.
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
