@@ -87,7 +87,7 @@ pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
         Err(match last {
             Some((a, e)) => DialError {
                 reason: classify(&e),
-                message: format!("connect to {a}: {e}"),
+                message: format!("connect to {a}: {}", crate::telemetry::io_words(e.kind())),
             },
             None => DialError {
                 reason: Reason::Unreachable,

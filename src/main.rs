@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand};
 
 use sgw::commands::acl::AclCmd;
 use sgw::commands::admin::{HealthArgs, StatusArgs};
+use sgw::commands::doctor::DoctorArgs;
 use sgw::commands::setup::{EnrollArgs, InitArgs};
 use sgw::commands::state::StateCmd;
-use sgw::commands::{acl, admin, setup, state};
+use sgw::commands::{acl, admin, doctor, setup, state};
 use sgw::daemon::client::ClientArgs;
 use sgw::daemon::gateway::GatewayArgs;
 use sgw::daemon::quickstart::QuickstartArgs;
@@ -49,6 +50,10 @@ enum Cmd {
     /// Exit 0 if the running process is alive (/healthz), or with --ready, ready (/readyz).
     /// For container health checks.
     Health(HealthArgs),
+    /// Walk the path step by step (config, ACL, DNS, TCP, TLS, token, destinations, admin)
+    /// and print each step: ok, or the problem and the fix. Exit 1 if a step failed.
+    /// `--gateway gateway.toml` checks the cloud side.
+    Doctor(DoctorArgs),
     /// The management API's store: `state migrate` moves a state file into PostgreSQL.
     State {
         #[command(subcommand)]
@@ -111,6 +116,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode, Error> {
         Cmd::State { cmd } => state::run(cmd).await,
         Cmd::Status(args) => admin::status(args).await,
         Cmd::Health(args) => admin::health(args).await,
+        Cmd::Doctor(args) => doctor::run(args).await,
         Cmd::Version => {
             println!(
                 "sgw {} (protocol {})",

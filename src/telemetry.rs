@@ -249,6 +249,25 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An io error's kind as words, without the `Os { code: .. }` of its `Debug`.
+pub fn io_words(kind: std::io::ErrorKind) -> String {
+    use std::io::ErrorKind;
+    match kind {
+        ErrorKind::ConnectionRefused => "connection refused".into(),
+        ErrorKind::ConnectionReset => "connection reset".into(),
+        ErrorKind::ConnectionAborted => "connection aborted".into(),
+        ErrorKind::TimedOut => "timed out".into(),
+        ErrorKind::HostUnreachable => "no route to the host".into(),
+        ErrorKind::NetworkUnreachable => "network unreachable".into(),
+        ErrorKind::UnexpectedEof => "closed before the end".into(),
+        ErrorKind::BrokenPipe => "the other side closed it".into(),
+        ErrorKind::AddrInUse => "address already in use".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::NotFound => "not found".into(),
+        k => k.to_string(),
+    }
+}
+
 /// A peer- or user-supplied string made safe for a log line: control characters escaped
 /// (so it cannot forge lines or terminal escapes) and cut to `max` bytes, marked with `…`.
 pub fn clean(s: &str, max: usize) -> String {

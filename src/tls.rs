@@ -137,6 +137,17 @@ pub fn endpoint_connector(spec: &EndpointTls, host: &str) -> Result<EndpointConn
     })
 }
 
+/// TLS that accepts any server certificate: only to learn whether something speaks TLS and
+/// HTTP at an address (`sgw doctor` on the gateway's own API), never to send a secret.
+pub fn unverified_connector() -> TlsConnector {
+    install_crypto();
+    let cfg = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny::new()))
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
 /// The gateway's TLS toward a destination's callers; `None` for `client_tls = "none"`.
 pub fn caller_acceptor(mode: &CallerTls) -> Result<Option<TlsAcceptor>, TlsError> {
     install_crypto();
@@ -224,5 +235,70 @@ impl ServerCertVerifier for AcceptAny {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.schemes.clone()
+    }
+}
+
+/// What an operator needs to know of a certificate: the names it holds, when it expires,
+/// whether it is a CA. For `sgw doctor`; read from DER that the peer or a file supplied, so
+/// every failure is a value, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// DNS names and IP addresses of its subjectAltName (the CN when it has none).
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_after: i64,
+    pub is_ca: bool,
+}
+
+/// At most this many names are kept from one certificate.
+const MAX_CERT_NAMES: usize = 16;
+
+impl CertFacts {
+    pub fn of(der: &[u8]) -> Option<CertFacts> {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in san.value.general_names.iter().take(MAX_CERT_NAMES) {
+                match n {
+                    GeneralName::DNSName(d) => names.push(crate::telemetry::clean(d, 64)),
+                    GeneralName::IPAddress(b) => {
+                        let ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        if let Some(ip) = ip {
+                            names.push(ip.to_string());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if names.is_empty() {
+            if let Some(cn) = cert.subject().iter_common_name().next() {
+                if let Ok(cn) = cn.as_str() {
+                    names.push(format!("CN={}", crate::telemetry::clean(cn, 64)));
+                }
+            }
+        }
+        Some(CertFacts {
+            names,
+            not_after: cert.validity().not_after.timestamp(),
+            is_ca: cert.is_ca(),
+        })
+    }
+
+    /// Whole days from `now_unix` until it expires (negative once expired).
+    pub fn days_left(&self, now_unix: i64) -> i64 {
+        (self.not_after - now_unix).div_euclid(86_400)
+    }
+
+    /// The expiry as a date (UTC).
+    pub fn expiry_date(&self) -> String {
+        jiff::Timestamp::from_second(self.not_after)
+            .map(|t| t.strftime("%Y-%m-%d").to_string())
+            .unwrap_or_else(|_| "an unreadable date".into())
     }
 }

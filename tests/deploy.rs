@@ -157,8 +157,8 @@ async fn the_readme_two_host_deployment_works_as_written() {
     let blocks = readme_blocks();
     assert_eq!(
         blocks.len(),
-        3,
-        "gateway host, on-prem host, cloud app: {blocks:?}"
+        4,
+        "gateway host, on-prem host, cloud app, doctor: {blocks:?}"
     );
     let (Some(_), Some(python)) = (which("curl"), which("python3")) else {
         println!("SKIPPED: curl and python3 are needed (apt-get install curl python3)");
@@ -273,6 +273,26 @@ async fn the_readme_two_host_deployment_works_as_written() {
     let clients = hosts.run(&hosts.gw, &on(gw_dir.path(), &blocks[2][1]));
     let v: serde_json::Value = serde_json::from_slice(&clients.stdout).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+
+    // `sgw doctor` on each host finds every step ok (exit 0, asserted by `run`).
+    let [doctor_client, doctor_gateway] = &blocks[3][..] else {
+        panic!("the doctor block has 2 commands: {:?}", blocks[3]);
+    };
+    let out = hosts.run(&hosts.op, &on(&op_conf, doctor_client));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("all ok"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "ok   destination  gw1/dest1 (TCP {ONPREM_HOST}:8080)"
+        )),
+        "{said}"
+    );
+    let out = hosts.run(&hosts.gw, &on(gw_dir.path(), doctor_gateway));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("all ok") && said.contains("ok   clients      gw1: 1 client(s)"),
+        "{said}"
+    );
 
     // A wrong or cut string: a clear error and exit 2, nothing written.
     for bad in [

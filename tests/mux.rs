@@ -88,7 +88,7 @@ impl Peer {
         tokio::time::timeout(T, self.mux.closed())
             .await
             .expect("mux closed");
-        self.mux.close_reason().unwrap()
+        self.mux.close_reason().unwrap().sentence
     }
 }
 
@@ -734,7 +734,7 @@ async fn a_peer_that_stops_reading_makes_a_tunnel_queue_a_bounded_amount() {
         "{queued} bytes queued by {streams} streams of a tunnel nobody reads (bound {bound})"
     );
     // Closing ends every sender and the writer, though the peer still reads nothing.
-    p.mux.close("test over");
+    p.mux.close(Reason::Shutdown, "test over");
     for s in senders {
         let e = tokio::time::timeout(T, s)
             .await

@@ -61,13 +61,12 @@ async fn tunnel_through_tinyproxy_http_connect() {
         gw.handle.tunnel_addr(),
         &format!("http://sgwuser:wrong@127.0.0.1:{port}"),
     );
-    let line = bad
-        .wait_line("outbound proxy did not open the tunnel")
-        .await;
+    let line = bad.wait_line("reason=proxy_failed").await;
     assert!(
         line.contains("HTTP/1.0 407") || line.contains("HTTP/1.0 401"),
         "the proxy's status line: {line}"
     );
+    assert!(line.contains("credentials"), "the fix: {line}");
     assert!(
         !bad.all().contains("wrong@") && !bad.all().contains(":wrong"),
         "password leaked:\n{}",
@@ -168,9 +167,7 @@ async fn tunnel_through_microsocks_socks5_with_and_without_auth() {
         gw.handle.tunnel_addr(),
         &format!("socks5://sgwuser:nope@127.0.0.1:{auth_port}"),
     );
-    let line = bad
-        .wait_line("outbound proxy did not open the tunnel")
-        .await;
+    let line = bad.wait_line("reason=proxy_failed").await;
     assert!(line.contains(&format!("127.0.0.1:{auth_port}")), "{line}");
     assert!(
         !bad.all().contains("nope"),

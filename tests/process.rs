@@ -27,7 +27,7 @@ async fn bad_token_is_refused_logged_plainly_and_backed_off() {
         ),
     );
     let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
-    let line = p.wait_line("gateway rejected the security token").await;
+    let line = p.wait_line("reason=token_rejected").await;
     assert!(line.contains("ERROR"), "{line}");
     // With reconnect.initial = 1s, two tunnel slots retry at most a few times in 3 s.
     let before = gw.handle.stats().tunnels_rejected.load(Relaxed);

@@ -1,7 +1,9 @@
 //! Why a tunnel does not come up, as the operator reads it (issue: plain reasons): each broken
-//! set-up, made for real (certificates, a gateway process, a client process), gives a client
-//! log line with the stable `reason` code and a sentence naming the cause and the fix, and no
-//! library wording. docs/OPERATIONS.md's table lists exactly the codes the source has.
+//! set-up, made for real (certificates, a gateway process, a client process, a proxy), gives
+//! a client log line with the stable `reason` code and a sentence naming the cause and the
+//! fix, and a `sgw doctor` line that does the same, and no library wording; `sgw doctor`
+//! exits 1 on each and 0 on a working quickstart. docs/OPERATIONS.md's tables list exactly
+//! the codes the source has.
 
 mod common;
 
@@ -9,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+
+/// The clients' admin token (for `sgw status`).
+const ADMIN_TOKEN: &str = "doctor-test-admin-token";
 
 /// Library wording that must not reach an operator.
 const RAW: &[&str] = &["Other(", "Custom {", "Os {", "docs.rs"];
@@ -37,17 +42,73 @@ async fn gateway(dir: &Path, host: &str, cert: &str, key: &str) -> (Proc, u16) {
 
 /// A client for gateway id `gw1` at `url`, trusting `ca`, with `token`.
 fn client_config(dir: &Path, name: &str, url: &str, ca: &str, token: &str) -> PathBuf {
+    client_config_with(dir, name, url, ca, token, "gw1", "")
+}
+
+/// As [`client_config`], for gateway id `id`, with `top` (top-level keys) first.
+fn client_config_with(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    ca: &str,
+    token: &str,
+    id: &str,
+    top: &str,
+) -> PathBuf {
     let path = dir.join(format!("client-{name}.toml"));
     std::fs::write(
         &path,
         format!(
-            "acl_file = \"acl.list\"\nadmin_listen = \"127.0.0.1:0\"\n[[gateway]]\nurl = \"{url}\"\ngateway_id = \"gw1\"\n\
+            "{top}acl_file = \"acl.list\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN_TOKEN}\"\n[[gateway]]\nurl = \"{url}\"\ngateway_id = \"{id}\"\n\
              token = \"{token}\"\nca_file = \"{ca}\"\ntunnels = 1\n\
              [reconnect]\ninitial = \"200ms\"\nmax = \"1s\"\n"
         ),
     )
     .unwrap();
     path
+}
+
+/// Runs `sgw doctor ARGS` (bounded); returns its exit code and stdout.
+async fn doctor(args: &[&str]) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(sgw_bin());
+    cmd.arg("doctor").args(args).env_remove("RUST_LOG");
+    doctor_run(cmd).await
+}
+
+async fn doctor_run(mut cmd: tokio::process::Command) -> (i32, String) {
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .expect("doctor finished in time")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `sgw doctor` on `cfg` exits 1 with a FAIL line for `code` that names `words`.
+async fn doctor_says(cfg: &Path, code: &str, words: &[&str]) -> String {
+    let (rc, out) = doctor(&["--config", cfg.to_str().unwrap()]).await;
+    doctor_check(rc, &out, code, words)
+}
+
+fn doctor_check(rc: i32, out: &str, code: &str, words: &[&str]) -> String {
+    assert_eq!(rc, 1, "doctor exits 1 on a broken set-up:\n{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("FAIL") && l.contains(&format!("[{code}]")))
+        .unwrap_or_else(|| panic!("no FAIL line with [{code}] in:\n{out}"))
+        .to_owned();
+    for w in words {
+        assert!(line.contains(w), "doctor {code}: {w:?} missing in {line}");
+    }
+    for raw in RAW {
+        assert!(
+            !out.contains(raw),
+            "doctor: library wording {raw:?} in:\n{out}"
+        );
+    }
+    line
 }
 
 /// Waits for the client's line with `reason=code` and checks it reads as a sentence.
@@ -92,32 +153,68 @@ async fn each_broken_setup_names_its_cause_and_fix() {
 
     // A CA the gateway's certificate does not chain to.
     let c = spawn("wrong-ca", &url, "other-ca.pem", token);
-    says(
-        &c,
-        "tls_unknown_ca",
-        &["not signed by a CA in ca_file", "ca.pem"],
-    )
-    .await;
+    let words = ["not signed by a CA in ca_file", "ca.pem"];
+    says(&c, "tls_unknown_ca", &words).await;
     drop(c);
+    doctor_says(&d.join("client-wrong-ca.toml"), "tls_unknown_ca", &words).await;
 
-    // A wrong token.
+    // A wrong token: the client's /readyz and `sgw status` show the slot's last failure too.
     let c = spawn("wrong-token", &url, "ca.pem", "not-the-token");
-    says(&c, "token_rejected", &["401", "token"]).await;
+    let words = ["401", "token", "`gw1`", "sgw enroll"];
+    says(&c, "token_rejected", &words).await;
+    let admin = field(&c.wait_line("admin endpoint listening").await, "admin.addr");
+    let (code, body, _) = curl(&[
+        "-s",
+        "-w",
+        "%{http_code}",
+        &format!("http://{admin}/readyz"),
+    ])
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        body.contains("not ready")
+            && body.contains("reason=token_rejected")
+            && body.ends_with("503"),
+        "{body}"
+    );
+    let status = std::process::Command::new(sgw_bin())
+        .args(["status", "--admin", &admin])
+        .env("SGW_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("slot 0")
+            && status.contains("down for")
+            && status.contains("reason=token_rejected"),
+        "{status}"
+    );
     drop(c);
+    doctor_says(&d.join("client-wrong-token.toml"), "token_rejected", &words).await;
+
+    // A gateway id the gateway does not have: the same 401 (ids are not told to strangers),
+    // and the sentence names both checks.
+    let cfg = client_config_with(d, "no-id", &url, "ca.pem", token, "no-such-id", "");
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    let words = [
+        "`no-such-id`",
+        "no gateway with that id exists",
+        "gateway_id",
+    ];
+    says(&c, "token_rejected", &words).await;
+    drop(c);
+    doctor_says(&cfg, "token_rejected", &words).await;
 
     // Nothing listening at the URL.
     let dead = format!("wss://127.0.0.1:{}/tunnel", free_port());
     let c = spawn("down", &dead, "ca.pem", token);
-    says(
-        &c,
-        "gateway_refused",
-        &[
-            "nothing accepts connections at 127.0.0.1:",
-            "gateway is not running",
-        ],
-    )
-    .await;
+    let words = [
+        "nothing accepts connections at 127.0.0.1:",
+        "gateway is not running",
+    ];
+    says(&c, "gateway_refused", &words).await;
     drop(c);
+    doctor_says(&d.join("client-down.toml"), "gateway_refused", &words).await;
 
     // The certificate does not hold the address the client dials: the names it holds are told.
     let (_gw2, port2) = gateway(d, "127.0.0.2", "gateway.pem", "gateway.key").await;
@@ -127,19 +224,16 @@ async fn each_broken_setup_names_its_cause_and_fix() {
         "ca.pem",
         token,
     );
-    says(
-        &c,
-        "tls_wrong_name",
-        &[
-            "holds",
-            "localhost",
-            "127.0.0.1",
-            "not 127.0.0.2",
-            "sgw init --public 127.0.0.2",
-        ],
-    )
-    .await;
+    let words = [
+        "holds",
+        "localhost",
+        "127.0.0.1",
+        "not 127.0.0.2",
+        "sgw init --public 127.0.0.2",
+    ];
+    says(&c, "tls_wrong_name", &words).await;
     drop(c);
+    doctor_says(&d.join("client-name.toml"), "tls_wrong_name", &words).await;
 
     // A CA certificate served as the gateway's own.
     if which("openssl").is_some() {
@@ -168,12 +262,10 @@ async fn each_broken_setup_names_its_cause_and_fix() {
             "leaf-ca.pem",
             token,
         );
-        says(
-            &c,
-            "tls_ca_as_leaf",
-            &["CA certificate as its own", "gateway.pem"],
-        )
-        .await;
+        let words = ["CA certificate as its own", "gateway.pem"];
+        says(&c, "tls_ca_as_leaf", &words).await;
+        drop(c);
+        doctor_says(&d.join("client-ca-leaf.toml"), "tls_ca_as_leaf", &words).await;
     } else {
         println!("SKIPPED (CA as leaf): openssl is needed");
     }
@@ -192,47 +284,60 @@ async fn each_broken_setup_names_its_cause_and_fix() {
             "ca.pem",
             token,
         );
+        const PRIVATE_RESOLV: &str =
+            "mount --bind \"$0\" /etc/resolv.conf && exec \"$1\" \"$2\" --config \"$3\"";
         let mut cmd = Command::new("unshare");
-        cmd.args([
-            "-m",
-            "sh",
-            "-c",
-            "mount --bind \"$0\" /etc/resolv.conf && exec \"$1\" client --config \"$2\"",
-        ])
-        .arg(d.join("resolv.conf"))
-        .arg(sgw_bin())
-        .arg(&cfg)
-        .env_remove("RUST_LOG");
+        cmd.args(["-m", "sh", "-c", PRIVATE_RESOLV])
+            .arg(d.join("resolv.conf"))
+            .arg(sgw_bin())
+            .arg("client")
+            .arg(&cfg)
+            .env_remove("RUST_LOG");
         let c = Proc::start(cmd);
-        says(
-            &c,
-            "dns_failed",
-            &["gw.sgw-test.invalid does not resolve", "DNS"],
-        )
-        .await;
+        let words = ["gw.sgw-test.invalid does not resolve", "DNS"];
+        says(&c, "dns_failed", &words).await;
+        drop(c);
+        let mut cmd = tokio::process::Command::new("unshare");
+        cmd.args(["-m", "sh", "-c", PRIVATE_RESOLV])
+            .arg(d.join("resolv.conf"))
+            .arg(sgw_bin())
+            .arg("doctor")
+            .arg(&cfg)
+            .env_remove("RUST_LOG");
+        let (rc, out) = doctor_run(cmd).await;
+        doctor_check(rc, &out, "dns_failed", &words);
     } else {
         println!("SKIPPED (DNS): needs root and unshare for a private resolv.conf");
     }
 }
 
-/// docs/OPERATIONS.md's reason table lists exactly the codes the client gives, in order.
+/// docs/OPERATIONS.md's reason tables list exactly the codes the source gives, in order: why
+/// a tunnel does not come up, and why one went down.
 #[test]
-fn the_reason_table_matches_the_source() {
+fn the_reason_tables_match_the_source() {
     let doc =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/OPERATIONS.md"))
             .unwrap();
-    let section = doc
-        .split("## Why a tunnel does not come up: reason codes")
-        .nth(1)
-        .expect("the section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let documented: Vec<&str> = section
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
-        .collect();
-    assert_eq!(documented, sgw::tunnel::why::CODES);
+    let table = |title: &str| -> Vec<String> {
+        doc.split(title)
+            .nth(1)
+            .unwrap_or_else(|| panic!("the section {title}"))
+            .split("\n## ")
+            .next()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        table("## Why a tunnel does not come up: reason codes"),
+        sgw::tunnel::why::CODES
+    );
+    assert_eq!(
+        table("## Why a tunnel went down: reason codes"),
+        sgw::mux::CLOSE_CODES
+    );
 }
 
 /// A gateway killed under a connected client: the client's `tunnel down` line says the
@@ -260,4 +365,276 @@ async fn a_killed_gateway_is_a_tunnel_down_without_a_goodbye() {
     for raw in RAW {
         assert!(!line.contains(raw), "{raw:?} in {line}");
     }
+}
+
+/// An outbound proxy that refuses CONNECT to the gateway's port (tinyproxy allowing only
+/// port 443): the client's line and the doctor's quote the proxy's answer and say what to ask
+/// its administrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_refuses_connect_is_named() {
+    let Some(tinyproxy) = which("tinyproxy") else {
+        println!("SKIPPED: tinyproxy not installed (apt-get install tinyproxy)");
+        return;
+    };
+    let (dir, token) = init_dir();
+    let d = dir.path();
+    let (_gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
+    let proxy_port = free_port();
+    let conf = d.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!("Port {proxy_port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nConnectPort 443\nMaxClients 10\n"),
+    )
+    .unwrap();
+    let _proxy = Daemon(
+        std::process::Command::new(tinyproxy)
+            .args(["-d", "-c", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(proxy_port).await;
+    let cfg = client_config_with(
+        d,
+        "proxy",
+        &format!("wss://localhost:{port}/tunnel"),
+        "ca.pem",
+        &token,
+        "gw1",
+        &format!("outbound_proxy = \"http://127.0.0.1:{proxy_port}\"\n"),
+    );
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    let words = [
+        &format!("outbound proxy 127.0.0.1:{proxy_port} refused"),
+        "403",
+        &format!("allow CONNECT to localhost:{port}"),
+    ];
+    says(&c, "proxy_failed", &words).await;
+    drop(c);
+    let line = doctor_says(&cfg, "proxy_failed", &words).await;
+    assert!(line.contains("tcp"), "the TCP step fails: {line}");
+}
+
+/// A gateway.toml for `gw1` with destinations `(id, port)` on 127.0.0.1, each on a fixed
+/// cloud port; returns the gateway and the cloud ports.
+async fn gateway_with_destinations(dir: &Path, dests: &[(&str, u16)]) -> (Proc, u16, Vec<u16>) {
+    let mut toml =
+        "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"gateway.key\"\n\
+                    [[gateways]]\nid = \"gw1\"\ntoken_file = \"token\"\n"
+            .to_string();
+    let mut cloud = Vec::new();
+    for (id, port) in dests {
+        let c = free_port();
+        cloud.push(c);
+        toml.push_str(&format!(
+            "[[gateways.destinations]]\nid = \"{id}\"\nprotocol = \"TCP\"\nip = \"127.0.0.1\"\nport = {port}\ncloud_host = \"127.0.0.1\"\ncloud_port = {c}\ntimeout = 3\n"
+        ));
+    }
+    let cfg = dir.join("gateway-dests.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let p = Proc::spawn(&["gateway", "--config", cfg.to_str().unwrap()]);
+    let line = p.wait_line("gateway started").await;
+    let port = field(&line, "tunnel.listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (p, port, cloud)
+}
+
+/// A destination whose endpoint refuses, and one the client's ACL denies: a caller through
+/// the gateway makes a client line with the cause and the fix, and the doctor finds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_refusals_name_their_cause_and_fix() {
+    let (dir, token) = init_dir();
+    let d = dir.path();
+    let echo = echo_server().await;
+    let closed = free_port();
+    // The ACL allows the closed port, not the echo service.
+    std::fs::write(
+        d.join("acl.list"),
+        format!("acl allow 127.0.0.1:{closed}\n"),
+    )
+    .unwrap();
+    let (_gw, port, cloud) =
+        gateway_with_destinations(d, &[("closed", closed), ("denied", echo.port())]).await;
+    let cfg = client_config(
+        d,
+        "dests",
+        &format!("wss://localhost:{port}/tunnel"),
+        "ca.pem",
+        &token,
+    );
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    c.wait_line("destinations updated").await;
+
+    for p in &cloud {
+        wait_listening(*p).await;
+        // The gateway accepts, asks the client, which refuses; the caller sees the close.
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", *p)).await {
+            use tokio::io::AsyncReadExt;
+            let mut b = [0u8; 1];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut b)).await;
+        }
+    }
+    let refused = [
+        &format!("connect to 127.0.0.1:{closed}: connection refused"),
+        "nothing accepts connections there",
+        "start the service",
+    ];
+    says(&c, "refused", &refused).await;
+    let denied = [
+        &format!(
+            "the ACL denies destination denied at 127.0.0.1:{}",
+            echo.port()
+        ),
+        "default policy is deny",
+        &format!("sgw acl add \"acl allow 127.0.0.1:{}\"", echo.port()),
+    ];
+    says(&c, "acl_default", &denied).await;
+
+    let (rc, out) = doctor(&["--config", cfg.to_str().unwrap()]).await;
+    doctor_check(rc, &out, "refused", &refused);
+    let line = doctor_check(rc, &out, "acl_denied", &denied);
+    assert!(
+        line.contains("acl.list"),
+        "the doctor names the ACL file: {line}"
+    );
+    assert!(out.contains("ok   upgrade"), "{out}");
+}
+
+/// On a working quickstart every step passes: exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_working_quickstart() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let qs = dir.path().join("qs");
+    // Killed however the test ends.
+    let mut quickstart = Daemon(
+        std::process::Command::new(sgw_bin())
+            .args(["quickstart", "--dir", qs.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let out = quickstart.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let admin = loop {
+        let l = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("quickstart printed its admin endpoint");
+        if let Some(a) = l.trim().strip_prefix("admin endpoint: http://") {
+            break a.split('/').next().unwrap().to_owned();
+        }
+    };
+    let cfg = qs.join("client.toml");
+    let (rc, out) = doctor(&["--config", cfg.to_str().unwrap(), "--admin", &admin]).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("all ok"), "{out}");
+    for step in [
+        "config",
+        "acl",
+        "dns",
+        "tcp",
+        "tls",
+        "upgrade",
+        "version",
+        "destinations",
+        "destination",
+        "admin",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("ok") && l.split_whitespace().nth(1) == Some(step)),
+            "no ok line for {step}:\n{out}"
+        );
+    }
+    let (rc, json) = doctor(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin",
+        &admin,
+        "--json",
+    ])
+    .await;
+    assert_eq!(rc, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["ok"], true);
+    assert!(v["steps"].as_array().unwrap().len() >= 10, "{json}");
+    drop(quickstart);
+}
+
+/// A gateway that closes a tunnel on purpose says why, and the client's `tunnel down` line
+/// carries it: a token changed on the gateway (SIGHUP) is `credentials_revoked`, an error with
+/// the fix; a gateway stopping (SIGTERM) is `peer_shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_closing_on_purpose_says_why() {
+    let (dir, token) = init_dir();
+    let d = dir.path();
+    let (gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
+    let cfg = client_config(
+        d,
+        "goodbye",
+        &format!("wss://127.0.0.1:{port}/tunnel"),
+        "ca.pem",
+        &token,
+    );
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    c.wait_line("tunnel up").await;
+    std::fs::write(d.join("token"), "a-regenerated-token-0123456789abcdef\n").unwrap();
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let line = c.wait_line("reason=credentials_revoked").await;
+    assert!(
+        line.contains("ERROR") && line.contains("tunnel down"),
+        "{line}"
+    );
+    assert!(
+        line.contains("security token changed") && line.contains("token_file"),
+        "{line}"
+    );
+    for raw in RAW {
+        assert!(!line.contains(raw), "{raw:?} in {line}");
+    }
+    // The client then fails to reconnect with the old token, and says that instead.
+    c.wait_line("reason=token_rejected").await;
+    drop(c);
+
+    let c = Proc::spawn(&[
+        "client",
+        "--config",
+        client_config(
+            d,
+            "goodbye2",
+            &format!("wss://127.0.0.1:{port}/tunnel"),
+            "ca.pem",
+            "a-regenerated-token-0123456789abcdef",
+        )
+        .to_str()
+        .unwrap(),
+    ]);
+    c.wait_line("tunnel up").await;
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let line = c.wait_line("reason=peer_shutdown").await;
+    assert!(
+        line.contains("shutting down") && line.contains("reconnected"),
+        "{line}"
+    );
+    drop(gw);
 }

@@ -11,6 +11,8 @@ use hyper::Method;
 use hyper_util::rt::TokioIo;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer read: whatever listens on the address may not be ours.
+const MAX_ANSWER: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -61,8 +63,7 @@ pub async fn call(
             .map_err(|e| http(&e))?;
         let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| http(&e))?
@@ -85,6 +86,49 @@ pub fn query_escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// One tunnel slot of `/v1/status` in a line: where, up or down since when, and the last
+/// failure with its reason code, age and sentence.
+pub fn render_slot(s: &serde_json::Value) -> String {
+    let now = crate::telemetry::unix_ms();
+    let span = |ms: &serde_json::Value| {
+        let secs = now.saturating_sub(ms.as_u64().unwrap_or(now)) / 1000;
+        match secs {
+            s if s < 120 => format!("{s} s"),
+            s if s < 7200 => format!("{} min", s / 60),
+            s => format!("{} h", s / 3600),
+        }
+    };
+    let mut line = format!(
+        "slot {} {}{}: {} for {}",
+        s["slot"],
+        s["url"].as_str().unwrap_or(""),
+        s["addr"]
+            .as_str()
+            .map(|a| format!(" ({a})"))
+            .unwrap_or_default(),
+        if s["up"].as_bool() == Some(true) {
+            "up"
+        } else {
+            "down"
+        },
+        span(&s["since_unix_ms"])
+    );
+    let failures = s["failures"].as_u64().unwrap_or(0);
+    if failures > 0 {
+        line.push_str(&format!(", {failures} failed attempt(s)"));
+    }
+    let f = &s["last_failure"];
+    if f.is_object() {
+        line.push_str(&format!(
+            "; last failure {} ago, reason={}: {}",
+            span(&f["at_unix_ms"]),
+            f["reason"].as_str().unwrap_or(""),
+            f["message"].as_str().unwrap_or("")
+        ));
+    }
+    line
 }
 
 /// Human-readable `/v1/status`.
@@ -113,6 +157,9 @@ pub fn render_status(v: &serde_json::Value) -> String {
                 "\n  tunnel {i}: rtt {rtt}, {} active stream(s)",
                 t["active_streams"]
             ));
+        }
+        for s in g["slots"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  {}", render_slot(s)));
         }
         for d in g["destinations"].as_array().into_iter().flatten() {
             out.push_str(&format!(

@@ -71,6 +71,10 @@ pub struct AclError {
 pub trait Backend: Send + Sync + 'static {
     /// Ready to carry traffic (e.g. at least one tunnel up).
     fn ready(&self) -> bool;
+    /// What `/readyz` says besides ready or not: lines naming what is failing.
+    fn readiness_detail(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn status(&self) -> serde_json::Value;
     fn metrics(&self) -> Vec<Family>;
     /// Labels every series carries (a gateway replica's `replica`).
@@ -293,11 +297,19 @@ fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.backend.ready() {
-        (StatusCode::OK, "ready\n").into_response()
+    let (status, mut body) = if st.backend.ready() {
+        (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no tunnel up\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no tunnel up\n".to_string(),
+        )
+    };
+    for l in st.backend.readiness_detail() {
+        body.push_str(&l);
+        body.push('\n');
     }
+    (status, body).into_response()
 }
 
 async fn status(State(st): State<Arc<AppState>>) -> Response {

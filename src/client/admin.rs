@@ -69,6 +69,13 @@ impl Backend for AdminBackend {
         serde_json::to_value(self.client.snapshot()).unwrap_or_default()
     }
 
+    /// Every slot that is down, with its last failure's code and age: a slot that keeps
+    /// failing shows here without the logs. Codes only: `/readyz` is open to any caller, so
+    /// no URL, gateway id or sentence (those are in `/v1/status`, behind the token).
+    fn readiness_detail(&self) -> Vec<String> {
+        self.client.slots_down()
+    }
+
     fn metrics(&self) -> Vec<Family> {
         let s = self.client.stats();
         let per_dest = s.per_dest();

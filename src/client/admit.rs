@@ -33,6 +33,8 @@ pub(super) enum Refusal {
         reason: DenyReason,
         why: String,
         line: Option<usize>,
+        /// The destination's SOCKS proxy (`host:port`) when it is what the ACL denied.
+        proxy: Option<String>,
     },
     Failed(DialError),
 }
@@ -56,6 +58,99 @@ impl DenyReason {
 }
 
 impl Refusal {
+    /// The refusal as the operator reads it: a stable code and a sentence with the cause and
+    /// the fix, for the log line and `sgw doctor`. `local` (the ACL file's path) is given
+    /// only where the sentence stays on this host: a log line may be forwarded to the gateway,
+    /// which never learns a rule's text or a path (docs/PROTOCOL.md, client logs).
+    pub(super) fn explain(
+        &self,
+        dest: Option<&PushedDest>,
+        local: Option<&str>,
+    ) -> (&'static str, String) {
+        // The gateway's words: cleaned before they reach a log line or a terminal.
+        let clean = |s: &str| crate::telemetry::clean(s, 128);
+        let (id, addr) = dest.map_or((String::new(), String::new()), |d| {
+            let host = if d.spec.ip.contains(':') {
+                format!("[{}]", clean(&d.spec.ip))
+            } else {
+                clean(&d.spec.ip)
+            };
+            (clean(&d.spec.id), format!("{host}:{}", d.spec.port))
+        });
+        // What the ACL denied: the destination, or its SOCKS proxy.
+        let (denied, allow) = match self {
+            Refusal::Denied { proxy: Some(p), .. } => (
+                format!("the SOCKS proxy {p} of destination {id}"),
+                p.clone(),
+            ),
+            _ => (format!("destination {id} at {addr}"), addr.clone()),
+        };
+        match self {
+            Refusal::UnknownDest(id) => (
+                "unknown_dest",
+                format!(
+                    "the gateway asked for destination `{}`, which it never sent this client: the two disagree for a moment after a change; if it persists, restart the client",
+                    crate::telemetry::clean(id, 128)
+                ),
+            ),
+            Refusal::ReverseDest => (
+                "unknown_dest",
+                "the gateway opened a stream for a reverse destination, which only the gateway dials".into(),
+            ),
+            Refusal::Unsupported(msg) => ("protocol", msg.clone()),
+            Refusal::UdpFlows(limit) => (
+                "limit",
+                format!("{limit} UDP flows are open (limits.max_udp_flows): raise it, or wait for flows to end"),
+            ),
+            Refusal::Denied {
+                reason: DenyReason::Rule,
+                why,
+                line,
+                ..
+            } => {
+                let l = line.unwrap_or(0);
+                let rule = match local {
+                    Some(file) => format!("rule `{why}` at {file}:{l}"),
+                    None => format!("the rule at line {l}"),
+                };
+                (
+                    "acl_denied",
+                    format!(
+                        "the ACL denies {denied}: {rule}; change that rule, or allow it above that line (`sgw acl add \"acl allow {allow}\" --before {l}`)"
+                    ),
+                )
+            }
+            Refusal::Denied {
+                reason: DenyReason::Default,
+                ..
+            } => (
+                "acl_denied",
+                format!(
+                    "the ACL denies {denied}: no rule{} allows it and the default policy is deny; allow it with `sgw acl add \"acl allow {allow}\"`",
+                    local.map(|f| format!(" in {f}")).unwrap_or_default()
+                ),
+            ),
+            Refusal::Denied {
+                reason: DenyReason::Caller,
+                ..
+            } => (
+                "acl_denied",
+                format!(
+                    "the caller is not in the ip_table_rules of private destination {id}: add its address to the destination's rules on the gateway, or make the destination public"
+                ),
+            ),
+            // The error's own text stays on this host: in the doctor's line, in the log line's
+            // `error` field (not forwarded), and in OPEN_ERR's message.
+            Refusal::Failed(e) => (
+                e.reason.as_str(),
+                match local {
+                    Some(_) => format!("{}: {}", e.message, dial_advice(e.reason, &id)),
+                    None => format!("destination {id} at {addr}: {}", dial_advice(e.reason, &id)),
+                },
+            ),
+        }
+    }
+
     /// The ACL's decision as a refusal: the deciding rule, or the default policy.
     pub(super) fn denied(acl: &acl::Acl, d: &Decision) -> Refusal {
         match d.line.and_then(|l| acl.rule_at(l)) {
@@ -63,11 +158,13 @@ impl Refusal {
                 reason: DenyReason::Rule,
                 why: r.text.clone(),
                 line: d.line,
+                proxy: None,
             },
             None => Refusal::Denied {
                 reason: DenyReason::Default,
                 why: "default policy (deny)".into(),
                 line: None,
+                proxy: None,
             },
         }
     }
@@ -77,6 +174,7 @@ impl Refusal {
             reason: DenyReason::Caller,
             why: "ip_table_rules of this private destination".into(),
             line: None,
+            proxy: None,
         }
     }
 
@@ -89,6 +187,7 @@ impl Refusal {
         dest: Option<&PushedDest>,
         what: &'static str,
     ) -> (Reason, String) {
+        let (_, sentence) = self.explain(dest, None);
         let stats = &state.stats;
         match self {
             Refusal::UnknownDest(id) => {
@@ -129,7 +228,9 @@ impl Refusal {
                     format!("client has {limit} UDP flows open (max_udp_flows)"),
                 )
             }
-            Refusal::Denied { reason, why, line } => {
+            Refusal::Denied {
+                reason, why, line, ..
+            } => {
                 let by_reason = match reason {
                     DenyReason::Rule => &stats.denied_by_rule,
                     DenyReason::Default => &stats.denied_by_default,
@@ -142,9 +243,9 @@ impl Refusal {
                 }
                 match line {
                     Some(l) => {
-                        warn!(reason = %reason.as_str(), acl.file = %state.acl_path(), acl.line = l, acl.rule = ?why, "{what}")
+                        warn!(reason = %reason.as_str(), acl.file = %state.acl_path(), acl.line = l, acl.rule = ?why, "{what}: {sentence}")
                     }
-                    None => warn!(reason = %reason.as_str(), acl.rule = ?why, "{what}"),
+                    None => warn!(reason = %reason.as_str(), acl.rule = ?why, "{what}: {sentence}"),
                 }
                 let public = match (reason, line) {
                     (DenyReason::Caller, _) => {
@@ -165,10 +266,24 @@ impl Refusal {
                         .entry(e.reason.as_str())
                         .or_default() += 1;
                 }
-                info!(reason = %e.reason, error = %e.message, "dial failed");
+                warn!(reason = %e.reason, error = %e.message, "dial failed: {sentence}");
                 (e.reason, e.message)
             }
         }
+    }
+}
+
+/// What to do about a failed dial, by its reason.
+fn dial_advice(reason: Reason, id: &str) -> String {
+    match reason {
+        Reason::Refused => format!("nothing accepts connections there: start the service, or correct destination {id}'s address and port on the gateway"),
+        Reason::Timeout => "no answer within the destination's timeout: check that the host is up and that no firewall drops the connection".into(),
+        Reason::Dns => "the name does not resolve on this host: check the destination's host name and this host's DNS".into(),
+        Reason::Unreachable => "this host has no route there: check its network and routes".into(),
+        Reason::Reset => "the endpoint reset the connection: check the service and its logs".into(),
+        Reason::Tls => "check the endpoint's certificate against the destination's TLS settings (CA, server name, client certificate)".into(),
+        Reason::Proxy => "check the destination's SOCKS proxy (address, credentials) and that its rules allow this endpoint".into(),
+        _ => "check the endpoint and the destination's settings".into(),
     }
 }
 
@@ -235,7 +350,7 @@ pub(super) enum Conn {
 /// to an address the ACL allowed, direct or through SOCKS; then TLS when asked. Also
 /// returns the endpoint address reached, when known (not for names only a proxy resolves).
 pub(super) async fn connect(
-    state: &ClientState,
+    acl: &acl::Acl,
     dest: &PushedDest,
     caller: &str,
     path: Option<&str>,
@@ -243,7 +358,6 @@ pub(super) async fn connect(
     let spec = &dest.spec;
     let caller: Option<SocketAddr> = caller.parse().ok();
     admit_caller(dest, caller)?;
-    let acl = state.acl();
     // One deadline for the whole way in: lookup, connect, SOCKS, TLS.
     let timeout = Duration::from_secs(u64::from(spec.timeout.clamp(1, 180)));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -255,7 +369,7 @@ pub(super) async fn connect(
         path,
         ..Request::new(host, port)
     };
-    let target = vet(&acl, ask(&spec.ip, spec.port, path), deadline).await?;
+    let target = vet(acl, ask(&spec.ip, spec.port, path), deadline).await?;
     if spec.protocol == Protocol::Udp {
         // Config forbids proxies and TLS for UDP destinations.
         return match target {
@@ -272,7 +386,25 @@ pub(super) async fn connect(
         (None, Vetted::Name(e)) => Err(e),
         (Some(p), target) => {
             // The proxy is an on-prem dial like any other: the ACL must allow it too.
-            let via = match vet(&acl, ask(&p.host, p.port, None), deadline).await? {
+            let proxy_denied = |r| match r {
+                Refusal::Denied {
+                    reason, why, line, ..
+                } => Refusal::Denied {
+                    reason,
+                    why,
+                    line,
+                    proxy: Some(format!(
+                        "{}:{}",
+                        crate::telemetry::clean(&p.host, 128),
+                        p.port
+                    )),
+                },
+                other => other,
+            };
+            let via = match vet(acl, ask(&p.host, p.port, None), deadline)
+                .await
+                .map_err(proxy_denied)?
+            {
                 Vetted::Addrs(a) => a,
                 Vetted::Name(e) => return Err(Refusal::Failed(as_proxy(e))),
             };

@@ -11,7 +11,8 @@ use super::acl_file::{AclEditError, AclFile};
 use super::state::{ActiveStream, ClientState, GatewayPeer};
 use super::stats::ClientStats;
 use super::status::{
-    AclStatus, DestinationStatus, GatewayStatus, Status, StatusSnapshot, StreamStatus, TunnelStatus,
+    AclStatus, DestinationStatus, FailureStatus, GatewayStatus, SlotStatus, Status, StatusSnapshot,
+    StreamStatus, TunnelStatus,
 };
 use crate::acl::Acl;
 
@@ -69,6 +70,28 @@ impl ClientHandle {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// One line per tunnel slot that is down: its number, for how long, failed attempts, and
+    /// the last failure's reason code and age; nothing else (`/readyz` is open).
+    pub fn slots_down(&self) -> Vec<String> {
+        let now = crate::telemetry::unix_ms();
+        let secs = |ms: u64| now.saturating_sub(ms) / 1000;
+        let mut out = Vec::new();
+        for p in &self.peers {
+            let slots = p.slots.lock().unwrap_or_else(|e| e.into_inner());
+            for (n, h) in slots.iter().filter(|(_, h)| !h.up) {
+                let last = h.last_failure.as_ref().map_or(String::new(), |f| {
+                    format!("; last failure {} s ago, reason={}", secs(f.at_ms), f.code)
+                });
+                out.push(format!(
+                    "slot {n}: down for {} s, {} failed attempt(s){last}",
+                    secs(h.since_ms),
+                    h.failures
+                ));
+            }
+        }
+        out
     }
 
     /// Everything `/v1/status` and `sgw status` show: tunnels per gateway with RTT,
@@ -176,6 +199,25 @@ fn snapshot(state: &ClientState, peers: &[Arc<GatewayPeer>]) -> StatusSnapshot {
                 .map(|m| TunnelStatus {
                     rtt_ms: m.rtt().map(|r| r.as_secs_f64() * 1000.0),
                     active_streams: m.active_streams(),
+                })
+                .collect(),
+            slots: p
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(n, h)| SlotStatus {
+                    slot: *n,
+                    url: h.url.clone(),
+                    addr: h.addr.map(|a| a.to_string()),
+                    up: h.up,
+                    since_unix_ms: h.since_ms,
+                    failures: h.failures,
+                    last_failure: h.last_failure.as_ref().map(|f| FailureStatus {
+                        reason: f.code.to_owned(),
+                        message: f.sentence.clone(),
+                        at_unix_ms: f.at_ms,
+                    }),
                 })
                 .collect(),
             destinations: p

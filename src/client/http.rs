@@ -72,7 +72,7 @@ impl Upstream for ClientUpstream {
     }
 
     async fn connect(&self, path: &str) -> Result<(Self::Conn, Option<IpAddr>), Refused> {
-        match connect(&self.state, &self.dest, &self.caller, Some(path)).await {
+        match connect(&self.state.acl(), &self.dest, &self.caller, Some(path)).await {
             Ok((Conn::Socket(s), ip)) => Ok((s, ip)),
             Ok((Conn::Udp(_) | Conn::Http, _)) => Err(Refused::Failed(crate::dial::DialError {
                 reason: crate::proto::Reason::Internal,

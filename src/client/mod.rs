@@ -13,6 +13,7 @@ mod admin;
 mod admit;
 mod handle;
 mod http;
+mod probe;
 mod reload;
 mod replicas;
 mod reverse;
@@ -26,6 +27,7 @@ mod stream;
 pub use acl_file::{AclEditError, AclFile};
 pub use admin::AdminBackend;
 pub use handle::ClientHandle;
+pub use probe::{probe_destination, Probe};
 pub use reload::reload_from_files;
 pub use stats::{ClientStats, DestStats, MAX_DEST_SERIES};
 pub use status::{
@@ -82,6 +84,18 @@ fn detect_env() -> &'static str {
     }
 }
 
+/// What this process says of itself in HELLO (a new `instance` on every call).
+pub fn hello() -> Hello {
+    Hello {
+        version: env!("CARGO_PKG_VERSION").into(),
+        proto: [PROTO_MAJOR, PROTO_MINOR],
+        hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+        env: detect_env().into(),
+        instance: format!("{:032x}", rand::random::<u128>()),
+        features: vec![FEATURE_DEFLATE.to_owned()],
+    }
+}
+
 impl Client {
     pub fn new(cfg: ClientConfig, acl: Acl) -> Result<Client, ClientError> {
         let mut peers = Vec::new();
@@ -92,14 +106,7 @@ impl Client {
             })?;
             peers.push(Arc::new(GatewayPeer::new(g.clone(), tls)));
         }
-        let hello = Hello {
-            version: env!("CARGO_PKG_VERSION").into(),
-            proto: [PROTO_MAJOR, PROTO_MINOR],
-            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
-            env: detect_env().into(),
-            instance: format!("{:032x}", rand::random::<u128>()),
-            features: vec![FEATURE_DEFLATE.to_owned()],
-        };
+        let hello = hello();
         let mux_cfg = MuxConfig::from_limits(Role::Client, &cfg.limits, &cfg.keepalive);
         let state = Arc::new(ClientState {
             cfg,

@@ -37,7 +37,6 @@ pub(super) async fn hold(
         return;
     };
     let tunnels = peer.cfg.tunnels;
-    let first_slot = index * tunnels;
     let slots = TaskTracker::new();
     let host = replica
         .url
@@ -45,11 +44,11 @@ pub(super) async fn hold(
         .trim_start_matches('[')
         .trim_end_matches(']');
     if replica.proxy.is_some() || host.parse::<std::net::IpAddr>().is_ok() {
-        for t in 0..tunnels {
+        for _ in 0..tunnels {
             let target = Target {
                 replica: replica.clone(),
                 addr: None,
-                slot: first_slot + t,
+                slot: peer.new_slot(),
             };
             slots.spawn(supervise_slot(
                 shared.clone(),
@@ -63,7 +62,6 @@ pub(super) async fn hold(
         return;
     }
     let mut held: HashMap<SocketAddr, CancellationToken> = HashMap::new();
-    let mut next_slot = first_slot;
     let mut attempt = 0u32;
     loop {
         let found = tokio::time::timeout(
@@ -98,9 +96,8 @@ pub(super) async fn hold(
                     let target = Target {
                         replica: replica.clone(),
                         addr: Some(a),
-                        slot: next_slot,
+                        slot: peer.new_slot(),
                     };
-                    next_slot += 1;
                     slots.spawn(supervise_slot(
                         shared.clone(),
                         peer.clone(),

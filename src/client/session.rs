@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use super::reverse;
-use super::state::{ClientState, GatewayPeer, PushedDest};
+use super::state::{ClientState, GatewayPeer, PushedDest, SlotFailure, SlotHealth};
 use super::stream::serve_open;
 use super::ClientHandle;
 use crate::config::Replica;
@@ -34,6 +34,7 @@ pub(super) async fn supervise_slot(
     shutdown: CancellationToken,
 ) {
     let slot = target.slot;
+    let _gone = SlotGone(&link, slot);
     loop {
         let task = tokio::spawn(tunnel_slot(
             shared.clone(),
@@ -53,6 +54,15 @@ pub(super) async fn supervise_slot(
             _ = tokio::time::sleep(SLOT_RESTART_PAUSE) => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Removes a slot's status entry however its supervisor ends.
+struct SlotGone<'a>(&'a GatewayPeer, usize);
+
+impl Drop for SlotGone<'_> {
+    fn drop(&mut self) {
+        self.0.slot_gone(self.1);
     }
 }
 
@@ -84,6 +94,22 @@ async fn tunnel_slot(
     } = target;
     let span = tracing::info_span!("tunnel", gateway.id = %link.cfg.gateway_id, gateway.url = %replica.url, gateway.addr = addr.map(tracing::field::display), tunnel.slot = slot);
     async move {
+        let url = replica.url.to_string();
+        let mark = |f: &dyn Fn(&mut SlotHealth)| link.slot(slot, &url, addr, |h| f(h));
+        let failed = |code: &'static str, sentence: &str| {
+            mark(&|h| {
+                if h.up {
+                    h.up = false;
+                    h.since_ms = crate::telemetry::unix_ms();
+                }
+                h.last_failure = Some(SlotFailure {
+                    code,
+                    sentence: sentence.to_owned(),
+                    at_ms: crate::telemetry::unix_ms(),
+                });
+            })
+        };
+        mark(&|_| {});
         let mut attempt = 0u32;
         loop {
             let connect = tunnel::connect(&link.cfg, &replica, addr, &link.tls, &shared.hello);
@@ -95,18 +121,30 @@ async fn tunnel_slot(
                 Ok((ws, welcome)) => {
                     attempt = 0;
                     shared.stats.tunnel_connects.fetch_add(1, Ordering::Relaxed);
+                    mark(&|h| {
+                        h.up = true;
+                        h.failures = 0;
+                        h.since_ms = crate::telemetry::unix_ms();
+                    });
                     let span = tracing::info_span!("up", client.id = %welcome.client_id);
-                    let reason = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown)
+                    let closed = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown)
                         .instrument(span)
                         .await;
                     if shutdown.is_cancelled() {
                         return;
                     }
-                    warn!(client.id = %welcome.client_id, reason = %reason, "tunnel down");
+                    failed(closed.code, &closed.sentence);
+                    if closed.needs_change {
+                        error!(client.id = %welcome.client_id, reason = %closed.code, "tunnel down: {}", closed.sentence);
+                    } else {
+                        warn!(client.id = %welcome.client_id, reason = %closed.code, "tunnel down: {}", closed.sentence);
+                    }
                 }
                 Err(e) => {
                     shared.stats.tunnel_failures.fetch_add(1, Ordering::Relaxed);
-                    let why = tunnel::why::explain(&e, &replica, &link.cfg.trust);
+                    let why = tunnel::why::explain(&e, &link.cfg, &replica);
+                    failed(why.code, &why.sentence);
+                    mark(&|h| h.failures = h.failures.saturating_add(1));
                     if why.needs_change {
                         error!(reason = %why.code, "{}", why.sentence);
                     } else {
@@ -168,7 +206,7 @@ async fn serve_tunnel(
     ws: tunnel::ClientWs,
     client_id: &str,
     shutdown: &CancellationToken,
-) -> String {
+) -> crate::mux::Closed {
     let (r, w) = tunnel::split(ws);
     let (mux, mut events) = Mux::start(r, w, shared.mux_cfg.clone());
     link.live_tunnels().push(mux.clone());
@@ -213,11 +251,13 @@ async fn serve_tunnel(
         .send_modify(|s| s.tunnel(&link.cfg.gateway_id, client_id, -1));
     if shutdown.is_cancelled() {
         // Drained: let the last stream's final bytes out before the process exits.
-        mux.close_flushed("client closed the tunnel").await;
+        mux.close_flushed(Reason::Shutdown, "client shut down")
+            .await;
     } else {
-        mux.close("client closed the tunnel");
+        mux.close(Reason::Shutdown, "client closed the tunnel");
     }
-    mux.close_reason().unwrap_or_default()
+    mux.close_reason()
+        .unwrap_or_else(|| crate::mux::close::here("tunnel ended"))
 }
 
 /// Sends this process's warn/error lines to one live tunnel of every gateway (for its

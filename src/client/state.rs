@@ -83,6 +83,33 @@ pub(super) struct GatewayPeer {
     /// The last CONFIG applied: every tunnel, to every replica, pushes the same one, which is
     /// applied once.
     pub last_push: Mutex<Option<bytes::Bytes>>,
+    /// Each tunnel slot's state and last failure, for `/readyz` and `sgw status`: a slot that
+    /// keeps failing is visible without the logs. Bounded by the slots (replicas × addresses
+    /// × `tunnels`); a slot that stops is removed.
+    pub slots: Mutex<std::collections::BTreeMap<usize, SlotHealth>>,
+    /// Numbers slots across all replicas and addresses: each slot's number is its own.
+    next_slot: std::sync::atomic::AtomicUsize,
+}
+
+/// One tunnel slot as status shows it.
+#[derive(Debug, Clone)]
+pub(super) struct SlotHealth {
+    pub url: String,
+    pub addr: Option<SocketAddr>,
+    pub up: bool,
+    /// Unix ms of the last change between up and down.
+    pub since_ms: u64,
+    /// Failed connects since the slot was last up.
+    pub failures: u64,
+    pub last_failure: Option<SlotFailure>,
+}
+
+/// Why a slot last failed to connect, or its tunnel last went down.
+#[derive(Debug, Clone)]
+pub(super) struct SlotFailure {
+    pub code: &'static str,
+    pub sentence: String,
+    pub at_ms: u64,
 }
 
 impl GatewayPeer {
@@ -94,7 +121,42 @@ impl GatewayPeer {
             live: Mutex::new(Vec::new()),
             reverse: Default::default(),
             last_push: Mutex::new(None),
+            slots: Mutex::new(Default::default()),
+            next_slot: Default::default(),
         }
+    }
+
+    /// A number for a new tunnel slot, unique for this gateway.
+    pub fn new_slot(&self) -> usize {
+        self.next_slot.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Changes slot `slot`'s entry (made as down if new).
+    pub fn slot(
+        &self,
+        slot: usize,
+        url: &str,
+        addr: Option<SocketAddr>,
+        f: impl FnOnce(&mut SlotHealth),
+    ) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let h = slots.entry(slot).or_insert_with(|| SlotHealth {
+            url: url.to_owned(),
+            addr,
+            up: false,
+            since_ms: crate::telemetry::unix_ms(),
+            failures: 0,
+            last_failure: None,
+        });
+        f(h);
+    }
+
+    /// Forgets a slot that stopped (its address no longer resolves, or shutdown).
+    pub fn slot_gone(&self, slot: usize) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot);
     }
 
     pub fn live_tunnels(&self) -> MutexGuard<'_, Vec<Mux>> {

@@ -47,7 +47,32 @@ pub struct GatewayStatus {
     pub via_proxy: Option<String>,
     pub client_id: Option<String>,
     pub tunnels: Vec<TunnelStatus>,
+    /// Every tunnel slot, up or not, with its last failure.
+    pub slots: Vec<SlotStatus>,
     pub destinations: Vec<DestinationStatus>,
+}
+
+/// One tunnel slot: where it connects, whether it is up, and why it last failed.
+#[derive(Debug, Serialize)]
+pub struct SlotStatus {
+    pub slot: usize,
+    pub url: String,
+    /// The one address of the URL's name this slot dials, when the name has several.
+    pub addr: Option<String>,
+    pub up: bool,
+    /// Unix ms of the last change between up and down.
+    pub since_unix_ms: u64,
+    /// Failed connects since it was last up.
+    pub failures: u64,
+    pub last_failure: Option<FailureStatus>,
+}
+
+/// A failure: the stable reason code, its sentence, and when.
+#[derive(Debug, Serialize)]
+pub struct FailureStatus {
+    pub reason: String,
+    pub message: String,
+    pub at_unix_ms: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -47,7 +47,7 @@ pub(super) async fn serve_open(
         let conn = if http {
             super::admit::admit_caller(&dest, inc.meta.caller.parse().ok()).map(|()| Conn::Http)
         } else {
-            connect(&state, &dest, &inc.meta.caller, None)
+            connect(&state.acl(), &dest, &inc.meta.caller, None)
                 .await
                 .map(|(c, _)| c)
         };

@@ -21,6 +21,7 @@ use super::state::{bind, GatewayState, Listening};
 use super::wire::{config_push, spec_of};
 use super::{udp, GatewayError};
 use crate::config::{Destination, Protocol, TenantConfig};
+use crate::proto::Reason;
 
 /// A bound socket not yet served.
 enum Bound {
@@ -99,13 +100,13 @@ fn build_state(cfg: TenantConfig, gw: &GatewayState) -> Result<TenantState, Gate
     })
 }
 
-fn close_tunnels(tenant: &Tenant, id: &str, why: &str) {
+fn close_tunnels(tenant: &Tenant, id: &str, (why, reason): (&str, Reason)) {
     let tunnels = tenant.all_tunnels();
     if tunnels.is_empty() {
         return;
     }
     for m in &tunnels {
-        m.close(why);
+        m.close(reason, why);
     }
     info!(gateway.id = %id, tunnels = tunnels.len(), reason = why, "closed the gateway's client tunnels");
 }
@@ -208,14 +209,16 @@ pub(super) async fn apply(
     // Tunnels on a revoked token are closed before the new CONFIG (which may carry secrets)
     // is pushed to the tunnels that stay.
     let revoked = old.as_ref().and_then(|old| {
+        // The reason tells the client whether its credentials still work (`auth`: they
+        // don't) or it just reconnects (a new expiry: the same token, a new timer).
         if !result_cfg.enabled && old.enabled {
-            Some("gateway disabled")
-        } else if result_cfg.token != old.token
-            || result_cfg.token_expires_at != old.token_expires_at
-        {
-            Some("security token changed")
+            Some(("gateway disabled", Reason::Auth))
+        } else if result_cfg.token != old.token {
+            Some(("security token changed", Reason::Auth))
+        } else if result_cfg.token_expires_at != old.token_expires_at {
+            Some(("security token expiry changed", Reason::Refused))
         } else if result_cfg.enf_tok_sec && !old.enf_tok_sec {
-            Some("security token now enforced")
+            Some(("security token now enforced", Reason::Auth))
         } else {
             None
         }
@@ -302,7 +305,7 @@ pub(super) async fn remove(gw: &Arc<GatewayState>, id: &str) {
         r.stop().await;
     }
     for m in tenant.all_tunnels() {
-        m.close("gateway deleted");
+        m.close(Reason::Auth, "gateway id deleted");
     }
     info!(gateway.id = %id, "gateway removed");
 }

@@ -208,7 +208,7 @@ impl Gateway {
         };
         let _ = tokio::time::timeout(gw.shutdown_grace, all_idle).await;
         for m in &tunnels {
-            m.close_graceful("gateway shut down");
+            m.close_graceful(Reason::Shutdown, "gateway shut down");
         }
         // A finished stream's last bytes may still be queued: let the writers flush them.
         let closing = async {

@@ -140,7 +140,7 @@ impl Tenant {
             if let Err(e) = m.push_config(push.clone()) {
                 // A client must not run on a stale list: it gets the new one when it reconnects.
                 tracing::warn!(gateway.id = %self.id, error = %e, "could not send the configuration on a tunnel; closing it so the client reconnects");
-                m.close("configuration push failed");
+                m.close(Reason::Internal, "configuration push failed");
             }
         }
     }
@@ -158,7 +158,7 @@ impl Tenant {
         for e in c.entries.values() {
             if client_ids.contains(&e.client_id) {
                 for (_, m) in &e.tunnels {
-                    m.close(why);
+                    m.close(Reason::Refused, why);
                 }
                 found.push(e.client_id.clone());
             }

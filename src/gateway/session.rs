@@ -16,7 +16,7 @@ use super::registry::TenantState;
 use super::reverse;
 use super::state::GatewayState;
 use crate::mux::Mux;
-use crate::proto::{LogPush, Welcome, PROTO_MAJOR, PROTO_MINOR};
+use crate::proto::{LogPush, Reason, Welcome, FEATURE_PROBE, PROTO_MAJOR, PROTO_MINOR};
 use crate::telemetry::clean;
 use crate::tunnel::{self, AcceptError};
 
@@ -57,8 +57,12 @@ pub(super) async fn serve_tunnel(
     let client_id = tenant.client_id_for(&hello.instance);
     let span = tracing::info_span!("tunnel", client.id = %client_id, gateway.id = %tenant.id, peer.addr = %peer);
     async move {
-        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR] };
-        if let Err(why) = tenant.tunnel_room(&hello.instance, gw.tunnel_caps) {
+        // A probe (`sgw doctor`) is answered and closed, never registered: it takes no room.
+        let probe = hello.features.iter().any(|f| f == FEATURE_PROBE);
+        let features = if probe { vec![FEATURE_PROBE.to_owned()] } else { Vec::new() };
+        let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR], features };
+        let room = if probe { Ok(()) } else { tenant.tunnel_room(&hello.instance, gw.tunnel_caps) };
+        if let Err(why) = room {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
             warn!(reason = "limit", error = %why, "tunnel refused");
             return;
@@ -81,6 +85,12 @@ pub(super) async fn serve_tunnel(
                 return;
             }
         }
+        if probe {
+            // `sgw doctor`: it has what it asked for; never registered, so never routed to.
+            info!(client.hostname = %clean(&hello.hostname, 256), "answered a probe (sgw doctor): token accepted, destinations sent");
+            let _ = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, futures_util::SinkExt::close(&mut ws)).await;
+            return;
+        }
         let (r, w) = tunnel::split(ws);
         let (mux, mut events) = Mux::start(r, w, gw.mux_cfg.clone());
         let tunnel_id = match tenant.register(&client_id, &hello, mux.clone(), gw.tunnel_caps) {
@@ -92,7 +102,7 @@ pub(super) async fn serve_tunnel(
             Err(why) => {
                 gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
                 warn!(reason = "limit", error = %why, "tunnel refused");
-                mux.close(&why.to_string());
+                mux.close(Reason::Limit, &why.to_string());
                 return;
             }
         };
@@ -100,11 +110,11 @@ pub(super) async fn serve_tunnel(
         // a revoked token closes it (before anything more is sent), a new list is pushed.
         let now = tenant.state();
         if !admits(&now, token.as_ref()) {
-            mux.close("security token revoked");
+            mux.close(Reason::Auth, "security token revoked");
         } else if now.push != sent_config {
             if let Err(e) = mux.push_config(now.push.clone()) {
                 warn!(error = %e, "could not send the changed configuration; closing the tunnel so the client reconnects");
-                mux.close("configuration push failed");
+                mux.close(Reason::Internal, "configuration push failed");
             }
         }
         drop(now);
@@ -129,7 +139,7 @@ pub(super) async fn serve_tunnel(
             tokio::select! {
                 _ = &mut expiry => {
                     info!(reason = "token_expired", "the security token expired; closing the tunnel");
-                    mux.close("security token expired");
+                    mux.close(Reason::Auth, "security token expired");
                     break;
                 }
                 inc = events.incoming.recv() => match inc {
@@ -159,9 +169,9 @@ pub(super) async fn serve_tunnel(
                 }
             }
         }
-        let reason = mux.close_reason().unwrap_or_default();
-        tenant.unregister(&client_id, tunnel_id, &reason);
-        info!(reason = %reason, "tunnel down");
+        let closed = mux.close_reason().unwrap_or_else(|| crate::mux::close::here("tunnel ended"));
+        tenant.unregister(&client_id, tunnel_id, &closed.sentence);
+        info!(reason = %closed.code, "tunnel down: {}", closed.sentence);
     }
     .instrument(span)
     .await

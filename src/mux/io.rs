@@ -19,23 +19,6 @@ pub(crate) struct ReaderSinks {
     pub logs: mpsc::Sender<Bytes>,
 }
 
-/// Why reading the tunnel failed, in words an operator acts on (the TLS library's own text
-/// for a missing close_notify is a link to its manual).
-fn read_failure(e: &std::io::Error) -> String {
-    use std::io::ErrorKind;
-    match e.kind() {
-        ErrorKind::UnexpectedEof => {
-            "the other side closed the connection without a goodbye: its process ended or the network cut it".into()
-        }
-        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
-            "the connection was reset: the other side's process ended or something on the path cut it".into()
-        }
-        ErrorKind::TimedOut => "the connection timed out: the network path stopped carrying it".into(),
-        ErrorKind::InvalidData => format!("the other side sent something that is not a tunnel message: {e}"),
-        k => format!("tunnel read failed: {k}"),
-    }
-}
-
 pub(crate) async fn reader_loop<R>(shared: Arc<MuxState>, mut reader: R, sinks: ReaderSinks)
 where
     R: Stream<Item = std::io::Result<Bytes>> + Unpin,
@@ -49,11 +32,11 @@ where
         let msg = match msg {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                shared.close(read_failure(&e));
+                shared.close(shared.ended(super::close::read_failed(shared.cfg.role, &e)));
                 return;
             }
             None => {
-                shared.close("peer closed the tunnel".into());
+                shared.close(shared.ended(super::close::ended(shared.cfg.role)));
                 return;
             }
         };
@@ -110,8 +93,8 @@ fn dispatch(shared: &Arc<MuxState>, frame: Frame, sinks: &ReaderSinks) -> Result
             Ok(())
         }
         Frame::GoAway { reason, message } => {
-            tracing::info!(%reason, message = %message, "peer sent go-away");
-            shared.peer_go_away.store(true, Ordering::Release);
+            tracing::info!(%reason, message = %crate::telemetry::clean(&message, 256), "peer sent go-away");
+            shared.heard_goodbye(reason, message);
             Ok(())
         }
         Frame::Config(payload) if role == Role::Client => {
@@ -353,7 +336,7 @@ where
             }
         };
         if let Err(e) = sent {
-            shared.close(format!("tunnel write failed: {e}"));
+            shared.close(super::close::write_failed(shared.cfg.role, &e));
             shared.clear_ready();
             return;
         }
@@ -439,9 +422,7 @@ pub(crate) async fn keepalive_loop(shared: Arc<MuxState>) {
         let now_ms = shared.started.elapsed().as_millis() as u64;
         let silent = now_ms.saturating_sub(shared.last_rx_ms.load(Ordering::Relaxed));
         if silent > timeout.as_millis() as u64 {
-            shared.close(format!(
-                "keepalive timeout: nothing received for {silent} ms"
-            ));
+            shared.close(super::close::keepalive(shared.cfg.role, silent));
             return;
         }
         let now = tokio::time::Instant::now();

@@ -16,6 +16,7 @@
 //! in-memory pipe; `tunnel` adapts a WebSocket to it.
 
 mod budget;
+pub mod close;
 mod incoming;
 mod io;
 pub mod memory;
@@ -34,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::proto::{Frame, OpenMeta, Reason};
 
 pub use budget::WindowBudget;
+pub use close::{Closed, CLOSE_CODES};
 pub use incoming::Incoming;
 pub use stream::{MuxStream, StreamError};
 use stream::{StreamShared, StreamState};
@@ -208,7 +210,9 @@ pub(crate) struct MuxState {
     /// stream's last DATA and FIN). Any other close (revoked token, protocol error, API
     /// disconnect) sends nothing more of the streams.
     graceful: AtomicBool,
-    close_reason: Mutex<Option<String>>,
+    close_reason: Mutex<Option<Closed>>,
+    /// The peer's GO_AWAY, kept to explain the close that follows it.
+    peer_goodbye: Mutex<Option<(Reason, String)>>,
     local_go_away: AtomicBool,
     peer_go_away: AtomicBool,
     rtt_us: AtomicU64,
@@ -291,6 +295,7 @@ impl Mux {
             flushed: CancellationToken::new(),
             graceful: AtomicBool::new(false),
             close_reason: Mutex::new(None),
+            peer_goodbye: Mutex::new(None),
             local_go_away: AtomicBool::new(false),
             peer_go_away: AtomicBool::new(false),
             rtt_us: AtomicU64::new(0),
@@ -420,7 +425,7 @@ impl Mux {
     }
 
     /// Why the tunnel closed, once it has.
-    pub fn close_reason(&self) -> Option<String> {
+    pub fn close_reason(&self) -> Option<Closed> {
         self.shared.close_reason.lock().ok().and_then(|g| g.clone())
     }
 
@@ -503,24 +508,27 @@ impl Mux {
         Ok(())
     }
 
-    /// Closes the tunnel now: every open stream is reset with `tunnel_lost`.
-    pub fn close(&self, why: &str) {
-        self.shared.close(why.to_owned());
+    /// Closes the tunnel now: every open stream is reset with `tunnel_lost`. The peer is
+    /// told `reason` and `why` first (a GO_AWAY ahead of anything queued), so its log says
+    /// why instead of "connection closed": no secrets in `why`.
+    pub fn close(&self, reason: Reason, why: &str) {
+        self.shared.say_goodbye(reason, why);
+        self.shared.close(close::here(why));
     }
 
     /// Closes the tunnel and waits, at most [`CLOSE_FLUSH`], until the frames queued before
     /// (a finished stream's last DATA and FIN) are written and the transport is closed: how
     /// a drained tunnel ends without losing what its last stream sent.
-    pub async fn close_flushed(&self, why: &str) {
-        self.close_graceful(why);
+    pub async fn close_flushed(&self, reason: Reason, why: &str) {
+        self.close_graceful(reason, why);
         let _ = tokio::time::timeout(CLOSE_FLUSH, self.flushed()).await;
     }
 
     /// Closes the tunnel after a drain: as [`Mux::close`], but the frames already queued are
     /// still written (bounded); [`Mux::flushed`] says when.
-    pub fn close_graceful(&self, why: &str) {
+    pub fn close_graceful(&self, reason: Reason, why: &str) {
         self.shared.graceful.store(true, Ordering::Release);
-        self.close(why);
+        self.close(reason, why);
     }
 
     /// Resolves once the writer has stopped (after a close: queued frames written,
@@ -602,10 +610,43 @@ impl MuxState {
                 message: what.clone(),
             });
         }
-        self.close(format!("protocol error: {what}"));
+        self.close(close::protocol(self.cfg.role, &what));
     }
 
-    fn close(&self, why: String) {
+    /// Puts a GO_AWAY first in line (unless one went already and the tunnel is closing):
+    /// the writer's closing flush sends it before the transport closes.
+    fn say_goodbye(&self, reason: Reason, why: &str) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.local_go_away.store(true, Ordering::Release);
+        let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_front(Frame::GoAway {
+            reason,
+            message: why.to_owned(),
+        });
+    }
+
+    /// The peer said goodbye; the close that follows is explained by it.
+    fn heard_goodbye(&self, reason: Reason, message: String) {
+        self.peer_go_away.store(true, Ordering::Release);
+        *self.peer_goodbye.lock().unwrap_or_else(|e| e.into_inner()) = Some((reason, message));
+    }
+
+    /// Why the transport ended: the peer's goodbye if it said one, else `otherwise`.
+    fn ended(&self, otherwise: Closed) -> Closed {
+        match self
+            .peer_goodbye
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some((reason, message)) => close::goodbye(self.cfg.role, reason, &message),
+            None => otherwise,
+        }
+    }
+
+    fn close(&self, why: Closed) {
         {
             let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_some() {

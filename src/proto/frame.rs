@@ -72,6 +72,8 @@ pub enum Reason {
     Reset,
     Unreachable,
     TunnelLost,
+    /// The tunnel's credentials stopped being good (token revoked, expired, id disabled).
+    Auth,
     Other(u8),
 }
 
@@ -93,6 +95,7 @@ impl Reason {
             Reset => 12,
             Unreachable => 13,
             TunnelLost => 14,
+            Auth => 15,
             Other(c) => c,
         }
     }
@@ -114,6 +117,7 @@ impl Reason {
             12 => Reset,
             13 => Unreachable,
             14 => TunnelLost,
+            15 => Auth,
             c => Other(c),
         }
     }
@@ -136,6 +140,7 @@ impl Reason {
             Reset => "reset",
             Unreachable => "unreachable",
             TunnelLost => "tunnel_lost",
+            Auth => "auth",
             Other(_) => "other",
         }
     }

@@ -65,12 +65,20 @@ pub enum HelloError {
 /// The `features` value for per-stream deflate compression.
 pub const FEATURE_DEFLATE: &str = "deflate";
 
+/// The `features` value of a probe (`sgw doctor`): the gateway answers the handshake (WELCOME,
+/// CONFIG) and closes, without registering the tunnel, so no caller is ever routed to it.
+pub const FEATURE_PROBE: &str = "probe";
+
 /// The gateway's answer to HELLO.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Welcome {
     pub client_id: String,
     pub gateway_id: String,
     pub proto: [u8; 2],
+    /// The HELLO features this gateway honours for this tunnel (so far only `probe`); absent
+    /// from older gateways.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// The JSON part of an OPEN frame.

@@ -10,7 +10,7 @@ mod messages;
 pub use frame::{decode_message, encode_frame, Frame, FrameType, ProtoError, Reason, HEADER_LEN};
 pub use messages::{
     ConfigPush, DestinationSpec, EndpointTls, Hello, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
-    Protocol, ProxySpec, Welcome, FEATURE_DEFLATE,
+    Protocol, ProxySpec, Welcome, FEATURE_DEFLATE, FEATURE_PROBE,
 };
 
 /// Protocol major version; part of the WebSocket subprotocol name.

@@ -112,6 +112,26 @@ pub enum ConnectError {
     Timeout(&'static str, Duration),
 }
 
+/// Resolves the gateway's name, as a step of its own (for `sgw doctor`): its addresses, or
+/// [`ConnectError::Dns`].
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, ConnectError> {
+    let addrs: Vec<std::net::SocketAddr> = step(
+        "resolving the gateway's name",
+        tokio::net::lookup_host((host, port)),
+        ConnectError::Dns,
+    )
+    .await?
+    .take(crate::config::MAX_REPLICAS)
+    .collect();
+    if addrs.is_empty() {
+        return Err(ConnectError::Dns(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the name has no address",
+        )));
+    }
+    Ok(addrs)
+}
+
 /// Resolves `host` (a step of its own, so a name that does not resolve is told apart from a
 /// gateway that does not answer), then connects to its addresses in turn.
 async fn dial(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
@@ -196,17 +216,14 @@ where
     }
 }
 
-/// Client side: TCP, TLS, upgrade with token, HELLO, WELCOME.
-pub async fn connect(
-    link: &GatewayLink,
+/// A TCP connection to `replica`: to `addr` (one address of a name that resolves to several;
+/// the TLS name is still the URL's), or by name, or through its outbound proxy.
+pub async fn reach(
     replica: &Replica,
     addr: Option<std::net::SocketAddr>,
-    tls: &TlsConnector,
-    hello: &Hello,
-) -> Result<(ClientWs, Welcome), ConnectError> {
+) -> Result<TcpStream, ConnectError> {
     let url = &replica.url;
     let tcp = match (&replica.proxy, addr) {
-        // One address of a name that resolves to several (the TLS name is still the URL's).
         (None, Some(a)) => step("TCP connect", TcpStream::connect(a), ConnectError::Tcp).await?,
         (None, None) => step("TCP connect", dial(&url.host, url.port), |e| e).await?,
         (Some(p), _) => {
@@ -219,9 +236,41 @@ pub async fn connect(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+    Ok(tcp)
+}
+
+/// TLS on `tcp`, verifying the gateway's certificate for the URL's host.
+pub async fn tls_handshake(
+    replica: &Replica,
+    tls: &TlsConnector,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ConnectError> {
+    let name = rustls::pki_types::ServerName::try_from(replica.url.host.clone())
         .map_err(|e| ConnectError::Handshake(format!("bad gateway host name: {e}")))?;
-    let tls_stream = step("TLS handshake", tls.connect(name, tcp), ConnectError::Tls).await?;
+    step("TLS handshake", tls.connect(name, tcp), ConnectError::Tls).await
+}
+
+/// Client side, after WELCOME: the gateway's first CONFIG (for `sgw doctor`; the mux reads
+/// it in a running tunnel).
+pub async fn read_config(ws: &mut ClientWs) -> Result<crate::proto::ConfigPush, ConnectError> {
+    let config = handshake_frame(ws, "CONFIG", |f| match f {
+        Frame::Config(body) => Ok(body),
+        other => Err(other),
+    });
+    step("CONFIG", config, ConnectError::Handshake).await
+}
+
+/// Client side: TCP, TLS, upgrade with token, HELLO, WELCOME.
+pub async fn connect(
+    link: &GatewayLink,
+    replica: &Replica,
+    addr: Option<std::net::SocketAddr>,
+    tls: &TlsConnector,
+    hello: &Hello,
+) -> Result<(ClientWs, Welcome), ConnectError> {
+    let url = &replica.url;
+    let tcp = reach(replica, addr).await?;
+    let tls_stream = tls_handshake(replica, tls, tcp).await?;
     let mut req = url
         .to_string()
         .into_client_request()

@@ -8,7 +8,8 @@ use std::io::ErrorKind;
 use rustls::CertificateError;
 
 use super::ConnectError;
-use crate::config::{Replica, Trust};
+use crate::config::{GatewayLink, Replica, Trust};
+use crate::telemetry::io_words;
 
 /// A reason: its code and the sentence for this occurrence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,9 +46,9 @@ fn why(code: &'static str, needs_change: bool, sentence: String) -> Why {
     }
 }
 
-/// Why connecting to `replica` failed with `e`; `trust` is what the client trusts (for the
-/// advice on certificates).
-pub fn explain(e: &ConnectError, replica: &Replica, trust: &Trust) -> Why {
+/// Why connecting to `replica` of `link` failed with `e`.
+pub fn explain(e: &ConnectError, link: &GatewayLink, replica: &Replica) -> Why {
+    let trust = &link.trust;
     let at = format!("{}:{}", replica.url.host, replica.url.port);
     let ca = match trust {
         Trust::System => "this host's trusted CAs (no ca_file is set)".to_string(),
@@ -67,19 +68,20 @@ pub fn explain(e: &ConnectError, replica: &Replica, trust: &Trust) -> Why {
             false,
             format!(
                 "cannot reach the gateway at {at} ({}): check the network path and firewalls between this host and the gateway",
-                io_kind(io)
+                io_words(io.kind())
             ),
         ),
-        ConnectError::Proxy(p) => why(
-            "proxy_failed",
-            false,
-            format!("outbound proxy did not open the tunnel: {p}; check outbound_proxy and the proxy's rules for {at}"),
-        ),
+        ConnectError::Proxy(p) => proxy(p),
         ConnectError::Tls(io) => tls(io, &at, &ca),
+        // One answer for both on purpose: the gateway does not tell a caller which gateway
+        // ids exist (docs/SECURITY.md), so the sentence names both checks.
         ConnectError::Unauthorized => why(
             "token_rejected",
             true,
-            "gateway rejected the security token (HTTP 401) for this gateway id: check gateway_id and token / token_file, or enroll again with a fresh `sgw enroll` string".into(),
+            format!(
+                "the gateway at {at} refused gateway id `{}` with this token (HTTP 401): the token is wrong or was regenerated, or no gateway with that id exists there; compare gateway_id and token / token_file with the gateway (`sgw enroll ID` there prints both), or enroll again",
+                crate::telemetry::clean(&link.gateway_id, 128)
+            ),
         ),
         ConnectError::Version(v) => why(
             "version_mismatch",
@@ -113,6 +115,46 @@ pub fn explain(e: &ConnectError, replica: &Replica, trust: &Trust) -> Why {
     }
 }
 
+fn proxy(e: &super::proxy::ProxyError) -> Why {
+    use super::proxy::ProxyError;
+    match e {
+        ProxyError::Connect { proxy, source } => why(
+            "proxy_failed",
+            false,
+            format!(
+                "cannot reach the outbound proxy {proxy} ({}): check outbound_proxy's host and port, and that the proxy runs",
+                io_words(source.kind())
+            ),
+        ),
+        ProxyError::Refused {
+            proxy,
+            target,
+            reply,
+        } => {
+            // The proxy's words: cleaned and cut short.
+            let reply = crate::telemetry::clean(reply, 128);
+            let fix = if reply.contains(" 407") || reply.contains(" 401") {
+                "it wants credentials: set user and password in outbound_proxy".to_string()
+            } else {
+                format!("its rules must allow CONNECT to {target}: ask the proxy's administrator, or use another proxy")
+            };
+            why(
+                "proxy_failed",
+                true,
+                format!("the outbound proxy {proxy} refused to open a connection to the gateway at {target} (it answered `{reply}`): {fix}"),
+            )
+        }
+        ProxyError::Protocol { proxy, message } => why(
+            "proxy_failed",
+            false,
+            format!(
+                "the outbound proxy {proxy} broke off the tunnel request ({}): check that outbound_proxy names a proxy of that kind (http:// or socks5://)",
+                crate::telemetry::clean(message, 128)
+            ),
+        ),
+    }
+}
+
 /// The gateway's name `host` does not resolve (no answer, or no address).
 pub fn dns_failed(host: &str) -> Why {
     why(
@@ -134,7 +176,7 @@ fn tls(io: &std::io::Error, at: &str, ca: &str) -> Why {
             false,
             format!(
                 "the TLS handshake with {at} failed ({}): the gateway closed it or is not speaking TLS on this port",
-                io_kind(io)
+                io_words(io.kind())
             ),
         );
     };
@@ -215,18 +257,4 @@ fn names_held(presented: &[String]) -> String {
         out.push(format!("and {} more", presented.len() - SHOWN));
     }
     out.join(", ")
-}
-
-/// An io error as words, without `Os { code: .. }`.
-fn io_kind(e: &std::io::Error) -> String {
-    match e.kind() {
-        ErrorKind::ConnectionRefused => "connection refused".into(),
-        ErrorKind::ConnectionReset => "connection reset".into(),
-        ErrorKind::ConnectionAborted => "connection aborted".into(),
-        ErrorKind::TimedOut => "timed out".into(),
-        ErrorKind::HostUnreachable => "no route to the host".into(),
-        ErrorKind::NetworkUnreachable => "network unreachable".into(),
-        ErrorKind::UnexpectedEof => "closed during the handshake".into(),
-        k => k.to_string(),
-    }
 }
