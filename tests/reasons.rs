@@ -638,3 +638,68 @@ async fn a_gateway_closing_on_purpose_says_why() {
     );
     drop(gw);
 }
+
+/// `sgw doctor --gateway`: a key that is not the certificate's, and a gateway that is not
+/// running, each fail with the cause and the fix; the same gateway running with a client
+/// passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_doctor_names_a_wrong_key_and_a_stopped_gateway() {
+    let (dir, token) = init_dir();
+    let d = dir.path();
+    let other = tempfile::tempdir().unwrap();
+    sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
+    std::fs::copy(other.path().join("gateway.key"), d.join("other.key")).unwrap();
+    let admin = free_port();
+    std::fs::write(d.join("admin.tok"), "gateway-admin-token-for-the-doctor\n").unwrap();
+    let write = |key: &str| {
+        let cfg = d.join(format!("gw-{key}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:0\"\ntls_cert = \"gateway.pem\"\ntls_key = \"{key}\"\n\
+                 admin_listen = \"127.0.0.1:{admin}\"\nadmin_token_file = \"admin.tok\"\n\
+                 [[gateways]]\nid = \"gw1\"\ntoken_file = \"token\"\n"
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let wrong = write("other.key");
+    let (rc, out) = doctor(&["--gateway", wrong.to_str().unwrap()]).await;
+    doctor_check(
+        rc,
+        &out,
+        "config_invalid",
+        &["tls_key is not the key of tls_cert", "gateway.key"],
+    );
+
+    let right = write("gateway.key");
+    let (rc, out) = doctor(&["--gateway", right.to_str().unwrap()]).await;
+    doctor_check(rc, &out, "gateway_not_running", &["start it"]);
+    assert!(
+        out.contains("ok   certificate  tls_cert: certificate for localhost"),
+        "{out}"
+    );
+
+    let gw = Proc::spawn(&["gateway", "--config", right.to_str().unwrap()]);
+    let line = gw.wait_line("gateway started").await;
+    let port = field(&line, "tunnel.listen")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (rc, out) = doctor(&["--gateway", right.to_str().unwrap()]).await;
+    doctor_check(rc, &out, "no_clients", &["gw1", "sgw enroll gw1"]);
+    let cfg = client_config(
+        d,
+        "gwdoc",
+        &format!("wss://localhost:{port}/tunnel"),
+        "ca.pem",
+        &token,
+    );
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    c.wait_line("tunnel up").await;
+    let (rc, out) = doctor(&["--gateway", right.to_str().unwrap()]).await;
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("ok   clients      gw1: 1 client(s)"), "{out}");
+}

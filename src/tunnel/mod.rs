@@ -78,7 +78,13 @@ pub fn server_tls(id: &TlsIdentity) -> Result<TlsAcceptor, TlsError> {
     let cfg = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(id.certs.clone(), id.key.clone_key())
-        .map_err(|e| TlsError::new("tls_cert/tls_key", e))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::new(
+                "tls_cert/tls_key",
+                "tls_key is not the key of tls_cert: use the key written with the certificate (`sgw init` writes gateway.pem and gateway.key together)",
+            ),
+            e => TlsError::new("tls_cert/tls_key", e),
+        })?;
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
