@@ -99,30 +99,28 @@ fn doctor_check(rc: i32, out: &str, code: &str, words: &[&str]) -> String {
         .find(|l| l.starts_with("FAIL") && l.contains(&format!("[{code}]")))
         .unwrap_or_else(|| panic!("no FAIL line with [{code}] in:\n{out}"))
         .to_owned();
+    reads_well(&format!("doctor {code}"), &line, words);
+    reads_well("doctor", out, &[]);
+    line
+}
+
+/// `text` names every one of `words` and holds no library wording.
+fn reads_well(what: &str, text: &str, words: &[&str]) {
     for w in words {
-        assert!(line.contains(w), "doctor {code}: {w:?} missing in {line}");
+        assert!(text.contains(w), "{what}: {w:?} missing in {text}");
     }
     for raw in RAW {
         assert!(
-            !out.contains(raw),
-            "doctor: library wording {raw:?} in:\n{out}"
+            !text.contains(raw),
+            "{what}: library wording {raw:?} in {text}"
         );
     }
-    line
 }
 
 /// Waits for the client's line with `reason=code` and checks it reads as a sentence.
 async fn says(client: &Proc, code: &str, words: &[&str]) -> String {
     let line = client.wait_line(&format!("reason={code}")).await;
-    for w in words {
-        assert!(line.contains(w), "{code}: {w:?} missing in {line}");
-    }
-    for raw in RAW {
-        assert!(
-            !line.contains(raw),
-            "{code}: library wording {raw:?} in {line}"
-        );
-    }
+    reads_well(code, &line, words);
     line
 }
 

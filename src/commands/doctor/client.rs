@@ -19,23 +19,12 @@ use crate::tunnel::{self, why, ConnectError};
 
 pub(super) async fn check(path: &Path, admin: Option<SocketAddr>, r: &mut Report) {
     let file = path.display().to_string();
-    let cfg = match ClientConfig::load(path) {
-        Ok(c) => c,
-        Err(e) => {
-            r.fail(
-                "config",
-                &file,
-                "config_invalid",
-                format!("{e}; fix these lines (`sgw config check {file}` lists the same)"),
-            );
-            return;
-        }
+    let loaded = ClientConfig::load(path).map_err(|e| e.to_string());
+    let Some(cfg) = r.config(&file, loaded, |c| {
+        format!("valid, {} gateway(s)", c.gateways.len())
+    }) else {
+        return;
     };
-    r.ok(
-        "config",
-        &file,
-        format!("valid, {} gateway(s)", cfg.gateways.len()),
-    );
     for w in cfg.warnings(path) {
         r.warn("config", &file, None, w);
     }

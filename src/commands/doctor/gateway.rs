@@ -13,29 +13,17 @@ use crate::config::GatewayConfig;
 
 pub(super) async fn check(path: &Path, admin: Option<SocketAddr>, r: &mut Report) {
     let file = path.display().to_string();
-    let cfg = match GatewayConfig::load(path)
+    let loaded = GatewayConfig::load(path)
         .map_err(|e| e.to_string())
         .and_then(|c| {
             crate::gateway::check(&c)
                 .map(|()| c)
                 .map_err(|e| e.0.join("; "))
-        }) {
-        Ok(c) => c,
-        Err(e) => {
-            r.fail(
-                "config",
-                &file,
-                "config_invalid",
-                format!("{e}; fix these lines (`sgw config check {file}` lists the same)"),
-            );
-            return;
-        }
+        });
+    let ids = |c: &GatewayConfig| format!("valid, {} gateway id(s) in the file", c.gateways.len());
+    let Some(cfg) = r.config(&file, loaded, ids) else {
+        return;
     };
-    r.ok(
-        "config",
-        &file,
-        format!("valid, {} gateway id(s) in the file", cfg.gateways.len()),
-    );
     check_certificate(&cfg, r);
     let running = running_admin(&cfg, admin).await;
     check_ports(&cfg, running.is_some(), r).await;

@@ -133,6 +133,30 @@ impl Report {
         self.add(step, subject, Outcome::Skip, None, msg);
     }
 
+    /// The config step: the loaded config, or a failed step listing its errors.
+    fn config<T>(
+        &mut self,
+        file: &str,
+        loaded: Result<T, String>,
+        ok: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match loaded {
+            Ok(c) => {
+                self.ok("config", file, ok(&c));
+                Some(c)
+            }
+            Err(e) => {
+                self.fail(
+                    "config",
+                    file,
+                    "config_invalid",
+                    format!("{e}; fix these lines (`sgw config check {file}` lists the same)"),
+                );
+                None
+            }
+        }
+    }
+
     fn failed(&self) -> bool {
         self.steps.iter().any(|s| s.outcome == Outcome::Fail)
     }
