@@ -45,6 +45,13 @@ fn client_config(dir: &Path, name: &str, url: &str, ca: &str, token: &str) -> Pa
     client_config_with(dir, name, url, ca, token, "gw1", "")
 }
 
+/// A client process from [`client_config`] (trusting ca.pem); its config and the process.
+fn client(dir: &Path, name: &str, url: &str, token: &str) -> (PathBuf, Proc) {
+    let cfg = client_config(dir, name, url, "ca.pem", token);
+    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
+    (cfg, c)
+}
+
 /// As [`client_config`], for gateway id `id`, with `top` (top-level keys) first.
 fn client_config_with(
     dir: &Path,
@@ -345,14 +352,12 @@ async fn a_killed_gateway_is_a_tunnel_down_without_a_goodbye() {
     let (dir, token) = init_dir();
     let d = dir.path();
     let (mut gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
-    let cfg = client_config(
+    let (_, c) = client(
         d,
         "killed",
         &format!("wss://127.0.0.1:{port}/tunnel"),
-        "ca.pem",
         &token,
     );
-    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
     c.wait_line("tunnel up").await;
     kill9(&mut gw.child).await;
     let line = c.wait_line("tunnel down").await;
@@ -458,14 +463,12 @@ async fn destination_refusals_name_their_cause_and_fix() {
     .unwrap();
     let (_gw, port, cloud) =
         gateway_with_destinations(d, &[("closed", closed), ("denied", echo.port())]).await;
-    let cfg = client_config(
+    let (cfg, c) = client(
         d,
         "dests",
         &format!("wss://localhost:{port}/tunnel"),
-        "ca.pem",
         &token,
     );
-    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
     c.wait_line("destinations updated").await;
 
     for p in &cloud {
@@ -578,14 +581,12 @@ async fn a_gateway_closing_on_purpose_says_why() {
     let (dir, token) = init_dir();
     let d = dir.path();
     let (gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
-    let cfg = client_config(
+    let (_, c) = client(
         d,
         "goodbye",
         &format!("wss://127.0.0.1:{port}/tunnel"),
-        "ca.pem",
         &token,
     );
-    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
     c.wait_line("tunnel up").await;
     std::fs::write(d.join("token"), "a-regenerated-token-0123456789abcdef\n").unwrap();
     let pid = gw.child.id().to_string();
@@ -610,19 +611,13 @@ async fn a_gateway_closing_on_purpose_says_why() {
     c.wait_line("reason=token_rejected").await;
     drop(c);
 
-    let c = Proc::spawn(&[
-        "client",
-        "--config",
-        client_config(
-            d,
-            "goodbye2",
-            &format!("wss://127.0.0.1:{port}/tunnel"),
-            "ca.pem",
-            "a-regenerated-token-0123456789abcdef",
-        )
-        .to_str()
-        .unwrap(),
-    ]);
+    let new_token = "a-regenerated-token-0123456789abcdef";
+    let (_, c) = client(
+        d,
+        "goodbye2",
+        &format!("wss://127.0.0.1:{port}/tunnel"),
+        new_token,
+    );
     c.wait_line("tunnel up").await;
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -688,14 +683,12 @@ async fn gateway_doctor_names_a_wrong_key_and_a_stopped_gateway() {
         .to_owned();
     let (rc, out) = doctor(&["--gateway", right.to_str().unwrap()]).await;
     doctor_check(rc, &out, "no_clients", &["gw1", "sgw enroll gw1"]);
-    let cfg = client_config(
+    let (_, c) = client(
         d,
         "gwdoc",
         &format!("wss://localhost:{port}/tunnel"),
-        "ca.pem",
         &token,
     );
-    let c = Proc::spawn(&["client", "--config", cfg.to_str().unwrap()]);
     c.wait_line("tunnel up").await;
     let (rc, out) = doctor(&["--gateway", right.to_str().unwrap()]).await;
     assert_eq!(rc, 0, "{out}");
