@@ -118,7 +118,8 @@ pub enum ConnectError {
     Timeout(&'static str, Duration),
 }
 
-/// Resolves the gateway's name, as a step of its own (for `sgw doctor`): its addresses, or
+/// Resolves the gateway's name, as a step of its own (a name that does not resolve is told
+/// apart from a gateway that does not answer): its addresses (at least one), or
 /// [`ConnectError::Dns`].
 pub async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>, ConnectError> {
     let addrs: Vec<std::net::SocketAddr> = step(
@@ -138,18 +139,10 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<std::net::SocketAddr>,
     Ok(addrs)
 }
 
-/// Resolves `host` (a step of its own, so a name that does not resolve is told apart from a
-/// gateway that does not answer), then connects to its addresses in turn.
+/// Resolves `host` ([`resolve`]), then connects to its addresses in turn.
 async fn dial(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
-    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(ConnectError::Dns)?
-        .collect();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
-    if addrs.is_empty() {
-        return Err(ConnectError::Dns(last));
-    }
-    for a in addrs {
+    for a in resolve(host, port).await? {
         match TcpStream::connect(a).await {
             Ok(s) => return Ok(s),
             Err(e) => last = e,

@@ -600,6 +600,24 @@ impl Postgres {
             .unwrap();
         self.server = Some(child);
         wait_listening(self.port).await;
+        // Listening is not accepting: a server still starting up answers "the database system
+        // is starting up". pg_isready exits 0 once it accepts sessions.
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = self
+                .command("pg_isready")
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL never accepted sessions"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `pg_ctl stop -m fast` (sessions are ended, nothing is lost); waits until it has exited.
