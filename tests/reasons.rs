@@ -149,7 +149,7 @@ async fn each_broken_setup_names_its_cause_and_fix() {
     sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
     std::fs::copy(other.path().join("ca.pem"), d.join("other-ca.pem")).unwrap();
 
-    let (_gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
+    let (gw, port) = gateway(d, "127.0.0.1", "gateway.pem", "gateway.key").await;
     let url = format!("wss://127.0.0.1:{port}/tunnel");
     let spawn = |name: &str, url: &str, ca: &str, token: &str| {
         let cfg = client_config(d, name, url, ca, token);
@@ -162,6 +162,17 @@ async fn each_broken_setup_names_its_cause_and_fix() {
     says(&c, "tls_unknown_ca", &words).await;
     drop(c);
     doctor_says(&d.join("client-wrong-ca.toml"), "tls_unknown_ca", &words).await;
+    // The gateway's side of it, for the cloud operator.
+    let line = gw.wait_line("reason=client_distrusts_certificate").await;
+    reads_well(
+        "gateway",
+        &line,
+        &[
+            "tunnel refused",
+            "refused this gateway's certificate",
+            "ca.pem",
+        ],
+    );
 
     // A wrong token: the client's /readyz and `sgw status` show the slot's last failure too.
     let c = spawn("wrong-token", &url, "ca.pem", "not-the-token");
@@ -196,6 +207,8 @@ async fn each_broken_setup_names_its_cause_and_fix() {
     );
     drop(c);
     doctor_says(&d.join("client-wrong-token.toml"), "token_rejected", &words).await;
+    let line = gw.wait_line("tunnel refused: bad security token").await;
+    reads_well("gateway", &line, &["reason=token_rejected", "sgw enroll"]);
 
     // A gateway id the gateway does not have: the same 401 (ids are not told to strangers),
     // and the sentence names both checks.
@@ -342,6 +355,10 @@ fn the_reason_tables_match_the_source() {
     assert_eq!(
         table("## Why a tunnel went down: reason codes"),
         sgw::mux::CLOSE_CODES
+    );
+    assert_eq!(
+        table("## Why the gateway refused a tunnel: reason codes"),
+        sgw::tunnel::why::ACCEPT_CODES
     );
 }
 

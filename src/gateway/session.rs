@@ -50,7 +50,8 @@ pub(super) async fn serve_tunnel(
         Ok(x) => x,
         Err(e) => {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-            warn!(peer.addr = %peer, error = %e, "tunnel refused");
+            let why = tunnel::why::refused(&e);
+            warn!(peer.addr = %peer, reason = %why.code, "tunnel refused: {}", why.sentence);
             return;
         }
     };

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 
 use rustls::CertificateError;
 
-use super::ConnectError;
+use super::{AcceptError, ConnectError};
 use crate::config::{GatewayLink, Replica, Trust};
 use crate::telemetry::io_words;
 
@@ -151,6 +151,114 @@ fn proxy(e: &super::proxy::ProxyError) -> Why {
                 "the outbound proxy {proxy} broke off the tunnel request ({}): check that outbound_proxy names a proxy of that kind (http:// or socks5://)",
                 crate::telemetry::clean(message, 128)
             ),
+        ),
+    }
+}
+
+/// Every code [`refused`] gives (the gateway's side), in docs/OPERATIONS.md's order.
+pub const ACCEPT_CODES: &[&str] = &[
+    "client_distrusts_certificate",
+    "not_tls",
+    "tls_abandoned",
+    "tls_failed",
+    "token_rejected",
+    "version_mismatch",
+    "not_an_upgrade",
+    "handshake_failed",
+    "timeout",
+];
+
+/// Why the gateway did not accept an incoming tunnel, as the cloud side's operator reads it.
+/// The peer may be anything that reaches the port (a scanner, a health check), so none of
+/// these needs a change on the gateway by itself.
+pub fn refused(e: &AcceptError) -> Why {
+    match e {
+        AcceptError::Tls(io) => accept_tls(io),
+        AcceptError::Refused(msg) if msg.starts_with("unsupported protocol version") => why(
+            "version_mismatch",
+            false,
+            format!("{msg}: the client is of another protocol version; upgrade the older side"),
+        ),
+        AcceptError::Refused(msg) => why(
+            "token_rejected",
+            false,
+            format!(
+                "{msg}, or no such gateway id (answered 401): the client needs the gateway id and its current token (`sgw enroll ID` prints both)"
+            ),
+        ),
+        AcceptError::Ws(_) => why(
+            "not_an_upgrade",
+            false,
+            "the request after TLS is not a WebSocket upgrade: something other than an sgw client (a browser, a health check) reached the tunnel port; point it at the API or admin port instead".into(),
+        ),
+        AcceptError::Handshake(m) => why(
+            "handshake_failed",
+            false,
+            format!(
+                "the client broke off the tunnel handshake ({}): it may be of an incompatible version",
+                crate::telemetry::clean(m, 256)
+            ),
+        ),
+        AcceptError::Send(_) => why(
+            "handshake_failed",
+            false,
+            "the connection broke while WELCOME and the destinations were sent".into(),
+        ),
+        AcceptError::Timeout(step, after) => why(
+            "timeout",
+            false,
+            format!("the client did not finish the {step} within {after:?}: a slow or stuck client, or a path dropping packets"),
+        ),
+    }
+}
+
+fn accept_tls(io: &std::io::Error) -> Why {
+    use rustls::AlertDescription as A;
+    let inner = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::AlertReceived(
+            // DecryptError: the chain's signature did not verify, as when the client trusts
+            // another CA of the same name (two `sgw init` CAs look alike by name).
+            a @ (A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::AccessDenied
+            | A::DecryptError),
+        )) => why(
+            "client_distrusts_certificate",
+            false,
+            format!(
+                "the client refused this gateway's certificate (its TLS alert: {a:?}): it must trust the CA that signed tls_cert (ca_file = the gateway's ca.pem) and dial a name the certificate holds (`sgw init --public NAME`)"
+            ),
+        ),
+        Some(rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. }) => {
+            why(
+                "not_tls",
+                false,
+                "the peer did not speak TLS: something other than an sgw client (a plain HTTP client, a scanner) reached the tunnel port".into(),
+            )
+        }
+        Some(other) => why(
+            "tls_failed",
+            false,
+            format!(
+                "the TLS handshake with the client failed: {}",
+                crate::telemetry::clean(&other.to_string(), 256)
+            ),
+        ),
+        None if io.kind() == ErrorKind::UnexpectedEof
+            || io.kind() == ErrorKind::ConnectionReset =>
+        {
+            why(
+                "tls_abandoned",
+                false,
+                "the peer closed the connection during the TLS handshake: a port check, a load balancer's health check, or a client that gave up".into(),
+            )
+        }
+        None => why(
+            "tls_failed",
+            false,
+            format!("the TLS handshake with the client failed ({})", io_words(io.kind())),
         ),
     }
 }
