@@ -193,6 +193,14 @@ async fn each_broken_setup_names_its_cause_and_fix() {
             && body.ends_with("503"),
         "{body}"
     );
+    let (_, metrics, _) = curl(&[&format!("http://{admin}/metrics")]).await;
+    assert!(
+        sample(
+            &metrics,
+            "sgw_client_tunnel_failures_by_reason_total{reason=\"token_rejected\"}"
+        ) >= 1,
+        "{metrics}"
+    );
     let status = std::process::Command::new(sgw_bin())
         .args(["status", "--admin", &admin])
         .env("SGW_ADMIN_TOKEN", ADMIN_TOKEN)

@@ -37,6 +37,38 @@ pub struct Family {
     pub samples: Vec<(Vec<(&'static str, String)>, i64)>,
 }
 
+/// Events counted by their stable reason code (docs/OPERATIONS.md). The codes are a closed
+/// set of `&'static str`, so the series are bounded.
+#[derive(Debug, Default)]
+pub struct ReasonCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl ReasonCounts {
+    pub fn add(&self, code: &'static str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(code).or_default();
+        *n = n.saturating_add(1);
+    }
+
+    /// The counts as a counter family with a `reason` label.
+    pub fn family(&self, name: &'static str, help: &'static str) -> Family {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            samples: m
+                .iter()
+                .map(|(r, n)| {
+                    (
+                        vec![("reason", (*r).to_owned())],
+                        i64::try_from(*n).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Counter,

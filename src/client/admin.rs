@@ -173,6 +173,10 @@ impl Backend for AdminBackend {
                 Kind::Counter,
                 v(&s.tunnel_failures),
             ),
+            s.tunnel_reasons.family(
+                "sgw_client_tunnel_failures_by_reason",
+                "Failed tunnel connects and tunnels that went down, by reason code (docs/OPERATIONS.md).",
+            ),
             one(
                 "sgw_client_tunnels_up",
                 "Tunnels up now.",

@@ -97,6 +97,7 @@ async fn tunnel_slot(
         let url = replica.url.to_string();
         let mark = |f: &dyn Fn(&mut SlotHealth)| link.slot(slot, &url, addr, |h| f(h));
         let failed = |code: &'static str, sentence: &str| {
+            shared.stats.tunnel_reasons.add(code);
             mark(&|h| {
                 if h.up {
                     h.up = false;

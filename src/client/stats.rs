@@ -19,6 +19,8 @@ pub struct ClientStats {
     pub streams_failed: AtomicU64,
     pub tunnel_connects: AtomicU64,
     pub tunnel_failures: AtomicU64,
+    /// Failed connects and tunnels gone down, by reason code.
+    pub tunnel_reasons: crate::admin::ReasonCounts,
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     /// UDP flows open now, and flows refused by `limits.max_udp_flows`.

@@ -143,6 +143,10 @@ impl Backend for AdminBackend {
                 Kind::Counter,
                 v(&s.tunnels_rejected),
             ),
+            s.tunnels_rejected_by_reason.family(
+                "sgw_gateway_tunnels_rejected_by_reason",
+                "Tunnels refused at TLS or upgrade, by reason code (docs/OPERATIONS.md).",
+            ),
             Family {
                 name: "sgw_gateway_tunnels_up",
                 help: "Tunnels connected now, by gateway id (bounded by limits.max_tunnels_per_gateway).",

@@ -81,6 +81,8 @@ pub enum GatewayError {
 pub struct GatewayStats {
     pub tunnels_accepted: AtomicU64,
     pub tunnels_rejected: AtomicU64,
+    /// Tunnels refused at TLS or upgrade, by reason code.
+    pub tunnels_rejected_by_reason: crate::admin::ReasonCounts,
     pub streams_opened: AtomicU64,
     pub streams_failed: AtomicU64,
     /// Callers refused by a private destination's `ip_table_rules`.

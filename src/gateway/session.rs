@@ -51,6 +51,7 @@ pub(super) async fn serve_tunnel(
         Err(e) => {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
             let why = tunnel::why::refused(&e);
+            gw.stats.tunnels_rejected_by_reason.add(why.code);
             warn!(peer.addr = %peer, reason = %why.code, "tunnel refused: {}", why.sentence);
             return;
         }
