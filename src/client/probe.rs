@@ -55,9 +55,16 @@ pub async fn probe_destination(
                 .unwrap_or_default()
         )),
         Ok((_, reached)) => Probe::Reached(format!(
-            "TCP connect to {}{} within its {} s timeout{}",
-            reached.map_or_else(|| "it".to_string(), |ip| ip.to_string()),
-            format_args!(":{}", dest.spec.port),
+            "TCP connect to {} within its {} s timeout{}",
+            match reached {
+                Some(ip) => std::net::SocketAddr::new(ip, dest.spec.port).to_string(),
+                // A name only the SOCKS proxy resolved.
+                None => format!(
+                    "{}:{}",
+                    crate::telemetry::clean(&dest.spec.ip, 128),
+                    dest.spec.port
+                ),
+            },
             dest.spec.timeout,
             match (&dest.tls, &dest.spec.proxy) {
                 (Some(_), _) => ", and the TLS handshake",
