@@ -323,9 +323,13 @@ fn allow_in_acl(setup: &Setup, addr: &str) {
 }
 
 fn socks(port: u16, protocol: u8, user: Option<(&str, &str)>) -> DestProxy {
+    socks_at(SocketAddr::from(([127, 0, 0, 1], port)), protocol, user)
+}
+
+fn socks_at(addr: SocketAddr, protocol: u8, user: Option<(&str, &str)>) -> DestProxy {
     DestProxy {
-        host: "127.0.0.1".into(),
-        port,
+        host: addr.ip().to_string(),
+        port: addr.port(),
         protocol,
         enabled: true,
         username: user.map(|u| u.0.to_owned()).unwrap_or_default(),
@@ -333,14 +337,18 @@ fn socks(port: u16, protocol: u8, user: Option<(&str, &str)>) -> DestProxy {
     }
 }
 
-/// microsocks with its output collected (it logs each connection it makes).
-fn microsocks(
-    port: u16,
+/// microsocks with its output collected (it logs each connection it makes), listening when
+/// this returns. It takes a port, not port 0, so each one gets a loopback address of its own
+/// (127.0.2.N) where nothing else binds: tests running beside it can't hold its port.
+async fn microsocks(
     auth: Option<(&str, &str)>,
-) -> Option<(Daemon, std::sync::Arc<std::sync::Mutex<String>>)> {
+) -> Option<(Daemon, std::sync::Arc<std::sync::Mutex<String>>, SocketAddr)> {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
     let bin = which("microsocks")?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let addr = SocketAddr::from(([127, 0, 2, n], free_port()));
     let mut cmd = std::process::Command::new(bin);
-    cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
+    cmd.args(["-i", &addr.ip().to_string(), "-p", &addr.port().to_string()]);
     if let Some((u, pw)) = auth {
         cmd.args(["-u", u, "-P", pw]);
     }
@@ -371,28 +379,34 @@ fn microsocks(
             }
         });
     }
-    Some((Daemon(child), log))
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "microsocks never listened on {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some((Daemon(child), log, addr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_proxy_microsocks() {
-    let (open_port, auth_port, dead_port) = (free_port(), free_port(), free_port());
-    let Some((_open, open_log)) = microsocks(open_port, None) else {
+    let Some((_open, open_log, open)) = microsocks(None).await else {
         eprintln!("SKIPPED: microsocks not installed (apt-get install microsocks)");
         return;
     };
-    let (_auth, _) = microsocks(auth_port, Some(("sgw", "s3cret"))).unwrap();
-    wait_listening(open_port).await;
-    wait_listening(auth_port).await;
+    let (_auth, _, auth) = microsocks(Some(("sgw", "s3cret"))).await.unwrap();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let echo = echo_server().await;
     let h = Harness::start(&[echo, echo, echo, echo], |s| {
         let d = &mut s.gateway.gateways[0].destinations;
-        d[0].proxy = Some(socks(open_port, 5, None));
-        d[1].proxy = Some(socks(auth_port, 5, Some(("sgw", "s3cret"))));
-        d[2].proxy = Some(socks(auth_port, 5, Some(("sgw", "wrong"))));
-        d[3].proxy = Some(socks(dead_port, 5, None));
-        for p in [open_port, auth_port, dead_port] {
-            allow_in_acl(s, &format!("127.0.0.1:{p}"));
+        d[0].proxy = Some(socks_at(open, 5, None));
+        d[1].proxy = Some(socks_at(auth, 5, Some(("sgw", "s3cret"))));
+        d[2].proxy = Some(socks_at(auth, 5, Some(("sgw", "wrong"))));
+        d[3].proxy = Some(socks_at(dead, 5, None));
+        for p in [open, auth, dead] {
+            allow_in_acl(s, &p.to_string());
         }
     })
     .await;
@@ -734,21 +748,19 @@ fn inflate_fuzz_corpus_replays() {
 /// The proxy's own reply code reaches the error: microsocks cannot reach a closed port.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn socks5_refusal_carries_the_proxy_reply_code() {
-    let port = free_port();
-    let Some((_m, _)) = microsocks(port, None) else {
+    let Some((_m, _, at)) = microsocks(None).await else {
         eprintln!("SKIPPED: microsocks not installed (apt-get install microsocks)");
         return;
     };
-    wait_listening(port).await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
     let deadline = tokio::time::Instant::now() + WAIT;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tcp = TcpStream::connect(at).await.unwrap();
     let proxy = sgw::proto::ProxySpec {
-        host: "127.0.0.1".into(),
-        port,
+        host: at.ip().to_string(),
+        port: at.port(),
         protocol: 5,
         ..Default::default()
     };
