@@ -615,23 +615,17 @@ async fn a_gateway_closing_on_purpose_says_why() {
     c.wait_line("tunnel up").await;
     std::fs::write(d.join("token"), "a-regenerated-token-0123456789abcdef\n").unwrap();
     let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     let line = c.wait_line("reason=credentials_revoked").await;
     assert!(
         line.contains("ERROR") && line.contains("tunnel down"),
         "{line}"
     );
-    assert!(
-        line.contains("security token changed") && line.contains("token_file"),
-        "{line}"
+    reads_well(
+        "credentials_revoked",
+        &line,
+        &["security token changed", "token_file"],
     );
-    for raw in RAW {
-        assert!(!line.contains(raw), "{raw:?} in {line}");
-    }
     // The client then fails to reconnect with the old token, and says that instead.
     c.wait_line("reason=token_rejected").await;
     drop(c);
@@ -644,17 +638,22 @@ async fn a_gateway_closing_on_purpose_says_why() {
         new_token,
     );
     c.wait_line("tunnel up").await;
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-TERM", &pid);
     let line = c.wait_line("reason=peer_shutdown").await;
     assert!(
         line.contains("shutting down") && line.contains("reconnected"),
         "{line}"
     );
     drop(gw);
+}
+
+/// Sends `sig` (`-HUP`, `-TERM`) to process `pid`.
+fn signal(sig: &str, pid: &str) {
+    assert!(Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap()
+        .success());
 }
 
 /// `sgw doctor --gateway`: a key that is not the certificate's, and a gateway that is not

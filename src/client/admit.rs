@@ -187,7 +187,12 @@ impl Refusal {
         dest: Option<&PushedDest>,
         what: &'static str,
     ) -> (Reason, String) {
-        let (_, sentence) = self.explain(dest, None);
+        // Only the lines that carry it pay for the sentence (a caller can cause refusals).
+        let sentence = if matches!(self, Refusal::Denied { .. } | Refusal::Failed(_)) {
+            self.explain(dest, None).1
+        } else {
+            String::new()
+        };
         let stats = &state.stats;
         match self {
             Refusal::UnknownDest(id) => {
