@@ -170,14 +170,15 @@ async fn tunnel_slot(
 }
 
 fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &bytes::Bytes) {
-    {
-        let mut last = link.last_push.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_ref() == Some(payload) {
-            debug!("the same destinations from another tunnel; already applied");
-            return;
-        }
-        *last = Some(payload.clone());
+    // Held until the map is stored: another tunnel of this gateway gets the same CONFIG at
+    // about the same time, and must not take "already applied" for applied and serve an OPEN
+    // against the old map (a caller reset for "no such destination").
+    let mut last = link.last_push.lock().unwrap_or_else(|e| e.into_inner());
+    if last.as_ref() == Some(payload) {
+        debug!("the same destinations from another tunnel; already applied");
+        return;
     }
+    *last = Some(payload.clone());
     match serde_json::from_slice::<ConfigPush>(payload) {
         Ok(push) => {
             let n = push.destinations.len();
