@@ -31,12 +31,18 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Header naming the gateway id the client joins.
 pub const GATEWAY_ID_HEADER: &str = "sgw-gateway-id";
 
-/// WebSocket settings: message limits from the protocol, buffers sized for 256 KiB batches.
+/// What tungstenite reads at most per call: one TLS record's plaintext (16 KiB), which is
+/// all a read from rustls returns. tungstenite zeroes this much of its buffer before every
+/// read, so at 128 KiB it wrote about 1.2 bytes of zeros per byte received; at a record it
+/// writes at most one (docs/PERFORMANCE.md).
+const WS_READ_CHUNK: usize = 16 * 1024;
+
+/// WebSocket settings: message limits from the protocol, reads of one TLS record.
 pub fn ws_config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
     c.max_message_size = Some(proto::MAX_MESSAGE);
     c.max_frame_size = Some(proto::MAX_MESSAGE);
-    c.read_buffer_size = 128 * 1024;
+    c.read_buffer_size = WS_READ_CHUNK;
     c.write_buffer_size = 0;
     c.max_write_buffer_size = 4 * proto::MAX_MESSAGE;
     c
