@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# What one bulk stream costs through sgw as two processes (gateway and client, as peers run).
+#
+# For each run: iperf3 Gbit/s; CPU seconds per GB of both processes; context switches per GB
+# (voluntary: a thread went to sleep; involuntary: it was preempted), summed over all threads
+# of both processes; peak RSS of both, and the part of it that is the binary's own pages.
+# Runs alternate between the binaries in SGW_BINS, so an A/B sees the same machine; the
+# medians are printed at the end. The machine is shared and noisy: compare medians of 6+ runs.
+#
+# CALLGRIND=1 instead runs both processes under valgrind's callgrind while iperf3 sends MB
+# MiB, and prints user-space instructions per byte: slow, but it repeats to the percent on a
+# noisy machine (the kernel's share is not counted).
+#
+#   cargo build --release && bash benches/onestream.sh    # RUNS=6 SECS=3 P=1 SGW_BINS="a b"
+# Needs: iperf3 python3 iproute2 (valgrind for CALLGRIND=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SGW_BINS=${SGW_BINS:-${SGW_BIN:-target/release/sgw}}
+RUNS=${RUNS:-6}
+SECS=${SECS:-3}
+P=${P:-1}
+MB=${MB:-200}
+PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
+for t in iperf3 python3 ss; do command -v $t >/dev/null || { echo "$t missing"; exit 1; }; done
+[ -z "${CALLGRIND:-}" ] || command -v valgrind >/dev/null || { echo "valgrind missing"; exit 1; }
+. benches/common.sh
+IP=$(free_port)
+iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
+# Not wait_port: iperf3's server takes one client at a time, and a probe would be one.
+for _ in $(seq 100); do ss -ltn | grep -q ":$IP " && break; sleep 0.1; done
+
+ticks() { # pids -> CPU ticks (user + system) so far
+  local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t
+}
+switches() { # pids -> "voluntary involuntary", all threads
+  cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null |
+    awk '/^voluntary_ctxt/{v+=$2} /^nonvoluntary_ctxt/{n+=$2} END{print v+0, n+0}'
+}
+peak() { # pids -> "peak-MiB binary-MiB"
+  local k=0 f=0 p; for p in "$@"; do
+    k=$((k + $(awk '/VmHWM/{print $2}' "/proc/$p/status")))
+    f=$((f + $(awk '/RssFile/{print $2}' "/proc/$p/status"))); done
+  echo $((k / 1024)) $((f / 1024))
+}
+
+one() { # binary -> one result line
+  local SGW=$1 port g c0 c1 s0 s1 gw cl cg=()
+  rm -rf "$dir/sgw"
+  port=$(free_port)
+  sgw_init --expose "127.0.0.1:$IP@$port"
+  sed -i -E 's/^(tunnels *= *).*/\11/' "$dir/sgw/client.toml"
+  [ -n "${CALLGRIND:-}" ] && cg=(valgrind -q --tool=callgrind)
+  SGW_GATEWAY_LOG_LEVEL=warn ${cg[@]+"${cg[@]}"} ${cg[@]+--callgrind-out-file=$dir/gw.cg} \
+    "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & gw=$!; pids+=($gw)
+  ${cg[@]+"${cg[@]}"} ${cg[@]+--callgrind-out-file=$dir/cl.cg} \
+    "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & cl=$!; pids+=($cl)
+  # The client's log, not a probe connection: it would reach iperf3's server.
+  for _ in $(seq 600); do grep -q "tunnel up" "$dir/cl.log" && break; sleep 0.1; done
+  if [ -n "${CALLGRIND:-}" ]; then
+    iperf3 -c 127.0.0.1 -p "$port" -n "${MB}M" -J >"$dir/i.json" 2>/dev/null || true
+    kill -INT $gw $cl; wait $gw $cl 2>/dev/null || true
+    python3 - "$dir/i.json" "$dir/gw.cg" "$dir/cl.cg" "$MB" <<'PY'
+import json, sys
+def ir(f):
+    return next(int(l.split()[1]) for l in open(f) if l.startswith("summary:"))
+b = int(sys.argv[4]) * 1048576
+g, c = ir(sys.argv[2]), ir(sys.argv[3])
+json.load(open(sys.argv[1]))["end"]["sum_received"]  # the transfer happened
+print("instr/byte gateway %.2f client %.2f both %.2f" % (g / b, c / b, (g + c) / b))
+PY
+    return
+  fi
+  c0=$(ticks $gw $cl); s0=$(switches $gw $cl)
+  iperf3 -c 127.0.0.1 -p "$port" -t "$SECS" -P "$P" -J >"$dir/i.json" 2>/dev/null || true
+  c1=$(ticks $gw $cl); s1=$(switches $gw $cl)
+  python3 - "$dir/i.json" "$c0" "$c1" "$s0" "$s1" "$(peak $gw $cl)" "$SECS" <<'PY'
+import json, os, sys
+g = json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9
+gb = g * int(sys.argv[7]) / 8
+cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
+v0, n0 = map(int, sys.argv[4].split()); v1, n1 = map(int, sys.argv[5].split())
+pk, fl = sys.argv[6].split()
+print("Gb/s %.2f cpu-s/GB %.2f vol/GB %d invol/GB %d peakMiB %s binaryMiB %s"
+      % (g, cpu / gb, (v1 - v0) / gb, (n1 - n0) / gb, pk, fl))
+PY
+  kill $gw $cl; wait $gw $cl 2>/dev/null || true
+}
+
+for r in $(seq "$RUNS"); do
+  for b in $SGW_BINS; do
+    echo "$b $(one "$b" || echo failed)" | tee -a "$dir/results"
+  done
+done
+[ -n "${CALLGRIND:-}" ] || python3 - "$dir/results" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) > 2 and f[1] == "Gb/s":
+        runs[f[0]].append({f[i]: float(f[i + 1]) for i in range(1, len(f) - 1, 2)})
+print("medians:")
+for b, rs in runs.items():
+    print("  %s (%d runs): %s" % (b, len(rs), "  ".join(
+        "%s %s" % (k, ("%.2f" % statistics.median(r[k] for r in rs)).rstrip("0").rstrip("."))
+        for k in rs[0])))
+PY
