@@ -1,17 +1,18 @@
-//! The mux's three tasks: frame reader/dispatcher, batching writer, keepalive.
+//! The mux's reader (decodes messages, dispatches frames) and keepalive tasks; the sending
+//! end is in [`super::writer`].
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use super::incoming::Incoming;
 use super::stream::{Delivery, MuxStream, StreamShared, StreamState};
-use super::{MuxState, Role, BATCH_BYTES};
-use crate::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
+use super::{MuxState, Role};
+use crate::proto::{decode_message, Frame, OpenMeta, Reason};
 
 pub(crate) struct ReaderSinks {
     pub incoming: mpsc::Sender<Incoming>,
@@ -284,127 +285,6 @@ fn on_open(
         incoming.refuse_now(Reason::Limit, "accept backlog full");
     }
     Ok(())
-}
-
-/// How long a closing tunnel's writer may take to write what explains the close (and, after a
-/// drain, the streams' last frames).
-const CLOSING_GRACE: Duration = Duration::from_secs(2);
-
-pub(crate) async fn writer_loop<W>(shared: Arc<MuxState>, mut writer: W)
-where
-    W: Sink<Bytes, Error = std::io::Error> + Unpin,
-{
-    // However the writer ends, a `close_flushed` waiting on it learns.
-    let _flushed = shared.flushed.clone().drop_guard();
-    let mut buf = BytesMut::with_capacity(BATCH_BYTES + 64 * 1024);
-    let mut count = 0u64;
-    loop {
-        if shared.closed.is_cancelled() {
-            break;
-        }
-        drain_urgent(&shared, &mut buf, &mut count);
-        take_stream_frames(&shared, &mut buf, &mut count);
-        if buf.is_empty() {
-            // A notification sent since the queues were looked at is kept as a permit, so
-            // this never sleeps past work.
-            tokio::select! {
-                biased;
-                _ = shared.closed.cancelled() => break,
-                _ = shared.wake_writer.notified() => continue,
-            }
-        }
-        shared
-            .stats
-            .frames_out
-            .fetch_add(std::mem::take(&mut count), Ordering::Relaxed);
-        let sent = {
-            let send = writer.send(buf.split().freeze());
-            tokio::pin!(send);
-            tokio::select! {
-                r = &mut send => r,
-                // A peer that stops reading must not keep a closed tunnel's writer, and all it
-                // holds, forever: the message under way gets the closing grace.
-                _ = shared.closed.cancelled() => {
-                    match tokio::time::timeout(CLOSING_GRACE, &mut send).await {
-                        Ok(r) => r,
-                        Err(_) => Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "peer stopped reading",
-                        )),
-                    }
-                }
-            }
-        };
-        if let Err(e) = sent {
-            shared.close(super::close::write_failed(shared.cfg.role, &e));
-            shared.clear_ready();
-            return;
-        }
-        if buf.capacity() < BATCH_BYTES / 2 {
-            buf.reserve(BATCH_BYTES + 64 * 1024);
-        }
-    }
-    // Closing: flush what explains the close (GO_AWAY, resets) and, after a drain, the stream
-    // frames already queued — a finished stream's last DATA and FIN (a drain closes as soon as
-    // the last stream is done) — in batches the peer accepts, then close the transport; all
-    // bounded in time.
-    let graceful = shared.graceful.load(Ordering::Acquire);
-    let _ = tokio::time::timeout(CLOSING_GRACE, async {
-        loop {
-            drain_urgent(&shared, &mut buf, &mut count);
-            if graceful {
-                take_stream_frames(&shared, &mut buf, &mut count);
-            }
-            if buf.is_empty() {
-                break;
-            }
-            writer.send(buf.split().freeze()).await?;
-        }
-        writer.close().await
-    })
-    .await;
-    shared.clear_ready();
-}
-
-/// Fills `buf` up to a batch from the streams' send queues: one frame per ready stream per
-/// turn, round robin, so every stream with something to send gets a turn within one pass.
-fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
-    while buf.len() < BATCH_BYTES {
-        let Some(stream) = shared.lock_ready().pop_front() else {
-            break;
-        };
-        let (frame, more) = stream.next_frame(shared.cfg.send_queue);
-        if let Some(f) = frame {
-            if let Frame::Data { data, .. } = &f {
-                shared.send_budget.add_permits(data.len());
-            }
-            encode_frame(&f, buf);
-            *count += 1;
-        }
-        if more {
-            shared.lock_ready().push_back(stream);
-        }
-    }
-}
-
-/// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
-/// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
-fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
-    let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(f) = q.front() {
-        if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
-            // The rest goes in the next message; make sure the writer comes back for it.
-            shared.wake_writer.notify_one();
-            break;
-        }
-        if let Some(f) = q.pop_front() {
-            if matches!(f, Frame::Log(_)) {
-                shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
-            }
-            encode_frame(&f, buf);
-            *count += 1;
-        }
-    }
 }
 
 pub(crate) async fn keepalive_loop(shared: Arc<MuxState>) {

@@ -7,7 +7,8 @@
 //! - the **writer** batches frames into messages: urgent frames first, then the streams' send
 //!   queues round robin, one frame (at most `MAX_DATA` bytes) per stream per turn, up to
 //!   [`BATCH_BYTES`] per message, so a bulk stream adds at most a frame to an interactive
-//!   stream's wait;
+//!   stream's wait. A stream that queues DATA while nobody is sending builds and sends that
+//!   batch itself, the same way, in its own task (`writer.rs`);
 //! - the **keepalive** task sends PINGs (RTT for auto-tuning) and closes a silent tunnel.
 //!
 //! Send queues are bounded per stream and per tunnel (`limits.stream_send_queue`,
@@ -21,6 +22,7 @@ mod incoming;
 mod io;
 pub mod memory;
 mod stream;
+mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -195,6 +197,8 @@ pub(crate) struct MuxState {
     /// LOG frames in `urgent` now (at most [`LOG_QUEUE`]); taken out by `drain_urgent`.
     queued_logs: AtomicUsize,
     wake_writer: Notify,
+    /// The transport's sending half and the batch being built: whoever holds it sends.
+    outbox: tokio::sync::Mutex<writer::Outbox>,
     /// Streams with frames in their send queue, served round robin by the writer.
     ready: Mutex<VecDeque<Arc<StreamShared>>>,
     /// Room for DATA bytes in all send queues together (`tunnel_send_queue`), taken before a
@@ -288,6 +292,7 @@ impl Mux {
             urgent_cap,
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
+            outbox: tokio::sync::Mutex::new(writer::Outbox::new(Box::pin(writer))),
             ready: Mutex::new(VecDeque::new()),
             send_budget: tokio::sync::Semaphore::new(send_budget),
             streams_gone: Notify::new(),
@@ -311,7 +316,7 @@ impl Mux {
             logs: logs_tx,
         };
         tokio::spawn(io::reader_loop(shared.clone(), reader, sinks));
-        tokio::spawn(io::writer_loop(shared.clone(), writer));
+        tokio::spawn(writer::writer_loop(shared.clone()));
         tokio::spawn(io::keepalive_loop(shared.clone()));
         (
             Mux { shared },
@@ -552,6 +557,23 @@ impl MuxState {
     fn schedule(&self, stream: &Arc<StreamShared>) {
         self.lock_ready().push_back(stream.clone());
         self.wake_writer.notify_one();
+    }
+
+    /// Puts a stream on the ready list without waking the writer task: for a sender that
+    /// goes on to [`writer::send_now`], which sends or leaves the frames to whoever holds
+    /// the outbox.
+    fn schedule_quietly(&self, stream: &Arc<StreamShared>) {
+        self.lock_ready().push_back(stream.clone());
+    }
+
+    /// Frames wait to be sent: control frames, or streams on the ready list.
+    fn has_work(&self) -> bool {
+        !self.lock_ready().is_empty()
+            || !self
+                .urgent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
     }
 
     /// Takes a failed stream off the ready list: it has nothing left to send.

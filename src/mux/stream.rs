@@ -429,7 +429,8 @@ impl MuxStream {
     }
 
     /// Sends bytes, waiting for credit and room in the stream's send queue; splits into DATA
-    /// frames as needed.
+    /// frames as needed. Poll it to completion or drop it: it may be sending the tunnel's
+    /// next message. Dropped part way, some of `data` may still go out (what was queued).
     pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
@@ -471,8 +472,11 @@ impl MuxStream {
                 })
             };
             if schedule {
-                self.mux.schedule(&self.shared);
+                self.mux.schedule_quietly(&self.shared);
             }
+            // Sent from this task if the outbox is free (the bytes stay on this worker), or
+            // left to whoever holds it; either way before this waits for credit again.
+            super::writer::send_now(&self.mux).await;
         }
         Ok(())
     }

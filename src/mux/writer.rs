@@ -1,0 +1,296 @@
+//! The tunnel's sending end: batches of frames into messages, sent by whoever holds it.
+//!
+//! The transport's sink and the batch being built sit behind one async lock, the
+//! [`Outbox`]. The writer task holds it whenever it has work; a stream that has just queued
+//! DATA takes it when it is free and sends one batch itself ([`send_now`]). The relay that
+//! read the bytes then also sends them, on the same worker thread, with no other task woken.
+//! Handing every chunk to the writer task instead cost a wake-up per chunk, and the two
+//! tasks kept moving between tokio's workers (docs/PERFORMANCE.md, "Context switches").
+//!
+//! A batch is built the same way by either: control frames first, then one frame per ready
+//! stream in turn, up to [`BATCH_BYTES`]; so who sends does not change the order or the
+//! fairness between streams.
+//!
+//! The rule that keeps frames from being stranded: whoever queues work and finds the outbox
+//! held leaves it to the holder, and a holder looks for work again after letting go.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Sink;
+
+use super::{MuxState, BATCH_BYTES};
+use crate::proto::{encode_frame, Frame};
+
+/// The transport's sending half, type-erased so the mux state need not be generic.
+pub(crate) type BoxSink = Pin<Box<dyn Sink<Bytes, Error = io::Error> + Send>>;
+
+/// How long a closing tunnel's sender may take to write what explains the close (and, after
+/// a drain, the streams' last frames).
+const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
+/// The batch under construction and the sink it goes to.
+pub(crate) struct Outbox {
+    /// `None` once the transport failed or was closed: nothing more is sent.
+    sink: Option<BoxSink>,
+    buf: BytesMut,
+    /// Frames in `buf`, for the frames-out counter.
+    count: u64,
+    /// A message was handed to the sink and not yet flushed: a sender cancelled while
+    /// flushing leaves that to the writer task.
+    unflushed: bool,
+}
+
+impl Outbox {
+    pub(crate) fn new(sink: BoxSink) -> Self {
+        Outbox {
+            sink: Some(sink),
+            buf: BytesMut::with_capacity(BATCH_BYTES + 64 * 1024),
+            count: 0,
+            unflushed: false,
+        }
+    }
+}
+
+/// Called by a stream that just queued frames: sends one batch now if nobody else is
+/// sending. At most one batch, so a sender's own socket is not starved by other streams'
+/// work; what is left goes to the writer task.
+pub(crate) async fn send_now(shared: &MuxState) {
+    // Held by someone: they look again after letting go, and will find these frames.
+    let Ok(mut out) = shared.outbox.try_lock() else {
+        return;
+    };
+    // Runs when this ends, or just before `out` goes if this is cancelled: the writer task
+    // it may wake waits for the lock.
+    let mut release = Release {
+        shared,
+        finished: false,
+    };
+    if !shared.closed.is_cancelled() {
+        if let Err(e) = one_batch(shared, &mut out, Holder::Sender).await {
+            failed(shared, &mut out, &e);
+        }
+    }
+    release.finished = true;
+    drop(out);
+}
+
+/// After a sender lets the outbox go: work left (or a flush a cancelled sender didn't
+/// finish) goes to the writer task.
+struct Release<'a> {
+    shared: &'a MuxState,
+    finished: bool,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if !self.finished || self.shared.has_work() {
+            self.shared.wake_writer.notify_one();
+        }
+    }
+}
+
+/// Who holds the outbox, which decides what a close does to a send under way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// The writer task: the send under way gets [`CLOSING_GRACE`], then the closing flush.
+    Writer,
+    /// A stream's sender: lets go at once, so the writer's closing flush has the outbox.
+    Sender,
+}
+
+/// Builds and sends one batch. `Ok(false)`: nothing was queued, or the tunnel closed.
+///
+/// Cancellation safe: frames leave the queues only once the sink has room, and the message
+/// is handed to it in the same step; a flush cut short is finished by the next holder.
+async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::Result<bool> {
+    let Outbox {
+        sink,
+        buf,
+        count,
+        unflushed,
+    } = out;
+    let Some(sink) = sink.as_mut() else {
+        return Ok(false);
+    };
+    if step(shared, holder, poll_fn(|cx| sink.as_mut().poll_ready(cx)))
+        .await?
+        .is_none()
+        || shared.closed.is_cancelled()
+    {
+        // Closed while waiting: what is still sent is the writer's closing flush's to choose.
+        return Ok(false);
+    }
+    drain_urgent(shared, buf, count);
+    take_stream_frames(shared, buf, count);
+    if buf.is_empty() {
+        if *unflushed {
+            step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx))).await?;
+            *unflushed = false;
+        }
+        return Ok(false);
+    }
+    shared
+        .stats
+        .frames_out
+        .fetch_add(std::mem::take(count), Ordering::Relaxed);
+    sink.as_mut().start_send(buf.split().freeze())?;
+    *unflushed = true;
+    if step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx)))
+        .await?
+        .is_some()
+    {
+        *unflushed = false;
+    }
+    if buf.capacity() < BATCH_BYTES / 2 {
+        buf.reserve(BATCH_BYTES + 64 * 1024);
+    }
+    Ok(true)
+}
+
+/// Runs a step of sending until it completes, or the tunnel closes: then a sender lets go
+/// (`None`; the sink keeps its state, so the step can be taken up again), and the writer
+/// task gives it at most [`CLOSING_GRACE`], since a peer that stops reading must not keep a
+/// closed tunnel's writer, and all it holds, forever.
+async fn step<T>(
+    shared: &MuxState,
+    holder: Holder,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<Option<T>> {
+    tokio::pin!(step);
+    tokio::select! {
+        r = &mut step => r.map(Some),
+        _ = shared.closed.cancelled() => match holder {
+            Holder::Sender => Ok(None),
+            Holder::Writer => match tokio::time::timeout(CLOSING_GRACE, &mut step).await {
+                Ok(r) => r.map(Some),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
+            },
+        },
+    }
+}
+
+/// The transport failed: the tunnel closes and nothing more is sent on it.
+fn failed(shared: &MuxState, out: &mut Outbox, e: &io::Error) {
+    shared.close(super::close::write_failed(shared.cfg.role, e));
+    out.sink = None;
+    shared.clear_ready();
+}
+
+/// The writer task: sends whatever senders left queued (control frames, and stream frames
+/// queued while the outbox was held), until the tunnel closes; then the closing flush.
+pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
+    // However the writer ends, a `close_flushed` waiting on it learns.
+    let _flushed = shared.flushed.clone().drop_guard();
+    loop {
+        if shared.closed.is_cancelled() {
+            break;
+        }
+        {
+            let mut out = shared.outbox.lock().await;
+            loop {
+                match one_batch(&shared, &mut out, Holder::Writer).await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        failed(&shared, &mut out, &e);
+                        return;
+                    }
+                }
+            }
+            if out.sink.is_none() {
+                return;
+            }
+        }
+        // Let go: a sender that found the outbox held left its frames for this look.
+        if shared.has_work() {
+            continue;
+        }
+        // A notification sent since the queues were looked at is kept as a permit, so this
+        // never sleeps past work.
+        tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break,
+            _ = shared.wake_writer.notified() => {}
+        }
+    }
+    // Closing: flush what explains the close (GO_AWAY, resets) and, after a drain, the stream
+    // frames already queued — a finished stream's last DATA and FIN (a drain closes as soon as
+    // the last stream is done) — in batches the peer accepts, then close the transport; all
+    // bounded in time.
+    let graceful = shared.graceful.load(Ordering::Acquire);
+    // Senders let go of the outbox as soon as the tunnel closes: this wait is short.
+    let sink = match tokio::time::timeout(CLOSING_GRACE, shared.outbox.lock()).await {
+        Ok(mut out) => {
+            let sink = out.sink.take();
+            sink.map(|s| (s, out))
+        }
+        Err(_) => None,
+    };
+    if let Some((mut sink, mut out)) = sink {
+        let Outbox { buf, count, .. } = &mut *out;
+        let _ = tokio::time::timeout(CLOSING_GRACE, async {
+            loop {
+                drain_urgent(&shared, buf, count);
+                if graceful {
+                    take_stream_frames(&shared, buf, count);
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                poll_fn(|cx| sink.as_mut().poll_ready(cx)).await?;
+                sink.as_mut().start_send(buf.split().freeze())?;
+                poll_fn(|cx| sink.as_mut().poll_flush(cx)).await?;
+            }
+            poll_fn(|cx| sink.as_mut().poll_close(cx)).await
+        })
+        .await;
+    }
+    // The transport was taken out above and is dropped by now; nothing more is sent.
+    shared.clear_ready();
+}
+
+/// Fills `buf` up to a batch from the streams' send queues: one frame per ready stream per
+/// turn, round robin, so every stream with something to send gets a turn within one pass.
+fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
+    while buf.len() < BATCH_BYTES {
+        let Some(stream) = shared.lock_ready().pop_front() else {
+            break;
+        };
+        let (frame, more) = stream.next_frame(shared.cfg.send_queue);
+        if let Some(f) = frame {
+            if let Frame::Data { data, .. } = &f {
+                shared.send_budget.add_permits(data.len());
+            }
+            encode_frame(&f, buf);
+            *count += 1;
+        }
+        if more {
+            shared.lock_ready().push_back(stream);
+        }
+    }
+}
+
+/// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
+/// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
+fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
+    let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(f) = q.front() {
+        if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
+            // The rest goes in the next message; whoever holds the outbox comes back for it.
+            break;
+        }
+        if let Some(f) = q.pop_front() {
+            if matches!(f, Frame::Log(_)) {
+                shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
+            }
+            encode_frame(&f, buf);
+            *count += 1;
+        }
+    }
+}
