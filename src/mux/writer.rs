@@ -129,8 +129,11 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
     drain_urgent(shared, buf, count);
     take_stream_frames(shared, buf, count);
     if buf.is_empty() {
-        if *unflushed {
-            step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx))).await?;
+        if *unflushed
+            && step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx)))
+                .await?
+                .is_some()
+        {
             *unflushed = false;
         }
         return Ok(false);
@@ -160,14 +163,14 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
 async fn step<T>(
     shared: &MuxState,
     holder: Holder,
-    step: impl Future<Output = io::Result<T>>,
+    work: impl Future<Output = io::Result<T>>,
 ) -> io::Result<Option<T>> {
-    tokio::pin!(step);
+    tokio::pin!(work);
     tokio::select! {
-        r = &mut step => r.map(Some),
+        r = &mut work => r.map(Some),
         _ = shared.closed.cancelled() => match holder {
             Holder::Sender => Ok(None),
-            Holder::Writer => match tokio::time::timeout(CLOSING_GRACE, &mut step).await {
+            Holder::Writer => match tokio::time::timeout(CLOSING_GRACE, &mut work).await {
                 Ok(r) => r.map(Some),
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "peer stopped reading")),
             },
