@@ -44,7 +44,7 @@ peak() { # pids -> "peak-MiB binary-MiB"
 }
 
 one() { # binary -> one result line
-  local SGW=$1 port g c0 c1 s0 s1 gw cl cg=()
+  local SGW=$1 port c0 c1 s0 s1 gw cl cg=()
   rm -rf "$dir/sgw"
   port=$(free_port)
   sgw_init --expose "127.0.0.1:$IP@$port"

@@ -96,7 +96,7 @@ impl Drop for Release<'_> {
 }
 
 /// Who holds the outbox, which decides what a close does to a send under way.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Holder {
     /// The writer task: the send under way gets [`CLOSING_GRACE`], then the closing flush.
     Writer,
