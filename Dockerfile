@@ -11,6 +11,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
+# The allocator settings the binary is built with.
+COPY .cargo .cargo
 # The same command and profile as a local `cargo build --release`.
 RUN cargo build --release --locked --bin sgw && strip target/release/sgw
 

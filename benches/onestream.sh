@@ -3,7 +3,8 @@
 #
 # For each run: iperf3 Gbit/s; CPU seconds per GB of both processes; context switches per GB
 # (voluntary: a thread went to sleep; involuntary: it was preempted), summed over all threads
-# of both processes; peak RSS of both, and the part of it that is the binary's own pages.
+# of both processes; minor page faults per GB (each one a freshly zeroed page); peak RSS of
+# both, and the part of it that is the binary's own pages.
 # Runs alternate between the binaries in SGW_BINS, so an A/B sees the same machine; the
 # medians are printed at the end. The machine is shared and noisy: compare medians of 6+ runs.
 #
@@ -31,6 +32,9 @@ for _ in $(seq 100); do ss -ltn | grep -q ":$IP " && break; sleep 0.1; done
 
 ticks() { # pids -> CPU ticks (user + system) so far
   local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t
+}
+faults() { # pids -> minor page faults so far (each one a fresh zeroed page)
+  local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $10}' "/proc/$p/stat"))); done; echo $t
 }
 switches() { # pids -> "voluntary involuntary", all threads
   cat $(for p in "$@"; do echo /proc/$p/task/*/status; done) 2>/dev/null |
@@ -70,18 +74,18 @@ print("instr/byte gateway %.2f client %.2f both %.2f" % (g / b, c / b, (g + c) /
 PY
     return
   fi
-  c0=$(ticks $gw $cl); s0=$(switches $gw $cl)
+  c0=$(ticks $gw $cl); s0=$(switches $gw $cl); f0=$(faults $gw $cl)
   iperf3 -c 127.0.0.1 -p "$port" -t "$SECS" -P "$P" -J >"$dir/i.json" 2>/dev/null || true
-  c1=$(ticks $gw $cl); s1=$(switches $gw $cl)
-  python3 - "$dir/i.json" "$c0" "$c1" "$s0" "$s1" "$(peak $gw $cl)" "$SECS" <<'PY'
+  c1=$(ticks $gw $cl); s1=$(switches $gw $cl); f1=$(faults $gw $cl)
+  python3 - "$dir/i.json" "$c0" "$c1" "$s0" "$s1" "$(peak $gw $cl)" "$SECS" "$((f1 - f0))" <<'PY'
 import json, os, sys
 g = json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9
 gb = g * int(sys.argv[7]) / 8
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
 v0, n0 = map(int, sys.argv[4].split()); v1, n1 = map(int, sys.argv[5].split())
 pk, fl = sys.argv[6].split()
-print("Gb/s %.2f cpu-s/GB %.2f vol/GB %d invol/GB %d peakMiB %s binaryMiB %s"
-      % (g, cpu / gb, (v1 - v0) / gb, (n1 - n0) / gb, pk, fl))
+print("Gb/s %.2f cpu-s/GB %.2f vol/GB %d invol/GB %d faults/GB %d peakMiB %s binaryMiB %s"
+      % (g, cpu / gb, (v1 - v0) / gb, (n1 - n0) / gb, int(sys.argv[8]) / gb, pk, fl))
 PY
   kill $gw $cl; wait $gw $cl 2>/dev/null || true
 }
