@@ -838,3 +838,77 @@ async fn many_streams_sending_both_ways_deliver_every_byte() {
         Err(_) => panic!("streams stalled: frames were left with nobody to send them"),
     }
 }
+
+#[tokio::test]
+async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
+    let mut p = Peer::new(Role::Client, 64 * 1024);
+    p.send(&[open(1, 65536)]).await;
+    let s = p.accept().await;
+    p.expect(|f| matches!(f, Frame::OpenOk { id: 1, .. })).await;
+    let sizes = [10_000usize, 20_000, 30_000];
+    let frames: Vec<Frame> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| Frame::Data {
+            id: 1,
+            data: Bytes::from(vec![i as u8; n]),
+        })
+        .collect();
+    p.send(&frames).await;
+    let mut got = Vec::new();
+    // One message's frames are dispatched together; a batch may still start with the first.
+    while got.iter().map(Bytes::len).sum::<usize>() < 60_000 {
+        assert!(tokio::time::timeout(T, s.recv_batch(&mut got))
+            .await
+            .unwrap()
+            .unwrap());
+    }
+    assert_eq!(got.len(), sizes.len());
+    for (i, (c, &n)) in got.iter().zip(&sizes).enumerate() {
+        assert_eq!(c.len(), n);
+        assert!(c.iter().all(|&b| b == i as u8));
+    }
+    // Handed out but not written: still held, and still counted.
+    let buffered = |p: &Peer| {
+        p.mux
+            .stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(buffered(&p), 60_000);
+    // Control frames leave in the order they were queued: no WINDOW for the stream may come
+    // before the answer to a PING sent now, as the bytes were not written yet.
+    p.send(&[Frame::Ping(42)]).await;
+    loop {
+        let msg = tokio::time::timeout(T, p.from_mux.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut frames = Vec::new();
+        decode_message(&msg, |f| frames.push(f)).unwrap();
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, Frame::Window { id: 1, .. })),
+            "credit came back before the bytes were written: {frames:?}"
+        );
+        if frames.iter().any(|f| matches!(f, Frame::Pong(42))) {
+            break;
+        }
+    }
+    s.written(60_000);
+    assert_eq!(buffered(&p), 0);
+    let w = p.expect(|f| matches!(f, Frame::Window { id: 1, .. })).await;
+    assert!(
+        matches!(w, Frame::Window { increment, .. } if increment >= 60_000),
+        "{w:?}"
+    );
+    // The peer finishes: the batch reports the end.
+    p.send(&[Frame::Fin { id: 1 }]).await;
+    got.clear();
+    assert!(!tokio::time::timeout(T, s.recv_batch(&mut got))
+        .await
+        .unwrap()
+        .unwrap());
+    assert!(got.is_empty());
+}

@@ -429,11 +429,14 @@ impl MuxStream {
     }
 
     /// Sends bytes, waiting for credit and room in the stream's send queue; splits into DATA
-    /// frames as needed. Poll it to completion or drop it: it may be sending the tunnel's
+    /// frames as needed, and queues as many as credit and queue allow before sending, so they
+    /// can share a message. Poll it to completion or drop it: it may be sending the tunnel's
     /// next message. Dropped part way, some of `data` may still go out (what was queued).
     pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
+        // Frames this call queued that nobody has been asked to send yet.
+        let mut unsent = false;
         while !data.is_empty() {
             let n = poll_fn(|cx| {
                 let mut st = self.shared.lock();
@@ -444,6 +447,10 @@ impl MuxStream {
                     return Poll::Ready(Err(StreamError::AlreadyFinished));
                 }
                 if st.credit == 0 || st.outbox_bytes >= send_queue {
+                    if unsent {
+                        // Send what is queued before waiting for what it frees.
+                        return Poll::Ready(Ok(0));
+                    }
                     st.send_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
@@ -452,9 +459,24 @@ impl MuxStream {
                 Poll::Ready(Ok(n))
             })
             .await?;
+            if n == 0 {
+                super::writer::send_now(&self.mux).await;
+                unsent = false;
+                continue;
+            }
             // Room in the tunnel's send budget too: all streams of a tunnel whose peer stops
-            // reading hold at most `tunnel_send_queue`. At most MAX_DATA: fits in u32.
-            match self.mux.send_budget.acquire_many(n as u32).await {
+            // reading hold at most `tunnel_send_queue`. At most MAX_DATA: fits in u32. The
+            // budget comes back as queued frames are sent: ours first, before waiting.
+            let room = match self.mux.send_budget.try_acquire_many(n as u32) {
+                Ok(room) => Ok(room),
+                Err(_) => {
+                    if std::mem::take(&mut unsent) {
+                        super::writer::send_now(&self.mux).await;
+                    }
+                    self.mux.send_budget.acquire_many(n as u32).await
+                }
+            };
+            match room {
                 Ok(room) => room.forget(),
                 Err(_) => return Err(closed_error(&self.shared.lock())),
             }
@@ -474,8 +496,11 @@ impl MuxStream {
             if schedule {
                 self.mux.schedule_quietly(&self.shared);
             }
+            unsent = true;
+        }
+        if unsent {
             // Sent from this task if the outbox is free (the bytes stay on this worker), or
-            // left to whoever holds it; either way before this waits for credit again.
+            // left to whoever holds it.
             super::writer::send_now(&self.mux).await;
         }
         Ok(())
@@ -552,6 +577,50 @@ impl MuxStream {
             self.consumed(b.len());
         }
         Ok(chunk)
+    }
+
+    /// Takes every chunk received so far, at least one, waiting for one if none is queued:
+    /// `Ok(false)` once the peer finished and nothing is left. For a relay that writes them to
+    /// its socket in one call: each write wakes the reader on the other end, so fewer and
+    /// larger writes cost both sides less (docs/PERFORMANCE.md, "Wake-ups of the endpoint").
+    ///
+    /// Unlike [`recv`](Self::recv), what this hands out still counts as buffered, and against
+    /// the window, until the caller says it is gone ([`written`](Self::written)): a stream
+    /// holds at most a window however large the batch, and `/metrics` shows it.
+    pub async fn recv_batch(&self, out: &mut Vec<Bytes>) -> Result<bool, StreamError> {
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if !st.recv.is_empty() {
+                out.extend(st.recv.drain(..));
+                return Poll::Ready(Ok(true));
+            }
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.recv_fin {
+                return Poll::Ready(Ok(false));
+            }
+            st.recv_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// `n` bytes from [`recv_batch`](Self::recv_batch) have left: they stop counting as
+    /// buffered, and their credit may go back to the peer.
+    pub fn written(&self, n: usize) {
+        let gone = {
+            let mut st = self.shared.lock();
+            // A failed stream stopped counting them already.
+            let gone = n.min(st.recv_bytes);
+            st.recv_bytes -= gone;
+            gone
+        };
+        self.mux
+            .stats
+            .buffered
+            .fetch_sub(gone as u64, Ordering::Relaxed);
+        self.consumed(n);
     }
 
     /// Returns credit to the peer once half the window is consumed, growing the window when
