@@ -459,27 +459,32 @@ async fn down<W: AsyncWrite + Unpin>(
             .wire_to_socket
             .fetch_add(wire as u64, Ordering::Relaxed);
         match &mut inflater {
-            None => {
-                write_all_vectored(&mut wr, &mut batch)
-                    .await
-                    .map_err(Failure::Socket)?;
-                counters.to_socket.fetch_add(wire as u64, Ordering::Relaxed);
-            }
+            // A batch may be a whole window going to a slow reader: each write that takes
+            // some of it counts as activity and gives that much credit back at once.
+            None => write_all_vectored(&mut wr, &mut batch, |n| {
+                activity.touch();
+                counters.to_socket.fetch_add(n as u64, Ordering::Relaxed);
+                stream.written(n);
+            })
+            .await
+            .map_err(Failure::Socket)?,
             Some(inf) => {
                 for chunk in &batch {
                     inflate_to(&mut wr, inf, chunk, &mut piece, counters, activity).await?;
+                    stream.written(chunk.len());
                 }
             }
         }
         batch.clear();
-        stream.written(wire);
     }
 }
 
-/// Writes all of `chunks`, as many at a time as one vectored write takes.
+/// Writes all of `chunks`, as many at a time as one vectored write takes, telling `wrote`
+/// how many bytes each write took.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
     chunks: &mut [Bytes],
+    mut wrote: impl FnMut(usize),
 ) -> std::io::Result<()> {
     let mut first = 0;
     loop {
@@ -500,6 +505,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        wrote(n);
         while let Some(c) = chunks.get_mut(first) {
             if n < c.len() {
                 c.advance(n);
@@ -664,10 +670,14 @@ mod tests {
                 max,
                 calls: 0,
             };
-            write_all_vectored(&mut w, &mut chunks(parts))
+            let mut told = Vec::new();
+            write_all_vectored(&mut w, &mut chunks(parts), |n| told.push(n))
                 .await
                 .unwrap();
             assert_eq!(w.got, b"abcdefghijk", "max {max}");
+            // Progress as it happens: every write, none bigger than the writer took.
+            assert_eq!(told.iter().sum::<usize>(), 11, "max {max}");
+            assert!(told.iter().all(|&n| n > 0 && n <= max), "max {max}");
             // Each call takes all it may, across chunk boundaries.
             assert_eq!(w.calls, 11usize.div_ceil(max), "max {max}");
         }
@@ -678,7 +688,9 @@ mod tests {
             max: usize::MAX,
             calls: 0,
         };
-        write_all_vectored(&mut w, &mut many.clone()).await.unwrap();
+        write_all_vectored(&mut w, &mut many.clone(), |_| {})
+            .await
+            .unwrap();
         assert_eq!(w.got, (0..100u8).collect::<Vec<_>>());
         assert_eq!(w.calls, 100usize.div_ceil(MAX_IOV));
         // Only empty chunks: nothing to write, no call. A socket that takes nothing: an error,
@@ -688,11 +700,11 @@ mod tests {
             max: 0,
             calls: 0,
         };
-        write_all_vectored(&mut w, &mut chunks(&[b"", b""]))
+        write_all_vectored(&mut w, &mut chunks(&[b"", b""]), |_| {})
             .await
             .unwrap();
         assert_eq!(w.calls, 0);
-        let e = write_all_vectored(&mut w, &mut chunks(&[b"x"]))
+        let e = write_all_vectored(&mut w, &mut chunks(&[b"x"]), |_| {})
             .await
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::WriteZero);

@@ -553,22 +553,13 @@ impl MuxStream {
 
     /// Next chunk of data; `Ok(None)` once the peer finished sending.
     pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
-        let chunk = poll_fn(|cx| {
-            let mut st = self.shared.lock();
-            if let Some(b) = st.recv.pop_front() {
+        let chunk = self
+            .wait_recv(|st| {
+                let b = st.recv.pop_front()?;
                 st.recv_bytes -= b.len();
-                return Poll::Ready(Ok(Some(b)));
-            }
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
-            }
-            if st.recv_fin {
-                return Poll::Ready(Ok(None));
-            }
-            st.recv_waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await?;
+                Some(b)
+            })
+            .await?;
         if let Some(b) = &chunk {
             self.mux
                 .stats
@@ -588,17 +579,28 @@ impl MuxStream {
     /// the window, until the caller says it is gone ([`written`](Self::written)): a stream
     /// holds at most a window however large the batch, and `/metrics` shows it.
     pub async fn recv_batch(&self, out: &mut Vec<Bytes>) -> Result<bool, StreamError> {
+        let taken = self
+            .wait_recv(|st| (!st.recv.is_empty()).then(|| out.extend(st.recv.drain(..))))
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    /// Waits until `take` finds something received; `Ok(None)` once the peer finished and
+    /// `take` found nothing.
+    async fn wait_recv<T>(
+        &self,
+        mut take: impl FnMut(&mut StreamState) -> Option<T>,
+    ) -> Result<Option<T>, StreamError> {
         poll_fn(|cx| {
             let mut st = self.shared.lock();
-            if !st.recv.is_empty() {
-                out.extend(st.recv.drain(..));
-                return Poll::Ready(Ok(true));
+            if let Some(t) = take(&mut st) {
+                return Poll::Ready(Ok(Some(t)));
             }
             if let Some(e) = &st.error {
                 return Poll::Ready(Err(e.clone()));
             }
             if st.recv_fin {
-                return Poll::Ready(Ok(false));
+                return Poll::Ready(Ok(None));
             }
             st.recv_waker = Some(cx.waker().clone());
             Poll::Pending
