@@ -494,14 +494,17 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
         if first == chunks.len() {
             return Ok(());
         }
-        let mut n = {
+        // The slices are built in each poll, so they stay on the stack and out of the
+        // relay's future: 1 KiB per stream held across the await otherwise.
+        let mut n = std::future::poll_fn(|cx| {
             let mut io = [IoSlice::new(&[]); MAX_IOV];
             let k = io.len().min(chunks.len() - first);
             for (slot, c) in io.iter_mut().zip(&chunks[first..first + k]) {
                 *slot = IoSlice::new(c);
             }
-            wr.write_vectored(&io[..k]).await?
-        };
+            std::pin::Pin::new(&mut *wr).poll_write_vectored(cx, &io[..k])
+        })
+        .await?;
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
