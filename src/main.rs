@@ -19,7 +19,7 @@ use sgw::daemon::{self, Error};
 /// jemalloc, not glibc's malloc: glibc hands the top of a thread's heap back to the kernel as
 /// soon as 128 KiB of it is free, and the data path frees and reallocates buffers of that
 /// size all the time (tungstenite's frame buffers, rustls's records, relay chunks), so each GB
-/// relayed cost 16-70 thousand page faults, each zeroing a fresh page: about 15% of the CPU
+/// relayed cost 16-95 thousand page faults, each zeroing a fresh page: about 15% of the CPU
 /// per byte (docs/PERFORMANCE.md). Its settings are in .cargo/config.toml.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -436,7 +436,8 @@ async fn up<R: AsyncRead + Unpin>(
     }
 }
 
-/// Stream to socket: everything received so far in one write where the socket takes it.
+/// Stream to socket: what was received so far (up to one vectored write's worth) in one write
+/// where the socket takes it.
 async fn down<W: AsyncWrite + Unpin>(
     mut wr: W,
     stream: &MuxStream,
@@ -448,7 +449,7 @@ async fn down<W: AsyncWrite + Unpin>(
     let mut piece = Vec::new();
     let mut batch = Vec::new();
     loop {
-        match stream.recv_batch(&mut batch).await {
+        match stream.recv_batch(&mut batch, MAX_IOV).await {
             Ok(true) => {}
             Ok(false) => return wr.shutdown().await.map_err(Failure::Socket),
             Err(e) => return Err(Failure::Stream(e)),
@@ -520,7 +521,8 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Slices per vectored write (Linux takes up to 1024; 64 chunks are up to 4 MiB).
+/// Slices per vectored write, and chunks per batch taken from a stream (Linux takes up to 1024
+/// slices; 64 chunks are up to 4 MiB).
 const MAX_IOV: usize = 64;
 
 /// One compressed chunk from the peer, inflated and written in bounded pieces.

@@ -857,11 +857,18 @@ async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
     p.send(&frames).await;
     let mut got = Vec::new();
     // One message's frames are dispatched together; a batch may still start with the first.
+    // At most two chunks per call, as asked.
     while got.iter().map(Bytes::len).sum::<usize>() < 60_000 {
-        assert!(tokio::time::timeout(T, s.recv_batch(&mut got))
+        let before = got.len();
+        assert!(tokio::time::timeout(T, s.recv_batch(&mut got, 2))
             .await
             .unwrap()
             .unwrap());
+        assert!(
+            (1..=2).contains(&(got.len() - before)),
+            "{}",
+            got.len() - before
+        );
     }
     assert_eq!(got.len(), sizes.len());
     for (i, (c, &n)) in got.iter().zip(&sizes).enumerate() {
@@ -906,7 +913,7 @@ async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
     // The peer finishes: the batch reports the end.
     p.send(&[Frame::Fin { id: 1 }]).await;
     got.clear();
-    assert!(!tokio::time::timeout(T, s.recv_batch(&mut got))
+    assert!(!tokio::time::timeout(T, s.recv_batch(&mut got, 2))
         .await
         .unwrap()
         .unwrap());

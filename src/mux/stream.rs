@@ -570,7 +570,7 @@ impl MuxStream {
         Ok(chunk)
     }
 
-    /// Takes every chunk received so far, at least one, waiting for one if none is queued:
+    /// Takes the chunks received so far, at least one, waiting for one if none is queued:
     /// `Ok(false)` once the peer finished and nothing is left. For a relay that writes them to
     /// its socket in one call: each write wakes the reader on the other end, so fewer and
     /// larger writes cost both sides less (docs/PERFORMANCE.md, "Wake-ups of the endpoint").
@@ -578,9 +578,15 @@ impl MuxStream {
     /// Unlike [`recv`](Self::recv), what this hands out still counts as buffered, and against
     /// the window, until the caller says it is gone ([`written`](Self::written)): a stream
     /// holds at most a window however large the batch, and `/metrics` shows it.
-    pub async fn recv_batch(&self, out: &mut Vec<Bytes>) -> Result<bool, StreamError> {
+    ///
+    /// At most `max` chunks at a time: a peer sending 1-byte frames could otherwise make the
+    /// caller's list as long as the window, and keep it that long.
+    pub async fn recv_batch(&self, out: &mut Vec<Bytes>, max: usize) -> Result<bool, StreamError> {
         let taken = self
-            .wait_recv(|st| (!st.recv.is_empty()).then(|| out.extend(st.recv.drain(..))))
+            .wait_recv(|st| {
+                let k = st.recv.len().min(max.max(1));
+                (k > 0).then(|| out.extend(st.recv.drain(..k)))
+            })
             .await?;
         Ok(taken.is_some())
     }
