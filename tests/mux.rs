@@ -919,3 +919,70 @@ async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
         .unwrap());
     assert!(got.is_empty());
 }
+
+/// Small sends of streams woken together share a message (`writer::Coalesce`): many clients
+/// with a small request each cost the tunnel a few messages, not one each.
+#[tokio::test]
+async fn small_sends_of_streams_woken_together_share_a_message() {
+    const STREAMS: u32 = 8;
+    let mut p = Peer::with_buffer(
+        MuxConfig {
+            role: Role::Client,
+            initial_window: 65536,
+            max_window: 65536,
+            ..MuxConfig::default()
+        },
+        256,
+    );
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        p.send(&[open(id, 65536)]).await;
+        streams.push(p.accept().await);
+        p.expect(|f| matches!(f, Frame::OpenOk { id: got, .. } if *got == id))
+            .await;
+    }
+    // All woken at once, as by one poll of their sockets.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(STREAMS as usize));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                s.send(Bytes::from(format!("request {i}"))).await.unwrap();
+                s
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    let mut messages = 0;
+    while got.len() < STREAMS as usize {
+        let msg = tokio::time::timeout(T, p.from_mux.next())
+            .await
+            .expect("a message in time")
+            .expect("mux writer open");
+        let mut data = Vec::new();
+        decode_message(&msg, |f| {
+            if let Frame::Data { id, data: d } = f {
+                data.push((id, d));
+            }
+        })
+        .unwrap();
+        messages += usize::from(!data.is_empty());
+        got.extend(data);
+    }
+    got.sort();
+    for (i, (id, d)) in got.iter().enumerate() {
+        assert_eq!(*id, 2 * i as u32 + 1);
+        assert_eq!(&d[..], format!("request {i}").as_bytes());
+    }
+    assert!(
+        messages <= 3,
+        "{STREAMS} small frames took {messages} messages"
+    );
+    for t in tasks {
+        let _stream = tokio::time::timeout(T, t).await.unwrap().unwrap();
+    }
+}

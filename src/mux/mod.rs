@@ -199,6 +199,8 @@ pub(crate) struct MuxState {
     wake_writer: Notify,
     /// The transport's sending half and the batch being built: whoever holds it sends.
     outbox: tokio::sync::Mutex<writer::Outbox>,
+    /// Whether small sends wait for the other streams woken with them.
+    coalesce: writer::Coalesce,
     /// Streams with frames in their send queue, served round robin by the writer.
     ready: Mutex<VecDeque<Arc<StreamShared>>>,
     /// Room for DATA bytes in all send queues together (`tunnel_send_queue`), taken before a
@@ -293,6 +295,7 @@ impl Mux {
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
             outbox: tokio::sync::Mutex::new(writer::Outbox::new(Box::pin(writer))),
+            coalesce: writer::Coalesce::default(),
             ready: Mutex::new(VecDeque::new()),
             send_budget: tokio::sync::Semaphore::new(send_budget),
             streams_gone: Notify::new(),

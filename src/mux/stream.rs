@@ -435,6 +435,7 @@ impl MuxStream {
     pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
+        let small = data.len() <= super::writer::SMALL_SEND;
         // Frames this call queued that nobody has been asked to send yet.
         let mut unsent = false;
         while !data.is_empty() {
@@ -501,7 +502,11 @@ impl MuxStream {
         if unsent {
             // Sent from this task if the outbox is free (the bytes stay on this worker), or
             // left to whoever holds it.
-            super::writer::send_now(&self.mux).await;
+            if small {
+                super::writer::send_small(&self.mux).await;
+            } else {
+                super::writer::send_now(&self.mux).await;
+            }
         }
         Ok(())
     }

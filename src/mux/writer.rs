@@ -17,13 +17,14 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Sink;
 
+use super::stream::StreamShared;
 use super::{MuxState, BATCH_BYTES};
 use crate::proto::{encode_frame, Frame};
 
@@ -57,13 +58,92 @@ impl Outbox {
     }
 }
 
+/// Whether a small send first lets the other tasks ready on its worker run, learned from
+/// what small sends carry.
+///
+/// A poll of the sockets often wakes several relays of one tunnel at once (many clients,
+/// each with a small request). Each sending its own frame costs a message: a TLS record, a
+/// write, and a wake-up of the peer's reader. Waiting until the tasks woken with it have run
+/// lets the first of them send every frame in one message (docs/PERFORMANCE.md, "Batching
+/// across streams"). With nobody else ready the wait costs a poll of the sockets and a
+/// wake-up of a second tokio worker, so it is only taken while waits keep paying off.
+#[derive(Default)]
+pub(crate) struct Coalesce {
+    /// While above 0, small sends wait. Set to [`COALESCE_SCORE`] when a small send's message
+    /// carried other streams' frames too, lowered by one when a wait gathered none.
+    score: AtomicU32,
+    /// Small sends while `score` is 0: every [`COALESCE_PROBE`]th waits anyway, to notice
+    /// other streams getting busy.
+    sends: AtomicU32,
+}
+
+const COALESCE_SCORE: u32 = 8;
+/// A send of at most this many bytes is small: a request or an answer more often than bulk.
+pub(crate) const SMALL_SEND: usize = 16 * 1024;
+const COALESCE_PROBE: u32 = 64;
+
+impl Coalesce {
+    fn should_wait(&self) -> bool {
+        self.score.load(Ordering::Relaxed) > 0
+            || self.sends.fetch_add(1, Ordering::Relaxed) % COALESCE_PROBE == 0
+    }
+
+    /// `streams`: how many streams had small frames in the message a small send sent (0: another
+    /// sender took its frame along with theirs); `waited`: whether it waited first.
+    fn learn(&self, streams: u64, waited: bool) {
+        match streams {
+            // Other streams' frames were queued beside this one: streams are sending at once.
+            2.. => self.score.store(COALESCE_SCORE, Ordering::Relaxed),
+            1 if waited => {
+                let _ = self
+                    .score
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// [`send_now`] for a stream that just queued one small frame: while streams are seen sending
+/// at once ([`Coalesce`]), first lets the tasks ready on this worker run, so the frames they
+/// queue go in the same message.
+pub(crate) async fn send_small(shared: &MuxState) {
+    let wait = shared.coalesce.should_wait();
+    if wait {
+        // Cancelled while waiting: the frame is queued and nobody was asked to send it.
+        let mut pending = WakeOnDrop {
+            shared,
+            armed: true,
+        };
+        tokio::task::yield_now().await;
+        pending.armed = false;
+    }
+    let streams = send_now(shared).await;
+    shared.coalesce.learn(streams, wait);
+}
+
+/// Wakes the writer task if dropped while armed.
+struct WakeOnDrop<'a> {
+    shared: &'a MuxState,
+    armed: bool,
+}
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.wake_writer.notify_one();
+        }
+    }
+}
+
 /// Called by a stream that just queued frames: sends one batch now if nobody else is
 /// sending. At most one batch, so a sender's own socket is not starved by other streams'
-/// work; what is left goes to the writer task.
-pub(crate) async fn send_now(shared: &MuxState) {
+/// work; what is left goes to the writer task. Returns how many streams had small frames in
+/// that batch (0: the outbox was held, or there was nothing to send).
+pub(crate) async fn send_now(shared: &MuxState) -> u64 {
     // Held by someone: they look again after letting go, and will find these frames.
     let Ok(mut out) = shared.outbox.try_lock() else {
-        return;
+        return 0;
     };
     // Runs when this ends, or just before `out` goes if this is cancelled: the writer task
     // it may wake waits for the lock.
@@ -71,13 +151,16 @@ pub(crate) async fn send_now(shared: &MuxState) {
         shared,
         finished: false,
     };
+    let mut streams = 0;
     if !shared.closed.is_cancelled() {
-        if let Err(e) = one_batch(shared, &mut out, Holder::Sender).await {
-            failed(shared, &mut out, &e);
+        match one_batch(shared, &mut out, Holder::Sender).await {
+            Ok(sent) => streams = sent.unwrap_or(0),
+            Err(e) => failed(shared, &mut out, &e),
         }
     }
     release.finished = true;
     drop(out);
+    streams
 }
 
 /// After a sender lets the outbox go: work left (or a flush a cancelled sender didn't
@@ -104,11 +187,12 @@ enum Holder {
     Sender,
 }
 
-/// Builds and sends one batch. `Ok(false)`: nothing was queued, or the tunnel closed.
+/// Builds and sends one batch; returns how many streams had small frames in it. `Ok(None)`:
+/// nothing was queued, or the tunnel closed.
 ///
 /// Cancellation safe: frames leave the queues only once the sink has room, and the message
 /// is handed to it in the same step; a flush cut short is finished by the next holder.
-async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::Result<bool> {
+async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::Result<Option<u64>> {
     let Outbox {
         sink,
         buf,
@@ -116,7 +200,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         unflushed,
     } = out;
     let Some(sink) = sink.as_mut() else {
-        return Ok(false);
+        return Ok(None);
     };
     if step(shared, holder, poll_fn(|cx| sink.as_mut().poll_ready(cx)))
         .await?
@@ -124,10 +208,10 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         || shared.closed.is_cancelled()
     {
         // Closed while waiting: what is still sent is the writer's closing flush's to choose.
-        return Ok(false);
+        return Ok(None);
     }
     drain_urgent(shared, buf, count);
-    take_stream_frames(shared, buf, count);
+    let streams = take_stream_frames(shared, buf, count);
     if buf.is_empty() {
         if *unflushed
             && step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx)))
@@ -136,7 +220,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         {
             *unflushed = false;
         }
-        return Ok(false);
+        return Ok(None);
     }
     shared
         .stats
@@ -153,7 +237,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
     if buf.capacity() < BATCH_BYTES / 2 {
         buf.reserve(BATCH_BYTES + 64 * 1024);
     }
-    Ok(true)
+    Ok(Some(streams))
 }
 
 /// Runs a step of sending until it completes, or the tunnel closes: then a sender lets go
@@ -198,8 +282,8 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
             let mut out = shared.outbox.lock().await;
             loop {
                 match one_batch(&shared, &mut out, Holder::Writer).await {
-                    Ok(true) => continue,
-                    Ok(false) => break,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
                     Err(e) => {
                         failed(&shared, &mut out, &e);
                         return;
@@ -260,23 +344,38 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
 
 /// Fills `buf` up to a batch from the streams' send queues: one frame per ready stream per
 /// turn, round robin, so every stream with something to send gets a turn within one pass.
-fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
+/// Returns how many streams had a small frame in it (a control frame, or DATA of at most
+/// [`SMALL_SEND`] bytes).
+fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) -> u64 {
+    // Streams are counted in the first turn, which ends when its first stream comes round.
+    let mut first: Option<Arc<StreamShared>> = None;
+    let mut counting = true;
+    let mut streams = 0;
     while buf.len() < BATCH_BYTES {
         let Some(stream) = shared.lock_ready().pop_front() else {
             break;
         };
+        match &first {
+            None => first = Some(stream.clone()),
+            Some(f) if Arc::ptr_eq(f, &stream) => counting = false,
+            Some(_) => {}
+        }
         let (frame, more) = stream.next_frame(shared.cfg.send_queue);
         if let Some(f) = frame {
             if let Frame::Data { data, .. } = &f {
                 shared.send_budget.add_permits(data.len());
             }
+            // Bulk streams' frames say nothing about whether small sends gather each other.
+            let small = !matches!(&f, Frame::Data { data, .. } if data.len() > SMALL_SEND);
             encode_frame(&f, buf);
             *count += 1;
+            streams += u64::from(counting && small);
         }
         if more {
             shared.lock_ready().push_back(stream);
         }
     }
+    streams
 }
 
 /// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
