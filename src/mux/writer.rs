@@ -24,7 +24,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::Sink;
 
-use super::stream::StreamShared;
 use super::{MuxState, BATCH_BYTES};
 use crate::proto::{encode_frame, Frame};
 
@@ -66,14 +65,16 @@ impl Outbox {
 /// write, and a wake-up of the peer's reader. Waiting until the tasks woken with it have run
 /// lets the first of them send every frame in one message (docs/PERFORMANCE.md, "Batching
 /// across streams"). With nobody else ready the wait costs a poll of the sockets and a
-/// wake-up of a second tokio worker, so it is only taken while waits keep paying off.
+/// wake-up of a second tokio worker, so it is only taken for a few sends after one found
+/// other streams' frames beside its own.
 #[derive(Default)]
 pub(crate) struct Coalesce {
-    /// While above 0, small sends wait. Set to [`COALESCE_SCORE`] when a small send's message
-    /// carried other streams' frames too, lowered by one when a wait gathered none.
+    /// Waits left: small sends wait while it is above 0, each taking one. Set to
+    /// [`COALESCE_SCORE`] when a small send's message carried other streams' frames too, so
+    /// waiting stops at most that many sends after the last sign that it pays.
     score: AtomicU32,
     /// Small sends while `score` is 0: every [`COALESCE_PROBE`]th waits anyway, to notice
-    /// other streams getting busy.
+    /// other streams getting busy (2^32 is a multiple of it, so wrapping keeps the rhythm).
     sends: AtomicU32,
 }
 
@@ -84,22 +85,18 @@ const COALESCE_PROBE: u32 = 64;
 
 impl Coalesce {
     fn should_wait(&self) -> bool {
-        self.score.load(Ordering::Relaxed) > 0
+        self.score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1))
+            .is_ok()
             || self.sends.fetch_add(1, Ordering::Relaxed) % COALESCE_PROBE == 0
     }
 
-    /// `streams`: how many streams had small frames in the message a small send sent (0: another
-    /// sender took its frame along with theirs); `waited`: whether it waited first.
-    fn learn(&self, streams: u64, waited: bool) {
-        match streams {
-            // Other streams' frames were queued beside this one: streams are sending at once.
-            2.. => self.score.store(COALESCE_SCORE, Ordering::Relaxed),
-            1 if waited => {
-                let _ = self
-                    .score
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1));
-            }
-            _ => {}
+    /// `streams`: how many streams had small frames in the message a small send sent (0: the
+    /// outbox was held, or another sender took its frame along with theirs).
+    fn learn(&self, streams: u64) {
+        // Other streams' frames were queued beside this one: streams are sending at once.
+        if streams >= 2 {
+            self.score.store(COALESCE_SCORE, Ordering::Relaxed);
         }
     }
 }
@@ -119,7 +116,7 @@ pub(crate) async fn send_small(shared: &MuxState) {
         pending.armed = false;
     }
     let streams = send_now(shared).await;
-    shared.coalesce.learn(streams, wait);
+    shared.coalesce.learn(streams);
 }
 
 /// Wakes the writer task if dropped while armed.
@@ -347,19 +344,15 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
 /// Returns how many streams had a small frame in it (a control frame, or DATA of at most
 /// [`SMALL_SEND`] bytes).
 fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) -> u64 {
-    // Streams are counted in the first turn, which ends when its first stream comes round.
-    let mut first: Option<Arc<StreamShared>> = None;
-    let mut counting = true;
+    // Streams are counted in the first turn: those ready when it starts, each popped once.
+    let mut turn = shared.lock_ready().len();
     let mut streams = 0;
     while buf.len() < BATCH_BYTES {
         let Some(stream) = shared.lock_ready().pop_front() else {
             break;
         };
-        match &first {
-            None => first = Some(stream.clone()),
-            Some(f) if Arc::ptr_eq(f, &stream) => counting = false,
-            Some(_) => {}
-        }
+        let counting = turn > 0;
+        turn = turn.saturating_sub(1);
         let (frame, more) = stream.next_frame(shared.cfg.send_queue);
         if let Some(f) = frame {
             if let Frame::Data { data, .. } = &f {

@@ -76,7 +76,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for WsWriter<S> {
             // wake-up of a relay for every message read, and two tasks ready at once make
             // tokio wake a second worker thread: a futex and a context switch per message
             // each way (docs/PERFORMANCE.md, "Spurious wake-ups"). A flush with a waker that
-            // does nothing (nothing is pending, so it does no I/O) puts that one in its place.
+            // does nothing puts that one in its place. Nothing is pending, so it writes at most
+            // a reply the reader queued just now; an error it meets stays with tungstenite,
+            // which reports it to the next write or read.
             let _ = Pin::new(&mut self.0).poll_flush(&mut Context::from_waker(Waker::noop()));
         }
         Poll::Ready(flushed)
