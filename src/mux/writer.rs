@@ -345,14 +345,19 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
 /// [`SMALL_SEND`] bytes).
 fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) -> u64 {
     // Streams are counted in the first turn: those ready when it starts, each popped once.
-    let mut turn = shared.lock_ready().len();
+    let mut turn: Option<usize> = None;
     let mut streams = 0;
     while buf.len() < BATCH_BYTES {
-        let Some(stream) = shared.lock_ready().pop_front() else {
-            break;
+        let (stream, counting) = {
+            let mut ready = shared.lock_ready();
+            let Some(stream) = ready.pop_front() else {
+                break;
+            };
+            let left = turn.get_or_insert(ready.len() + 1);
+            let counting = *left > 0;
+            *left = left.saturating_sub(1);
+            (stream, counting)
         };
-        let counting = turn > 0;
-        turn = turn.saturating_sub(1);
         let (frame, more) = stream.next_frame(shared.cfg.send_queue);
         if let Some(f) = frame {
             if let Frame::Data { data, .. } = &f {
