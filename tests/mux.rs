@@ -986,3 +986,53 @@ async fn small_sends_of_streams_woken_together_share_a_message() {
         let _stream = tokio::time::timeout(T, t).await.unwrap().unwrap();
     }
 }
+
+/// Whether `send` let the tasks ready before it run first (`writer::Coalesce`'s wait): a
+/// task spawned just before has run by the time `send` returns only if `send` yielded.
+async fn send_waited(s: &sgw::mux::MuxStream, data: &'static [u8]) -> bool {
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = ran.clone();
+    let task = tokio::spawn(async move { flag.store(true, std::sync::atomic::Ordering::SeqCst) });
+    s.send(Bytes::from_static(data)).await.unwrap();
+    let waited = ran.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::timeout(T, task).await.unwrap().unwrap();
+    waited
+}
+
+/// Beside a bulk stream, an interactive stream's small send goes at once: the tasks ready
+/// first are bulk relays, and waiting behind them is what made a request's p99 beside bulk
+/// worse (`writer::Coalesce`). On a quiet tunnel the same send may wait (a probe for other
+/// streams sending at once), which is what shows the check can see a wait.
+#[tokio::test]
+async fn beside_bulk_an_interactive_send_does_not_wait_for_other_tasks() {
+    let mut p = Peer::with_buffer(
+        MuxConfig {
+            role: Role::Client,
+            ..MuxConfig::default()
+        },
+        256,
+    );
+    let credit = 4 * 1024 * 1024;
+    let mut streams = Vec::new();
+    for id in [1, 3] {
+        p.send(&[open(id, credit)]).await;
+        streams.push(p.accept().await);
+        p.expect(|f| matches!(f, Frame::OpenOk { id: got, .. } if *got == id))
+            .await;
+    }
+    let (interactive, bulk) = (&streams[0], &streams[1]);
+    let data = |want: u32| move |f: &Frame| matches!(f, Frame::Data { id, .. } if *id == want);
+    // A quiet tunnel's first small send probes.
+    assert!(send_waited(interactive, b"PING").await);
+    p.expect(data(1)).await;
+    // While bulk frames keep going out, no small send waits (a probe would come every 64).
+    for _ in 0..4 {
+        bulk.send(Bytes::from(vec![b'b'; 64 * 1024])).await.unwrap();
+        p.expect(data(3)).await;
+        for _ in 0..32 {
+            assert!(!send_waited(interactive, b"PING").await);
+            p.expect(data(1)).await;
+        }
+    }
+    assert!(!p.mux.is_closed());
+}

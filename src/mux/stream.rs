@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Instant;
@@ -167,14 +167,43 @@ pub(crate) enum Delivery {
 pub(crate) struct StreamShared {
     pub(crate) id: u32,
     state: Mutex<StreamState>,
+    /// Small sends in a row, up to [`INTERACTIVE`]; a bulk send sets it to 0. Starts at 1, so
+    /// a new stream's first send counts as interactive when it is small.
+    small_sends: AtomicU8,
 }
+
+/// Small sends in a row that make a stream interactive for [`writer::Coalesce`]: one short
+/// read of a bulk stream does not.
+///
+/// [`writer::Coalesce`]: super::writer::Coalesce
+const INTERACTIVE: u8 = 2;
 
 impl StreamShared {
     pub(crate) fn new(id: u32, state: StreamState) -> Self {
         StreamShared {
             id,
             state: Mutex::new(state),
+            small_sends: AtomicU8::new(1),
         }
+    }
+
+    /// Records a send's size; says whether the stream is now interactive.
+    fn note_send(&self, small: bool) -> bool {
+        if !small {
+            self.small_sends.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let n = self.small_sends.load(Ordering::Relaxed);
+        if n < INTERACTIVE {
+            // Not a read-modify-write: two sends racing on one stream only blur a heuristic.
+            self.small_sends.store(n + 1, Ordering::Relaxed);
+        }
+        n + 1 >= INTERACTIVE
+    }
+
+    /// Whether the stream's last sends were all small: requests and answers, not bulk.
+    pub(crate) fn is_interactive(&self) -> bool {
+        self.small_sends.load(Ordering::Relaxed) >= INTERACTIVE
     }
 
     fn lock(&self) -> MutexGuard<'_, StreamState> {
@@ -435,7 +464,9 @@ impl MuxStream {
     pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
-        let small = data.len() <= super::writer::SMALL_SEND;
+        let interactive = self
+            .shared
+            .note_send(data.len() <= super::writer::SMALL_SEND);
         // Frames this call queued that nobody has been asked to send yet.
         let mut unsent = false;
         while !data.is_empty() {
@@ -502,7 +533,7 @@ impl MuxStream {
         if unsent {
             // Sent from this task if the outbox is free (the bytes stay on this worker), or
             // left to whoever holds it.
-            if small {
+            if interactive {
                 super::writer::send_small(&self.mux).await;
             } else {
                 super::writer::send_now(&self.mux).await;

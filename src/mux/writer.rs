@@ -58,24 +58,31 @@ impl Outbox {
 }
 
 /// Whether a small send first lets the other tasks ready on its worker run, learned from
-/// what small sends carry.
+/// what the tunnel's messages carry.
 ///
 /// A poll of the sockets often wakes several relays of one tunnel at once (many clients,
 /// each with a small request). Each sending its own frame costs a message: a TLS record, a
 /// write, and a wake-up of the peer's reader. Waiting until the tasks woken with it have run
 /// lets the first of them send every frame in one message (docs/PERFORMANCE.md, "Batching
-/// across streams"). With nobody else ready the wait costs a poll of the sockets and a
-/// wake-up of a second tokio worker, so it is only taken for a few sends after one found
-/// other streams' frames beside its own.
+/// across streams"). The wait has costs, so it is only taken while it pays:
+/// - with nobody else ready it costs a poll of the sockets and a wake-up of a second tokio
+///   worker, so waits run out a few sends after the last message that carried several
+///   interactive streams' frames;
+/// - beside bulk streams the tasks ready first are bulk relays, each reading and sending up
+///   to a batch, so a wait would put the small send behind them: while bulk frames go out,
+///   only a message's evidence turns waiting on, never a probe.
 #[derive(Default)]
 pub(crate) struct Coalesce {
     /// Waits left: small sends wait while it is above 0, each taking one. Set to
-    /// [`COALESCE_SCORE`] when a small send's message carried other streams' frames too, so
+    /// [`COALESCE_SCORE`] when a message carried several interactive streams' frames, so
     /// waiting stops at most that many sends after the last sign that it pays.
     score: AtomicU32,
     /// Small sends while `score` is 0: every [`COALESCE_PROBE`]th waits anyway, to notice
     /// other streams getting busy (2^32 is a multiple of it, so wrapping keeps the rhythm).
     sends: AtomicU32,
+    /// Small sends left before probing resumes: set to [`COALESCE_PROBE`] by every message
+    /// with a bulk frame in it.
+    bulk_quiet: AtomicU32,
 }
 
 const COALESCE_SCORE: u32 = 8;
@@ -85,28 +92,52 @@ const COALESCE_PROBE: u32 = 64;
 
 impl Coalesce {
     fn should_wait(&self) -> bool {
-        self.score
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| s.checked_sub(1))
+        let take = |n: u32| n.checked_sub(1);
+        if self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
             .is_ok()
-            || self.sends.fetch_add(1, Ordering::Relaxed) % COALESCE_PROBE == 0
+        {
+            return true;
+        }
+        if self
+            .bulk_quiet
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+            .is_ok()
+        {
+            return false;
+        }
+        self.sends.fetch_add(1, Ordering::Relaxed) % COALESCE_PROBE == 0
     }
 
-    /// `streams`: how many streams had small frames in the message a small send sent (0: the
-    /// outbox was held, or another sender took its frame along with theirs).
-    fn learn(&self, streams: u64) {
-        // Other streams' frames were queued beside this one: streams are sending at once.
-        if streams >= 2 {
+    /// What a message carried: how many interactive streams had small frames in it, and
+    /// whether a bulk frame went too.
+    fn learn(&self, carried: Carried) {
+        // Other streams' frames were queued beside one: streams are sending at once.
+        if carried.interactive >= 2 {
             self.score.store(COALESCE_SCORE, Ordering::Relaxed);
+        }
+        if carried.bulk {
+            self.bulk_quiet.store(COALESCE_PROBE, Ordering::Relaxed);
         }
     }
 }
 
-/// [`send_now`] for a stream that just queued one small frame: while streams are seen sending
-/// at once ([`Coalesce`]), first lets the tasks ready on this worker run, so the frames they
-/// queue go in the same message.
+/// What [`take_stream_frames`] put in a message, for [`Coalesce`].
+#[derive(Clone, Copy, Default)]
+struct Carried {
+    /// Streams whose sends are small ([`MuxStream::send`](super::MuxStream::send)) with a
+    /// frame in the message, counted once each.
+    interactive: u64,
+    /// A DATA frame over [`SMALL_SEND`] bytes.
+    bulk: bool,
+}
+
+/// [`send_now`] for an interactive stream that just queued a small frame: while streams are
+/// seen sending at once ([`Coalesce`]), first lets the tasks ready on this worker run, so the
+/// frames they queue go in the same message.
 pub(crate) async fn send_small(shared: &MuxState) {
-    let wait = shared.coalesce.should_wait();
-    if wait {
+    if shared.coalesce.should_wait() {
         // Cancelled while waiting: the frame is queued and nobody was asked to send it.
         let mut pending = WakeOnDrop {
             shared,
@@ -115,8 +146,7 @@ pub(crate) async fn send_small(shared: &MuxState) {
         tokio::task::yield_now().await;
         pending.armed = false;
     }
-    let streams = send_now(shared).await;
-    shared.coalesce.learn(streams);
+    send_now(shared).await;
 }
 
 /// Wakes the writer task if dropped while armed.
@@ -135,12 +165,11 @@ impl Drop for WakeOnDrop<'_> {
 
 /// Called by a stream that just queued frames: sends one batch now if nobody else is
 /// sending. At most one batch, so a sender's own socket is not starved by other streams'
-/// work; what is left goes to the writer task. Returns how many streams had small frames in
-/// that batch (0: the outbox was held, or there was nothing to send).
-pub(crate) async fn send_now(shared: &MuxState) -> u64 {
+/// work; what is left goes to the writer task.
+pub(crate) async fn send_now(shared: &MuxState) {
     // Held by someone: they look again after letting go, and will find these frames.
     let Ok(mut out) = shared.outbox.try_lock() else {
-        return 0;
+        return;
     };
     // Runs when this ends, or just before `out` goes if this is cancelled: the writer task
     // it may wake waits for the lock.
@@ -148,16 +177,13 @@ pub(crate) async fn send_now(shared: &MuxState) -> u64 {
         shared,
         finished: false,
     };
-    let mut streams = 0;
     if !shared.closed.is_cancelled() {
-        match one_batch(shared, &mut out, Holder::Sender).await {
-            Ok(sent) => streams = sent.unwrap_or(0),
-            Err(e) => failed(shared, &mut out, &e),
+        if let Err(e) = one_batch(shared, &mut out, Holder::Sender).await {
+            failed(shared, &mut out, &e);
         }
     }
     release.finished = true;
     drop(out);
-    streams
 }
 
 /// After a sender lets the outbox go: work left (or a flush a cancelled sender didn't
@@ -184,12 +210,12 @@ enum Holder {
     Sender,
 }
 
-/// Builds and sends one batch; returns how many streams had small frames in it. `Ok(None)`:
-/// nothing was queued, or the tunnel closed.
+/// Builds and sends one batch; returns whether it did (`false`: nothing was queued, or the
+/// tunnel closed).
 ///
 /// Cancellation safe: frames leave the queues only once the sink has room, and the message
 /// is handed to it in the same step; a flush cut short is finished by the next holder.
-async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::Result<Option<u64>> {
+async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::Result<bool> {
     let Outbox {
         sink,
         buf,
@@ -197,7 +223,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         unflushed,
     } = out;
     let Some(sink) = sink.as_mut() else {
-        return Ok(None);
+        return Ok(false);
     };
     if step(shared, holder, poll_fn(|cx| sink.as_mut().poll_ready(cx)))
         .await?
@@ -205,10 +231,11 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         || shared.closed.is_cancelled()
     {
         // Closed while waiting: what is still sent is the writer's closing flush's to choose.
-        return Ok(None);
+        return Ok(false);
     }
     drain_urgent(shared, buf, count);
-    let streams = take_stream_frames(shared, buf, count);
+    let carried = take_stream_frames(shared, buf, count);
+    shared.coalesce.learn(carried);
     if buf.is_empty() {
         if *unflushed
             && step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx)))
@@ -217,7 +244,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         {
             *unflushed = false;
         }
-        return Ok(None);
+        return Ok(false);
     }
     shared
         .stats
@@ -234,7 +261,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
     if buf.capacity() < BATCH_BYTES / 2 {
         buf.reserve(BATCH_BYTES + 64 * 1024);
     }
-    Ok(Some(streams))
+    Ok(true)
 }
 
 /// Runs a step of sending until it completes, or the tunnel closes: then a sender lets go
@@ -279,8 +306,8 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
             let mut out = shared.outbox.lock().await;
             loop {
                 match one_batch(&shared, &mut out, Holder::Writer).await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => break,
+                    Ok(true) => continue,
+                    Ok(false) => break,
                     Err(e) => {
                         failed(&shared, &mut out, &e);
                         return;
@@ -341,12 +368,11 @@ pub(crate) async fn writer_loop(shared: Arc<MuxState>) {
 
 /// Fills `buf` up to a batch from the streams' send queues: one frame per ready stream per
 /// turn, round robin, so every stream with something to send gets a turn within one pass.
-/// Returns how many streams had a small frame in it (a control frame, or DATA of at most
-/// [`SMALL_SEND`] bytes).
-fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) -> u64 {
+/// Says what went in, for [`Coalesce`].
+fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) -> Carried {
     // Streams are counted in the first turn: those ready when it starts, each popped once.
     let mut turn: Option<usize> = None;
-    let mut streams = 0;
+    let mut carried = Carried::default();
     while buf.len() < BATCH_BYTES {
         let (stream, counting) = {
             let mut ready = shared.lock_ready();
@@ -362,18 +388,17 @@ fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) ->
         if let Some(f) = frame {
             if let Frame::Data { data, .. } = &f {
                 shared.send_budget.add_permits(data.len());
+                carried.bulk |= data.len() > SMALL_SEND;
             }
-            // Bulk streams' frames say nothing about whether small sends gather each other.
-            let small = !matches!(&f, Frame::Data { data, .. } if data.len() > SMALL_SEND);
             encode_frame(&f, buf);
             *count += 1;
-            streams += u64::from(counting && small);
+            carried.interactive += u64::from(counting && stream.is_interactive());
         }
         if more {
             shared.lock_ready().push_back(stream);
         }
     }
-    streams
+    carried
 }
 
 /// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
