@@ -432,7 +432,10 @@ async fn up<R: AsyncRead + Unpin>(
         counters
             .wire_to_stream
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
-        stream.send(payload).await.map_err(Failure::Stream)?;
+        stream
+            .send_read(payload, n)
+            .await
+            .map_err(Failure::Stream)?;
     }
 }
 

@@ -1034,5 +1034,32 @@ async fn beside_bulk_an_interactive_send_does_not_wait_for_other_tasks() {
             p.expect(data(1)).await;
         }
     }
+    // The same with the bulk stream sending at the same time, well compressed or short of
+    // credit: its frames are small, its sends are not. Long enough for a probe to come due
+    // if its frames were taken for interactive ones.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let bulk = streams.pop().unwrap();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            for _ in 0..10_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let read = 64 * 1024;
+                bulk.send_read(Bytes::from(vec![b'z'; 100]), read)
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+            bulk
+        })
+    };
+    for _ in 0..200 {
+        assert!(!send_waited(&streams[0], b"PING").await);
+        p.expect(data(1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _bulk = tokio::time::timeout(T, sender).await.unwrap().unwrap();
     assert!(!p.mux.is_closed());
 }

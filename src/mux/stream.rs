@@ -167,8 +167,8 @@ pub(crate) enum Delivery {
 pub(crate) struct StreamShared {
     pub(crate) id: u32,
     state: Mutex<StreamState>,
-    /// Small sends in a row, up to [`INTERACTIVE`]; a bulk send sets it to 0. Starts at 1, so
-    /// a new stream's first send counts as interactive when it is small.
+    /// Small sends in a row, up to [`INTERACTIVE`]; a send that is not small sets it to 0.
+    /// Starts at 1, so a new stream's first send counts as interactive when it is small.
     small_sends: AtomicU8,
 }
 
@@ -204,6 +204,11 @@ impl StreamShared {
     /// Whether the stream's last sends were all small: requests and answers, not bulk.
     pub(crate) fn is_interactive(&self) -> bool {
         self.small_sends.load(Ordering::Relaxed) >= INTERACTIVE
+    }
+
+    /// Whether the stream's last send was not small: its frames are bulk, whatever their size.
+    pub(crate) fn is_bulk(&self) -> bool {
+        self.small_sends.load(Ordering::Relaxed) == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, StreamState> {
@@ -426,6 +431,8 @@ impl MuxStream {
         if data.is_empty() || data.len() > MAX_DATA {
             return Ok(false);
         }
+        self.shared
+            .note_send(data.len() <= super::writer::SMALL_SEND);
         let schedule = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
@@ -461,12 +468,23 @@ impl MuxStream {
     /// frames as needed, and queues as many as credit and queue allow before sending, so they
     /// can share a message. Poll it to completion or drop it: it may be sending the tunnel's
     /// next message. Dropped part way, some of `data` may still go out (what was queued).
-    pub async fn send(&self, mut data: Bytes) -> Result<(), StreamError> {
+    pub async fn send(&self, data: Bytes) -> Result<(), StreamError> {
+        let read = data.len();
+        self.send_read(data, read).await
+    }
+
+    /// [`send`](Self::send) for `data` that `read` bytes from a socket became (compressed):
+    /// the read's size, not the payload's, says whether the stream is interactive or bulk,
+    /// which decides whether its sends wait to share messages ([`writer::Coalesce`]).
+    ///
+    /// [`writer::Coalesce`]: super::writer::Coalesce
+    pub async fn send_read(&self, mut data: Bytes, read: usize) -> Result<(), StreamError> {
         let id = self.shared.id;
         let send_queue = self.mux.cfg.send_queue;
-        let interactive = self
-            .shared
-            .note_send(data.len() <= super::writer::SMALL_SEND);
+        if data.is_empty() {
+            return Ok(());
+        }
+        let interactive = self.shared.note_send(read <= super::writer::SMALL_SEND);
         // Frames this call queued that nobody has been asked to send yet.
         let mut unsent = false;
         while !data.is_empty() {
@@ -779,5 +797,26 @@ impl Drop for MuxStream {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bulk stream's one short read does not make it interactive; two small sends in a row
+    /// do, and one large send makes it bulk again.
+    #[test]
+    fn a_stream_is_interactive_after_two_small_sends_in_a_row() {
+        let s = StreamShared::new(1, StreamState::accepted(65536, 65536));
+        // A new stream's first small send counts.
+        assert!(!s.is_interactive() && !s.is_bulk());
+        assert!(s.note_send(true));
+        assert!(!s.note_send(false));
+        assert!(s.is_bulk() && !s.is_interactive());
+        assert!(!s.note_send(true), "one short read after bulk");
+        assert!(!s.is_bulk() && !s.is_interactive());
+        assert!(s.note_send(true));
+        assert!(s.is_interactive() && !s.is_bulk());
     }
 }

@@ -57,49 +57,44 @@ impl Outbox {
     }
 }
 
-/// Whether a small send first lets the other tasks ready on its worker run, learned from
-/// what the tunnel's messages carry.
+/// Whether an interactive stream's small send first lets the other tasks ready on its worker
+/// run, learned from what the tunnel's messages carry.
 ///
 /// A poll of the sockets often wakes several relays of one tunnel at once (many clients,
 /// each with a small request). Each sending its own frame costs a message: a TLS record, a
 /// write, and a wake-up of the peer's reader. Waiting until the tasks woken with it have run
 /// lets the first of them send every frame in one message (docs/PERFORMANCE.md, "Batching
 /// across streams"). The wait has costs, so it is only taken while it pays:
-/// - with nobody else ready it costs a poll of the sockets and a wake-up of a second tokio
-///   worker, so waits run out a few sends after the last message that carried several
-///   interactive streams' frames;
 /// - beside bulk streams the tasks ready first are bulk relays, each reading and sending up
-///   to a batch, so a wait would put the small send behind them: while bulk frames go out,
-///   only a message's evidence turns waiting on, never a probe.
+///   to a batch, so while messages carry bulk frames no send waits;
+/// - with nobody else ready a wait costs a poll of the sockets and a wake-up of a second
+///   tokio worker, so waits run out a few sends after the last message that carried several
+///   interactive streams' frames, and otherwise only one send in [`COALESCE_PROBE`] waits,
+///   to notice streams getting busy.
 #[derive(Default)]
 pub(crate) struct Coalesce {
-    /// Waits left: small sends wait while it is above 0, each taking one. Set to
-    /// [`COALESCE_SCORE`] when a message carried several interactive streams' frames, so
-    /// waiting stops at most that many sends after the last sign that it pays.
-    score: AtomicU32,
-    /// Small sends while `score` is 0: every [`COALESCE_PROBE`]th waits anyway, to notice
-    /// other streams getting busy (2^32 is a multiple of it, so wrapping keeps the rhythm).
-    sends: AtomicU32,
-    /// Small sends left before probing resumes: set to [`COALESCE_PROBE`] by every message
-    /// with a bulk frame in it.
+    /// Interactive sends left that don't wait at all: set to [`BULK_QUIET`] by every message
+    /// with a bulk stream's DATA in it; each interactive send takes one.
     bulk_quiet: AtomicU32,
+    /// Waits left, once `bulk_quiet` is 0: interactive sends wait while it is above 0, each
+    /// taking one. Set to [`COALESCE_SCORE`] when a message carried several interactive
+    /// streams' frames, so waiting stops at most that many sends after the last sign that it
+    /// pays.
+    score: AtomicU32,
+    /// Interactive sends with `bulk_quiet` and `score` at 0: every [`COALESCE_PROBE`]th waits
+    /// anyway (2^32 is a multiple of it, so wrapping keeps the rhythm).
+    sends: AtomicU32,
 }
 
 const COALESCE_SCORE: u32 = 8;
+const COALESCE_PROBE: u32 = 64;
+const BULK_QUIET: u32 = 64;
 /// A send of at most this many bytes is small: a request or an answer more often than bulk.
 pub(crate) const SMALL_SEND: usize = 16 * 1024;
-const COALESCE_PROBE: u32 = 64;
 
 impl Coalesce {
     fn should_wait(&self) -> bool {
         let take = |n: u32| n.checked_sub(1);
-        if self
-            .score
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
-            .is_ok()
-        {
-            return true;
-        }
         if self
             .bulk_quiet
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
@@ -107,18 +102,26 @@ impl Coalesce {
         {
             return false;
         }
+        if self
+            .score
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+            .is_ok()
+        {
+            return true;
+        }
         self.sends.fetch_add(1, Ordering::Relaxed) % COALESCE_PROBE == 0
     }
 
-    /// What a message carried: how many interactive streams had small frames in it, and
-    /// whether a bulk frame went too.
+    /// What a message carried: how many interactive streams had frames in it, and whether a
+    /// bulk stream's DATA went too. Stores only on a change: every message passes here, and
+    /// senders on both workers read these.
     fn learn(&self, carried: Carried) {
         // Other streams' frames were queued beside one: streams are sending at once.
-        if carried.interactive >= 2 {
+        if carried.interactive >= 2 && self.score.load(Ordering::Relaxed) != COALESCE_SCORE {
             self.score.store(COALESCE_SCORE, Ordering::Relaxed);
         }
-        if carried.bulk {
-            self.bulk_quiet.store(COALESCE_PROBE, Ordering::Relaxed);
+        if carried.bulk && self.bulk_quiet.load(Ordering::Relaxed) != BULK_QUIET {
+            self.bulk_quiet.store(BULK_QUIET, Ordering::Relaxed);
         }
     }
 }
@@ -126,10 +129,10 @@ impl Coalesce {
 /// What [`take_stream_frames`] put in a message, for [`Coalesce`].
 #[derive(Clone, Copy, Default)]
 struct Carried {
-    /// Streams whose sends are small ([`MuxStream::send`](super::MuxStream::send)) with a
-    /// frame in the message, counted once each.
+    /// Interactive streams (whose last sends were small) with a frame in the message,
+    /// counted once each.
     interactive: u64,
-    /// A DATA frame over [`SMALL_SEND`] bytes.
+    /// DATA of a bulk stream (whose last send was not small).
     bulk: bool,
 }
 
@@ -388,7 +391,9 @@ fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) ->
         if let Some(f) = frame {
             if let Frame::Data { data, .. } = &f {
                 shared.send_budget.add_permits(data.len());
-                carried.bulk |= data.len() > SMALL_SEND;
+                // By the stream's sends, not the frame: a bulk stream's frames are small
+                // when compressed well or when the peer grants little credit.
+                carried.bulk |= stream.is_bulk();
             }
             encode_frame(&f, buf);
             *count += 1;
