@@ -199,7 +199,7 @@ pub(crate) struct MuxState {
     wake_writer: Notify,
     /// The transport's sending half and the batch being built: whoever holds it sends.
     outbox: tokio::sync::Mutex<writer::Outbox>,
-    /// Whether small sends wait for the other streams woken with them.
+    /// Whether interactive streams' small sends wait for the other streams woken with them.
     coalesce: writer::Coalesce,
     /// Streams with frames in their send queue, served round robin by the writer.
     ready: Mutex<VecDeque<Arc<StreamShared>>>,

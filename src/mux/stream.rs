@@ -178,6 +178,9 @@ pub(crate) struct StreamShared {
 /// [`writer::Coalesce`]: super::writer::Coalesce
 const INTERACTIVE: u8 = 2;
 
+/// A send of at most this many bytes is small: a request or an answer more often than bulk.
+const SMALL_SEND: usize = 16 * 1024;
+
 impl StreamShared {
     pub(crate) fn new(id: u32, state: StreamState) -> Self {
         StreamShared {
@@ -187,9 +190,9 @@ impl StreamShared {
         }
     }
 
-    /// Records a send's size; says whether the stream is now interactive.
-    fn note_send(&self, small: bool) -> bool {
-        if !small {
+    /// Records a send of `len` bytes; says whether the stream is now interactive.
+    fn note_send(&self, len: usize) -> bool {
+        if len > SMALL_SEND {
             self.small_sends.store(0, Ordering::Relaxed);
             return false;
         }
@@ -431,8 +434,7 @@ impl MuxStream {
         if data.is_empty() || data.len() > MAX_DATA {
             return Ok(false);
         }
-        self.shared
-            .note_send(data.len() <= super::writer::SMALL_SEND);
+        self.shared.note_send(data.len());
         let schedule = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
@@ -484,7 +486,7 @@ impl MuxStream {
         if data.is_empty() {
             return Ok(());
         }
-        let interactive = self.shared.note_send(read <= super::writer::SMALL_SEND);
+        let interactive = self.shared.note_send(read);
         // Frames this call queued that nobody has been asked to send yet.
         let mut unsent = false;
         while !data.is_empty() {
@@ -811,12 +813,12 @@ mod tests {
         let s = StreamShared::new(1, StreamState::accepted(65536, 65536));
         // A new stream's first small send counts.
         assert!(!s.is_interactive() && !s.is_bulk());
-        assert!(s.note_send(true));
-        assert!(!s.note_send(false));
+        assert!(s.note_send(SMALL_SEND));
+        assert!(!s.note_send(SMALL_SEND + 1));
         assert!(s.is_bulk() && !s.is_interactive());
-        assert!(!s.note_send(true), "one short read after bulk");
+        assert!(!s.note_send(100), "one short read after bulk");
         assert!(!s.is_bulk() && !s.is_interactive());
-        assert!(s.note_send(true));
+        assert!(s.note_send(100));
         assert!(s.is_interactive() && !s.is_bulk());
     }
 }

@@ -89,8 +89,6 @@ pub(crate) struct Coalesce {
 const COALESCE_SCORE: u32 = 8;
 const COALESCE_PROBE: u32 = 64;
 const BULK_QUIET: u32 = 64;
-/// A send of at most this many bytes is small: a request or an answer more often than bulk.
-pub(crate) const SMALL_SEND: usize = 16 * 1024;
 
 impl Coalesce {
     fn should_wait(&self) -> bool {
