@@ -5,9 +5,16 @@
 //! travels as RESET and comes out as a TCP reset (zero linger) on the other side. Optional per
 //! stream: DEFLATE in the tunnel ([`crate::compress`]) and an idle timeout, which resets the
 //! stream with reason `timeout` when no byte moved either way for that long.
+//!
+//! A plain TCP socket without compression is shared with the tunnel's reader ([`SharedTcp`]):
+//! small DATA that arrives while nothing waits to be written goes straight to the socket from
+//! the reader, without waking the relay's task ([`crate::mux::DirectSink`]).
 
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -15,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::compress::{Decoded, Deflater, Inflater};
-use crate::mux::{MuxStream, StreamError};
+use crate::mux::{DirectSink, MuxStream, StreamError};
 use crate::proto::{Reason, MAX_DATA};
 
 /// TCP keepalive on relayed sockets: the first probe after this much silence, then every
@@ -162,17 +169,127 @@ pub trait Endpoint: Send {
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>);
     /// Makes the coming close send a TCP RST instead of a FIN.
     fn abort(&self);
+    /// The plain TCP socket underneath, when the tunnel's reader may write to it directly.
+    fn direct(&self) -> Option<Arc<TcpStream>> {
+        None
+    }
 }
 
-impl Endpoint for TcpStream {
-    // TCP splits without a lock: this is the hot path of every plain destination.
-    type Read<'a> = tokio::net::tcp::ReadHalf<'a>;
-    type Write<'a> = tokio::net::tcp::WriteHalf<'a>;
+/// A plain TCP socket shared with the tunnel's reader, which writes small DATA to it while
+/// the relay has nothing waiting ([`DirectSink`]). The relay's halves work through
+/// `&TcpStream`, as the reader's writes do.
+pub struct SharedTcp(Arc<TcpStream>);
+
+impl SharedTcp {
+    pub fn new(tcp: TcpStream) -> Self {
+        SharedTcp(Arc::new(tcp))
+    }
+}
+
+impl Endpoint for SharedTcp {
+    type Read<'a> = ByRef<'a>;
+    type Write<'a> = ByRef<'a>;
     fn halves(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        self.split()
+        (ByRef(&self.0), ByRef(&self.0))
     }
     fn abort(&self) {
-        abort(self);
+        abort(&self.0);
+    }
+    fn direct(&self) -> Option<Arc<TcpStream>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Either half of a [`SharedTcp`]: tokio's readiness, then a non-blocking call, as tokio's
+/// own halves do. Reads and writes keep separate wakers, so the halves run at once.
+pub struct ByRef<'a>(&'a TcpStream);
+
+impl AsyncRead for ByRef<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read_buf(buf) {
+                // Readiness was stale: the next poll registers for the next edge.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r.map(drop)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ByRef<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // As tokio's own: a socket the peer already reset has nothing left to close.
+        Poll::Ready(
+            match socket2::SockRef::from(self.0).shutdown(std::net::Shutdown::Write) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
+                r => r,
+            },
+        )
+    }
+}
+
+/// What the reader's direct writes go through: the socket, and the relay's counts and idle
+/// clock, which those writes move as the relay's own do.
+struct TcpSink {
+    tcp: Arc<TcpStream>,
+    counters: Arc<Counters>,
+    activity: Arc<Activity>,
+}
+
+impl DirectSink for TcpSink {
+    fn write_now(&self, data: &[u8]) -> usize {
+        let Ok(n) = self.tcp.try_write(data) else {
+            return 0;
+        };
+        self.activity.touch();
+        self.counters
+            .wire_to_socket
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.counters
+            .to_socket
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 }
 
@@ -225,7 +342,7 @@ impl Socket {
     /// Makes the coming close send a TCP RST instead of a FIN.
     pub fn abort(&self) {
         match self {
-            Socket::Tcp(t) => Endpoint::abort(t),
+            Socket::Tcp(t) => abort(t),
             Socket::TlsTo(t) => t.abort(),
             Socket::TlsFrom(t) => t.abort(),
         }
@@ -308,11 +425,11 @@ impl AsyncWrite for Socket {
 pub async fn relay(
     socket: Socket,
     stream: MuxStream,
-    counters: &Counters,
+    counters: &Arc<Counters>,
     opts: Options,
 ) -> Outcome {
     match socket {
-        Socket::Tcp(t) => relay_with(t, stream, counters, opts).await,
+        Socket::Tcp(t) => relay_with(SharedTcp::new(t), stream, counters, opts).await,
         Socket::TlsTo(t) => relay_with(*t, stream, counters, opts).await,
         Socket::TlsFrom(t) => relay_with(*t, stream, counters, opts).await,
     }
@@ -322,10 +439,18 @@ pub async fn relay(
 pub async fn relay_with<E: Endpoint>(
     mut io: E,
     stream: MuxStream,
-    counters: &Counters,
+    counters: &Arc<Counters>,
     opts: Options,
 ) -> Outcome {
-    let activity = Activity::new(opts.idle.is_some());
+    let activity = Arc::new(Activity::new(opts.idle.is_some()));
+    // Compressed DATA must be inflated first: only the relay writes it.
+    if let Some(tcp) = io.direct().filter(|_| !opts.compress) {
+        stream.set_sink(Some(Arc::new(TcpSink {
+            tcp,
+            counters: counters.clone(),
+            activity: activity.clone(),
+        })));
+    }
     let result = {
         let (rd, wr) = io.halves();
         let work = async {
@@ -342,6 +467,8 @@ pub async fn relay_with<E: Endpoint>(
             },
         }
     };
+    // Before the socket is reset or closed below: the reader's clone would keep it open.
+    stream.set_sink(None);
     let ending = match result {
         Ok(()) => Ending::Closed,
         Err(Failure::Socket(e)) => {

@@ -1063,3 +1063,135 @@ async fn beside_bulk_an_interactive_send_does_not_wait_for_other_tasks() {
     let _bulk = tokio::time::timeout(T, sender).await.unwrap().unwrap();
     assert!(!p.mux.is_closed());
 }
+
+/// An endpoint socket for the reader's direct writes that takes at most `max` bytes a call.
+struct TestSink {
+    got: std::sync::Mutex<Vec<u8>>,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+impl TestSink {
+    fn got(&self) -> Vec<u8> {
+        self.got.lock().unwrap().clone()
+    }
+    fn take_at_most(&self, max: usize) {
+        self.max.store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl sgw::mux::DirectSink for TestSink {
+    fn write_now(&self, data: &[u8]) -> usize {
+        let k = data
+            .len()
+            .min(self.max.load(std::sync::atomic::Ordering::Relaxed));
+        self.got.lock().unwrap().extend_from_slice(&data[..k]);
+        k
+    }
+}
+
+/// Every frame sent so far has been dispatched: the reader handles a tunnel's frames in order.
+async fn dispatched(p: &mut Peer, n: u64) {
+    p.send(&[Frame::Ping(n)]).await;
+    p.expect(|f| matches!(f, Frame::Pong(v) if *v == n)).await;
+}
+
+#[tokio::test]
+async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_waits_before_it() {
+    let mut p = Peer::new(Role::Client, 64 * 1024);
+    p.send(&[open(1, 65536)]).await;
+    let s = p.accept().await;
+    p.expect(|f| matches!(f, Frame::OpenOk { id: 1, .. })).await;
+    let sink = std::sync::Arc::new(TestSink {
+        got: Default::default(),
+        max: usize::MAX.into(),
+    });
+    s.set_sink(Some(sink.clone()));
+    let buffered = |p: &Peer| {
+        p.mux
+            .stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let data = |b: &[u8]| Frame::Data {
+        id: 1,
+        data: Bytes::copy_from_slice(b),
+    };
+    // Small frames go straight to the socket, in order, and nothing is held: their credit
+    // comes back though the stream is never read.
+    let mut want = Vec::new();
+    for i in 0..5u8 {
+        let chunk = vec![i; 8 * 1024];
+        want.extend_from_slice(&chunk);
+        p.send(&[data(&chunk)]).await;
+    }
+    let w = p.expect(|f| matches!(f, Frame::Window { id: 1, .. })).await;
+    assert!(
+        matches!(w, Frame::Window { increment, .. } if increment >= 32 * 1024),
+        "{w:?}"
+    );
+    dispatched(&mut p, 1).await;
+    assert_eq!(sink.got(), want);
+    assert_eq!(buffered(&p), 0);
+    // A bulk-sized frame is the relay's to write. While it waits, and while the relay holds it
+    // unwritten, small frames behind it must wait their turn too, or they would reach the
+    // socket first.
+    p.send(&[data(&[7; 20_000])]).await;
+    dispatched(&mut p, 2).await;
+    p.send(&[data(b"abc")]).await;
+    dispatched(&mut p, 3).await;
+    assert_eq!(sink.got().len(), want.len(), "the sink jumped the queue");
+    let mut batch = Vec::new();
+    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert_eq!(
+        batch,
+        [Bytes::from(vec![7; 20_000]), Bytes::from_static(b"abc")]
+    );
+    p.send(&[data(b"def")]).await;
+    dispatched(&mut p, 4).await;
+    assert_eq!(
+        sink.got().len(),
+        want.len(),
+        "the sink jumped a taken batch"
+    );
+    batch.clear();
+    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert_eq!(batch, [Bytes::from_static(b"def")]);
+    s.written(20_006);
+    assert_eq!(buffered(&p), 0);
+    // One direct write per stream and message: a message of many small frames is written by
+    // the relay in one call, not one write each.
+    p.send(&[data(b"1"), data(b"2"), data(b"3")]).await;
+    dispatched(&mut p, 5).await;
+    want.extend_from_slice(b"1");
+    assert_eq!(sink.got(), want);
+    batch.clear();
+    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert_eq!(batch, [Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
+    s.written(2);
+    // All written: the socket is next again. What it does not take waits for the relay.
+    sink.take_at_most(2);
+    p.send(&[data(b"ghij")]).await;
+    dispatched(&mut p, 6).await;
+    want.extend_from_slice(b"gh");
+    assert_eq!(sink.got(), want);
+    assert_eq!(buffered(&p), 2);
+    batch.clear();
+    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert_eq!(batch, [Bytes::from_static(b"ij")]);
+    s.written(2);
+    // A socket that takes nothing now, and then no socket: the relay writes it all.
+    sink.take_at_most(0);
+    p.send(&[data(b"kl")]).await;
+    dispatched(&mut p, 7).await;
+    s.set_sink(None);
+    sink.take_at_most(usize::MAX);
+    p.send(&[data(b"mn")]).await;
+    dispatched(&mut p, 8).await;
+    assert_eq!(sink.got(), want);
+    batch.clear();
+    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert_eq!(
+        batch,
+        [Bytes::from_static(b"kl"), Bytes::from_static(b"mn")]
+    );
+}

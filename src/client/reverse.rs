@@ -18,7 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use super::state::{ClientState, GatewayPeer, PushedDest};
 use crate::proto::{OpenMeta, FEATURE_DEFLATE};
-use crate::relay::{relay_with, Counters, Facing, Options};
+use crate::relay::{relay, Counters, Facing, Options, Socket};
 
 /// Brings the listeners in line with the destinations just pushed.
 pub(super) fn reconcile(
@@ -171,12 +171,12 @@ async fn serve_local(
         tracing::Span::current().record("stream.id", stream.id());
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         dest.stats.opened.fetch_add(1, Ordering::Relaxed);
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let opts = Options {
             compress,
             idle: dest.spec.idle(),
         };
-        let out = relay_with(tcp, stream, &counters, opts).await;
+        let out = relay(Socket::Tcp(tcp), stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         shared.stats.record(&dest.stats, &d);
     }

@@ -19,7 +19,7 @@ use tracing::{info, warn, Instrument};
 use super::state::{ClientState, GatewayPeer};
 use crate::mux::OpenError;
 use crate::proto::{OpenMeta, Reason};
-use crate::relay::{relay_with, Counters, Facing, Options};
+use crate::relay::{relay, Counters, Facing, Options, Socket};
 
 /// The destination name SOCKS streams carry (for logs; `target` says where to go).
 pub const SOCKS_DEST: &str = "socks5";
@@ -146,12 +146,12 @@ async fn connect(
             return;
         };
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let opts = Options {
             compress: false,
             idle: Some(TIMEOUT),
         };
-        let out = relay_with(tcp, stream, &counters, opts).await;
+        let out = relay(Socket::Tcp(tcp), stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         shared.stats.bytes_up.fetch_add(d.up, Ordering::Relaxed);
         shared.stats.bytes_down.fetch_add(d.down, Ordering::Relaxed);

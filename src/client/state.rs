@@ -240,7 +240,7 @@ pub(super) struct ActiveStream {
     pub dest_addr: String,
     pub caller: String,
     pub started: Instant,
-    pub counters: crate::relay::Counters,
+    pub counters: Arc<crate::relay::Counters>,
 }
 
 /// Removes a stream from the active table when its task ends, however it ends.

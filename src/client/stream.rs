@@ -71,7 +71,7 @@ pub(super) async fn serve_open(
             dest_addr,
             caller,
             started: Instant::now(),
-            counters: crate::relay::Counters::default(),
+            counters: Arc::default(),
         });
         let out = match conn {
             Conn::Socket(s) => relay(s, stream, &entry.counters, opts).await,

@@ -120,7 +120,7 @@ pub(super) async fn serve_caller(
             compress,
             idle: dest.idle_timeout,
         };
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let out = relay::relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         gw.count(&tenant, Stat::Up, d.up);

@@ -153,7 +153,7 @@ pub(super) async fn serve_reverse(
             compress,
             idle: dest.idle_timeout,
         };
-        let counters = Counters::default();
+        let counters = Arc::new(Counters::default());
         let out = relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Endpoint, started);
         gw.count(&tenant, Stat::Up, d.up);

@@ -25,6 +25,8 @@ where
     R: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
     let mut frames = Vec::with_capacity(64);
+    // Numbers the messages, for the one direct write per stream and message (`on_data`).
+    let mut msg_no = 0u64;
     loop {
         let msg = tokio::select! {
             m = reader.next() => m,
@@ -45,13 +47,14 @@ where
             shared.started.elapsed().as_millis() as u64,
             Ordering::Relaxed,
         );
+        msg_no += 1;
         let decoded = decode_message(&msg, |f| frames.push(f));
         shared
             .stats
             .frames_in
             .fetch_add(frames.len() as u64, Ordering::Relaxed);
         for frame in frames.drain(..) {
-            if let Err(e) = dispatch(&shared, frame, &sinks) {
+            if let Err(e) = dispatch(&shared, frame, msg_no, &sinks) {
                 shared.protocol_error(e);
                 return;
             }
@@ -70,8 +73,13 @@ fn is_local(role: Role, id: u32) -> bool {
     }
 }
 
-/// Handles one frame. `Err` is a tunnel-level protocol error.
-fn dispatch(shared: &Arc<MuxState>, frame: Frame, sinks: &ReaderSinks) -> Result<(), String> {
+/// Handles one frame of message `msg`. `Err` is a tunnel-level protocol error.
+fn dispatch(
+    shared: &Arc<MuxState>,
+    frame: Frame,
+    msg: u64,
+    sinks: &ReaderSinks,
+) -> Result<(), String> {
     let role = shared.cfg.role;
     match frame {
         Frame::Ping(v) => {
@@ -156,7 +164,7 @@ fn dispatch(shared: &Arc<MuxState>, frame: Frame, sinks: &ReaderSinks) -> Result
             }
             Ok(())
         }
-        Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, &shared.stats)),
+        Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, msg, shared)),
         Frame::Fin { id } => with_stream(shared, id, |s| s.on_fin()),
         Frame::Window { id, increment } => with_stream(shared, id, |s| s.on_window(increment)),
     }

@@ -39,7 +39,7 @@ use crate::proto::{Frame, OpenMeta, Reason};
 pub use budget::WindowBudget;
 pub use close::{Closed, CLOSE_CODES};
 pub use incoming::Incoming;
-pub use stream::{MuxStream, StreamError};
+pub use stream::{DirectSink, MuxStream, StreamError};
 use stream::{StreamShared, StreamState};
 
 /// Frames are batched into messages of at most about this many bytes.

@@ -3,6 +3,10 @@
 //! A stream's outgoing frames (OPEN_OK, DATA, FIN) wait in its own send queue, bounded by
 //! `limits.stream_send_queue`; the writer serves the queues of all streams round robin, one
 //! frame per turn, so a bulk stream never has more than that ahead of anyone else.
+//!
+//! Received DATA waits in the stream's receive queue, bounded by the credit granted to the
+//! peer, until its reader takes it; a relay's plain socket may instead take small DATA from
+//! the tunnel's reader directly, while the queue is empty ([`DirectSink`]).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -14,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{MuxState, MuxStats};
+use super::MuxState;
 use crate::proto::{Frame, Reason, MAX_CREDIT, MAX_DATA};
 
 /// Why a stream operation failed.
@@ -86,6 +90,11 @@ pub(crate) struct StreamState {
     /// Dropped after finishing its send direction with nothing unread: like a TCP socket
     /// closed after shutdown, it takes the peer's FIN quietly and answers DATA with RESET.
     orphaned: bool,
+    /// Where the reader writes small DATA itself while nothing received waits to be written.
+    sink: Option<Arc<dyn DirectSink>>,
+    /// The tunnel message whose DATA the reader last wrote to `sink`: one write per message,
+    /// so a message of many small frames is written by the relay in one call, not one each.
+    direct_msg: u64,
 }
 
 impl StreamState {
@@ -112,6 +121,8 @@ impl StreamState {
             error: None,
             done: false,
             orphaned: false,
+            sink: None,
+            direct_msg: 0,
         }
     }
 
@@ -181,6 +192,25 @@ const INTERACTIVE: u8 = 2;
 /// A send of at most this many bytes is small: a request or an answer more often than bulk.
 const SMALL_SEND: usize = 16 * 1024;
 
+/// DATA of at most this many bytes is written by the reader itself when it can go straight
+/// to the socket ([`DirectSink`]): most often a request or an answer, which would otherwise
+/// wait for the relay's task to wake. Full frames are left to the relay, which writes what
+/// arrived meanwhile in one call, on whichever core it runs: one tunnel's reader making the
+/// big writes of all its streams cost more CPU per byte (docs/PERFORMANCE.md, "Direct
+/// writes").
+const DIRECT_MAX: usize = SMALL_SEND;
+
+/// The endpoint socket of a stream's relay, which the tunnel's reader may write DATA to
+/// directly (docs/PERFORMANCE.md, "Direct writes"). Only for a relay that takes what it
+/// receives with [`MuxStream::recv_batch`] and reports it with [`MuxStream::written`]: that
+/// is how the reader knows nothing received is still waiting to be written.
+pub trait DirectSink: Send + Sync {
+    /// Writes what the socket takes now, without waiting, and returns how many bytes that
+    /// was: 0 when it would wait or failed (the relay meets the error on its next write).
+    /// Counts what it wrote as the relay's own writes.
+    fn write_now(&self, data: &[u8]) -> usize;
+}
+
 impl StreamShared {
     pub(crate) fn new(id: u32, state: StreamState) -> Self {
         StreamShared {
@@ -218,8 +248,10 @@ impl StreamShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// DATA from the peer. Never blocks: the peer's credit bounds what we hold.
-    pub(crate) fn on_data(&self, data: Bytes, stats: &MuxStats) -> Delivery {
+    /// DATA from the peer, in tunnel message `msg` (numbered from 1). Never blocks: the peer's
+    /// credit bounds what we hold, and a direct write ([`DirectSink`]) takes only what the
+    /// socket takes at once.
+    pub(crate) fn on_data(&self, mut data: Bytes, msg: u64, mux: &MuxState) -> Delivery {
         let mut st = self.lock();
         if st.error.is_some() {
             return Delivery::Ok;
@@ -241,7 +273,33 @@ impl StreamShared {
                 st.received, st.granted
             ));
         }
-        stats
+        // Nothing received waits to be written (queued, or taken by the relay and not yet
+        // written: the relay takes with `recv_batch`), so these bytes are next on the socket:
+        // write them here rather than wake the relay to do it. Only the reader adds to the
+        // queue, so it stays empty while the lock is released for the write.
+        if data.len() <= DIRECT_MAX && st.recv_bytes == 0 && st.direct_msg != msg {
+            if let Some(sink) = st.sink.clone() {
+                st.direct_msg = msg;
+                drop(st);
+                let n = sink.write_now(&data).min(data.len());
+                if n > 0 {
+                    self.consumed(n, mux);
+                }
+                if n == data.len() {
+                    return Delivery::Ok;
+                }
+                data = data.slice(n..);
+                st = self.lock();
+                if st.error.is_some() {
+                    return Delivery::Ok;
+                }
+                if st.orphaned {
+                    st.done = true;
+                    return Delivery::Orphaned;
+                }
+            }
+        }
+        mux.stats
             .buffered
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         st.recv_bytes += data.len();
@@ -310,6 +368,46 @@ impl StreamShared {
         true
     }
 
+    /// Returns credit to the peer once half the window is consumed, growing the window when
+    /// the reader keeps up with a window-limited sender (PROTOCOL.md §5).
+    fn consumed(&self, n: usize, mux: &MuxState) {
+        let update = {
+            let mut st = self.lock();
+            st.unacked = st.unacked.saturating_add(n as u32);
+            if st.recv_fin || st.error.is_some() || st.unacked < st.window / 2 {
+                return;
+            }
+            let cfg = &mux.cfg;
+            let now = Instant::now();
+            // Judge against the minimum RTT: the smoothed RTT includes the queueing that
+            // bigger windows themselves cause, and growing on it feeds on itself.
+            let rtt = mux.min_rtt();
+            let mut inc = st.unacked;
+            if now.duration_since(st.epoch) < GROWTH_RTTS * rtt && st.window < cfg.max_window {
+                let grow = st.window.min(cfg.max_window - st.window);
+                let budget = &mux.window_growth;
+                let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
+                if before + u64::from(grow) <= cfg.tunnel_window_budget
+                    && cfg.window_budget.take(u64::from(grow))
+                {
+                    st.window += grow;
+                    st.growth += u64::from(grow);
+                    inc += grow;
+                } else {
+                    budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
+                }
+            }
+            st.epoch = now;
+            st.unacked = 0;
+            st.granted += u64::from(inc);
+            inc
+        };
+        mux.push_urgent(Frame::Window {
+            id: self.id,
+            increment: update,
+        });
+    }
+
     /// Ends the stream with an error (peer reset, violation): what it had queued is dropped.
     pub(crate) fn fail(&self, reason: Reason, message: &str, mux: &MuxState) {
         self.fail_with(
@@ -358,6 +456,7 @@ impl StreamShared {
             .fetch_sub(st.recv_bytes as u64, Ordering::Relaxed);
         st.recv_bytes = 0;
         st.recv.clear();
+        st.sink = None;
         st.wake_all();
         scheduled && drop_queued
     }
@@ -687,44 +786,18 @@ impl MuxStream {
         self.consumed(n);
     }
 
-    /// Returns credit to the peer once half the window is consumed, growing the window when
-    /// the reader keeps up with a window-limited sender (PROTOCOL.md §5).
     fn consumed(&self, n: usize) {
-        let update = {
-            let mut st = self.shared.lock();
-            st.unacked = st.unacked.saturating_add(n as u32);
-            if st.recv_fin || st.error.is_some() || st.unacked < st.window / 2 {
-                return;
-            }
-            let cfg = &self.mux.cfg;
-            let now = Instant::now();
-            // Judge against the minimum RTT: the smoothed RTT includes the queueing that
-            // bigger windows themselves cause, and growing on it feeds on itself.
-            let rtt = self.mux.min_rtt();
-            let mut inc = st.unacked;
-            if now.duration_since(st.epoch) < GROWTH_RTTS * rtt && st.window < cfg.max_window {
-                let grow = st.window.min(cfg.max_window - st.window);
-                let budget = &self.mux.window_growth;
-                let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
-                if before + u64::from(grow) <= cfg.tunnel_window_budget
-                    && cfg.window_budget.take(u64::from(grow))
-                {
-                    st.window += grow;
-                    st.growth += u64::from(grow);
-                    inc += grow;
-                } else {
-                    budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
-                }
-            }
-            st.epoch = now;
-            st.unacked = 0;
-            st.granted += u64::from(inc);
-            inc
-        };
-        self.mux.push_urgent(Frame::Window {
-            id: self.shared.id,
-            increment: update,
-        });
+        self.shared.consumed(n, &self.mux);
+    }
+
+    /// Makes the reader write small DATA straight to `sink` while nothing received waits to
+    /// be written; `None` stops it (before the socket behind it closes). The stream must then
+    /// be read with [`recv_batch`](Self::recv_batch) and [`written`](Self::written), never
+    /// [`recv`](Self::recv), which stops counting a chunk before the caller writes it: a
+    /// direct write could overtake it.
+    pub fn set_sink(&self, sink: Option<Arc<dyn DirectSink>>) {
+        let mut st = self.shared.lock();
+        st.sink = if st.error.is_some() { None } else { sink };
     }
 
     /// Resets the stream on both sides with a reason.
@@ -763,6 +836,8 @@ impl Drop for MuxStream {
             let g = std::mem::take(&mut st.growth);
             let b = std::mem::take(&mut st.recv_bytes);
             st.recv.clear();
+            // The socket behind it must close with its relay, whatever ended the relay.
+            st.sink = None;
             let orphan = !st.done && st.fin_sent && b == 0 && st.error.is_none();
             st.orphaned = orphan;
             (st.done, orphan, g, b)
