@@ -12,8 +12,8 @@
 
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -170,7 +170,7 @@ pub trait Endpoint: Send {
     /// Makes the coming close send a TCP RST instead of a FIN.
     fn abort(&self);
     /// The plain TCP socket underneath, when the tunnel's reader may write to it directly.
-    fn direct(&self) -> Option<Arc<TcpStream>> {
+    fn direct(&self) -> Option<Arc<SharedSocket>> {
         None
     }
 }
@@ -178,11 +178,40 @@ pub trait Endpoint: Send {
 /// A plain TCP socket shared with the tunnel's reader, which writes small DATA to it while
 /// the relay has nothing waiting ([`DirectSink`]). The relay's halves work through
 /// `&TcpStream`, as the reader's writes do.
-pub struct SharedTcp(Arc<TcpStream>);
+pub struct SharedTcp(Arc<SharedSocket>);
 
 impl SharedTcp {
     pub fn new(tcp: TcpStream) -> Self {
-        SharedTcp(Arc::new(tcp))
+        SharedTcp(Arc::new(SharedSocket {
+            tcp,
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+        }))
+    }
+}
+
+/// The socket of a [`SharedTcp`], and the error a direct write met. The kernel reports a
+/// socket's pending error (a reset, a keepalive timeout) to the first call only, and then
+/// reads find an end of file: were the reader's write to swallow it, the relay would pass a
+/// reset on as a FIN. So the relay's halves return it before touching the socket again.
+pub struct SharedSocket {
+    tcp: TcpStream,
+    failed: AtomicBool,
+    error: Mutex<Option<std::io::Error>>,
+}
+
+impl SharedSocket {
+    fn keep_error(&self, e: std::io::Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn take_error(&self) -> Option<std::io::Error> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -193,16 +222,17 @@ impl Endpoint for SharedTcp {
         (ByRef(&self.0), ByRef(&self.0))
     }
     fn abort(&self) {
-        abort(&self.0);
+        abort(&self.0.tcp);
     }
-    fn direct(&self) -> Option<Arc<TcpStream>> {
+    fn direct(&self) -> Option<Arc<SharedSocket>> {
         Some(self.0.clone())
     }
 }
 
 /// Either half of a [`SharedTcp`]: tokio's readiness, then a non-blocking call, as tokio's
-/// own halves do. Reads and writes keep separate wakers, so the halves run at once.
-pub struct ByRef<'a>(&'a TcpStream);
+/// own halves do. Reads and writes keep separate wakers, so the halves run at once. An error
+/// a direct write met comes first.
+pub struct ByRef<'a>(&'a SharedSocket);
 
 impl AsyncRead for ByRef<'_> {
     fn poll_read(
@@ -210,9 +240,13 @@ impl AsyncRead for ByRef<'_> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.0.take_error() {
+            return Poll::Ready(Err(e));
+        }
+        let tcp = &self.0.tcp;
         loop {
-            ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read_buf(buf) {
+            ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read_buf(buf) {
                 // Readiness was stale: the next poll registers for the next edge.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r.map(drop)),
@@ -227,9 +261,13 @@ impl AsyncWrite for ByRef<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.0.take_error() {
+            return Poll::Ready(Err(e));
+        }
+        let tcp = &self.0.tcp;
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write(buf) {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
@@ -241,9 +279,13 @@ impl AsyncWrite for ByRef<'_> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.0.take_error() {
+            return Poll::Ready(Err(e));
+        }
+        let tcp = &self.0.tcp;
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
-            match self.0.try_write_vectored(bufs) {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write_vectored(bufs) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
@@ -261,7 +303,7 @@ impl AsyncWrite for ByRef<'_> {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // As tokio's own: a socket the peer already reset has nothing left to close.
         Poll::Ready(
-            match socket2::SockRef::from(self.0).shutdown(std::net::Shutdown::Write) {
+            match socket2::SockRef::from(&self.0.tcp).shutdown(std::net::Shutdown::Write) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotConnected => Ok(()),
                 r => r,
             },
@@ -272,15 +314,21 @@ impl AsyncWrite for ByRef<'_> {
 /// What the reader's direct writes go through: the socket, and the relay's counts and idle
 /// clock, which those writes move as the relay's own do.
 struct TcpSink {
-    tcp: Arc<TcpStream>,
+    sock: Arc<SharedSocket>,
     counters: Arc<Counters>,
     activity: Arc<Activity>,
 }
 
 impl DirectSink for TcpSink {
     fn write_now(&self, data: &[u8]) -> usize {
-        let Ok(n) = self.tcp.try_write(data) else {
-            return 0;
+        let n = match self.sock.tcp.try_write(data) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return 0,
+            Err(e) => {
+                // The relay's next read or write returns it; the socket's readiness wakes it.
+                self.sock.keep_error(e);
+                return 0;
+            }
         };
         self.activity.touch();
         self.counters
@@ -444,9 +492,9 @@ pub async fn relay_with<E: Endpoint>(
 ) -> Outcome {
     let activity = Arc::new(Activity::new(opts.idle.is_some()));
     // Compressed DATA must be inflated first: only the relay writes it.
-    if let Some(tcp) = io.direct().filter(|_| !opts.compress) {
+    if let Some(sock) = io.direct().filter(|_| !opts.compress) {
         stream.set_sink(Some(Arc::new(TcpSink {
-            tcp,
+            sock,
             counters: counters.clone(),
             activity: activity.clone(),
         })));
@@ -790,6 +838,33 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// The kernel reports a reset to the first call on the socket only. When that call is the
+    /// reader's direct write, the relay must still see the reset, not an end of file, or it
+    /// would pass the reset on as a FIN.
+    #[tokio::test]
+    async fn a_reset_that_a_direct_write_meets_reaches_the_relay_as_an_error() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ours = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (theirs, _) = l.accept().await.unwrap();
+        abort(&theirs);
+        drop(theirs);
+        ours.readable().await.unwrap();
+        let shared = SharedTcp::new(ours);
+        let counters = Arc::new(Counters::default());
+        let sink = TcpSink {
+            sock: shared.0.clone(),
+            counters: counters.clone(),
+            activity: Arc::new(Activity::new(false)),
+        };
+        assert_eq!(sink.write_now(b"request"), 0);
+        // The write met the reset (and so took it from the kernel), and kept it.
+        assert!(shared.0.failed.load(Ordering::Acquire));
+        assert_eq!(counters.to_socket.load(Ordering::Relaxed), 0);
+        let mut buf = [0u8; 16];
+        let e = ByRef(&shared.0).read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
     }
 
     fn chunks(parts: &[&[u8]]) -> Vec<Bytes> {

@@ -1141,7 +1141,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     dispatched(&mut p, 3).await;
     assert_eq!(sink.got().len(), want.len(), "the sink jumped the queue");
     let mut batch = Vec::new();
-    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert!(take(&s, &mut batch).await);
     assert_eq!(
         batch,
         [Bytes::from(vec![7; 20_000]), Bytes::from_static(b"abc")]
@@ -1154,7 +1154,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
         "the sink jumped a taken batch"
     );
     batch.clear();
-    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert!(take(&s, &mut batch).await);
     assert_eq!(batch, [Bytes::from_static(b"def")]);
     s.written(20_006);
     assert_eq!(buffered(&p), 0);
@@ -1165,7 +1165,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     want.extend_from_slice(b"1");
     assert_eq!(sink.got(), want);
     batch.clear();
-    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert!(take(&s, &mut batch).await);
     assert_eq!(batch, [Bytes::from_static(b"2"), Bytes::from_static(b"3")]);
     s.written(2);
     // All written: the socket is next again. What it does not take waits for the relay.
@@ -1176,22 +1176,38 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     assert_eq!(sink.got(), want);
     assert_eq!(buffered(&p), 2);
     batch.clear();
-    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
+    assert!(take(&s, &mut batch).await);
     assert_eq!(batch, [Bytes::from_static(b"ij")]);
     s.written(2);
-    // A socket that takes nothing now, and then no socket: the relay writes it all.
+    // A socket that takes nothing now: the relay writes it all.
     sink.take_at_most(0);
     p.send(&[data(b"kl")]).await;
     dispatched(&mut p, 7).await;
+    assert_eq!(sink.got(), want);
+    batch.clear();
+    assert!(take(&s, &mut batch).await);
+    assert_eq!(batch, [Bytes::from_static(b"kl")]);
+    s.written(2);
+    // No socket any more: nothing goes to it, however much it would take.
     s.set_sink(None);
     sink.take_at_most(usize::MAX);
     p.send(&[data(b"mn")]).await;
     dispatched(&mut p, 8).await;
     assert_eq!(sink.got(), want);
     batch.clear();
-    assert!(s.recv_batch(&mut batch, 4).await.unwrap());
-    assert_eq!(
-        batch,
-        [Bytes::from_static(b"kl"), Bytes::from_static(b"mn")]
-    );
+    assert!(take(&s, &mut batch).await);
+    assert_eq!(batch, [Bytes::from_static(b"mn")]);
+    // A dropped stream lets go of its socket, whatever ended its relay.
+    s.set_sink(Some(sink.clone()));
+    assert_eq!(std::sync::Arc::strong_count(&sink), 2);
+    drop(s);
+    assert_eq!(std::sync::Arc::strong_count(&sink), 1);
+}
+
+/// `recv_batch` of up to 4 chunks, bounded in time.
+async fn take(s: &sgw::mux::MuxStream, batch: &mut Vec<Bytes>) -> bool {
+    tokio::time::timeout(T, s.recv_batch(batch, 4))
+        .await
+        .expect("data in time")
+        .unwrap()
 }

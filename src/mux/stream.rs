@@ -206,8 +206,9 @@ const DIRECT_MAX: usize = SMALL_SEND;
 /// is how the reader knows nothing received is still waiting to be written.
 pub trait DirectSink: Send + Sync {
     /// Writes what the socket takes now, without waiting, and returns how many bytes that
-    /// was: 0 when it would wait or failed (the relay meets the error on its next write).
-    /// Counts what it wrote as the relay's own writes.
+    /// was: 0 when it would wait or failed. A failure is the relay's to report: the sink
+    /// keeps the error for the relay's next call on the socket. Counts what it wrote as the
+    /// relay's own writes.
     fn write_now(&self, data: &[u8]) -> usize;
 }
 
@@ -296,6 +297,10 @@ impl StreamShared {
                 if st.orphaned {
                     st.done = true;
                     return Delivery::Orphaned;
+                }
+                // Finished or abandoned meanwhile: nobody will take the rest.
+                if st.done {
+                    return Delivery::Ok;
                 }
             }
         }
