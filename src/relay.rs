@@ -176,8 +176,9 @@ pub trait Endpoint: Send {
 }
 
 /// A plain TCP socket shared with the tunnel's reader, which writes small DATA to it while
-/// the relay has nothing waiting ([`DirectSink`]). The relay's halves work through
-/// `&TcpStream`, as the reader's writes do.
+/// the relay has nothing waiting ([`DirectSink`]). The relay's halves and the reader's writes
+/// all go through `&TcpStream` (tokio's readiness and `try_*` calls), so no second descriptor
+/// is needed.
 pub struct SharedTcp(Arc<SharedSocket>);
 
 impl SharedTcp {
