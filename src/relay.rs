@@ -214,6 +214,26 @@ impl SharedSocket {
         }
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
+
+    /// A kept error first; then tokio's `readiness` and a non-blocking `call`, again
+    /// while readiness was stale (the next poll registers for the next edge).
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        readiness: fn(&TcpStream, &mut Context<'_>) -> Poll<std::io::Result<()>>,
+        mut call: impl FnMut(&TcpStream) -> std::io::Result<T>,
+    ) -> Poll<std::io::Result<T>> {
+        if let Some(e) = self.take_error() {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            ready!(readiness(&self.tcp, cx))?;
+            match call(&self.tcp) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
 }
 
 impl Endpoint for SharedTcp {
@@ -241,18 +261,9 @@ impl AsyncRead for ByRef<'_> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(e) = self.0.take_error() {
-            return Poll::Ready(Err(e));
-        }
-        let tcp = &self.0.tcp;
-        loop {
-            ready!(tcp.poll_read_ready(cx))?;
-            match tcp.try_read_buf(buf) {
-                // Readiness was stale: the next poll registers for the next edge.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r.map(drop)),
-            }
-        }
+        self.0
+            .poll_io(cx, TcpStream::poll_read_ready, |t| t.try_read_buf(buf))
+            .map(|r| r.map(drop))
     }
 }
 
@@ -262,17 +273,7 @@ impl AsyncWrite for ByRef<'_> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(e) = self.0.take_error() {
-            return Poll::Ready(Err(e));
-        }
-        let tcp = &self.0.tcp;
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -280,17 +281,9 @@ impl AsyncWrite for ByRef<'_> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if let Some(e) = self.0.take_error() {
-            return Poll::Ready(Err(e));
-        }
-        let tcp = &self.0.tcp;
-        loop {
-            ready!(tcp.poll_write_ready(cx))?;
-            match tcp.try_write_vectored(bufs) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                r => return Poll::Ready(r),
-            }
-        }
+        self.0.poll_io(cx, TcpStream::poll_write_ready, |t| {
+            t.try_write_vectored(bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
