@@ -486,6 +486,7 @@ pub async fn relay_with<E: Endpoint>(
 ) -> Outcome {
     let activity = Arc::new(Activity::new(opts.idle.is_some()));
     // Compressed DATA must be inflated first: only the relay writes it.
+    // The stream lets go of it when it fails or is dropped below, before the socket closes.
     if let Some(sock) = io.direct().filter(|_| !opts.compress) {
         stream.set_sink(Some(Arc::new(TcpSink {
             sock,
@@ -509,8 +510,6 @@ pub async fn relay_with<E: Endpoint>(
             },
         }
     };
-    // Before the socket is reset or closed below: the reader's clone would keep it open.
-    stream.set_sink(None);
     let ending = match result {
         Ok(()) => Ending::Closed,
         Err(Failure::Socket(e)) => {

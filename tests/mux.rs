@@ -84,6 +84,14 @@ impl Peer {
         inc.expect("mux running").accept().await.unwrap()
     }
 
+    /// DATA bytes the mux holds for readers that have not written them.
+    fn buffered(&self) -> u64 {
+        self.mux
+            .stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn closed_with(&self) -> String {
         tokio::time::timeout(T, self.mux.closed())
             .await
@@ -159,13 +167,7 @@ async fn flow_control_violation_resets_only_that_stream() {
     let full = Bytes::from(vec![1u8; window as usize]);
     p.send(&[Frame::Data { id: 1, data: full }]).await;
     let deadline = Instant::now() + T;
-    while p
-        .mux
-        .stats()
-        .buffered
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < u64::from(window)
-    {
+    while p.buffered() < u64::from(window) {
         assert!(Instant::now() < deadline);
         tokio::task::yield_now().await;
     }
@@ -202,14 +204,7 @@ async fn flow_control_violation_resets_only_that_stream() {
         Bytes::from_static(b"still fine")
     );
     assert!(!p.mux.is_closed());
-    assert_eq!(
-        p.mux
-            .stats()
-            .buffered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0,
-        "reset stream's buffer released"
-    );
+    assert_eq!(p.buffered(), 0, "reset stream's buffer released");
 }
 
 #[tokio::test]
@@ -416,13 +411,7 @@ async fn data_before_open_ok_is_a_stream_violation_and_buffers_nothing() {
         matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("DATA before OPEN_OK")),
         "{f:?}"
     );
-    assert_eq!(
-        p.mux
-            .stats()
-            .buffered
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(p.buffered(), 0);
     // A FIN before OPEN_OK likewise; then a well-behaved stream works on the same tunnel.
     p.send(&[open(3, 65536), Frame::Fin { id: 3 }]).await;
     p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
@@ -876,13 +865,7 @@ async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
         assert!(c.iter().all(|&b| b == i as u8));
     }
     // Handed out but not written: still held, and still counted.
-    let buffered = |p: &Peer| {
-        p.mux
-            .stats()
-            .buffered
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    assert_eq!(buffered(&p), 60_000);
+    assert_eq!(p.buffered(), 60_000);
     // Control frames leave in the order they were queued: no WINDOW for the stream may come
     // before the answer to a PING sent now, as the bytes were not written yet.
     p.send(&[Frame::Ping(42)]).await;
@@ -904,7 +887,7 @@ async fn recv_batch_takes_all_queued_and_gives_credit_back_only_once_written() {
         }
     }
     s.written(60_000);
-    assert_eq!(buffered(&p), 0);
+    assert_eq!(p.buffered(), 0);
     let w = p.expect(|f| matches!(f, Frame::Window { id: 1, .. })).await;
     assert!(
         matches!(w, Frame::Window { increment, .. } if increment >= 60_000),
@@ -1106,12 +1089,6 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
         max: usize::MAX.into(),
     });
     s.set_sink(Some(sink.clone()));
-    let buffered = |p: &Peer| {
-        p.mux
-            .stats()
-            .buffered
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     let data = |b: &[u8]| Frame::Data {
         id: 1,
         data: Bytes::copy_from_slice(b),
@@ -1131,7 +1108,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     );
     dispatched(&mut p, 1).await;
     assert_eq!(sink.got(), want);
-    assert_eq!(buffered(&p), 0);
+    assert_eq!(p.buffered(), 0);
     // A bulk-sized frame is the relay's to write. While it waits, and while the relay holds it
     // unwritten, small frames behind it must wait their turn too, or they would reach the
     // socket first.
@@ -1157,7 +1134,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     assert!(take(&s, &mut batch).await);
     assert_eq!(batch, [Bytes::from_static(b"def")]);
     s.written(20_006);
-    assert_eq!(buffered(&p), 0);
+    assert_eq!(p.buffered(), 0);
     // One direct write per stream and message: a message of many small frames is written by
     // the relay in one call, not one write each.
     p.send(&[data(b"1"), data(b"2"), data(b"3")]).await;
@@ -1174,7 +1151,7 @@ async fn the_reader_writes_small_data_to_the_socket_itself_only_when_nothing_wai
     dispatched(&mut p, 6).await;
     want.extend_from_slice(b"gh");
     assert_eq!(sink.got(), want);
-    assert_eq!(buffered(&p), 2);
+    assert_eq!(p.buffered(), 2);
     batch.clear();
     assert!(take(&s, &mut batch).await);
     assert_eq!(batch, [Bytes::from_static(b"ij")]);
