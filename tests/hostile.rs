@@ -935,6 +935,129 @@ async fn callers_of_a_silent_client_are_released() {
     assert!(!mux.is_closed());
 }
 
+/// A caller that speaks first: its bytes reach a client that takes early data before that
+/// client answers the OPEN, and a client that does not (an older one) only after it accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_first_bytes_go_with_the_open_only_to_a_client_that_takes_them() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    for early in [true, false] {
+        let gw = start_gateway(setup.gateway.clone()).await;
+        let (mux, mut events) = raw_client_with(&setup, &gw, "raw-peer", early).await;
+        let mut caller = TcpStream::connect(gw.handle.dest_addr("dest1").unwrap())
+            .await
+            .unwrap();
+        caller.write_all(request).await.unwrap();
+        let inc = tokio::time::timeout(WAIT, events.incoming.recv())
+            .await
+            .expect("an OPEN in time")
+            .unwrap();
+        if early {
+            // Held for the client before it said a word about the stream.
+            eventually("the request before the answer", || {
+                mux.stats().buffered.load(Relaxed) == request.len() as u64
+            })
+            .await;
+        }
+        let s = inc.accept().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < request.len() {
+            let b = tokio::time::timeout(WAIT, s.recv())
+                .await
+                .expect("the request in time")
+                .unwrap()
+                .expect("more of the request");
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, request);
+        assert_eq!(
+            mux.stats().protocol_errors.load(Relaxed),
+            0,
+            "early: {early}"
+        );
+        let stats = gw.handle.stats();
+        eventually("the stream counted", || {
+            stats.streams_opened.load(Relaxed) == 1
+        })
+        .await;
+        assert_eq!(stats.streams_early_data.load(Relaxed), u64::from(early));
+        gw.stop.cancel();
+    }
+}
+
+/// The OPEN of a caller's stream waits on the first of two raw clients' tunnels: which one
+/// got it, and the stream.
+async fn first_open(
+    a: &mut sgw::mux::Events,
+    b: &mut sgw::mux::Events,
+) -> (usize, sgw::mux::Incoming) {
+    let got = tokio::time::timeout(WAIT, async {
+        tokio::select! {
+            i = a.incoming.recv() => (0, i),
+            i = b.incoming.recv() => (1, i),
+        }
+    })
+    .await
+    .expect("an OPEN in time");
+    (got.0, got.1.expect("tunnel up"))
+}
+
+/// A tunnel lost while the gateway waits for the answer: the caller's stream is tried on
+/// another client only when none of its bytes left, or a request could run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_early_bytes_are_never_sent_twice() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    // Longer than the test waits: a caller held for another answer would time the test out.
+    setup.gateway.gateways[0].destinations[0].timeout = WAIT * 3;
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let dest = gw.handle.dest_addr("dest1").unwrap();
+    let request = b"INCR visits\r\n";
+
+    // Nothing left yet: the stream moves to the other client, which gets the request.
+    let (m0, mut e0) = raw_client_with(&setup, &gw, "raw-0", true).await;
+    let (m1, mut e1) = raw_client_with(&setup, &gw, "raw-1", true).await;
+    let muxes = [m0, m1];
+    let mut caller = TcpStream::connect(dest).await.unwrap();
+    let (first, _dropped) = first_open(&mut e0, &mut e1).await;
+    muxes[first].close(sgw::proto::Reason::Shutdown, "test");
+    let events = if first == 0 { &mut e1 } else { &mut e0 };
+    let inc = tokio::time::timeout(WAIT, events.incoming.recv())
+        .await
+        .expect("tried on the other client")
+        .unwrap();
+    caller.write_all(request).await.unwrap();
+    let s = inc.accept().await.unwrap();
+    let got = tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap();
+    assert_eq!(got.as_deref(), Some(&request[..]));
+    drop((s, caller));
+
+    // The request went with the OPEN, and the tunnel broke before the answer: that client
+    // may have run it, so the caller is reset instead of the request going elsewhere.
+    let (n0, mut e0) = raw_client_with(&setup, &gw, "raw-2", true).await;
+    let (n1, mut e1) = raw_client_with(&setup, &gw, "raw-3", true).await;
+    let muxes = [n0, n1];
+    let mut caller = TcpStream::connect(dest).await.unwrap();
+    caller.write_all(request).await.unwrap();
+    let (first, _held) = first_open(&mut e0, &mut e1).await;
+    let stats = muxes[first].stats();
+    eventually("the request held before the answer", || {
+        stats.buffered.load(Relaxed) == request.len() as u64
+    })
+    .await;
+    muxes[first].close(sgw::proto::Reason::Shutdown, "test");
+    let got = tokio::time::timeout(WAIT, caller.read(&mut [0u8; 16]))
+        .await
+        .expect("the caller released, not held for another client");
+    assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    let other = if first == 0 { &mut e1 } else { &mut e0 };
+    assert!(
+        other.incoming.try_recv().is_err(),
+        "the request was offered to a second client"
+    );
+}
+
 /// Replays the config reader's fuzz corpus: no panic, and a refusal names at least one error.
 #[test]
 fn fuzz_corpus_replay_config_read() {
@@ -1008,6 +1131,16 @@ async fn raw_client(
     gw: &RunningGateway,
     instance: &str,
 ) -> (sgw::mux::Mux, sgw::mux::Events) {
+    raw_client_with(setup, gw, instance, false).await
+}
+
+/// [`raw_client`], listing `early_data` in its HELLO (and taking it) when `early`.
+async fn raw_client_with(
+    setup: &Setup,
+    gw: &RunningGateway,
+    instance: &str,
+    early: bool,
+) -> (sgw::mux::Mux, sgw::mux::Events) {
     let mut link = setup.client.gateways[0].clone();
     link.replicas[0].url.port = gw.handle.tunnel_addr().port();
     sgw::tls::install_crypto();
@@ -1018,7 +1151,11 @@ async fn raw_client(
         hostname: "raw".into(),
         env: "test".into(),
         instance: instance.into(),
-        features: vec![],
+        features: if early {
+            vec![sgw::proto::FEATURE_EARLY_DATA.to_owned()]
+        } else {
+            vec![]
+        },
     };
     let (ws, _welcome) = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
@@ -1026,6 +1163,7 @@ async fn raw_client(
     let (r, w) = sgw::tunnel::split(ws);
     let cfg = sgw::mux::MuxConfig {
         role: sgw::mux::Role::Client,
+        early_data: early,
         ..Default::default()
     };
     sgw::mux::Mux::start(r, w, cfg)

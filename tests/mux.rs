@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use sgw::mux::{memory, Events, Mux, MuxConfig, Role, StreamError};
-use sgw::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason};
+use sgw::mux::{memory, Events, Mux, MuxConfig, OpenError, Role, StreamError};
+use sgw::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason, EARLY_DATA};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -72,6 +72,31 @@ impl Peer {
             decode_message(&msg, |f| frames.push(f)).unwrap();
             if let Some(f) = frames.into_iter().find(|f| want(f)) {
                 return f;
+            }
+        }
+    }
+
+    /// Frames from the mux up to the first matching `want`, in wire order, without the
+    /// PING/PONG/WINDOW noise.
+    async fn frames_until(&mut self, want: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        let deadline = tokio::time::Instant::now() + T;
+        let mut seen = Vec::new();
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.from_mux.next())
+                .await
+                .expect("frame in time")
+                .expect("mux writer open");
+            let mut frames = Vec::new();
+            decode_message(&msg, |f| frames.push(f)).unwrap();
+            for f in frames {
+                if matches!(f, Frame::Ping(_) | Frame::Pong(_) | Frame::Window { .. }) {
+                    continue;
+                }
+                let done = want(&f);
+                seen.push(f);
+                if done {
+                    return seen;
+                }
             }
         }
     }
@@ -440,6 +465,201 @@ async fn data_before_open_ok_is_a_stream_violation_and_buffers_nothing() {
         s5.recv().await.unwrap().unwrap(),
         Bytes::from_static(b"fine")
     );
+    assert!(!p.mux.is_closed());
+}
+
+fn meta() -> OpenMeta {
+    OpenMeta {
+        dest: "d".into(),
+        caller: "127.0.0.1:1".into(),
+        compress: None,
+        target: None,
+    }
+}
+
+/// The client's side: a mux that takes early data (its HELLO lists `early_data`).
+fn early_client() -> Peer {
+    Peer::with(MuxConfig {
+        role: Role::Client,
+        initial_window: 256 * 1024,
+        max_window: 256 * 1024,
+        early_data: true,
+        ..MuxConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_takes_early_data_keeps_it_until_it_accepts_or_refuses() {
+    let mut p = early_client();
+    let early = EARLY_DATA as usize;
+    // All it allows, in two frames, then FIN, before any answer.
+    p.send(&[
+        open(1, 65536),
+        Frame::Data {
+            id: 1,
+            data: Bytes::from(vec![1u8; early - 100]),
+        },
+        Frame::Data {
+            id: 1,
+            data: Bytes::from(vec![2u8; 100]),
+        },
+        Frame::Fin { id: 1 },
+    ])
+    .await;
+    let inc = tokio::time::timeout(T, p.events.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.buffered(), early as u64, "held until accepted");
+    let s = inc.accept().await.unwrap();
+    p.expect(|f| matches!(f, Frame::OpenOk { id: 1, window } if *window == 256 * 1024))
+        .await;
+    let mut got = Vec::new();
+    while let Some(b) = tokio::time::timeout(T, s.recv()).await.unwrap().unwrap() {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got.len(), early);
+    assert!(
+        got[..early - 100].iter().all(|&b| b == 1) && got[early - 100..].iter().all(|&b| b == 2)
+    );
+    assert_eq!(p.buffered(), 0);
+
+    // One byte over: that stream is reset, nothing of it stays, the tunnel goes on.
+    p.send(&[
+        open(3, 65536),
+        Frame::Data {
+            id: 3,
+            data: Bytes::from(vec![3u8; early]),
+        },
+        Frame::Data {
+            id: 3,
+            data: Bytes::from_static(b"x"),
+        },
+    ])
+    .await;
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
+    assert!(
+        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("before OPEN_OK")),
+        "{f:?}"
+    );
+    assert_eq!(p.buffered(), 0);
+    let inc = tokio::time::timeout(T, p.events.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        inc.accept().await.is_err(),
+        "the violated stream comes out failed"
+    );
+
+    // Refused (the veto): what came early is dropped with it.
+    p.send(&[
+        open(5, 65536),
+        Frame::Data {
+            id: 5,
+            data: Bytes::from_static(b"GET /admin HTTP/1.1\r\n\r\n"),
+        },
+    ])
+    .await;
+    let inc = tokio::time::timeout(T, p.events.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    inc.reject(Reason::AclDenied, "denied").await;
+    p.expect(|f| {
+        matches!(
+            f,
+            Frame::OpenErr {
+                id: 5,
+                reason: Reason::AclDenied,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(p.buffered(), 0);
+    assert!(!p.mux.is_closed());
+}
+
+#[tokio::test]
+async fn an_early_open_sends_behind_its_open_and_the_answer_settles_its_credit() {
+    let mut p = Peer::new(Role::Gateway, 65536);
+    let early = EARLY_DATA as usize;
+    let (s, answer) = p.mux.open_early(&meta()).unwrap();
+    tokio::time::timeout(T, s.send(Bytes::from(vec![9u8; early])))
+        .await
+        .expect("early bytes need no answer")
+        .unwrap();
+    let frames = p
+        .frames_until(|f| matches!(f, Frame::Data { id: 1, .. }))
+        .await;
+    assert!(
+        matches!(frames.first(), Some(Frame::Open { id: 1, .. })),
+        "the OPEN goes first: {frames:?}"
+    );
+    assert!(
+        !s.try_send(Bytes::from_static(b"x")).unwrap(),
+        "no credit beyond the early bytes"
+    );
+    // The OPEN_OK's window counts the early bytes: 65536 in all.
+    p.send(&[Frame::OpenOk {
+        id: 1,
+        window: 65536,
+    }])
+    .await;
+    tokio::time::timeout(T, answer.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.try_send(Bytes::from(vec![9u8; 65536 - early])).unwrap());
+    assert!(!s.try_send(Bytes::from_static(b"x")).unwrap());
+
+    // An OPEN_OK whose window would not cover the early bytes breaks the stream's rules.
+    let (s3, answer) = p.mux.open_early(&meta()).unwrap();
+    p.expect(|f| matches!(f, Frame::Open { id: 3, .. })).await;
+    p.send(&[Frame::OpenOk {
+        id: 3,
+        window: 1000,
+    }])
+    .await;
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
+    assert!(
+        matches!(
+            f,
+            Frame::Reset {
+                reason: Reason::Protocol,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    assert!(tokio::time::timeout(T, answer.wait())
+        .await
+        .unwrap()
+        .is_err());
+    assert!(s3.send(Bytes::from_static(b"x")).await.is_err());
+
+    // Refused: the answer says why, and the stream fails.
+    let (s5, answer) = p.mux.open_early(&meta()).unwrap();
+    tokio::time::timeout(T, s5.send(Bytes::from_static(b"hello")))
+        .await
+        .unwrap()
+        .unwrap();
+    p.expect(|f| matches!(f, Frame::Data { id: 5, .. })).await;
+    p.send(&[Frame::OpenErr {
+        id: 5,
+        reason: Reason::AclDenied,
+        message: "no".into(),
+    }])
+    .await;
+    match tokio::time::timeout(T, answer.wait()).await.unwrap() {
+        Err(OpenError::Refused {
+            reason: Reason::AclDenied,
+            ..
+        }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(s5.send(Bytes::from_static(b"more")).await.is_err());
     assert!(!p.mux.is_closed());
 }
 

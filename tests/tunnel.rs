@@ -338,6 +338,66 @@ async fn acl_denial_refuses_caller_and_keeps_tunnel() {
     assert_eq!(&b, b"ping");
 }
 
+/// A caller that speaks at once, through the real client (which takes early data): its bytes
+/// come back whole and in order, the first of them sent early or not (that depends on how
+/// fast the client answers; tests/hostile.rs checks it without a race); a denied caller's
+/// bytes never reach anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_first_bytes_go_early_and_stop_at_the_veto() {
+    let echo = echo_server().await;
+    let dialed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = dialed.clone();
+    let denied = serve(move |_s| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {}
+    })
+    .await;
+    let h = Harness::start(&[echo, denied], |s| {
+        let acl = format!("acl allow 127.0.0.1:{}\n", echo.port());
+        std::fs::write(s.path("acl.list"), acl).unwrap();
+    })
+    .await;
+
+    // More than goes early: the rest follows once the client accepted.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let s = TcpStream::connect(h.cloud(0)).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move { w.write_all(&sent).await });
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(WAIT, r.read_exact(&mut back))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert!(back == data, "bytes changed or reordered");
+    writer.await.unwrap().unwrap();
+
+    // Denied: the caller's first bytes go with the OPEN, and the veto drops them.
+    let r = async {
+        let mut s = TcpStream::connect(h.cloud(1)).await?;
+        s.write_all(b"DELETE /everything HTTP/1.1\r\n\r\n").await?;
+        tokio::time::timeout(WAIT, s.read(&mut [0u8; 4]))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+    .await;
+    assert!(
+        matches!(&r, Ok(0))
+            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset || e.kind() == std::io::ErrorKind::BrokenPipe),
+        "denied caller must be closed or reset, got {r:?}"
+    );
+    assert_eq!(
+        h.client
+            .handle
+            .stats()
+            .streams_denied
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The refusal came before any dial: the denied endpoint was never reached.
+    assert_eq!(dialed.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_token_gets_401_before_upgrade() {
     let setup = Setup::new(&[]);

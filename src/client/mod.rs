@@ -49,7 +49,7 @@ use tracing::{error, info};
 use crate::acl::Acl;
 use crate::config::ClientConfig;
 use crate::mux::{MuxConfig, Role};
-use crate::proto::{Hello, FEATURE_DEFLATE, PROTO_MAJOR, PROTO_MINOR};
+use crate::proto::{Hello, FEATURE_DEFLATE, FEATURE_EARLY_DATA, PROTO_MAJOR, PROTO_MINOR};
 use crate::telemetry::ForwardedLog;
 use crate::tunnel;
 use state::{ClientState, GatewayPeer};
@@ -92,7 +92,7 @@ pub fn hello() -> Hello {
         hostname: gethostname::gethostname().to_string_lossy().into_owned(),
         env: detect_env().into(),
         instance: format!("{:032x}", rand::random::<u128>()),
-        features: vec![FEATURE_DEFLATE.to_owned()],
+        features: vec![FEATURE_DEFLATE.to_owned(), FEATURE_EARLY_DATA.to_owned()],
     }
 }
 

@@ -184,6 +184,12 @@ impl Backend for AdminBackend {
                 v(&s.caller_tls_failures),
             ),
             one(
+                "sgw_gateway_streams_early_data",
+                "Caller streams whose first bytes went with the OPEN, a round trip sooner.",
+                Kind::Counter,
+                v(&s.streams_early_data),
+            ),
+            one(
                 "sgw_gateway_active_streams",
                 "Streams being relayed now (bounded per tunnel by limits.max_streams).",
                 Kind::Gauge,

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
+use super::ahead::Ahead;
 use super::registry::Tenant;
 use super::state::{GatewayState, Stat};
 use crate::acl;
@@ -22,12 +23,14 @@ use crate::relay::{self, Counters, Facing, Options, Socket};
 pub const CALLER_TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Opens a stream for `caller` on some client of `tenant`, within the destination's timeout
-/// (the client enforces it on its dial; five more seconds allow for the tunnel). Returns the
-/// client id, the stream, and whether it is compressed.
+/// (the client enforces it on its dial; five more seconds allow for the tunnel), sending
+/// what the caller says meanwhile ahead when `ahead` is given. Returns the client id, the
+/// stream, and whether it is compressed.
 pub(super) async fn open_for_caller(
     tenant: &Tenant,
     dest: &Destination,
     caller: SocketAddr,
+    ahead: Option<&mut Ahead<'_>>,
 ) -> Result<(String, crate::mux::MuxStream, bool), (Reason, String)> {
     let meta = OpenMeta {
         dest: dest.id.clone(),
@@ -36,7 +39,7 @@ pub(super) async fn open_for_caller(
         target: None,
     };
     let limit = dest.timeout + Duration::from_secs(5);
-    match tokio::time::timeout(limit, tenant.open(&meta, dest.compression)).await {
+    match tokio::time::timeout(limit, tenant.open(&meta, dest.compression, ahead)).await {
         Ok(r) => r,
         Err(_) => Err((
             Reason::Timeout,
@@ -85,7 +88,7 @@ pub(super) async fn serve_caller(
             return;
         }
         // TLS toward the caller first: a caller that cannot complete it costs no stream.
-        let conn = match tls {
+        let mut conn = match tls {
             None => Socket::Tcp(tcp),
             Some(acceptor) => match tokio::time::timeout(CALLER_TLS_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => Socket::TlsFrom(Box::new(s)),
@@ -101,7 +104,22 @@ pub(super) async fn serve_caller(
                 }
             },
         };
-        let (client_id, stream, compress) = match open_for_caller(&tenant, &dest, caller).await {
+        // The caller's first bytes go with the OPEN where the client takes them.
+        let mut ahead = Ahead::new(&mut conn);
+        let opened = open_for_caller(&tenant, &dest, caller, Some(&mut ahead)).await;
+        let (sent_ahead, went_early, read_failed) =
+            (ahead.len(), ahead.went_early(), ahead.take_error());
+        // Its buffer goes now, not with the connection.
+        drop(ahead);
+        if let Some(e) = read_failed {
+            // A stream opened is dropped with this task: the endpoint sees a reset, as the
+            // caller's was.
+            gw.count(&tenant, Stat::Failed, 1);
+            info!(reason = "reset", error = %e, "caller failed while its stream opened");
+            conn.abort();
+            return;
+        }
+        let (client_id, stream, compress) = match opened {
             Ok(x) => x,
             Err((reason, message)) => {
                 gw.count(&tenant, Stat::Failed, 1);
@@ -112,7 +130,10 @@ pub(super) async fn serve_caller(
         };
         record_stream(&client_id, &stream);
         gw.count(&tenant, Stat::Opened, 1);
-        tracing::debug!("stream opened");
+        if went_early {
+            gw.stats.streams_early_data.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(sent_ahead, "stream opened");
         // The client enforces `idle_timeout` too, but a client that stopped answering (or never
         // meant to) must not hold this caller beyond it: the gateway bounds it as well. Off
         // (the default), a live but silent client holds its callers (docs/SECURITY.md).
@@ -121,6 +142,9 @@ pub(super) async fn serve_caller(
             idle: dest.idle_timeout,
         };
         let counters = Arc::new(Counters::default());
+        // What went ahead counts as relayed: it was sent uncompressed.
+        counters.to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
+        counters.wire_to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
         let out = relay::relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         gw.count(&tenant, Stat::Up, d.up);

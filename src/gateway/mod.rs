@@ -8,6 +8,7 @@
 //! what a destination looks like on the wire: [`wire`]; the owner's view: [`GatewayHandle`].
 
 mod admin;
+mod ahead;
 mod apply;
 mod caller;
 mod handle;
@@ -89,6 +90,8 @@ pub struct GatewayStats {
     pub streams_denied: AtomicU64,
     /// Callers whose TLS handshake (`client_tls`) failed or timed out.
     pub caller_tls_failures: AtomicU64,
+    /// Caller streams whose first bytes went with the OPEN, before the client answered.
+    pub streams_early_data: AtomicU64,
     /// UDP flows open now, and new callers turned away by `limits.max_udp_flows`.
     pub udp_flows: AtomicU64,
     pub udp_flows_rejected: AtomicU64,

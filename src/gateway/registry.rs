@@ -9,16 +9,25 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
+use super::ahead::Ahead;
 use crate::api::{ClientView, GoneClient};
 use crate::config::TenantConfig;
 use crate::mux::{Mux, MuxStream, OpenError};
-use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE};
+use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE, FEATURE_EARLY_DATA};
 
 struct ClientEntry {
     client_id: String,
     hello: Hello,
     tunnels: Vec<(u64, Mux)>,
     opened: u64,
+}
+
+/// The tunnel chosen for a new stream, and what its client speaks.
+struct Picked {
+    client_id: String,
+    mux: Mux,
+    deflate: bool,
+    early_data: bool,
 }
 
 #[derive(Default)]
@@ -299,8 +308,7 @@ impl Tenant {
     }
 
     /// Picks a usable tunnel: least active streams per client, round robin among equals.
-    /// Also says whether the client speaks per-stream deflate.
-    fn pick(&self, skip: &[Mux]) -> Option<(String, Mux, bool)> {
+    fn pick(&self, skip: &[Mux]) -> Option<Picked> {
         let mut c = self.lock();
         let usable =
             |m: &Mux| !m.is_closed() && !m.is_going_away() && !skip.iter().any(|s| same(s, m));
@@ -336,24 +344,32 @@ impl Tenant {
             .1
             .clone();
         e.opened += 1;
-        let deflate = e.hello.features.iter().any(|f| f == FEATURE_DEFLATE);
-        Some((e.client_id.clone(), mux, deflate))
+        let speaks = |feature: &str| e.hello.features.iter().any(|f| f == feature);
+        Some(Picked {
+            client_id: e.client_id.clone(),
+            mux,
+            deflate: speaks(FEATURE_DEFLATE),
+            early_data: speaks(FEATURE_EARLY_DATA),
+        })
     }
 
     /// Opens a stream for a caller on some client, retrying on another tunnel when the chosen
     /// one turns out to be closing. With no client connected it waits for one to register;
     /// the caller bounds the whole wait with the destination timeout. With `compress`, the
-    /// stream is compressed when the chosen client supports it (the returned flag).
+    /// stream is compressed when the chosen client supports it (the returned flag). With
+    /// `ahead`, an uncompressed stream to a client that takes early data carries the
+    /// caller's first bytes before the client answers.
     pub async fn open(
         &self,
         meta: &OpenMeta,
         compress: bool,
+        mut ahead: Option<&mut Ahead<'_>>,
     ) -> Result<(String, MuxStream, bool), (Reason, String)> {
         let mut tried: Vec<Mux> = Vec::new();
         let mut failures = 0;
         loop {
             let registered = self.registered.notified();
-            let Some((client_id, mux, deflate)) = self.pick(&tried) else {
+            let Some(p) = self.pick(&tried) else {
                 if failures >= OPEN_ATTEMPTS {
                     let msg = format!("no usable client tunnel for gateway `{}`", self.id);
                     return Err((Reason::Unreachable, msg));
@@ -362,21 +378,65 @@ impl Tenant {
                 tried.clear();
                 continue;
             };
-            let compressed = compress && deflate;
+            // Bytes read ahead on a tunnel that failed were sent as they are: the stream that
+            // carries them now is not compressed either.
+            let read_ahead = ahead.as_ref().is_some_and(|a| a.len() > 0);
+            let compressed = compress && p.deflate && !read_ahead;
             let meta = OpenMeta {
                 compress: compressed.then(|| FEATURE_DEFLATE.to_owned()),
                 ..meta.clone()
             };
-            match mux.open(&meta).await {
-                Ok(s) => return Ok((client_id, s, compressed)),
+            let opened = match ahead.as_deref_mut() {
+                // Compressed bytes go through the relay's deflater: none are sent early.
+                Some(ahead) if p.early_data && !compressed => match p.mux.open_early(&meta) {
+                    Ok((stream, answer)) => {
+                        match ahead.send_until_answered(&stream, answer).await {
+                            Ok(()) => Ok(stream),
+                            Err(u) if u.retry => Err(u.error),
+                            Err(u) => return Err(not_retried(&u.error, ahead.caller_failed())),
+                        }
+                    }
+                    Err(e) => Err(e),
+                },
+                // A client without early data gets them once it has accepted; what fails then
+                // may have reached the endpoint in part, so it is not tried again.
+                Some(ahead) if read_ahead => match p.mux.open(&meta).await {
+                    Ok(stream) => match ahead.resend(&stream).await {
+                        Ok(()) => Ok(stream),
+                        Err(e) => return Err((e.reason(), e.to_string())),
+                    },
+                    Err(e) => Err(e),
+                },
+                _ => p.mux.open(&meta).await,
+            };
+            match opened {
+                Ok(s) => return Ok((p.client_id, s, compressed)),
                 Err(e @ OpenError::Refused { .. }) => return Err((e.reason(), e.to_string())),
                 Err(e) => {
                     tracing::debug!(error = %e, "open failed on one tunnel, trying another");
                     failures += 1;
-                    tried.push(mux);
+                    tried.push(p.mux);
                 }
             }
         }
+    }
+}
+
+/// An early open failed after the caller's bytes went out, or the caller's read failed: why,
+/// for the caller's log line.
+fn not_retried(e: &OpenError, caller_failed: bool) -> (Reason, String) {
+    match e {
+        OpenError::Refused { .. } => (e.reason(), e.to_string()),
+        _ if caller_failed => (
+            Reason::Reset,
+            "the caller failed while its stream opened".into(),
+        ),
+        _ => (
+            e.reason(),
+            format!(
+                "{e} after the caller's first bytes went ahead; not sent again on another tunnel"
+            ),
+        ),
     }
 }
 

@@ -237,7 +237,7 @@ async fn run_flow(
     async move {
         let started = Instant::now();
         // UDP destinations never compress (config refuses it), so no deflate is offered.
-        match super::caller::open_for_caller(&tenant, &dest, caller).await {
+        match super::caller::open_for_caller(&tenant, &dest, caller, None).await {
             Ok((client_id, stream, _)) => {
                 flow.open.store(true, Ordering::Release);
                 super::caller::record_stream(&client_id, &stream);

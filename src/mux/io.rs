@@ -125,8 +125,11 @@ fn dispatch(
             }
             let stream = shared.lock_streams().map.get(&id).cloned();
             match stream {
-                Some(s) if s.on_open_result(Ok(window)) => {}
-                Some(_) => return Err(format!("duplicate OPEN_OK for stream {id}")),
+                Some(s) => match s.on_open_result(Ok(window), shared) {
+                    Ok(true) => {}
+                    Ok(false) => return Err(format!("duplicate OPEN_OK for stream {id}")),
+                    Err(what) => violation(shared, &s, what),
+                },
                 // We gave up on it while the peer was opening: tell it.
                 None => shared.push_urgent(Frame::Reset {
                     id,
@@ -146,7 +149,9 @@ fn dispatch(
             }
             let stream = shared.lock_streams().map.get(&id).cloned();
             match stream {
-                Some(s) if s.on_open_result(Err((reason, message))) => shared.remove_stream(id),
+                Some(s) if s.on_open_result(Err((reason, message)), shared) == Ok(true) => {
+                    shared.remove_stream(id)
+                }
                 // Refusing a stream it already accepted: fail it, so nothing waits on it.
                 Some(s) => violation(shared, &s, "OPEN_ERR after OPEN_OK".into()),
                 None => {}
@@ -269,7 +274,7 @@ fn on_open(
         }
         let s = Arc::new(StreamShared::new(
             id,
-            StreamState::accepted(shared.cfg.initial_window, window),
+            StreamState::accepted(shared.cfg.initial_window, window, shared.cfg.early_data),
         ));
         t.map.insert(id, s.clone());
         s

@@ -70,6 +70,10 @@ pub struct MuxConfig {
     pub max_streams: usize,
     /// Opens from the peer waiting to be accepted.
     pub accept_backlog: usize,
+    /// Streams the peer opens may carry up to [`EARLY_DATA`](crate::proto::EARLY_DATA)
+    /// bytes of DATA, and a FIN, before this side's OPEN_OK: the client's side, whose HELLO
+    /// lists `early_data`.
+    pub early_data: bool,
     /// DATA bytes one stream may have waiting for the tunnel's writer.
     pub send_queue: usize,
     /// DATA bytes all streams together may have waiting for the tunnel's writer.
@@ -95,6 +99,7 @@ impl MuxConfig {
             tunnel_window_budget: l.tunnel_buffer,
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
+            early_data: role == Role::Client,
             send_queue: bytes(l.stream_send_queue),
             tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: keepalive.interval,
@@ -119,6 +124,7 @@ impl Default for MuxConfig {
             tunnel_window_budget: l.tunnel_buffer,
             max_streams: 10_000,
             accept_backlog: 1024,
+            early_data: false,
             send_queue: bytes(l.stream_send_queue),
             tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: Duration::from_secs(15),
@@ -157,6 +163,35 @@ impl OpenError {
             OpenError::TooLarge(_) => Reason::Internal,
             OpenError::Budget(_) => Reason::Limit,
             OpenError::Congested => Reason::Limit,
+        }
+    }
+}
+
+/// The peer's answer to an OPEN, to come ([`Mux::open_early`]).
+pub struct OpenAnswer {
+    rx: oneshot::Receiver<Result<(), (Reason, String)>>,
+    mux: Arc<MuxState>,
+}
+
+impl std::fmt::Debug for OpenAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAnswer").finish_non_exhaustive()
+    }
+}
+
+impl OpenAnswer {
+    /// Waits for the OPEN_OK (`Ok`) or the refusal.
+    pub async fn wait(self) -> Result<(), OpenError> {
+        match self.rx.await {
+            Ok(Ok(())) => {
+                self.mux
+                    .stats
+                    .streams_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err((Reason::TunnelLost, _))) | Err(_) => Err(OpenError::TunnelClosed),
+            Ok(Err((reason, message))) => Err(OpenError::Refused { reason, message }),
         }
     }
 }
@@ -335,6 +370,32 @@ impl Mux {
     ///
     /// Dropping the future before it completes resets the stream on the peer.
     pub async fn open(&self, meta: &OpenMeta) -> Result<MuxStream, OpenError> {
+        let (stream, answer) = self.start_open(meta, false)?;
+        match answer.wait().await {
+            Ok(()) => Ok(stream),
+            Err(e) => {
+                stream.forget();
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a stream to a peer that takes early data (its HELLO listed `early_data`): the
+    /// stream is returned at once and may send up to [`EARLY_DATA`](crate::proto::EARLY_DATA)
+    /// bytes before the peer's answer, which [`OpenAnswer::wait`] tells. A refusal fails the
+    /// stream, and what it sent is discarded by the peer.
+    ///
+    /// Dropping the stream before the answer resets it on the peer.
+    pub fn open_early(&self, meta: &OpenMeta) -> Result<(MuxStream, OpenAnswer), OpenError> {
+        self.start_open(meta, true)
+    }
+
+    /// Queues an OPEN for a new stream: the stream, and its answer to come.
+    fn start_open(
+        &self,
+        meta: &OpenMeta,
+        early: bool,
+    ) -> Result<(MuxStream, OpenAnswer), OpenError> {
         let s = &self.shared;
         if s.closed.is_cancelled() {
             return Err(OpenError::TunnelClosed);
@@ -366,7 +427,7 @@ impl Mux {
             t.next_local = next;
             let shared = Arc::new(StreamShared::new(
                 id,
-                StreamState::opening(s.cfg.initial_window, tx),
+                StreamState::opening(s.cfg.initial_window, tx, early),
             ));
             // Ids must reach the wire in increasing order: the id is picked and the OPEN
             // queued inside one critical section. The control queue has room for an OPEN per
@@ -383,21 +444,11 @@ impl Mux {
             t.map.insert(id, shared.clone());
             MuxStream::new(shared, self.shared.clone())
         };
-        match rx.await {
-            Ok(Ok(())) => {
-                s.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
-                Ok(stream)
-            }
-            Ok(Err((reason, message))) => {
-                stream.forget();
-                if reason == Reason::TunnelLost {
-                    Err(OpenError::TunnelClosed)
-                } else {
-                    Err(OpenError::Refused { reason, message })
-                }
-            }
-            Err(_) => Err(OpenError::TunnelClosed),
-        }
+        let answer = OpenAnswer {
+            rx,
+            mux: self.shared.clone(),
+        };
+        Ok((stream, answer))
     }
 
     /// Streams currently open on this tunnel.

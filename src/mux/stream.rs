@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::MuxState;
-use crate::proto::{Frame, Reason, MAX_CREDIT, MAX_DATA};
+use crate::proto::{Frame, Reason, EARLY_DATA, MAX_CREDIT, MAX_DATA};
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -57,9 +57,12 @@ type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
 
 pub(crate) struct StreamState {
     open_waiter: Option<OpenWaiter>,
-    /// The peer may send DATA and FIN: only once the OPEN_OK is on its way (PROTOCOL.md §4).
-    /// Before that the peer has been granted nothing it may use, so nothing is buffered.
+    /// The peer may send DATA and FIN: once the OPEN_OK is on its way (PROTOCOL.md §4), or
+    /// from the OPEN on for a peer allowed early data, which `granted` then bounds to
+    /// [`EARLY_DATA`] until the OPEN_OK.
     peer_may_send: bool,
+    /// A peer's stream taking early DATA, not yet accepted.
+    early: bool,
     // Receive direction.
     recv: VecDeque<Bytes>,
     recv_bytes: usize,
@@ -75,6 +78,13 @@ pub(crate) struct StreamState {
     growth: u64,
     // Send direction.
     credit: u64,
+    /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
+    /// open, else 0. The OPEN_OK's window stands for all of it, early bytes included.
+    presumed: u64,
+    /// `presumed` was added to `credit`: the OPEN is in a message, so DATA and FIN may follow.
+    /// Until then nothing is queued, or a batch could carry them ahead of the OPEN, which
+    /// waits in the control queue.
+    announced: bool,
     /// Woken for credit and for room in the send queue.
     send_waker: Option<Waker>,
     fin_sent: bool,
@@ -102,6 +112,7 @@ impl StreamState {
         StreamState {
             open_waiter: None,
             peer_may_send: false,
+            early: false,
             recv: VecDeque::new(),
             recv_bytes: 0,
             recv_fin: false,
@@ -113,6 +124,8 @@ impl StreamState {
             epoch: Instant::now(),
             growth: 0,
             credit,
+            presumed: 0,
+            announced: true,
             send_waker: None,
             fin_sent: false,
             outbox: VecDeque::new(),
@@ -126,14 +139,28 @@ impl StreamState {
         }
     }
 
-    pub(crate) fn opening(window: u32, waiter: OpenWaiter) -> Self {
+    /// A stream this side opens; with `early`, it may send [`EARLY_DATA`] bytes before the
+    /// answer.
+    pub(crate) fn opening(window: u32, waiter: OpenWaiter, early: bool) -> Self {
         let mut s = Self::new(window, 0);
+        if early {
+            s.presumed = u64::from(EARLY_DATA);
+            s.announced = false;
+        }
         s.open_waiter = Some(waiter);
         s
     }
 
-    pub(crate) fn accepted(window: u32, peer_window: u32) -> Self {
-        Self::new(window, u64::from(peer_window))
+    /// A stream the peer opened, not yet answered; with `early`, the peer may send up to
+    /// [`EARLY_DATA`] bytes (and a FIN) before this side accepts it.
+    pub(crate) fn accepted(window: u32, peer_window: u32, early: bool) -> Self {
+        let mut s = Self::new(window, u64::from(peer_window));
+        if early {
+            s.peer_may_send = true;
+            s.early = true;
+            s.granted = u64::from(EARLY_DATA.min(window));
+        }
+        s
     }
 
     /// Queues a frame for the writer; true when the caller must put the stream on the ready
@@ -254,7 +281,8 @@ impl StreamShared {
     /// socket takes at once.
     pub(crate) fn on_data(&self, mut data: Bytes, msg: u64, mux: &MuxState) -> Delivery {
         let mut st = self.lock();
-        if st.error.is_some() {
+        // Refused or dropped while this frame was on its way: nobody will read it.
+        if st.error.is_some() || st.done {
             return Delivery::Ok;
         }
         if !st.peer_may_send {
@@ -268,6 +296,12 @@ impl StreamShared {
             return Delivery::Orphaned;
         }
         st.received += data.len() as u64;
+        if st.early && st.received > st.granted {
+            return Delivery::Violation(format!(
+                "{} bytes of DATA before OPEN_OK, over the {} allowed early",
+                st.received, st.granted
+            ));
+        }
         if st.received > st.granted {
             return Delivery::Violation(format!(
                 "flow-control violation: {} bytes received, {} granted",
@@ -354,23 +388,67 @@ impl StreamShared {
         Delivery::Ok
     }
 
-    pub(crate) fn on_open_result(&self, result: Result<u32, (Reason, String)>) -> bool {
+    /// The peer's answer to this side's OPEN: `Ok(false)` when nobody waits for one (a
+    /// duplicate, or the stream already ended), `Err` when the answer breaks the stream's rules.
+    pub(crate) fn on_open_result(
+        &self,
+        result: Result<u32, (Reason, String)>,
+        mux: &MuxState,
+    ) -> Result<bool, String> {
         let mut st = self.lock();
         let Some(waiter) = st.open_waiter.take() else {
-            return false;
+            return Ok(false);
         };
         match result {
+            Ok(window) if u64::from(window) < st.presumed => {
+                st.open_waiter = Some(waiter);
+                Err(format!(
+                    "OPEN_OK window {window} below the {} bytes of early DATA it must cover",
+                    st.presumed
+                ))
+            }
+            // The OPEN is announced before the message carrying it is sent: an answer to an
+            // OPEN that never left can only be a peer guessing ids.
+            Ok(_) if !st.announced => {
+                st.open_waiter = Some(waiter);
+                Err("OPEN_OK for an OPEN not yet sent".into())
+            }
             Ok(window) => {
-                st.credit = u64::from(window);
+                // The window counts the early bytes already sent; a WINDOW that came first
+                // stays added.
+                st.credit = st.credit + u64::from(window) - st.presumed;
+                st.presumed = 0;
+                if st.credit > MAX_CREDIT {
+                    st.open_waiter = Some(waiter);
+                    return Err(format!("credit above 2^31-1 ({})", st.credit));
+                }
                 st.peer_may_send = true;
                 let _ = waiter.send(Ok(()));
+                if let Some(w) = st.send_waker.take() {
+                    w.wake();
+                }
+                Ok(true)
             }
-            Err(e) => {
-                st.done = true;
-                let _ = waiter.send(Err(e));
+            Err((reason, message)) => {
+                let _ = waiter.send(Err((reason, message.clone())));
+                drop(st);
+                // Early DATA still queued has nowhere to go; a sender waiting learns why.
+                self.fail_with(StreamError::ResetByPeer { reason, message }, mux);
+                Ok(true)
             }
         }
-        true
+    }
+
+    /// The writer put this stream's OPEN in a message: an early open may now send.
+    pub(crate) fn announced(&self) {
+        let mut st = self.lock();
+        if !st.announced {
+            st.announced = true;
+            st.credit += st.presumed;
+            if let Some(w) = st.send_waker.take() {
+                w.wake();
+            }
+        }
     }
 
     /// Returns credit to the peer once half the window is consumed, growing the window when
@@ -547,7 +625,8 @@ impl MuxStream {
             if st.fin_sent {
                 return Err(StreamError::AlreadyFinished);
             }
-            if st.credit < data.len() as u64
+            if !st.announced
+                || st.credit < data.len() as u64
                 || st.outbox_bytes + data.len() > self.mux.cfg.send_queue
             {
                 return Ok(false);
@@ -602,7 +681,9 @@ impl MuxStream {
                 if st.fin_sent {
                     return Poll::Ready(Err(StreamError::AlreadyFinished));
                 }
-                if st.credit == 0 || st.outbox_bytes >= send_queue {
+                // Nothing of an early open is queued before its OPEN is in a message, whatever
+                // credit a WINDOW gave.
+                if st.credit == 0 || !st.announced || st.outbox_bytes >= send_queue {
                     if unsent {
                         // Send what is queued before waiting for what it frees.
                         return Poll::Ready(Ok(0));
@@ -683,16 +764,25 @@ impl MuxStream {
 
     /// Half-closes the sending direction (FIN, after the queued DATA); receiving continues.
     pub async fn finish(&self) -> Result<(), StreamError> {
-        let schedule = {
+        let schedule = poll_fn(|cx| {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
-                return Err(e.clone());
+                return Poll::Ready(Err(e.clone()));
             }
             if st.fin_sent {
-                return Ok(());
+                return Poll::Ready(Ok(None));
+            }
+            // An early open's FIN must not be queued before its OPEN is in a message.
+            if !st.announced {
+                st.send_waker = Some(cx.waker().clone());
+                return Poll::Pending;
             }
             st.fin_sent = true;
-            st.enqueue(Frame::Fin { id: self.shared.id })
+            Poll::Ready(Ok(Some(st.enqueue(Frame::Fin { id: self.shared.id }))))
+        })
+        .await?;
+        let Some(schedule) = schedule else {
+            return Ok(());
         };
         if schedule {
             self.mux.schedule(&self.shared);
@@ -823,13 +913,16 @@ impl MuxStream {
     }
 
     /// Before OPEN_OK is queued: fails if the stream already failed, else lets the peer send
-    /// (set first, so the peer's first DATA can never arrive earlier).
+    /// (set first, so the peer's first DATA can never arrive earlier) its whole window, of
+    /// which early DATA took part.
     pub(super) fn accepting(&self) -> Result<(), StreamError> {
         let mut st = self.shared.lock();
         if let Some(e) = &st.error {
             return Err(e.clone());
         }
         st.peer_may_send = true;
+        st.early = false;
+        st.granted = u64::from(st.window);
         Ok(())
     }
 }
@@ -845,7 +938,10 @@ impl Drop for MuxStream {
             st.sink = None;
             let orphan = !st.done && st.fin_sent && b == 0 && st.error.is_none();
             st.orphaned = orphan;
-            (st.done, orphan, g, b)
+            let was_done = st.done;
+            // DATA the reader is delivering right now must not land in a queue nobody reads.
+            st.done |= !orphan;
+            (was_done, orphan, g, b)
         };
         self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
         self.mux.cfg.window_budget.give(growth);
@@ -862,7 +958,6 @@ impl Drop for MuxStream {
             let (freed, scheduled) = {
                 // Abandoned: what it still had queued would only be thrown away by the peer.
                 let mut st = self.shared.lock();
-                st.done = true;
                 let scheduled = st.scheduled;
                 (st.drop_queued(), scheduled)
             };
@@ -890,7 +985,7 @@ mod tests {
     /// do, and one large send makes it bulk again.
     #[test]
     fn a_stream_is_interactive_after_two_small_sends_in_a_row() {
-        let s = StreamShared::new(1, StreamState::accepted(65536, 65536));
+        let s = StreamShared::new(1, StreamState::accepted(65536, 65536, false));
         // A new stream's first small send counts.
         assert!(!s.is_interactive() && !s.is_bulk());
         assert!(s.note_send(SMALL_SEND));

@@ -406,19 +406,35 @@ fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) ->
 
 /// Moves queued control frames into `buf`, at most one batch: a burst of control frames (logs,
 /// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
+///
+/// The streams whose OPEN went in are told (`StreamShared::announced`), after the queue's
+/// lock is released: an early open queues nothing before its OPEN is in a message.
 fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
-    let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
-    while let Some(f) = q.front() {
-        if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
-            // The rest goes in the next message; whoever holds the outbox comes back for it.
-            break;
-        }
-        if let Some(f) = q.pop_front() {
-            if matches!(f, Frame::Log(_)) {
-                shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
+    let mut opened = Vec::new();
+    {
+        let mut q = shared.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(f) = q.front() {
+            if !buf.is_empty() && buf.len() + f.encoded_len() > BATCH_BYTES {
+                // The rest goes in the next message; whoever holds the outbox comes back.
+                break;
             }
-            encode_frame(&f, buf);
-            *count += 1;
+            if let Some(f) = q.pop_front() {
+                match &f {
+                    Frame::Log(_) => {
+                        shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Frame::Open { id, .. } => opened.push(*id),
+                    _ => {}
+                }
+                encode_frame(&f, buf);
+                *count += 1;
+            }
+        }
+    }
+    for id in opened {
+        let stream = shared.lock_streams().map.get(&id).cloned();
+        if let Some(s) = stream {
+            s.announced();
         }
     }
 }

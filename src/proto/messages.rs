@@ -13,7 +13,8 @@ pub struct Hello {
     pub env: String,
     /// Random per client process; groups the tunnels of one client.
     pub instance: String,
-    /// Optional protocol features this client speaks (minor-version additions): `deflate`.
+    /// Optional protocol features this client speaks (minor-version additions): `deflate`,
+    /// `early_data`.
     #[serde(default)]
     pub features: Vec<String>,
 }
@@ -64,6 +65,11 @@ pub enum HelloError {
 
 /// The `features` value for per-stream deflate compression.
 pub const FEATURE_DEFLATE: &str = "deflate";
+
+/// The `features` value of a client that takes up to [`EARLY_DATA`](super::EARLY_DATA) bytes of
+/// DATA (and a FIN) on a stream the gateway opens before it answers the OPEN (PROTOCOL.md §4),
+/// so a caller's first bytes travel with the OPEN instead of a round trip later.
+pub const FEATURE_EARLY_DATA: &str = "early_data";
 
 /// The `features` value of a probe (`sgw doctor`): the gateway answers the handshake (WELCOME,
 /// CONFIG) and closes, without registering the tunnel, so no caller is ever routed to it.

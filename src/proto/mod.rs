@@ -10,7 +10,7 @@ mod messages;
 pub use frame::{decode_message, encode_frame, Frame, FrameType, ProtoError, Reason, HEADER_LEN};
 pub use messages::{
     ConfigPush, DestinationSpec, EndpointTls, Hello, Hidden, IpTableRuleSpec, LogPush, OpenMeta,
-    Protocol, ProxySpec, Welcome, FEATURE_DEFLATE, FEATURE_PROBE,
+    Protocol, ProxySpec, Welcome, FEATURE_DEFLATE, FEATURE_EARLY_DATA, FEATURE_PROBE,
 };
 
 /// Protocol major version; part of the WebSocket subprotocol name.
@@ -31,5 +31,9 @@ pub const MAX_OPEN_JSON: usize = 16 * 1024;
 pub const MAX_REASON_TEXT: usize = 1024;
 /// Largest LOG payload.
 pub const MAX_LOG_JSON: usize = 64 * 1024;
+/// DATA bytes an opener may send on a stream before the OPEN_OK, to a peer that listed
+/// `early_data` (PROTOCOL.md §4). No smaller than the smallest window a peer may announce
+/// (`limits.stream_window` is at least 16 KiB), so the OPEN_OK's window always covers it.
+pub const EARLY_DATA: u32 = 16 * 1024;
 /// Largest credit a sender may hold for one stream.
 pub const MAX_CREDIT: u64 = (1 << 31) - 1;
