@@ -32,18 +32,19 @@ sgw_start() {
 }
 
 # rathole_tls BIND:TARGET...: a rathole server and client over TLS, forwarding each BIND port
-# to its TARGET port. Fails (starts nothing) when $PEERS has no rathole.
+# to its TARGET port. Fails (starts nothing) when $PEERS has no rathole. RATHOLE_PORT sets the
+# server's port, RATHOLE_REMOTE the port the client dials for it (a delay proxy in between).
 rathole_tls() {
   local rh=$PEERS/rathole/bin/rathole rt i=0 p
   [ -x "$rh" ] || return 1
   (cd "$dir" && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 2 \
     -subj /CN=localhost -addext subjectAltName=DNS:localhost >/dev/null 2>&1 &&
     openssl pkcs12 -export -out id.pfx -inkey key.pem -in cert.pem -passout pass:1234 >/dev/null 2>&1)
-  rt=$(free_port)
+  rt=${RATHOLE_PORT:-$(free_port)}
   printf '[server]\nbind_addr = "127.0.0.1:%s"\n[server.transport]\ntype = "tls"\n[server.transport.tls]\npkcs12 = "%s/id.pfx"\npkcs12_password = "1234"\n' \
     "$rt" "$dir" >"$dir/rs.toml"
   printf '[client]\nremote_addr = "localhost:%s"\n[client.transport]\ntype = "tls"\n[client.transport.tls]\ntrusted_root = "%s/cert.pem"\nhostname = "localhost"\n' \
-    "$rt" "$dir" >"$dir/rc.toml"
+    "${RATHOLE_REMOTE:-$rt}" "$dir" >"$dir/rc.toml"
   for p in "$@"; do
     i=$((i + 1))
     printf '[server.services.s%d]\ntoken = "t"\nbind_addr = "127.0.0.1:%s"\n' $i "${p%%:*}" >>"$dir/rs.toml"
