@@ -976,6 +976,7 @@ async fn a_callers_first_bytes_go_with_the_open_only_to_a_client_that_takes_them
             0,
             "early: {early}"
         );
+        // Counted as early before it is counted as opened.
         let stats = gw.handle.stats();
         eventually("the stream counted", || {
             stats.streams_opened.load(Relaxed) == 1
@@ -1019,6 +1020,10 @@ async fn a_callers_early_bytes_are_never_sent_twice() {
     let (m0, mut e0) = raw_client_with(&setup, &gw, "raw-0", true).await;
     let (m1, mut e1) = raw_client_with(&setup, &gw, "raw-1", true).await;
     let muxes = [m0, m1];
+    eventually("both clients registered", || {
+        gw.handle.clients("gw1").len() == 2
+    })
+    .await;
     let mut caller = TcpStream::connect(dest).await.unwrap();
     let (first, _dropped) = first_open(&mut e0, &mut e1).await;
     muxes[first].close(sgw::proto::Reason::Shutdown, "test");
@@ -1031,13 +1036,20 @@ async fn a_callers_early_bytes_are_never_sent_twice() {
     let s = inc.accept().await.unwrap();
     let got = tokio::time::timeout(WAIT, s.recv()).await.unwrap().unwrap();
     assert_eq!(got.as_deref(), Some(&request[..]));
-    drop((s, caller));
+    drop((s, caller, muxes, e0, e1));
+    gw.stop.cancel();
 
     // The request went with the OPEN, and the tunnel broke before the answer: that client
     // may have run it, so the caller is reset instead of the request going elsewhere.
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let dest = gw.handle.dest_addr("dest1").unwrap();
     let (n0, mut e0) = raw_client_with(&setup, &gw, "raw-2", true).await;
     let (n1, mut e1) = raw_client_with(&setup, &gw, "raw-3", true).await;
     let muxes = [n0, n1];
+    eventually("both clients registered", || {
+        gw.handle.clients("gw1").len() == 2
+    })
+    .await;
     let mut caller = TcpStream::connect(dest).await.unwrap();
     caller.write_all(request).await.unwrap();
     let (first, _held) = first_open(&mut e0, &mut e1).await;

@@ -107,13 +107,10 @@ pub(super) async fn serve_caller(
         // The caller's first bytes go with the OPEN where the client takes them.
         let mut ahead = Ahead::new(&mut conn);
         let opened = open_for_caller(&tenant, &dest, caller, Some(&mut ahead)).await;
-        let (sent_ahead, went_early, read_failed) =
-            (ahead.len(), ahead.went_early(), ahead.take_error());
-        // Its buffer goes now, not with the connection.
+        let (sent_ahead, read_failed) = (ahead.sent(), ahead.take_error());
         drop(ahead);
         if let Some(e) = read_failed {
-            // A stream opened is dropped with this task: the endpoint sees a reset, as the
-            // caller's was.
+            // Its stream was dropped: a reset on the client's side too, as the caller's was.
             gw.count(&tenant, Stat::Failed, 1);
             info!(reason = "reset", error = %e, "caller failed while its stream opened");
             conn.abort();
@@ -129,10 +126,10 @@ pub(super) async fn serve_caller(
             }
         };
         record_stream(&client_id, &stream);
-        gw.count(&tenant, Stat::Opened, 1);
-        if went_early {
+        if sent_ahead > 0 {
             gw.stats.streams_early_data.fetch_add(1, Ordering::Relaxed);
         }
+        gw.count(&tenant, Stat::Opened, 1);
         tracing::debug!(sent_ahead, "stream opened");
         // The client enforces `idle_timeout` too, but a client that stopped answering (or never
         // meant to) must not hold this caller beyond it: the gateway bounds it as well. Off

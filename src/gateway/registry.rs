@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
-use super::ahead::Ahead;
+use super::ahead::{Ahead, Unanswered};
 use crate::api::{ClientView, GoneClient};
 use crate::config::TenantConfig;
 use crate::mux::{Mux, MuxStream, OpenError};
@@ -378,10 +378,7 @@ impl Tenant {
                 tried.clear();
                 continue;
             };
-            // Bytes read ahead on a tunnel that failed were sent as they are: the stream that
-            // carries them now is not compressed either.
-            let read_ahead = ahead.as_ref().is_some_and(|a| a.len() > 0);
-            let compressed = compress && p.deflate && !read_ahead;
+            let compressed = compress && p.deflate;
             let meta = OpenMeta {
                 compress: compressed.then(|| FEATURE_DEFLATE.to_owned()),
                 ..meta.clone()
@@ -392,19 +389,14 @@ impl Tenant {
                     Ok((stream, answer)) => {
                         match ahead.send_until_answered(&stream, answer).await {
                             Ok(()) => Ok(stream),
-                            Err(u) if u.retry => Err(u.error),
-                            Err(u) => return Err(not_retried(&u.error, ahead.caller_failed())),
+                            Err(Unanswered::Retry(e)) => Err(e),
+                            Err(Unanswered::Final(e)) => return Err(not_retried(&e)),
+                            Err(Unanswered::CallerFailed) => {
+                                let msg = "the caller failed while its stream opened";
+                                return Err((Reason::Reset, msg.into()));
+                            }
                         }
                     }
-                    Err(e) => Err(e),
-                },
-                // A client without early data gets them once it has accepted; what fails then
-                // may have reached the endpoint in part, so it is not tried again.
-                Some(ahead) if read_ahead => match p.mux.open(&meta).await {
-                    Ok(stream) => match ahead.resend(&stream).await {
-                        Ok(()) => Ok(stream),
-                        Err(e) => return Err((e.reason(), e.to_string())),
-                    },
                     Err(e) => Err(e),
                 },
                 _ => p.mux.open(&meta).await,
@@ -422,15 +414,11 @@ impl Tenant {
     }
 }
 
-/// An early open failed after the caller's bytes went out, or the caller's read failed: why,
-/// for the caller's log line.
-fn not_retried(e: &OpenError, caller_failed: bool) -> (Reason, String) {
+/// Why an early open failed after some of the caller's bytes went out: for the caller's log
+/// line.
+fn not_retried(e: &OpenError) -> (Reason, String) {
     match e {
         OpenError::Refused { .. } => (e.reason(), e.to_string()),
-        _ if caller_failed => (
-            Reason::Reset,
-            "the caller failed while its stream opened".into(),
-        ),
         _ => (
             e.reason(),
             format!(
