@@ -14,6 +14,7 @@ pub mod compress;
 pub mod config;
 pub mod daemon;
 pub mod dial;
+pub mod early;
 pub mod enroll;
 pub mod fsutil;
 pub mod gateway;

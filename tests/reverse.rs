@@ -230,3 +230,54 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
         "compressed in the tunnel: {wire}"
     );
 }
+
+/// An on-prem program that speaks first: its bytes go with the OPEN and wait at the gateway
+/// while it dials (early data, PROTOCOL.md §4.3), and leave with the refusal when the dial
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Takes the TCP connection and never answers TLS: the gateway's dial lasts until the
+    // destination's timeout.
+    let silent = serve(|tcp| async move {
+        let _held = tcp;
+        std::future::pending::<()>().await
+    })
+    .await;
+    let local_port = free_port();
+    let h = Harness::start(&[silent], |s| {
+        reverse(s, 0, local_port);
+        let d = &mut s.gateway.gateways[0].destinations[0];
+        d.timeout = Duration::from_secs(3);
+        d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
+            sni: "localhost".into(),
+            reject_unauth: false,
+            client_certs: vec![],
+            mutual: false,
+            identity: None,
+        });
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", silent.port())];
+    })
+    .await;
+    wait_listening(local_port).await;
+    let request = b"POST /orders HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    let mut app = tokio::net::TcpStream::connect(("127.0.0.1", local_port))
+        .await
+        .unwrap();
+    app.write_all(request).await.unwrap();
+    let gw = &h.gw.handle;
+    let until = |want: u64| async move {
+        let deadline = Instant::now() + WAIT;
+        while gw.buffered_bytes() != want {
+            assert!(Instant::now() < deadline, "gateway never held {want} bytes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until(request.len() as u64).await;
+    let got = tokio::time::timeout(WAIT, app.read(&mut [0u8; 16]))
+        .await
+        .expect("released when the dial gave up");
+    assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    until(0).await;
+}

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::state::{ClientState, GatewayPeer, PushedDest};
+use crate::early::{Ahead, Unanswered};
 use crate::proto::{OpenMeta, FEATURE_DEFLATE};
 use crate::relay::{relay, Counters, Facing, Options, Socket};
 
@@ -141,11 +142,37 @@ async fn serve_local(
             target: None,
         };
         let timeout = Duration::from_secs(u64::from(dest.spec.timeout.clamp(1, 180)));
+        let mut conn = Socket::Tcp(tcp);
+        // The connection's first bytes go with the OPEN when the gateway takes them (not when
+        // compressed: those go through the relay's deflater).
+        let mut ahead = Ahead::new(&mut conn);
+        let open = async {
+            if !mux.peer_takes_early_data() || compress {
+                return mux.open(&meta).await.map_err(Some);
+            }
+            let (stream, answer) = mux.open_early(&meta).map_err(Some)?;
+            match ahead.send_until_answered(&stream, answer).await {
+                Ok(()) => Ok(stream),
+                Err(Unanswered::Retry(e) | Unanswered::Final(e)) => Err(Some(e)),
+                Err(Unanswered::CallerFailed) => Err(None),
+            }
+        };
         // The gateway dials within the destination timeout; allow for the tunnel too.
-        let opened = tokio::time::timeout(timeout + Duration::from_secs(5), mux.open(&meta)).await;
+        let opened = tokio::time::timeout(timeout + Duration::from_secs(5), open).await;
+        let (sent_ahead, read_failed) = (ahead.sent(), ahead.take_error());
+        drop(ahead);
+        if let Some(e) = read_failed {
+            // Its stream was dropped: a reset at the gateway too, as the connection's was.
+            shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            info!(reason = "reset", error = %e, "on-prem connection failed while its stream opened");
+            conn.abort();
+            return;
+        }
         let stream = match opened {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            // Only with the read error handled above.
+            Ok(Err(None)) => return,
+            Ok(Err(Some(e))) => {
                 shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
                 *dest
                     .stats
@@ -155,7 +182,7 @@ async fn serve_local(
                     .entry(e.reason().as_str())
                     .or_default() += 1;
                 warn!(reason = %e.reason(), error = %e, "reverse stream refused by the gateway");
-                crate::relay::abort(&tcp);
+                conn.abort();
                 return;
             }
             Err(_) => {
@@ -164,7 +191,7 @@ async fn serve_local(
                     reason = "timeout",
                     "reverse stream: no answer from the gateway"
                 );
-                crate::relay::abort(&tcp);
+                conn.abort();
                 return;
             }
         };
@@ -172,11 +199,14 @@ async fn serve_local(
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         dest.stats.opened.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(Counters::default());
+        // What went ahead counts as relayed: it was sent uncompressed.
+        counters.to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
+        counters.wire_to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
         let opts = Options {
             compress,
             idle: dest.spec.idle(),
         };
-        let out = relay(Socket::Tcp(tcp), stream, &counters, opts).await;
+        let out = relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         shared.stats.record(&dest.stats, &d);
     }

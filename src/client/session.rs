@@ -17,7 +17,7 @@ use super::stream::serve_open;
 use super::ClientHandle;
 use crate::config::Replica;
 use crate::mux::Mux;
-use crate::proto::{ConfigPush, LogPush, Reason};
+use crate::proto::{ConfigPush, LogPush, Reason, Welcome, FEATURE_EARLY_DATA};
 use crate::telemetry::ForwardedLog;
 use crate::tunnel;
 
@@ -128,7 +128,7 @@ async fn tunnel_slot(
                         h.since_ms = crate::telemetry::unix_ms();
                     });
                     let span = tracing::info_span!("up", client.id = %welcome.client_id);
-                    let closed = serve_tunnel(&shared, &link, ws, &welcome.client_id, &shutdown)
+                    let closed = serve_tunnel(&shared, &link, ws, &welcome, &shutdown)
                         .instrument(span)
                         .await;
                     if shutdown.is_cancelled() {
@@ -206,11 +206,16 @@ async fn serve_tunnel(
     shared: &Arc<ClientState>,
     link: &Arc<GatewayPeer>,
     ws: tunnel::ClientWs,
-    client_id: &str,
+    welcome: &Welcome,
     shutdown: &CancellationToken,
 ) -> crate::mux::Closed {
+    let client_id = welcome.client_id.as_str();
     let (r, w) = tunnel::split(ws);
-    let (mux, mut events) = Mux::start(r, w, shared.mux_cfg.clone());
+    let mut cfg = shared.mux_cfg.clone();
+    // The gateway answers `early_data` in its WELCOME when it takes early data on the streams
+    // this client opens (reverse destinations).
+    cfg.peer_early_data = welcome.features.iter().any(|f| f == FEATURE_EARLY_DATA);
+    let (mux, mut events) = Mux::start(r, w, cfg);
     link.live_tunnels().push(mux.clone());
     shared
         .status

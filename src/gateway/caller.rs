@@ -11,11 +11,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
 
-use super::ahead::Ahead;
 use super::registry::Tenant;
 use super::state::{GatewayState, Stat};
 use crate::acl;
 use crate::config::Destination;
+use crate::early::Ahead;
 use crate::proto::{OpenMeta, Reason};
 use crate::relay::{self, Counters, Facing, Options, Socket};
 

@@ -8,7 +8,6 @@
 //! what a destination looks like on the wire: [`wire`]; the owner's view: [`GatewayHandle`].
 
 mod admin;
-mod ahead;
 mod apply;
 mod caller;
 mod handle;

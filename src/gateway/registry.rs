@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
-use super::ahead::{Ahead, Unanswered};
 use crate::api::{ClientView, GoneClient};
 use crate::config::TenantConfig;
+use crate::early::{Ahead, Unanswered};
 use crate::mux::{Mux, MuxStream, OpenError};
-use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE, FEATURE_EARLY_DATA};
+use crate::proto::{Hello, OpenMeta, Reason, FEATURE_DEFLATE};
 
 struct ClientEntry {
     client_id: String,
@@ -27,7 +27,6 @@ struct Picked {
     client_id: String,
     mux: Mux,
     deflate: bool,
-    early_data: bool,
 }
 
 #[derive(Default)]
@@ -344,12 +343,10 @@ impl Tenant {
             .1
             .clone();
         e.opened += 1;
-        let speaks = |feature: &str| e.hello.features.iter().any(|f| f == feature);
         Some(Picked {
             client_id: e.client_id.clone(),
             mux,
-            deflate: speaks(FEATURE_DEFLATE),
-            early_data: speaks(FEATURE_EARLY_DATA),
+            deflate: e.hello.features.iter().any(|f| f == FEATURE_DEFLATE),
         })
     }
 
@@ -385,20 +382,22 @@ impl Tenant {
             };
             let opened = match ahead.as_deref_mut() {
                 // Compressed bytes go through the relay's deflater: none are sent early.
-                Some(ahead) if p.early_data && !compressed => match p.mux.open_early(&meta) {
-                    Ok((stream, answer)) => {
-                        match ahead.send_until_answered(&stream, answer).await {
-                            Ok(()) => Ok(stream),
-                            Err(Unanswered::Retry(e)) => Err(e),
-                            Err(Unanswered::Final(e)) => return Err(not_retried(&e)),
-                            Err(Unanswered::CallerFailed) => {
-                                let msg = "the caller failed while its stream opened";
-                                return Err((Reason::Reset, msg.into()));
+                Some(ahead) if p.mux.peer_takes_early_data() && !compressed => {
+                    match p.mux.open_early(&meta) {
+                        Ok((stream, answer)) => {
+                            match ahead.send_until_answered(&stream, answer).await {
+                                Ok(()) => Ok(stream),
+                                Err(Unanswered::Retry(e)) => Err(e),
+                                Err(Unanswered::Final(e)) => return Err(not_retried(&e)),
+                                Err(Unanswered::CallerFailed) => {
+                                    let msg = "the caller failed while its stream opened";
+                                    return Err((Reason::Reset, msg.into()));
+                                }
                             }
                         }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
                 _ => p.mux.open(&meta).await,
             };
             match opened {

@@ -16,7 +16,9 @@ use super::registry::TenantState;
 use super::reverse;
 use super::state::GatewayState;
 use crate::mux::Mux;
-use crate::proto::{LogPush, Reason, Welcome, FEATURE_PROBE, PROTO_MAJOR, PROTO_MINOR};
+use crate::proto::{
+    LogPush, Reason, Welcome, FEATURE_EARLY_DATA, FEATURE_PROBE, PROTO_MAJOR, PROTO_MINOR,
+};
 use crate::telemetry::clean;
 use crate::tunnel::{self, AcceptError};
 
@@ -61,7 +63,16 @@ pub(super) async fn serve_tunnel(
     async move {
         // A probe (`sgw doctor`) is answered and closed, never registered: it takes no room.
         let probe = hello.features.iter().any(|f| f == FEATURE_PROBE);
-        let features = if probe { vec![FEATURE_PROBE.to_owned()] } else { Vec::new() };
+        // Early data both ways with a client that takes it: it sends on the streams it opens
+        // too, and this WELCOME says so.
+        let early = !probe && hello.features.iter().any(|f| f == FEATURE_EARLY_DATA);
+        let features = if probe {
+            vec![FEATURE_PROBE.to_owned()]
+        } else if early {
+            vec![FEATURE_EARLY_DATA.to_owned()]
+        } else {
+            Vec::new()
+        };
         let welcome = Welcome { client_id: client_id.clone(), gateway_id: tenant.id.clone(), proto: [PROTO_MAJOR, PROTO_MINOR], features };
         let room = if probe { Ok(()) } else { tenant.tunnel_room(&hello.instance, gw.tunnel_caps) };
         if let Err(why) = room {
@@ -94,7 +105,10 @@ pub(super) async fn serve_tunnel(
             return;
         }
         let (r, w) = tunnel::split(ws);
-        let (mux, mut events) = Mux::start(r, w, gw.mux_cfg.clone());
+        let mut cfg = gw.mux_cfg.clone();
+        cfg.early_data = early;
+        cfg.peer_early_data = early;
+        let (mux, mut events) = Mux::start(r, w, cfg);
         let tunnel_id = match tenant.register(&client_id, &hello, mux.clone(), gw.tunnel_caps) {
             Ok(id) => {
                 gw.stats.tunnels_accepted.fetch_add(1, Ordering::Relaxed);

@@ -72,8 +72,10 @@ pub struct MuxConfig {
     pub accept_backlog: usize,
     /// Streams the peer opens may carry up to [`EARLY_DATA`](crate::proto::EARLY_DATA)
     /// bytes of DATA, and a FIN, before this side's OPEN_OK: the client's side, whose HELLO
-    /// lists `early_data`.
+    /// lists `early_data`, and the gateway's when it answered that in its WELCOME.
     pub early_data: bool,
+    /// The peer takes early data on streams this side opens ([`Mux::open_early`]).
+    pub peer_early_data: bool,
     /// DATA bytes one stream may have waiting for the tunnel's writer.
     pub send_queue: usize,
     /// DATA bytes all streams together may have waiting for the tunnel's writer.
@@ -100,6 +102,7 @@ impl MuxConfig {
             max_streams: l.max_streams,
             accept_backlog: l.accept_backlog,
             early_data: role == Role::Client,
+            peer_early_data: false,
             send_queue: bytes(l.stream_send_queue),
             tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: keepalive.interval,
@@ -125,6 +128,7 @@ impl Default for MuxConfig {
             max_streams: 10_000,
             accept_backlog: 1024,
             early_data: false,
+            peer_early_data: false,
             send_queue: bytes(l.stream_send_queue),
             tunnel_send_queue: bytes(l.tunnel_send_queue),
             keepalive_interval: Duration::from_secs(15),
@@ -449,6 +453,11 @@ impl Mux {
             mux: self.shared.clone(),
         };
         Ok((stream, answer))
+    }
+
+    /// The peer takes early data on streams this side opens ([`Mux::open_early`]).
+    pub fn peer_takes_early_data(&self) -> bool {
+        self.shared.cfg.peer_early_data
     }
 
     /// Streams currently open on this tunnel.

@@ -81,7 +81,7 @@ pub struct Welcome {
     pub client_id: String,
     pub gateway_id: String,
     pub proto: [u8; 2],
-    /// The HELLO features this gateway honours for this tunnel (so far only `probe`); absent
+    /// The HELLO features this gateway honours for this tunnel (`probe`, `early_data`); absent
     /// from older gateways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,

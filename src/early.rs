@@ -1,7 +1,9 @@
-//! What a caller sends while its stream is being opened. A client that takes early data
-//! (`early_data` in its HELLO, PROTOCOL.md §4.3) gets up to [`EARLY_DATA`] bytes of it right
-//! behind the OPEN, so a caller that speaks first (an HTTP request, a TLS ClientHello, a redis
-//! command) does not wait a round trip through the tunnel for the OPEN_OK.
+//! What a caller sends while its stream is being opened. A peer that takes early data (a
+//! client whose HELLO lists `early_data`, a gateway whose WELCOME does; PROTOCOL.md §4.3)
+//! gets up to [`EARLY_DATA`] bytes of it right behind the OPEN, so a caller that speaks first
+//! (an HTTP request, a TLS ClientHello, a redis command) does not wait a round trip through
+//! the tunnel for the OPEN_OK. The gateway uses it for callers on cloud ports, the client for
+//! on-prem connections to reverse destinations.
 
 use std::io;
 
@@ -16,7 +18,7 @@ use crate::relay::Socket;
 const READ_STEP: usize = 4096;
 
 /// A caller's first bytes, read and sent while its stream opens.
-pub(super) struct Ahead<'a> {
+pub struct Ahead<'a> {
     conn: &'a mut Socket,
     /// Bytes read from the caller and handed to the stream. Once any were, that stream is
     /// the caller's only one: its client may have written them to the endpoint before its
@@ -30,7 +32,7 @@ pub(super) struct Ahead<'a> {
 }
 
 /// An early open that gave no stream.
-pub(super) enum Unanswered {
+pub enum Unanswered {
     /// Nothing of the caller's left: another tunnel may be tried.
     Retry(OpenError),
     /// Some of the caller's bytes left: this was its only attempt.
@@ -40,7 +42,7 @@ pub(super) enum Unanswered {
 }
 
 impl<'a> Ahead<'a> {
-    pub(super) fn new(conn: &'a mut Socket) -> Self {
+    pub fn new(conn: &'a mut Socket) -> Self {
         Ahead {
             conn,
             sent: 0,
@@ -50,20 +52,20 @@ impl<'a> Ahead<'a> {
     }
 
     /// Bytes the accepted stream carried before its OPEN_OK.
-    pub(super) fn sent(&self) -> usize {
+    pub fn sent(&self) -> usize {
         self.sent
     }
 
     /// The error a read from the caller met while its stream opened. The relay must not
     /// start then: the socket would report an end of file next, and the caller's reset
     /// would reach the endpoint as a FIN.
-    pub(super) fn take_error(&mut self) -> Option<io::Error> {
+    pub fn take_error(&mut self) -> Option<io::Error> {
         self.failed.take()
     }
 
     /// Sends what the caller says on `stream` until the peer answers the OPEN (at most
     /// [`EARLY_DATA`] bytes), and returns the answer.
-    pub(super) async fn send_until_answered(
+    pub async fn send_until_answered(
         &mut self,
         stream: &MuxStream,
         answer: OpenAnswer,
