@@ -801,6 +801,42 @@ async fn the_window_budget_caps_streams_across_tunnels() {
     // A stream that ends gives its window back: the next one opens.
     drop(a1);
     assert_eq!(budget.committed(), 2 * u64::from(window));
+    // So does one the peer resets, accepted or still waiting: opening and resetting streams
+    // in a loop must not use the budget up.
+    a.send(&[
+        open(5, window),
+        Frame::Reset {
+            id: 5,
+            reason: Reason::Reset,
+            message: String::new(),
+        },
+    ])
+    .await;
+    let gone = tokio::time::timeout(T, a.events.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        gone.accept().await.is_err(),
+        "the reset stream comes out failed"
+    );
+    assert_eq!(budget.committed(), 2 * u64::from(window));
+    a.send(&[open(7, window)]).await;
+    let a7 = a.accept().await;
+    a.send(&[Frame::Reset {
+        id: 7,
+        reason: Reason::Reset,
+        message: String::new(),
+    }])
+    .await;
+    // The reader gives the window back before it fails the stream.
+    let r = tokio::time::timeout(T, a7.recv())
+        .await
+        .expect("the reset in time");
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(budget.committed(), 2 * u64::from(window));
+    drop(a7);
+    assert_eq!(budget.committed(), 2 * u64::from(window));
     b.send(&[open(5, window)]).await;
     let _b5 = b.accept().await;
     assert!(!a.mux.is_closed() && !b.mux.is_closed());

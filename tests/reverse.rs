@@ -238,18 +238,24 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
 async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Takes the TCP connection and never answers TLS: the gateway's dial lasts until the
-    // destination's timeout.
-    let silent = serve(|tcp| async move {
-        let _held = tcp;
-        std::future::pending::<()>().await
+    // Takes the TCP connection and answers no TLS until released: the gateway's dial lasts
+    // that long, then fails at once.
+    let release = tokio_util::sync::CancellationToken::new();
+    let held = release.clone();
+    let silent = serve(move |tcp| {
+        let held = held.clone();
+        async move {
+            let _tcp = tcp;
+            held.cancelled().await
+        }
     })
     .await;
     let local_port = free_port();
     let h = Harness::start(&[silent], |s| {
         reverse(s, 0, local_port);
         let d = &mut s.gateway.gateways[0].destinations[0];
-        d.timeout = Duration::from_secs(3);
+        // Longer than the test waits: only the release ends the dial.
+        d.timeout = WAIT * 3;
         d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
             sni: "localhost".into(),
             reject_unauth: false,
@@ -275,6 +281,7 @@ async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
         }
     };
     until(request.len() as u64).await;
+    release.cancel();
     let got = tokio::time::timeout(WAIT, app.read(&mut [0u8; 16]))
         .await
         .expect("released when the dial gave up");

@@ -164,6 +164,13 @@ async fn serve_local(
         if let Some(e) = read_failed {
             // Its stream was dropped: a reset at the gateway too, as the connection's was.
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
+            *dest
+                .stats
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry("reset")
+                .or_default() += 1;
             info!(reason = "reset", error = %e, "on-prem connection failed while its stream opened");
             conn.abort();
             return;
@@ -196,6 +203,7 @@ async fn serve_local(
             }
         };
         tracing::Span::current().record("stream.id", stream.id());
+        tracing::debug!(sent_ahead, "stream opened");
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         dest.stats.opened.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(Counters::default());

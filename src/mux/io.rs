@@ -163,8 +163,11 @@ fn dispatch(
             reason,
             message,
         } => {
-            let stream = shared.lock_streams().map.remove(&id);
+            let stream = shared.lock_streams().map.get(&id).cloned();
             if let Some(s) = stream {
+                // Through `remove_stream`, which gives the stream's window back to the
+                // process's budget: a peer opening and resetting streams must not use it up.
+                shared.remove_stream(id);
                 s.fail_with(super::StreamError::ResetByPeer { reason, message }, shared);
             }
             Ok(())

@@ -384,7 +384,7 @@ impl Mux {
         }
     }
 
-    /// Opens a stream to a peer that takes early data (its HELLO listed `early_data`): the
+    /// Opens a stream to a peer that takes early data ([`Mux::peer_takes_early_data`]): the
     /// stream is returned at once and may send up to [`EARLY_DATA`](crate::proto::EARLY_DATA)
     /// bytes before the peer's answer, which [`OpenAnswer::wait`] tells. A refusal fails the
     /// stream, and what it sent is discarded by the peer.

@@ -66,9 +66,10 @@ pub enum HelloError {
 /// The `features` value for per-stream deflate compression.
 pub const FEATURE_DEFLATE: &str = "deflate";
 
-/// The `features` value of a client that takes up to [`EARLY_DATA`](super::EARLY_DATA) bytes of
-/// DATA (and a FIN) on a stream the gateway opens before it answers the OPEN (PROTOCOL.md §4),
-/// so a caller's first bytes travel with the OPEN instead of a round trip later.
+/// The `features` value for early data (PROTOCOL.md §4.3): in HELLO, the client takes up to
+/// [`EARLY_DATA`](super::EARLY_DATA) bytes of DATA (and a FIN) on a stream the gateway opens
+/// before it answers the OPEN; in WELCOME, the gateway does the same for the streams the
+/// client opens. A caller's first bytes then travel with the OPEN, a round trip sooner.
 pub const FEATURE_EARLY_DATA: &str = "early_data";
 
 /// The `features` value of a probe (`sgw doctor`): the gateway answers the handshake (WELCOME,
