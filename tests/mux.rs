@@ -101,6 +101,18 @@ impl Peer {
         }
     }
 
+    /// The RESET(protocol) the mux sends for stream `id`, whose message says `why`: a broken
+    /// stream rule.
+    async fn expect_violation(&mut self, id: u32, why: &str) {
+        let f = self
+            .expect(|f| matches!(f, Frame::Reset { id: i, .. } if *i == id))
+            .await;
+        assert!(
+            matches!(&f, Frame::Reset { reason: Reason::Protocol, message, .. } if message.contains(why)),
+            "{f:?}"
+        );
+    }
+
     /// Accepts the next stream the peer opened.
     async fn accept(&mut self) -> sgw::mux::MuxStream {
         let inc = tokio::time::timeout(T, self.events.incoming.recv())
@@ -202,11 +214,7 @@ async fn flow_control_violation_resets_only_that_stream() {
         data: Bytes::from_static(b"!"),
     }])
     .await;
-    let f = p.expect(|f| matches!(f, Frame::Reset { id: 1, .. })).await;
-    assert!(
-        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("flow-control violation")),
-        "{f:?}"
-    );
+    p.expect_violation(1, "flow-control violation").await;
     let err = s1.recv().await.unwrap_err();
     assert!(
         matches!(
@@ -264,11 +272,7 @@ async fn data_after_fin_and_bad_open_metadata_are_stream_errors() {
         },
     ])
     .await;
-    let f = p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
-    assert!(
-        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("DATA after FIN")),
-        "{f:?}"
-    );
+    p.expect_violation(3, "DATA after FIN").await;
     assert!(s.recv().await.is_err());
     assert!(!p.mux.is_closed());
 }
@@ -431,11 +435,7 @@ async fn data_before_open_ok_is_a_stream_violation_and_buffers_nothing() {
         },
     ])
     .await;
-    let f = p.expect(|f| matches!(f, Frame::Reset { id: 1, .. })).await;
-    assert!(
-        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("DATA before OPEN_OK")),
-        "{f:?}"
-    );
+    p.expect_violation(1, "DATA before OPEN_OK").await;
     assert_eq!(p.buffered(), 0);
     // A FIN before OPEN_OK likewise; then a well-behaved stream works on the same tunnel.
     p.send(&[open(3, 65536), Frame::Fin { id: 3 }]).await;
@@ -537,11 +537,7 @@ async fn a_client_that_takes_early_data_keeps_it_until_it_accepts_or_refuses() {
         },
     ])
     .await;
-    let f = p.expect(|f| matches!(f, Frame::Reset { id: 3, .. })).await;
-    assert!(
-        matches!(f, Frame::Reset { reason: Reason::Protocol, ref message, .. } if message.contains("before OPEN_OK")),
-        "{f:?}"
-    );
+    p.expect_violation(3, "before OPEN_OK").await;
     assert_eq!(p.buffered(), 0);
     let inc = tokio::time::timeout(T, p.events.incoming.recv())
         .await

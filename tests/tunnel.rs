@@ -299,6 +299,37 @@ async fn reset_propagates_both_ways() {
     );
 }
 
+/// Connects to `addr`, sends `first` (if any), and expects the connection closed or reset,
+/// with nothing delivered. The refusal (accept, ACL veto, RST) can finish before connect()
+/// even returns, so the reset may surface at connect, at the write or at the first read.
+async fn expect_refused(addr: std::net::SocketAddr, first: &[u8]) {
+    let r = async {
+        let mut s = TcpStream::connect(addr).await?;
+        if !first.is_empty() {
+            s.write_all(first).await?;
+        }
+        tokio::time::timeout(WAIT, s.read(&mut [0u8; 4]))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+    .await;
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+    assert!(
+        matches!(&r, Ok(0))
+            || matches!(&r, Err(e) if matches!(e.kind(), ConnectionReset | BrokenPipe)),
+        "a denied caller must be closed or reset, got {r:?}"
+    );
+}
+
+/// Streams the client's veto refused so far.
+fn vetoed(h: &Harness) -> u64 {
+    h.client
+        .handle
+        .stats()
+        .streams_denied
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_denial_refuses_caller_and_keeps_tunnel() {
     let echo = echo_server().await;
@@ -309,28 +340,8 @@ async fn acl_denial_refuses_caller_and_keeps_tunnel() {
         std::fs::write(s.path("acl.list"), acl).unwrap();
     })
     .await;
-    // The refusal (accept, ACL veto, RST) can finish before connect() even returns, so the
-    // reset may surface at connect or at the first read; either way nothing is delivered.
-    let r = async {
-        let mut s = TcpStream::connect(h.cloud(1)).await?;
-        tokio::time::timeout(WAIT, s.read(&mut [0u8; 4]))
-            .await
-            .map_err(std::io::Error::other)?
-    }
-    .await;
-    assert!(
-        matches!(&r, Ok(0))
-            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-        "denied caller must be closed or reset, got {r:?}"
-    );
-    assert_eq!(
-        h.client
-            .handle
-            .stats()
-            .streams_denied
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    expect_refused(h.cloud(1), b"").await;
+    assert_eq!(vetoed(&h), 1);
     let mut s = TcpStream::connect(h.cloud(0)).await.unwrap();
     s.write_all(b"ping").await.unwrap();
     let mut b = [0u8; 4];
@@ -373,27 +384,8 @@ async fn a_callers_first_bytes_go_early_and_stop_at_the_veto() {
     writer.await.unwrap().unwrap();
 
     // Denied: the caller's first bytes go with the OPEN, and the veto drops them.
-    let r = async {
-        let mut s = TcpStream::connect(h.cloud(1)).await?;
-        s.write_all(b"DELETE /everything HTTP/1.1\r\n\r\n").await?;
-        tokio::time::timeout(WAIT, s.read(&mut [0u8; 4]))
-            .await
-            .map_err(std::io::Error::other)?
-    }
-    .await;
-    assert!(
-        matches!(&r, Ok(0))
-            || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset || e.kind() == std::io::ErrorKind::BrokenPipe),
-        "denied caller must be closed or reset, got {r:?}"
-    );
-    assert_eq!(
-        h.client
-            .handle
-            .stats()
-            .streams_denied
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    expect_refused(h.cloud(1), b"DELETE /everything HTTP/1.1\r\n\r\n").await;
+    assert_eq!(vetoed(&h), 1);
     // The refusal came before any dial: the denied endpoint was never reached.
     assert_eq!(dialed.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
