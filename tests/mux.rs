@@ -60,17 +60,27 @@ impl Peer {
         self.to_mux.send(Ok(msg)).await.unwrap();
     }
 
-    /// Next frame from the mux matching `want`, skipping PING/PONG/WINDOW noise.
+    /// The frames of the next message from the mux, which must come before `deadline`.
+    async fn next_frames(&mut self, deadline: tokio::time::Instant) -> Vec<Frame> {
+        let msg = tokio::time::timeout_at(deadline, self.from_mux.next())
+            .await
+            .expect("frame in time")
+            .expect("mux writer open");
+        let mut frames = Vec::new();
+        decode_message(&msg, |f| frames.push(f)).unwrap();
+        frames
+    }
+
+    /// Next frame from the mux matching `want`, skipping the others.
     async fn expect(&mut self, want: impl Fn(&Frame) -> bool) -> Frame {
         let deadline = tokio::time::Instant::now() + T;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.from_mux.next())
+            if let Some(f) = self
+                .next_frames(deadline)
                 .await
-                .expect("frame in time")
-                .expect("mux writer open");
-            let mut frames = Vec::new();
-            decode_message(&msg, |f| frames.push(f)).unwrap();
-            if let Some(f) = frames.into_iter().find(|f| want(f)) {
+                .into_iter()
+                .find(|f| want(f))
+            {
                 return f;
             }
         }
@@ -82,13 +92,7 @@ impl Peer {
         let deadline = tokio::time::Instant::now() + T;
         let mut seen = Vec::new();
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.from_mux.next())
-                .await
-                .expect("frame in time")
-                .expect("mux writer open");
-            let mut frames = Vec::new();
-            decode_message(&msg, |f| frames.push(f)).unwrap();
-            for f in frames {
+            for f in self.next_frames(deadline).await {
                 if matches!(f, Frame::Ping(_) | Frame::Pong(_) | Frame::Window { .. }) {
                     continue;
                 }
