@@ -153,13 +153,11 @@ async fn socks5_listener_reaches_gateway_side_services_with_curl() {
     );
 }
 
-/// Reverse destinations take the connector options too: TLS from the gateway to the cloud
-/// endpoint (verified against the given CA) and compression in the tunnel.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
+/// A TLS acceptor for a service on the cloud side (a certificate for `localhost`), and the
+/// CA that signed it (PEM).
+fn cloud_tls() -> (tokio_rustls::TlsAcceptor, String) {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     sgw::tls::install_crypto();
     let pki = tempfile::tempdir().unwrap();
     sgw::init::write(pki.path(), &Default::default()).unwrap();
@@ -173,7 +171,18 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    (
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)),
+        read("ca.pem"),
+    )
+}
+
+/// Reverse destinations take the connector options too: TLS from the gateway to the cloud
+/// endpoint (verified against the given CA) and compression in the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (acceptor, ca) = cloud_tls();
     // A TLS service on the cloud side that answers with the SHA-256 of what it read.
     let tls_hash = serve(move |tcp| {
         let acceptor = acceptor.clone();
@@ -189,7 +198,6 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
     })
     .await;
     let local_port = free_port();
-    let ca = read("ca.pem");
     let h = Harness::start(&[tls_hash], |s| {
         reverse(s, 0, local_port);
         let d = &mut s.gateway.gateways[0].destinations[0];
@@ -232,46 +240,53 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
 }
 
 /// An on-prem program that speaks first: its bytes go with the OPEN and wait at the gateway
-/// while it dials (early data, PROTOCOL.md §4.3), and leave with the refusal when the dial
-/// fails.
+/// while it reaches the endpoint (early data, PROTOCOL.md §4.3), then go on to it; and they
+/// leave with the refusal when the dial fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Takes the TCP connection and answers no TLS until released: the gateway's dial lasts
-    // that long, then fails at once.
-    let release = tokio_util::sync::CancellationToken::new();
-    let held = release.clone();
-    let silent = serve(move |tcp| {
-        let held = held.clone();
+    let (acceptor, ca) = cloud_tls();
+    // A TLS echo service that holds each connection while the test says HOLD: the gateway's
+    // dial lasts that long. Then it drops it (DROP) or answers (ANSWER).
+    const HOLD: u8 = 0;
+    const DROP: u8 = 1;
+    const ANSWER: u8 = 2;
+    let (say, said) = tokio::sync::watch::channel(HOLD);
+    let svc = serve(move |tcp| {
+        let (mut said, acceptor) = (said.clone(), acceptor.clone());
         async move {
-            let _tcp = tcp;
-            held.cancelled().await
+            let Ok(what) = said.wait_for(|v| *v != HOLD).await.map(|v| *v) else {
+                return;
+            };
+            if what == DROP {
+                return;
+            }
+            let Ok(s) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let (mut r, mut w) = tokio::io::split(s);
+            let _ = tokio::io::copy(&mut r, &mut w).await;
         }
     })
     .await;
     let local_port = free_port();
-    let h = Harness::start(&[silent], |s| {
+    let h = Harness::start(&[svc], |s| {
         reverse(s, 0, local_port);
         let d = &mut s.gateway.gateways[0].destinations[0];
-        // Longer than the test waits: only the release ends the dial.
+        // Longer than the test waits: only the test ends a dial.
         d.timeout = WAIT * 3;
         d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
             sni: "localhost".into(),
-            reject_unauth: false,
-            client_certs: vec![],
+            reject_unauth: true,
+            client_certs: vec![ca],
             mutual: false,
             identity: None,
         });
-        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", silent.port())];
+        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", svc.port())];
     })
     .await;
     wait_listening(local_port).await;
-    let request = b"POST /orders HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
-    let mut app = tokio::net::TcpStream::connect(("127.0.0.1", local_port))
-        .await
-        .unwrap();
-    app.write_all(request).await.unwrap();
     let gw = &h.gw.handle;
     let until = |want: u64| async move {
         let deadline = Instant::now() + WAIT;
@@ -280,11 +295,40 @@ async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", local_port));
+    let request = b"POST /orders HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+
+    // Refused: the dial fails, and the held bytes go with the refusal.
+    let mut app = connect().await.unwrap();
+    app.write_all(request).await.unwrap();
     until(request.len() as u64).await;
-    release.cancel();
+    say.send_replace(DROP);
     let got = tokio::time::timeout(WAIT, app.read(&mut [0u8; 16]))
         .await
-        .expect("released when the dial gave up");
+        .expect("released when the dial failed");
     assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
     until(0).await;
+
+    // Reached: the held bytes go on to the endpoint, which echoes them.
+    say.send_replace(HOLD);
+    let stats = h.client.handle.stats();
+    let early = stats
+        .streams_early_data
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut app = connect().await.unwrap();
+    app.write_all(request).await.unwrap();
+    until(request.len() as u64).await;
+    say.send_replace(ANSWER);
+    let mut back = vec![0u8; request.len()];
+    tokio::time::timeout(WAIT, app.read_exact(&mut back))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert_eq!(back, request);
+    assert_eq!(
+        stats
+            .streams_early_data
+            .load(std::sync::atomic::Ordering::Relaxed),
+        early + 1
+    );
 }

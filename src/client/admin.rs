@@ -124,6 +124,12 @@ impl Backend for AdminBackend {
                 Kind::Counter,
                 v(&s.streams_failed),
             ),
+            one(
+                "sgw_client_streams_early_data",
+                "On-prem connections to reverse destinations whose first bytes went with the OPEN.",
+                Kind::Counter,
+                v(&s.streams_early_data),
+            ),
             Family {
                 name: "sgw_client_streams_denied",
                 help: "Streams refused by the client's veto, by reason.",

@@ -204,6 +204,9 @@ async fn serve_local(
         };
         tracing::Span::current().record("stream.id", stream.id());
         tracing::debug!(sent_ahead, "stream opened");
+        if sent_ahead > 0 {
+            shared.stats.streams_early_data.fetch_add(1, Ordering::Relaxed);
+        }
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         dest.stats.opened.fetch_add(1, Ordering::Relaxed);
         let counters = Arc::new(Counters::default());

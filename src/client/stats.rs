@@ -17,6 +17,8 @@ pub struct ClientStats {
     pub acl_reloads: AtomicU64,
     pub acl_reload_failures: AtomicU64,
     pub streams_failed: AtomicU64,
+    /// On-prem connections to reverse destinations whose first bytes went with the OPEN.
+    pub streams_early_data: AtomicU64,
     pub tunnel_connects: AtomicU64,
     pub tunnel_failures: AtomicU64,
     /// Failed connects and tunnels gone down, by reason code.
