@@ -177,6 +177,27 @@ fn cloud_tls() -> (tokio_rustls::TlsAcceptor, String) {
     )
 }
 
+/// Makes destination 0 a reverse one on `local_port`, reaching `svc` over TLS verified
+/// against `ca`, within egress_allow; returns it for more settings.
+fn tls_reverse(
+    s: &mut Setup,
+    local_port: u16,
+    svc: SocketAddr,
+    ca: String,
+) -> &mut sgw::config::Destination {
+    reverse(s, 0, local_port);
+    s.gateway.egress_allow = vec![format!("127.0.0.1:{}", svc.port())];
+    let d = &mut s.gateway.gateways[0].destinations[0];
+    d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
+        sni: "localhost".into(),
+        reject_unauth: true,
+        client_certs: vec![ca],
+        mutual: false,
+        identity: None,
+    });
+    d
+}
+
 /// Reverse destinations take the connector options too: TLS from the gateway to the cloud
 /// endpoint (verified against the given CA) and compression in the tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,17 +220,7 @@ async fn reverse_with_tls_to_the_cloud_endpoint_and_compression() {
     .await;
     let local_port = free_port();
     let h = Harness::start(&[tls_hash], |s| {
-        reverse(s, 0, local_port);
-        let d = &mut s.gateway.gateways[0].destinations[0];
-        d.compression = true;
-        d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
-            sni: "localhost".into(),
-            reject_unauth: true,
-            client_certs: vec![ca],
-            mutual: false,
-            identity: None,
-        });
-        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", tls_hash.port())];
+        tls_reverse(s, local_port, tls_hash, ca).compression = true;
     })
     .await;
     wait_listening(local_port).await;
@@ -272,18 +283,8 @@ async fn an_on_prem_callers_first_bytes_wait_at_the_gateway_while_it_dials() {
     .await;
     let local_port = free_port();
     let h = Harness::start(&[svc], |s| {
-        reverse(s, 0, local_port);
-        let d = &mut s.gateway.gateways[0].destinations[0];
         // Longer than the test waits: only the test ends a dial.
-        d.timeout = WAIT * 3;
-        d.endpoint_tls = Some(sgw::config::EndpointTlsConfig {
-            sni: "localhost".into(),
-            reject_unauth: true,
-            client_certs: vec![ca],
-            mutual: false,
-            identity: None,
-        });
-        s.gateway.egress_allow = vec![format!("127.0.0.1:{}", svc.port())];
+        tls_reverse(s, local_port, svc, ca).timeout = WAIT * 3;
     })
     .await;
     wait_listening(local_port).await;
