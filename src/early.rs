@@ -37,7 +37,7 @@ pub enum Unanswered {
     Retry(OpenError),
     /// Some of the caller's bytes left: this was its only attempt.
     Final(OpenError),
-    /// Reading from the caller failed ([`Ahead::take_error`]).
+    /// Reading from the caller failed ([`Ahead::finish`] says how).
     CallerFailed,
 }
 
@@ -51,16 +51,15 @@ impl<'a> Ahead<'a> {
         }
     }
 
-    /// Bytes the accepted stream carried before its OPEN_OK.
-    pub fn sent(&self) -> usize {
-        self.sent
-    }
-
-    /// The error a read from the caller met while its stream opened. The relay must not
-    /// start then: the socket would report an end of file next, and the caller's reset
-    /// would reach the endpoint as a FIN.
-    pub fn take_error(&mut self) -> Option<io::Error> {
-        self.failed.take()
+    /// The bytes the accepted stream carried before its OPEN_OK (for the relay's counts), or
+    /// the error a read from the caller met while its stream opened. The relay must not start
+    /// then: the socket would report an end of file next, and the caller's reset would reach
+    /// the endpoint as a FIN. Lets go of the socket and the read buffer.
+    pub fn finish(self) -> Result<u64, io::Error> {
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.sent as u64),
+        }
     }
 
     /// Sends what the caller says on `stream` until the peer answers the OPEN (at most

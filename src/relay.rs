@@ -149,6 +149,18 @@ pub struct Counters {
     pub wire_to_socket: AtomicU64,
 }
 
+impl Counters {
+    /// Counts that start with `n` bytes already sent on the stream as they were (early data,
+    /// `crate::early`).
+    pub fn sent_ahead(n: u64) -> Self {
+        Counters {
+            to_stream: AtomicU64::new(n),
+            wire_to_stream: AtomicU64::new(n),
+            ..Counters::default()
+        }
+    }
+}
+
 /// Per-stream relay settings.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {

@@ -159,9 +159,9 @@ async fn serve_local(
         };
         // The gateway dials within the destination timeout; allow for the tunnel too.
         let opened = tokio::time::timeout(timeout + Duration::from_secs(5), open).await;
-        let (sent_ahead, read_failed) = (ahead.sent(), ahead.take_error());
-        drop(ahead);
-        if let Some(e) = read_failed {
+        let sent_ahead = match ahead.finish() {
+            Ok(n) => n,
+            Err(e) => {
             // Its stream was dropped: a reset at the gateway too, as the connection's was.
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             *dest
@@ -174,7 +174,8 @@ async fn serve_local(
             info!(reason = "reset", error = %e, "on-prem connection failed while its stream opened");
             conn.abort();
             return;
-        }
+            }
+        };
         let stream = match opened {
             Ok(Ok(s)) => s,
             // Only with the read error handled above.
@@ -209,10 +210,7 @@ async fn serve_local(
         }
         shared.stats.streams_opened.fetch_add(1, Ordering::Relaxed);
         dest.stats.opened.fetch_add(1, Ordering::Relaxed);
-        let counters = Arc::new(Counters::default());
-        // What went ahead counts as relayed: it was sent uncompressed.
-        counters.to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
-        counters.wire_to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
+        let counters = Arc::new(Counters::sent_ahead(sent_ahead));
         let opts = Options {
             compress,
             idle: dest.spec.idle(),

@@ -107,15 +107,16 @@ pub(super) async fn serve_caller(
         // The caller's first bytes go with the OPEN where the client takes them.
         let mut ahead = Ahead::new(&mut conn);
         let opened = open_for_caller(&tenant, &dest, caller, Some(&mut ahead)).await;
-        let (sent_ahead, read_failed) = (ahead.sent(), ahead.take_error());
-        drop(ahead);
-        if let Some(e) = read_failed {
-            // Its stream was dropped: a reset on the client's side too, as the caller's was.
-            gw.count(&tenant, Stat::Failed, 1);
-            info!(reason = "reset", error = %e, "caller failed while its stream opened");
-            conn.abort();
-            return;
-        }
+        let sent_ahead = match ahead.finish() {
+            Ok(n) => n,
+            Err(e) => {
+                // Its stream was dropped: a reset on the client's side too, as the caller's was.
+                gw.count(&tenant, Stat::Failed, 1);
+                info!(reason = "reset", error = %e, "caller failed while its stream opened");
+                conn.abort();
+                return;
+            }
+        };
         let (client_id, stream, compress) = match opened {
             Ok(x) => x,
             Err((reason, message)) => {
@@ -138,10 +139,7 @@ pub(super) async fn serve_caller(
             compress,
             idle: dest.idle_timeout,
         };
-        let counters = Arc::new(Counters::default());
-        // What went ahead counts as relayed: it was sent uncompressed.
-        counters.to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
-        counters.wire_to_stream.fetch_add(sent_ahead as u64, Ordering::Relaxed);
+        let counters = Arc::new(Counters::sent_ahead(sent_ahead));
         let out = relay::relay(conn, stream, &counters, opts).await;
         let d = out.log_closed(Facing::Caller, started);
         gw.count(&tenant, Stat::Up, d.up);

@@ -388,7 +388,12 @@ impl Tenant {
                             match ahead.send_until_answered(&stream, answer).await {
                                 Ok(()) => Ok(stream),
                                 Err(Unanswered::Retry(e)) => Err(e),
-                                Err(Unanswered::Final(e)) => return Err(not_retried(&e)),
+                                // A refusal is final anyway (below).
+                                Err(Unanswered::Final(e @ OpenError::Refused { .. })) => Err(e),
+                                Err(Unanswered::Final(e)) => {
+                                    let msg = format!("{e} after the caller's first bytes went ahead; not sent again on another tunnel");
+                                    return Err((e.reason(), msg));
+                                }
                                 Err(Unanswered::CallerFailed) => {
                                     let msg = "the caller failed while its stream opened";
                                     return Err((Reason::Reset, msg.into()));
@@ -410,20 +415,6 @@ impl Tenant {
                 }
             }
         }
-    }
-}
-
-/// Why an early open failed after some of the caller's bytes went out: for the caller's log
-/// line.
-fn not_retried(e: &OpenError) -> (Reason, String) {
-    match e {
-        OpenError::Refused { .. } => (e.reason(), e.to_string()),
-        _ => (
-            e.reason(),
-            format!(
-                "{e} after the caller's first bytes went ahead; not sent again on another tunnel"
-            ),
-        ),
     }
 }
 
