@@ -37,6 +37,11 @@ pub const GATEWAY_ID_HEADER: &str = "sgw-gateway-id";
 /// writes at most one (docs/PERFORMANCE.md).
 const WS_READ_CHUNK: usize = 16 * 1024;
 
+/// The most rustls holds of encrypted records not yet written: a whole message
+/// ([`crate::mux::BATCH_BYTES`], and one DATA frame past it). At rustls's default (64 KiB) a
+/// 128 KiB message went out as two full writes and a third of 52 bytes.
+const TLS_SEND_BUFFER: usize = crate::mux::BATCH_BYTES + proto::MAX_DATA + 4096;
+
 /// WebSocket settings: message limits from the protocol, reads of one TLS record.
 pub fn ws_config() -> WebSocketConfig {
     let mut c = WebSocketConfig::default();
@@ -275,7 +280,11 @@ pub async fn connect(
 ) -> Result<(ClientWs, Welcome), ConnectError> {
     let url = &replica.url;
     let tcp = reach(replica, addr).await?;
-    let tls_stream = tls_handshake(replica, tls, tcp).await?;
+    let mut tls_stream = tls_handshake(replica, tls, tcp).await?;
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(TLS_SEND_BUFFER));
     let mut req = url
         .to_string()
         .into_client_request()
@@ -388,7 +397,11 @@ pub async fn accept<T>(
     authorize: impl FnOnce(&UpgradeRequest<'_>) -> Option<T> + Unpin,
 ) -> Result<(ServerWs, T, Hello), AcceptError> {
     let _ = tcp.set_nodelay(true);
-    let tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
+    let mut tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
+    tls_stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(TLS_SEND_BUFFER));
     let mut outcome: Result<T, String> = Err("no upgrade request".into());
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
