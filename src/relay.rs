@@ -36,13 +36,18 @@ const KEEPALIVE_PROBES: u32 = 4;
 /// Prepares a socket to relay: `TCP_NODELAY` (the tunnel already batches) and TCP keepalive,
 /// so a long idle session (a pooled database connection, a blocking `BLPOP`) keeps its NAT and
 /// firewall state. Best effort: a socket that refuses keeps working without.
-pub fn tune(tcp: &TcpStream) {
-    let _ = tcp.set_nodelay(true);
+///
+/// Set on a listening socket, the options pass to every connection it accepts (Linux copies
+/// them at accept), which saves five system calls per connection: listeners are tuned where
+/// they are bound ([`crate::listen::bind`]), sockets we dial where they connect.
+pub fn tune<S: std::os::fd::AsFd>(sock: &S) {
+    let sock = socket2::SockRef::from(sock);
+    let _ = sock.set_tcp_nodelay(true);
     let ka = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL)
         .with_retries(KEEPALIVE_PROBES);
-    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+    let _ = sock.set_tcp_keepalive(&ka);
 }
 
 /// How a relay ended.

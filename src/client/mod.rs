@@ -177,6 +177,8 @@ impl Client {
         if let (Some(addr), Some(peer)) = (state.cfg.socks5_listen, self.peers.first()) {
             match TcpListener::bind(addr).await {
                 Ok(l) => {
+                    // Accepted connections inherit the relay's socket options.
+                    crate::relay::tune(&l);
                     let fut = socks::serve(state.clone(), peer.clone(), l, state.stop.clone());
                     state.tracker.spawn(fut);
                 }

@@ -76,6 +76,8 @@ pub(super) fn reconcile(
             }
         };
         let _ = std_listener.set_nonblocking(true);
+        // Accepted connections inherit the relay's socket options.
+        crate::relay::tune(&std_listener);
         let Ok(listener) = TcpListener::from_std(std_listener) else {
             continue;
         };
@@ -100,7 +102,6 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     crate::listen::accept_until(&listener, &stop, |tcp, peer| {
-        crate::relay::tune(&tcp);
         let fut = serve_local(shared.clone(), link.clone(), dest_id.clone(), tcp, peer);
         shared.tracker.spawn(fut);
     })

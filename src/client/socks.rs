@@ -38,7 +38,6 @@ pub(super) async fn serve(
         info!(socks5.listen = %a, gateway.id = %link.cfg.gateway_id, "SOCKS5 listener started");
     }
     crate::listen::accept_until(&listener, &stop, |tcp, peer| {
-        crate::relay::tune(&tcp);
         shared
             .tracker
             .spawn(connect(shared.clone(), link.clone(), tcp, peer));

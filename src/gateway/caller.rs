@@ -75,7 +75,6 @@ pub(super) async fn serve_caller(
     tcp: TcpStream,
     caller: SocketAddr,
 ) {
-    crate::relay::tune(&tcp);
     let span = caller_span(&dest, caller);
     async move {
         let started = Instant::now();

@@ -54,7 +54,8 @@ pub async fn accept_until(
 const BACKLOG: u32 = 4096;
 
 /// Binds `addr` (a name is resolved; the first address that binds wins) with
-/// `SO_REUSEADDR` and a deep backlog.
+/// `SO_REUSEADDR`, a deep backlog, and the options of relayed sockets, which the connections
+/// it accepts inherit ([`crate::relay::tune`]).
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
@@ -65,6 +66,7 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         };
         let listener = sock.and_then(|s| {
             s.set_reuseaddr(true)?;
+            crate::relay::tune(&s);
             s.bind(a)?;
             s.listen(BACKLOG)
         });
@@ -74,4 +76,30 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The relay's socket options are set once, on the listener: every accepted connection
+    /// must carry them without a call of its own.
+    #[tokio::test]
+    async fn accepted_connections_inherit_the_relays_socket_options() {
+        let l = bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _c = TcpStream::connect(addr).await.unwrap();
+        let (a, _) = l.accept().await.unwrap();
+        let a = socket2::SockRef::from(&a);
+        assert!(a.tcp_nodelay().unwrap(), "TCP_NODELAY");
+        assert!(a.keepalive().unwrap(), "SO_KEEPALIVE");
+        assert_eq!(
+            a.tcp_keepalive_time().unwrap(),
+            crate::relay::KEEPALIVE_IDLE
+        );
+        assert_eq!(
+            a.tcp_keepalive_interval().unwrap(),
+            crate::relay::KEEPALIVE_INTERVAL
+        );
+    }
 }
