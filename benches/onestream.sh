@@ -5,8 +5,13 @@
 # (voluntary: a thread went to sleep; involuntary: it was preempted), summed over all threads
 # of both processes; minor page faults per GB (each one a freshly zeroed page); peak RSS of
 # both, and the part of it that is the binary's own pages.
+# machine-cpu-s/GB is the busy time of every CPU (/proc/stat) per GB: on loopback the kernel
+# sends a socket's queued bytes in the context of whichever process opens the window, so
+# how a tunnel reads and writes moves iperf3's sending cost onto it or off it; the whole
+# machine's cost does not move (docs/PERFORMANCE.md, "Who pays on loopback").
 # Runs alternate between the binaries in SGW_BINS, so an A/B sees the same machine; the
-# medians are printed at the end. The machine is shared and noisy: compare medians of 6+ runs.
+# word `wstunnel` in SGW_BINS runs $PEERS/wstunnel (as ../shared/bench/peers.sh builds it) in
+# the same place, as a reverse tunnel like sgw's. The medians are printed at the end. The machine is shared and noisy: compare medians of 6+ runs.
 #
 # CALLGRIND=1 instead runs both processes under valgrind's callgrind while iperf3 sends MB
 # MiB, and prints user-space instructions per byte: slow, but it repeats to the percent on a
@@ -47,8 +52,32 @@ peak() { # pids -> "peak-MiB binary-MiB"
   echo $((k / 1024)) $((f / 1024))
 }
 
+busy() { # -> busy ticks of all CPUs so far (user nice system irq softirq steal)
+  awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
+wstunnel() { # sets port, gw and cl: wstunnel-wss (server, client) forwarding $port to iperf3
+  local ws=$PEERS/wstunnel/target/release/wstunnel wp
+  [ -x "$ws" ] || { echo "no $ws" >&2; return 1; }
+  [ -f "$dir/cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/key.pem" \
+    -out "$dir/cert.pem" -days 2 -subj /CN=localhost >/dev/null 2>&1
+  wp=$(free_port); port=$(free_port)
+  "$ws" server "wss://127.0.0.1:$wp" --tls-certificate "$dir/cert.pem" \
+    --tls-private-key "$dir/key.pem" >/dev/null 2>&1 & gw=$!; pids+=($gw)
+  wait_port "$wp" >&2
+  "$ws" client -R "tcp://127.0.0.1:$port:127.0.0.1:$IP" "wss://127.0.0.1:$wp" >/dev/null 2>&1 &
+  cl=$!; pids+=($cl)
+  # The reverse listener opens once the tunnel is up; a probe there would reach iperf3.
+  for _ in $(seq 100); do ss -ltn | grep -q ":$port " && break; sleep 0.1; done
+}
+
 one() { # binary -> one result line
-  local SGW=$1 port c0 c1 s0 s1 gw cl cg=()
+  local SGW=$1 port c0 c1 s0 s1 m0 m1 gw cl cg=()
+  if [ "$SGW" = wstunnel ]; then
+    wstunnel || return 1
+    measure
+    return
+  fi
   rm -rf "$dir/sgw"
   port=$(free_port)
   sgw_init --expose "127.0.0.1:$IP@$port"
@@ -74,18 +103,25 @@ print("instr/byte gateway %.2f client %.2f both %.2f" % (g / b, c / b, (g + c) /
 PY
     return
   fi
-  c0=$(ticks $gw $cl); s0=$(switches $gw $cl); f0=$(faults $gw $cl)
+  measure
+}
+
+measure() { # one iperf3 run through the tunnel at $port, whose processes are $gw and $cl
+  c0=$(ticks $gw $cl); s0=$(switches $gw $cl); f0=$(faults $gw $cl); m0=$(busy)
   iperf3 -c 127.0.0.1 -p "$port" -t "$SECS" -P "$P" -J >"$dir/i.json" 2>/dev/null || true
-  c1=$(ticks $gw $cl); s1=$(switches $gw $cl); f1=$(faults $gw $cl)
-  python3 - "$dir/i.json" "$c0" "$c1" "$s0" "$s1" "$(peak $gw $cl)" "$SECS" "$((f1 - f0))" <<'PY'
+  c1=$(ticks $gw $cl); s1=$(switches $gw $cl); f1=$(faults $gw $cl); m1=$(busy)
+  python3 - "$dir/i.json" "$c0" "$c1" "$s0" "$s1" "$(peak $gw $cl)" "$SECS" "$((f1 - f0))" \
+    "$((m1 - m0))" <<'PY'
 import json, os, sys
 g = json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9
 gb = g * int(sys.argv[7]) / 8
 cpu = (int(sys.argv[3]) - int(sys.argv[2])) / os.sysconf("SC_CLK_TCK")
 v0, n0 = map(int, sys.argv[4].split()); v1, n1 = map(int, sys.argv[5].split())
 pk, fl = sys.argv[6].split()
-print("Gb/s %.2f cpu-s/GB %.2f vol/GB %d invol/GB %d faults/GB %d peakMiB %s binaryMiB %s"
-      % (g, cpu / gb, (v1 - v0) / gb, (n1 - n0) / gb, int(sys.argv[8]) / gb, pk, fl))
+mcpu = int(sys.argv[9]) / os.sysconf("SC_CLK_TCK")
+print("Gb/s %.2f cpu-s/GB %.2f machine-cpu-s/GB %.2f vol/GB %d invol/GB %d faults/GB %d "
+      "peakMiB %s binaryMiB %s"
+      % (g, cpu / gb, mcpu / gb, (v1 - v0) / gb, (n1 - n0) / gb, int(sys.argv[8]) / gb, pk, fl))
 PY
   kill $gw $cl; wait $gw $cl 2>/dev/null || true
 }
