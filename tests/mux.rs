@@ -425,6 +425,80 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
     );
 }
 
+/// A reader that stalls and then drains its backlog consumes half a window within a few
+/// round trips too, but the window is not what limits it: growing would only let more data
+/// wait in memory for its next stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
+    // 1 ms each way: the stall below is 25 round trips.
+    let ((ar, aw), (br, bw)) = memory::link(Duration::from_millis(1));
+    let initial = 1024 * 1024;
+    let cfg = |role| MuxConfig {
+        role,
+        initial_window: initial,
+        ..MuxConfig::default()
+    };
+    let (gw, _gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
+    let (cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
+    let deadline = Instant::now() + T;
+    while gw.rtt().is_none() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let meta = OpenMeta {
+        dest: "d".into(),
+        caller: "c".into(),
+        compress: None,
+        target: None,
+    };
+    let accept = async {
+        let incoming = cl_events.incoming.recv().await.unwrap();
+        incoming.accept().await.unwrap()
+    };
+    let (opened, receiver) = tokio::join!(gw.open(&meta), accept);
+    let sender = opened.unwrap();
+    let rounds = 4;
+    let total = rounds * initial as usize;
+    let send = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![5u8; 64 * 1024]);
+        for _ in 0..total / chunk.len() {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        sender.finish().await.unwrap();
+    });
+    let buffered = || {
+        cl.stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut got = 0;
+    for _ in 0..rounds {
+        // Stalled: the sender has a whole window waiting here, and the reader stays away for
+        // many round trips (the stall is what this test is about)...
+        let full = Instant::now() + T;
+        while buffered() < u64::from(initial) {
+            assert!(Instant::now() < full, "the window never filled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // ... then it takes the window at once.
+        let drained = got + initial as usize;
+        while got < drained {
+            got += receiver.recv().await.unwrap().expect("more data").len();
+        }
+    }
+    while let Some(b) = receiver.recv().await.unwrap() {
+        got += b.len();
+    }
+    send.await.unwrap();
+    assert_eq!(got, total);
+    assert_eq!(
+        receiver.window(),
+        initial,
+        "the window grew for a stalled reader"
+    );
+}
+
 // ---- Hostile peers (docs/SECURITY.md): each case ends one stream, never the tunnel. ----
 
 #[tokio::test]

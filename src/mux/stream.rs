@@ -49,8 +49,11 @@ impl StreamError {
     }
 }
 
-/// A half window consumed within this many minimum RTTs means the window, not the reader,
-/// limits the stream.
+/// A half window consumed within this many minimum RTTs, and the whole window within twice
+/// as many, means the window, not the reader, limits the stream. The whole window counts
+/// too because a reader that stalls and then drains its backlog consumes the backlog's
+/// second half at once: growing then only lets more wait in memory for the next stall (on
+/// loopback, the windows of eight streams grew to 30 MB; docs/PERFORMANCE.md).
 const GROWTH_RTTS: u32 = 4;
 
 type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
@@ -76,6 +79,8 @@ pub(crate) struct StreamState {
     unacked: u32,
     epoch: Instant,
     growth: u64,
+    /// When the window update before the last one was sent: a whole window ago.
+    prev_epoch: Instant,
     // Send direction.
     credit: u64,
     /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
@@ -123,6 +128,7 @@ impl StreamState {
             unacked: 0,
             epoch: Instant::now(),
             growth: 0,
+            prev_epoch: Instant::now(),
             credit,
             presumed: 0,
             announced: true,
@@ -466,7 +472,10 @@ impl StreamShared {
             // bigger windows themselves cause, and growing on it feeds on itself.
             let rtt = mux.min_rtt();
             let mut inc = st.unacked;
-            if now.duration_since(st.epoch) < GROWTH_RTTS * rtt && st.window < cfg.max_window {
+            if now.duration_since(st.epoch) < GROWTH_RTTS * rtt
+                && now.duration_since(st.prev_epoch) < 2 * GROWTH_RTTS * rtt
+                && st.window < cfg.max_window
+            {
                 let grow = st.window.min(cfg.max_window - st.window);
                 let budget = &mux.window_growth;
                 let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
@@ -480,6 +489,7 @@ impl StreamShared {
                     budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
                 }
             }
+            st.prev_epoch = st.epoch;
             st.epoch = now;
             st.unacked = 0;
             st.granted += u64::from(inc);
