@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use sgw::mux::{memory, Events, Mux, MuxConfig, OpenError, Role, StreamError};
+use sgw::mux::{memory, Events, Mux, MuxConfig, MuxStream, OpenError, Role, StreamError};
 use sgw::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason, EARLY_DATA};
 
 const T: Duration = Duration::from_secs(10);
@@ -348,24 +348,26 @@ async fn fuzz_corpus_replays_without_panic() {
     assert!(n >= 20, "corpus has {n} files");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
-    // 25 ms each way, like a WAN; the initial window alone would cap the stream at
-    // 256 KiB per 50 ms round trip.
-    let delay_ms = std::env::var("SGW_WAN_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(25);
-    let ((ar, aw), (br, bw)) = memory::link(Duration::from_millis(delay_ms));
-    let initial = 256 * 1024;
+/// Two muxes over an in-memory link and one stream the gateway opened, with both ends.
+struct Pair {
+    cl: Mux,
+    _gw: Mux,
+    _events: (Events, Events),
+    sender: MuxStream,
+    receiver: MuxStream,
+}
+
+/// A [`Pair`] over a link `delay` each way, with `initial` windows, once the first PING/PONG
+/// has measured the path.
+async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
+    let ((ar, aw), (br, bw)) = memory::link(delay);
     let cfg = |role| MuxConfig {
         role,
         initial_window: initial,
         ..MuxConfig::default()
     };
-    let (gw, _gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
-    let (_cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
-    // Let the first PING/PONG measure the path.
+    let (gw, gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
+    let (cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
     let deadline = Instant::now() + T;
     while gw.rtt().is_none() {
         assert!(Instant::now() < deadline);
@@ -378,17 +380,36 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
         target: None,
     };
     let accept = async {
-        cl_events
-            .incoming
-            .recv()
-            .await
-            .unwrap()
-            .accept()
-            .await
-            .unwrap()
+        let incoming = cl_events.incoming.recv().await.unwrap();
+        incoming.accept().await.unwrap()
     };
     let (opened, receiver) = tokio::join!(gw.open(&meta), accept);
-    let sender = opened.unwrap();
+    Pair {
+        cl,
+        _gw: gw,
+        _events: (gw_events, cl_events),
+        sender: opened.unwrap(),
+        receiver,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
+    // 25 ms each way, like a WAN; the initial window alone would cap the stream at
+    // 256 KiB per 50 ms round trip.
+    let delay_ms = std::env::var("SGW_WAN_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let initial = 256 * 1024;
+    // Every part bound, so the muxes live to the end of the test.
+    let Pair {
+        cl: _cl,
+        _gw,
+        _events,
+        sender,
+        receiver,
+    } = one_stream_over(Duration::from_millis(delay_ms), initial).await;
     let total: usize = std::env::var("SGW_WAN_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -431,32 +452,14 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
     // 1 ms each way: the stall below is 25 round trips.
-    let ((ar, aw), (br, bw)) = memory::link(Duration::from_millis(1));
     let initial = 1024 * 1024;
-    let cfg = |role| MuxConfig {
-        role,
-        initial_window: initial,
-        ..MuxConfig::default()
-    };
-    let (gw, _gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
-    let (cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
-    let deadline = Instant::now() + T;
-    while gw.rtt().is_none() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let meta = OpenMeta {
-        dest: "d".into(),
-        caller: "c".into(),
-        compress: None,
-        target: None,
-    };
-    let accept = async {
-        let incoming = cl_events.incoming.recv().await.unwrap();
-        incoming.accept().await.unwrap()
-    };
-    let (opened, receiver) = tokio::join!(gw.open(&meta), accept);
-    let sender = opened.unwrap();
+    let Pair {
+        cl,
+        _gw,
+        _events,
+        sender,
+        receiver,
+    } = one_stream_over(Duration::from_millis(1), initial).await;
     let rounds = 4;
     let total = rounds * initial as usize;
     let send = tokio::spawn(async move {
