@@ -358,7 +358,7 @@ struct Pair {
 }
 
 /// A [`Pair`] over a link `delay` each way, with `initial` windows, once the first PING/PONG
-/// has measured the path.
+/// of each side has measured the path.
 async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
     let ((ar, aw), (br, bw)) = memory::link(delay);
     let cfg = |role| MuxConfig {
@@ -368,8 +368,9 @@ async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
     };
     let (gw, gw_events) = Mux::start(ar, aw, cfg(Role::Gateway));
     let (cl, mut cl_events) = Mux::start(br, bw, cfg(Role::Client));
+    // Both sides: each judges its own window growth against its own measure of the path.
     let deadline = Instant::now() + T;
-    while gw.rtt().is_none() {
+    while gw.rtt().is_none() || cl.rtt().is_none() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -451,7 +452,6 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
 /// wait in memory for its next stall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
-    // 1 ms each way: the stall below is 25 round trips.
     let initial = 1024 * 1024;
     let Pair {
         cl,
@@ -460,6 +460,8 @@ async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
         sender,
         receiver,
     } = one_stream_over(Duration::from_millis(1), initial).await;
+    // Many round trips, however slow this machine makes them.
+    let stall = Duration::from_millis(50).max(12 * cl.rtt().expect("measured"));
     let rounds = 4;
     let total = rounds * initial as usize;
     let send = tokio::spawn(async move {
@@ -474,31 +476,94 @@ async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
             .buffered
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    let mut got = 0;
-    for _ in 0..rounds {
-        // Stalled: the sender has a whole window waiting here, and the reader stays away for
-        // many round trips (the stall is what this test is about)...
-        let full = Instant::now() + T;
-        while buffered() < u64::from(initial) {
-            assert!(Instant::now() < full, "the window never filled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let got = tokio::time::timeout(T, async {
+        let mut got = 0;
+        for _ in 0..rounds {
+            // Stalled: the sender has a whole window waiting here, and the reader stays away
+            // (the stall is what this test is about)...
+            while buffered() < u64::from(initial) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(stall).await;
+            // ... then it takes the window at once.
+            let drained = got + initial as usize;
+            while got < drained {
+                got += receiver.recv().await.unwrap().expect("more data").len();
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // ... then it takes the window at once.
-        let drained = got + initial as usize;
-        while got < drained {
-            got += receiver.recv().await.unwrap().expect("more data").len();
+        while let Some(b) = receiver.recv().await.unwrap() {
+            got += b.len();
         }
-    }
-    while let Some(b) = receiver.recv().await.unwrap() {
-        got += b.len();
-    }
+        got
+    })
+    .await
+    .expect("the transfer finished");
     send.await.unwrap();
     assert_eq!(got, total);
     assert_eq!(
         receiver.window(),
         initial,
         "the window grew for a stalled reader"
+    );
+}
+
+/// The other side of the rule above: a window's worth that arrives all at once after the
+/// sender was idle, and is read as soon as it is all there, is window-limited: the window
+/// grows, though half of it was waiting at the first update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_after_idle_read_as_they_come_grow_the_window() {
+    let initial = 256 * 1024;
+    let Pair {
+        cl,
+        _gw,
+        _events,
+        sender,
+        receiver,
+    } = one_stream_over(Duration::from_millis(5), initial).await;
+    // Each burst a window; the sender idles for several round trips before each.
+    let burst = initial as usize;
+    let bursts = 3;
+    let send = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![6u8; 64 * 1024]);
+        for _ in 0..bursts {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            for _ in 0..burst / chunk.len() {
+                sender.send(chunk.clone()).await.unwrap();
+            }
+        }
+        sender.finish().await.unwrap();
+    });
+    let buffered = || {
+        cl.stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let got = tokio::time::timeout(T, async {
+        let mut got = 0;
+        for _ in 0..bursts {
+            // The burst, all here (within a round trip of its first byte)...
+            while buffered() < u64::from(initial) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // ... read at once.
+            let done = got + burst;
+            while got < done {
+                got += receiver.recv().await.unwrap().expect("more data").len();
+            }
+        }
+        while let Some(b) = receiver.recv().await.unwrap() {
+            got += b.len();
+        }
+        got
+    })
+    .await
+    .expect("the transfer finished");
+    send.await.unwrap();
+    assert_eq!(got, bursts * burst);
+    assert!(
+        receiver.window() > initial,
+        "the window stayed at {} over {bursts} window-limited bursts",
+        receiver.window()
     );
 }
 

@@ -40,7 +40,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -175,10 +174,8 @@ impl Client {
             slots.spawn(session::watch_acl_file(self.handle(), shutdown.clone()));
         }
         if let (Some(addr), Some(peer)) = (state.cfg.socks5_listen, self.peers.first()) {
-            match TcpListener::bind(addr).await {
+            match crate::listen::bind(&addr.to_string()).await {
                 Ok(l) => {
-                    // Accepted connections inherit the relay's socket options.
-                    crate::relay::tune(&l);
                     let fut = socks::serve(state.clone(), peer.clone(), l, state.stop.clone());
                     state.tracker.spawn(fut);
                 }

@@ -68,16 +68,13 @@ pub(super) fn reconcile(
             continue;
         }
         // Bound here, synchronously, so a port in use is reported with the push that asked.
-        let std_listener = match std::net::TcpListener::bind(addr) {
+        let std_listener = match crate::listen::bind_std(addr) {
             Ok(l) => l,
             Err(e) => {
                 warn!(dest.id = %id, local.addr = %addr, error = %e, "cannot listen for reverse destination");
                 continue;
             }
         };
-        let _ = std_listener.set_nonblocking(true);
-        // Accepted connections inherit the relay's socket options.
-        crate::relay::tune(&std_listener);
         let Ok(listener) = TcpListener::from_std(std_listener) else {
             continue;
         };

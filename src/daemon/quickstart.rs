@@ -92,7 +92,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
     let gw_task = tokio::spawn(gw.run(shutdown.clone()));
     // The client gets worker threads of its own, as it has on its own host. On the gateway's
     // workers, the two ends of every stream took turns on the same threads: one stream
-    // carried 8.9 Gb/s against 12.1 as two processes (docs/PERFORMANCE.md).
+    // carried about 10 Gb/s against 12-13 as two processes (docs/PERFORMANCE.md).
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sgw-client")

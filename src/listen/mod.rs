@@ -15,6 +15,21 @@ use tracing::warn;
 /// The pause after a failed accept.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// [`bind`] for one address, synchronously (a caller that must report a port in use at once).
+pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    crate::relay::tune(&sock);
+    sock.bind(&addr.into())?;
+    sock.listen(BACKLOG as i32)?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
 /// The next connection, or `None` once `stop` is cancelled.
 pub async fn accept(
     listener: &TcpListener,
@@ -55,7 +70,9 @@ const BACKLOG: u32 = 4096;
 
 /// Binds `addr` (a name is resolved; the first address that binds wins) with
 /// `SO_REUSEADDR`, a deep backlog, and the options of relayed sockets, which the connections
-/// it accepts inherit ([`crate::relay::tune`]).
+/// it accepts inherit ([`crate::relay::tune`]). Set before `listen`, so no connection can
+/// arrive without them. The tunnel endpoint and the management API take them too: keepalive
+/// and `TCP_NODELAY` suit their connections as well.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
@@ -86,11 +103,20 @@ mod tests {
     /// must carry them without a call of its own.
     #[tokio::test]
     async fn accepted_connections_inherit_the_relays_socket_options() {
-        let l = bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let _c = TcpStream::connect(addr).await.unwrap();
-        let (a, _) = l.accept().await.unwrap();
-        let a = socket2::SockRef::from(&a);
+        let sync = bind_std("127.0.0.1:0".parse().unwrap()).unwrap();
+        for l in [
+            bind("127.0.0.1:0").await.unwrap(),
+            TcpListener::from_std(sync).unwrap(),
+        ] {
+            let addr = l.local_addr().unwrap();
+            let _c = TcpStream::connect(addr).await.unwrap();
+            let (a, _) = l.accept().await.unwrap();
+            has_the_relays_options(&a);
+        }
+    }
+
+    fn has_the_relays_options(a: &TcpStream) {
+        let a = socket2::SockRef::from(a);
         assert!(a.tcp_nodelay().unwrap(), "TCP_NODELAY");
         assert!(a.keepalive().unwrap(), "SO_KEEPALIVE");
         assert_eq!(

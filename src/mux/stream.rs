@@ -49,11 +49,8 @@ impl StreamError {
     }
 }
 
-/// A half window consumed within this many minimum RTTs, and the whole window within twice
-/// as many, means the window, not the reader, limits the stream. The whole window counts
-/// too because a reader that stalls and then drains its backlog consumes the backlog's
-/// second half at once: growing then only lets more wait in memory for the next stall (on
-/// loopback, the windows of eight streams grew to 30 MB; docs/PERFORMANCE.md).
+/// A half window consumed within this many minimum RTTs means the window, not the reader,
+/// limits the stream: unless the half before it was drained from a backlog (below).
 const GROWTH_RTTS: u32 = 4;
 
 type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
@@ -79,8 +76,16 @@ pub(crate) struct StreamState {
     unacked: u32,
     epoch: Instant,
     growth: u64,
-    /// When the window update before the last one was sent: a whole window ago.
-    prev_epoch: Instant,
+    /// At the last window update, half the window or more was still waiting to be written,
+    /// and had been waiting for more than [`GROWTH_RTTS`]: the reader had stalled and is
+    /// draining what piled up. The next half-window then goes fast because it was already
+    /// here, not because the window limits the sender; growing on it would only let more
+    /// wait in memory for the next stall (on loopback the windows of eight streams grew to
+    /// 30 MB; docs/PERFORMANCE.md). A burst that arrived all at once and is being written as
+    /// fast as it came is not a stall.
+    backlogged: bool,
+    /// When received data last started waiting to be written (the queue was empty before).
+    backlog_since: Instant,
     // Send direction.
     credit: u64,
     /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
@@ -128,7 +133,8 @@ impl StreamState {
             unacked: 0,
             epoch: Instant::now(),
             growth: 0,
-            prev_epoch: Instant::now(),
+            backlogged: false,
+            backlog_since: Instant::now(),
             credit,
             presumed: 0,
             announced: true,
@@ -347,6 +353,9 @@ impl StreamShared {
         mux.stats
             .buffered
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if st.recv_bytes == 0 {
+            st.backlog_since = Instant::now();
+        }
         st.recv_bytes += data.len();
         st.recv.push_back(data);
         if let Some(w) = st.recv_waker.take() {
@@ -473,7 +482,7 @@ impl StreamShared {
             let rtt = mux.min_rtt();
             let mut inc = st.unacked;
             if now.duration_since(st.epoch) < GROWTH_RTTS * rtt
-                && now.duration_since(st.prev_epoch) < 2 * GROWTH_RTTS * rtt
+                && !st.backlogged
                 && st.window < cfg.max_window
             {
                 let grow = st.window.min(cfg.max_window - st.window);
@@ -489,7 +498,8 @@ impl StreamShared {
                     budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
                 }
             }
-            st.prev_epoch = st.epoch;
+            st.backlogged = st.recv_bytes >= st.window as usize / 2
+                && now.duration_since(st.backlog_since) >= GROWTH_RTTS * rtt;
             st.epoch = now;
             st.unacked = 0;
             st.granted += u64::from(inc);
