@@ -447,87 +447,29 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
     );
 }
 
-/// A reader that stalls and then drains its backlog consumes half a window within a few
-/// round trips too, but the window is not what limits it: growing would only let more data
-/// wait in memory for its next stall.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
-    let initial = 1024 * 1024;
+/// Sends `rounds` windows of `initial` bytes over `p`, the sender idling `idle` before each;
+/// the reader waits until a whole window is here, stays away `stall` longer, then reads it
+/// at once. Returns the receiver's window at the end.
+async fn whole_windows(
+    p: Pair,
+    initial: u32,
+    rounds: usize,
+    idle: Duration,
+    stall: Duration,
+) -> u32 {
     let Pair {
         cl,
         _gw,
         _events,
         sender,
         receiver,
-    } = one_stream_over(Duration::from_millis(1), initial).await;
-    // Many round trips, however slow this machine makes them.
-    let stall = Duration::from_millis(50).max(12 * cl.rtt().expect("measured"));
-    let rounds = 4;
-    let total = rounds * initial as usize;
+    } = p;
+    let window = initial as usize;
     let send = tokio::spawn(async move {
         let chunk = Bytes::from(vec![5u8; 64 * 1024]);
-        for _ in 0..total / chunk.len() {
-            sender.send(chunk.clone()).await.unwrap();
-        }
-        sender.finish().await.unwrap();
-    });
-    let buffered = || {
-        cl.stats()
-            .buffered
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let got = tokio::time::timeout(T, async {
-        let mut got = 0;
         for _ in 0..rounds {
-            // Stalled: the sender has a whole window waiting here, and the reader stays away
-            // (the stall is what this test is about)...
-            while buffered() < u64::from(initial) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            tokio::time::sleep(stall).await;
-            // ... then it takes the window at once.
-            let drained = got + initial as usize;
-            while got < drained {
-                got += receiver.recv().await.unwrap().expect("more data").len();
-            }
-        }
-        while let Some(b) = receiver.recv().await.unwrap() {
-            got += b.len();
-        }
-        got
-    })
-    .await
-    .expect("the transfer finished");
-    send.await.unwrap();
-    assert_eq!(got, total);
-    assert_eq!(
-        receiver.window(),
-        initial,
-        "the window grew for a stalled reader"
-    );
-}
-
-/// The other side of the rule above: a window's worth that arrives all at once after the
-/// sender was idle, and is read as soon as it is all there, is window-limited: the window
-/// grows, though half of it was waiting at the first update.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_after_idle_read_as_they_come_grow_the_window() {
-    let initial = 256 * 1024;
-    let Pair {
-        cl,
-        _gw,
-        _events,
-        sender,
-        receiver,
-    } = one_stream_over(Duration::from_millis(5), initial).await;
-    // Each burst a window; the sender idles for several round trips before each.
-    let burst = initial as usize;
-    let bursts = 3;
-    let send = tokio::spawn(async move {
-        let chunk = Bytes::from(vec![6u8; 64 * 1024]);
-        for _ in 0..bursts {
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            for _ in 0..burst / chunk.len() {
+            tokio::time::sleep(idle).await;
+            for _ in 0..window / chunk.len() {
                 sender.send(chunk.clone()).await.unwrap();
             }
         }
@@ -540,13 +482,12 @@ async fn bursts_after_idle_read_as_they_come_grow_the_window() {
     };
     let got = tokio::time::timeout(T, async {
         let mut got = 0;
-        for _ in 0..bursts {
-            // The burst, all here (within a round trip of its first byte)...
+        for _ in 0..rounds {
             while buffered() < u64::from(initial) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            // ... read at once.
-            let done = got + burst;
+            tokio::time::sleep(stall).await;
+            let done = got + window;
             while got < done {
                 got += receiver.recv().await.unwrap().expect("more data").len();
             }
@@ -559,11 +500,36 @@ async fn bursts_after_idle_read_as_they_come_grow_the_window() {
     .await
     .expect("the transfer finished");
     send.await.unwrap();
-    assert_eq!(got, bursts * burst);
+    assert_eq!(got, rounds * window);
+    receiver.window()
+}
+
+/// A reader that stalls and then drains its backlog consumes half a window within a few
+/// round trips too, but the window is not what limits it: growing would only let more data
+/// wait in memory for its next stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
+    let initial = 1024 * 1024;
+    let p = one_stream_over(Duration::from_millis(1), initial).await;
+    // The stall is what this test is about: many round trips, however slow this machine
+    // makes them.
+    let stall = Duration::from_millis(50).max(12 * p.cl.rtt().expect("measured"));
+    let window = whole_windows(p, initial, 4, Duration::ZERO, stall).await;
+    assert_eq!(window, initial, "the window grew for a stalled reader");
+}
+
+/// The other side of the rule above: a window's worth that arrives all at once after the
+/// sender was idle, and is read as soon as it is all there, is window-limited: the window
+/// grows, though half of it was waiting at the first update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_after_idle_read_as_they_come_grow_the_window() {
+    let initial = 256 * 1024;
+    let p = one_stream_over(Duration::from_millis(5), initial).await;
+    // The sender idles for several round trips before each window.
+    let window = whole_windows(p, initial, 3, Duration::from_millis(60), Duration::ZERO).await;
     assert!(
-        receiver.window() > initial,
-        "the window stayed at {} over {bursts} window-limited bursts",
-        receiver.window()
+        window > initial,
+        "the window stayed at {window} over three window-limited bursts"
     );
 }
 
