@@ -11,7 +11,8 @@
 # machine's cost does not move (docs/PERFORMANCE.md, "Who pays on loopback").
 # Runs alternate between the binaries in SGW_BINS, so an A/B sees the same machine; the
 # word `wstunnel` in SGW_BINS runs $PEERS/wstunnel (as ../shared/bench/peers.sh builds it) in
-# the same place, as a reverse tunnel like sgw's. The medians are printed at the end. The machine is shared and noisy: compare medians of 6+ runs.
+# the same place, as a reverse tunnel like sgw's. The medians are printed at the end. The
+# machine is shared and noisy: compare medians of 6+ runs.
 #
 # CALLGRIND=1 instead runs both processes under valgrind's callgrind while iperf3 sends MB
 # MiB, and prints user-space instructions per byte: slow, but it repeats to the percent on a

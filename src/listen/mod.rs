@@ -15,7 +15,8 @@ use tracing::warn;
 /// The pause after a failed accept.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// [`bind`] for one address, synchronously (a caller that must report a port in use at once).
+/// Binds one address as [`bind`] does, synchronously (for a caller that must report a port in
+/// use at once); the listener is non-blocking, ready for [`TcpListener::from_std`].
 pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let sock = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -76,18 +77,7 @@ const BACKLOG: u32 = 4096;
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     let mut last = None;
     for a in tokio::net::lookup_host(addr).await? {
-        let sock = if a.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        };
-        let listener = sock.and_then(|s| {
-            s.set_reuseaddr(true)?;
-            crate::relay::tune(&s);
-            s.bind(a)?;
-            s.listen(BACKLOG)
-        });
-        match listener {
+        match bind_std(a).and_then(TcpListener::from_std) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }
