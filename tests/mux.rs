@@ -447,15 +447,17 @@ async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
     );
 }
 
-/// Sends `rounds` windows of `initial` bytes over `p`, the sender idling `idle` before each;
-/// the reader waits until a whole window is here, stays away `stall` longer, then reads it
-/// at once. Returns the receiver's window at the end.
-async fn whole_windows(
+/// Sends `rounds` bursts of `burst` bytes over `p`, the sender idling `idle` before each.
+/// With a `stall`, the reader waits until a whole window (`initial`) is here, stays away that
+/// much longer, then reads the burst at once; without one it reads as data comes. Returns
+/// the receiver's window at the end.
+async fn bursts(
     p: Pair,
     initial: u32,
+    burst: usize,
     rounds: usize,
     idle: Duration,
-    stall: Duration,
+    stall: Option<Duration>,
 ) -> u32 {
     let Pair {
         cl,
@@ -464,12 +466,11 @@ async fn whole_windows(
         sender,
         receiver,
     } = p;
-    let window = initial as usize;
     let send = tokio::spawn(async move {
         let chunk = Bytes::from(vec![5u8; 64 * 1024]);
         for _ in 0..rounds {
             tokio::time::sleep(idle).await;
-            for _ in 0..window / chunk.len() {
+            for _ in 0..burst / chunk.len() {
                 sender.send(chunk.clone()).await.unwrap();
             }
         }
@@ -483,11 +484,13 @@ async fn whole_windows(
     let got = tokio::time::timeout(T, async {
         let mut got = 0;
         for _ in 0..rounds {
-            while buffered() < u64::from(initial) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            if let Some(stall) = stall {
+                while buffered() < u64::from(initial) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::time::sleep(stall).await;
             }
-            tokio::time::sleep(stall).await;
-            let done = got + window;
+            let done = got + burst;
             while got < done {
                 got += receiver.recv().await.unwrap().expect("more data").len();
             }
@@ -500,7 +503,7 @@ async fn whole_windows(
     .await
     .expect("the transfer finished");
     send.await.unwrap();
-    assert_eq!(got, rounds * window);
+    assert_eq!(got, rounds * burst);
     receiver.window()
 }
 
@@ -514,22 +517,68 @@ async fn a_reader_that_stalls_and_drains_does_not_grow_the_window() {
     // The stall is what this test is about: many round trips, however slow this machine
     // makes them.
     let stall = Duration::from_millis(50).max(12 * p.cl.rtt().expect("measured"));
-    let window = whole_windows(p, initial, 4, Duration::ZERO, stall).await;
+    let window = bursts(p, initial, initial as usize, 4, Duration::ZERO, Some(stall)).await;
     assert_eq!(window, initial, "the window grew for a stalled reader");
 }
 
-/// The other side of the rule above: a window's worth that arrives all at once after the
-/// sender was idle, and is read as soon as it is all there, is window-limited: the window
-/// grows, though half of it was waiting at the first update.
+/// The other side of the rule above: bursts of several windows after the sender was idle,
+/// read as they come, are window-limited once the first window of each is in: the window
+/// grows, though the idle time falls inside the first window of every burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_after_idle_read_as_they_come_grow_the_window() {
     let initial = 256 * 1024;
     let p = one_stream_over(Duration::from_millis(5), initial).await;
-    // The sender idles for several round trips before each window.
-    let window = whole_windows(p, initial, 3, Duration::from_millis(60), Duration::ZERO).await;
+    // The sender idles for several round trips before each burst.
+    let burst = 4 * initial as usize;
+    let window = bursts(p, initial, burst, 3, Duration::from_millis(60), None).await;
     assert!(
         window > initial,
         "the window stayed at {window} over three window-limited bursts"
+    );
+}
+
+/// A window's worth that arrives at once is no measure of the stream's speed: the sender had
+/// it all in flight before the first update. A reader taking eight streams' first windows
+/// quickly and then reading each slowly, as a busy host does, leaves the windows as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fast_window_then_a_slow_reader_does_not_grow_the_window() {
+    let initial = 256 * 1024;
+    let p = one_stream_over(Duration::from_millis(1), initial).await;
+    let rtt = p.cl.rtt().expect("measured");
+    let Pair {
+        cl: _cl,
+        _gw,
+        _events,
+        sender,
+        receiver,
+    } = p;
+    let total = 4 * initial as usize;
+    let send = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![6u8; 64 * 1024]);
+        for _ in 0..total / chunk.len() {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        sender.finish().await.unwrap();
+    });
+    let got = tokio::time::timeout(T, async {
+        let mut got = 0;
+        while let Some(b) = receiver.recv().await.unwrap() {
+            got += b.len();
+            // After the first window, each 64 KiB takes several round trips to be written.
+            if got > initial as usize {
+                tokio::time::sleep(Duration::from_millis(5).max(4 * rtt)).await;
+            }
+        }
+        got
+    })
+    .await
+    .expect("the transfer finished");
+    send.await.unwrap();
+    assert_eq!(got, total);
+    assert_eq!(
+        receiver.window(),
+        initial,
+        "the window grew for a slow reader"
     );
 }
 
