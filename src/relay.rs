@@ -583,14 +583,23 @@ async fn up<R: AsyncRead + Unpin>(
         (MAX_DATA, READ_MAX)
     };
     let mut want = chunk_min;
-    let mut buf = BytesMut::with_capacity(MAX_DATA);
+    let mut buf = BytesMut::new();
     loop {
-        // Room for `want`; a small read may use what is left of the last buffer.
-        if buf.capacity() < want && (buf.capacity() < 4096 || want > chunk_min) {
-            buf.reserve(want);
+        // Nothing is read that the peer's window would hold back: it waits in the socket, not
+        // in a buffer of this stream's (one read's worth more than the credit at most, so
+        // reads stay big). Compressed output has no size to hold to the credit.
+        let credit = stream.writable().await.map_err(Failure::Stream)?;
+        let take = if opts.compress {
+            want
+        } else {
+            want.min(credit.max(chunk_min))
+        };
+        // Room for `take`; a small read may use what is left of the last buffer.
+        if buf.capacity() < take && (buf.capacity() < 4096 || take > chunk_min) {
+            buf.reserve(take);
         }
         let n = (&mut rd)
-            .take(want as u64)
+            .take(take as u64)
             .read_buf(&mut buf)
             .await
             .map_err(Failure::Socket)?;
@@ -599,7 +608,7 @@ async fn up<R: AsyncRead + Unpin>(
         }
         // A read that filled its room found more waiting (a bulk sender): read more at a time,
         // so the frames share a message and the far end writes them at once.
-        want = if n == want {
+        want = if n == take {
             (want * 2).min(chunk_max)
         } else {
             chunk_min

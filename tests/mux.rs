@@ -582,6 +582,118 @@ async fn one_fast_window_then_a_slow_reader_does_not_grow_the_window() {
     );
 }
 
+/// A window grown while its stream was fast goes back down when the stream turns slow (its
+/// reader, or many streams sharing the host): what it held was memory doing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_grown_when_fast_shrinks_when_its_reader_turns_slow() {
+    let initial = 256 * 1024;
+    let p = one_stream_over(Duration::from_millis(1), initial).await;
+    let Pair {
+        cl: _cl,
+        _gw,
+        _events,
+        sender,
+        receiver,
+    } = p;
+    let fast = 4 * 1024 * 1024;
+    let slow = 32 * 1024 * 1024;
+    let send = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![8u8; 64 * 1024]);
+        for _ in 0..(fast + slow) / chunk.len() {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        sender.finish().await.unwrap();
+    });
+    let (grown, end) = tokio::time::timeout(T, async {
+        let mut got = 0;
+        while got < fast {
+            got += receiver.recv().await.unwrap().expect("more data").len();
+        }
+        let mut grown = receiver.window();
+        // Then 64 KiB per millisecond or slower: a whole window takes many round trips.
+        while let Some(b) = receiver.recv().await.unwrap() {
+            got += b.len();
+            grown = grown.max(receiver.window());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(got, fast + slow);
+        (grown, receiver.window())
+    })
+    .await
+    .expect("the transfer finished");
+    send.await.unwrap();
+    assert!(grown >= 4 * initial, "the window only grew to {grown}");
+    assert!(
+        end <= grown / 2,
+        "the window stayed at {end} (grown to {grown}) for a slow reader"
+    );
+    assert!(end >= initial, "the window shrank below its start: {end}");
+}
+
+/// A relay reads from its socket no more than the stream may send: what the peer's window
+/// holds back stays in the socket (TCP flow control), not in memory of the relay's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
+    use sgw::relay::{relay, Counters, Options, Socket};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let initial = 256 * 1024;
+    let p = one_stream_over(Duration::ZERO, initial).await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut source = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, _) = l.accept().await.unwrap();
+    // Far more than the window, and much of it waiting in the socket before the relay starts,
+    // so every read finds more than it asks for. The receiver never reads: the writer stalls
+    // once the window, the relay and both sockets' buffers are full.
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = written.clone();
+    let writing = tokio::spawn(async move {
+        let chunk = vec![9u8; 64 * 1024];
+        while source.write_all(&chunk).await.is_ok() {
+            w.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let deadline = Instant::now() + T;
+    while written.load(std::sync::atomic::Ordering::Relaxed) < 256 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the socket took less than 256 KiB"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let counters = Arc::new(Counters::default());
+    let c = counters.clone();
+    let sender = p.sender;
+    let relaying = tokio::spawn(async move {
+        relay(Socket::Tcp(tcp), sender, &c, Options::default()).await;
+    });
+    let buffered = || {
+        p.cl.stats()
+            .buffered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + T;
+    while buffered() < u64::from(initial) {
+        assert!(Instant::now() < deadline, "the window never filled");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // What the relay would read beyond the window it reads at once, data waiting.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let read = counters
+        .to_stream
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(buffered(), u64::from(initial));
+    assert!(
+        read <= u64::from(initial) + sgw::proto::MAX_DATA as u64,
+        "the relay read {read} bytes for a window of {initial}"
+    );
+    writing.abort();
+    relaying.abort();
+    drop(p.receiver);
+}
+
 // ---- Hostile peers (docs/SECURITY.md): each case ends one stream, never the tunnel. ----
 
 #[tokio::test]

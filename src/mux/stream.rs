@@ -56,6 +56,13 @@ impl StreamError {
 /// window allows (on loopback eight streams' windows grew to 17 MB with no gain in speed).
 const GROWTH_RTTS: u32 = 4;
 
+/// Whole windows that each took this many minimum RTTs or more, [`SHRINK_AFTER`] updates in
+/// a row, were far more than the stream needed: half of what it grew goes back (PROTOCOL.md
+/// §5). Well apart from [`GROWTH_RTTS`], and never on one slow window (a busy host pauses a
+/// reader now and then), so a fast stream whose speed wobbles does not shrink and regrow.
+const SHRINK_RTTS: u32 = 16;
+const SHRINK_AFTER: u8 = 4;
+
 type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
 
 pub(crate) struct StreamState {
@@ -81,6 +88,8 @@ pub(crate) struct StreamState {
     /// first window arrives in one burst however slow the stream, so it is no measure.
     epoch: Option<Instant>,
     prev_epoch: Option<Instant>,
+    /// Updates in a row whose whole window took [`SHRINK_RTTS`] or more.
+    slow: u8,
     growth: u64,
     /// At the last window update, half the window or more was still waiting to be written,
     /// and had been waiting for more than [`GROWTH_RTTS`]: the reader had stalled and is
@@ -139,6 +148,7 @@ impl StreamState {
             unacked: 0,
             epoch: None,
             prev_epoch: None,
+            slow: 0,
             growth: 0,
             backlogged: false,
             backlog_since: Instant::now(),
@@ -488,9 +498,12 @@ impl StreamShared {
             // bigger windows themselves cause, and growing on it feeds on itself.
             let rtt = mux.min_rtt();
             let mut inc = st.unacked;
-            if st
-                .prev_epoch
-                .is_some_and(|t| now.duration_since(t) < GROWTH_RTTS * rtt)
+            let whole = st.prev_epoch.map(|t| now.duration_since(t));
+            st.slow = match whole {
+                Some(d) if d >= SHRINK_RTTS * rtt => st.slow.saturating_add(1),
+                _ => 0,
+            };
+            if whole.is_some_and(|d| d < GROWTH_RTTS * rtt)
                 && !st.backlogged
                 && st.window < cfg.max_window
             {
@@ -506,6 +519,20 @@ impl StreamShared {
                 } else {
                     budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
                 }
+            } else if st.growth > 0 && st.slow >= SHRINK_AFTER {
+                st.slow = 0;
+                // The window grew when the stream was fast (the only stream on its path, a
+                // burst) and now waits mostly unused: a slow reader, or one stream among
+                // many. Holding less back costs it nothing and frees what it held for
+                // others; it grows again when it is fast again. Credit already granted is
+                // never taken back, only not returned: unacked >= window / 2 >= shrink.
+                let shrink = (st.window / 2).min(u32::try_from(st.growth).unwrap_or(u32::MAX));
+                st.window -= shrink;
+                st.growth -= u64::from(shrink);
+                inc -= shrink;
+                mux.window_growth
+                    .fetch_sub(u64::from(shrink), Ordering::AcqRel);
+                cfg.window_budget.give(u64::from(shrink));
             }
             st.backlogged = st.recv_bytes >= st.window as usize / 2
                 && now.duration_since(st.backlog_since) >= GROWTH_RTTS * rtt;
@@ -515,10 +542,12 @@ impl StreamShared {
             st.granted += u64::from(inc);
             inc
         };
-        mux.push_urgent(Frame::Window {
-            id: self.id,
-            increment: update,
-        });
+        if update > 0 {
+            mux.push_urgent(Frame::Window {
+                id: self.id,
+                increment: update,
+            });
+        }
     }
 
     /// Ends the stream with an error (peer reset, violation): what it had queued is dropped.
@@ -677,6 +706,29 @@ impl MuxStream {
             self.mux.schedule(&self.shared);
         }
         Ok(true)
+    }
+
+    /// Waits until DATA may be queued (credit, room in the stream's send queue, the OPEN in a
+    /// message) and returns the credit: a relay that reads no more than it may send leaves
+    /// what the peer's window holds back in the socket, where TCP's own flow control holds
+    /// it, not in a buffer per stream (docs/PERFORMANCE.md).
+    pub async fn writable(&self) -> Result<usize, StreamError> {
+        let send_queue = self.mux.cfg.send_queue;
+        poll_fn(|cx| {
+            let mut st = self.shared.lock();
+            if let Some(e) = &st.error {
+                return Poll::Ready(Err(e.clone()));
+            }
+            if st.fin_sent {
+                return Poll::Ready(Err(StreamError::AlreadyFinished));
+            }
+            if st.credit == 0 || !st.announced || st.outbox_bytes >= send_queue {
+                st.send_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX)))
+        })
+        .await
     }
 
     /// Sends bytes, waiting for credit and room in the stream's send queue; splits into DATA
