@@ -774,6 +774,10 @@ impl MuxState {
         Duration::from_micros(self.min_rtt_us.load(Ordering::Relaxed))
     }
 
+    fn smoothed_rtt(&self) -> Duration {
+        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }

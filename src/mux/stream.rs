@@ -56,11 +56,15 @@ impl StreamError {
 /// window allows (on loopback eight streams' windows grew to 17 MB with no gain in speed).
 const GROWTH_RTTS: u32 = 4;
 
-/// Whole windows that each took this many minimum RTTs or more, [`SHRINK_AFTER`] updates in
-/// a row, were far more than the stream needed: half of what it grew goes back (PROTOCOL.md
-/// §5). Well apart from [`GROWTH_RTTS`], and never on one slow window (a busy host pauses a
-/// reader now and then), so a fast stream whose speed wobbles does not shrink and regrow.
+/// Whole windows that each took this many minimum RTTs or more, and [`SHRINK_SRTTS`]
+/// smoothed ones, [`SHRINK_AFTER`] updates in a row, were far more than the stream needed:
+/// the window halves, giving back no more than it grew (PROTOCOL.md §5). Well apart from
+/// [`GROWTH_RTTS`], and never on one slow window (a busy host pauses a reader now and then),
+/// so a fast stream whose speed wobbles does not shrink and regrow. The smoothed RTT as well:
+/// the minimum is the path's best ever, and a window-limited stream on a path that got
+/// longer takes about one real round trip per window, which must not read as slow.
 const SHRINK_RTTS: u32 = 16;
+const SHRINK_SRTTS: u32 = 2;
 const SHRINK_AFTER: u8 = 4;
 
 type OpenWaiter = oneshot::Sender<Result<(), (Reason, String)>>;
@@ -489,7 +493,7 @@ impl StreamShared {
         let update = {
             let mut st = self.lock();
             st.unacked = st.unacked.saturating_add(n as u32);
-            if st.recv_fin || st.error.is_some() || st.unacked < st.window / 2 {
+            if st.recv_fin || st.error.is_some() || st.done || st.unacked < st.window / 2 {
                 return;
             }
             let cfg = &mux.cfg;
@@ -499,8 +503,9 @@ impl StreamShared {
             let rtt = mux.min_rtt();
             let mut inc = st.unacked;
             let whole = st.prev_epoch.map(|t| now.duration_since(t));
+            let slow = (SHRINK_RTTS * rtt).max(SHRINK_SRTTS * mux.smoothed_rtt());
             st.slow = match whole {
-                Some(d) if d >= SHRINK_RTTS * rtt => st.slow.saturating_add(1),
+                Some(d) if d >= slow => st.slow.saturating_add(1),
                 _ => 0,
             };
             if whole.is_some_and(|d| d < GROWTH_RTTS * rtt)
