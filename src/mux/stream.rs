@@ -92,7 +92,8 @@ pub(crate) struct StreamState {
     /// first window arrives in one burst however slow the stream, so it is no measure.
     epoch: Option<Instant>,
     prev_epoch: Option<Instant>,
-    /// Updates in a row whose whole window took [`SHRINK_RTTS`] or more.
+    /// Updates in a row whose whole window took long enough to count as slow
+    /// ([`SHRINK_RTTS`], [`SHRINK_SRTTS`]).
     slow: u8,
     growth: u64,
     /// At the last window update, half the window or more was still waiting to be written,
