@@ -394,6 +394,17 @@ async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
     }
 }
 
+/// Sends `total` bytes over `sender` in 64 KiB chunks of `byte`, then FIN.
+fn send_all(sender: MuxStream, total: usize, byte: u8) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![byte; 64 * 1024]);
+        for _ in 0..total / chunk.len() {
+            sender.send(chunk.clone()).await.unwrap();
+        }
+        sender.finish().await.unwrap();
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_grows_on_a_slow_path_so_one_stream_is_not_window_bound() {
     // 25 ms each way, like a WAN; the initial window alone would cap the stream at
@@ -553,13 +564,7 @@ async fn one_fast_window_then_a_slow_reader_does_not_grow_the_window() {
         receiver,
     } = p;
     let total = 4 * initial as usize;
-    let send = tokio::spawn(async move {
-        let chunk = Bytes::from(vec![6u8; 64 * 1024]);
-        for _ in 0..total / chunk.len() {
-            sender.send(chunk.clone()).await.unwrap();
-        }
-        sender.finish().await.unwrap();
-    });
+    let send = send_all(sender, total, 6);
     let got = tokio::time::timeout(T, async {
         let mut got = 0;
         while let Some(b) = receiver.recv().await.unwrap() {
@@ -600,13 +605,7 @@ async fn a_window_grown_when_fast_shrinks_when_its_reader_turns_slow() {
     } = p;
     let fast = 4 * 1024 * 1024;
     let slow = 24 * 1024 * 1024;
-    let send = tokio::spawn(async move {
-        let chunk = Bytes::from(vec![8u8; 64 * 1024]);
-        for _ in 0..(fast + slow) / chunk.len() {
-            sender.send(chunk.clone()).await.unwrap();
-        }
-        sender.finish().await.unwrap();
-    });
+    let send = send_all(sender, fast + slow, 8);
     let (grown, end) = tokio::time::timeout(3 * T, async {
         let mut got = 0;
         while got < fast {

@@ -138,6 +138,20 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
+    /// Whether DATA may be queued now (credit, room in the send queue, the OPEN in a
+    /// message); an error when it never may again.
+    fn may_queue(&self, send_queue: usize) -> Result<bool, StreamError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.fin_sent {
+            return Err(StreamError::AlreadyFinished);
+        }
+        // Nothing of an early open is queued before its OPEN is in a message, whatever
+        // credit a WINDOW gave.
+        Ok(self.credit > 0 && self.announced && self.outbox_bytes < send_queue)
+    }
+
     fn new(window: u32, credit: u64) -> Self {
         StreamState {
             open_waiter: None,
@@ -722,17 +736,14 @@ impl MuxStream {
         let send_queue = self.mux.cfg.send_queue;
         poll_fn(|cx| {
             let mut st = self.shared.lock();
-            if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
+            match st.may_queue(send_queue) {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(true) => Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX))),
+                Ok(false) => {
+                    st.send_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
             }
-            if st.fin_sent {
-                return Poll::Ready(Err(StreamError::AlreadyFinished));
-            }
-            if st.credit == 0 || !st.announced || st.outbox_bytes >= send_queue {
-                st.send_waker = Some(cx.waker().clone());
-                return Poll::Pending;
-            }
-            Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX)))
         })
         .await
     }
@@ -763,15 +774,7 @@ impl MuxStream {
         while !data.is_empty() {
             let n = poll_fn(|cx| {
                 let mut st = self.shared.lock();
-                if let Some(e) = &st.error {
-                    return Poll::Ready(Err(e.clone()));
-                }
-                if st.fin_sent {
-                    return Poll::Ready(Err(StreamError::AlreadyFinished));
-                }
-                // Nothing of an early open is queued before its OPEN is in a message, whatever
-                // credit a WINDOW gave.
-                if st.credit == 0 || !st.announced || st.outbox_bytes >= send_queue {
+                if !st.may_queue(send_queue)? {
                     if unsent {
                         // Send what is queued before waiting for what it frees.
                         return Poll::Ready(Ok(0));
