@@ -556,15 +556,9 @@ async fn one_fast_window_then_a_slow_reader_does_not_grow_the_window() {
     let initial = 256 * 1024;
     let p = one_stream_over(Duration::from_millis(1), initial).await;
     let rtt = p.cl.rtt().expect("measured");
-    let Pair {
-        cl: _cl,
-        _gw,
-        _events,
-        sender,
-        receiver,
-    } = p;
     let total = 4 * initial as usize;
-    let send = send_all(sender, total, 6);
+    let send = send_all(p.sender, total, 6);
+    let receiver = p.receiver;
     let got = tokio::time::timeout(T, async {
         let mut got = 0;
         while let Some(b) = receiver.recv().await.unwrap() {
@@ -596,16 +590,10 @@ async fn a_window_grown_when_fast_shrinks_when_its_reader_turns_slow() {
     // Two round trips per 64 KiB, however slow this machine makes them: any window of 1 MiB
     // takes 32 at least, and four updates in a row find it slow.
     let pace = Duration::from_millis(1).max(2 * p.cl.rtt().expect("measured"));
-    let Pair {
-        cl: _cl,
-        _gw,
-        _events,
-        sender,
-        receiver,
-    } = p;
     let fast = 4 * 1024 * 1024;
     let slow = 24 * 1024 * 1024;
-    let send = send_all(sender, fast + slow, 8);
+    let send = send_all(p.sender, fast + slow, 8);
+    let receiver = p.receiver;
     let (grown, end) = tokio::time::timeout(3 * T, async {
         let mut got = 0;
         while got < fast {

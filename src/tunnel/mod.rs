@@ -396,6 +396,8 @@ pub async fn accept<T>(
     tls: &TlsAcceptor,
     authorize: impl FnOnce(&UpgradeRequest<'_>) -> Option<T> + Unpin,
 ) -> Result<(ServerWs, T, Hello), AcceptError> {
+    // The listener is the caller's (tests and embedders bind their own), so its options
+    // are not counted on: once per tunnel, not per stream.
     let _ = tcp.set_nodelay(true);
     let mut tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
     tls_stream
