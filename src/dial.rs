@@ -69,9 +69,13 @@ pub async fn resolve(
     Ok(addrs)
 }
 
-/// Connects to the first of `addrs` that answers, before `deadline`. The socket gets
-/// `TCP_NODELAY` and keepalive ([`crate::relay::tune`]).
-pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, DialError> {
+/// Connects to the first of `addrs` that answers, before `deadline`, and says which one (no
+/// `getpeername` per connection). The socket gets `TCP_NODELAY` and keepalive
+/// ([`crate::relay::tune`]).
+pub async fn tcp_any(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<(TcpStream, SocketAddr), DialError> {
     let started = Instant::now();
     let work = async {
         let mut last = None;
@@ -79,7 +83,7 @@ pub async fn tcp_any(addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStrea
             match TcpStream::connect(a).await {
                 Ok(s) => {
                     crate::relay::tune(&s);
-                    return Ok(s);
+                    return Ok((s, *a));
                 }
                 Err(e) => last = Some((a, e)),
             }
@@ -159,7 +163,7 @@ pub async fn secure(
 pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + timeout;
     let addrs = resolve(host, port, deadline).await?;
-    tcp_any(&addrs, deadline).await
+    tcp_any(&addrs, deadline).await.map(|(t, _)| t)
 }
 
 /// Where a proxy should connect: an address the ACL checked, or a name only the proxy can

@@ -923,6 +923,52 @@ async fn an_early_open_sends_behind_its_open_and_the_answer_settles_its_credit()
 }
 
 #[tokio::test]
+async fn an_early_open_carries_the_data_queued_before_it_left_in_its_own_message() {
+    let mut p = Peer::new(Role::Gateway, 65536);
+    // A caller that spoke first (a request on a fresh connection): its bytes are queued
+    // before the writer has sent the OPEN, which waits in the control queue.
+    let (s, _answer) = p.mux.open_early(&meta()).unwrap();
+    tokio::time::timeout(T, s.send(Bytes::from_static(b"PING\r\n")))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(T, s.finish()).await.unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    let first = loop {
+        let frames = p.next_frames(deadline).await;
+        if frames.iter().any(|f| matches!(f, Frame::Open { .. })) {
+            break frames;
+        }
+    };
+    let open = first
+        .iter()
+        .position(|f| matches!(f, Frame::Open { id: 1, .. }))
+        .unwrap();
+    assert!(
+        matches!(&first[open + 1..], [Frame::Data { id: 1, data }, ..] if &data[..] == b"PING\r\n"),
+        "the OPEN, then its early DATA, in one message: {first:?}"
+    );
+    if !first.iter().any(|f| matches!(f, Frame::Fin { .. })) {
+        p.expect(|f| matches!(f, Frame::Fin { id: 1 })).await;
+    }
+
+    // Dropped before its OPEN left: the OPEN, then the RESET, and none of what it queued.
+    let (s3, _answer) = p.mux.open_early(&meta()).unwrap();
+    assert!(s3.try_send(Bytes::from_static(b"lost")).unwrap());
+    drop(s3);
+    let frames = p
+        .frames_until(|f| matches!(f, Frame::Reset { id: 3, .. }))
+        .await;
+    assert!(
+        matches!(
+            &frames[..],
+            [Frame::Open { id: 3, .. }, Frame::Reset { id: 3, .. }]
+        ),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn open_err_after_open_ok_fails_the_stream_instead_of_orphaning_it() {
     let mut p = Peer::new(Role::Gateway, 65536);
     let mux = p.mux.clone();

@@ -384,10 +384,9 @@ pub(super) async fn connect(
         .map_err(Refusal::Failed);
     }
     let (tcp, reached) = match (&spec.proxy, target) {
-        (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline).await.map(|t| {
-            let ip = t.peer_addr().ok().map(|a| a.ip());
-            (t, ip)
-        }),
+        (None, Vetted::Addrs(a)) => dial::tcp_any(&a, deadline)
+            .await
+            .map(|(t, at)| (t, Some(at.ip()))),
         (None, Vetted::Name(e)) => Err(e),
         (Some(p), target) => {
             // The proxy is an on-prem dial like any other: the ACL must allow it too.
@@ -418,7 +417,7 @@ pub(super) async fn connect(
                 Vetted::Name(_) => (dial::Target::Name(spec.ip.clone(), spec.port), None),
             };
             match dial::tcp_any(&via, deadline).await.map_err(as_proxy) {
-                Ok(tcp) => dial::socks_connect(tcp, p, &t, deadline)
+                Ok((tcp, _)) => dial::socks_connect(tcp, p, &t, deadline)
                     .await
                     .map(|s| (s, ip)),
                 Err(e) => Err(e),

@@ -124,7 +124,7 @@ pub(super) async fn serve_reverse(
                 Ok(Vetted::Name(e)) => return Err(refuse(e.reason, e.message)),
                 Err(_) => return Err(denied()),
             };
-            let tcp = dial::tcp_any(&addrs, deadline)
+            let (tcp, _) = dial::tcp_any(&addrs, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;
             // SOCKS targets never take a destination's TLS settings, whatever their name.

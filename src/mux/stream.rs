@@ -111,9 +111,11 @@ pub(crate) struct StreamState {
     /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
     /// open, else 0. The OPEN_OK's window stands for all of it, early bytes included.
     presumed: u64,
-    /// `presumed` was added to `credit`: the OPEN is in a message, so DATA and FIN may follow.
-    /// Until then nothing is queued, or a batch could carry them ahead of the OPEN, which
-    /// waits in the control queue.
+    /// The OPEN is in a message. Until then what the stream queues (early DATA, a FIN) is not
+    /// put on the ready list, or a batch could carry it ahead of the OPEN, which waits in the
+    /// control queue; the batch that takes the OPEN schedules the stream, so what is queued
+    /// by then can go in the same message, behind it (after other ready streams' turns, if
+    /// the batch has room).
     announced: bool,
     /// Woken for credit and for room in the send queue.
     send_waker: Option<Waker>,
@@ -138,8 +140,9 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
-    /// Whether DATA may be queued now (credit, room in the send queue, the OPEN in a
-    /// message); an error when it never may again.
+    /// Whether DATA may be queued now (credit, room in the send queue); an error when it
+    /// never may again. An early open's DATA may be queued before its OPEN has left: it is
+    /// scheduled only once the OPEN is in a message (`announced`).
     fn may_queue(&self, send_queue: usize) -> Result<bool, StreamError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
@@ -147,9 +150,7 @@ impl StreamState {
         if self.fin_sent {
             return Err(StreamError::AlreadyFinished);
         }
-        // Nothing of an early open is queued before its OPEN is in a message, whatever
-        // credit a WINDOW gave.
-        Ok(self.credit > 0 && self.announced && self.outbox_bytes < send_queue)
+        Ok(self.credit > 0 && self.outbox_bytes < send_queue)
     }
 
     fn new(window: u32, credit: u64) -> Self {
@@ -193,6 +194,7 @@ impl StreamState {
         let mut s = Self::new(window, 0);
         if early {
             s.presumed = u64::from(EARLY_DATA);
+            s.credit = s.presumed;
             s.announced = false;
         }
         s.open_waiter = Some(waiter);
@@ -212,13 +214,13 @@ impl StreamState {
     }
 
     /// Queues a frame for the writer; true when the caller must put the stream on the ready
-    /// list (it was not on it).
+    /// list (it was not on it, and its OPEN is in a message).
     fn enqueue(&mut self, frame: Frame) -> bool {
         if let Frame::Data { data, .. } = &frame {
             self.outbox_bytes += data.len();
         }
         self.outbox.push_back(frame);
-        !std::mem::replace(&mut self.scheduled, true)
+        self.announced && !std::mem::replace(&mut self.scheduled, true)
     }
 
     /// Empties the send queue (the stream failed or was abandoned); returns the DATA bytes
@@ -490,16 +492,16 @@ impl StreamShared {
         }
     }
 
-    /// The writer put this stream's OPEN in a message: an early open may now send.
-    pub(crate) fn announced(&self) {
+    /// The writer put this stream's OPEN in a message. Returns whether the stream must go on
+    /// the ready list now: it queued early DATA or a FIN while the OPEN waited, which the
+    /// writer then takes into the same message, right behind the OPEN.
+    pub(crate) fn announced(&self) -> bool {
         let mut st = self.lock();
-        if !st.announced {
-            st.announced = true;
-            st.credit += st.presumed;
-            if let Some(w) = st.send_waker.take() {
-                w.wake();
-            }
+        if st.announced {
+            return false;
         }
+        st.announced = true;
+        !st.outbox.is_empty() && !std::mem::replace(&mut st.scheduled, true)
     }
 
     /// Returns credit to the peer once half the window is consumed, growing the window when
@@ -704,8 +706,7 @@ impl MuxStream {
             if st.fin_sent {
                 return Err(StreamError::AlreadyFinished);
             }
-            if !st.announced
-                || st.credit < data.len() as u64
+            if st.credit < data.len() as u64
                 || st.outbox_bytes + data.len() > self.mux.cfg.send_queue
             {
                 return Ok(false);
@@ -728,8 +729,8 @@ impl MuxStream {
         Ok(true)
     }
 
-    /// Waits until DATA may be queued (credit, room in the stream's send queue, the OPEN in a
-    /// message) and returns the credit: a relay that reads no more than it may send leaves
+    /// Waits until DATA may be queued (credit, room in the stream's send queue) and returns
+    /// the credit: a relay that reads no more than it may send leaves
     /// what the peer's window holds back in the socket, where TCP's own flow control holds
     /// it, not in a buffer per stream (docs/PERFORMANCE.md).
     pub async fn writable(&self) -> Result<usize, StreamError> {
@@ -855,25 +856,16 @@ impl MuxStream {
 
     /// Half-closes the sending direction (FIN, after the queued DATA); receiving continues.
     pub async fn finish(&self) -> Result<(), StreamError> {
-        let schedule = poll_fn(|cx| {
+        let schedule = {
             let mut st = self.shared.lock();
             if let Some(e) = &st.error {
-                return Poll::Ready(Err(e.clone()));
+                return Err(e.clone());
             }
             if st.fin_sent {
-                return Poll::Ready(Ok(None));
-            }
-            // An early open's FIN must not be queued before its OPEN is in a message.
-            if !st.announced {
-                st.send_waker = Some(cx.waker().clone());
-                return Poll::Pending;
+                return Ok(());
             }
             st.fin_sent = true;
-            Poll::Ready(Ok(Some(st.enqueue(Frame::Fin { id: self.shared.id }))))
-        })
-        .await?;
-        let Some(schedule) = schedule else {
-            return Ok(());
+            st.enqueue(Frame::Fin { id: self.shared.id })
         };
         if schedule {
             self.mux.schedule(&self.shared);

@@ -408,7 +408,10 @@ fn take_stream_frames(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) ->
 /// resets, a CONFIG) is spread over several messages so none exceeds what the peer accepts.
 ///
 /// The streams whose OPEN went in are told (`StreamShared::announced`), after the queue's
-/// lock is released: an early open queues nothing before its OPEN is in a message.
+/// lock is released: an early open's DATA and FIN are not scheduled before its OPEN is in a
+/// message. Those already queued go on the ready list here, so [`take_stream_frames`] can
+/// put them in this message, behind the OPEN: usually a caller's first request then costs
+/// the tunnel one message, not two.
 fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
     let mut opened = Vec::new();
     {
@@ -434,7 +437,9 @@ fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
     for id in opened {
         let stream = shared.lock_streams().map.get(&id).cloned();
         if let Some(s) = stream {
-            s.announced();
+            if s.announced() {
+                shared.lock_ready().push_back(s);
+            }
         }
     }
 }
