@@ -494,7 +494,7 @@ impl StreamShared {
 
     /// The writer put this stream's OPEN in a message. Returns whether the stream must go on
     /// the ready list now: it queued early DATA or a FIN while the OPEN waited, which the
-    /// writer then takes into the same message, right behind the OPEN.
+    /// writer can then take into the same message, behind the OPEN.
     pub(crate) fn announced(&self) -> bool {
         let mut st = self.lock();
         if st.announced {
@@ -730,9 +730,9 @@ impl MuxStream {
     }
 
     /// Waits until DATA may be queued (credit, room in the stream's send queue) and returns
-    /// the credit: a relay that reads no more than it may send leaves
-    /// what the peer's window holds back in the socket, where TCP's own flow control holds
-    /// it, not in a buffer per stream (docs/PERFORMANCE.md).
+    /// the credit: a relay that reads no more than it may send leaves what the peer's window
+    /// holds back in the socket, where TCP's own flow control holds it, not in a buffer per
+    /// stream (docs/PERFORMANCE.md).
     pub async fn writable(&self) -> Result<usize, StreamError> {
         let send_queue = self.mux.cfg.send_queue;
         poll_fn(|cx| {
