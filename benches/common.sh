@@ -8,6 +8,21 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+# need TOOL...: stops, naming it, at the first tool this machine lacks.
+need() { local t; for t in "$@"; do command -v "$t" >/dev/null || { echo "$t missing"; exit 1; }; done; }
+# iperf3_server: an iperf3 server on the free port $IP, listening. Not wait_port: the server
+# takes one client at a time, and a probe would be one.
+iperf3_server() {
+  IP=$(free_port)
+  iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
+  for _ in $(seq 100); do ss -ltn | grep -q ":$IP " && break; sleep 0.1; done
+}
+# redis_server [ARG...]: a redis server (no persistence) on the free port $RP, answering.
+redis_server() {
+  RP=$(free_port)
+  redis-server --port "$RP" --save '' --appendonly no "$@" >/dev/null 2>&1 & pids+=($!)
+  wait_port "$RP"
+}
 
 # sgw_init ARGS...: `sgw init` into $dir/sgw, the gateway on the free port $TUN, the API on a
 # free port and both admin endpoints on port 0; ARGS are init's (--expose ...). Edit the files

@@ -17,14 +17,10 @@ N=${N:-20000}
 # Long enough that the bulk streams outlast the PINGs (N=20000 takes about 2-4 s).
 BULK_SECS=${BULK_SECS:-10}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
-for t in iperf3 redis-server redis-benchmark openssl python3; do
-  command -v $t >/dev/null || { echo "$t missing"; exit 1; }
-done
 . benches/common.sh
-IP=$(free_port); RP=$(free_port)
-iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
-redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
-wait_port "$RP"
+need iperf3 redis-server redis-benchmark openssl python3 ss
+iperf3_server
+redis_server
 
 lat() { # redis port -> "p50 p99" in ms of one client's PINGs
   redis-benchmark -p "$1" -c 1 -n "$N" -t ping --csv 2>/dev/null |

@@ -15,10 +15,8 @@ SECS=${SECS:-5}
 ROUNDS=${ROUNDS:-2}
 . benches/common.sh
 pg_start
-IP=$(free_port); RP=$(free_port)
-iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
-redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
-wait_port "$IP"; wait_port "$RP"
+iperf3_server
+redis_server
 sgw_init
 cp "$dir/sgw/gateway.toml" "$dir/gateway.base"
 API=$(sed -nE 's/^api_listen *= *"(.*)"/\1/p' "$dir/sgw/gateway.toml")

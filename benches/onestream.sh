@@ -28,13 +28,10 @@ SECS=${SECS:-3}
 P=${P:-1}
 MB=${MB:-200}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
-for t in iperf3 python3 ss; do command -v $t >/dev/null || { echo "$t missing"; exit 1; }; done
-[ -z "${CALLGRIND:-}" ] || command -v valgrind >/dev/null || { echo "valgrind missing"; exit 1; }
 . benches/common.sh
-IP=$(free_port)
-iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
-# Not wait_port: iperf3's server takes one client at a time, and a probe would be one.
-for _ in $(seq 100); do ss -ltn | grep -q ":$IP " && break; sleep 0.1; done
+need iperf3 python3 ss
+[ -z "${CALLGRIND:-}" ] || need valgrind
+iperf3_server
 
 ticks() { # pids -> CPU ticks (user + system) so far
   local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo $t

@@ -14,15 +14,10 @@ cd "$(dirname "$0")/.."
 SGW_BINS=${SGW_BINS:-${SGW_BIN:-target/release/sgw}}
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
-for t in iperf3 redis-server redis-benchmark redis-cli python3 ss; do
-  command -v $t >/dev/null || { echo "$t missing"; exit 1; }
-done
 . benches/common.sh
-IP=$(free_port); RP=$(free_port)
-iperf3 -s -p "$IP" >/dev/null 2>&1 & pids+=($!)
-redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
-# Not wait_port: iperf3's server takes one client at a time, and a probe would be one.
-for _ in $(seq 100); do ss -ltn | grep -q ":$IP " && break; sleep 0.1; done
+need iperf3 redis-server redis-benchmark redis-cli python3 ss
+iperf3_server
+redis_server
 hwm() { awk '/VmHWM/{print int($2/1024)}' "/proc/$1/status"; }
 one() { # sgw binary -> one line: VmHWM gateway+client=sum after each phase
   SGW=$1

@@ -16,13 +16,9 @@ CLIENTS=${CLIENTS:-1 8 50}
 N=${N:-50000}
 ROUNDS=${ROUNDS:-2}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
-for t in redis-server redis-benchmark redis-cli openssl python3; do
-  command -v $t >/dev/null || { echo "$t missing"; exit 1; }
-done
 . benches/common.sh
-RP=$(free_port)
-redis-server --port "$RP" --save '' --appendonly no >/dev/null 2>&1 & pids+=($!)
-wait_port "$RP"
+need redis-server redis-benchmark redis-cli openssl python3
+redis_server
 perf_ok=0
 if command -v perf >/dev/null && perf stat -e syscalls:sys_enter_futex -- true >/dev/null 2>&1; then
   perf_ok=1
