@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 
 use crate::compress::{Decoded, Deflater, Inflater};
 use crate::mux::{DirectSink, MuxStream, StreamError};
-use crate::proto::{Reason, MAX_DATA};
+use crate::proto::{Reason, DATA_CHUNK, MAX_DATA};
 
 /// TCP keepalive on relayed sockets: the first probe after this much silence, then every
 /// [`KEEPALIVE_INTERVAL`]. Under the idle limits of common NATs and load balancers (Azure 4
@@ -565,8 +565,8 @@ pub async fn relay_with<E: Endpoint>(
     }
 }
 
-/// The most one read from a socket takes at a time (as several DATA frames).
-const READ_MAX: usize = 4 * MAX_DATA;
+/// The most one read from a socket takes at a time: four bulk DATA frames, two messages.
+const READ_MAX: usize = 4 * DATA_CHUNK;
 
 /// Socket to stream.
 async fn up<R: AsyncRead + Unpin>(
@@ -588,11 +588,20 @@ async fn up<R: AsyncRead + Unpin>(
         // Nothing is read that the peer's window would hold back: it waits in the socket, not
         // in a buffer of this stream's (one read's worth more than the credit at most, so
         // reads stay big). Compressed output has no size to hold to the credit.
-        let credit = stream.writable().await.map_err(Failure::Stream)?;
+        // Past one frame a read is taken in whole chunks, which is how `send_read` cuts it,
+        // so a bulk stream's messages are two whole chunks each (`mux::BATCH_BYTES`); what
+        // is left waits in the socket for the next read.
+        let bulk = !opts.compress && want > MAX_DATA;
+        let credit = stream.writable(bulk).await.map_err(Failure::Stream)?;
         let take = if opts.compress {
             want
         } else {
-            want.min(credit.max(chunk_min))
+            let t = want.min(credit.max(chunk_min));
+            if t > MAX_DATA {
+                t - t % DATA_CHUNK
+            } else {
+                t
+            }
         };
         // Room for `take`; a small read may use what is left of the last buffer.
         if buf.capacity() < take && (buf.capacity() < 4096 || take > chunk_min) {

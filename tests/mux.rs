@@ -664,9 +664,17 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
             .buffered
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    // The window fills but for less than a bulk frame: what is left of the credit then is
+    // not sent as a small frame of its own (the receiver's next WINDOW is certain).
+    let window = u64::from(initial);
+    let full = window - sgw::proto::DATA_CHUNK as u64;
     let deadline = Instant::now() + T;
-    while buffered() < u64::from(initial) {
-        assert!(Instant::now() < deadline, "the window never filled");
+    while buffered() <= full {
+        assert!(
+            Instant::now() < deadline,
+            "the window never filled: {}",
+            buffered()
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // What the relay would read beyond the window it reads at once, data waiting.
@@ -674,7 +682,11 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
     let read = counters
         .to_stream
         .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(buffered(), u64::from(initial));
+    let got = buffered();
+    assert!(
+        got > full && got <= window,
+        "{got} bytes sent in a window of {window}"
+    );
     assert!(
         read <= u64::from(initial) + sgw::proto::MAX_DATA as u64,
         "the relay read {read} bytes for a window of {initial}"
@@ -682,6 +694,140 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
     writing.abort();
     relaying.abort();
     drop(p.receiver);
+}
+
+/// A bulk send goes in DATA_CHUNK frames, two to a message: messages of eight whole TLS
+/// records (docs/PERFORMANCE.md, "Messages of whole TLS records"). A send of up to 64 KiB
+/// (a request, an answer) stays one frame.
+#[tokio::test]
+async fn bulk_goes_in_chunks_two_to_a_message_and_a_64_kib_send_in_one_frame() {
+    use sgw::proto::{DATA_CHUNK, MAX_DATA};
+    let mut p = Peer::new(Role::Gateway, 65536);
+    let (s, answer) = p.mux.open_early(&meta()).unwrap();
+    p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
+    p.send(&[Frame::OpenOk {
+        id: 1,
+        window: 4 << 20,
+    }])
+    .await;
+    tokio::time::timeout(T, answer.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // DATA of stream 1 in each message, until `total` bytes came.
+    async fn data_per_message(p: &mut Peer, total: usize) -> Vec<Vec<usize>> {
+        let deadline = tokio::time::Instant::now() + T;
+        let (mut got, mut messages) = (0, Vec::new());
+        while got < total {
+            let sizes: Vec<usize> = p
+                .next_frames(deadline)
+                .await
+                .into_iter()
+                .filter_map(|f| match f {
+                    Frame::Data { id: 1, data } => Some(data.len()),
+                    _ => None,
+                })
+                .collect();
+            got += sizes.iter().sum::<usize>();
+            if !sizes.is_empty() {
+                messages.push(sizes);
+            }
+        }
+        assert_eq!(got, total);
+        messages
+    }
+    tokio::time::timeout(T, s.send(Bytes::from(vec![1u8; MAX_DATA])))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data_per_message(&mut p, MAX_DATA).await, [[MAX_DATA]]);
+    tokio::time::timeout(T, s.send(Bytes::from(vec![2u8; 4 * DATA_CHUNK])))
+        .await
+        .unwrap()
+        .unwrap();
+    let messages = data_per_message(&mut p, 4 * DATA_CHUNK).await;
+    assert_eq!(messages, [[DATA_CHUNK; 2]; 2]);
+    assert_eq!(
+        2 * (DATA_CHUNK + sgw::proto::HEADER_LEN),
+        sgw::mux::BATCH_BYTES
+    );
+}
+
+/// The receiver returns credit once two bulk frames of a 256 KiB window are consumed, not a
+/// third: at exactly half the window the sender waited for it.
+#[tokio::test]
+async fn credit_comes_back_after_two_bulk_frames_of_a_256_kib_window() {
+    use sgw::proto::DATA_CHUNK;
+    let window = 256 * 1024;
+    let mut p = Peer::new(Role::Client, window);
+    p.send(&[open(1, window)]).await;
+    let s = p.accept().await;
+    p.expect(|f| matches!(f, Frame::OpenOk { id: 1, .. })).await;
+    let chunk = |b| Frame::Data {
+        id: 1,
+        data: Bytes::from(vec![b; DATA_CHUNK]),
+    };
+    p.send(&[chunk(1), chunk(2)]).await;
+    let mut got = 0;
+    while got < 2 * DATA_CHUNK {
+        got += tokio::time::timeout(T, s.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .len();
+    }
+    let w = p.expect(|f| matches!(f, Frame::Window { id: 1, .. })).await;
+    assert!(
+        matches!(w, Frame::Window { increment, .. } if increment as usize == 2 * DATA_CHUNK),
+        "{w:?}"
+    );
+}
+
+/// A relay fed faster than its window holds back credit short of a bulk frame only while the
+/// peer's next WINDOW is certain: with a window under two frames it sends what it may, and
+/// the transfer never stalls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_relay_finishes_whatever_the_peer_window() {
+    use sgw::relay::{relay, Counters, Options, Socket};
+    use tokio::io::AsyncWriteExt;
+    for window in [32 * 1024, 100 * 1024, 256 * 1024] {
+        let p = one_stream_over(Duration::ZERO, window).await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut source = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = l.accept().await.unwrap();
+        let total = 8 << 20;
+        let writing = tokio::spawn(async move {
+            let block: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
+            for _ in 0..total / block.len() {
+                source.write_all(&block).await.unwrap();
+            }
+            source.shutdown().await.unwrap();
+        });
+        let sender = p.sender;
+        let relaying = tokio::spawn(async move {
+            let c = std::sync::Arc::new(Counters::default());
+            relay(Socket::Tcp(tcp), sender, &c, Options::default()).await;
+        });
+        let receiver = p.receiver;
+        let got = tokio::time::timeout(T, async {
+            let mut got = 0usize;
+            while let Some(b) = receiver.recv().await.unwrap() {
+                for (i, &x) in b.iter().enumerate() {
+                    assert_eq!(x, ((got + i) % (128 * 1024) % 251) as u8, "at {}", got + i);
+                }
+                got += b.len();
+            }
+            got
+        })
+        .await
+        .unwrap_or_else(|_| panic!("a window of {window} stalled"));
+        assert_eq!(got, total, "window {window}");
+        writing.await.unwrap();
+        relaying.abort();
+    }
 }
 
 // ---- Hostile peers (docs/SECURITY.md): each case ends one stream, never the tunnel. ----

@@ -42,8 +42,11 @@ pub use incoming::Incoming;
 pub use stream::{DirectSink, MuxStream, StreamError};
 use stream::{StreamShared, StreamState};
 
-/// Frames are batched into messages of at most about this many bytes.
-pub const BATCH_BYTES: usize = 128 * 1024;
+/// Frames are batched into messages of at most about this many bytes: two bulk DATA frames
+/// ([`DATA_CHUNK`](crate::proto::DATA_CHUNK)) exactly. With the WebSocket's header (at most
+/// 14 bytes) that is 130,594 bytes, eight TLS records of at most 16 KiB, and with their 22
+/// bytes each 130,770 on the wire: two TCP segments on loopback (MSS 65,483).
+pub const BATCH_BYTES: usize = 2 * (crate::proto::DATA_CHUNK + crate::proto::HEADER_LEN);
 /// LOG frames waiting in the control queue at most; more are dropped.
 pub const LOG_QUEUE: usize = 32;
 

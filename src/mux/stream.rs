@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::MuxState;
-use crate::proto::{Frame, Reason, EARLY_DATA, MAX_CREDIT, MAX_DATA};
+use crate::proto::{Frame, Reason, DATA_CHUNK, EARLY_DATA, MAX_CREDIT, MAX_DATA};
 
 /// Why a stream operation failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -104,10 +104,16 @@ pub(crate) struct StreamState {
     /// 30 MB; docs/PERFORMANCE.md). A burst that arrived all at once and is being written as
     /// fast as it came is not a stall.
     backlogged: bool,
+    /// A shrink is due and waits for an update that returns half the window or more, which
+    /// it takes from ([`StreamState::update_at`]).
+    shrink_due: bool,
     /// When received data last started waiting to be written (the queue was empty before).
     backlog_since: Instant,
     // Send direction.
     credit: u64,
+    /// The window the peer announced for this stream (0 until it has): its window never
+    /// shrinks below it, which is what lets a sender wait for credit ([`MuxStream::writable`]).
+    peer_window: u64,
     /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
     /// open, else 0. The OPEN_OK's window stands for all of it, early bytes included.
     presumed: u64,
@@ -140,6 +146,19 @@ pub(crate) struct StreamState {
 }
 
 impl StreamState {
+    /// Consumed bytes at which the receiver returns them: half the window, less 1/256 of
+    /// it, so that whole bulk frames ([`DATA_CHUNK`], 64 KiB less 1/256) reach it: two of
+    /// them in a 256 KiB window. At exactly half it took three, and the sender waited for the
+    /// credit (docs/PERFORMANCE.md, "Messages of whole TLS records"). Half exactly while a
+    /// shrink is due, which takes half the window from the update.
+    fn update_at(&self) -> u32 {
+        if self.shrink_due {
+            self.window / 2
+        } else {
+            self.window / 2 - self.window / 256
+        }
+    }
+
     /// Whether DATA may be queued now (credit, room in the send queue); an error when it
     /// never may again. An early open's DATA may be queued before its OPEN has left: it is
     /// scheduled only once the OPEN is in a message (`announced`).
@@ -171,8 +190,10 @@ impl StreamState {
             slow: 0,
             growth: 0,
             backlogged: false,
+            shrink_due: false,
             backlog_since: Instant::now(),
             credit,
+            peer_window: credit,
             presumed: 0,
             announced: true,
             send_waker: None,
@@ -471,6 +492,7 @@ impl StreamShared {
                 // stays added.
                 st.credit = st.credit + u64::from(window) - st.presumed;
                 st.presumed = 0;
+                st.peer_window = u64::from(window);
                 if st.credit > MAX_CREDIT {
                     st.open_waiter = Some(waiter);
                     return Err(format!("credit above 2^31-1 ({})", st.credit));
@@ -504,15 +526,16 @@ impl StreamShared {
         !st.outbox.is_empty() && !std::mem::replace(&mut st.scheduled, true)
     }
 
-    /// Returns credit to the peer once half the window is consumed, growing the window when
+    /// Returns credit to the peer once about half the window is consumed, growing the window when
     /// the reader keeps up with a window-limited sender (PROTOCOL.md §5).
     fn consumed(&self, n: usize, mux: &MuxState) {
         let update = {
             let mut st = self.lock();
             st.unacked = st.unacked.saturating_add(n as u32);
-            if st.recv_fin || st.error.is_some() || st.done || st.unacked < st.window / 2 {
+            if st.recv_fin || st.error.is_some() || st.done || st.unacked < st.update_at() {
                 return;
             }
+            st.shrink_due = false;
             let cfg = &mux.cfg;
             let now = Instant::now();
             // Judge against the minimum RTT: the smoothed RTT includes the queueing that
@@ -541,13 +564,17 @@ impl StreamShared {
                 } else {
                     budget.fetch_sub(u64::from(grow), Ordering::AcqRel);
                 }
+            } else if st.growth > 0 && st.slow >= SHRINK_AFTER && inc < st.window / 2 {
+                // Credit already granted is never taken back, only not returned, and this
+                // update returns less than the shrink: the next one waits until it can.
+                st.shrink_due = true;
             } else if st.growth > 0 && st.slow >= SHRINK_AFTER {
                 st.slow = 0;
                 // The window grew when the stream was fast (the only stream on its path, a
                 // burst) and now waits mostly unused: a slow reader, or one stream among
                 // many. Holding less back costs it nothing and frees what it held for
                 // others; it grows again when it is fast again. Credit already granted is
-                // never taken back, only not returned: unacked >= window / 2 >= shrink.
+                // never taken back, only not returned: inc >= window / 2 >= shrink.
                 let shrink = (st.window / 2).min(u32::try_from(st.growth).unwrap_or(u32::MAX));
                 st.window -= shrink;
                 st.growth -= u64::from(shrink);
@@ -733,14 +760,23 @@ impl MuxStream {
     /// the credit: a relay that reads no more than it may send leaves what the peer's window
     /// holds back in the socket, where TCP's own flow control holds it, not in a buffer per
     /// stream (docs/PERFORMANCE.md).
-    pub async fn writable(&self) -> Result<usize, StreamError> {
+    ///
+    /// With `bulk`, credit short of a [`DATA_CHUNK`] is waited on while the peer's next
+    /// WINDOW is certain to come, so a bulk stream does not send a small frame of what is left
+    /// of its credit before every update (TCP's silly window). It is certain when the peer's
+    /// window is two chunks or more: its receiver returns credit by the time half its window
+    /// is consumed (PROTOCOL.md §5), and this side has all but less than a chunk of it out.
+    pub async fn writable(&self, bulk: bool) -> Result<usize, StreamError> {
         let send_queue = self.mux.cfg.send_queue;
+        let chunk = DATA_CHUNK as u64;
         poll_fn(|cx| {
             let mut st = self.shared.lock();
             match st.may_queue(send_queue) {
                 Err(e) => Poll::Ready(Err(e)),
-                Ok(true) => Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX))),
-                Ok(false) => {
+                Ok(true) if !bulk || st.credit >= chunk || st.peer_window < 2 * chunk => {
+                    Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX)))
+                }
+                Ok(_) => {
                     st.send_waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
@@ -770,6 +806,13 @@ impl MuxStream {
             return Ok(());
         }
         let interactive = self.shared.note_send(read);
+        // A read of up to a frame goes as one; more (a bulk stream's) in chunks, two to a
+        // message ([`DATA_CHUNK`]).
+        let piece = if data.len() > MAX_DATA {
+            DATA_CHUNK
+        } else {
+            MAX_DATA
+        };
         // Frames this call queued that nobody has been asked to send yet.
         let mut unsent = false;
         while !data.is_empty() {
@@ -783,7 +826,7 @@ impl MuxStream {
                     st.send_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
-                let n = (st.credit as usize).min(data.len()).min(MAX_DATA);
+                let n = (st.credit as usize).min(data.len()).min(piece);
                 st.credit -= n as u64;
                 Poll::Ready(Ok(n))
             })

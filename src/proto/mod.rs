@@ -21,6 +21,12 @@ pub const PROTO_MINOR: u8 = 1;
 pub const SUBPROTOCOL: &str = "sgw.v1";
 /// Largest DATA payload.
 pub const MAX_DATA: usize = 64 * 1024;
+/// The DATA payload sgw cuts a bulk stream's reads into: 64 KiB less 1/256 of it. Two such
+/// frames with their headers make a message ([`crate::mux::BATCH_BYTES`]) of eight whole TLS
+/// records that fits two TCP segments on loopback, where two 64 KiB frames took a ninth
+/// record of 30 bytes and a third segment (docs/PERFORMANCE.md, "Messages of whole TLS
+/// records"). Not a wire limit: a peer may send any size up to [`MAX_DATA`].
+pub const DATA_CHUNK: usize = MAX_DATA - MAX_DATA / 256;
 /// Largest WebSocket message a peer may send.
 pub const MAX_MESSAGE: usize = 2 * 1024 * 1024;
 /// Largest CONFIG/HELLO/WELCOME payload.
