@@ -588,20 +588,18 @@ async fn up<R: AsyncRead + Unpin>(
         // Nothing is read that the peer's window would hold back: it waits in the socket, not
         // in a buffer of this stream's (one read's worth more than the credit at most, so
         // reads stay big). Compressed output has no size to hold to the credit.
-        // Past one frame a read is taken in whole chunks, which is how `send_read` cuts it,
-        // so a bulk stream's messages are two whole chunks each (`mux::BATCH_BYTES`); what
-        // is left waits in the socket for the next read.
-        let bulk = !opts.compress && want > MAX_DATA;
-        let credit = stream.writable(bulk).await.map_err(Failure::Stream)?;
+        let credit = stream.writable().await.map_err(Failure::Stream)?;
         let take = if opts.compress {
             want
+        } else if want > MAX_DATA {
+            // A bulk stream's reads are whole chunks, which is how `send_read` cuts them, so
+            // its messages are two whole chunks each (`mux::BATCH_BYTES`); what is left
+            // waits in the socket for the next read. At least one, beyond the credit if need
+            // be, so the stream's end and a last short piece are seen at once.
+            let t = want.min(credit.max(DATA_CHUNK));
+            t - t % DATA_CHUNK
         } else {
-            let t = want.min(credit.max(chunk_min));
-            if t > MAX_DATA {
-                t - t % DATA_CHUNK
-            } else {
-                t
-            }
+            want.min(credit.max(chunk_min))
         };
         // Room for `take`; a small read may use what is left of the last buffer.
         if buf.capacity() < take && (buf.capacity() < 4096 || take > chunk_min) {

@@ -396,10 +396,24 @@ async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
 
 /// Sends `total` bytes over `sender` in 64 KiB chunks of `byte`, then FIN.
 fn send_all(sender: MuxStream, total: usize, byte: u8) -> tokio::task::JoinHandle<()> {
+    send_all_in(sender, total, byte, 64 * 1024)
+}
+
+/// Sends `total` bytes over `sender` in sends of `piece` bytes of `byte` (the last one
+/// shorter if need be), then FIN.
+fn send_all_in(
+    sender: MuxStream,
+    total: usize,
+    byte: u8,
+    piece: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let chunk = Bytes::from(vec![byte; 64 * 1024]);
-        for _ in 0..total / chunk.len() {
-            sender.send(chunk.clone()).await.unwrap();
+        let chunk = Bytes::from(vec![byte; piece]);
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(piece);
+            sender.send(chunk.slice(..n)).await.unwrap();
+            left -= n;
         }
         sender.finish().await.unwrap();
     })
@@ -585,14 +599,22 @@ async fn one_fast_window_then_a_slow_reader_does_not_grow_the_window() {
 /// reader, or many streams sharing the host): what it held was memory doing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_grown_when_fast_shrinks_when_its_reader_turns_slow() {
+    // Sends of 64 KiB, and of two bulk chunks as a relay's bulk reads go: credit then comes
+    // back at half the window less 1/256, and a shrink waits for an update that can take it.
+    for piece in [64 * 1024, 2 * sgw::proto::DATA_CHUNK] {
+        grown_window_shrinks(piece).await;
+    }
+}
+
+async fn grown_window_shrinks(piece: usize) {
     let initial = 256 * 1024;
     let p = one_stream_over(Duration::from_millis(1), initial).await;
     // Two round trips per 64 KiB, however slow this machine makes them: any window of 1 MiB
     // takes 32 at least, and four updates in a row find it slow.
     let pace = Duration::from_millis(1).max(2 * p.cl.rtt().expect("measured"));
     let fast = 4 * 1024 * 1024;
-    let slow = 24 * 1024 * 1024;
-    let send = send_all(p.sender, fast + slow, 8);
+    let slow = 40 * 1024 * 1024;
+    let send = send_all_in(p.sender, fast + slow, 8, piece);
     let receiver = p.receiver;
     let (grown, end) = tokio::time::timeout(3 * T, async {
         let mut got = 0;
@@ -615,9 +637,15 @@ async fn a_window_grown_when_fast_shrinks_when_its_reader_turns_slow() {
     assert!(grown >= 4 * initial, "the window only grew to {grown}");
     assert!(
         end <= grown / 2,
-        "the window stayed at {end} (grown to {grown}) for a slow reader"
+        "the window stayed at {end} (grown to {grown}) for a slow reader ({piece}-byte sends)"
     );
     assert!(end >= initial, "the window shrank below its start: {end}");
+    // Halved each time, never cut short by what an update returned: still a power of two
+    // times the start.
+    assert!(
+        end % initial == 0 && (end / initial).is_power_of_two(),
+        "the window shrank to {end} ({piece}-byte sends)"
+    );
 }
 
 /// A relay reads from its socket no more than the stream may send: what the peer's window
@@ -664,8 +692,9 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
             .buffered
             .load(std::sync::atomic::Ordering::Relaxed)
     };
-    // The window fills but for less than a bulk frame: what is left of the credit then is
-    // not sent as a small frame of its own (the receiver's next WINDOW is certain).
+    // The window fills but for less than a bulk frame: what is left of the credit is not
+    // sent as a small frame of its own (the receiver's next WINDOW is certain), and the
+    // frame it would be cut from waits for that WINDOW in the relay's hands.
     let window = u64::from(initial);
     let full = window - sgw::proto::DATA_CHUNK as u64;
     let deadline = Instant::now() + T;
@@ -684,7 +713,7 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
         .load(std::sync::atomic::Ordering::Relaxed);
     let got = buffered();
     assert!(
-        got > full && got <= window,
+        got > full && got < window,
         "{got} bytes sent in a window of {window}"
     );
     assert!(
@@ -782,6 +811,71 @@ async fn credit_comes_back_after_two_bulk_frames_of_a_256_kib_window() {
         matches!(w, Frame::Window { increment, .. } if increment as usize == 2 * DATA_CHUNK),
         "{w:?}"
     );
+}
+
+/// A frame that credit would cut short waits for the next WINDOW instead while that is
+/// certain (the peer's window is two frames or more); with a smaller window what credit
+/// allows goes at once, or the stream could wait for an update that never comes.
+#[tokio::test]
+async fn a_frame_credit_would_cut_short_waits_while_the_next_window_is_certain() {
+    use futures::FutureExt;
+    for (window, waits) in [(256 * 1024, true), (100 * 1024, false)] {
+        let mut p = Peer::new(Role::Gateway, 65536);
+        let (s, answer) = p.mux.open_early(&meta()).unwrap();
+        p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
+        p.send(&[Frame::OpenOk { id: 1, window }]).await;
+        tokio::time::timeout(T, answer.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let first = window as usize - 768;
+        tokio::time::timeout(T, s.send(Bytes::from(vec![1u8; first])))
+            .await
+            .unwrap()
+            .unwrap();
+        // 1000 bytes with 768 of credit: one poll, then dropped.
+        assert!(s
+            .send(Bytes::from(vec![2u8; 1000]))
+            .now_or_never()
+            .is_none());
+        p.send(&[Frame::Window {
+            id: 1,
+            increment: 128 * 1024,
+        }])
+        .await;
+        tokio::time::timeout(T, s.send(Bytes::from(vec![3u8; 1000])))
+            .await
+            .unwrap()
+            .unwrap();
+        // The DATA after the first `first` bytes, up to the answer to a PING sent once the
+        // last 1000 bytes came.
+        let deadline = tokio::time::Instant::now() + T;
+        let (mut seen, mut after, mut pinged) = (0, Vec::new(), false);
+        loop {
+            let frames = p.next_frames(deadline).await;
+            let ponged = frames.iter().any(|f| matches!(f, Frame::Pong(7)));
+            for f in frames {
+                if let Frame::Data { data, .. } = f {
+                    if seen >= first {
+                        after.push(data.len());
+                    }
+                    seen += data.len();
+                }
+            }
+            if ponged {
+                break;
+            }
+            if seen >= first + 1000 && !pinged {
+                p.send(&[Frame::Ping(7)]).await;
+                pinged = true;
+            }
+        }
+        if waits {
+            assert_eq!(after, [1000], "window {window}");
+        } else {
+            assert_eq!(after[0], 768, "window {window}: {after:?}");
+        }
+    }
 }
 
 /// A relay fed faster than its window holds back credit short of a bulk frame only while the

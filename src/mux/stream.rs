@@ -112,7 +112,8 @@ pub(crate) struct StreamState {
     // Send direction.
     credit: u64,
     /// The window the peer announced for this stream (0 until it has): its window never
-    /// shrinks below it, which is what lets a sender wait for credit ([`MuxStream::writable`]).
+    /// shrinks below it, which is what lets a sender wait for credit instead of sending a
+    /// frame cut short by it ([`MuxStream::send_read`]).
     peer_window: u64,
     /// Credit this side counts on before the peer's OPEN_OK: [`EARLY_DATA`] for an early
     /// open, else 0. The OPEN_OK's window stands for all of it, early bytes included.
@@ -566,7 +567,8 @@ impl StreamShared {
                 }
             } else if st.growth > 0 && st.slow >= SHRINK_AFTER && inc < st.window / 2 {
                 // Credit already granted is never taken back, only not returned, and this
-                // update returns less than the shrink: the next one waits until it can.
+                // update returns less than half the window, which the shrink may take: the
+                // next one waits until it returns that much.
                 st.shrink_due = true;
             } else if st.growth > 0 && st.slow >= SHRINK_AFTER {
                 st.slow = 0;
@@ -760,23 +762,14 @@ impl MuxStream {
     /// the credit: a relay that reads no more than it may send leaves what the peer's window
     /// holds back in the socket, where TCP's own flow control holds it, not in a buffer per
     /// stream (docs/PERFORMANCE.md).
-    ///
-    /// With `bulk`, credit short of a [`DATA_CHUNK`] is waited on while the peer's next
-    /// WINDOW is certain to come, so a bulk stream does not send a small frame of what is left
-    /// of its credit before every update (TCP's silly window). It is certain when the peer's
-    /// window is two chunks or more: its receiver returns credit by the time half its window
-    /// is consumed (PROTOCOL.md §5), and this side has all but less than a chunk of it out.
-    pub async fn writable(&self, bulk: bool) -> Result<usize, StreamError> {
+    pub async fn writable(&self) -> Result<usize, StreamError> {
         let send_queue = self.mux.cfg.send_queue;
-        let chunk = DATA_CHUNK as u64;
         poll_fn(|cx| {
             let mut st = self.shared.lock();
             match st.may_queue(send_queue) {
                 Err(e) => Poll::Ready(Err(e)),
-                Ok(true) if !bulk || st.credit >= chunk || st.peer_window < 2 * chunk => {
-                    Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX)))
-                }
-                Ok(_) => {
+                Ok(true) => Poll::Ready(Ok(usize::try_from(st.credit).unwrap_or(usize::MAX))),
+                Ok(false) => {
                     st.send_waker = Some(cx.waker().clone());
                     Poll::Pending
                 }
@@ -794,6 +787,14 @@ impl MuxStream {
         self.send_read(data, read).await
     }
 
+    /// A frame that credit would cut short waits for the peer's next WINDOW instead, while
+    /// that is certain to come, so a bulk stream does not send a small frame of what is left
+    /// of its credit before every update (TCP's silly window); what it holds back had to
+    /// wait for that WINDOW anyway. It is certain when the credit is at most half the window
+    /// the peer announced, below which its window never shrinks: its receiver returns credit
+    /// by the time half its window is consumed (PROTOCOL.md §5). Frames are at most
+    /// [`MAX_DATA`], so a window of twice that is enough.
+    ///
     /// [`send`](Self::send) for `data` that `read` bytes from a socket became (compressed):
     /// the read's size, not the payload's, says whether the stream is interactive or bulk,
     /// which decides whether its sends wait to share messages ([`writer::Coalesce`]).
@@ -818,7 +819,9 @@ impl MuxStream {
         while !data.is_empty() {
             let n = poll_fn(|cx| {
                 let mut st = self.shared.lock();
-                if !st.may_queue(send_queue)? {
+                let cut = (st.credit as usize) < data.len().min(piece)
+                    && st.peer_window >= 2 * MAX_DATA as u64;
+                if !st.may_queue(send_queue)? || cut {
                     if unsent {
                         // Send what is queued before waiting for what it frees.
                         return Poll::Ready(Ok(0));
