@@ -595,7 +595,8 @@ async fn up<R: AsyncRead + Unpin>(
             // A bulk stream's reads are whole chunks, which is how `send_read` cuts them, so
             // its messages are two whole chunks each (`mux::BATCH_BYTES`); what is left
             // waits in the socket for the next read. At least one, beyond the credit if need
-            // be, so the stream's end and a last short piece are seen at once.
+            // be: a last piece that fits the credit, or the stream's end, is then seen
+            // without waiting for the next WINDOW.
             let t = want.min(credit.max(DATA_CHUNK));
             t - t % DATA_CHUNK
         } else {

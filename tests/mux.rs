@@ -696,7 +696,8 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
     // sent as a small frame of its own (the receiver's next WINDOW is certain), and the
     // frame it would be cut from waits for that WINDOW in the relay's hands.
     let window = u64::from(initial);
-    let full = window - sgw::proto::DATA_CHUNK as u64;
+    // Less than a 64 KiB frame: after a short read a relay reads 64 KiB, not a chunk.
+    let full = window - sgw::proto::MAX_DATA as u64;
     let deadline = Instant::now() + T;
     while buffered() <= full {
         assert!(
@@ -876,6 +877,62 @@ async fn a_frame_credit_would_cut_short_waits_while_the_next_window_is_certain()
             assert_eq!(after[0], 768, "window {window}: {after:?}");
         }
     }
+}
+
+/// A send dropped while it waits for room in the tunnel's send budget gives back the credit
+/// it took: a stream whose credit leaked could wait for a WINDOW that never comes.
+#[tokio::test]
+async fn a_send_dropped_waiting_for_the_tunnel_gives_its_credit_back() {
+    use futures::FutureExt;
+    let mut p = Peer::with_buffer(
+        MuxConfig {
+            role: Role::Gateway,
+            initial_window: 65536,
+            max_window: 65536,
+            tunnel_send_queue: 64 * 1024,
+            send_queue: 1 << 20,
+            ..MuxConfig::default()
+        },
+        1,
+    );
+    let (s, answer) = p.mux.open_early(&meta()).unwrap();
+    p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
+    p.send(&[Frame::OpenOk {
+        id: 1,
+        window: 4 << 20,
+    }])
+    .await;
+    tokio::time::timeout(T, answer.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    // Nobody reads the transport now: its two messages fill, the writer waits on it, and
+    // queued frames keep the tunnel's budget until no send finds room.
+    let piece = Bytes::from(vec![5u8; 16 * 1024]);
+    let credit = || match s.writable().now_or_never() {
+        Some(Ok(c)) => c,
+        other => panic!("credit: {other:?}"),
+    };
+    let mut refunded = false;
+    for _ in 0..64 {
+        let before = credit();
+        if s.send(piece.clone()).now_or_never().is_none() {
+            let after = credit();
+            // Queued and then waiting to send it (credit spent), or waiting for room.
+            assert!(
+                after == before || after == before - piece.len(),
+                "{before} -> {after}"
+            );
+            if after == before {
+                refunded = true;
+                break;
+            }
+        }
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(refunded, "no send ever waited for the tunnel's budget");
 }
 
 /// A relay fed faster than its window holds back credit short of a bulk frame only while the

@@ -675,6 +675,25 @@ impl StreamShared {
     }
 }
 
+/// Credit a send took and has not queued yet: given back if the send is dropped while it
+/// waits for room in the tunnel's send budget, so credit taken is always credit sent.
+struct Refund<'a> {
+    shared: &'a StreamShared,
+    credit: u64,
+}
+
+impl Drop for Refund<'_> {
+    fn drop(&mut self) {
+        if self.credit > 0 {
+            let mut st = self.shared.lock();
+            st.credit += self.credit;
+            if let Some(w) = st.send_waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
 /// Why a send found the tunnel closed: the stream's own error, which the close set.
 fn closed_error(st: &StreamState) -> StreamError {
     st.error.clone().unwrap_or(StreamError::Reset {
@@ -787,17 +806,19 @@ impl MuxStream {
         self.send_read(data, read).await
     }
 
-    /// A frame that credit would cut short waits for the peer's next WINDOW instead, while
-    /// that is certain to come, so a bulk stream does not send a small frame of what is left
-    /// of its credit before every update (TCP's silly window); what it holds back had to
-    /// wait for that WINDOW anyway. It is certain when the credit is at most half the window
-    /// the peer announced, below which its window never shrinks: its receiver returns credit
-    /// by the time half its window is consumed (PROTOCOL.md §5). Frames are at most
-    /// [`MAX_DATA`], so a window of twice that is enough.
-    ///
     /// [`send`](Self::send) for `data` that `read` bytes from a socket became (compressed):
     /// the read's size, not the payload's, says whether the stream is interactive or bulk,
     /// which decides whether its sends wait to share messages ([`writer::Coalesce`]).
+    ///
+    /// A frame that credit would cut short waits for the peer's next WINDOW instead, while
+    /// that is certain to come, so a bulk stream does not send a small frame of what is left
+    /// of its credit before every update (TCP's silly window): the part the credit allowed
+    /// goes with the rest of its frame, one update later. The update is certain when the
+    /// credit is at most half the window the peer announced, below which its window never
+    /// shrinks: its receiver returns credit by the time half its window is consumed
+    /// (PROTOCOL.md §5). Frames are at most [`MAX_DATA`], so a window of twice that is
+    /// enough. That needs every byte of credit taken to be sent: a send dropped before it
+    /// queues what it took gives the credit back.
     ///
     /// [`writer::Coalesce`]: super::writer::Coalesce
     pub async fn send_read(&self, mut data: Bytes, read: usize) -> Result<(), StreamError> {
@@ -839,6 +860,10 @@ impl MuxStream {
                 unsent = false;
                 continue;
             }
+            let mut refund = Refund {
+                shared: &self.shared,
+                credit: n as u64,
+            };
             // Room in the tunnel's send budget too: all streams of a tunnel whose peer stops
             // reading hold at most `tunnel_send_queue`. At most MAX_DATA: fits in u32. The
             // budget comes back as queued frames are sent: ours first, before waiting.
@@ -853,7 +878,11 @@ impl MuxStream {
             };
             match room {
                 Ok(room) => room.forget(),
-                Err(_) => return Err(closed_error(&self.shared.lock())),
+                Err(_) => {
+                    // The lock goes before `refund` takes it.
+                    let e = closed_error(&self.shared.lock());
+                    return Err(e);
+                }
             }
             let schedule = {
                 let mut st = self.shared.lock();
@@ -863,6 +892,7 @@ impl MuxStream {
                     self.mux.send_budget.add_permits(n);
                     return Err(e);
                 }
+                refund.credit = 0;
                 st.enqueue(Frame::Data {
                     id,
                     data: data.split_to(n),
