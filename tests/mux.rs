@@ -117,6 +117,19 @@ impl Peer {
         );
     }
 
+    /// Opens a stream, answered with `window` (the first stream this mux opens: id 1).
+    async fn open_answered(&mut self, window: u32) -> MuxStream {
+        let (s, answer) = self.mux.open_early(&meta()).unwrap();
+        self.expect(|f| matches!(f, Frame::Open { id: 1, .. }))
+            .await;
+        self.send(&[Frame::OpenOk { id: 1, window }]).await;
+        tokio::time::timeout(T, answer.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        s
+    }
+
     /// Accepts the next stream the peer opened.
     async fn accept(&mut self) -> sgw::mux::MuxStream {
         let inc = tokio::time::timeout(T, self.events.incoming.recv())
@@ -394,6 +407,16 @@ async fn one_stream_over(delay: Duration, initial: u32) -> Pair {
     }
 }
 
+/// Both ends of a loopback TCP connection: (the one that connected, the accepted one).
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let source = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (tcp, _) = l.accept().await.unwrap();
+    (source, tcp)
+}
+
 /// Sends `total` bytes over `sender` in 64 KiB chunks of `byte`, then FIN.
 fn send_all(sender: MuxStream, total: usize, byte: u8) -> tokio::task::JoinHandle<()> {
     send_all_in(sender, total, byte, 64 * 1024)
@@ -657,11 +680,7 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
     use tokio::io::AsyncWriteExt;
     let initial = 256 * 1024;
     let p = one_stream_over(Duration::ZERO, initial).await;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut source = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (tcp, _) = l.accept().await.unwrap();
+    let (mut source, tcp) = tcp_pair().await;
     // Far more than the window, and much of it waiting in the socket before the relay starts,
     // so every read finds more than it asks for. The receiver never reads: the writer stalls
     // once the window, the relay and both sockets' buffers are full.
@@ -733,17 +752,7 @@ async fn a_relay_reads_no_more_than_the_peer_window_lets_it_send() {
 async fn bulk_goes_in_chunks_two_to_a_message_and_a_64_kib_send_in_one_frame() {
     use sgw::proto::{DATA_CHUNK, MAX_DATA};
     let mut p = Peer::new(Role::Gateway, 65536);
-    let (s, answer) = p.mux.open_early(&meta()).unwrap();
-    p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
-    p.send(&[Frame::OpenOk {
-        id: 1,
-        window: 4 << 20,
-    }])
-    .await;
-    tokio::time::timeout(T, answer.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = p.open_answered(4 << 20).await;
     // DATA of stream 1 in each message, until `total` bytes came.
     async fn data_per_message(p: &mut Peer, total: usize) -> Vec<Vec<usize>> {
         let deadline = tokio::time::Instant::now() + T;
@@ -822,13 +831,7 @@ async fn a_frame_credit_would_cut_short_waits_while_the_next_window_is_certain()
     use futures::FutureExt;
     for (window, waits) in [(256 * 1024, true), (100 * 1024, false)] {
         let mut p = Peer::new(Role::Gateway, 65536);
-        let (s, answer) = p.mux.open_early(&meta()).unwrap();
-        p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
-        p.send(&[Frame::OpenOk { id: 1, window }]).await;
-        tokio::time::timeout(T, answer.wait())
-            .await
-            .unwrap()
-            .unwrap();
+        let s = p.open_answered(window).await;
         let first = window as usize - 768;
         tokio::time::timeout(T, s.send(Bytes::from(vec![1u8; first])))
             .await
@@ -895,17 +898,7 @@ async fn a_send_dropped_waiting_for_the_tunnel_gives_its_credit_back() {
         },
         1,
     );
-    let (s, answer) = p.mux.open_early(&meta()).unwrap();
-    p.expect(|f| matches!(f, Frame::Open { id: 1, .. })).await;
-    p.send(&[Frame::OpenOk {
-        id: 1,
-        window: 4 << 20,
-    }])
-    .await;
-    tokio::time::timeout(T, answer.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let s = p.open_answered(4 << 20).await;
     // Nobody reads the transport now: its two messages fill, the writer waits on it, and
     // queued frames keep the tunnel's budget until no send finds room.
     let piece = Bytes::from(vec![5u8; 16 * 1024]);
@@ -944,11 +937,7 @@ async fn a_bulk_relay_finishes_whatever_the_peer_window() {
     use tokio::io::AsyncWriteExt;
     for window in [32 * 1024, 100 * 1024, 256 * 1024] {
         let p = one_stream_over(Duration::ZERO, window).await;
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut source = tokio::net::TcpStream::connect(l.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (tcp, _) = l.accept().await.unwrap();
+        let (mut source, tcp) = tcp_pair().await;
         let total = 8 << 20;
         let writing = tokio::spawn(async move {
             let block: Vec<u8> = (0..128 * 1024).map(|i| (i % 251) as u8).collect();
