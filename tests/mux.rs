@@ -117,12 +117,13 @@ impl Peer {
         );
     }
 
-    /// Opens a stream, answered with `window` (the first stream this mux opens: id 1).
+    /// Opens a stream, answered with `window`.
     async fn open_answered(&mut self, window: u32) -> MuxStream {
         let (s, answer) = self.mux.open_early(&meta()).unwrap();
-        self.expect(|f| matches!(f, Frame::Open { id: 1, .. }))
+        let id = s.id();
+        self.expect(|f| matches!(f, Frame::Open { id: i, .. } if *i == id))
             .await;
-        self.send(&[Frame::OpenOk { id: 1, window }]).await;
+        self.send(&[Frame::OpenOk { id, window }]).await;
         tokio::time::timeout(T, answer.wait())
             .await
             .unwrap()
