@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Sink;
 
 use super::{MuxState, BATCH_BYTES};
-use crate::proto::{encode_frame, Frame};
+use crate::proto::{encode_frame, Frame, HEADER_LEN, MAX_DATA};
 
 /// The transport's sending half, type-erased so the mux state need not be generic.
 pub(crate) type BoxSink = Pin<Box<dyn Sink<Bytes, Error = io::Error> + Send>>;
@@ -33,6 +33,13 @@ pub(crate) type BoxSink = Pin<Box<dyn Sink<Bytes, Error = io::Error> + Send>>;
 /// How long a closing tunnel's sender may take to write what explains the close (and, after
 /// a drain, the streams' last frames).
 const CLOSING_GRACE: Duration = Duration::from_secs(2);
+
+/// Room in the batch buffer when a batch starts: the most a batch of stream frames can reach
+/// (it stops once past [`BATCH_BYTES`], so by at most one DATA frame). A buffer that grew
+/// while a batch was in it would first move the frames already encoded: with room for only
+/// one chunk left after a message was split off, that was a copy of half of every other
+/// message (docs/PERFORMANCE.md, "The batch buffer's room").
+const BATCH_ROOM: usize = BATCH_BYTES + MAX_DATA + HEADER_LEN;
 
 /// The batch under construction and the sink it goes to.
 pub(crate) struct Outbox {
@@ -50,7 +57,7 @@ impl Outbox {
     pub(crate) fn new(sink: BoxSink) -> Self {
         Outbox {
             sink: Some(sink),
-            buf: BytesMut::with_capacity(BATCH_BYTES + 64 * 1024),
+            buf: BytesMut::with_capacity(BATCH_ROOM),
             count: 0,
             unflushed: false,
         }
@@ -259,8 +266,10 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
     {
         *unflushed = false;
     }
-    if buf.capacity() < BATCH_BYTES / 2 {
-        buf.reserve(BATCH_BYTES + 64 * 1024);
+    // Once the sink has let go of the message just sent (tungstenite copies it), this takes
+    // the same allocation back without copying anything: the buffer is empty.
+    if buf.capacity() < BATCH_ROOM {
+        buf.reserve(BATCH_ROOM);
     }
     Ok(true)
 }
