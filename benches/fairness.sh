@@ -5,9 +5,11 @@
 # while BULK iperf3 streams saturate the same tunnel; the p50/p99 of both runs are printed.
 # sgw runs as two processes (gateway and client, one tunnel, as an on-prem host would run a
 # small client); rathole-tls, which uses a TCP connection per stream, runs the same workload
-# when PEERS holds it (see ../shared/bench/peers.sh).
+# when PEERS holds it (see ../shared/bench/peers.sh). With ROUNDS > 1 the tunnels take turns,
+# a row each per round, and the medians of their p99s follow: one round's p99 moves by 10-20%
+# on a shared machine, more than the tunnels differ.
 #
-#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 PEERS=...
+#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 ROUNDS=1 PEERS=...
 # Needs: iperf3 redis-server redis-tools openssl python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ BULK=${BULK:-2}
 N=${N:-20000}
 # Long enough that the bulk streams outlast the PINGs (N=20000 takes about 2-4 s).
 BULK_SECS=${BULK_SECS:-10}
+ROUNDS=${ROUNDS:-1}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
 . benches/common.sh
 need iperf3 redis-server redis-benchmark openssl python3 ss
@@ -35,6 +38,7 @@ measure() { # name iperf-port redis-port
   wait $b 2>/dev/null || true
   g=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f"%(d["end"]["sum_received"]["bits_per_second"]/1e9))' "$dir/bulk.json" 2>/dev/null || echo "?")
   read -r a50 a99 <<<"$alone"; read -r b50 b99 <<<"$bulk"
+  echo "$a99 $b99" >>"$dir/p99.$1"
   printf '%-12s %10s %10s %12s %12s %9s %10s\n' "$1" "$a50" "$a99" "$b50" "$b99" \
     "$(python3 -c "import sys; a,b=sys.argv[1:]; print('%.1fx'%(float(b)/float(a)) if a not in ('-','0','0.000') and b!='-' else '-')" "$a99" "$b99")" "$g"
 }
@@ -47,12 +51,25 @@ sgw_init --expose "127.0.0.1:$IP@$CI" --expose "127.0.0.1:$RP@$CR"
 sed -i -E 's/^(tunnels *= *).*/\11/' "$dir/sgw/client.toml"
 sgw_start
 for _ in $(seq 100); do [ "$(timeout 2 redis-cli -p "$CR" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-measure sgw "$CI" "$CR"
 
 RI=$(free_port); RR=$(free_port)
+rathole=""
 if rathole_tls "$RI:$IP" "$RR:$RP"; then
   for _ in $(seq 100); do [ "$(timeout 2 redis-cli -p "$RR" ping 2>/dev/null)" = PONG ] && break; sleep 0.1; done
-  measure rathole-tls "$RI" "$RR"
+  rathole=1
 else
   echo "rathole-tls: skipped (no $PEERS/rathole/bin/rathole)"
+fi
+for _ in $(seq "$ROUNDS"); do
+  measure sgw "$CI" "$CR"
+  [ -z "$rathole" ] || measure rathole-tls "$RI" "$RR"
+done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "medians of $ROUNDS rounds (p99 alone, p99 w/bulk, ms):"
+  for t in sgw ${rathole:+rathole-tls}; do
+    python3 -c 'import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[2])]
+med = lambda i: "%.3f" % st.median(float(r[i]) for r in rows if r[i] != "-") if any(r[i] != "-" for r in rows) else "-"
+print("  %-12s %s %s" % (sys.argv[1], med(0), med(1)))' "$t" "$dir/p99.$t"
+  done
 fi
