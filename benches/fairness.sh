@@ -7,9 +7,11 @@
 # small client); rathole-tls, which uses a TCP connection per stream, runs the same workload
 # when PEERS holds it (see ../shared/bench/peers.sh). With ROUNDS > 1 the tunnels take turns,
 # a row each per round, and the medians of their p99s follow: one round's p99 moves by 10-20%
-# on a shared machine, more than the tunnels differ.
+# on a shared machine, more than the tunnels differ. BULK_RATE (iperf3's -b, per stream, e.g.
+# 3500M) paces the bulk streams below what the tunnel carries: bursts, as real bulk traffic
+# comes, instead of a saturated pipe.
 #
-#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 ROUNDS=1 PEERS=...
+#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 ROUNDS=1 BULK_RATE= PEERS=...
 # Needs: iperf3 redis-server redis-tools openssl python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ N=${N:-20000}
 # Long enough that the bulk streams outlast the PINGs (N=20000 takes about 2-4 s).
 BULK_SECS=${BULK_SECS:-10}
 ROUNDS=${ROUNDS:-1}
+BULK_RATE=${BULK_RATE:-}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
 . benches/common.sh
 need iperf3 redis-server redis-benchmark openssl python3 ss
@@ -32,7 +35,7 @@ lat() { # redis port -> "p50 p99" in ms of one client's PINGs
 measure() { # name iperf-port redis-port
   local alone bulk g b
   alone=$(lat "$3")
-  iperf3 -c 127.0.0.1 -p "$2" -P "$BULK" -t "$BULK_SECS" -J >"$dir/bulk.json" 2>/dev/null & b=$!
+  iperf3 -c 127.0.0.1 -p "$2" -P "$BULK" ${BULK_RATE:+-b "$BULK_RATE"} -t "$BULK_SECS" -J >"$dir/bulk.json" 2>/dev/null & b=$!
   sleep 2 # let the bulk streams fill their windows
   bulk=$(lat "$3")
   wait $b 2>/dev/null || true
