@@ -9,9 +9,12 @@
 # a row each per round, and the medians of their p99s follow: one round's p99 moves by 10-20%
 # on a shared machine, more than the tunnels differ. BULK_RATE (iperf3's -b, per stream, e.g.
 # 3500M) paces the bulk streams below what the tunnel carries: bursts, as real bulk traffic
-# comes, instead of a saturated pipe.
+# comes, instead of a saturated pipe. One rate is not below every tunnel's ceiling, though:
+# BULK_SHARE (a percentage, e.g. 50) first measures what each row carries saturated (3 s),
+# then paces its bulk at that share of it, so every row is compared at the same load
+# relative to what it can carry; the last column is then "carried/ceiling".
 #
-#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 ROUNDS=1 BULK_RATE= PEERS=...
+#   cargo build --release && bash benches/fairness.sh   # BULK=2 N=20000 BULK_SECS=10 ROUNDS=1 BULK_RATE= BULK_SHARE= PEERS=...
 # Needs: iperf3 redis-server redis-tools openssl python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ N=${N:-20000}
 BULK_SECS=${BULK_SECS:-10}
 ROUNDS=${ROUNDS:-1}
 BULK_RATE=${BULK_RATE:-}
+BULK_SHARE=${BULK_SHARE:-}
 PEERS=${PEERS:-${TMPDIR:-/tmp}/peers}
 . benches/common.sh
 need iperf3 redis-server redis-benchmark openssl python3 ss
@@ -32,14 +36,23 @@ lat() { # redis port -> "p50 p99" in ms of one client's PINGs
   redis-benchmark -p "$1" -c 1 -n "$N" -t ping --csv 2>/dev/null |
     awk -F'"' '/PING_MBULK/{printf "%s %s", $10, $14; f=1} END{if(!f) printf "- -"}'
 }
+gbps() { # iperf3 JSON -> Gb/s received, or "?"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f"%(d["end"]["sum_received"]["bits_per_second"]/1e9))' "$1" 2>/dev/null || echo "?"
+}
 measure() { # name iperf-port redis-port
-  local alone bulk g b
+  local alone bulk g b rate=$BULK_RATE ceiling=""
   alone=$(lat "$3")
-  iperf3 -c 127.0.0.1 -p "$2" -P "$BULK" ${BULK_RATE:+-b "$BULK_RATE"} -t "$BULK_SECS" -J >"$dir/bulk.json" 2>/dev/null & b=$!
+  if [ -n "$BULK_SHARE" ]; then
+    iperf3 -c 127.0.0.1 -p "$2" -P "$BULK" -t 3 -J >"$dir/ceiling.json" 2>/dev/null || true
+    ceiling=$(gbps "$dir/ceiling.json")
+    # iperf3's -b is per stream, in bits/s.
+    rate=$(python3 -c 'import sys; c,s,n=sys.argv[1:]; print("%dM"%(float(c)*1000*float(s)/100/int(n)) if c!="?" else "")' "$ceiling" "$BULK_SHARE" "$BULK")
+  fi
+  iperf3 -c 127.0.0.1 -p "$2" -P "$BULK" ${rate:+-b "$rate"} -t "$BULK_SECS" -J >"$dir/bulk.json" 2>/dev/null & b=$!
   sleep 2 # let the bulk streams fill their windows
   bulk=$(lat "$3")
   wait $b 2>/dev/null || true
-  g=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f"%(d["end"]["sum_received"]["bits_per_second"]/1e9))' "$dir/bulk.json" 2>/dev/null || echo "?")
+  g=$(gbps "$dir/bulk.json")${ceiling:+/$ceiling}
   read -r a50 a99 <<<"$alone"; read -r b50 b99 <<<"$bulk"
   echo "$a99 $b99" >>"$dir/p99.$1"
   printf '%-12s %10s %10s %12s %12s %9s %10s\n' "$1" "$a50" "$a99" "$b50" "$b99" \
