@@ -32,6 +32,7 @@ pub const CLOSE_CODES: &[&str] = &[
     "connection_reset",
     "network_timeout",
     "keepalive_timeout",
+    "peer_not_reading",
     "write_failed",
     "protocol_error",
 ];
@@ -131,6 +132,18 @@ pub fn keepalive(role: Role, silent_ms: u64) -> Closed {
         format!(
             "nothing came from the {} for {silent_ms} ms, not even a keepalive answer: the path is down or the {} is stuck; the tunnel is reconnected",
             peer(role),
+            peer(role)
+        ),
+    )
+}
+
+/// Frames waited for `stalled_ms` and the transport took nothing: the peer stopped reading
+/// (it may still be sending).
+pub fn not_reading(role: Role, stalled_ms: u64) -> Closed {
+    closed(
+        "peer_not_reading",
+        format!(
+            "the {} took nothing for {stalled_ms} ms while frames waited to be sent: it stopped reading; the tunnel is reconnected",
             peer(role)
         ),
     )

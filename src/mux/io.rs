@@ -24,7 +24,6 @@ pub(crate) async fn reader_loop<R>(shared: Arc<MuxState>, mut reader: R, sinks: 
 where
     R: Stream<Item = std::io::Result<Bytes>> + Unpin,
 {
-    let mut frames = Vec::with_capacity(64);
     // Numbers the messages, for the one direct write per stream and message (`on_data`).
     let mut msg_no = 0u64;
     loop {
@@ -48,16 +47,20 @@ where
             Ordering::Relaxed,
         );
         msg_no += 1;
-        let decoded = decode_message(&msg, |f| frames.push(f));
-        shared
-            .stats
-            .frames_in
-            .fetch_add(frames.len() as u64, Ordering::Relaxed);
-        for frame in frames.drain(..) {
-            if let Err(e) = dispatch(&shared, frame, msg_no, &sinks) {
-                shared.protocol_error(e);
-                return;
+        // Each frame is dispatched as it is decoded: a message of 2 MiB holds up to 200,000
+        // frames, and a list of them would be memory the peer chooses. After a tunnel-level
+        // error the rest is decoded and dropped, not dispatched.
+        let (mut count, mut failed) = (0u64, None);
+        let decoded = decode_message(&msg, |f| {
+            count += 1;
+            if failed.is_none() {
+                failed = dispatch(&shared, f, msg_no, msg.len(), &sinks).err();
             }
+        });
+        shared.stats.frames_in.fetch_add(count, Ordering::Relaxed);
+        if let Some(e) = failed {
+            shared.protocol_error(e);
+            return;
         }
         if let Err(e) = decoded {
             shared.protocol_error(e.to_string());
@@ -78,6 +81,7 @@ fn dispatch(
     shared: &Arc<MuxState>,
     frame: Frame,
     msg: u64,
+    msg_len: usize,
     sinks: &ReaderSinks,
 ) -> Result<(), String> {
     let role = shared.cfg.role;
@@ -106,13 +110,19 @@ fn dispatch(
             shared.heard_goodbye(reason, message);
             Ok(())
         }
+        // Both are kept after the message is gone, so they are copied out of it: a slice
+        // would keep the whole message (up to 2 MiB) alive for each queued line.
         Frame::Config(payload) if role == Role::Client => {
-            sinks.config.send_replace(Some(payload));
+            sinks
+                .config
+                .send_replace(Some(Bytes::copy_from_slice(&payload)));
             Ok(())
         }
         Frame::Log(payload) if role == Role::Gateway => {
             // Logs are best effort: a slow consumer loses lines, never memory.
-            let _ = sinks.logs.try_send(payload);
+            if let Ok(room) = sinks.logs.try_reserve() {
+                room.send(Bytes::copy_from_slice(&payload));
+            }
             Ok(())
         }
         Frame::Hello(_) | Frame::Welcome(_) | Frame::Config(_) | Frame::Log(_) => {
@@ -172,7 +182,9 @@ fn dispatch(
             }
             Ok(())
         }
-        Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, msg, shared)),
+        Frame::Data { id, data } => {
+            with_stream(shared, id, |s| s.on_data(data, msg, msg_len, shared))
+        }
         Frame::Fin { id } => with_stream(shared, id, |s| s.on_fin()),
         Frame::Window { id, increment } => with_stream(shared, id, |s| s.on_window(increment)),
     }
@@ -319,6 +331,13 @@ pub(crate) async fn keepalive_loop(shared: Arc<MuxState>) {
         let silent = now_ms.saturating_sub(shared.last_rx_ms.load(Ordering::Relaxed));
         if silent > timeout.as_millis() as u64 {
             shared.close(super::close::keepalive(shared.cfg.role, silent));
+            return;
+        }
+        // A peer that sends (so is not silent) but never reads would otherwise hold every
+        // stream of the tunnel, and the callers routed to it, until the queues fill.
+        let stalled = now_ms.saturating_sub(shared.last_tx_ms.load(Ordering::Relaxed));
+        if stalled > timeout.as_millis() as u64 && shared.has_work() {
+            shared.close(super::close::not_reading(shared.cfg.role, stalled));
             return;
         }
         let now = tokio::time::Instant::now();

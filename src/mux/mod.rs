@@ -21,6 +21,7 @@ pub mod close;
 mod incoming;
 mod io;
 pub mod memory;
+mod recv_queue;
 mod stream;
 mod writer;
 
@@ -269,6 +270,8 @@ pub(crate) struct MuxState {
     window_growth: AtomicU64,
     started: Instant,
     last_rx_ms: AtomicU64,
+    /// When the transport last took a message (ms since `started`).
+    last_tx_ms: AtomicU64,
     stats: MuxStats,
 }
 
@@ -353,6 +356,7 @@ impl Mux {
             window_growth: AtomicU64::new(0),
             started: Instant::now(),
             last_rx_ms: AtomicU64::new(0),
+            last_tx_ms: AtomicU64::new(0),
             stats: MuxStats::default(),
         });
         let sinks = io::ReaderSinks {
@@ -427,6 +431,7 @@ impl Mux {
             let id = t.next_local;
             let Some(next) = id.checked_add(2) else {
                 drop(t);
+                s.cfg.window_budget.give(u64::from(s.cfg.initial_window));
                 // Ids are exhausted after 2^31 opens: drain this tunnel, the owner reconnects.
                 self.go_away(Reason::Shutdown, "stream ids exhausted");
                 return Err(OpenError::GoingAway);
@@ -562,6 +567,10 @@ impl Mux {
     /// Fails when the payload is over the CONFIG limit (nothing is sent: the peer would close
     /// the tunnel), the tunnel is closed or its control queue is full (the client then gets
     /// the configuration when it reconnects).
+    ///
+    /// A CONFIG still queued is replaced: each is the whole configuration, so only the last
+    /// matters, and a client that stops reading must not make every API edit queue another
+    /// copy of up to a MiB.
     pub fn push_config(&self, payload: Bytes) -> Result<(), PushError> {
         let frame = Frame::Config(payload);
         frame.check().map_err(PushError::TooLarge)?;
@@ -570,6 +579,7 @@ impl Mux {
             if self.is_closed() {
                 return Err(PushError::Closed);
             }
+            q.retain(|f| !matches!(f, Frame::Config(_)));
             if q.len() >= self.shared.urgent_cap {
                 return Err(PushError::QueueFull);
             }
@@ -668,6 +678,16 @@ impl MuxState {
         }
         self.wake_writer.notify_one();
         Ok(())
+    }
+
+    /// Takes stream `id`'s OPEN out of the control queue if the writer has not taken it yet.
+    fn unqueue_open(&self, id: u32) -> bool {
+        let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        // Looked for from the back: an OPEN still queued is among the newest frames.
+        let at = q
+            .iter()
+            .rposition(|f| matches!(f, Frame::Open { id: i, .. } if *i == id));
+        at.and_then(|i| q.remove(i)).is_some()
     }
 
     /// Queues a control frame for the writer without waiting. Overflow means the peer makes

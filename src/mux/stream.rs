@@ -18,6 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::recv_queue::RecvQueue;
 use super::MuxState;
 use crate::proto::{Frame, Reason, DATA_CHUNK, EARLY_DATA, MAX_CREDIT, MAX_DATA};
 
@@ -78,7 +79,7 @@ pub(crate) struct StreamState {
     /// A peer's stream taking early DATA, not yet accepted.
     early: bool,
     // Receive direction.
-    recv: VecDeque<Bytes>,
+    recv: RecvQueue,
     recv_bytes: usize,
     recv_fin: bool,
     recv_waker: Option<Waker>,
@@ -178,7 +179,7 @@ impl StreamState {
             open_waiter: None,
             peer_may_send: false,
             early: false,
-            recv: VecDeque::new(),
+            recv: RecvQueue::default(),
             recv_bytes: 0,
             recv_fin: false,
             recv_waker: None,
@@ -348,10 +349,16 @@ impl StreamShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// DATA from the peer, in tunnel message `msg` (numbered from 1). Never blocks: the peer's
-    /// credit bounds what we hold, and a direct write ([`DirectSink`]) takes only what the
-    /// socket takes at once.
-    pub(crate) fn on_data(&self, mut data: Bytes, msg: u64, mux: &MuxState) -> Delivery {
+    /// DATA from the peer, in tunnel message `msg` (numbered from 1) of `msg_len` bytes.
+    /// Never blocks: the peer's credit bounds what we hold, and a direct write
+    /// ([`DirectSink`]) takes only what the socket takes at once.
+    pub(crate) fn on_data(
+        &self,
+        mut data: Bytes,
+        msg: u64,
+        msg_len: usize,
+        mux: &MuxState,
+    ) -> Delivery {
         let mut st = self.lock();
         // Refused or dropped while this frame was on its way: nobody will read it.
         if st.error.is_some() || st.done {
@@ -417,7 +424,7 @@ impl StreamShared {
             st.backlog_since = Instant::now();
         }
         st.recv_bytes += data.len();
-        st.recv.push_back(data);
+        st.recv.push(data, msg_len);
         if let Some(w) = st.recv_waker.take() {
             w.wake();
         }
@@ -964,7 +971,7 @@ impl MuxStream {
     pub async fn recv(&self) -> Result<Option<Bytes>, StreamError> {
         let chunk = self
             .wait_recv(|st| {
-                let b = st.recv.pop_front()?;
+                let b = st.recv.pop()?;
                 st.recv_bytes -= b.len();
                 Some(b)
             })
@@ -992,10 +999,7 @@ impl MuxStream {
     /// caller's list as long as the window, and keep it that long.
     pub async fn recv_batch(&self, out: &mut Vec<Bytes>, max: usize) -> Result<bool, StreamError> {
         let taken = self
-            .wait_recv(|st| {
-                let k = st.recv.len().min(max.max(1));
-                (k > 0).then(|| out.extend(st.recv.drain(..k)))
-            })
+            .wait_recv(|st| (st.recv.take(out, max) > 0).then_some(()))
             .await?;
         Ok(taken.is_some())
     }
@@ -1088,7 +1092,7 @@ impl MuxStream {
 
 impl Drop for MuxStream {
     fn drop(&mut self) {
-        let (done, orphan, growth, buffered) = {
+        let (done, orphan, growth, buffered, announced) = {
             let mut st = self.shared.lock();
             let g = std::mem::take(&mut st.growth);
             let b = std::mem::take(&mut st.recv_bytes);
@@ -1100,7 +1104,7 @@ impl Drop for MuxStream {
             let was_done = st.done;
             // DATA the reader is delivering right now must not land in a queue nobody reads.
             st.done |= !orphan;
-            (was_done, orphan, g, b)
+            (was_done, orphan, g, b, st.announced)
         };
         self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
         self.mux.cfg.window_budget.give(growth);
@@ -1124,7 +1128,12 @@ impl Drop for MuxStream {
             if scheduled {
                 self.mux.unschedule(&self.shared);
             }
-            if !self.mux.closed.is_cancelled() {
+            // An OPEN still queued is taken back instead: the peer never hears of the stream.
+            // Callers opening and dropping connections while the tunnel is slow would
+            // otherwise fill the control queue with OPENs and RESETs, whose overflow closes
+            // the tunnel.
+            let taken_back = !announced && self.mux.unqueue_open(self.shared.id);
+            if !taken_back && !self.mux.closed.is_cancelled() {
                 // Abortive, like a TCP close with data unread: it may overtake queued DATA.
                 self.mux.push_urgent(Frame::Reset {
                     id: self.shared.id,
