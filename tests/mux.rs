@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use sgw::mux::{memory, Events, Mux, MuxConfig, MuxStream, OpenError, Role, StreamError};
 use sgw::proto::{decode_message, encode_frame, Frame, OpenMeta, Reason, EARLY_DATA};
 
@@ -264,11 +264,11 @@ fn points_into(b: &Bytes, msg: &Bytes) -> bool {
     p >= start && p < start + msg.len()
 }
 
-/// A queued payload that is a sliver of its message is copied out of it: as a slice it would
-/// keep the whole message alive, and a peer could pin a large message with each byte of a
-/// window. A payload that is most of its message stays a slice (no copy of bulk data).
+/// DATA that waits for its relay is copied out of the message it came in: as a slice it
+/// would keep the whole message (and the read buffer around it) alive, and a peer could pin a
+/// large message with each byte of a window.
 #[tokio::test]
-async fn a_small_payload_does_not_keep_its_large_message_alive() {
+async fn queued_data_does_not_keep_its_message_alive() {
     let mut p = Peer::new(Role::Client, 65536);
     p.send(&[open(1, 65536), open(3, 65536)]).await;
     let small = p.accept().await;
@@ -288,17 +288,12 @@ async fn a_small_payload_does_not_keep_its_large_message_alive() {
     }
     let msg = b.freeze();
     p.send_raw(msg.clone()).await;
-    let got = tokio::time::timeout(T, small.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let got = got.expect("small data");
-    assert_eq!(got, vec![1u8; 2_000]);
-    assert!(!points_into(&got, &msg), "the 2,000 bytes were copied");
-    let got = tokio::time::timeout(T, bulk.recv()).await.unwrap().unwrap();
-    let got = got.expect("bulk data");
-    assert_eq!(got.len(), 60_000);
-    assert!(points_into(&got, &msg), "bulk data is not copied");
+    for (s, want) in [(small, vec![1u8; 2_000]), (bulk, vec![3u8; 60_000])] {
+        let got = tokio::time::timeout(T, s.recv()).await.unwrap().unwrap();
+        let got = got.expect("data");
+        assert_eq!(got, want);
+        assert!(!points_into(&got, &msg), "{} bytes not copied", want.len());
+    }
 }
 
 #[tokio::test]
@@ -353,9 +348,17 @@ async fn streams_dropped_before_their_open_left_do_not_fill_the_control_queue() 
     );
     // Far more than the control queue holds (4 per stream the table holds, and 256).
     for i in 0..2_000 {
-        match p.mux.open_early(&meta()) {
-            Ok((s, _answer)) => drop(s),
-            Err(e) => panic!("open {i} refused: {e}"),
+        if i % 100 == 0 {
+            // Now and then a stream lives while the writer runs: the writer sends its OPEN
+            // (until the one-message transport is full), so dropping it sends a RESET.
+            let (s, _answer) = p.mux.open_early(&meta()).unwrap();
+            tokio::task::yield_now().await;
+            drop(s);
+            continue;
+        }
+        match p.mux.open(&meta()).now_or_never() {
+            None => {} // dropped while waiting for the answer, as a caller that gave up
+            Some(r) => panic!("open {i} ended: {r:?}"),
         }
     }
     assert!(!p.mux.is_closed(), "{:?}", p.mux.close_reason());
@@ -374,7 +377,7 @@ async fn streams_dropped_before_their_open_left_do_not_fill_the_control_queue() 
         .iter()
         .filter(|f| matches!(f, Frame::Reset { .. }))
         .count();
-    assert!(opens <= 8, "{opens} OPENs sent");
+    assert!((2..=8).contains(&opens), "{opens} OPENs sent");
     assert_eq!(
         resets,
         opens - 1,
@@ -1470,6 +1473,10 @@ async fn a_queued_config_is_replaced_by_a_newer_one() {
     let payload = |i: usize| Bytes::from(format!("{{\"v\":{i},\"pad\":\"{}\"}}", "p".repeat(4096)));
     for i in 0..200 {
         g.mux.push_config(payload(i)).expect("queued");
+        // The writer sends a few, until the one-message transport is full.
+        if i % 10 == 0 {
+            tokio::task::yield_now().await;
+        }
     }
     let mut configs = Vec::new();
     let deadline = tokio::time::Instant::now() + T;
@@ -1480,7 +1487,11 @@ async fn a_queued_config_is_replaced_by_a_newer_one() {
             }
         }
     }
-    assert!(configs.len() <= 3, "{} CONFIG frames sent", configs.len());
+    assert!(
+        (2..=4).contains(&configs.len()),
+        "{} CONFIG frames sent",
+        configs.len()
+    );
 }
 
 #[tokio::test]

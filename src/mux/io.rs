@@ -54,7 +54,7 @@ where
         let decoded = decode_message(&msg, |f| {
             count += 1;
             if failed.is_none() {
-                failed = dispatch(&shared, f, msg_no, msg.len(), &sinks).err();
+                failed = dispatch(&shared, f, msg_no, &sinks).err();
             }
         });
         shared.stats.frames_in.fetch_add(count, Ordering::Relaxed);
@@ -81,7 +81,6 @@ fn dispatch(
     shared: &Arc<MuxState>,
     frame: Frame,
     msg: u64,
-    msg_len: usize,
     sinks: &ReaderSinks,
 ) -> Result<(), String> {
     let role = shared.cfg.role;
@@ -182,9 +181,7 @@ fn dispatch(
             }
             Ok(())
         }
-        Frame::Data { id, data } => {
-            with_stream(shared, id, |s| s.on_data(data, msg, msg_len, shared))
-        }
+        Frame::Data { id, data } => with_stream(shared, id, |s| s.on_data(data, msg, shared)),
         Frame::Fin { id } => with_stream(shared, id, |s| s.on_fin()),
         Frame::Window { id, increment } => with_stream(shared, id, |s| s.on_window(increment)),
     }

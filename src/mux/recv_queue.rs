@@ -1,48 +1,47 @@
-//! A stream's received DATA waiting for its reader, held so that the memory it keeps follows
-//! what the stream's window counts.
+//! A stream's received DATA waiting for its relay, held so that the memory it keeps is what
+//! the stream's window counts.
 //!
-//! DATA payloads arrive as slices of their tunnel message, without a copy. A slice keeps its
-//! whole message alive, though: a peer allowed a byte could pin a 2 MiB message with a
-//! 1-byte frame padded with frames that are dropped, once for every byte of the window, while
-//! the window and `/metrics` count bytes. So a payload stays a slice only when it is a good
-//! share of its message (bulk DATA is: two chunks a message); any other payload is copied,
-//! and consecutive copies share an allocation, so a flood of tiny frames costs about what its
-//! bytes do rather than a queue entry each (docs/SECURITY.md, "Memory").
+//! DATA payloads arrive as slices of their tunnel message, and the message is itself a slice
+//! of the WebSocket's read buffer, which may hold other messages: a slice can keep an
+//! allocation of megabytes alive for one byte. A peer allowed a byte could then pin a
+//! 2 MiB message with a 1-byte frame padded with frames that are dropped, once for every
+//! byte of the window, while the window and `/metrics` count bytes. So what waits here is
+//! copied out of its message: large payloads into an allocation of their own, small ones
+//! gathered into a shared buffer, so a flood of tiny frames costs about what its bytes do
+//! rather than a queue entry each (docs/SECURITY.md, "What a stream holds"). Small DATA that
+//! finds nothing waiting goes to the socket without a copy (`DirectSink`), and bulk pays one
+//! copy, about 1% of the tunnel's CPU (docs/PERFORMANCE.md).
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-/// A payload stays a slice of its message when it is at least 1/`KEEP_SHARE` of it: what the
-/// kept slices pin is then at most `KEEP_SHARE` times the bytes they hold.
-const KEEP_SHARE: usize = 4;
-/// ... and at least this large, so each queue entry stands for at least this many bytes.
-const KEEP_MIN: usize = 1024;
-/// Copied payloads gather into one buffer up to this size before it becomes a chunk.
+/// Payloads from this size get an allocation of their own; smaller ones are gathered, and
+/// the gathered buffer becomes a chunk once it is this large.
 const GATHER: usize = 16 * 1024;
 
 #[derive(Debug, Default)]
 pub(crate) struct RecvQueue {
     chunks: VecDeque<Bytes>,
-    /// Copied payloads received after the last chunk: the queue's end.
+    /// Small payloads received after the last chunk: the queue's end.
     gathered: BytesMut,
 }
 
 impl RecvQueue {
-    /// Queues `data`, a payload of a message of `msg_len` bytes.
-    pub(crate) fn push(&mut self, data: Bytes, msg_len: usize) {
-        if data.len() >= KEEP_MIN && data.len().saturating_mul(KEEP_SHARE) >= msg_len {
+    /// Queues a copy of `data`.
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        if data.len() >= GATHER {
             self.seal();
-            self.chunks.push_back(data);
+            self.chunks.push_back(Bytes::copy_from_slice(data));
         } else {
-            self.gathered.extend_from_slice(&data);
+            self.gathered.extend_from_slice(data);
             if self.gathered.len() >= GATHER {
                 self.seal();
             }
         }
     }
 
-    /// The gathered copies become a chunk, so what comes next queues behind them.
+    /// The gathered bytes become a chunk, so what comes next queues behind them.
     fn seal(&mut self) {
         if !self.gathered.is_empty() {
             let chunk = self.gathered.split().freeze();
@@ -52,26 +51,22 @@ impl RecvQueue {
 
     /// The oldest chunk.
     pub(crate) fn pop(&mut self) -> Option<Bytes> {
-        self.seal_if_last();
+        if self.chunks.is_empty() {
+            self.seal();
+        }
         self.chunks.pop_front()
     }
 
     /// Moves up to `max` chunks (at least one, if any) into `out`; how many.
     pub(crate) fn take(&mut self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        // With room for them, the gathered copies go too.
-        if self.chunks.len() < max.max(1) {
+        let max = max.max(1);
+        // With room for them, the gathered bytes go too.
+        if self.chunks.len() < max {
             self.seal();
         }
-        let k = self.chunks.len().min(max.max(1));
+        let k = self.chunks.len().min(max);
         out.extend(self.chunks.drain(..k));
         k
-    }
-
-    /// Gathered copies are handed out once no chunk is ahead of them.
-    fn seal_if_last(&mut self) {
-        if self.chunks.is_empty() {
-            self.seal();
-        }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -100,49 +95,34 @@ mod tests {
     }
 
     #[test]
-    fn a_small_payload_of_a_large_message_is_copied_out_of_it() {
+    fn nothing_queued_points_into_the_message_it_came_in() {
         let msg = Bytes::from(vec![7u8; 2 * 1024 * 1024]);
         let mut q = RecvQueue::default();
-        q.push(msg.slice(100..101), msg.len());
-        q.push(msg.slice(5000..5000 + KEEP_MIN), msg.len());
+        q.push(&msg[100..101]);
+        q.push(&msg[5000..6000]);
+        q.push(&msg[10_000..10_000 + 65_280]);
         let got = drain(&mut q);
-        assert_eq!(got.len(), 1, "the two copies share one chunk");
-        assert_eq!(got[0].len(), 1 + KEEP_MIN);
-        assert!(
-            !inside(&got[0], &msg),
-            "a copy keeps no part of the message alive"
-        );
+        assert_eq!(got.len(), 2, "the two small payloads share one chunk");
+        assert_eq!(got[0].len(), 1 + 1000);
+        assert_eq!(got[1].len(), 65_280);
+        assert!(got.iter().all(|b| !inside(b, &msg)), "copies only");
     }
 
     #[test]
-    fn bulk_payloads_stay_slices_of_their_message() {
-        // Two 64 KiB chunks a message, as the writer batches bulk DATA.
-        let msg = Bytes::from(vec![1u8; 2 * 65_292]);
-        let mut q = RecvQueue::default();
-        q.push(msg.slice(12..65_292), msg.len());
-        q.push(msg.slice(65_304..), msg.len());
-        let got = drain(&mut q);
-        assert_eq!(got.len(), 2);
-        assert!(got.iter().all(|b| inside(b, &msg)), "no copy of bulk data");
-    }
-
-    #[test]
-    fn order_is_kept_across_slices_and_copies() {
-        let big = Bytes::from((0..=255u8).cycle().take(64 * 1024).collect::<Vec<_>>());
+    fn order_is_kept_across_large_and_gathered_payloads() {
+        let big = (0..=255u8).cycle().take(64 * 1024).collect::<Vec<_>>();
         let mut q = RecvQueue::default();
         let mut want = Vec::new();
         let mut out = Vec::new();
         for i in 0..200usize {
-            // Tiny copies, whole-message slices and copies big enough to fill a chunk.
             let part = match i % 5 {
-                0 => big.clone(),
-                1 | 2 => big.slice(i..i + 3),
-                3 => big.slice(0..GATHER + 7),
-                _ => big.slice(i..i + 2000),
+                0 => &big[..],
+                1 | 2 => &big[i..i + 3],
+                3 => &big[..GATHER + 7],
+                _ => &big[i..i + 2000],
             };
-            want.extend_from_slice(&part);
-            let msg_len = if i % 5 == 0 { big.len() } else { 256 * 1024 };
-            q.push(part, msg_len);
+            want.extend_from_slice(part);
+            q.push(part);
             if i % 7 == 0 {
                 q.take(&mut out, 3);
             }
@@ -155,10 +135,9 @@ mod tests {
 
     #[test]
     fn a_flood_of_one_byte_frames_costs_few_entries() {
-        let msg = Bytes::from(vec![9u8; 4096]);
         let mut q = RecvQueue::default();
         for _ in 0..100_000 {
-            q.push(msg.slice(0..1), msg.len());
+            q.push(b"x");
         }
         let got = drain(&mut q);
         assert_eq!(got.iter().map(Bytes::len).sum::<usize>(), 100_000);
@@ -166,12 +145,17 @@ mod tests {
     }
 
     #[test]
-    fn take_hands_out_gathered_bytes_when_nothing_is_ahead() {
+    fn take_honours_its_bound_and_hands_out_gathered_bytes_last() {
         let mut q = RecvQueue::default();
-        q.push(Bytes::from_static(b"ab"), 100);
+        let large = vec![1u8; GATHER];
+        q.push(&large);
+        q.push(&large);
+        q.push(b"ab");
         let mut out = Vec::new();
+        assert_eq!(q.take(&mut out, 1), 1);
+        assert_eq!(q.take(&mut out, 0), 1, "at least one");
         assert_eq!(q.take(&mut out, 8), 1);
-        assert_eq!(&out[0][..], b"ab");
+        assert_eq!(&out[2][..], b"ab");
         assert_eq!(q.take(&mut out, 8), 0);
     }
 }

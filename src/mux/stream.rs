@@ -349,16 +349,10 @@ impl StreamShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// DATA from the peer, in tunnel message `msg` (numbered from 1) of `msg_len` bytes.
-    /// Never blocks: the peer's credit bounds what we hold, and a direct write
-    /// ([`DirectSink`]) takes only what the socket takes at once.
-    pub(crate) fn on_data(
-        &self,
-        mut data: Bytes,
-        msg: u64,
-        msg_len: usize,
-        mux: &MuxState,
-    ) -> Delivery {
+    /// DATA from the peer, in tunnel message `msg` (numbered from 1). Never blocks: the peer's
+    /// credit bounds what we hold, and a direct write ([`DirectSink`]) takes only what the
+    /// socket takes at once.
+    pub(crate) fn on_data(&self, mut data: Bytes, msg: u64, mux: &MuxState) -> Delivery {
         let mut st = self.lock();
         // Refused or dropped while this frame was on its way: nobody will read it.
         if st.error.is_some() || st.done {
@@ -424,7 +418,7 @@ impl StreamShared {
             st.backlog_since = Instant::now();
         }
         st.recv_bytes += data.len();
-        st.recv.push(data, msg_len);
+        st.recv.push(&data);
         if let Some(w) = st.recv_waker.take() {
             w.wake();
         }
@@ -1092,7 +1086,7 @@ impl MuxStream {
 
 impl Drop for MuxStream {
     fn drop(&mut self) {
-        let (done, orphan, growth, buffered, announced) = {
+        let (done, orphan, growth, buffered) = {
             let mut st = self.shared.lock();
             let g = std::mem::take(&mut st.growth);
             let b = std::mem::take(&mut st.recv_bytes);
@@ -1104,7 +1098,7 @@ impl Drop for MuxStream {
             let was_done = st.done;
             // DATA the reader is delivering right now must not land in a queue nobody reads.
             st.done |= !orphan;
-            (was_done, orphan, g, b, st.announced)
+            (was_done, orphan, g, b)
         };
         self.mux.window_growth.fetch_sub(growth, Ordering::AcqRel);
         self.mux.cfg.window_budget.give(growth);
@@ -1132,7 +1126,7 @@ impl Drop for MuxStream {
             // Callers opening and dropping connections while the tunnel is slow would
             // otherwise fill the control queue with OPENs and RESETs, whose overflow closes
             // the tunnel.
-            let taken_back = !announced && self.mux.unqueue_open(self.shared.id);
+            let taken_back = self.mux.unqueue_open(self.shared.id);
             if !taken_back && !self.mux.closed.is_cancelled() {
                 // Abortive, like a TCP close with data unread: it may overtake queued DATA.
                 self.mux.push_urgent(Frame::Reset {
