@@ -418,6 +418,21 @@ async fn a_peer_that_sends_but_never_reads_is_disconnected() {
     drop(s);
 }
 
+/// A stream the peer opened, dropped before it is done, is reset: the peer hears of it (there
+/// is no OPEN of ours to take back).
+#[tokio::test]
+async fn an_accepted_stream_dropped_unfinished_is_reset() {
+    let mut p = Peer::new(Role::Client, 65536);
+    p.send(&[open(1, 65536)]).await;
+    let s = p.accept().await;
+    drop(s);
+    let f = p.expect(|f| matches!(f, Frame::Reset { id: 1, .. })).await;
+    assert!(
+        matches!(&f, Frame::Reset { message, .. } if message.contains("dropped")),
+        "{f:?}"
+    );
+}
+
 #[tokio::test]
 async fn ping_is_answered_and_flood_of_opens_is_bounded() {
     let mut p = Peer::new(Role::Client, 65536);

@@ -69,7 +69,7 @@ where
     }
 }
 
-fn is_local(role: Role, id: u32) -> bool {
+pub(super) fn is_local(role: Role, id: u32) -> bool {
     match role {
         Role::Gateway => id % 2 == 1,
         Role::Client => id % 2 == 0,

@@ -26,7 +26,7 @@ mod stream;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,8 @@ pub(crate) struct MuxState {
     streams: Mutex<StreamTable>,
     urgent: Mutex<VecDeque<Frame>>,
     urgent_cap: usize,
+    /// The id of the last OPEN the writer took from `urgent` (changed under its lock).
+    last_open_sent: AtomicU32,
     /// LOG frames in `urgent` now (at most [`LOG_QUEUE`]); taken out by `drain_urgent`.
     queued_logs: AtomicUsize,
     wake_writer: Notify,
@@ -336,6 +338,7 @@ impl Mux {
                 max_peer: 0,
             }),
             urgent: Mutex::new(VecDeque::new()),
+            last_open_sent: AtomicU32::new(0),
             urgent_cap,
             queued_logs: AtomicUsize::new(0),
             wake_writer: Notify::new(),
@@ -682,7 +685,15 @@ impl MuxState {
 
     /// Takes stream `id`'s OPEN out of the control queue if the writer has not taken it yet.
     fn unqueue_open(&self, id: u32) -> bool {
+        if !io::is_local(self.cfg.role, id) {
+            return false;
+        }
         let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
+        // OPENs are queued in id order and leave in that order: one at or below the last
+        // that left is gone, and the queue (up to thousands of frames) need not be searched.
+        if id <= self.last_open_sent.load(Ordering::Relaxed) {
+            return false;
+        }
         // Looked for from the back: an OPEN still queued is among the newest frames.
         let at = q
             .iter()

@@ -41,10 +41,12 @@ impl RecvQueue {
         }
     }
 
-    /// The gathered bytes become a chunk, so what comes next queues behind them.
+    /// The gathered bytes become a chunk, so what comes next queues behind them. The chunk
+    /// takes the buffer with it (not `split`, which would leave the rest of the allocation
+    /// with `gathered`, held empty for the stream's life once the chunk is written).
     fn seal(&mut self) {
         if !self.gathered.is_empty() {
-            let chunk = self.gathered.split().freeze();
+            let chunk = std::mem::take(&mut self.gathered).freeze();
             self.chunks.push_back(chunk);
         }
     }
@@ -67,6 +69,12 @@ impl RecvQueue {
         let k = self.chunks.len().min(max);
         out.extend(self.chunks.drain(..k));
         k
+    }
+
+    /// Whether memory is held (a test's view: the buffer nothing is gathered in yet).
+    #[cfg(test)]
+    fn holds_memory(&self) -> bool {
+        !self.chunks.is_empty() || self.gathered.capacity() > 0
     }
 
     pub(crate) fn clear(&mut self) {
@@ -142,6 +150,17 @@ mod tests {
         let got = drain(&mut q);
         assert_eq!(got.iter().map(Bytes::len).sum::<usize>(), 100_000);
         assert!(got.len() <= 100_000 / GATHER + 1, "{} entries", got.len());
+    }
+
+    #[test]
+    fn nothing_is_held_once_everything_is_taken() {
+        let mut q = RecvQueue::default();
+        q.push(&[1u8; 16_383]);
+        q.push(b"x");
+        let got = drain(&mut q);
+        assert_eq!(got.iter().map(Bytes::len).sum::<usize>(), 16_384);
+        drop(got);
+        assert!(!q.holds_memory(), "an emptied queue keeps no buffer");
     }
 
     #[test]

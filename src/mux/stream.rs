@@ -1060,6 +1060,8 @@ impl MuxStream {
         };
         self.shared.fail(reason, message, &self.mux);
         self.mux.remove_stream(self.shared.id);
+        // Unlike a drop, no OPEN is taken back: a stream is reset once it has an answer (the
+        // relays reset only after the OPEN_OK), so its OPEN has left.
         if send {
             self.mux.push_urgent(Frame::Reset {
                 id: self.shared.id,

@@ -439,7 +439,10 @@ fn drain_urgent(shared: &MuxState, buf: &mut BytesMut, count: &mut u64) {
                     Frame::Log(_) => {
                         shared.queued_logs.fetch_sub(1, Ordering::Relaxed);
                     }
-                    Frame::Open { id, .. } => opened.push(*id),
+                    Frame::Open { id, .. } => {
+                        shared.last_open_sent.store(*id, Ordering::Relaxed);
+                        opened.push(*id);
+                    }
                     _ => {}
                 }
                 encode_frame(&f, buf);
