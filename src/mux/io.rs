@@ -42,10 +42,7 @@ where
                 return;
             }
         };
-        shared.last_rx_ms.store(
-            shared.started.elapsed().as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        shared.last_rx_ms.store(shared.now_ms(), Ordering::Relaxed);
         msg_no += 1;
         // Each frame is dispatched as it is decoded: a message of 2 MiB holds up to 200,000
         // frames, and a list of them would be memory the peer chooses. After a tunnel-level
@@ -324,7 +321,7 @@ pub(crate) async fn keepalive_loop(shared: Arc<MuxState>) {
             _ = tokio::time::sleep(tick) => {}
             _ = shared.closed.cancelled() => return,
         }
-        let now_ms = shared.started.elapsed().as_millis() as u64;
+        let now_ms = shared.now_ms();
         let silent = now_ms.saturating_sub(shared.last_rx_ms.load(Ordering::Relaxed));
         if silent > timeout.as_millis() as u64 {
             shared.close(super::close::keepalive(shared.cfg.role, silent));

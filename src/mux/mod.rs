@@ -685,15 +685,14 @@ impl MuxState {
 
     /// Takes stream `id`'s OPEN out of the control queue if the writer has not taken it yet.
     fn unqueue_open(&self, id: u32) -> bool {
-        if !io::is_local(self.cfg.role, id) {
+        // OPENs are queued in id order and leave in that order: one at or below the last
+        // that left is gone, and the queue (up to thousands of frames) need not be searched.
+        // The mark only grows, so reading it before the lock is safe: one that leaves
+        // meanwhile is simply not found.
+        if !io::is_local(self.cfg.role, id) || id <= self.last_open_sent.load(Ordering::Relaxed) {
             return false;
         }
         let mut q = self.urgent.lock().unwrap_or_else(|e| e.into_inner());
-        // OPENs are queued in id order and leave in that order: one at or below the last
-        // that left is gone, and the queue (up to thousands of frames) need not be searched.
-        if id <= self.last_open_sent.load(Ordering::Relaxed) {
-            return false;
-        }
         // Looked for from the back: an OPEN still queued is among the newest frames.
         let at = q
             .iter()
@@ -814,6 +813,11 @@ impl MuxState {
 
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
+    }
+
+    /// Milliseconds since the mux started: the clock of `last_rx_ms` and `last_tx_ms`.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 }
 

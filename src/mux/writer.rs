@@ -259,10 +259,7 @@ async fn one_batch(shared: &MuxState, out: &mut Outbox, holder: Holder) -> io::R
         .frames_out
         .fetch_add(std::mem::take(count), Ordering::Relaxed);
     sink.as_mut().start_send(buf.split().freeze())?;
-    shared.last_tx_ms.store(
-        shared.started.elapsed().as_millis() as u64,
-        Ordering::Relaxed,
-    );
+    shared.last_tx_ms.store(shared.now_ms(), Ordering::Relaxed);
     *unflushed = true;
     if step(shared, holder, poll_fn(|cx| sink.as_mut().poll_flush(cx)))
         .await?
