@@ -7,7 +7,7 @@
 //! 2 MiB message with a 1-byte frame padded with frames that are dropped, once for every
 //! byte of the window, while the window and `/metrics` count bytes. So what waits here is
 //! copied out of its message: large payloads into an allocation of their own, small ones
-//! gathered into a buffer of their own, so a flood of tiny frames costs about what its bytes do
+//! gathered together, so a flood of tiny frames costs about what its bytes do
 //! rather than a queue entry each (docs/SECURITY.md, "What a stream holds"). Small DATA that
 //! finds nothing waiting goes to the socket without a copy (`DirectSink`), and bulk pays one
 //! copy, 1-4% of the tunnel's CPU in two A/Bs (docs/PERFORMANCE.md).
