@@ -1,7 +1,7 @@
 //! Gateway replicas sharing one PostgreSQL store (docs/HA.md), as real processes: PostgreSQL
-//! started here, three `sgw gateway` replicas on 127.0.0.2, .3 and .4 (each its own `listen`,
-//! `api_listen` and `cloud_host`, as separate hosts would be), one `sgw client` holding
-//! tunnels to all three, and callers and curl against each replica.
+//! started here, three `sgw gateway` replicas on three loopback addresses of their own (each its
+//! own `listen`, `api_listen` and `cloud_host`, as separate hosts would be), one `sgw client`
+//! holding tunnels to all three, and callers and curl against each replica.
 
 mod common;
 
@@ -55,25 +55,32 @@ impl Cluster {
             );
             return None;
         };
-        let hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+        let hosts = cluster_hosts();
         let dir = tempfile::tempdir().unwrap();
         // The certificate every replica serves names all three addresses and the name
         // (`sgw init --public`).
         let out = Command::new(sgw_bin())
             .arg("init")
             .arg(dir.path())
-            .args(hosts.iter().chain(&[NAME]).flat_map(|h| ["--public", h]))
+            .args(
+                hosts
+                    .iter()
+                    .map(String::as_str)
+                    .chain([NAME])
+                    .flat_map(|h| ["--public", h]),
+            )
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+        let tunnel = if one_port { shared_port(&hosts) } else { 0 };
         let mut c = Cluster {
             dir,
             pg,
             replicas: hosts
                 .iter()
                 .map(|h| Replica {
-                    host: h.to_string(),
-                    tunnel: if one_port { shared_port(&hosts) } else { 0 },
+                    host: h.clone(),
+                    tunnel,
                     api: 0,
                     admin: String::new(),
                     proc: None,
@@ -315,22 +322,31 @@ impl Cluster {
 }
 
 /// A port free on every one of `hosts` a moment ago.
-fn shared_port(hosts: &[&str]) -> u16 {
-    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        for _ in 0..100 {
-            let first = std::net::TcpListener::bind((hosts[0], 0)).unwrap();
-            let port = first.local_addr().unwrap().port();
-            let rest: Vec<_> = hosts[1..]
-                .iter()
-                .map(|h| std::net::TcpListener::bind((*h, port)))
-                .collect();
-            if rest.iter().all(Result::is_ok) {
-                return port;
-            }
+fn shared_port(hosts: &[String]) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind((hosts[0].as_str(), 0)).unwrap();
+        let port = first.local_addr().unwrap().port();
+        let rest: Vec<_> = hosts[1..]
+            .iter()
+            .map(|h| std::net::TcpListener::bind((h.as_str(), port)))
+            .collect();
+        if rest.iter().all(Result::is_ok) {
+            return port;
         }
-        panic!("no port free on all of {hosts:?}");
-    })
+    }
+    panic!("no port free on all of {hosts:?}");
+}
+
+/// Three loopback addresses no other cluster in this process uses. Replicas bind the cloud
+/// port another replica picked, as separate hosts would; clusters of tests running at the same
+/// time on the same addresses could hold that port already and make the test flaky.
+fn cluster_hosts() -> Vec<String> {
+    static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(n < 80, "more clusters than loopback addresses set aside");
+    (0..3)
+        .map(|k| format!("127.0.0.{}", 2 + 3 * n + k))
+        .collect()
 }
 
 /// One caller: connect to `host:port`, echo `msg` through the tunnel, close.
@@ -842,9 +858,9 @@ async fn the_ha_docs_haproxy_example_hides_a_lost_replica() {
     let front = free_port();
     let cfg = ha_doc_block("haproxy", 0)
         .replace("bind 0.0.0.0:5432", &format!("bind 127.0.0.1:{front}"))
-        .replace("10.0.0.11:5432", &format!("127.0.0.2:{port}"))
-        .replace("10.0.0.12:5432", &format!("127.0.0.3:{port}"))
-        .replace("10.0.0.13:5432", &format!("127.0.0.4:{port}"));
+        .replace("10.0.0.11:5432", &format!("{}:{port}", c.replicas[0].host))
+        .replace("10.0.0.12:5432", &format!("{}:{port}", c.replicas[1].host))
+        .replace("10.0.0.13:5432", &format!("{}:{port}", c.replicas[2].host));
     let cfg_path = c.path("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
     let check = Command::new(&haproxy)
