@@ -278,7 +278,6 @@ pub(crate) struct MuxState {
 }
 
 /// Events for the layer above the mux.
-#[derive(Debug)]
 pub struct Events {
     /// Peer-opened streams, waiting for `accept` or `reject`.
     pub incoming: mpsc::Receiver<Incoming>,
@@ -286,6 +285,17 @@ pub struct Events {
     pub config: watch::Receiver<Option<Bytes>>,
     /// LOG payloads (client to gateway); dropped, not queued without bound, when slow.
     pub logs: mpsc::Receiver<Bytes>,
+}
+
+/// By hand: the derived `Debug` would print the latest CONFIG, which carries private keys and
+/// passwords.
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("incoming", &self.incoming.len())
+            .field("logs", &self.logs.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long [`Mux::close_flushed`] waits for the writer (it gives its closing flush 2 s).

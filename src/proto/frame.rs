@@ -156,7 +156,10 @@ impl std::fmt::Display for Reason {
 }
 
 /// One decoded frame. Payloads borrow the message buffer (`Bytes` slices, no copy).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` prints payloads as their length only: CONFIG carries private keys and passwords
+/// (`Hidden` in the decoded form), and DATA is the caller's traffic.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello(Bytes),
     Welcome(Bytes),
@@ -198,6 +201,52 @@ pub enum Frame {
     },
     Config(Bytes),
     Log(Bytes),
+}
+
+/// A payload in `Debug` output: its length, never its bytes.
+struct Len(usize);
+
+impl std::fmt::Debug for Len {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0)
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct(self.name());
+        match self {
+            Frame::Hello(b) | Frame::Welcome(b) | Frame::Config(b) | Frame::Log(b) => {
+                d.field("payload", &Len(b.len()))
+            }
+            Frame::Open { id, window, meta } => d
+                .field("id", id)
+                .field("window", window)
+                .field("meta", &Len(meta.len())),
+            Frame::OpenOk { id, window } => d.field("id", id).field("window", window),
+            Frame::OpenErr {
+                id,
+                reason,
+                message,
+            }
+            | Frame::Reset {
+                id,
+                reason,
+                message,
+            } => d
+                .field("id", id)
+                .field("reason", reason)
+                .field("message", message),
+            Frame::Data { id, data } => d.field("id", id).field("data", &Len(data.len())),
+            Frame::Fin { id } => d.field("id", id),
+            Frame::Window { id, increment } => d.field("id", id).field("increment", increment),
+            Frame::Ping(n) | Frame::Pong(n) => d.field("opaque", n),
+            Frame::GoAway { reason, message } => {
+                d.field("reason", reason).field("message", message)
+            }
+        };
+        d.finish()
+    }
 }
 
 impl Frame {

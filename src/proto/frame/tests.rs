@@ -156,3 +156,33 @@ fn long_reason_text_is_cut_on_a_char_boundary() {
         other => panic!("{other:?}"),
     }
 }
+
+/// CONFIG carries private keys and passwords; DATA is the caller's traffic. Neither reaches
+/// `Debug` output, which panics and error paths may print.
+#[test]
+fn debug_output_shows_payload_lengths_not_payloads() {
+    let secret = "-----BEGIN PRIVATE KEY----- hunter2";
+    let frames = [
+        Frame::Config(Bytes::from(format!("{{\"key\":\"{secret}\"}}"))),
+        Frame::Data {
+            id: 3,
+            data: Bytes::from(secret),
+        },
+        Frame::Open {
+            id: 5,
+            window: 9,
+            meta: Bytes::from(secret),
+        },
+        Frame::Log(Bytes::from(secret)),
+    ];
+    for f in &frames {
+        let shown = format!("{f:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(f.name()), "{shown}");
+        assert!(shown.contains(" bytes>"), "{shown}");
+    }
+    assert_eq!(
+        format!("{:?}", frames[1]),
+        format!("DATA {{ id: 3, data: <{} bytes> }}", secret.len())
+    );
+}
