@@ -201,6 +201,60 @@ async fn frame_for_never_opened_stream_is_a_protocol_error() {
     assert!(p.closed_with().await.contains("never opened"));
 }
 
+/// Answers and stream frames for an id of ours that was never handed out close the tunnel as
+/// a protocol error; for one we gave up on they were in flight: an OPEN_OK is answered with
+/// RESET, the others are ignored, and the tunnel goes on.
+#[tokio::test]
+async fn answers_for_our_ids_never_opened_are_protocol_errors() {
+    let never = |id| {
+        [
+            Frame::OpenOk { id, window: 65536 },
+            Frame::OpenErr {
+                id,
+                reason: Reason::Refused,
+                message: String::new(),
+            },
+            Frame::Data {
+                id,
+                data: Bytes::from_static(b"x"),
+            },
+            Frame::Fin { id },
+            Frame::Window { id, increment: 1 },
+            Frame::Reset {
+                id,
+                reason: Reason::Reset,
+                message: String::new(),
+            },
+        ]
+    };
+    for f in never(2) {
+        let mut p = Peer::new(Role::Client, 65536);
+        let name = f.name();
+        p.send(&[f]).await;
+        let why = p.closed_with().await;
+        assert!(why.contains("never opened"), "{name}: {why}");
+    }
+    // Stream 2 opened and given up on; then frames for it, and a PING that must be answered.
+    let mut p = Peer::new(Role::Client, 65536);
+    let s = p.open_answered(65536).await;
+    assert_eq!(s.id(), 2);
+    drop(s);
+    p.expect(|f| matches!(f, Frame::Reset { id: 2, .. })).await;
+    let mut late = never(2).to_vec();
+    late.push(Frame::Ping(77));
+    p.send(&late).await;
+    let deadline = tokio::time::Instant::now() + T;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|f| matches!(f, Frame::Pong(77))) {
+        seen.extend(p.next_frames(deadline).await);
+    }
+    assert!(
+        seen.iter().any(|f| matches!(f, Frame::Reset { id: 2, .. })),
+        "the late OPEN_OK is answered with RESET: {seen:?}"
+    );
+    assert!(p.mux.close_reason().is_none());
+}
+
 #[tokio::test]
 async fn open_with_wrong_parity_or_reused_id_is_a_protocol_error() {
     let mut p = Peer::new(Role::Client, 65536);

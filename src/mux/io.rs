@@ -129,8 +129,7 @@ fn dispatch(
             if !is_local(role, id) {
                 return Err(format!("OPEN_OK for peer stream {id}"));
             }
-            let stream = shared.lock_streams().map.get(&id).cloned();
-            match stream {
+            match find(shared, id)? {
                 Some(s) => match s.on_open_result(Ok(window), shared) {
                     Ok(true) => {}
                     Ok(false) => return Err(format!("duplicate OPEN_OK for stream {id}")),
@@ -153,8 +152,7 @@ fn dispatch(
             if !is_local(role, id) {
                 return Err(format!("OPEN_ERR for peer stream {id}"));
             }
-            let stream = shared.lock_streams().map.get(&id).cloned();
-            match stream {
+            match find(shared, id)? {
                 Some(s) if s.on_open_result(Err((reason, message)), shared) == Ok(true) => {
                     shared.remove_stream(id)
                 }
@@ -169,8 +167,7 @@ fn dispatch(
             reason,
             message,
         } => {
-            let stream = shared.lock_streams().map.get(&id).cloned();
-            if let Some(s) = stream {
+            if let Some(s) = find(shared, id)? {
                 // Through `remove_stream`, which gives the stream's window back to the
                 // process's budget: a peer opening and resetting streams must not use it up.
                 shared.remove_stream(id);
@@ -184,22 +181,31 @@ fn dispatch(
     }
 }
 
-/// Routes a stream frame. Frames for streams that already ended are ignored (they were in
-/// flight); frames for peer ids never opened are protocol errors.
+/// The stream a frame is for; `None` for one that already ended (its frames may have been in
+/// flight). An id neither side ever opened is a tunnel protocol error: ours not yet handed
+/// out, or the peer's above the last it opened.
+fn find(shared: &MuxState, id: u32) -> Result<Option<Arc<StreamShared>>, String> {
+    let t = shared.lock_streams();
+    match t.map.get(&id) {
+        Some(s) => Ok(Some(s.clone())),
+        None if is_local(shared.cfg.role, id) && id >= t.next_local => {
+            Err(format!("frame for our stream {id}, which was never opened"))
+        }
+        None if !is_local(shared.cfg.role, id) && id > t.max_peer => {
+            Err(format!("frame for stream {id} that was never opened"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Routes a stream frame to its stream (see [`find`] for frames of streams not in the table).
 fn with_stream(
     shared: &Arc<MuxState>,
     id: u32,
     f: impl FnOnce(&StreamShared) -> Delivery,
 ) -> Result<(), String> {
-    let stream = {
-        let t = shared.lock_streams();
-        match t.map.get(&id) {
-            Some(s) => s.clone(),
-            None if !is_local(shared.cfg.role, id) && id > t.max_peer => {
-                return Err(format!("frame for stream {id} that was never opened"));
-            }
-            None => return Ok(()),
-        }
+    let Some(stream) = find(shared, id)? else {
+        return Ok(());
     };
     match f(&stream) {
         Delivery::Ok => {}
