@@ -25,6 +25,11 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with("").await
+    }
+
+    /// With `extra` appended to gateway.toml (after the `filegw` gateway's table).
+    async fn start_with(extra: &str) -> Env {
         let dir = tempfile::tempdir().unwrap();
         sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
         let mut env = Env {
@@ -34,6 +39,11 @@ impl Env {
             tunnel: 0,
         };
         env.write_config(0, 0);
+        if !extra.is_empty() {
+            let path = env.path("gateway.toml");
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, format!("{text}{extra}")).unwrap();
+        }
         env.launch().await;
         env
     }
@@ -1483,6 +1493,64 @@ async fn schemathesis_finds_no_server_errors() {
     );
     assert!(text.contains("passed"), "{text}");
     assert!(!env.logs().contains("panicked"), "{}", env.logs());
+}
+
+/// A gateway id from gateway.toml: its own token reads its destinations' certificates and
+/// export without private keys or passwords (the operator's files; a `server_key` may be the
+/// gateway's own key); the admin token gets them. An API-managed gateway's own token gets its
+/// own keys, which it uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_toml_tenant_token_sees_no_private_keys() {
+    let other = tempfile::tempdir().unwrap();
+    sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
+    let (pem, key) = (
+        other.path().join("gateway.pem"),
+        other.path().join("gateway.key"),
+    );
+    let extra = format!(
+        "[[gateways.destinations]]\nid = \"web\"\nip = \"127.0.0.1\"\nport = 9\ncloud_port = 0\n\
+         enable_client_tls = true\ntls = \"mutualauth\"\ndest_cert = \"{p}\"\ndest_key = \"{k}\"\n\
+         client_tls = \"serverside\"\nserver_cert = \"{p}\"\nserver_key = \"{k}\"\n\
+         proxy = {{ host = \"127.0.0.1\", port = 1080, protocol = 5, username = \"u\", password = \"proxy-pw-123\" }}\n",
+        p = pem.display(),
+        k = key.display()
+    );
+    let env = Env::start_with(&extra).await;
+    let secret = |v: &Value| {
+        let t = v.to_string();
+        t.contains("PRIVATE KEY") || t.contains("proxy-pw-123")
+    };
+    for path in [
+        "/v1/sgconfig/filegw/export",
+        "/v1/sgconfig/filegw/destinations/web/export",
+        "/v1/sgconfig/filegw/destinations/web/cert",
+    ] {
+        let (st, own) = env.call("GET", path, "file-token", None).await;
+        assert_eq!(st, 200, "{path}: {own}");
+        assert!(!secret(&own), "{path} with the gateway's token: {own}");
+        assert!(
+            own.to_string().contains("BEGIN CERTIFICATE"),
+            "{path}: {own}"
+        );
+        let (st, admin) = env.call("GET", path, ADMIN, None).await;
+        assert_eq!(st, 200, "{path}: {admin}");
+        assert!(
+            admin.to_string().contains("PRIVATE KEY"),
+            "{path} with the admin token: {admin}"
+        );
+    }
+    // An API-managed gateway: its own token gets the key it uploaded.
+    let (id, token) = env.create_gateway().await;
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let pem_text = std::fs::read_to_string(&pem).unwrap();
+    let doc = json!({"ip": "127.0.0.1", "port": 9, "client_tls": "serverside", "server_cert": pem_text, "server_key": key_text});
+    let path = format!("/v1/sgconfig/{id}/destinations");
+    let (st, d) = env.call("POST", &path, &token, Some(&doc)).await;
+    assert_eq!(st, 200, "{d}");
+    let path = format!("/v1/sgconfig/{id}/export");
+    let (st, own) = env.call("GET", &path, &token, None).await;
+    assert_eq!(st, 200, "{own}");
+    assert!(own.to_string().contains("PRIVATE KEY"), "{own}");
 }
 
 /// A security token past its `token_exp` is refused by the API (401) and at the tunnel.

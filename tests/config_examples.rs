@@ -15,6 +15,15 @@ fn every_example_config_loads() {
     for f in ["ca.pem", "gateway.pem", "gateway.key", "token", "api.token"] {
         std::fs::copy(certs.path().join(f), dir.path().join(f)).unwrap();
     }
+    // The intranet destination's own pairs (the gateway's key there is refused).
+    for side in ["client", "server"] {
+        let other = tempfile::tempdir().unwrap();
+        sgw::init::write(other.path(), &sgw::init::InitOptions::default()).unwrap();
+        for (from, to) in [("gateway.pem", "pem"), ("gateway.key", "key")] {
+            let to = dir.path().join(format!("intranet-{side}.{to}"));
+            std::fs::copy(other.path().join(from), to).unwrap();
+        }
+    }
     let mut seen = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
         let src = entry.unwrap().path();
@@ -57,6 +66,28 @@ fn every_example_config_loads() {
                     assert_eq!(d[2].ip_table_rules.len(), 2);
                     assert!(d[2].ip_table_rules[1].matches("198.51.100.7:2000".parse().unwrap()));
                     assert!(!d[2].ip_table_rules[1].matches("198.51.100.7:80".parse().unwrap()));
+                    // CONFIG carries dest_key to clients: the gateway's own key is refused,
+                    // naming the line.
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let line = 1 + text
+                        .lines()
+                        .position(|l| l.starts_with("dest_key = "))
+                        .unwrap();
+                    let shared = path.with_file_name("shared-key.toml");
+                    std::fs::write(
+                        &shared,
+                        text.replace(
+                            "dest_key = \"intranet-client.key\"",
+                            "dest_key = \"gateway.key\"",
+                        ),
+                    )
+                    .unwrap();
+                    let err = config::load_any(&shared).err().unwrap().to_string();
+                    assert!(
+                        err.contains(&format!("shared-key.toml:{line}:"))
+                            && err.contains("gateway's own tls_key"),
+                        "{err}"
+                    );
                     seen += 1;
                 }
                 Err(e) => panic!("{}: {e}", name.to_string_lossy()),

@@ -13,19 +13,19 @@ use super::{certs, ApiError, Backend};
 use crate::config::state::destination_to_json;
 
 pub(super) async fn get_cert<B: Backend>(
-    _: ApiState<B>,
+    State(api): ApiState<B>,
     call: GatewayCall,
     Path((_, id)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    let GatewayCall { cfg, .. } = call;
     if q.get("zip").is_some_and(|z| z == "true") {
         return Err(ApiError::bad_request(
             "zip: packing as a zip file is not supported; the files come as JSON",
         ));
     }
-    let d = running_dest(&cfg, &id)?;
-    ok(json!({ "files": certs::files(&destination_to_json(d, true)) }))
+    let d = running_dest(&call.cfg, &id)?;
+    let secrets = api.shows_secrets(&call).await;
+    ok(json!({ "files": certs::files(&destination_to_json(d, secrets)) }))
 }
 
 pub(super) async fn put_cert<B: Backend>(

@@ -381,7 +381,7 @@ pub(super) async fn export_dest<B: Backend>(
     call: GatewayCall,
     Path((_, id)): Path<(String, String)>,
 ) -> Answer {
-    let GatewayCall { cfg, .. } = call;
-    running_dest(&cfg, &id)?;
-    ok(api.gateway_export(&cfg, Some(&id)))
+    running_dest(&call.cfg, &id)?;
+    let secrets = api.shows_secrets(&call).await;
+    ok(api.gateway_export(&call.cfg, Some(&id), secrets))
 }

@@ -100,7 +100,7 @@ pub(super) async fn export_all<B: Backend>(State(api): ApiState<B>, _: AdminCall
         .gateway_ids()
         .iter()
         .filter_map(|id| api.backend.tenant(id))
-        .map(|t| api.gateway_export(&t, None))
+        .map(|t| api.gateway_export(&t, None, true))
         .collect();
     ok(json!({ "gateways": gateways }))
 }
@@ -228,8 +228,8 @@ pub(super) async fn export_gateway<B: Backend>(
     State(api): ApiState<B>,
     call: GatewayCall,
 ) -> Answer {
-    let GatewayCall { cfg, .. } = call;
-    ok(api.gateway_export(&cfg, None))
+    let secrets = api.shows_secrets(&call).await;
+    ok(api.gateway_export(&call.cfg, None, secrets))
 }
 
 pub(super) async fn dests_activity<B: Backend>(

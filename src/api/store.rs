@@ -5,9 +5,10 @@
 
 use serde_json::Value;
 
-use super::access::Api;
+use super::access::{Api, Caller};
 use super::backend::Backend;
 use super::error::ApiError;
+use super::extract::GatewayCall;
 use crate::config::state::{tenant_from_record, GatewayRecord};
 use crate::config::TenantConfig;
 use crate::store::{Change, StoreError};
@@ -138,6 +139,21 @@ impl<B: Backend> Api<B> {
 
     pub(super) async fn records(&self) -> Vec<GatewayRecord> {
         self.state.lock().await.gateways.clone()
+    }
+
+    /// Whether `call` is answered with private keys and passwords. A gateway's own token sees
+    /// those of an API-managed gateway, which it uploaded or had generated through this API;
+    /// of a gateway.toml one, only the admin does: those are the operator's files, and the
+    /// cloud-side `server_key` may be a key the gateway itself serves with.
+    pub(super) async fn shows_secrets(&self, call: &GatewayCall) -> bool {
+        matches!(call.caller, Caller::Admin)
+            || self
+                .state
+                .lock()
+                .await
+                .gateways
+                .iter()
+                .any(|g| g.id == call.id)
     }
 
     /// The ids of the API-managed gateways (without copying their documents).

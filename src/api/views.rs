@@ -81,13 +81,19 @@ impl<B: Backend> Api<B> {
         Value::Object(m)
     }
 
-    /// `.gateway` export: what import needs to recreate the gateway, keys included.
-    pub(super) fn gateway_export(&self, cfg: &TenantConfig, only: Option<&str>) -> Value {
+    /// `.gateway` export: what import needs to recreate the gateway, keys included where
+    /// `secrets` (see [`Api::shows_secrets`]).
+    pub(super) fn gateway_export(
+        &self,
+        cfg: &TenantConfig,
+        only: Option<&str>,
+        secrets: bool,
+    ) -> Value {
         let dests: Vec<Value> = cfg
             .destinations
             .iter()
             .filter(|d| only.is_none_or(|o| o == d.id))
-            .map(|d| Value::Object(destination_to_json(d, true)))
+            .map(|d| Value::Object(destination_to_json(d, secrets)))
             .collect();
         json!({ "desc": cfg.desc, "enf_tok_sec": cfg.enf_tok_sec, "enabled": cfg.enabled, "destinations": dests })
     }

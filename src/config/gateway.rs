@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::endpoint::{
@@ -127,6 +128,19 @@ pub struct TenantConfig {
     /// Where this gateway id's clients may make the gateway connect (reverse destinations,
     /// SOCKS5 targets).
     pub egress: Egress,
+}
+
+/// Whether `dest`'s `dest_key`, which CONFIG carries to the gateway id's clients, is the key
+/// the gateway serves its tunnels and API with.
+fn shares_gateway_key(dest: &Destination, gateway_key: Option<&PrivateKeyDer<'static>>) -> bool {
+    let (Some(gateway_key), Some(tls)) = (gateway_key, &dest.endpoint_tls) else {
+        return false;
+    };
+    let Some((_, key)) = &tls.identity else {
+        return false;
+    };
+    PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
+        .is_ok_and(|k| k.secret_der() == gateway_key.secret_der())
 }
 
 /// A gateway id's egress policy (docs/SECURITY.md: egress is per gateway id).
@@ -295,6 +309,13 @@ fn read(root: &Table<'_, '_>) -> Option<GatewayConfig> {
         let mut dest_ids = HashSet::new();
         for d in g.tables("destinations") {
             if let Some(dest) = read_destination(&d, &mut dest_ids, &mut cloud_ports) {
+                if shares_gateway_key(&dest, key.as_ref()) {
+                    d.invalid(
+                        "dest_key",
+                        "is the gateway's own tls_key; dest_key is sent to every client of this \
+                         gateway id, so give the endpoint's client certificate a key of its own",
+                    );
+                }
                 dests.push(dest);
             }
             d.finish(DEST_LATER);
