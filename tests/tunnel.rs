@@ -55,11 +55,15 @@ async fn gigabyte_echo_hash_matches() {
     let sent_hash = writer.await.unwrap();
     assert_eq!(got, total);
     assert_eq!(hasher.finalize().to_vec(), sent_hash);
+    // The stream's bytes are counted when its relay ends, which can be just after the caller
+    // saw the end of the echo.
     let st = h.gw.handle.stats();
-    assert_eq!(
-        st.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
-        total
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let up = || st.bytes_up.load(std::sync::atomic::Ordering::Relaxed);
+    while up() != total && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up(), total);
 }
 
 /// Writes of every size around the 16 KiB direct-write limit, read back through a small

@@ -94,7 +94,8 @@ pub struct Rule {
     pub allow: bool,
     pub host: HostPat,
     pub ports: PortRange,
-    /// Path prefix, normalised; only HTTP(S) requests (which carry a path) can match it.
+    /// Path prefix, normalised. A request without a path (a plain TCP stream) never matches
+    /// an allow rule's, and always matches a deny rule's.
     pub path: Option<String>,
     pub from: Option<Source>,
     pub during: Option<Window>,
@@ -371,18 +372,24 @@ impl Rule {
     }
 
     /// Everything but the host: the index has already matched that.
+    ///
+    /// A condition the request can't answer (no path on a plain TCP stream, no caller, no
+    /// time) fails closed: an allow rule does not match, a deny rule does. Otherwise the
+    /// gateway could step around `deny web:80/admin` by defining `web:80` as TCP.
     pub(crate) fn matches_rest(&self, n: &Norm<'_>) -> bool {
+        let unknown = !self.allow;
         self.ports.contains(n.port)
-            && self
-                .path
-                .as_deref()
-                .is_none_or(|pre| n.path.as_deref().is_some_and(|p| path_has_prefix(p, pre)))
+            && self.path.as_deref().is_none_or(|pre| {
+                n.path
+                    .as_deref()
+                    .map_or(unknown, |p| path_has_prefix(p, pre))
+            })
             && self
                 .from
-                .is_none_or(|s| n.from.is_some_and(|c| s.matches(c)))
+                .is_none_or(|s| n.from.map_or(unknown, |c| s.matches(c)))
             && self
                 .during
-                .is_none_or(|w| n.at.is_some_and(|at| w.matches(at)))
+                .is_none_or(|w| n.at.map_or(unknown, |at| w.matches(at)))
     }
 
     /// True when only host and port decide: the rule matches every request those match.
