@@ -133,9 +133,10 @@ pub async fn vet(acl: &Acl, req: &Request<'_>, deadline: Instant) -> Result<Vett
     }
     match resolve(req.host, req.port, deadline).await {
         Ok(addrs) => acl.allowed_addrs(req, &addrs).map(Vetted::Addrs),
-        // Unresolvable: name rules still decide, so a denied name is reported as denied.
+        // Unresolvable here: name rules decide, but an address deny rule above the one that
+        // allows the name refuses it, since the proxy could resolve it to any address.
         Err(e) => {
-            let d = acl.check(&Request { addr: None, ..*req });
+            let d = acl.check_unresolved(req);
             if d.allow {
                 Ok(Vetted::Name(e))
             } else {

@@ -405,6 +405,77 @@ async fn hostile_socks5(code: u8) -> SocketAddr {
     addr
 }
 
+/// A SOCKS5 proxy that connects every CONNECT, by name or address, to `to`: a proxy whose DNS
+/// answers what the client's does not (or lies).
+async fn aliasing_socks5(to: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut b = [0u8; 512];
+                let _ = s.read(&mut b).await; // methods
+                let _ = s.write_all(&[5, 0]).await;
+                let _ = s.read(&mut b).await; // CONNECT
+                let Ok(mut up) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0]).await;
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A name the client can't resolve goes to the proxy by name, judged by name rules only. An
+/// address deny rule above the rule that allows the name refuses it: the proxy could resolve
+/// it to that address (here a proxy that sends every name to a denied 127.0.0.1 echo).
+/// Below the allowing rule it can't have decided, and the name goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_only_the_proxy_resolves_meets_the_address_deny_rules_above_it() {
+    let echo = echo_server().await;
+    let proxy = aliasing_socks5(echo).await;
+    for (deny_above, works) in [(true, false), (false, true)] {
+        let h = Harness::start(&[echo], |s| {
+            let d = &mut s.gateway.gateways[0].destinations[0];
+            d.ip = "echo.sgw-test.invalid".into();
+            d.proxy = Some(sgw::config::DestProxy {
+                host: proxy.ip().to_string(),
+                port: proxy.port(),
+                protocol: 5,
+                enabled: true,
+                username: String::new(),
+                password: None,
+            });
+            let deny = "acl deny 127.0.0.0/8:".to_string();
+            let by_name = format!("acl allow :{}", echo.port());
+            let mut lines = vec![format!("acl allow 127.0.0.1:{}", proxy.port())];
+            if deny_above {
+                lines.extend([deny, by_name]);
+            } else {
+                lines.extend([by_name, deny]);
+            }
+            write_acl(s, &lines);
+        })
+        .await;
+        let got = echo_once(h.cloud(0), b"metadata").await.unwrap_or_default();
+        if works {
+            assert_eq!(got, b"metadata", "allowed by name, no address rule above");
+        } else {
+            assert!(
+                got.is_empty(),
+                "the address deny above must refuse the name"
+            );
+            let stats = h.client.handle.stats();
+            eventually("the stream denied by a rule", || {
+                stats.denied_by_rule.load(Relaxed) >= 1
+            })
+            .await;
+        }
+    }
+}
+
 /// SECURITY.md "A proxy cannot crash a tunnel": reply codes above 8 panicked inside the
 /// SOCKS crate and killed the tunnel slot's task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

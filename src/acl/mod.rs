@@ -488,6 +488,29 @@ impl Acl {
             .any(|r| matches!(r.host, HostPat::Addr { .. }))
     }
 
+    /// The decision for a name that does not resolve here, so that only a proxy would learn
+    /// its address: the name rules' decision, unless an address deny rule above the deciding
+    /// rule (or anywhere, for the default policy) could have denied the address the proxy
+    /// finds. Such a name is denied by that rule, since it could be an alias of any address.
+    pub fn check_unresolved(&self, req: &Request<'_>) -> Decision {
+        let n = Norm::new(&Request { addr: None, ..*req });
+        let first = self.index.first_match(&self.rules, &n);
+        let d = self.decide(first);
+        if !d.allow {
+            return d;
+        }
+        match self.rules[..first.unwrap_or(self.rules.len())]
+            .iter()
+            .find(|r| !r.allow && matches!(r.host, HostPat::Addr { .. }) && r.matches_rest(&n))
+        {
+            Some(r) => Decision {
+                allow: false,
+                line: Some(r.line),
+            },
+            None => d,
+        }
+    }
+
     /// Whether any rule has an HTTP path: only then does a request's path decide anything.
     pub fn has_path_rules(&self) -> bool {
         self.rules.iter().any(|r| r.path.is_some())

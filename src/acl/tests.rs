@@ -512,3 +512,31 @@ fn private_destinations_admit_only_listed_callers() {
         "private, no rules: nobody"
     );
 }
+
+/// A name that does not resolve here is judged by name rules, and refused by an address deny
+/// rule above the one that allows it (or any, under the default allow policy): a proxy could
+/// resolve it to that address.
+#[test]
+fn an_unresolved_name_meets_the_address_deny_rules_above_its_rule() {
+    let a = acl("acl allow 10.0.0.9:1080\nacl deny 10.0.0.0/8:\nacl allow :443\n");
+    let name = Request::new("x.example", 443);
+    assert_eq!(a.check(&name).line, Some(3));
+    let d = a.check_unresolved(&name);
+    assert_eq!((d.allow, d.line), (false, Some(2)));
+    // Below the allowing rule, it can't have decided.
+    let a = acl("acl allow :443\nacl deny 10.0.0.0/8:\n");
+    assert_eq!(a.check_unresolved(&name), a.check(&name));
+    // Only rules that match the rest of the request count.
+    let a = acl("acl deny 10.0.0.0/8:22\nacl allow :443\n");
+    assert!(a.check_unresolved(&name).allow);
+    // The default policy allows: any matching address deny refuses the name.
+    let a = match Acl::parse("acl.list", "acl deny 169.254.0.0/16:\n", Policy::Allow) {
+        Ok(a) => a,
+        Err(e) => panic!("{e:?}"),
+    };
+    let d = a.check_unresolved(&name);
+    assert_eq!((d.allow, d.line), (false, Some(1)));
+    // A denied name stays denied, by its own rule.
+    let a = acl("acl deny x.example:\nacl deny 10.0.0.0/8:\nacl allow :\n");
+    assert_eq!(a.check_unresolved(&name).line, Some(1));
+}

@@ -161,13 +161,19 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
         match resolve(&host, port).await {
             Ok(v) => v,
             Err(e) => {
-                note = Some(format!("  ({host} did not resolve: {e}; name rules only)"));
+                note = Some(format!(
+                    "  ({host} did not resolve: {e}; judged as the client judges a name only a \
+                     proxy resolves: name rules, and address deny rules above them)"
+                ));
                 Vec::new()
             }
         }
     };
-    let decisions: Vec<(Option<IpAddr>, Decision)> = if addrs.is_empty() {
+    let decisions: Vec<(Option<IpAddr>, Decision)> = if req.addr.is_some() || args.no_resolve {
         vec![(None, acl.check(&req))]
+    } else if addrs.is_empty() {
+        // As the client judges a name only a proxy could resolve.
+        vec![(None, acl.check_unresolved(&req))]
     } else {
         addrs
             .iter()
