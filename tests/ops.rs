@@ -516,6 +516,35 @@ async fn sgw_status_shows_tunnels_destinations_and_live_streams() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // Whatever answers on the admin port while the client is down (a local user's listener)
+    // never gets the admin token: /healthz and /readyz need none.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = squatter.local_addr().unwrap();
+    let heard = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = squatter.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    });
+    let out = Command::new(sgw_bin())
+        .args(["health", "--admin", &at.to_string()])
+        .env("SGW_ADMIN_TOKEN", "admin-token-for-health")
+        .output()
+        .unwrap();
+    let head = heard.join().unwrap();
+    assert!(head.starts_with("get /healthz"), "{head}");
+    assert!(!head.contains("authorization"), "{head}");
+    assert!(!head.contains("admin-token-for-health"), "{head}");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 #[test]
