@@ -1551,6 +1551,13 @@ async fn a_gateway_toml_tenant_token_sees_no_private_keys() {
     let (st, own) = env.call("GET", &path, &token, None).await;
     assert_eq!(st, 200, "{own}");
     assert!(own.to_string().contains("PRIVATE KEY"), "{own}");
+    // The state file holds those keys: it is rewritten 0600 even if it was left readable.
+    use std::os::unix::fs::PermissionsExt;
+    let state = env.path("state.json");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    env.create_gateway().await;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
 
 /// A security token past its `token_exp` is refused by the API (401) and at the tunnel.

@@ -157,7 +157,9 @@ fn write_file(path: &std::path::Path, state: &StateFile) -> Result<(), StoreErro
             .mode(0o750)
             .create(p)
     });
-    made.and_then(|()| crate::fsutil::write_atomic(path, &bytes, 0o600))
+    // 0600 whatever an older file had (restored from a backup as 0644, say): it holds every
+    // gateway id's token and keys.
+    made.and_then(|()| crate::fsutil::write_private(path, &bytes))
         .map_err(|e| {
             warn!(state_file = %path.display(), error = %e, "cannot write the state file; change undone");
             StoreError::Failed(format!(
