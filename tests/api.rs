@@ -1560,6 +1560,76 @@ async fn a_gateway_toml_tenant_token_sees_no_private_keys() {
     assert_eq!(mode, 0o600);
 }
 
+/// A change whose caller hangs up at once (FIN right behind the request) runs to its end: the
+/// destination moves to its new port or stays, whole, and deleting the gateway then frees
+/// both ports (a change cut off mid-apply left listeners running that nothing tracked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_caller_hangs_up_is_applied_whole() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let env = Env::start().await;
+    let (id, token) = env.create_gateway().await;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(env.path("ca.pem")).unwrap();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let mut ports = Vec::new();
+    for round in 0..10 {
+        let path = format!("/v1/sgconfig/{id}/destinations");
+        let doc = json!({"id": format!("d{round}"), "ip": "127.0.0.1", "port": 9});
+        let (st, d) = env.call("POST", &path, &token, Some(&doc)).await;
+        assert_eq!(st, 200, "{d}");
+        ports.push(d["cloud_port"].as_u64().unwrap() as u16);
+        let to = free_port();
+        ports.push(to);
+        let body = json!({"cloud_port": to}).to_string();
+        let req = format!(
+            "PUT {path}/d{round} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let tcp = TcpStream::connect(("127.0.0.1", env.api)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+    }
+    // Every change has finished once the gateway answers a later one (changes run one at a
+    // time); then the gateway goes, and with it every port it listened on.
+    let path = format!("/v1/sgconfig/{id}");
+    let (st, g) = env
+        .call("PUT", &path, &token, Some(&json!({"desc": "after"})))
+        .await;
+    assert_eq!(st, 200, "{g}");
+    let (st, g) = env.call("DELETE", &path, &token, None).await;
+    assert_eq!(st, 200, "{g}");
+    let deadline = std::time::Instant::now() + WAIT;
+    for p in ports {
+        while std::net::TcpListener::bind(("127.0.0.1", p)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "port {p} still held after the gateway was deleted\n{}",
+                env.logs()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// A security token past its `token_exp` is refused by the API (401) and at the tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refused() {

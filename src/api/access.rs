@@ -30,6 +30,9 @@ pub struct Api<B> {
     pub(super) resync: tokio::sync::Notify,
     /// The other replicas' views of clients, logs and counters (presence.rs).
     pub(super) others: super::presence::Others,
+    /// Changing requests run to the end on a task of their own, so a caller that hangs up
+    /// can't cut a change off half applied; at most `api_max_connections` of them at once.
+    pub(super) changing: Arc<tokio::sync::Semaphore>,
 }
 
 impl<B: Backend> Api<B> {
@@ -38,7 +41,9 @@ impl<B: Backend> Api<B> {
         if matches!(store, Store::Memory) {
             warn!("api_listen without state_file or state_store: gateways created through the API are lost at restart");
         }
+        let changing = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
         Arc::new(Api {
+            changing,
             backend,
             settings,
             state: tokio::sync::Mutex::new(state),

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 
@@ -117,7 +117,48 @@ async fn gate<B: Backend>(
         return too_large().into_response();
     }
     let limit = api.settings.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
+    let work = async {
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            return next.run(req).await;
+        }
+        // A change is applied to the running gateway and then committed to the store, with
+        // awaits between: cut off there (the caller hung up, or the timeout below), it would
+        // leave listeners taken out and the store behind. So the body is read here, within
+        // the timeout, and the handler then runs to its end on a task of its own.
+        let (parts, body) = req.into_parts();
+        let body = match axum::body::to_bytes(body, api.settings.max_body as usize).await {
+            Ok(b) => b,
+            Err(e) => {
+                let over = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return if over {
+                    too_large()
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "cannot read the request body")
+                }
+                .into_response();
+            }
+        };
+        let Ok(permit) = api.changing.clone().acquire_owned().await else {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the API is shutting down")
+                .into_response();
+        };
+        let req = Request::from_parts(parts, axum::body::Body::from(body));
+        let task = tokio::spawn(async move {
+            let r = next.run(req).await;
+            drop(permit);
+            r
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the change failed unexpectedly",
+            )
+            .into_response(),
+        }
+    };
+    match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
         Err(_) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
