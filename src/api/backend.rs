@@ -30,6 +30,10 @@ pub trait Backend: Send + Sync + 'static {
     fn remove(&self, id: &str) -> impl Future<Output = ()> + Send;
     fn tenant(&self, id: &str) -> Option<TenantConfig>;
     fn gateway_ids(&self) -> Vec<String>;
+    /// Whether `token` is some gateway id's security token, compared with every one (so the
+    /// time taken does not tell which) and without copying any configuration: every request
+    /// with a stranger's token asks.
+    fn any_token_is(&self, token: &str) -> bool;
     /// Connected clients.
     fn clients(&self, id: &str) -> Vec<ClientView>;
     /// Closes these clients' tunnels; returns the ids that were connected.

@@ -26,6 +26,10 @@ impl Backend for GatewayHandle {
         GatewayHandle::gateway_ids(self)
     }
 
+    fn any_token_is(&self, token: &str) -> bool {
+        GatewayHandle::any_token_is(self, token)
+    }
+
     fn clients(&self, id: &str) -> Vec<ClientView> {
         GatewayHandle::clients(self, id)
     }

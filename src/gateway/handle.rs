@@ -114,6 +114,15 @@ impl GatewayHandle {
         self.gw.tenant(gateway_id).map(|t| t.state().cfg.clone())
     }
 
+    /// Whether `token` is any gateway id's security token: every one is compared, in constant
+    /// time each, and no configuration is copied.
+    pub fn any_token_is(&self, token: &str) -> bool {
+        self.gw
+            .all_tenants()
+            .iter()
+            .fold(false, |found, t| t.state().cfg.token.ct_eq(token) | found)
+    }
+
     /// Ids of the gateways served now.
     pub fn gateway_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = self.gw.all_tenants().iter().map(|t| t.id.clone()).collect();

@@ -46,6 +46,9 @@ impl Backend for Memory {
     fn gateway_ids(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
     }
+    fn any_token_is(&self, token: &str) -> bool {
+        self.map().values().any(|t| t.token.ct_eq(token))
+    }
     fn clients(&self, _id: &str) -> Vec<ClientView> {
         vec![ClientView {
             client_id: "c1".into(),
