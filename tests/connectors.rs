@@ -133,9 +133,11 @@ async fn tls_and_mutual_tls_to_nginx() {
     };
     // dest1: right CA; dest2: wrong CA; dest3: client cert to the mTLS server; dest4: no
     // client cert there; dest5: wrong CA but reject_unauth = false; dest6: mutualauth with
-    // the client's own key from client.toml; dest7: mutualauth with no key anywhere.
+    // the client's own key from client.toml; dest7: mutualauth with no key anywhere; dest8:
+    // client.toml's CA (the wrong one) with the gateway turning verification off; dest9:
+    // client.toml's CA with the gateway turning TLS off.
     let eps = [
-        ng.https, ng.https, ng.mtls, ng.mtls, ng.https, ng.mtls, ng.mtls,
+        ng.https, ng.https, ng.mtls, ng.mtls, ng.https, ng.mtls, ng.mtls, ng.https, ng.https,
     ];
     let h = Harness::start(&eps, |s| {
         let d = &mut s.gateway.gateways[0].destinations;
@@ -163,6 +165,20 @@ async fn tls_and_mutual_tls_to_nginx() {
                 local_host: None,
             },
         );
+        let mut lax = endpoint_tls(vec![p.ca.clone()], None);
+        lax.reject_unauth = false;
+        d[7].endpoint_tls = Some(lax);
+        for (id, ca) in [("dest8", &p.wrong_ca), ("dest9", &p.ca)] {
+            s.client.destinations.insert(
+                id.into(),
+                sgw::config::DestOverride {
+                    dest_cert: None,
+                    dest_key: None,
+                    client_certs: Some(vec![ca.clone()]),
+                    local_host: None,
+                },
+            );
+        }
     })
     .await;
     let url = |i: usize| format!("http://{}/", h.cloud(i));
@@ -196,6 +212,21 @@ async fn tls_and_mutual_tls_to_nginx() {
     let (code, _, _) = curl(&[&url(6)]).await;
     assert_ne!(code, 0);
     assert_eq!(failed(&h, "dest7", "tls"), 1);
+
+    // What client.toml says about an endpoint's CAs holds whatever the gateway pushes: its
+    // `reject_unauth = false` does not skip them, and no TLS at all is refused, not sent plain.
+    let (code, _, _) = curl(&[&url(7)]).await;
+    assert_ne!(
+        code, 0,
+        "verified against client.toml's CA, which did not sign nginx"
+    );
+    assert_eq!(failed(&h, "dest8", "tls"), 1);
+    let (code, _, _) = curl(&[&url(8)]).await;
+    assert_ne!(
+        code, 0,
+        "client.toml's CA means TLS: never plain to the endpoint"
+    );
+    assert_eq!(failed(&h, "dest9", "tls"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -198,6 +198,9 @@ impl PushedDest {
         stats: &ClientStats,
         local: Option<&DestOverride>,
     ) -> PushedDest {
+        // client.toml's key and CAs are the operator's, kept from the gateway: a push can't
+        // undo them by turning TLS or its verification off.
+        let local_tls = local.is_some_and(|o| o.client_certs.is_some() || o.dest_key.is_some());
         if let (Some(t), Some(o)) = (&mut spec.tls, local) {
             if let (Some(c), Some(k)) = (&o.dest_cert, &o.dest_key) {
                 t.dest_cert = c.clone();
@@ -205,13 +208,27 @@ impl PushedDest {
             }
             if let Some(cas) = &o.client_certs {
                 t.client_certs = cas.clone();
+                if !t.reject_unauth {
+                    warn!(dest.id = %spec.id, reason = "reject_unauth_false", "the gateway turned certificate verification off for a destination whose CAs client.toml sets; verifying against them anyway");
+                    t.reject_unauth = true;
+                }
             }
         }
-        let tls = spec.tls.as_ref().map(|t| {
-            crate::tls::endpoint_connector(t, &spec.ip).inspect_err(|e| {
+        let tls = match &spec.tls {
+            None if local_tls => {
+                let e = crate::tls::TlsError::new(
+                    "enable_client_tls",
+                    "the gateway pushed this destination without TLS, but client.toml gives it \
+                     a key or CAs of its own: its streams are refused rather than sent in the clear",
+                );
                 error!(dest.id = %spec.id, error = %e, "destination TLS settings unusable; its streams will fail with reason tls");
-            })
-        });
+                Some(Err(e))
+            }
+            None => None,
+            Some(t) => Some(crate::tls::endpoint_connector(t, &spec.ip).inspect_err(|e| {
+                error!(dest.id = %spec.id, error = %e, "destination TLS settings unusable; its streams will fail with reason tls");
+            })),
+        };
         let ip_rules = spec
             .ip_table_rules
             .iter()
