@@ -1630,6 +1630,53 @@ async fn a_change_whose_caller_hangs_up_is_applied_whole() {
     }
 }
 
+/// A request without a known token is answered 401 and its connection closed, so a stranger
+/// can't keep an API slot by asking again and again on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_is_refused_and_disconnected() {
+    let env = Env::start().await;
+    let ca = env.path("ca.pem");
+    let url = env.url("/v1/sgconfig");
+    // Two requests on what curl would keep as one connection.
+    let (code, out, err) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Authorization: Bearer not-a-token",
+        &url,
+        "--next",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("Authorization: Bearer {ADMIN}"),
+        &url,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let heads: Vec<&str> = out.split("HTTP/1.1 ").filter(|h| !h.is_empty()).collect();
+    assert_eq!(heads.len(), 2, "{out}");
+    assert!(heads[0].starts_with("401"), "{out}");
+    assert!(
+        heads[0].to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(heads[1].starts_with("200"), "{out}");
+    assert!(
+        !heads[1].to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+}
+
 /// A security token past its `token_exp` is refused by the API (401) and at the tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_is_refused() {

@@ -43,6 +43,9 @@ pub async fn serve(
     limits: HttpLimits,
     stop: CancellationToken,
 ) {
+    // A caller without a known token gets its 401 and the connection closes: it can't keep a
+    // slot by asking again on the same connection.
+    let app = app.layer(axum::middleware::map_response(close_after_401));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let sources = Sources::default();
     let tasks = TaskTracker::new();
@@ -60,7 +63,7 @@ pub async fn serve(
         let Some((tcp, peer)) = super::accept(&listener, &stop).await else {
             break;
         };
-        let Some(source) = sources.take(peer.ip(), limits.max_per_source) else {
+        let Some(source) = sources.take(source_key(peer.ip()), limits.max_per_source) else {
             let key = limits.per_source_key;
             warn!(http.server = name, peer.addr = %peer, reason = "limit", "HTTP connection refused: {key} reached");
             continue;
@@ -123,7 +126,32 @@ async fn serve_conn<S>(
     }
 }
 
-/// Connections per source address.
+async fn close_after_401(mut r: axum::response::Response) -> axum::response::Response {
+    if r.status() == axum::http::StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    r
+}
+
+/// Whose connections count together: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64, so counting each address would give it 2^64 quotas).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Connections per source (see [`source_key`]).
 #[derive(Clone, Default)]
 struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
@@ -157,5 +185,19 @@ impl Drop for SourceSlot {
                 m.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
     }
 }
