@@ -302,7 +302,9 @@ impl Cluster {
         let deadline = Instant::now() + WAIT;
         let series = format!("gateway=\"{id}\"");
         loop {
-            let (_, text, _) = curl(&[&format!("http://{}/metrics", self.replicas[i].admin)]).await;
+            let auth = format!("Authorization: Bearer {ADMIN}");
+            let url = format!("http://{}/metrics", self.replicas[i].admin);
+            let (_, text, _) = curl(&["-H", &auth, &url]).await;
             let up = text
                 .lines()
                 .find(|l| l.starts_with("sgw_gateway_tunnels_up{") && l.contains(&series))

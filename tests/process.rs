@@ -393,7 +393,17 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         sample(&m, "sgw_gateway_limit{limit=\"max_tunnels_per_client\"}"),
         16
     );
+    // Gateway ids only for a scrape with the admin token: an id whose token is not enforced
+    // is its only credential.
+    assert!(!m.contains("gateway=\"gw1\""), "{m}");
+    assert!(m.contains("sgw_gateway_tunnels_up"), "{m}");
+    let (st, m) = get("/metrics", Some("gw-admin-secret")).await;
+    assert_eq!(st, 200);
     assert_eq!(sample(&m, "sgw_gateway_tunnels_up{gateway=\"gw1\"}"), 0);
+    assert!(
+        m.contains("sgw_gateway_tunnels_up{gateway=\"gw1\"} 0"),
+        "{m}"
+    );
 
     let client = start_client(setup.client.clone(), tunnel_addr).await;
     let mut status = client.handle.status();
@@ -406,7 +416,7 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     // The gateway counts a stream's bytes as it closes: poll, bounded.
     let deadline = Instant::now() + WAIT;
     let m = loop {
-        let (_, m) = get("/metrics", None).await;
+        let (_, m) = get("/metrics", Some("gw-admin-secret")).await;
         if sample(&m, "sgw_gateway_bytes_total{direction=\"down\"}") >= 50_000 {
             break m;
         }

@@ -108,7 +108,9 @@ pub trait Backend: Send + Sync + 'static {
         Vec::new()
     }
     fn status(&self) -> serde_json::Value;
-    fn metrics(&self) -> Vec<Family>;
+    /// `/metrics`. `per_id`: the scrape carried the admin token, so series that name a
+    /// gateway id may be shown (an id whose token is not enforced is its only credential).
+    fn metrics(&self, per_id: bool) -> Vec<Family>;
     /// Labels every series carries (a gateway replica's `replica`).
     fn metric_labels(&self) -> Vec<(&'static str, String)> {
         Vec::new()
@@ -303,6 +305,14 @@ pub fn host_allowed(host: &str, names: &[String]) -> bool {
 
 /// Everything but the probes and metrics needs the admin token; with none configured those
 /// calls are off. Returns the refusal, if any.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
 fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &st.access.token else {
         return Some(json_error(
@@ -310,12 +320,7 @@ fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
             "no admin token is configured, so status and ACL calls are off: set admin_token_file in this process's config file (sgw init writes one)",
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if token.ct_eq(given) {
+    if token.ct_eq(bearer(headers)) {
         return None;
     }
     tracing::warn!(
@@ -382,14 +387,19 @@ impl Collector for Scrape {
 }
 
 /// Open, like the probes: scrapers carry no token, and counters reveal no rule or secret.
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let per_id = st
+        .access
+        .token
+        .as_ref()
+        .is_some_and(|t| t.ct_eq(bearer(&headers)));
     let labels = st.backend.metric_labels();
     let mut reg = Registry::with_labels(
         labels
             .into_iter()
             .map(|(k, v)| (std::borrow::Cow::Borrowed(k), std::borrow::Cow::Owned(v))),
     );
-    reg.register_collector(Box::new(Scrape(st.backend.metrics())));
+    reg.register_collector(Box::new(Scrape(st.backend.metrics(per_id))));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");

@@ -76,7 +76,8 @@ impl Backend for AdminBackend {
         self.client.slots_down()
     }
 
-    fn metrics(&self) -> Vec<Family> {
+    /// Destination ids are not credentials: every series, token or not.
+    fn metrics(&self, _per_id: bool) -> Vec<Family> {
         let s = self.client.stats();
         let per_dest = s.per_dest();
         let tunnels = self.client.tunnel_gauges();

@@ -116,9 +116,14 @@ impl Backend for AdminBackend {
         }
     }
 
-    fn metrics(&self) -> Vec<Family> {
+    fn metrics(&self, per_id: bool) -> Vec<Family> {
         let s = self.gateway.stats();
-        let ids = self.gateway.gateway_ids();
+        // Without the admin token the families are there, without their per-id samples.
+        let ids = if per_id {
+            self.gateway.gateway_ids()
+        } else {
+            Vec::new()
+        };
         let per_id: Vec<_> = ids
             .iter()
             .filter_map(|id| Some((id.clone(), self.gateway.tenant_stats(id)?)))
