@@ -405,6 +405,57 @@ async fn hostile_socks5(code: u8) -> SocketAddr {
     addr
 }
 
+/// Anyone who reaches a gateway id's cloud port can open streams, and each takes a window
+/// from the gateway's budget: one id's callers stop at its share
+/// (`limits.window_budget_per_gateway`), refused at once, and what they give back is theirs
+/// again; the rest of the process's budget stays for the other ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_of_one_gateway_id_stop_at_its_window_budget_share() {
+    let echo = echo_server().await;
+    let window = 256 * 1024u32;
+    let h = Harness::start(&[echo], |s| {
+        s.gateway.limits.stream_window = window;
+        s.gateway.limits.max_stream_window = window;
+        s.gateway.limits.window_budget_per_gateway = 4 * u64::from(window);
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut c = TcpStream::connect(h.cloud(0)).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, c.read_exact(&mut b))
+            .await
+            .unwrap_or_else(|_| panic!("caller {i} within the share is served"))
+            .unwrap();
+        held.push(c);
+    }
+    let budget = h.gw.handle.window_budget();
+    assert_eq!(budget.committed(), 4 * u64::from(window));
+    // The fifth is over the share, though the process has room: refused, not left waiting.
+    let started = Instant::now();
+    let got = echo_once(h.cloud(0), b"over").await.unwrap_or_default();
+    assert!(got.is_empty(), "a caller over the share must not be served");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the destination timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(budget.committed(), 4 * u64::from(window));
+    let stats = h.gw.handle.stats();
+    eventually("the caller counted as failed", || {
+        stats.streams_failed.load(Relaxed) >= 1
+    })
+    .await;
+    // A caller that leaves gives its window back to the id.
+    drop(held.pop());
+    eventually("the window given back", || {
+        budget.committed() <= 3 * u64::from(window)
+    })
+    .await;
+    assert_eq!(echo_once(h.cloud(0), b"again").await.unwrap(), b"again");
+}
+
 /// A SOCKS5 proxy that connects every CONNECT, by name or address, to `to`: a proxy whose DNS
 /// answers what the client's does not (or lies).
 async fn aliasing_socks5(to: SocketAddr) -> SocketAddr {

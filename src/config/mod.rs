@@ -171,6 +171,9 @@ pub struct Limits {
     /// Receive window all streams of all tunnels may have promised peers at once: what peers
     /// could make this process buffer (`sgw::mux::WindowBudget`).
     pub window_budget: u64,
+    /// Gateway: the share of `window_budget` the streams of one gateway id may hold, so the
+    /// callers of one id (anyone who reaches its cloud ports) can't starve the others.
+    pub window_budget_per_gateway: u64,
 }
 
 impl Default for Limits {
@@ -202,6 +205,8 @@ impl Default for Limits {
             udp_buffer_total: 64 * 1024 * 1024,
             // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
             window_budget: 2 * 1024 * 1024 * 1024,
+            // A quarter: 2,048 streams at the default window.
+            window_budget_per_gateway: 512 * 1024 * 1024,
         }
     }
 }
@@ -237,6 +242,7 @@ impl Limits {
                 ("max_destinations", n(self.max_destinations)),
                 ("udp_pending_buffer", self.udp_pending_buffer),
                 ("udp_buffer_total", self.udp_buffer_total),
+                ("window_budget_per_gateway", self.window_budget_per_gateway),
             ]);
         }
         v
@@ -307,6 +313,11 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
         (
             "window_budget",
             &mut l.window_budget,
+            1024 * 1024..=(1u64 << 44),
+        ),
+        (
+            "window_budget_per_gateway",
+            &mut l.window_budget_per_gateway,
             1024 * 1024..=(1u64 << 44),
         ),
         (

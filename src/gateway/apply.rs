@@ -231,7 +231,14 @@ pub(super) async fn apply(
             t.set_state(state);
             t
         }
-        None => gw.insert_tenant(Tenant::new(state)),
+        None => gw.insert_tenant(Tenant::new(
+            state,
+            crate::mux::WindowBudget::within(
+                &gw.mux_cfg.window_budget,
+                gw.limits.window_budget_per_gateway,
+                "window_budget_per_gateway",
+            ),
+        )),
     };
     // Stop what is gone or changed; open streams are not touched and finish on their own.
     for (_, r) in running {

@@ -74,6 +74,8 @@ pub(crate) struct Tenant {
     registered: tokio::sync::Notify,
     /// The latest warn/error lines clients pushed (client id, line), oldest first, bounded.
     logs: Mutex<std::collections::VecDeque<(String, LogPush)>>,
+    /// This id's share of the process's window budget, for every stream of its tunnels.
+    pub budget: Arc<crate::mux::WindowBudget>,
 }
 
 /// How many tunnels a client process and a whole gateway id may hold at once: a client (or a
@@ -113,8 +115,9 @@ pub const CLIENT_LOG_LINES: usize = 1000;
 const OPEN_ATTEMPTS: usize = 3;
 
 impl Tenant {
-    pub fn new(state: TenantState) -> Self {
+    pub fn new(state: TenantState, budget: Arc<crate::mux::WindowBudget>) -> Self {
         Tenant {
+            budget,
             id: state.cfg.id.clone(),
             current: RwLock::new(Arc::new(state)),
             stats: TenantStats::default(),
@@ -407,7 +410,10 @@ impl Tenant {
             };
             match opened {
                 Ok(s) => return Ok((p.client_id, s, compressed)),
-                Err(e @ OpenError::Refused { .. }) => return Err((e.reason(), e.to_string())),
+                // Every tunnel of the id draws on the same budget: another would say the same.
+                Err(e @ (OpenError::Refused { .. } | OpenError::Budget(_))) => {
+                    return Err((e.reason(), e.to_string()))
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "open failed on one tunnel, trying another");
                     failures += 1;

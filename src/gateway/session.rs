@@ -106,6 +106,7 @@ pub(super) async fn serve_tunnel(
         }
         let (r, w) = tunnel::split(ws);
         let mut cfg = gw.mux_cfg.clone();
+        cfg.window_budget = tenant.budget.clone();
         cfg.early_data = early;
         cfg.peer_early_data = early;
         let (mux, mut events) = Mux::start(r, w, cfg);

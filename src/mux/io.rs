@@ -274,7 +274,7 @@ fn on_open(
             drop(t);
             return refuse(Reason::Limit, "stream limit reached");
         }
-        if !shared
+        if let Err(full) = shared
             .cfg
             .window_budget
             .take(u64::from(shared.cfg.initial_window))
@@ -283,7 +283,8 @@ fn on_open(
             tracing::warn!(
                 stream.id = id,
                 reason = "limit",
-                "window budget committed (limits.window_budget): refusing stream"
+                limit = full.key,
+                "window budget committed: refusing stream"
             );
             return refuse(Reason::Limit, "window budget reached");
         }

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::proto::{Frame, OpenMeta, Reason};
 
-pub use budget::WindowBudget;
+pub use budget::{BudgetFull, WindowBudget};
 pub use close::{Closed, CLOSE_CODES};
 pub use incoming::Incoming;
 pub use stream::{DirectSink, MuxStream, StreamError};
@@ -155,8 +155,8 @@ pub enum OpenError {
     Limit(usize),
     #[error("OPEN metadata of {0} bytes is over the protocol's limit")]
     TooLarge(usize),
-    #[error("the process's window budget of {0} bytes is committed (limits.window_budget)")]
-    Budget(u64),
+    #[error("the window budget of {} bytes is committed (limits.{})", .0.cap, .0.key)]
+    Budget(BudgetFull),
     #[error("the tunnel's control queue is full: the peer is not reading")]
     Congested,
 }
@@ -438,9 +438,10 @@ impl Mux {
                 return Err(OpenError::Limit(s.cfg.max_streams));
             }
             // Given back when the stream leaves the table (`remove_stream`, `close`).
-            if !s.cfg.window_budget.take(u64::from(s.cfg.initial_window)) {
-                return Err(OpenError::Budget(s.cfg.window_budget.cap()));
-            }
+            s.cfg
+                .window_budget
+                .take(u64::from(s.cfg.initial_window))
+                .map_err(OpenError::Budget)?;
             let id = t.next_local;
             let Some(next) = id.checked_add(2) else {
                 drop(t);

@@ -558,7 +558,7 @@ impl StreamShared {
                 let budget = &mux.window_growth;
                 let before = budget.fetch_add(u64::from(grow), Ordering::AcqRel);
                 if before + u64::from(grow) <= cfg.tunnel_window_budget
-                    && cfg.window_budget.take(u64::from(grow))
+                    && cfg.window_budget.take(u64::from(grow)).is_ok()
                 {
                     st.window += grow;
                     st.growth += u64::from(grow);
