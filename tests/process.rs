@@ -460,6 +460,31 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
 
 /// `sgw gateway --config FILE` as a process, once it serves: (process, tunnel address, the
 /// first destination's cloud address).
+/// A destination whose cloud port another program holds when the gateway starts does not keep
+/// the gateway down: it starts, serves the rest, and names the port in an error line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_cloud_port_at_start_leaves_the_rest_served() {
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo, echo]);
+    let gw_toml = setup.path("gateway.toml");
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&gw_toml).unwrap();
+    assert_eq!(text.matches("cloud_port = 0").count(), 2, "{text}");
+    let text = text.replacen("cloud_port = 0", &format!("cloud_port = {taken}"), 1);
+    std::fs::write(&gw_toml, text).unwrap();
+    let (gw, _tunnel, cloud) = gateway_process(&gw_toml).await;
+    let line = gw.wait_line("reason=\"bind\"").await;
+    assert!(line.contains(&format!("cloud.port={taken}")), "{line}");
+    assert!(line.contains("dest1"), "{line}");
+    assert_ne!(cloud.port(), taken);
+    assert!(
+        TcpStream::connect(cloud).await.is_ok(),
+        "the other destination listens"
+    );
+    drop(squatter);
+}
+
 async fn gateway_process(
     gw_toml: &std::path::Path,
 ) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{error, info};
 
 pub use admin::AdminBackend;
 pub use caller::CALLER_TLS_TIMEOUT;
@@ -108,6 +108,29 @@ pub struct Gateway {
     tunnel_listener: TcpListener,
 }
 
+/// `t` with every destination whose cloud port can't be bound now turned off, each named in
+/// an error line: one taken port must not keep every gateway id down.
+fn without_taken_ports(mut t: TenantConfig) -> TenantConfig {
+    for d in t
+        .destinations
+        .iter_mut()
+        .filter(|d| d.enabled && !d.reverse)
+    {
+        let addr = (d.cloud_host.as_str(), d.cloud_port);
+        let free = if d.protocol == crate::config::Protocol::Udp {
+            std::net::UdpSocket::bind(addr).map(drop)
+        } else {
+            std::net::TcpListener::bind(addr).map(drop)
+        };
+        if let Err(e) = free {
+            error!(gateway.id = %t.id, dest.id = %d.id, cloud.host = %d.cloud_host, cloud.port = d.cloud_port, error = %e, reason = "bind",
+                "cannot listen on this destination's cloud port; the gateway starts without it (serve it with SIGHUP, an API change or a restart once the port is free)");
+            d.enabled = false;
+        }
+    }
+    t
+}
+
 impl Gateway {
     /// Binds the tunnel endpoint and every enabled destination's cloud port, for the
     /// gateway ids of `cfg` and `more` (those the management API keeps in its state file).
@@ -161,7 +184,13 @@ impl Gateway {
         });
         for t in cfg.gateways.into_iter().chain(more) {
             warn_odd(&t);
-            if let Err(e) = apply::apply(&gw, t).await {
+            let applied = match apply::apply(&gw, t.clone()).await {
+                // A port held by another program (another local user, say) at start: the
+                // rest of the gateway is served, that destination once it is applied again.
+                Err(GatewayError::Bind { .. }) => apply::apply(&gw, without_taken_ports(t)).await,
+                other => other,
+            };
+            if let Err(e) = applied {
                 gw.root.cancel();
                 return Err(e);
             }
