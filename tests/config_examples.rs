@@ -88,6 +88,31 @@ fn every_example_config_loads() {
                             && err.contains("gateway's own tls_key"),
                         "{err}"
                     );
+                    // The same key in another encoding (SEC1) is the same key.
+                    let sec1 = dir.path().join("gateway-sec1.key");
+                    let converted = std::process::Command::new("openssl")
+                        .args(["ec", "-in"])
+                        .arg(dir.path().join("gateway.key"))
+                        .arg("-out")
+                        .arg(&sec1)
+                        .output();
+                    if converted.is_ok_and(|o| o.status.success()) {
+                        assert!(std::fs::read_to_string(&sec1)
+                            .unwrap()
+                            .contains("BEGIN EC PRIVATE KEY"));
+                        std::fs::write(
+                            &shared,
+                            text.replace(
+                                "dest_key = \"intranet-client.key\"",
+                                "dest_key = \"gateway-sec1.key\"",
+                            ),
+                        )
+                        .unwrap();
+                        let err = config::load_any(&shared).err().unwrap().to_string();
+                        assert!(err.contains("gateway's own tls_key"), "{err}");
+                    } else {
+                        println!("SKIPPED the SEC1 case: openssl could not convert the key");
+                    }
                     seen += 1;
                 }
                 Err(e) => panic!("{}: {e}", name.to_string_lossy()),
@@ -211,4 +236,28 @@ fn the_compose_example_configures_a_working_client() {
     assert!(!acl.check(&Request::new("legacy-app", 22)).allow);
     assert!(compose.contains(r#"test: ["CMD", "sgw", "health"]"#));
     assert!(compose.contains("- ./sgw:/etc/sgw:ro"));
+}
+
+/// `window_budget_per_gateway` unset is the whole `window_budget`, whatever that is set to, so
+/// raising the budget of a gateway of one id is not undone by a share it never asked for.
+#[test]
+fn the_per_gateway_window_budget_follows_the_budget_unless_set() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let at = dir.path().join("gateway.toml");
+    let base = std::fs::read_to_string(&at).unwrap();
+    let load = |limits: &str| {
+        let text = format!("{base}\n[limits]\n{limits}\n");
+        match config::GatewayConfig::from_toml_env(&at, &text, Default::default()) {
+            Ok(c) => (c.limits.window_budget, c.limits.window_budget_per_gateway),
+            Err(e) => panic!("{}", e.0.join("\n")),
+        }
+    };
+    let g = 1u64 << 30;
+    assert_eq!(load("window_budget = \"3GiB\""), (3 * g, 3 * g));
+    assert_eq!(
+        load("window_budget = \"3GiB\"\nwindow_budget_per_gateway = \"1GiB\""),
+        (3 * g, g)
+    );
+    assert_eq!(load("max_streams = 10"), (2 * g, 2 * g));
 }

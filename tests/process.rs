@@ -368,7 +368,10 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     let text = std::fs::read_to_string(&gw_toml).unwrap();
     std::fs::write(
         &gw_toml,
-        format!("{text}\n[limits]\nmax_destinations = 7\n"),
+        format!(
+            "{text}\n[limits]\nmax_destinations = 7\n\
+             [[gateways]]\nid = \"open1\"\nsecurity_token = \"open-token\"\nenf_tok_sec = false\n"
+        ),
     )
     .unwrap();
     let (gw, tunnel_addr, cloud) = gateway_process(&gw_toml).await;
@@ -393,16 +396,18 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         sample(&m, "sgw_gateway_limit{limit=\"max_tunnels_per_client\"}"),
         16
     );
-    // Gateway ids only for a scrape with the admin token: an id whose token is not enforced
-    // is its only credential.
-    assert!(!m.contains("gateway=\"gw1\""), "{m}");
-    assert!(m.contains("sgw_gateway_tunnels_up"), "{m}");
-    let (st, m) = get("/metrics", Some("gw-admin-secret")).await;
-    assert_eq!(st, 200);
-    assert_eq!(sample(&m, "sgw_gateway_tunnels_up{gateway=\"gw1\"}"), 0);
+    // An id whose token is not enforced is its only credential: named only to a scrape with
+    // the admin token.
     assert!(
         m.contains("sgw_gateway_tunnels_up{gateway=\"gw1\"} 0"),
         "{m}"
+    );
+    assert!(!m.contains("open1"), "{m}");
+    let (st, all) = get("/metrics", Some("gw-admin-secret")).await;
+    assert_eq!(st, 200);
+    assert!(
+        all.contains("sgw_gateway_tunnels_up{gateway=\"open1\"} 0"),
+        "{all}"
     );
 
     let client = start_client(setup.client.clone(), tunnel_addr).await;

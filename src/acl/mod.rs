@@ -94,8 +94,8 @@ pub struct Rule {
     pub allow: bool,
     pub host: HostPat,
     pub ports: PortRange,
-    /// Path prefix, normalised. A request without a path (a plain TCP stream) never matches
-    /// an allow rule's, and always matches a deny rule's.
+    /// Path prefix, normalised. A request without a path never matches an allow rule's; an
+    /// opaque stream (a TCP destination) always matches a deny rule's.
     pub path: Option<String>,
     pub from: Option<Source>,
     pub during: Option<Window>,
@@ -292,6 +292,10 @@ pub struct Request<'a> {
     /// Local time for `during` rules; unknown matches no time window, as an unknown caller
     /// matches no `from`. The client always sets it.
     pub at: Option<LocalTime>,
+    /// A caller's byte stream the client does not parse (a TCP or TLS destination): it could
+    /// carry any HTTP path, so a deny rule's path matches it (an allow rule's never does).
+    /// Not set for what carries no request (the hop to a SOCKS proxy).
+    pub opaque: bool,
 }
 
 impl<'a> Request<'a> {
@@ -306,7 +310,14 @@ impl<'a> Request<'a> {
             path: None,
             from: None,
             at: None,
+            opaque: false,
         }
+    }
+
+    /// See [`Request::opaque`].
+    pub fn opaque(mut self) -> Self {
+        self.opaque = true;
+        self
     }
 
     pub fn addr(mut self, a: IpAddr) -> Self {
@@ -338,6 +349,7 @@ pub(crate) struct Norm<'a> {
     path: Option<String>,
     from: Option<SocketAddr>,
     at: Option<LocalTime>,
+    opaque: bool,
 }
 
 impl<'a> Norm<'a> {
@@ -355,6 +367,7 @@ impl<'a> Norm<'a> {
             path: r.path.map(normalize_path),
             from: r.from,
             at: r.at,
+            opaque: r.opaque,
         }
     }
 }
@@ -373,23 +386,23 @@ impl Rule {
 
     /// Everything but the host: the index has already matched that.
     ///
-    /// A condition the request can't answer (no path on a plain TCP stream, no caller, no
-    /// time) fails closed: an allow rule does not match, a deny rule does. Otherwise the
-    /// gateway could step around `deny web:80/admin` by defining `web:80` as TCP.
+    /// A stream whose path can't be seen (`opaque`) fails closed: a deny rule's path matches
+    /// it, an allow rule's does not. Otherwise the gateway could step around
+    /// `deny web:80/admin` by defining `web:80` as TCP.
     pub(crate) fn matches_rest(&self, n: &Norm<'_>) -> bool {
-        let unknown = !self.allow;
+        let any_path = !self.allow && n.opaque;
         self.ports.contains(n.port)
             && self.path.as_deref().is_none_or(|pre| {
                 n.path
                     .as_deref()
-                    .map_or(unknown, |p| path_has_prefix(p, pre))
+                    .map_or(any_path, |p| path_has_prefix(p, pre))
             })
             && self
                 .from
-                .is_none_or(|s| n.from.map_or(unknown, |c| s.matches(c)))
+                .is_none_or(|s| n.from.is_some_and(|c| s.matches(c)))
             && self
                 .during
-                .is_none_or(|w| n.at.map_or(unknown, |at| w.matches(at)))
+                .is_none_or(|w| n.at.is_some_and(|at| w.matches(at)))
     }
 
     /// True when only host and port decide: the rule matches every request those match.

@@ -108,7 +108,7 @@ pub trait Backend: Send + Sync + 'static {
         Vec::new()
     }
     fn status(&self) -> serde_json::Value;
-    /// `/metrics`. `per_id`: the scrape carried the admin token, so series that name a
+    /// `/metrics`. `per_id`: the scrape carried the admin token, so series that name any
     /// gateway id may be shown (an id whose token is not enforced is its only credential).
     fn metrics(&self, per_id: bool) -> Vec<Family>;
     /// Labels every series carries (a gateway replica's `replica`).

@@ -117,55 +117,66 @@ async fn gate<B: Backend>(
         return too_large().into_response();
     }
     let limit = api.settings.request_timeout;
-    let work = async {
-        if matches!(*req.method(), Method::GET | Method::HEAD) {
-            return next.run(req).await;
-        }
-        // A change is applied to the running gateway and then committed to the store, with
-        // awaits between: cut off there (the caller hung up, or the timeout below), it would
-        // leave listeners taken out and the store behind. So the body is read here, within
-        // the timeout, and the handler then runs to its end on a task of its own.
-        let (parts, body) = req.into_parts();
-        let body = match axum::body::to_bytes(body, api.settings.max_body as usize).await {
-            Ok(b) => b,
-            Err(e) => {
-                let over = std::error::Error::source(&e)
-                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                return if over {
-                    too_large()
-                } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "cannot read the request body")
-                }
-                .into_response();
-            }
-        };
-        let Ok(permit) = api.changing.clone().acquire_owned().await else {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the API is shutting down")
-                .into_response();
-        };
-        let req = Request::from_parts(parts, axum::body::Body::from(body));
-        let task = tokio::spawn(async move {
-            let r = next.run(req).await;
-            drop(permit);
-            r
-        });
-        match task.await {
-            Ok(r) => r,
-            Err(_) => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the change failed unexpectedly",
-            )
-            .into_response(),
-        }
-    };
-    match tokio::time::timeout(limit, work).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
+    let timed_out = || {
+        ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "the request was not completed within {} s (api_request_timeout)",
                 limit.as_secs()
             ),
+        )
+        .into_response()
+    };
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return tokio::time::timeout(limit, next.run(req))
+            .await
+            .unwrap_or_else(|_| timed_out());
+    }
+    // A change is applied to the running gateway and then committed to the store, with
+    // awaits between: cut off there (the caller hung up, or a timeout), it would leave
+    // listeners taken out and the store behind, and a 408 would hide a change that was made
+    // (a regenerated token never shown). So what the caller controls, sending the body, has
+    // the timeout; the change then runs to its end on a task of its own, bounded by the
+    // store's and the listeners' own deadlines, and its answer is the real one.
+    let (parts, body) = req.into_parts();
+    let ready = tokio::time::timeout(limit, async {
+        let body = match axum::body::to_bytes(body, api.settings.max_body as usize).await {
+            Ok(b) => b,
+            Err(e) => {
+                let over = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                return Err(if over {
+                    too_large()
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "cannot read the request body")
+                });
+            }
+        };
+        match api.changing.clone().acquire_owned().await {
+            Ok(permit) => Ok((body, permit)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the API is shutting down",
+            )),
+        }
+    })
+    .await;
+    let (body, permit) = match ready {
+        Err(_) => return timed_out(),
+        Ok(Err(e)) => return e.into_response(),
+        Ok(Ok(ready)) => ready,
+    };
+    let req = Request::from_parts(parts, axum::body::Body::from(body));
+    let task = tokio::spawn(async move {
+        let r = next.run(req).await;
+        drop(permit);
+        r
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the change failed unexpectedly",
         )
         .into_response(),
     }

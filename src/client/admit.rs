@@ -374,7 +374,13 @@ pub(super) async fn connect(
         path,
         ..Request::new(host, port)
     };
-    let target = vet(acl, ask(&spec.ip, spec.port, path), deadline).await?;
+    // A destination the client does not parse (TCP, TLS) carries whatever path the caller
+    // sends: deny rules with a path hold against it.
+    let target = Request {
+        opaque: path.is_none(),
+        ..ask(&spec.ip, spec.port, path)
+    };
+    let target = vet(acl, target, deadline).await?;
     if spec.protocol == Protocol::Udp {
         // Config forbids proxies and TLS for UDP destinations.
         return match target {

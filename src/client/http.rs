@@ -60,9 +60,14 @@ impl Upstream for ClientUpstream {
         if acl.has_time_windows() {
             req.at = Some(LocalTime::now());
         }
-        // A name only the proxy resolved is judged by name, as when it was dialled.
+        // A name only the proxy resolved is judged as when it was dialled: by name, and by
+        // the address deny rules above the rule that allows it.
         req.addr = reached.or(req.addr);
-        let d = acl.check(&req);
+        let d = if req.addr.is_some() {
+            acl.check(&req)
+        } else {
+            acl.check_unresolved(&req)
+        };
         if d.allow {
             return Ok(());
         }

@@ -208,10 +208,11 @@ impl PushedDest {
             }
             if let Some(cas) = &o.client_certs {
                 t.client_certs = cas.clone();
-                if !t.reject_unauth {
-                    warn!(dest.id = %spec.id, reason = "reject_unauth_false", "the gateway turned certificate verification off for a destination whose CAs client.toml sets; verifying against them anyway");
-                    t.reject_unauth = true;
-                }
+            }
+            // Neither the local CAs nor the local key go to an endpoint nobody verified.
+            if local_tls && !t.reject_unauth {
+                warn!(dest.id = %spec.id, reason = "reject_unauth_false", "the gateway turned certificate verification off for a destination client.toml gives a key or CAs of its own; verifying anyway");
+                t.reject_unauth = true;
             }
         }
         let tls = match &spec.tls {

@@ -153,6 +153,8 @@ async fn check(args: CheckArgs) -> Result<ExitCode, Error> {
     };
     let mut req = Request::new(&host, port).at(at);
     req.path = path.as_deref();
+    // Without a path, as the client judges a TCP or TLS destination's stream.
+    req.opaque = req.path.is_none();
     req.from = args.from.as_deref().map(parse_caller).transpose()?;
     let mut note = None;
     let addrs: Vec<IpAddr> = if req.addr.is_some() || args.no_resolve {

@@ -139,8 +139,17 @@ fn shares_gateway_key(dest: &Destination, gateway_key: Option<&PrivateKeyDer<'st
     let Some((_, key)) = &tls.identity else {
         return false;
     };
-    PrivateKeyDer::from_pem_slice(key.expose().as_bytes())
-        .is_ok_and(|k| k.secret_der() == gateway_key.secret_der())
+    let Ok(key) = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()) else {
+        return false;
+    };
+    // By public key: the same key in another encoding (PKCS#1, PKCS#8, SEC1) is the same key.
+    let public = |k: &PrivateKeyDer<'_>| {
+        rustls::crypto::aws_lc_rs::sign::any_supported_type(k)
+            .ok()
+            .and_then(|s| s.public_key().map(|p| p.as_ref().to_vec()))
+    };
+    key.secret_der() == gateway_key.secret_der()
+        || public(&key).is_some_and(|p| Some(p) == public(gateway_key))
 }
 
 /// A gateway id's egress policy (docs/SECURITY.md: egress is per gateway id).

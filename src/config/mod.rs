@@ -172,7 +172,8 @@ pub struct Limits {
     /// could make this process buffer (`sgw::mux::WindowBudget`).
     pub window_budget: u64,
     /// Gateway: the share of `window_budget` the streams of one gateway id may hold, so the
-    /// callers of one id (anyone who reaches its cloud ports) can't starve the others.
+    /// callers of one id (anyone who reaches its cloud ports) can't starve the others. Unset:
+    /// all of `window_budget` (a gateway of one id, the common case, keeps all of it).
     pub window_budget_per_gateway: u64,
 }
 
@@ -205,8 +206,7 @@ impl Default for Limits {
             udp_buffer_total: 64 * 1024 * 1024,
             // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
             window_budget: 2 * 1024 * 1024 * 1024,
-            // A quarter: 2,048 streams at the default window.
-            window_budget_per_gateway: 512 * 1024 * 1024,
+            window_budget_per_gateway: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -345,6 +345,9 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
     }
     if l.max_stream_window < l.stream_window {
         l.max_stream_window = l.stream_window;
+    }
+    if t.get("window_budget_per_gateway").is_none() {
+        l.window_budget_per_gateway = l.window_budget;
     }
     t.finish(&[]);
     l

@@ -118,12 +118,20 @@ impl Backend for AdminBackend {
 
     fn metrics(&self, per_id: bool) -> Vec<Family> {
         let s = self.gateway.stats();
-        // Without the admin token the families are there, without their per-id samples.
-        let ids = if per_id {
-            self.gateway.gateway_ids()
-        } else {
-            Vec::new()
-        };
+        // An id whose token is not enforced is all a client needs: its series only for a
+        // scrape with the admin token. The others' ids are no secret.
+        let ids: Vec<String> = self
+            .gateway
+            .gateway_ids()
+            .into_iter()
+            .filter(|id| {
+                per_id
+                    || self
+                        .gateway
+                        .tenant_config(id)
+                        .is_some_and(|c| c.enf_tok_sec)
+            })
+            .collect();
         let per_id: Vec<_> = ids
             .iter()
             .filter_map(|id| Some((id.clone(), self.gateway.tenant_stats(id)?)))
