@@ -527,6 +527,80 @@ async fn a_name_only_the_proxy_resolves_meets_the_address_deny_rules_above_it() 
     }
 }
 
+/// An HTTP destination whose name only the SOCKS proxy resolves, behind a keep-alive origin:
+/// every request on the kept connection meets the address deny rules above the rule that
+/// allows the name, not only the one that opened it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_to_a_name_only_the_proxy_resolves_meets_the_address_deny_rules() {
+    if which("curl").is_none() {
+        println!("SKIPPED: curl is needed");
+        return;
+    }
+    // Answers request after request on one connection, each with its path.
+    let origin = serve(|mut s| async move {
+        loop {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+                match s.read(&mut b).await {
+                    Ok(1) => head.push(b[0]),
+                    _ => return,
+                }
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+                path.len()
+            );
+            if s.write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = aliasing_socks5(origin).await;
+    let h = Harness::start(&[origin], |s| {
+        let d = &mut s.gateway.gateways[0].destinations[0];
+        d.protocol = Protocol::Http;
+        d.ip = "web.sgw-test.invalid".into();
+        d.proxy = Some(sgw::config::DestProxy {
+            host: proxy.ip().to_string(),
+            port: proxy.port(),
+            protocol: 5,
+            enabled: true,
+            username: String::new(),
+            password: None,
+        });
+        write_acl(
+            s,
+            &[
+                format!("acl allow 127.0.0.1:{}", proxy.port()),
+                format!("acl deny 127.0.0.0/8:{}/admin", origin.port()),
+                format!("acl allow :{}", origin.port()),
+            ],
+        );
+    })
+    .await;
+    let base = format!("http://{}", h.cloud(0));
+    let (code, out, err) = curl(&[
+        "-sS",
+        "-w",
+        " %{http_code} %{num_connects}\n",
+        &format!("{base}/public"),
+        &format!("{base}/admin"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("/public 200 1\n"), "{out}");
+    // The second request went on the same connection (no new connect) and was refused.
+    assert!(out.ends_with(" 403 0\n"), "{out}");
+    assert!(
+        out.contains("GET /admin is denied by the client's ACL, rule at line 2"),
+        "{out}"
+    );
+}
+
 /// SECURITY.md "A proxy cannot crash a tunnel": reply codes above 8 panicked inside the
 /// SOCKS crate and killed the tunnel slot's task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
