@@ -1568,30 +1568,28 @@ async fn a_stranger_is_refused_and_disconnected() {
     let ca = env.path("ca.pem");
     let url = env.url("/v1/sgconfig");
     // Two requests on what curl would keep as one connection.
-    let (code, out, err) = curl(&[
-        "--cacert",
-        ca.to_str().unwrap(),
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-H",
-        "Authorization: Bearer not-a-token",
-        &url,
-        "--next",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "-H",
-        &format!("Authorization: Bearer {ADMIN}"),
-        &url,
-    ])
-    .await;
+    let ca = ca.to_str().unwrap();
+    let stranger = "Authorization: Bearer not-a-token".to_string();
+    let admin = format!("Authorization: Bearer {ADMIN}");
+    let mut args: Vec<&str> = Vec::new();
+    for (i, auth) in [&stranger, &admin].into_iter().enumerate() {
+        if i > 0 {
+            args.push("--next");
+        }
+        args.extend([
+            "--cacert",
+            ca,
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            auth,
+            &url,
+        ]);
+    }
+    let (code, out, err) = curl(&args).await;
     assert_eq!(code, 0, "{err}");
     let heads: Vec<&str> = out.split("HTTP/1.1 ").filter(|h| !h.is_empty()).collect();
     assert_eq!(heads.len(), 2, "{out}");

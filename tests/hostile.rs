@@ -456,6 +456,18 @@ async fn the_callers_of_one_gateway_id_stop_at_its_window_budget_share() {
     assert_eq!(echo_once(h.cloud(0), b"again").await.unwrap(), b"again");
 }
 
+/// A destination's SOCKS5 proxy at `addr`, no credentials.
+fn socks5_at(addr: SocketAddr) -> sgw::config::DestProxy {
+    sgw::config::DestProxy {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        protocol: 5,
+        enabled: true,
+        username: String::new(),
+        password: None,
+    }
+}
+
 /// A SOCKS5 proxy that connects every CONNECT, by name or address, to `to`: a proxy whose DNS
 /// answers what the client's does not (or lies).
 async fn aliasing_socks5(to: SocketAddr) -> SocketAddr {
@@ -491,14 +503,7 @@ async fn a_name_only_the_proxy_resolves_meets_the_address_deny_rules_above_it() 
         let h = Harness::start(&[echo], |s| {
             let d = &mut s.gateway.gateways[0].destinations[0];
             d.ip = "echo.sgw-test.invalid".into();
-            d.proxy = Some(sgw::config::DestProxy {
-                host: proxy.ip().to_string(),
-                port: proxy.port(),
-                protocol: 5,
-                enabled: true,
-                username: String::new(),
-                password: None,
-            });
+            d.proxy = Some(socks5_at(proxy));
             let deny = "acl deny 127.0.0.0/8:".to_string();
             let by_name = format!("acl allow :{}", echo.port());
             let mut lines = vec![format!("acl allow 127.0.0.1:{}", proxy.port())];
@@ -564,14 +569,7 @@ async fn every_request_to_a_name_only_the_proxy_resolves_meets_the_address_deny_
         let d = &mut s.gateway.gateways[0].destinations[0];
         d.protocol = Protocol::Http;
         d.ip = "web.sgw-test.invalid".into();
-        d.proxy = Some(sgw::config::DestProxy {
-            host: proxy.ip().to_string(),
-            port: proxy.port(),
-            protocol: 5,
-            enabled: true,
-            username: String::new(),
-            password: None,
-        });
+        d.proxy = Some(socks5_at(proxy));
         write_acl(
             s,
             &[
@@ -608,14 +606,7 @@ async fn socks5_reply_codes_above_8_are_refusals_not_panics() {
     let echo = echo_server().await;
     let proxy = hostile_socks5(9).await;
     let h = Harness::start(&[echo, echo], |s| {
-        s.gateway.gateways[0].destinations[0].proxy = Some(sgw::config::DestProxy {
-            host: proxy.ip().to_string(),
-            port: proxy.port(),
-            protocol: 5,
-            enabled: true,
-            username: String::new(),
-            password: None,
-        });
+        s.gateway.gateways[0].destinations[0].proxy = Some(socks5_at(proxy));
         // The client connects to the proxy too: the ACL must allow both.
         write_acl(
             s,
