@@ -181,10 +181,16 @@ fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &by
     *last = Some(payload.clone());
     match serde_json::from_slice::<ConfigPush>(payload) {
         Ok(push) => {
-            let n = push.destinations.len();
             let map: HashMap<String, Arc<PushedDest>> = push
                 .destinations
                 .into_iter()
+                .filter(|d| match d.unprintable_field() {
+                    None => true,
+                    Some(field) => {
+                        warn!(dest.id = %crate::telemetry::clean(&d.id, 64), field, reason = "protocol", "ignoring a pushed destination: this field holds control characters or is too long");
+                        false
+                    }
+                })
                 .map(|d| {
                     let local = shared.cfg.destinations.get(&d.id);
                     (
@@ -193,6 +199,7 @@ fn apply_config(shared: &Arc<ClientState>, link: &Arc<GatewayPeer>, payload: &by
                     )
                 })
                 .collect();
+            let n = map.len();
             reverse::reconcile(shared, link, &map);
             *link.dests.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
             info!(destinations = n, "destinations updated by gateway");

@@ -98,7 +98,11 @@ async fn connect(
             TargetAddr::Ip(a) => a.to_string(),
             TargetAddr::Domain(h, p) => format!("{h}:{p}"),
         };
-        tracing::Span::current().record("dest.addr", tracing::field::display(&target));
+        // A local program's name: escaped in the log (the gateway judges the target itself).
+        tracing::Span::current().record(
+            "dest.addr",
+            tracing::field::display(crate::telemetry::clean(&target, 300)),
+        );
         let Some(mux) = link.pick() else {
             shared.stats.streams_failed.fetch_add(1, Ordering::Relaxed);
             warn!(

@@ -181,7 +181,34 @@ pub struct DestinationSpec {
     pub local_port: u16,
 }
 
+/// The most a pushed destination's names and addresses may hold (a DNS name is 253).
+pub const MAX_PUSHED_TEXT: usize = 256;
+
 impl DestinationSpec {
+    /// The first field that logs, `sgw status` or a terminal could be fooled by: control
+    /// characters (a newline forging a log line, an escape sequence) or over
+    /// [`MAX_PUSHED_TEXT`] bytes. These strings come from the gateway, which the client does
+    /// not trust.
+    pub fn unprintable_field(&self) -> Option<&'static str> {
+        let bad = |s: &str| s.len() > MAX_PUSHED_TEXT || s.chars().any(char::is_control);
+        let mut fields = vec![("id", self.id.as_str()), ("ip", self.ip.as_str())];
+        if let Some(t) = &self.tls {
+            fields.push(("sni", t.sni.as_str()));
+        }
+        if let Some(p) = &self.proxy {
+            fields.push(("proxy.host", p.host.as_str()));
+            fields.push(("proxy.username", p.username.as_str()));
+        }
+        for r in &self.ip_table_rules {
+            fields.extend([
+                ("ip_table_rules.src", r.src.as_str()),
+                ("ip_table_rules.spt", r.spt.as_str()),
+                ("ip_table_rules.app", r.app.as_str()),
+            ]);
+        }
+        fields.into_iter().find(|(_, v)| bad(v)).map(|(k, _)| k)
+    }
+
     /// How long a stream may go without a byte either way; `None`: forever.
     pub fn idle(&self) -> Option<std::time::Duration> {
         (self.idle_timeout > 0).then(|| std::time::Duration::from_secs(self.idle_timeout.into()))
@@ -274,4 +301,58 @@ pub struct LogPush {
     pub level: String,
     pub message: String,
     pub time: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> DestinationSpec {
+        let mut doc = serde_json::json!({
+            "id": "d1", "protocol": "TCP", "ip": "10.0.0.1", "port": 80, "timeout": 30
+        });
+        if let (Some(d), Some(e)) = (doc.as_object_mut(), extra.as_object()) {
+            d.extend(e.clone());
+        }
+        match serde_json::from_value(doc) {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn pushed_text_that_could_forge_a_log_line_is_named() {
+        assert_eq!(spec(serde_json::json!({})).unprintable_field(), None);
+        let cases = [
+            (
+                serde_json::json!({"ip": "10.0.0.1\n2026 INFO forged"}),
+                "ip",
+            ),
+            (serde_json::json!({"id": "d\u{1b}[2J"}), "id"),
+            (
+                serde_json::json!({"id": "x".repeat(MAX_PUSHED_TEXT + 1)}),
+                "id",
+            ),
+            (
+                serde_json::json!({"ip_table_rules": [{"src": "1.2.3.4", "app": "a\rb"}]}),
+                "ip_table_rules.app",
+            ),
+            (
+                serde_json::json!({"proxy": {"host": "p\n", "port": 1080, "protocol": 5}}),
+                "proxy.host",
+            ),
+        ];
+        for (extra, field) in cases {
+            assert_eq!(
+                spec(extra.clone()).unprintable_field(),
+                Some(field),
+                "{extra}"
+            );
+        }
+        // Non-ASCII is fine: an IDN host or a description in any language.
+        assert_eq!(
+            spec(serde_json::json!({"ip": "bücher.example"})).unprintable_field(),
+            None
+        );
+    }
 }
