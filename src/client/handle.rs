@@ -45,7 +45,15 @@ impl ClientHandle {
 
     /// Replaces the ACL for new streams.
     pub fn set_acl(&self, acl: Acl) {
+        let _in_order = self.acl_writes();
         self.state.set_acl(acl);
+    }
+
+    fn acl_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.state
+            .acl_writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Streams being relayed now.
@@ -111,12 +119,13 @@ impl ClientHandle {
         let Some(file) = &self.state.acl_file else {
             return Err(crate::acl::AclError::NoFile);
         };
+        let _in_order = self.acl_writes();
         match file.load() {
             Ok(a) => {
                 let n = a.rules.len();
                 info!(rules = n, file = %file.path().display(), "ACL reloaded");
                 self.state.stats.acl_reloads.fetch_add(1, Ordering::Relaxed);
-                self.set_acl(a);
+                self.state.set_acl(a);
                 Ok(n)
             }
             Err(errs) => {
@@ -142,9 +151,10 @@ impl ClientHandle {
     /// new rule set to new streams at once. Returns the rule's line.
     pub fn acl_add(&self, rule: &str, before: Option<usize>) -> Result<usize, AclEditError> {
         let file = self.acl_file()?;
+        let _in_order = self.acl_writes();
         let (acl, line) = file.add(rule, before)?;
         info!(acl.line = line, acl.rule = %rule.trim(), "ACL rule added");
-        self.set_acl(acl);
+        self.state.set_acl(acl);
         Ok(line)
     }
 
@@ -155,9 +165,10 @@ impl ClientHandle {
         line: Option<usize>,
     ) -> Result<usize, AclEditError> {
         let file = self.acl_file()?;
+        let _in_order = self.acl_writes();
         let (acl, removed) = file.remove(rule, line)?;
         info!(acl.line = removed, "ACL rule removed");
-        self.set_acl(acl);
+        self.state.set_acl(acl);
         Ok(removed)
     }
 

@@ -111,6 +111,7 @@ impl Client {
             cfg,
             acl: RwLock::new(Arc::new(acl)),
             acl_file: None,
+            acl_writes: Mutex::new(()),
             active: Mutex::new(HashMap::new()),
             next_active: AtomicU64::new(0),
             hello,

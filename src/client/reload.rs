@@ -69,5 +69,9 @@ pub fn reload_from_files(
         tracing::warn!(settings = ?restart, "these changed settings take effect after a restart");
     }
     tracing::info!(rules = acl.rules.len(), "configuration reloaded");
+    // Re-read under the ACL's write lock: an edit made since the check above is kept.
+    if acl_override.is_none() && handle.reload_acl().is_ok() {
+        return;
+    }
     handle.set_acl(acl);
 }

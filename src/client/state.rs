@@ -32,6 +32,9 @@ pub(super) struct ClientState {
     pub acl: RwLock<Arc<Acl>>,
     /// Where the ACL came from, when it came from a file: reload and edits go through it.
     pub acl_file: Option<AclFile>,
+    /// Held from reading or writing the ACL file until its rules are in force, so a reload
+    /// that read the file before an edit can't put the older rules back after it.
+    pub acl_writes: Mutex<()>,
     pub hello: Hello,
     pub mux_cfg: MuxConfig,
     pub status: watch::Sender<Status>,
