@@ -303,8 +303,7 @@ pub fn host_allowed(host: &str, names: &[String]) -> bool {
         || names.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
-/// Everything but the probes and metrics needs the admin token; with none configured those
-/// calls are off. Returns the refusal, if any.
+/// The token a request carries (`Authorization: Bearer ...`), empty if none.
 fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
@@ -313,6 +312,8 @@ fn bearer(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
+/// Everything but the probes and metrics needs the admin token; with none configured those
+/// calls are off. Returns the refusal, if any.
 fn refusal(st: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &st.access.token else {
         return Some(json_error(

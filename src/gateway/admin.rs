@@ -118,28 +118,25 @@ impl Backend for AdminBackend {
 
     fn metrics(&self, per_id: bool) -> Vec<Family> {
         let s = self.gateway.stats();
-        // An id whose token is not enforced is all a client needs: its series only for a
-        // scrape with the admin token. The others' ids are no secret.
-        let ids: Vec<String> = self
+        // One row per gateway id: its counts and its number of destinations. An id whose
+        // token is not enforced is all a client needs: its row only for a scrape with the
+        // admin token. The others' ids are no secret.
+        let rows: Vec<_> = self
             .gateway
             .gateway_ids()
             .into_iter()
-            .filter(|id| {
-                per_id
-                    || self
-                        .gateway
-                        .tenant_config(id)
-                        .is_some_and(|c| c.enf_tok_sec)
+            .filter_map(|id| {
+                let cfg = self.gateway.tenant_config(&id)?;
+                if !(per_id || cfg.enf_tok_sec) {
+                    return None;
+                }
+                let counts = self.gateway.tenant_stats(&id)?;
+                Some((id, counts, cfg.destinations.len()))
             })
             .collect();
-        let per_id: Vec<_> = ids
-            .iter()
-            .filter_map(|id| Some((id.clone(), self.gateway.tenant_stats(id)?)))
-            .collect();
         let by_id = |f: fn(&crate::api::IdCounts) -> u64| {
-            per_id
-                .iter()
-                .map(|(id, c)| (vec![("gateway", id.clone())], n(f(c))))
+            rows.iter()
+                .map(|(id, c, _)| (vec![("gateway", id.clone())], n(f(c))))
                 .collect()
         };
         let budget = self.gateway.window_budget();
@@ -264,12 +261,9 @@ impl Backend for AdminBackend {
                 name: "sgw_gateway_destinations",
                 help: "Destinations configured, by gateway id (bounded by limits.max_destinations).",
                 kind: Kind::Gauge,
-                samples: ids
+                samples: rows
                     .iter()
-                    .filter_map(|id| {
-                        let d = self.gateway.tenant_config(id)?.destinations.len();
-                        Some((vec![("gateway", id.clone())], n(d as u64)))
-                    })
+                    .map(|(id, _, d)| (vec![("gateway", id.clone())], n(*d as u64)))
                     .collect(),
             },
             limit_family("sgw_gateway_limit", &self.limits()),
