@@ -387,8 +387,10 @@ async fn the_unspecified_address_is_judged_as_loopback() {
     assert!(h.client.handle.stats().denied_by_rule.load(Relaxed) >= 2);
 }
 
-/// A SOCKS5 proxy that answers every CONNECT with `code`.
-async fn hostile_socks5(code: u8) -> SocketAddr {
+/// A SOCKS5 proxy of our own. Every CONNECT (by name or address) gets reply `code`; with
+/// code 0 the proxy then splices it to `to`, whatever was asked: a proxy whose DNS answers
+/// what the client's does not (or lies).
+async fn fake_socks5(code: u8, to: SocketAddr) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -398,11 +400,26 @@ async fn hostile_socks5(code: u8) -> SocketAddr {
                 let _ = s.read(&mut b).await; // methods
                 let _ = s.write_all(&[5, 0]).await;
                 let _ = s.read(&mut b).await; // CONNECT
-                let _ = s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                let up = match code {
+                    0 => match TcpStream::connect(to).await {
+                        Ok(up) => Some(up),
+                        Err(_) => return,
+                    },
+                    _ => None,
+                };
+                let _ = s.write_all(&[5, code, 0, 1, 127, 0, 0, 1, 0, 0]).await;
+                if let Some(mut up) = up {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
             });
         }
     });
     addr
+}
+
+/// A SOCKS5 proxy that answers every CONNECT with `code`.
+async fn hostile_socks5(code: u8) -> SocketAddr {
+    fake_socks5(code, SocketAddr::from(([127, 0, 0, 1], 9))).await
 }
 
 /// Anyone who reaches a gateway id's cloud port can open streams, and each takes a window
@@ -468,27 +485,9 @@ fn socks5_at(addr: SocketAddr) -> sgw::config::DestProxy {
     }
 }
 
-/// A SOCKS5 proxy that connects every CONNECT, by name or address, to `to`: a proxy whose DNS
-/// answers what the client's does not (or lies).
+/// A SOCKS5 proxy that connects every CONNECT, by name or address, to `to`.
 async fn aliasing_socks5(to: SocketAddr) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut b = [0u8; 512];
-                let _ = s.read(&mut b).await; // methods
-                let _ = s.write_all(&[5, 0]).await;
-                let _ = s.read(&mut b).await; // CONNECT
-                let Ok(mut up) = TcpStream::connect(to).await else {
-                    return;
-                };
-                let _ = s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0]).await;
-                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
-            });
-        }
-    });
-    addr
+    fake_socks5(0, to).await
 }
 
 /// A name the client can't resolve goes to the proxy by name, judged by name rules only. An
