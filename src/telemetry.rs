@@ -1,6 +1,9 @@
 //! Logging setup: text (journald-friendly: no timestamps when run under systemd) or JSON lines,
 //! level from config or the command line (`RUST_LOG` overrides), changeable at runtime.
 //!
+//! Each log statement writes at most `log_lines_per_second` lines a second at info and
+//! above (`limit`): peers can cause log lines.
+//!
 //! JSON lines are flat: the fields of the enclosing spans (`client.id`, `stream.id`,
 //! `dest.id`, ...) sit next to the event's own, so `jq .["stream.id"]` works on every line.
 
@@ -18,14 +21,23 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, LogSettings};
 
-/// Changes the log level of the running process; hands out the warn/error lines to forward.
+mod limit;
+
+/// Changes the log level and line limit of the running process; hands out the warn/error
+/// lines to forward.
 #[derive(Clone)]
 pub struct LogControl {
     handle: Arc<reload::Handle<EnvFilter, Registry>>,
     forwarded: Arc<std::sync::Mutex<Option<mpsc::Receiver<ForwardedLog>>>>,
+    limit: Arc<limit::LineLimit>,
+    /// The level came from the command line or `RUST_LOG`, which win over the config file.
+    level_fixed: bool,
 }
+
+/// How often the lines held back by `log_lines_per_second` are summed up in a line.
+pub const SUPPRESSED_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A warn or error line of this process, for the gateway's clientLogs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +91,63 @@ impl LogControl {
             .map_err(|e| LogError::Reload(e.to_string()))
     }
 
+    /// A reloaded config's log settings: the line limit, and the level unless the command
+    /// line or `RUST_LOG` set it.
+    pub fn apply(&self, s: &LogSettings) -> Result<(), LogError> {
+        self.set_lines_per_second(s.lines_per_second);
+        match self.level_fixed {
+            true => Ok(()),
+            false => self.set_level(&s.level),
+        }
+    }
+
+    /// Lines each log statement may write a second (0: no limit); takes effect at once.
+    pub fn set_lines_per_second(&self, n: u32) {
+        self.limit.set_per_second(n);
+    }
+
+    pub fn lines_per_second(&self) -> u32 {
+        self.limit.per_second()
+    }
+
+    /// Lines held back by the limit since the process started.
+    pub fn lines_suppressed(&self) -> u64 {
+        self.limit.suppressed()
+    }
+
+    /// Writes one warn line every [`SUPPRESSED_REPORT_EVERY`] in which lines were held back,
+    /// naming the statements; a last one at `shutdown`.
+    pub async fn report_suppressed(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(SUPPRESSED_REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let done = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.cancelled() => true,
+            };
+            let held = self.limit.take_held();
+            if held.total > 0 {
+                let sites: Vec<String> = held
+                    .sites
+                    .iter()
+                    .map(|(site, n)| format!("{site} x{n}"))
+                    .collect();
+                // This module's target, which the limit lets through (one line a report).
+                tracing::warn!(
+                    suppressed.lines = held.total,
+                    suppressed.sites = %sites.join(", "),
+                    "log lines held back: {} over log_lines_per_second ({} a second for each statement)",
+                    held.total,
+                    self.limit.per_second()
+                );
+            }
+            if done {
+                break;
+            }
+        }
+    }
+
     /// The warn/error lines of this process (once; later calls get `None`).
     pub fn take_forwarded(&self) -> Option<mpsc::Receiver<ForwardedLog>> {
         self.forwarded
@@ -103,14 +172,23 @@ fn filter(level: &str) -> Result<EnvFilter, LogError> {
     })
 }
 
-/// Installs the global subscriber; logs go to stderr. Once per process.
-pub fn init(level: &str, format: LogFormat) -> Result<LogControl, LogError> {
-    let f = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => EnvFilter::try_new(f).map_err(|e| LogError::Filter {
-            what: "RUST_LOG",
-            message: e.to_string(),
-        })?,
-        _ => filter(level)?,
+/// Installs the global subscriber; logs go to stderr. Once per process. `level_fixed`: the
+/// level came from the command line, so a reload keeps it.
+pub fn init(
+    level: &str,
+    level_fixed: bool,
+    format: LogFormat,
+    lines_per_second: u32,
+) -> Result<LogControl, LogError> {
+    let (f, level_fixed) = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => {
+            let f = EnvFilter::try_new(f).map_err(|e| LogError::Filter {
+                what: "RUST_LOG",
+                message: e.to_string(),
+            })?;
+            (f, true)
+        }
+        _ => (filter(level)?, level_fixed),
     };
     let (filter_layer, handle) = reload::Layer::new(f);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -119,8 +197,11 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, LogError> {
         .with_target(false)
         .with_ansi(false);
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+    let limit = Arc::new(limit::LineLimit::new(lines_per_second, module_path!()));
+    // A line held back is held back everywhere: not written, not forwarded.
     let registry = tracing_subscriber::registry()
         .with(filter_layer)
+        .with(Limit(limit.clone()))
         .with(Forward { tx });
     let res = match (format, journald) {
         (LogFormat::Json, _) => registry
@@ -133,7 +214,22 @@ pub fn init(level: &str, format: LogFormat) -> Result<LogControl, LogError> {
     Ok(LogControl {
         handle: Arc::new(handle),
         forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),
+        limit,
+        level_fixed,
     })
+}
+
+/// Holds back the lines over `log_lines_per_second` before any layer sees them.
+struct Limit(Arc<limit::LineLimit>);
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Limit {
+    fn event_enabled(
+        &self,
+        event: &Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.0.admit(event.metadata(), std::time::Instant::now())
+    }
 }
 
 /// Copies sgw's own warn and error events into a bounded queue (dropping when full: a log

@@ -334,6 +334,130 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
     );
 }
 
+/// A cloud caller can make the client log: every refusal is a line. Past
+/// `log_lines_per_second` for that statement the rest are counted, not written (nor forwarded
+/// to the gateway), and a summary line names the statement; SIGHUP changes the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
+    use sgw::admin::client::call;
+    const LIMIT: usize = 5;
+    const CALLERS: usize = 200;
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
+    let text = std::fs::read_to_string(&client_toml).unwrap();
+    std::fs::write(
+        &client_toml,
+        format!("log_lines_per_second = {LIMIT}\n{text}"),
+    )
+    .unwrap();
+    let acl = setup.path("acl.list");
+    std::fs::write(&acl, format!("acl deny 127.0.0.1:{}\n", echo.port())).unwrap();
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let admin: std::net::SocketAddr =
+        field(&p.wait_line("admin endpoint listening").await, "admin.addr")
+            .parse()
+            .unwrap();
+    p.wait_line("tunnel up").await;
+    let metrics = || async move {
+        let (st, m) = call(admin, hyper::Method::GET, "/metrics", None, None)
+            .await
+            .unwrap();
+        assert_eq!(st, 200);
+        m
+    };
+    let denied_metric = "sgw_client_streams_denied_total{reason=\"acl_rule\"}";
+    let wait_denied = |n: i64| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = metrics().await;
+            if sample(&m, denied_metric) >= n {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "fewer than {n} denials:\n{m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let written = |p: &Proc| {
+        p.all()
+            .lines()
+            .filter(|l| l.contains("stream denied"))
+            .count()
+    };
+    let cloud = gw.handle.dest_addr("dest1").unwrap();
+    let started = Instant::now();
+    for _ in 0..CALLERS {
+        let r = echo_once(cloud, b"x").await;
+        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "denied: {r:?}");
+    }
+    let m = wait_denied(CALLERS as i64).await;
+    // A second's worth at once, then LIMIT a second.
+    let allowed = LIMIT + (started.elapsed().as_secs_f64() * LIMIT as f64).ceil() as usize;
+    let summary = p.wait_line("log lines held back").await;
+    let shown = written(&p);
+    assert!(
+        (1..=allowed).contains(&shown) && shown < CALLERS / 2,
+        "{shown} refusal lines written for {CALLERS} callers (at most {allowed}):\n{}",
+        p.all()
+    );
+    assert!(
+        summary.contains("WARN") && summary.contains("src/client/admit.rs:"),
+        "{summary}"
+    );
+    let suppressed = sample(&m, "sgw_log_lines_suppressed_total");
+    assert!(
+        suppressed >= (CALLERS - shown) as i64,
+        "{suppressed} counted as held back, {shown} of {CALLERS} written"
+    );
+    assert_eq!(
+        sample(&m, "sgw_client_limit{limit=\"log_lines_per_second\"}"),
+        LIMIT as i64
+    );
+    // What is held back is not forwarded either.
+    let forwarded = gw
+        .handle
+        .client_logs("gw1")
+        .iter()
+        .filter(|l| l.message.contains("stream denied"))
+        .count();
+    assert!(forwarded <= allowed, "{forwarded} refusals forwarded");
+    // SIGHUP with no limit: every refusal is a line again.
+    set_toml(&client_toml, "log_lines_per_second", "0");
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + WAIT;
+    while sample(
+        &metrics().await,
+        "sgw_client_limit{limit=\"log_lines_per_second\"}",
+    ) != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not lift the limit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = written(&p);
+    for _ in 0..50 {
+        let _ = echo_once(cloud, b"x").await;
+    }
+    wait_denied(CALLERS as i64 + 50).await;
+    let deadline = Instant::now() + WAIT;
+    while written(&p) < before + 50 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 50 refusals written without a limit",
+            written(&p) - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn config_check_catches_what_only_the_gateway_would_refuse() {
     let dir = tempfile::tempdir().unwrap();

@@ -130,12 +130,13 @@ pub trait Backend: Send + Sync + 'static {
     fn acl_reload(&self) -> Result<usize, AclError> {
         Err(no_acl())
     }
-    /// Changes the log level (`debug`, or a filter like `sgw=debug,hyper=warn`).
-    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError>;
+    /// The process's logging, when it can change: `PUT /v1/log` and the log series of
+    /// `/metrics`.
+    fn log(&self) -> Option<&crate::telemetry::LogControl>;
 }
 
-/// `PUT /v1/log` for a process whose log level can change (`log`), the same for both programs.
-pub fn set_log_level(
+/// `PUT /v1/log`: changes the log level (`debug`, or a filter like `sgw=debug,hyper=warn`).
+fn set_log_level(
     log: Option<&crate::telemetry::LogControl>,
     level: &str,
 ) -> Result<(), crate::telemetry::LogError> {
@@ -400,7 +401,19 @@ async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respons
             .into_iter()
             .map(|(k, v)| (std::borrow::Cow::Borrowed(k), std::borrow::Cow::Owned(v))),
     );
-    reg.register_collector(Box::new(Scrape(st.backend.metrics(per_id))));
+    let mut families = st.backend.metrics(per_id);
+    if let Some(log) = st.backend.log() {
+        families.push(Family {
+            name: "sgw_log_lines_suppressed",
+            help: "Log lines held back by log_lines_per_second (one statement over its lines a second).",
+            kind: Kind::Counter,
+            samples: vec![(
+                Vec::new(),
+                i64::try_from(log.lines_suppressed()).unwrap_or(i64::MAX),
+            )],
+        });
+    }
+    reg.register_collector(Box::new(Scrape(families)));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &reg).is_err() {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "metrics encoding failed");
@@ -505,7 +518,7 @@ async fn set_log(
     body: Result<Json<LogBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     match body {
-        Ok(Json(b)) => match st.backend.set_log_level(&b.level) {
+        Ok(Json(b)) => match set_log_level(st.backend.log(), &b.level) {
             Ok(()) => Json(serde_json::json!({ "level": b.level })).into_response(),
             Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
         },

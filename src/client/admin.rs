@@ -37,10 +37,13 @@ impl AdminBackend {
         let mut l = self.client.limits().entries(crate::config::Side::Client);
         let n = u64::try_from(self.admin_max_connections).unwrap_or(u64::MAX);
         l.push(("admin_max_connections", n));
+        if let Some(log) = &self.log {
+            l.push(("log_lines_per_second", u64::from(log.lines_per_second())));
+        }
         l
     }
 
-    /// Lets `PUT /v1/log` change the process's log level.
+    /// The process's logging: `PUT /v1/log` changes its level, `/metrics` shows its limit.
     pub fn with_log(mut self, log: Option<LogControl>) -> Self {
         self.log = log;
         self
@@ -366,8 +369,8 @@ impl Backend for AdminBackend {
         self.client.acl_remove(rule, line).map_err(edit_error)
     }
 
-    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError> {
-        crate::admin::set_log_level(self.log.as_ref(), level)
+    fn log(&self) -> Option<&LogControl> {
+        self.log.as_ref()
     }
 
     fn acl_reload(&self) -> Result<usize, AclError> {

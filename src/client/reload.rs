@@ -16,7 +16,7 @@ pub fn reload_from_files(
     acl_override: Option<&Path>,
     running: &ClientConfig,
     handle: &ClientHandle,
-    log: Option<&LogControl>,
+    log: &LogControl,
 ) {
     let new = match ClientConfig::load(config) {
         Ok(c) => c,
@@ -40,10 +40,8 @@ pub fn reload_from_files(
             return;
         }
     };
-    if let Some(log) = log {
-        if let Err(e) = log.set_level(&new.log.level) {
-            tracing::error!(error = %e, "cannot apply log_level");
-        }
+    if let Err(e) = log.apply(&new.log) {
+        tracing::error!(error = %e, "cannot apply log_level");
     }
     let mut restart = Vec::new();
     if new.gateways != running.gateways {

@@ -132,7 +132,14 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub level: String,
     pub format: LogFormat,
+    /// Lines each log statement may write a second at info and above; 0: no limit.
+    pub lines_per_second: u32,
 }
+
+/// `log_lines_per_second` when absent: far above what a healthy process writes from one
+/// statement, far below what fills a disk or trips journald's own limit (10,000 lines in
+/// 30 s for the whole service, by default).
+pub const LOG_LINES_PER_SECOND: u32 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -391,7 +398,15 @@ fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
             LogFormat::Text
         }
     };
-    LogSettings { level, format }
+    let lines_per_second = t
+        .int_in("log_lines_per_second", 0..=1_000_000)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(LOG_LINES_PER_SECOND);
+    LogSettings {
+        level,
+        format,
+        lines_per_second,
+    }
 }
 
 /// Resolves a path in a config file relative to the file's directory.

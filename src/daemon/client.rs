@@ -63,9 +63,9 @@ pub async fn run(args: ClientArgs) -> Result<(), Error> {
     let acl_override = args.acl;
     let acl_path = acl_override.clone().unwrap_or_else(|| cfg.acl_file.clone());
     let rules = load_acl(&acl_path, cfg.default_policy)?;
-    let level_fixed = args.log_level.is_some();
     let log = init_logging(args.log_level.as_deref(), args.log_format, &cfg.log)?;
     let shutdown = shutdown_on_signals()?;
+    tokio::spawn(log.clone().report_suppressed(shutdown.clone()));
     let running = cfg.clone();
     let admin = AdminSettings::of(&cfg);
     let client = Client::new(cfg, rules)
@@ -85,7 +85,7 @@ pub async fn run(args: ClientArgs) -> Result<(), Error> {
                 acl_override.as_deref(),
                 &running,
                 &handle,
-                (!level_fixed).then_some(&log),
+                &log,
             );
         }
     });

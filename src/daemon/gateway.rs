@@ -76,7 +76,6 @@ fn checked(config: GatewayConfig, state: StateFile) -> Result<Loaded, Error> {
 /// Runs the gateway until SIGTERM/SIGINT, then drains.
 pub async fn run(args: GatewayArgs) -> Result<(), Error> {
     let loaded = load(&args.config)?;
-    let level_fixed = args.log_level.is_some();
     let log = init_logging(
         args.log_level.as_deref(),
         args.log_format,
@@ -96,6 +95,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), Error> {
     };
     let hup = hangup()?;
     let shutdown = shutdown_on_signals()?;
+    tokio::spawn(log.clone().report_suppressed(shutdown.clone()));
     let api = cfg.api.clone();
     let admin = cfg.admin.clone();
     let file_ids: Vec<String> = cfg.gateways.iter().map(|g| g.id.clone()).collect();
@@ -115,7 +115,6 @@ pub async fn run(args: GatewayArgs) -> Result<(), Error> {
         path: args.config,
         gateway: h.clone(),
         log,
-        level_fixed,
         file_ids,
     };
     tokio::spawn(reload.on_each(hup));
@@ -181,14 +180,13 @@ async fn read_shared(store: &Store, config: GatewayConfig) -> Result<Loaded, Err
     checked(config, state)
 }
 
-/// SIGHUP: re-reads gateway.toml; applies the log level and the `[[gateways]]` it defines
+/// SIGHUP: re-reads gateway.toml; applies the log settings and the `[[gateways]]` it defines
 /// (added, changed, removed) to the running gateway. Gateway ids the API manages are not
 /// touched; listeners and TLS settings need a restart.
 struct Reload {
     path: PathBuf,
     gateway: GatewayHandle,
     log: LogControl,
-    level_fixed: bool,
     /// The ids the file defined at the last (re)load.
     file_ids: Vec<String>,
 }
@@ -211,10 +209,8 @@ impl Reload {
                 return;
             }
         };
-        if !self.level_fixed {
-            if let Err(e) = self.log.set_level(&new.log.level) {
-                tracing::error!(error = %e, "cannot apply log_level");
-            }
+        if let Err(e) = self.log.apply(&new.log) {
+            tracing::error!(error = %e, "cannot apply log_level");
         }
         // Every running id that did not come from the file is the API's.
         let api_ids: Vec<String> = self

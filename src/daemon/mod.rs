@@ -79,13 +79,15 @@ pub fn init_logging(
     format: Option<Format>,
     cfg: &config::LogSettings,
 ) -> Result<crate::telemetry::LogControl, Error> {
+    let fixed = level.is_some();
     let level = level.unwrap_or(&cfg.level);
     let format = match format {
         Some(Format::Json) => LogFormat::Json,
         Some(Format::Text) => LogFormat::Text,
         None => cfg.format,
     };
-    crate::telemetry::init(level, format).map_err(|e| Error::Input(format!("log settings: {e}")))
+    crate::telemetry::init(level, fixed, format, cfg.lines_per_second)
+        .map_err(|e| Error::Input(format!("log settings: {e}")))
 }
 
 /// Loads an ACL file; every bad line is reported with its path and line.

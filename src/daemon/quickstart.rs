@@ -33,7 +33,15 @@ pub struct QuickstartArgs {
 /// Runs gateway and client until Ctrl-C.
 pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
     let level = std::env::var("SGW_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
-    let log = Some(crate::telemetry::init(&level, LogFormat::Text).map_err(Error::input)?);
+    let log = Some(
+        crate::telemetry::init(
+            &level,
+            true,
+            LogFormat::Text,
+            crate::config::LOG_LINES_PER_SECOND,
+        )
+        .map_err(Error::input)?,
+    );
     let dir = args.dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("sgw-quickstart-{:08x}", rand::random::<u32>()))
     });
@@ -79,6 +87,9 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
         .map_err(Error::start("starting gateway"))?;
     let gh = gw.handle();
     let shutdown = shutdown_on_signals()?;
+    if let Some(log) = &log {
+        tokio::spawn(log.clone().report_suppressed(shutdown.clone()));
+    }
     let mut ccfg = ClientConfig::load(&written.client_toml).map_err(Error::input)?;
     ccfg.shutdown_grace = GRACE;
     let tunnels: usize = ccfg.gateways.iter().map(|g| g.tunnels).sum();

@@ -35,7 +35,7 @@ impl AdminBackend {
         }
     }
 
-    /// Lets `PUT /v1/log` change the process's log level.
+    /// The process's logging: `PUT /v1/log` changes its level, `/metrics` shows its limit.
     pub fn with_log(mut self, log: Option<LogControl>) -> Self {
         self.log = log;
         self
@@ -45,6 +45,9 @@ impl AdminBackend {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let mut l = self.gateway.limits().entries(Side::Gateway);
         l.push(("admin_max_connections", n(self.admin_max_connections)));
+        if let Some(log) = &self.log {
+            l.push(("log_lines_per_second", u64::from(log.lines_per_second())));
+        }
         if let Some(a) = &self.api {
             l.extend([
                 ("api_max_body", a.max_body),
@@ -270,7 +273,7 @@ impl Backend for AdminBackend {
         ]
     }
 
-    fn set_log_level(&self, level: &str) -> Result<(), crate::telemetry::LogError> {
-        crate::admin::set_log_level(self.log.as_ref(), level)
+    fn log(&self) -> Option<&LogControl> {
+        self.log.as_ref()
     }
 }
