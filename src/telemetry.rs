@@ -136,7 +136,7 @@ impl LogControl {
                 // This module's target, which the limit lets through (one line a report).
                 tracing::warn!(
                     suppressed.lines = held.total,
-                    suppressed.sites = %sites.join(", "),
+                    suppressed.sites = ?sites.join(", "),
                     "log lines held back: {} over log_lines_per_second ({} a second for each statement)",
                     held.total,
                     self.limit.per_second()

@@ -522,21 +522,24 @@ initial = "soon"
 [limits]
 stream_window = "1KiB"
 "#;
+        let src = format!("log_lines_per_second = -1\n{src}");
+        let src = src.as_str();
         let errs = ClientConfig::from_toml(Path::new("c.toml"), src)
             .unwrap_err()
             .0;
         let all = errs.join("\n");
         for want in [
-            "c.toml:2:13: log_level: `loud` is not one of",
-            "c.toml:3:1: bogus: unknown key",
-            "c.toml:5:7: gateway[0].url: `http://x` must start with wss://",
-            "c.toml:8:11: gateway[0].tunnels: 99 is out of range 1..=16",
-            "c.toml:10:11: reconnect.initial: `soon` is not a duration",
-            "c.toml:12:17: limits.stream_window: 1024 is out of range",
+            "c.toml:3:13: log_level: `loud` is not one of",
+            "c.toml:4:1: bogus: unknown key",
+            "c.toml:6:7: gateway[0].url: `http://x` must start with wss://",
+            "c.toml:9:11: gateway[0].tunnels: 99 is out of range 1..=16",
+            "c.toml:11:11: reconnect.initial: `soon` is not a duration",
+            "c.toml:13:17: limits.stream_window: 1024 is out of range",
+            "c.toml:1:24: log_lines_per_second: -1 is out of range 0..=1000000",
         ] {
             assert!(all.contains(want), "missing {want:?} in\n{all}");
         }
-        assert_eq!(errs.len(), 6, "{all}");
+        assert_eq!(errs.len(), 7, "{all}");
     }
 
     #[test]
