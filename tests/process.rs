@@ -458,6 +458,86 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
     }
 }
 
+/// `admin_socket`: the admin endpoint on a Unix socket that only the client's user and root
+/// can use, without a token; another local user is refused by the kernel-named user even when
+/// the file's mode would let it in, and a socket file left by a killed client is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_serves_this_user_without_a_token_and_refuses_others() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
+    let text = std::fs::read_to_string(&client_toml).unwrap();
+    std::fs::write(
+        &client_toml,
+        format!("admin_socket = \"admin.sock\"\n{text}"),
+    )
+    .unwrap();
+    let sock = setup.path("admin.sock");
+    let spawn = || Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let mut p = spawn();
+    p.wait_line("admin socket listening").await;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let sgw = |args: &[&str]| {
+        let out = Command::new(sgw_bin())
+            .args(args)
+            .env_remove("SGW_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    // --config picks the socket; no token goes with it, and none is needed.
+    let rule = format!("acl allow 127.0.0.1:{}", echo.port());
+    let cfg = client_toml.to_str().unwrap();
+    let (code, out) = sgw(&["acl", "add", &rule, "--config", cfg]);
+    assert_eq!(code, Some(0), "{out}");
+    let unix = format!("unix:{}", sock.display());
+    let (code, out) = sgw(&["acl", "show", "--admin", &unix]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&rule), "{out}");
+    // The TCP endpoint still wants the token for the same call.
+    let admin = field(&p.wait_line("admin endpoint listening").await, "admin.addr");
+    let (code, out) = sgw(&["acl", "show", "--admin", &admin]);
+    assert_eq!(code, Some(1), "{out}");
+    if is_root() {
+        // Open the file and its directory to everyone: the user check alone keeps them out.
+        std::fs::set_permissions(setup.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = Command::new(sgw_bin())
+            .args(["health", "--admin", &unix])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let line = p.wait_line("only this process's user and root").await;
+        assert!(
+            line.contains("peer.uid=65534") && line.contains("reason=\"peer_user\""),
+            "{line}"
+        );
+    } else {
+        eprintln!("skipped the other-user half: needs root to run a command as another user");
+    }
+    // A client killed with its socket file left behind starts again on the same path.
+    kill9(&mut p.child).await;
+    assert!(sock.exists());
+    p = spawn();
+    p.wait_line("admin socket listening").await;
+    let (code, out) = sgw(&["health", "--admin", &unix]);
+    assert_eq!(code, Some(0), "{out}");
+    // A live client's socket is not taken over by a second one.
+    let second = spawn();
+    let line = second.wait_line("admin_socket").await;
+    assert!(line.contains("a running process answers on it"), "{line}");
+    let (code, out) = sgw(&["health", "--admin", &unix]);
+    assert_eq!(code, Some(0), "{out}");
+}
+
 #[test]
 fn config_check_catches_what_only_the_gateway_would_refuse() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 //! `sgw status`, `sgw health`) and the human rendering of `/v1/status`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,65 +15,127 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer read: whatever listens on the address may not be ours.
 const MAX_ANSWER: usize = 8 << 20;
 
+/// Where an admin endpoint listens: `ip:port` (`admin_listen`), or a Unix socket
+/// (`admin_socket`), written `unix:PATH` or as a path that starts with `/` or `.`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for AdminAddr {
+    fn from(a: SocketAddr) -> Self {
+        AdminAddr::Tcp(a)
+    }
+}
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            return Ok(AdminAddr::Unix(p.into()));
+        }
+        if s.starts_with('/') || s.starts_with('.') {
+            return Ok(AdminAddr::Unix(s.into()));
+        }
+        s.parse()
+            .map(AdminAddr::Tcp)
+            .map_err(|_| format!("`{s}` is not an ip:port address or a Unix socket (unix:PATH)"))
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Tcp(a) => write!(f, "{a}"),
+            AdminAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("cannot reach the admin endpoint at {addr}: {message} (is the client running? see admin_listen)")]
-    Connect { addr: SocketAddr, message: String },
+    #[error("cannot reach the admin endpoint at {addr}: {message} (is the client running? see admin_listen and admin_socket)")]
+    Connect { addr: AdminAddr, message: String },
     #[error("admin endpoint at {addr}: {message}")]
-    Http { addr: SocketAddr, message: String },
+    Http { addr: AdminAddr, message: String },
     #[error("admin endpoint at {addr} did not answer within {} s", CALL_TIMEOUT.as_secs())]
-    Timeout { addr: SocketAddr },
+    Timeout { addr: AdminAddr },
 }
 
 /// Sends one request; returns the status code and body text.
 pub async fn call(
-    addr: SocketAddr,
+    addr: impl Into<AdminAddr>,
     method: Method,
     path_and_query: &str,
     body: Option<String>,
     token: Option<&str>,
 ) -> Result<(u16, String), CallError> {
-    let work = async {
-        let http = |e: &dyn std::fmt::Display| CallError::Http {
-            addr,
-            message: e.to_string(),
-        };
-        let stream =
-            tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| CallError::Connect {
-                    addr,
-                    message: e.to_string(),
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| http(&e))?;
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(HOST, addr.to_string());
-        if let Some(t) = token {
-            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if body.is_some() {
-            req = req.header(CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| http(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
-        let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| http(&e))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let addr = addr.into();
+    let connect = |message: std::io::Error| CallError::Connect {
+        addr: addr.clone(),
+        message: message.to_string(),
     };
-    tokio::time::timeout(CALL_TIMEOUT, work)
+    let work = async {
+        let out = match &addr {
+            AdminAddr::Tcp(a) => {
+                let io = tokio::net::TcpStream::connect(a).await.map_err(connect)?;
+                send(io, a.to_string(), method, path_and_query, body, token).await
+            }
+            AdminAddr::Unix(p) => {
+                let io = tokio::net::UnixStream::connect(p).await.map_err(connect)?;
+                send(io, "localhost".into(), method, path_and_query, body, token).await
+            }
+        };
+        out.map_err(|message| CallError::Http {
+            addr: addr.clone(),
+            message,
+        })
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(CallError::Timeout { addr }),
+    }
+}
+
+/// One request over a connected stream; the error as text.
+async fn send<S>(
+    io: S,
+    host: String,
+    method: Method,
+    path_and_query: &str,
+    body: Option<String>,
+    token: Option<&str>,
+) -> Result<(u16, String), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let http = |e: &dyn std::fmt::Display| e.to_string();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|_| CallError::Timeout { addr })?
+        .map_err(|e| http(&e))?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(HOST, host);
+    if let Some(t) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, "application/json");
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| http(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| http(&e))?;
+    let status = resp.status().as_u16();
+    let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| http(&e))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).

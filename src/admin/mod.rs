@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
@@ -208,8 +208,48 @@ pub async fn serve(
     max_connections: usize,
     shutdown: CancellationToken,
 ) {
+    let app = router(backend, access);
+    crate::listen::http::serve(
+        "admin",
+        listener,
+        app,
+        None,
+        limits(max_connections),
+        shutdown,
+    )
+    .await;
+}
+
+/// The same endpoint on a Unix socket (`admin_socket`) for this process's user and root,
+/// who need no token there: the kernel vouches for them. Other local users can't connect,
+/// so they can't fill its connections either. The socket file is removed at the end.
+pub async fn serve_unix(
+    listener: UnixListener,
+    owner: u32,
+    path: std::path::PathBuf,
+    backend: Arc<dyn Backend>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let app = router(backend, Access::default());
+    let limits = limits(max_connections);
+    crate::listen::http::serve_unix("admin", listener, owner, app, limits, shutdown).await;
+    let _ = std::fs::remove_file(&path);
+}
+
+fn limits(max_connections: usize) -> crate::listen::http::HttpLimits {
+    // Callers are local: one source may use every slot.
+    crate::listen::http::HttpLimits {
+        max_connections,
+        max_per_source: max_connections,
+        per_source_key: "admin_max_connections",
+        head_timeout: HEAD_TIMEOUT,
+    }
+}
+
+fn router(backend: Arc<dyn Backend>, access: Access) -> Router {
     let state = Arc::new(AppState { backend, access });
-    let app = Router::new()
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -218,15 +258,7 @@ pub async fn serve(
         .route("/v1/acl/reload", axum::routing::post(acl_reload))
         .route("/v1/log", axum::routing::put(set_log))
         .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
-        .with_state(state);
-    // Callers are local: one source may use every slot.
-    let limits = crate::listen::http::HttpLimits {
-        max_connections,
-        max_per_source: max_connections,
-        per_source_key: "admin_max_connections",
-        head_timeout: HEAD_TIMEOUT,
-    };
-    crate::listen::http::serve("admin", listener, app, None, limits, shutdown).await;
+        .with_state(state)
 }
 
 fn acl_error(e: AclError) -> Response {
@@ -260,14 +292,20 @@ async fn gate(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !host_allowed(host, &st.access.hosts) {
+    // Over the Unix socket the kernel named the caller (this user or root), and no browser
+    // reaches a Unix socket: neither the token nor the Host check applies.
+    let local = req
+        .extensions()
+        .get::<crate::listen::http::LocalUser>()
+        .is_some();
+    if !local && !host_allowed(host, &st.access.hosts) {
         tracing::warn!(http.host = %crate::telemetry::clean(host, 128), reason = "host", "admin request refused: Host is not this host");
         return json_error(
             StatusCode::MISDIRECTED_REQUEST,
             "Host must be an IP address, localhost or a name in admin_hosts",
         );
     }
-    if !OPEN_PATHS.contains(&req.uri().path()) {
+    if !local && !OPEN_PATHS.contains(&req.uri().path()) {
         if let Some(r) = refusal(&st, req.headers()) {
             return r;
         }
@@ -389,12 +427,17 @@ impl Collector for Scrape {
 }
 
 /// Open, like the probes: scrapers carry no token, and counters reveal no rule or secret.
-async fn metrics(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let per_id = st
-        .access
-        .token
-        .as_ref()
-        .is_some_and(|t| t.ct_eq(bearer(&headers)));
+async fn metrics(
+    State(st): State<Arc<AppState>>,
+    local: Option<axum::Extension<crate::listen::http::LocalUser>>,
+    headers: HeaderMap,
+) -> Response {
+    let per_id = local.is_some()
+        || st
+            .access
+            .token
+            .as_ref()
+            .is_some_and(|t| t.ct_eq(bearer(&headers)));
     let labels = st.backend.metric_labels();
     let mut reg = Registry::with_labels(
         labels

@@ -7,19 +7,20 @@ use std::process::ExitCode;
 
 use hyper::Method;
 
-use crate::admin::client::{call, render_status};
+use crate::admin::client::{call, render_status, AdminAddr};
 use crate::config::{self, AnyConfig};
 use crate::daemon::Error;
 
 /// Where the running client's admin endpoint is.
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
-    /// The client's (or gateway's) config: its admin_listen and admin_token are used.
+    /// The client's (or gateway's) config: its admin_socket, else its admin_listen and
+    /// admin_token, are used.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The admin endpoint address (default 127.0.0.1:9003).
+    /// The admin endpoint: ip:port (default 127.0.0.1:9003) or a Unix socket (unix:PATH).
     #[arg(long, env = "SGW_ADMIN")]
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminAddr>,
 }
 
 /// `sgw status`.
@@ -92,15 +93,20 @@ pub async fn request(
     Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
 }
 
-/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.
-fn target(args: &AdminArgs) -> Result<(SocketAddr, Option<String>), Error> {
-    let (mut addr, token) = match &args.config {
+/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`. A
+/// config's `admin_socket` wins over its `admin_listen`: no token is needed there, so none is
+/// sent.
+fn target(args: &AdminArgs) -> Result<(AdminAddr, Option<String>), Error> {
+    let (addr, token) = match &args.config {
         // The gateway's admin endpoint too (`admin_listen` in gateway.toml, with admin_token).
         Some(c) => match config::load_any(c).map_err(Error::input)? {
-            AnyConfig::Client(cfg) => (
-                cfg.admin_listen,
-                cfg.admin_token.map(|t| t.expose().to_owned()),
-            ),
+            AnyConfig::Client(cfg) => match cfg.admin_socket {
+                Some(p) if args.admin.is_none() => (AdminAddr::Unix(p), None),
+                _ => (
+                    AdminAddr::Tcp(cfg.admin_listen),
+                    cfg.admin_token.map(|t| t.expose().to_owned()),
+                ),
+            },
             AnyConfig::Gateway(g) => {
                 let a = g.admin.ok_or_else(|| {
                     Error::Input(format!(
@@ -108,20 +114,27 @@ fn target(args: &AdminArgs) -> Result<(SocketAddr, Option<String>), Error> {
                         c.display()
                     ))
                 })?;
-                (a.listen, a.token.map(|t| t.expose().to_owned()))
+                (
+                    AdminAddr::Tcp(a.listen),
+                    a.token.map(|t| t.expose().to_owned()),
+                )
             }
         },
         None => (
-            args.admin
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9003))),
+            AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9003))),
             std::env::var("SGW_ADMIN_TOKEN").ok(),
         ),
     };
-    if let Some(a) = args.admin {
-        addr = a;
-    }
-    if addr.ip().is_unspecified() {
-        addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+    let (mut addr, token) = match &args.admin {
+        // The token is for the TCP endpoint; the socket vouches for its callers itself.
+        Some(AdminAddr::Unix(p)) => (AdminAddr::Unix(p.clone()), None),
+        Some(a) => (a.clone(), token),
+        None => (addr, token),
+    };
+    if let AdminAddr::Tcp(a) = &mut addr {
+        if a.ip().is_unspecified() {
+            a.set_ip(IpAddr::from([127, 0, 0, 1]));
+        }
     }
     Ok((addr, token))
 }

@@ -145,6 +145,9 @@ pub struct ClientConfig {
     pub admin_hosts: Vec<String>,
     /// Admin connections served at once (`admin_max_connections`).
     pub admin_max_connections: usize,
+    /// The admin endpoint on a Unix socket as well (`admin_socket`): this user and root only,
+    /// no token needed.
+    pub admin_socket: Option<PathBuf>,
     /// How long open streams may finish after SIGTERM before the process exits.
     pub shutdown_grace: Duration,
     pub limits: Limits,
@@ -351,6 +354,15 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
     let admin_max_connections = root
         .int_in("admin_max_connections", 1..=10_000)
         .map_or(super::ADMIN_MAX_CONNECTIONS, |n| n as usize);
+    let admin_socket = root.str("admin_socket").and_then(|p| {
+        let path = relative_to(root.cx.file(), &p);
+        // sun_path holds 108 bytes with the terminating NUL.
+        if path.as_os_str().len() > 107 {
+            root.invalid("admin_socket", "a Unix socket's path is at most 107 bytes");
+            return None;
+        }
+        Some(path)
+    });
     let mut reverse_ports = Vec::new();
     for p in root.strs("reverse_ports").unwrap_or_default() {
         match super::parse_port_range(&p) {
@@ -421,6 +433,7 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
         admin_token,
         admin_hosts,
         admin_max_connections,
+        admin_socket,
         reverse_ports,
         shutdown_grace: root
             .duration("shutdown_grace")

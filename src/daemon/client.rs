@@ -152,6 +152,8 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     pub access: crate::admin::Access,
     pub max_connections: usize,
+    /// `admin_socket`: the same endpoint on a Unix socket for this user and root.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl AdminSettings {
@@ -163,6 +165,7 @@ impl AdminSettings {
                 hosts: cfg.admin_hosts.clone(),
             },
             max_connections: cfg.admin_max_connections,
+            socket: cfg.admin_socket.clone(),
         }
     }
 }
@@ -185,13 +188,31 @@ pub async fn start_admin(
     let backend = crate::client::AdminBackend::new(handle.clone())
         .with_log(log)
         .with_admin_max_connections(admin.max_connections);
-    let stop = shutdown.clone();
+    let backend = std::sync::Arc::new(backend);
+    if let Some(path) = admin.socket {
+        let what = format!(
+            "cannot listen on the admin socket {} (admin_socket)",
+            path.display()
+        );
+        let (l, owner) = crate::listen::bind_unix(&path)
+            .await
+            .map_err(Error::io(what))?;
+        tracing::info!(admin.socket = %path.display(), "admin socket listening");
+        tokio::spawn(crate::admin::serve_unix(
+            l,
+            owner,
+            path,
+            backend.clone(),
+            admin.max_connections,
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(crate::admin::serve(
         l,
-        std::sync::Arc::new(backend),
+        backend,
         admin.access,
         admin.max_connections,
-        stop,
+        shutdown.clone(),
     ));
     Ok(bound)
 }

@@ -3,14 +3,18 @@
 //! limit on the handshake, on every request head and on every stalled write of an answer,
 //! and a graceful close at shutdown that waits a bounded grace. Each server bounds a whole
 //! request (body included) in its own router.
+//!
+//! The same server also runs on a Unix socket ([`serve_unix`]) for callers on this host: the
+//! kernel names each caller's user (`SO_PEERCRED`), so only ours and root's are served, and
+//! other local users can neither use nor fill its connections.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -71,15 +75,16 @@ pub async fn serve(
         let (app, tls, stop) = (app.clone(), tls.clone(), stop.clone());
         tasks.spawn(async move {
             let _held = (permit, source);
+            let peer = peer.to_string();
             let Some(tls) = tls else {
-                return serve_conn(name, tcp, peer, app, limits.head_timeout, stop).await;
+                return serve_conn(name, tcp, &peer, app, limits.head_timeout, stop).await;
             };
             let handshake = tokio::select! {
                 r = tokio::time::timeout(limits.head_timeout, tls.accept(tcp)) => r,
                 _ = stop.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(s)) => serve_conn(name, s, peer, app, limits.head_timeout, stop).await,
+                Ok(Ok(s)) => serve_conn(name, s, &peer, app, limits.head_timeout, stop).await,
                 Ok(Err(e)) => {
                     debug!(http.server = name, peer.addr = %peer, error = %e, "TLS handshake failed")
                 }
@@ -95,10 +100,83 @@ pub async fn serve(
     let _ = tokio::time::timeout(grace, tasks.wait()).await;
 }
 
+/// A request that came over [`serve_unix`]: the caller is this process's user or root, as the
+/// kernel says. The router finds it among the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalUser {
+    pub uid: u32,
+}
+
+/// Serves `app` on a Unix socket until `stop`, like [`serve`]: at most
+/// `limits.max_connections` at once, each request head within `limits.head_timeout`. A caller
+/// whose user (`SO_PEERCRED`) is neither `owner` nor root is refused before it is read; the
+/// others' requests carry [`LocalUser`].
+pub async fn serve_unix(
+    name: &'static str,
+    listener: UnixListener,
+    owner: u32,
+    app: axum::Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+) {
+    let app = app.layer(axum::middleware::map_response(close_after_401));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let tasks = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let conn = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => break,
+        };
+        let stream = match conn {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(http.server = name, error = %e, "accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(super::ACCEPT_RETRY) => continue,
+                    _ = stop.cancelled() => break,
+                }
+            }
+        };
+        let uid = match stream.peer_cred() {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                warn!(http.server = name, error = %e, reason = "peer_user", "connection refused: the kernel did not name its user");
+                continue;
+            }
+        };
+        if uid != owner && uid != 0 {
+            warn!(
+                http.server = name,
+                peer.uid = uid,
+                reason = "peer_user",
+                "connection refused: only this process's user and root may use the socket"
+            );
+            continue;
+        }
+        let peer = format!("uid {uid}");
+        let app = app.clone().layer(axum::Extension(LocalUser { uid }));
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let _held = permit;
+            serve_conn(name, stream, &peer, app, limits.head_timeout, stop).await
+        });
+    }
+    tasks.close();
+    let grace = limits.head_timeout.saturating_add(Duration::from_secs(1));
+    let _ = tokio::time::timeout(grace, tasks.wait()).await;
+}
+
 async fn serve_conn<S>(
     name: &'static str,
     io: S,
-    peer: SocketAddr,
+    peer: &str,
     app: axum::Router,
     head_timeout: Duration,
     stop: CancellationToken,

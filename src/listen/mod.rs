@@ -8,7 +8,7 @@ pub mod http;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -29,6 +29,36 @@ pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     sock.listen(BACKLOG as i32)?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
+}
+
+/// Binds a Unix socket at `path` that only this process's user may connect to (mode 0600;
+/// [`http::serve_unix`] also checks each caller's user). A socket file left by a process
+/// that is gone is replaced; one that a live process still answers on is not, nor is any
+/// other file. Returns the listener and the user that owns it.
+pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<(UnixListener, u32)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let in_use = || {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "a running process answers on it",
+            )
+        };
+        if !m.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(in_use());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(path)?.uid();
+    Ok((l, owner))
 }
 
 /// The next connection, or `None` once `stop` is cancelled.
