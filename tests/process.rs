@@ -470,6 +470,9 @@ async fn the_admin_socket_serves_this_user_without_a_token_and_refuses_others() 
     let gw = start_gateway(setup.gateway.clone()).await;
     let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
     let text = std::fs::read_to_string(&client_toml).unwrap();
+    // No admin token: only the socket can take the ACL change below.
+    let text = text.replace("admin_token_file = \"admin.token\"\n", "");
+    assert!(!text.contains("admin_token"), "{text}");
     std::fs::write(
         &client_toml,
         format!("admin_socket = \"admin.sock\"\n{text}"),
@@ -500,7 +503,7 @@ async fn the_admin_socket_serves_this_user_without_a_token_and_refuses_others() 
     let (code, out) = sgw(&["acl", "show", "--admin", &unix]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&rule), "{out}");
-    // The TCP endpoint still wants the token for the same call.
+    // The TCP endpoint refuses the same call: there is no token to give.
     let admin = field(&p.wait_line("admin endpoint listening").await, "admin.addr");
     let (code, out) = sgw(&["acl", "show", "--admin", &admin]);
     assert_eq!(code, Some(1), "{out}");
@@ -573,7 +576,7 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     std::fs::write(
         &gw_toml,
         format!(
-            "{text}\n[limits]\nmax_destinations = 7\n\
+            "admin_socket = \"gw-admin.sock\"\n{text}\n[limits]\nmax_destinations = 7\n\
              [[gateways]]\nid = \"open1\"\nsecurity_token = \"open-token\"\nenf_tok_sec = false\n"
         ),
     )
@@ -661,6 +664,25 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["gateways"][0]["clients"], 1);
+    // Without --admin the CLI takes gateway.toml's admin_socket: this user, no token.
+    let out = Command::new(sgw_bin())
+        .args(["status", "--json", "--config", gw_toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sock = sgw::admin::client::AdminAddr::Unix(setup.path("gw-admin.sock"));
+    let (st, m) = call(sock, hyper::Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert!(
+        m.contains("sgw_gateway_tunnels_up{gateway=\"open1\"} 0"),
+        "{m}"
+    );
     let (st, body) = get("/v1/acl", Some("gw-admin-secret")).await;
     assert_eq!(st, 404);
     assert!(body.contains("client's acl_file"), "{body}");

@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
@@ -220,21 +220,24 @@ pub async fn serve(
     .await;
 }
 
-/// The same endpoint on a Unix socket (`admin_socket`) for this process's user and root,
-/// who need no token there: the kernel vouches for them. Other local users can't connect,
-/// so they can't fill its connections either. The socket file is removed at the end.
-pub async fn serve_unix(
-    listener: UnixListener,
-    owner: u32,
+/// Binds the same endpoint on a Unix socket (`admin_socket`, [`crate::listen::bind_unix`])
+/// and returns the server to spawn. It serves this process's user and root, who need no
+/// token there: the kernel vouches for them. Other local users can't connect, so they can't
+/// fill its connections either. The socket file is removed when the server stops.
+pub async fn bind_unix(
     path: std::path::PathBuf,
     backend: Arc<dyn Backend>,
     max_connections: usize,
     shutdown: CancellationToken,
-) {
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let (listener, owner) = crate::listen::bind_unix(&path).await?;
+    tracing::info!(admin.socket = %path.display(), "admin socket listening");
     let app = router(backend, Access::default());
     let limits = limits(max_connections);
-    crate::listen::http::serve_unix("admin", listener, owner, app, limits, shutdown).await;
-    let _ = std::fs::remove_file(&path);
+    Ok(async move {
+        crate::listen::http::serve_unix("admin", listener, owner, app, limits, shutdown).await;
+        let _ = std::fs::remove_file(&path);
+    })
 }
 
 fn limits(max_connections: usize) -> crate::listen::http::HttpLimits {

@@ -93,20 +93,22 @@ pub async fn request(
     Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
 }
 
-/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`. A
-/// config's `admin_socket` wins over its `admin_listen`: no token is needed there, so none is
-/// sent.
+/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.
 fn target(args: &AdminArgs) -> Result<(AdminAddr, Option<String>), Error> {
+    // The config's socket wins unless `--admin` names another place: no token is needed
+    // there, so none is sent.
+    let configured = |socket: Option<PathBuf>, listen, token: Option<config::Secret>| match socket
+        .filter(|_| args.admin.is_none())
+    {
+        Some(p) => (AdminAddr::Unix(p), None),
+        None => (AdminAddr::Tcp(listen), token.map(|t| t.expose().to_owned())),
+    };
     let (addr, token) = match &args.config {
         // The gateway's admin endpoint too (`admin_listen` in gateway.toml, with admin_token).
         Some(c) => match config::load_any(c).map_err(Error::input)? {
-            AnyConfig::Client(cfg) => match cfg.admin_socket {
-                Some(p) if args.admin.is_none() => (AdminAddr::Unix(p), None),
-                _ => (
-                    AdminAddr::Tcp(cfg.admin_listen),
-                    cfg.admin_token.map(|t| t.expose().to_owned()),
-                ),
-            },
+            AnyConfig::Client(cfg) => {
+                configured(cfg.admin_socket, cfg.admin_listen, cfg.admin_token)
+            }
             AnyConfig::Gateway(g) => {
                 let a = g.admin.ok_or_else(|| {
                     Error::Input(format!(
@@ -114,10 +116,7 @@ fn target(args: &AdminArgs) -> Result<(AdminAddr, Option<String>), Error> {
                         c.display()
                     ))
                 })?;
-                (
-                    AdminAddr::Tcp(a.listen),
-                    a.token.map(|t| t.expose().to_owned()),
-                )
+                configured(a.socket, a.listen, a.token)
             }
         },
         None => (

@@ -8,8 +8,8 @@ use rustls::pki_types::CertificateDer;
 
 use super::walk::Table;
 use super::{
-    read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to, Keepalive, Limits,
-    LogSettings, OutboundProxy, Policy, Secret,
+    read_admin_socket, read_certs, read_keepalive, read_limits, read_log, read_secret, relative_to,
+    Keepalive, Limits, LogSettings, OutboundProxy, Policy, Secret,
 };
 
 /// A validated `wss://` URL.
@@ -354,15 +354,7 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
     let admin_max_connections = root
         .int_in("admin_max_connections", 1..=10_000)
         .map_or(super::ADMIN_MAX_CONNECTIONS, |n| n as usize);
-    let admin_socket = root.str("admin_socket").and_then(|p| {
-        let path = relative_to(root.cx.file(), &p);
-        // sun_path holds 108 bytes with the terminating NUL.
-        if path.as_os_str().len() > 107 {
-            root.invalid("admin_socket", "a Unix socket's path is at most 107 bytes");
-            return None;
-        }
-        Some(path)
-    });
+    let admin_socket = read_admin_socket(root);
     let mut reverse_ports = Vec::new();
     for p in root.strs("reverse_ports").unwrap_or_default() {
         match super::parse_port_range(&p) {

@@ -214,6 +214,8 @@ pub struct AdminConfig {
     pub hosts: Vec<String>,
     /// Connections served at once (`admin_max_connections`).
     pub max_connections: usize,
+    /// `admin_socket`: the same endpoint on a Unix socket for this user and root, no token.
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// `api_listen` and what goes with it.
@@ -404,7 +406,7 @@ fn read_admin_token(root: &Table<'_, '_>) -> Option<Secret> {
 
 fn read_admin(root: &Table<'_, '_>, token: Option<Secret>) -> Option<AdminConfig> {
     let Some(s) = root.str("admin_listen") else {
-        for k in ["admin_hosts", "admin_max_connections"] {
+        for k in ["admin_hosts", "admin_max_connections", "admin_socket"] {
             if root.has(k) {
                 root.invalid(k, "only applies with admin_listen");
             }
@@ -422,6 +424,7 @@ fn read_admin(root: &Table<'_, '_>, token: Option<Secret>) -> Option<AdminConfig
         max_connections: root
             .int_in("admin_max_connections", 1..=10_000)
             .map_or(super::ADMIN_MAX_CONNECTIONS, |n| n as usize),
+        socket: super::read_admin_socket(root),
     })
 }
 

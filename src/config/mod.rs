@@ -409,6 +409,17 @@ fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
     }
 }
 
+/// `admin_socket`: a path relative to the config file, short enough for a Unix socket.
+fn read_admin_socket(t: &walk::Table<'_, '_>) -> Option<PathBuf> {
+    let path = relative_to(t.cx.file(), &t.str("admin_socket")?);
+    // sun_path holds 108 bytes with the terminating NUL.
+    if path.as_os_str().len() > 107 {
+        t.invalid("admin_socket", "a Unix socket's path is at most 107 bytes");
+        return None;
+    }
+    Some(path)
+}
+
 /// Resolves a path in a config file relative to the file's directory.
 fn relative_to(file: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);

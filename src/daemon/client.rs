@@ -194,18 +194,9 @@ pub async fn start_admin(
             "cannot listen on the admin socket {} (admin_socket)",
             path.display()
         );
-        let (l, owner) = crate::listen::bind_unix(&path)
-            .await
-            .map_err(Error::io(what))?;
-        tracing::info!(admin.socket = %path.display(), "admin socket listening");
-        tokio::spawn(crate::admin::serve_unix(
-            l,
-            owner,
-            path,
-            backend.clone(),
-            admin.max_connections,
-            shutdown.clone(),
-        ));
+        let max = admin.max_connections;
+        let serve = crate::admin::bind_unix(path, backend.clone(), max, shutdown.clone());
+        tokio::spawn(serve.await.map_err(Error::io(what))?);
     }
     tokio::spawn(crate::admin::serve(
         l,

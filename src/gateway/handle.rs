@@ -75,13 +75,27 @@ impl GatewayHandle {
         let addr = listener.local_addr().map_err(err)?;
         info!(admin.addr = %addr, auth = cfg.token.is_some(), "admin endpoint listening");
         let backend = AdminBackend::new(self.clone(), api, cfg.max_connections).with_log(log);
+        let backend = Arc::new(backend);
+        if let Some(path) = &cfg.socket {
+            let serve = crate::admin::bind_unix(
+                path.clone(),
+                backend.clone(),
+                cfg.max_connections,
+                shutdown.clone(),
+            );
+            let serve = serve.await.map_err(|source| GatewayError::Bind {
+                addr: path.display().to_string(),
+                source,
+            })?;
+            self.gw.tracker.spawn(serve);
+        }
         let access = crate::admin::Access {
             token: cfg.token.clone(),
             hosts: cfg.hosts.clone(),
         };
         self.gw.tracker.spawn(crate::admin::serve(
             listener,
-            Arc::new(backend),
+            backend,
             access,
             cfg.max_connections,
             shutdown,
