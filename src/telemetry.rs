@@ -2,7 +2,7 @@
 //! level from config or the command line (`RUST_LOG` overrides), changeable at runtime.
 //!
 //! Each log statement writes at most `log_lines_per_second` lines a second at info and
-//! above (`limit`): peers can cause log lines.
+//! above, the process `log_lines_per_second_total` (`limit`): peers can cause log lines.
 //!
 //! JSON lines are flat: the fields of the enclosing spans (`client.id`, `stream.id`,
 //! `dest.id`, ...) sit next to the event's own, so `jq .["stream.id"]` works on every line.
@@ -91,23 +91,19 @@ impl LogControl {
             .map_err(|e| LogError::Reload(e.to_string()))
     }
 
-    /// A reloaded config's log settings: the line limit, and the level unless the command
+    /// A reloaded config's log settings: the line limits, and the level unless the command
     /// line or `RUST_LOG` set it.
     pub fn apply(&self, s: &LogSettings) -> Result<(), LogError> {
-        self.set_lines_per_second(s.lines_per_second);
+        self.limit.set(s.lines_per_second, s.lines_per_second_total);
         match self.level_fixed {
             true => Ok(()),
             false => self.set_level(&s.level),
         }
     }
 
-    /// Lines each log statement may write a second (0: no limit); takes effect at once.
-    pub fn set_lines_per_second(&self, n: u32) {
-        self.limit.set_per_second(n);
-    }
-
-    pub fn lines_per_second(&self) -> u32 {
-        self.limit.per_second()
+    /// Lines each log statement may write a second, and the whole process (0: no limit).
+    pub fn line_limits(&self) -> (u32, u32) {
+        (self.limit.per_second(), self.limit.total())
     }
 
     /// Lines held back by the limit since the process started.
@@ -128,19 +124,7 @@ impl LogControl {
             };
             let held = self.limit.take_held();
             if held.total > 0 {
-                let sites: Vec<String> = held
-                    .sites
-                    .iter()
-                    .map(|(site, n)| format!("{site} x{n}"))
-                    .collect();
-                // This module's target, which the limit lets through (one line a report).
-                tracing::warn!(
-                    suppressed.lines = held.total,
-                    suppressed.sites = ?sites.join(", "),
-                    "log lines held back: {} over log_lines_per_second ({} a second for each statement)",
-                    held.total,
-                    self.limit.per_second()
-                );
+                limit::summary::emit(&held, self.limit.per_second(), self.limit.total());
             }
             if done {
                 break;
@@ -178,7 +162,7 @@ pub fn init(
     level: &str,
     level_fixed: bool,
     format: LogFormat,
-    lines_per_second: u32,
+    (per_statement, total): (u32, u32),
 ) -> Result<LogControl, LogError> {
     let (f, level_fixed) = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => {
@@ -197,7 +181,7 @@ pub fn init(
         .with_target(false)
         .with_ansi(false);
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
-    let limit = Arc::new(limit::LineLimit::new(lines_per_second, module_path!()));
+    let limit = Arc::new(limit::LineLimit::new(per_statement, total));
     // A line held back is held back everywhere: not written, not forwarded.
     let registry = tracing_subscriber::registry()
         .with(filter_layer)

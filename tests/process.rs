@@ -414,6 +414,10 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
         sample(&m, "sgw_client_limit{limit=\"log_lines_per_second\"}"),
         LIMIT as i64
     );
+    assert_eq!(
+        sample(&m, "sgw_client_limit{limit=\"log_lines_per_second_total\"}"),
+        300
+    );
     // What is held back is not forwarded either.
     let forwarded = gw
         .handle

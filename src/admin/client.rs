@@ -29,9 +29,14 @@ impl From<SocketAddr> for AdminAddr {
     }
 }
 
+/// `--admin` that is neither an address nor a socket.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an ip:port address or a Unix socket (unix:PATH)")]
+pub struct BadAdminAddr(String);
+
 impl std::str::FromStr for AdminAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadAdminAddr;
+    fn from_str(s: &str) -> Result<Self, BadAdminAddr> {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(AdminAddr::Unix(p.into()));
         }
@@ -40,7 +45,7 @@ impl std::str::FromStr for AdminAddr {
         }
         s.parse()
             .map(AdminAddr::Tcp)
-            .map_err(|_| format!("`{s}` is not an ip:port address or a Unix socket (unix:PATH)"))
+            .map_err(|_| BadAdminAddr(s.to_owned()))
     }
 }
 
@@ -61,6 +66,8 @@ pub enum CallError {
     Http { addr: AdminAddr, message: String },
     #[error("admin endpoint at {addr} did not answer within {} s", CALL_TIMEOUT.as_secs())]
     Timeout { addr: AdminAddr },
+    #[error("no admin endpoint to call")]
+    Nowhere,
 }
 
 /// Sends one request; returns the status code and body text.

@@ -230,13 +230,15 @@ pub async fn bind_unix(
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let (listener, owner) = crate::listen::bind_unix(&path).await?;
+    let bound = crate::listen::bind_unix(&path).await?;
     tracing::info!(admin.socket = %path.display(), "admin socket listening");
     let app = router(backend, Access::default());
     let limits = limits(max_connections);
+    let ino = bound.ino();
     Ok(async move {
+        let (listener, owner) = (bound.listener, bound.owner);
         crate::listen::http::serve_unix("admin", listener, owner, app, limits, shutdown).await;
-        let _ = std::fs::remove_file(&path);
+        crate::listen::UnixBound::remove(&path, ino);
     })
 }
 
@@ -297,10 +299,11 @@ async fn gate(
         .unwrap_or("");
     // Over the Unix socket the kernel named the caller (this user or root), and no browser
     // reaches a Unix socket: neither the token nor the Host check applies.
-    let local = req
+    let user = req
         .extensions()
         .get::<crate::listen::http::LocalUser>()
-        .is_some();
+        .map(|u| u.uid);
+    let local = user.is_some();
     if !local && !host_allowed(host, &st.access.hosts) {
         tracing::warn!(http.host = %crate::telemetry::clean(host, 128), reason = "host", "admin request refused: Host is not this host");
         return json_error(
@@ -312,6 +315,11 @@ async fn gate(
         if let Some(r) = refusal(&st, req.headers()) {
             return r;
         }
+    }
+    // Who asked for a change, for the audit trail next to the change's own line.
+    if req.method() != axum::http::Method::GET {
+        let via = if local { "socket" } else { "tcp" };
+        tracing::info!(http.method = %req.method(), http.path = %req.uri().path(), admin.via = via, peer.uid = ?user, "admin call");
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,

@@ -38,7 +38,9 @@ impl AdminBackend {
         let n = u64::try_from(self.admin_max_connections).unwrap_or(u64::MAX);
         l.push(("admin_max_connections", n));
         if let Some(log) = &self.log {
-            l.push(("log_lines_per_second", u64::from(log.lines_per_second())));
+            let (each, total) = log.line_limits();
+            l.push(("log_lines_per_second", u64::from(each)));
+            l.push(("log_lines_per_second_total", u64::from(total)));
         }
         l
     }

@@ -53,6 +53,9 @@ pub fn reload_from_files(
     if new.admin_listen != running.admin_listen || new.admin_token != running.admin_token {
         restart.push("admin_listen/admin_token");
     }
+    if new.admin_socket != running.admin_socket {
+        restart.push("admin_socket");
+    }
     if (new.limits, new.keepalive, new.reconnect, new.shutdown_grace)
         != (
             running.limits,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use hyper::Method;
 
-use crate::admin::client::{call, render_status, AdminAddr};
+use crate::admin::client::{call, render_status, AdminAddr, CallError};
 use crate::config::{self, AnyConfig};
 use crate::daemon::Error;
 
@@ -58,8 +58,8 @@ pub async fn health(args: HealthArgs) -> Result<ExitCode, Error> {
     let path = if args.ready { "/readyz" } else { "/healthz" };
     // Both answer without the token, and health checks run exactly when the endpoint may be
     // down and its port free for another local user's listener: the token stays home.
-    let (addr, _) = target(&args.admin)?;
-    match call(addr, Method::GET, path, None, None).await {
+    let targets = targets(&args.admin)?;
+    match call_first(targets, Method::GET, path, None, false).await {
         Ok((200, _)) => Ok(ExitCode::SUCCESS),
         Ok((st, body)) => {
             eprintln!("sgw: {path} answered {st}: {}", body.trim());
@@ -81,8 +81,7 @@ pub async fn request(
     body: Option<String>,
     show: impl FnOnce(&serde_json::Value) -> String,
 ) -> Result<ExitCode, Error> {
-    let (addr, token) = target(args)?;
-    let (status, text) = call(addr, method, &path, body, token.as_deref()).await?;
+    let (status, text) = call_first(targets(args)?, method, &path, body, true).await?;
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if (200..300).contains(&status) {
         println!("{}", show(&v));
@@ -93,17 +92,38 @@ pub async fn request(
     Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
 }
 
-/// The admin endpoint address and token from `--config`, `--admin`, `SGW_ADMIN_TOKEN`.
-fn target(args: &AdminArgs) -> Result<(AdminAddr, Option<String>), Error> {
-    // The config's socket wins unless `--admin` names another place: no token is needed
-    // there, so none is sent.
-    let configured = |socket: Option<PathBuf>, listen, token: Option<config::Secret>| match socket
-        .filter(|_| args.admin.is_none())
-    {
-        Some(p) => (AdminAddr::Unix(p), None),
-        None => (AdminAddr::Tcp(listen), token.map(|t| t.expose().to_owned())),
+/// Calls the first of `targets` that can be reached: a config's socket, then its
+/// `admin_listen` (a user who may not use the socket may still hold the token).
+async fn call_first(
+    targets: Vec<(AdminAddr, Option<String>)>,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+    send_token: bool,
+) -> Result<(u16, String), CallError> {
+    let mut last = None;
+    for (addr, token) in targets {
+        let token = token.as_deref().filter(|_| send_token);
+        match call(addr, method.clone(), path, body.clone(), token).await {
+            Err(e @ CallError::Connect { .. }) => last = Some(e),
+            r => return r,
+        }
+    }
+    Err(last.unwrap_or(CallError::Nowhere))
+}
+
+/// Where the admin endpoint is, in the order to try, each with the token to send there:
+/// from `--config` (its `admin_socket`, then its `admin_listen` with its token), `--admin`
+/// (only that), `SGW_ADMIN_TOKEN`. No token goes to a socket: it vouches for its callers.
+fn targets(args: &AdminArgs) -> Result<Vec<(AdminAddr, Option<String>)>, Error> {
+    let configured = |socket: Option<PathBuf>, listen, token: Option<config::Secret>| {
+        let tcp = (AdminAddr::Tcp(listen), token.map(|t| t.expose().to_owned()));
+        match socket {
+            Some(p) => vec![(AdminAddr::Unix(p), None), tcp],
+            None => vec![tcp],
+        }
     };
-    let (addr, token) = match &args.config {
+    let mut found = match &args.config {
         // The gateway's admin endpoint too (`admin_listen` in gateway.toml, with admin_token).
         Some(c) => match config::load_any(c).map_err(Error::input)? {
             AnyConfig::Client(cfg) => {
@@ -119,21 +139,25 @@ fn target(args: &AdminArgs) -> Result<(AdminAddr, Option<String>), Error> {
                 configured(a.socket, a.listen, a.token)
             }
         },
-        None => (
+        None => vec![(
             AdminAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 9003))),
             std::env::var("SGW_ADMIN_TOKEN").ok(),
-        ),
+        )],
     };
-    let (mut addr, token) = match &args.admin {
-        // The token is for the TCP endpoint; the socket vouches for its callers itself.
-        Some(AdminAddr::Unix(p)) => (AdminAddr::Unix(p.clone()), None),
-        Some(a) => (a.clone(), token),
-        None => (addr, token),
-    };
-    if let AdminAddr::Tcp(a) = &mut addr {
-        if a.ip().is_unspecified() {
-            a.set_ip(IpAddr::from([127, 0, 0, 1]));
+    match &args.admin {
+        Some(AdminAddr::Unix(p)) => found = vec![(AdminAddr::Unix(p.clone()), None)],
+        Some(a) => {
+            let token = found.into_iter().find_map(|(_, t)| t);
+            found = vec![(a.clone(), token)];
+        }
+        None => {}
+    }
+    for (addr, _) in &mut found {
+        if let AdminAddr::Tcp(a) = addr {
+            if a.ip().is_unspecified() {
+                a.set_ip(IpAddr::from([127, 0, 0, 1]));
+            }
         }
     }
-    Ok((addr, token))
+    Ok(found)
 }

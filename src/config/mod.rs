@@ -134,12 +134,17 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// Lines each log statement may write a second at info and above; 0: no limit.
     pub lines_per_second: u32,
+    /// Lines the whole process may write a second at info and above; 0: no limit.
+    pub lines_per_second_total: u32,
 }
 
 /// `log_lines_per_second` when absent: far above what a healthy process writes from one
-/// statement, far below what fills a disk or trips journald's own limit (10,000 lines in
-/// 30 s for the whole service, by default).
+/// statement, far below what fills a disk.
 pub const LOG_LINES_PER_SECOND: u32 = 100;
+
+/// `log_lines_per_second_total` when absent: under journald's own limit for a whole service
+/// (10,000 lines in 30 s by default), so journald never drops sgw's lines itself.
+pub const LOG_LINES_PER_SECOND_TOTAL: u32 = 300;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -398,14 +403,16 @@ fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
             LogFormat::Text
         }
     };
-    let lines_per_second = t
-        .int_in("log_lines_per_second", 0..=1_000_000)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(LOG_LINES_PER_SECOND);
+    let lines = |key, default| {
+        t.int_in(key, 0..=1_000_000)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(default)
+    };
     LogSettings {
         level,
         format,
-        lines_per_second,
+        lines_per_second: lines("log_lines_per_second", LOG_LINES_PER_SECOND),
+        lines_per_second_total: lines("log_lines_per_second_total", LOG_LINES_PER_SECOND_TOTAL),
     }
 }
 

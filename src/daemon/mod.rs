@@ -86,8 +86,13 @@ pub fn init_logging(
         Some(Format::Text) => LogFormat::Text,
         None => cfg.format,
     };
-    crate::telemetry::init(level, fixed, format, cfg.lines_per_second)
-        .map_err(|e| Error::Input(format!("log settings: {e}")))
+    crate::telemetry::init(
+        level,
+        fixed,
+        format,
+        (cfg.lines_per_second, cfg.lines_per_second_total),
+    )
+    .map_err(|e| Error::Input(format!("log settings: {e}")))
 }
 
 /// Loads an ACL file; every bad line is reported with its path and line.

@@ -38,7 +38,10 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
             &level,
             true,
             LogFormat::Text,
-            crate::config::LOG_LINES_PER_SECOND,
+            (
+                crate::config::LOG_LINES_PER_SECOND,
+                crate::config::LOG_LINES_PER_SECOND_TOTAL,
+            ),
         )
         .map_err(Error::input)?,
     );

@@ -46,7 +46,9 @@ impl AdminBackend {
         let mut l = self.gateway.limits().entries(Side::Gateway);
         l.push(("admin_max_connections", n(self.admin_max_connections)));
         if let Some(log) = &self.log {
-            l.push(("log_lines_per_second", u64::from(log.lines_per_second())));
+            let (each, total) = log.line_limits();
+            l.push(("log_lines_per_second", u64::from(each)));
+            l.push(("log_lines_per_second_total", u64::from(total)));
         }
         if let Some(a) = &self.api {
             l.extend([

@@ -31,34 +31,96 @@ pub fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(sock.into())
 }
 
+/// A Unix socket bound by [`bind_unix`].
+#[derive(Debug)]
+pub struct UnixBound {
+    pub listener: UnixListener,
+    /// This process's user: with root, the only one [`http::serve_unix`] serves.
+    pub owner: u32,
+    /// The socket file's inode, so that only our own file is removed at the end.
+    ino: u64,
+}
+
+impl UnixBound {
+    /// Removes the socket file at `path` if it is still the one bound here.
+    pub fn remove(path: &std::path::Path, ino: u64) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        // A removed file's inode number may be reused; by a socket, hardly.
+        if std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.ino() == ino && m.file_type().is_socket())
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+}
+
 /// Binds a Unix socket at `path` that only this process's user may connect to (mode 0600;
-/// [`http::serve_unix`] also checks each caller's user). A socket file left by a process
-/// that is gone is replaced; one that a live process still answers on is not, nor is any
-/// other file. Returns the listener and the user that owns it.
-pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<(UnixListener, u32)> {
+/// [`http::serve_unix`] also checks each caller's user). Its directory must belong to this
+/// user or root and be writable by no one else, or another user could swap the path between
+/// the bind and the chmod. A socket file left by a process that is gone is replaced; one that
+/// a live process answers on is not, nor is any other file.
+pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
+    use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let owner = tokio::net::UnixStream::pair()?.0.peer_cred()?.uid();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let d = std::fs::metadata(dir)?;
+    if (d.uid() != owner && d.uid() != 0) || d.mode() & 0o022 != 0 {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "its directory {} must belong to this user (uid {owner}) or root and be writable by no one else (it is uid {}, mode {:o})",
+                dir.display(),
+                d.uid(),
+                d.mode() & 0o7777
+            ),
+        ));
+    }
     if let Ok(m) = std::fs::symlink_metadata(path) {
-        let in_use = || {
-            std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "a running process answers on it",
-            )
-        };
         if !m.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
                 "a file that is not a socket is in the way",
             ));
         }
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(in_use());
+        match tokio::net::UnixStream::connect(path).await {
+            // Nobody listens: a socket file left behind.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AddrInUse,
+                    "a running process answers on it",
+                ))
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    e.kind(),
+                    format!("a socket is in the way and it can't be told whether a process answers on it: {e}"),
+                ))
+            }
         }
-        std::fs::remove_file(path)?;
     }
-    let l = UnixListener::bind(path)?;
+    let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let owner = std::fs::metadata(path)?.uid();
-    Ok((l, owner))
+    let m = std::fs::symlink_metadata(path)?;
+    if !m.file_type().is_socket() || m.uid() != owner {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "the socket file changed under us",
+        ));
+    }
+    Ok(UnixBound {
+        listener,
+        owner,
+        ino: m.ino(),
+    })
 }
 
 /// The next connection, or `None` once `stop` is cancelled.
@@ -118,6 +180,42 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Another user who may write in the socket's directory could swap the path between the
+    /// bind and the chmod: such a directory is refused, and a file in the way is kept.
+    #[tokio::test]
+    async fn a_unix_socket_wants_a_directory_no_one_else_writes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        for mode in [0o777, 0o1777, 0o770] {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = bind_unix(&path).await.unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied,
+                "{mode:o}: {e}"
+            );
+            assert!(e.to_string().contains("writable by no one else"), "{e}");
+            assert!(!path.exists());
+        }
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(&path, "not a socket").unwrap();
+        let e = bind_unix(&path).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+        std::fs::remove_file(&path).unwrap();
+        let bound = bind_unix(&path).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Only our own file is removed at the end.
+        let ino = bound.ino();
+        drop(bound);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "someone else's").unwrap();
+        UnixBound::remove(&path, ino);
+        assert!(path.exists());
+    }
 
     /// The relay's socket options are set once, on the listener: every accepted connection
     /// must carry them without a call of its own.
