@@ -61,7 +61,11 @@ impl std::fmt::Display for AdminAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error("cannot reach the admin endpoint at {addr}: {message} (is the client running? see admin_listen and admin_socket)")]
-    Connect { addr: AdminAddr, message: String },
+    Connect {
+        addr: AdminAddr,
+        message: String,
+        kind: std::io::ErrorKind,
+    },
     #[error("admin endpoint at {addr}: {message}")]
     Http { addr: AdminAddr, message: String },
     #[error("admin endpoint at {addr} did not answer within {} s", CALL_TIMEOUT.as_secs())]
@@ -79,9 +83,10 @@ pub async fn call(
     token: Option<&str>,
 ) -> Result<(u16, String), CallError> {
     let addr = addr.into();
-    let connect = |message: std::io::Error| CallError::Connect {
+    let connect = |e: std::io::Error| CallError::Connect {
         addr: addr.clone(),
-        message: message.to_string(),
+        message: e.to_string(),
+        kind: e.kind(),
     };
     let work = async {
         let out = match &addr {

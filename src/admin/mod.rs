@@ -12,7 +12,7 @@ pub mod client;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -223,7 +223,8 @@ pub async fn serve(
 /// Binds the same endpoint on a Unix socket (`admin_socket`, [`crate::listen::bind_unix`])
 /// and returns the server to spawn. It serves this process's user and root, who need no
 /// token there: the kernel vouches for them. Other local users can't connect, so they can't
-/// fill its connections either. The socket file is removed when the server stops.
+/// fill its connections either. The socket file is removed when the server stops (one left by
+/// a process that died is replaced at the next start).
 pub async fn bind_unix(
     path: std::path::PathBuf,
     backend: Arc<dyn Backend>,
@@ -316,10 +317,12 @@ async fn gate(
             return r;
         }
     }
-    // Who asked for a change, for the audit trail next to the change's own line.
-    if req.method() != axum::http::Method::GET {
+    // Who asked for a change, for the audit trail next to the change's own line: only calls
+    // past the token check that can change something.
+    let changes = [Method::POST, Method::PUT, Method::DELETE, Method::PATCH].contains(req.method());
+    if changes && !OPEN_PATHS.contains(&req.uri().path()) {
         let via = if local { "socket" } else { "tcp" };
-        tracing::info!(http.method = %req.method(), http.path = %req.uri().path(), admin.via = via, peer.uid = ?user, "admin call");
+        tracing::info!(http.method = %req.method(), http.path = %req.uri().path(), admin.via = via, peer.uid = user, "admin call");
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(r) => r,
@@ -459,7 +462,7 @@ async fn metrics(
     if let Some(log) = st.backend.log() {
         families.push(Family {
             name: "sgw_log_lines_suppressed",
-            help: "Log lines held back by log_lines_per_second (one statement over its lines a second).",
+            help: "Log lines held back by log_lines_per_second (one statement over its share) or log_lines_per_second_total (the process over its own).",
             kind: Kind::Counter,
             samples: vec![(
                 Vec::new(),

@@ -92,8 +92,10 @@ pub async fn request(
     Ok(ExitCode::from(if status == 400 { 2 } else { 1 }))
 }
 
-/// Calls the first of `targets` that can be reached: a config's socket, then its
-/// `admin_listen` (a user who may not use the socket may still hold the token).
+/// Calls the first of `targets`: a config's socket, then its `admin_listen` only if this
+/// user may not use the socket (such a user may still hold the token). A socket that is
+/// missing or refuses means the process is down: then its TCP port may be anyone's, and the
+/// token stays home.
 async fn call_first(
     targets: Vec<(AdminAddr, Option<String>)>,
     method: Method,
@@ -105,7 +107,15 @@ async fn call_first(
     for (addr, token) in targets {
         let token = token.as_deref().filter(|_| send_token);
         match call(addr, method.clone(), path, body.clone(), token).await {
-            Err(e @ CallError::Connect { .. }) => last = Some(e),
+            Err(
+                e @ CallError::Connect {
+                    kind: std::io::ErrorKind::PermissionDenied,
+                    ..
+                },
+            ) => {
+                eprintln!("sgw: {e}; trying admin_listen");
+                last = Some(e);
+            }
             r => return r,
         }
     }

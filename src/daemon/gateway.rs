@@ -235,6 +235,6 @@ impl Reload {
             self.gateway.remove(gone).await;
         }
         self.file_ids = applied;
-        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits and api settings take effect after a restart");
+        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits, admin and api settings take effect after a restart");
     }
 }

@@ -37,23 +37,23 @@ pub struct UnixBound {
     pub listener: UnixListener,
     /// This process's user: with root, the only one [`http::serve_unix`] serves.
     pub owner: u32,
-    /// The socket file's inode, so that only our own file is removed at the end.
-    ino: u64,
+    /// The socket file's device and inode, so that only our own file is removed at the end.
+    ino: (u64, u64),
 }
 
 impl UnixBound {
     /// Removes the socket file at `path` if it is still the one bound here.
-    pub fn remove(path: &std::path::Path, ino: u64) {
+    pub fn remove(path: &std::path::Path, ino: (u64, u64)) {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
         // A removed file's inode number may be reused; by a socket, hardly.
         if std::fs::symlink_metadata(path)
-            .is_ok_and(|m| m.ino() == ino && m.file_type().is_socket())
+            .is_ok_and(|m| (m.dev(), m.ino()) == ino && m.file_type().is_socket())
         {
             let _ = std::fs::remove_file(path);
         }
     }
 
-    pub fn ino(&self) -> u64 {
+    pub fn ino(&self) -> (u64, u64) {
         self.ino
     }
 }
@@ -71,18 +71,29 @@ pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => std::path::Path::new("."),
     };
-    let d = std::fs::metadata(dir)?;
-    if (d.uid() != owner && d.uid() != 0) || d.mode() & 0o022 != 0 {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "its directory {} must belong to this user (uid {owner}) or root and be writable by no one else (it is uid {}, mode {:o})",
-                dir.display(),
-                d.uid(),
-                d.mode() & 0o7777
-            ),
-        ));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "the path names no file"))?;
+    // Every directory on the way, symlinks resolved, must be ours or root's and writable by
+    // no one else; above the socket's own directory a sticky one (/tmp) may be shared, as
+    // others can't rename what is ours in it.
+    let dir = std::fs::canonicalize(dir)?;
+    for (i, d) in dir.ancestors().enumerate() {
+        let m = std::fs::metadata(d)?;
+        let shared = m.mode() & 0o022 != 0 && (i == 0 || m.mode() & 0o1000 == 0);
+        if (m.uid() != owner && m.uid() != 0) || shared {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "{} must belong to this user (uid {owner}) or root and be writable by no one else (it is uid {}, mode {:o})",
+                    d.display(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                ),
+            ));
+        }
     }
+    let path = &dir.join(name);
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(Error::new(
@@ -119,7 +130,7 @@ pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
     Ok(UnixBound {
         listener,
         owner,
-        ino: m.ino(),
+        ino: (m.dev(), m.ino()),
     })
 }
 

@@ -7,7 +7,8 @@
 //! (10,000 lines in 30 s for the whole service, by default) drop every line of the service,
 //! the ones an operator needs included. Held per statement, a flood of one kind of line
 //! leaves the others their share; the total keeps the process under journald's limit even
-//! when several kinds flood at once. What is held back is counted (`sgw_log_lines_suppressed`)
+//! when several kinds flood at once, and keeps a fifth of itself for statements that are not
+//! being held back, so floods of a few kinds can't silence every other line. What is held back is counted (`sgw_log_lines_suppressed`)
 //! and named once a second in a summary line, which is itself never held back. Debug and
 //! trace lines are not held back: an operator asked for them.
 
@@ -21,6 +22,10 @@ use tracing::{Level, Metadata};
 
 /// At most this many statements are named in one summary line (the count covers them all).
 const NAMED_MAX: usize = 8;
+
+/// The share of the process's bucket that a busy statement (one that has used half its own
+/// burst) may not draw on: kept for the statements that are not flooding.
+const RESERVE: f64 = 0.2;
 
 /// Per-statement token buckets and one for the process. There is one bucket per log
 /// statement in the code that has fired, so the map is bounded by the program, not by what
@@ -65,8 +70,9 @@ impl Bucket {
     }
 
     /// A token bucket of `rate` tokens that refills at `rate` a second: a second's worth of
-    /// lines may come at once, then `rate` a second. 0: every line.
-    fn take(&mut self, now: Instant, rate: u32) -> bool {
+    /// lines may come at once, then `rate` a second. 0: every line. A line is let through only
+    /// while more than `floor` tokens are left.
+    fn take(&mut self, now: Instant, rate: u32, floor: f64) -> bool {
         if rate == 0 {
             return true;
         }
@@ -76,7 +82,7 @@ impl Bucket {
         let elapsed = now.duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * cap).min(cap);
         self.at = now;
-        if self.tokens >= 1.0 {
+        if self.tokens - 1.0 >= floor {
             self.tokens -= 1.0;
             true
         } else {
@@ -142,7 +148,16 @@ impl LineLimit {
             held_error: false,
             meta,
         });
-        if site.bucket.take(now, rate) && all.take(now, total) {
+        let own = site.bucket.take(now, rate, 0.0);
+        // Judged by its own bucket, not by what the total refused it: a quiet statement
+        // refused once in a flood must still find the reserve.
+        let busy = rate > 0 && site.bucket.tokens < f64::from(rate) / 2.0;
+        let floor = if busy {
+            f64::from(total) * RESERVE
+        } else {
+            0.0
+        };
+        if own && all.take(now, total, floor) {
             return true;
         }
         site.held += 1;
@@ -285,6 +300,33 @@ mod tests {
         assert!(
             held.error,
             "an error was held back: the summary is an error"
+        );
+    }
+
+    /// Floods of two statements use up what they may of the total; a third statement, quiet
+    /// but refused by the total in the flood's first burst, finds the reserve from then on.
+    #[test]
+    fn floods_leave_the_reserve_to_the_statements_not_flooding() {
+        let l = LineLimit::new(100, 100);
+        let lines = caught(|| {
+            tracing::warn!("one flood");
+            tracing::warn!("another flood");
+            tracing::error!("what the operator needs");
+        });
+        let (a, b, quiet) = (lines[0], lines[1], lines[2]);
+        let mut t = Instant::now();
+        let mut quiet_written = 0;
+        for _ in 0..50 {
+            t += Duration::from_millis(100);
+            for _ in 0..1000 {
+                l.admit(a, t);
+                l.admit(b, t);
+            }
+            quiet_written += usize::from(l.admit(quiet, t));
+        }
+        assert_eq!(
+            quiet_written, 49,
+            "the quiet statement's lines after the first burst"
         );
     }
 
