@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -191,7 +192,8 @@ fn judge_target(req: &Request<Incoming>, judges_paths: bool) -> Result<hyper::Ur
 }
 
 async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().clone();
+    // Any extension method up to hyper's head limit is accepted: shown cut short.
+    let method = crate::telemetry::clean(req.method().as_str(), 32);
     c.counts.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
     let target = match judge_target(&req, c.upstream.judges_paths()) {
         Ok(t) => t,
@@ -246,9 +248,10 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
             Err(Refused::Denied(why)) => return deny(why),
             Err(Refused::Failed(e)) => {
                 info!(reason = %e.reason, error = %e.message, "HTTP upstream dial failed");
+                // The reason code only: the message names on-prem addresses and proxies.
                 return text(
                     StatusCode::BAD_GATEWAY,
-                    format!("502 Bad Gateway: {}: {}\n", e.reason, e.message),
+                    format!("502 Bad Gateway: {}\n", e.reason),
                 );
             }
         }
@@ -265,6 +268,11 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
     let down_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    // What a real WebSocket endpoint must answer; any other 101 is not spliced.
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
     rewrite_headers(&mut req, &c.settings, wants_upgrade);
     if send.ready().await.is_err() {
         *current = None;
@@ -281,6 +289,26 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
         }
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // A 101 that is not a WebSocket handshake answering this request's key would turn
+        // the connection into a pipe no path rule judges (WebSocket smuggling): refused.
+        let accepted = resp
+            .headers()
+            .get("sec-websocket-accept")
+            .and_then(|v| v.to_str().ok());
+        let is_websocket = resp
+            .headers()
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+        if !is_websocket || accept.is_none() || accepted != accept.as_deref() {
+            *current = None;
+            warn!(http.method = %method, reason = "bad_upgrade", "HTTP upgrade refused: the endpoint's 101 is not a WebSocket handshake for this request");
+            return text(
+                StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: the endpoint switched protocols without a WebSocket handshake\n"
+                    .into(),
+            );
+        }
         if let Some(down) = down_upgrade {
             let up = hyper::upgrade::on(&mut resp);
             // The upstream connection now belongs to the upgraded exchange.

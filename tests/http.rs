@@ -109,8 +109,9 @@ async fn path_rules_per_request_on_one_keepalive_connection() {
     );
 }
 
-/// A small origin: `/chunks` streams three chunks 100 ms apart; `/upgrade` switches to an
-/// echo protocol.
+/// A small origin: `/chunks` streams three chunks 100 ms apart; `/upgrade` answers the
+/// WebSocket handshake and echoes; `/fake-upgrade` answers 101 without the handshake, then
+/// echoes too (a pipe no path rule would judge).
 async fn origin() -> SocketAddr {
     serve(|s| async move {
         let (r, mut w) = s.into_split();
@@ -119,12 +120,19 @@ async fn origin() -> SocketAddr {
         if r.read_line(&mut first).await.is_err() {
             return;
         }
+        let mut key = None;
         loop {
             let mut l = String::new();
             match r.read_line(&mut l).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) if l == "\r\n" => break,
-                Ok(_) => {}
+                Ok(_) => {
+                    if let Some((k, v)) = l.split_once(':') {
+                        if k.eq_ignore_ascii_case("sec-websocket-key") {
+                            key = Some(v.trim().to_owned());
+                        }
+                    }
+                }
             }
         }
         if first.starts_with("GET /chunks") {
@@ -138,10 +146,16 @@ async fn origin() -> SocketAddr {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = w.write_all(b"0\r\n\r\n").await;
-        } else if first.starts_with("GET /upgrade") {
-            let _ = w
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
-                .await;
+        } else if first.starts_with("GET /upgrade") || first.starts_with("GET /fake-upgrade") {
+            let accept = match (first.starts_with("GET /upgrade"), key) {
+                (true, Some(k)) => format!(
+                    "sec-websocket-accept: {}\r\n",
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(k.as_bytes())
+                ),
+                _ => String::new(),
+            };
+            let head = format!("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n{accept}\r\n");
+            let _ = w.write_all(head.as_bytes()).await;
             let mut buf = [0u8; 1024];
             while let Ok(n @ 1..) = r.read(&mut buf).await {
                 if w.write_all(&buf[..n]).await.is_err() {
@@ -191,12 +205,44 @@ async fn chunked_streaming_and_upgrades_pass_through() {
         .collect();
     assert_eq!(body, "first,second,third");
 
-    // Same connection, now upgraded: bytes echo both ways.
-    s.write_all(
-        b"GET /upgrade HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    // A 101 without the WebSocket handshake for this request is not spliced: 502, and the
+    // caller's connection stays HTTP, judged request by request.
+    let ws = "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    s.write_all(format!("GET /fake-upgrade HTTP/1.1\r\nhost: x\r\n{ws}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf[..1]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        head.push(buf[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 502"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let len: usize = String::from_utf8_lossy(&head)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Same connection, now upgraded by a real handshake: bytes echo both ways.
+    s.write_all(format!("GET /upgrade HTTP/1.1\r\nhost: x\r\n{ws}\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let n = tokio::time::timeout(WAIT, s.read(&mut buf[..1]))

@@ -1387,14 +1387,15 @@ async fn an_early_open_sends_behind_its_open_and_the_answer_settles_its_credit()
     p.send(&[Frame::OpenErr {
         id: 5,
         reason: Reason::AclDenied,
-        message: "no".into(),
+        message: "no\n2026-12-05T00:00:00Z  INFO forged".into(),
     }])
     .await;
+    // The peer's words reach log lines: a line break in them can't start a line of its own.
     match tokio::time::timeout(T, answer.wait()).await.unwrap() {
         Err(OpenError::Refused {
             reason: Reason::AclDenied,
-            ..
-        }) => {}
+            message,
+        }) => assert_eq!(message, "no\\n2026-12-05T00:00:00Z  INFO forged"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(s5.send(Bytes::from_static(b"more")).await.is_err());

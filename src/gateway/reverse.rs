@@ -95,11 +95,9 @@ pub(super) async fn serve_reverse(
             inc.reject(Reason::UnknownDest, &msg).await;
             return;
         };
-        let target = format!("{}:{}", dest.ip, dest.port);
-        tracing::Span::current().record(
-            "dest.addr",
-            tracing::field::display(crate::telemetry::clean(&target, 300)),
-        );
+        // The client names a SOCKS target: escaped before any log line or answer holds it.
+        let target = crate::telemetry::clean(&format!("{}:{}", dest.ip, dest.port), 300);
+        tracing::Span::current().record("dest.addr", tracing::field::display(&target));
         let deadline = tokio::time::Instant::now() + dest.timeout;
         let refuse = |reason: Reason, message: String| {
             gw.count(&tenant, Stat::Failed, 1);
@@ -139,6 +137,8 @@ pub(super) async fn serve_reverse(
         let conn = match dialled.await {
             Ok(c) => c,
             Err((reason, message)) => {
+                // Resolver and dial errors can quote the client's name.
+                let message = crate::telemetry::clean(&message, 512);
                 warn!(reason = %reason, error = %message, "reverse stream refused");
                 inc.reject(reason, &message).await;
                 return;

@@ -199,7 +199,11 @@ impl OpenAnswer {
                 Ok(())
             }
             Ok(Err((Reason::TunnelLost, _))) | Err(_) => Err(OpenError::TunnelClosed),
-            Ok(Err((reason, message))) => Err(OpenError::Refused { reason, message }),
+            // The peer's words reach log lines and HTTP answers: escaped here, once.
+            Ok(Err((reason, message))) => Err(OpenError::Refused {
+                reason,
+                message: crate::telemetry::clean(&message, 512),
+            }),
         }
     }
 }
