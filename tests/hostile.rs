@@ -1092,6 +1092,22 @@ async fn pending_udp_is_bounded_per_flow_and_in_all() {
     assert!(peak > 0);
     // The flows give up (no client within the timeout) and take their bytes with them.
     eventually("queue emptied", || stats.udp_queued.load(Relaxed) == 0).await;
+    // Empty datagrams are charged too (their queue slots): they can't queue for free.
+    let dropped = stats.udp.dropped.load(Relaxed);
+    let mut peak = 0;
+    for _ in 0..100 {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for _ in 0..100 {
+            s.send_to(&[], target).await.unwrap();
+        }
+        peak = peak.max(stats.udp_queued.load(Relaxed));
+    }
+    eventually("empty datagrams over the budgets dropped", || {
+        stats.udp.dropped.load(Relaxed) > dropped + 5000
+    })
+    .await;
+    assert!(peak <= 64 * 1024, "peak queued {peak}");
+    eventually("queue emptied", || stats.udp_queued.load(Relaxed) == 0).await;
 }
 
 /// A client written against the wire protocol (no sgw client logic): it accepts a stream and

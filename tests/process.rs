@@ -607,6 +607,10 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         sample(&m, "sgw_gateway_limit{limit=\"max_tunnels_per_client\"}"),
         16
     );
+    assert_eq!(
+        sample(&m, "sgw_gateway_limit{limit=\"max_lookups_per_gateway\"}"),
+        32
+    );
     // An id whose token is not enforced is its only credential: named only to a scrape with
     // the admin token.
     assert!(

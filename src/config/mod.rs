@@ -187,6 +187,11 @@ pub struct Limits {
     /// callers of one id (anyone who reaches its cloud ports) can't starve the others. Unset:
     /// all of `window_budget` (a gateway of one id, the common case, keeps all of it).
     pub window_budget_per_gateway: u64,
+    /// Gateway: name lookups the clients of one gateway id may have running at once for
+    /// SOCKS targets and reverse destinations. Each holds a blocking thread until the system
+    /// resolver gives up, so names that never answer could otherwise take the threads every
+    /// gateway id needs.
+    pub max_lookups_per_gateway: usize,
 }
 
 impl Default for Limits {
@@ -219,6 +224,8 @@ impl Default for Limits {
             // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
             window_budget: 2 * 1024 * 1024 * 1024,
             window_budget_per_gateway: 2 * 1024 * 1024 * 1024,
+            // A sixteenth of tokio's 512 blocking threads.
+            max_lookups_per_gateway: 32,
         }
     }
 }
@@ -255,6 +262,7 @@ impl Limits {
                 ("udp_pending_buffer", self.udp_pending_buffer),
                 ("udp_buffer_total", self.udp_buffer_total),
                 ("window_budget_per_gateway", self.window_budget_per_gateway),
+                ("max_lookups_per_gateway", n(self.max_lookups_per_gateway)),
             ]);
         }
         v
@@ -279,6 +287,11 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
             1..=1_000_000,
         ),
         ("max_destinations", &mut l.max_destinations, 1..=100_000),
+        (
+            "max_lookups_per_gateway",
+            &mut l.max_lookups_per_gateway,
+            1..=256,
+        ),
     ] {
         if let Some(v) = t.int_in(key, range) {
             *slot = v as usize;

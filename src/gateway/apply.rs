@@ -238,6 +238,7 @@ pub(super) async fn apply(
                 gw.limits.window_budget_per_gateway,
                 "window_budget_per_gateway",
             ),
+            gw.limits.max_lookups_per_gateway,
         )),
     };
     // Stop what is gone or changed; open streams are not touched and finish on their own.

@@ -76,6 +76,8 @@ pub(crate) struct Tenant {
     logs: Mutex<std::collections::VecDeque<(String, LogPush)>>,
     /// This id's share of the process's window budget, for every stream of its tunnels.
     pub budget: Arc<crate::mux::WindowBudget>,
+    /// Name lookups this id's clients may have running (`limits.max_lookups_per_gateway`).
+    pub lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many tunnels a client process and a whole gateway id may hold at once: a client (or a
@@ -115,9 +117,14 @@ pub const CLIENT_LOG_LINES: usize = 1000;
 const OPEN_ATTEMPTS: usize = 3;
 
 impl Tenant {
-    pub fn new(state: TenantState, budget: Arc<crate::mux::WindowBudget>) -> Self {
+    pub fn new(
+        state: TenantState,
+        budget: Arc<crate::mux::WindowBudget>,
+        max_lookups: usize,
+    ) -> Self {
         Tenant {
             budget,
+            lookups: Arc::new(tokio::sync::Semaphore::new(max_lookups)),
             id: state.cfg.id.clone(),
             current: RwLock::new(Arc::new(state)),
             stats: TenantStats::default(),

@@ -117,11 +117,27 @@ pub(super) async fn serve_reverse(
             // The one way out (crate::dial): a name no egress rule allows costs no lookup
             // (attacker-chosen slow names would tie up the resolver for everyone).
             let req = Request::new(&dest.ip, dest.port);
+            // A name costs a blocking thread until the resolver answers or gives up: only a
+            // few at a time per gateway id, so one id's slow names can't take them all.
+            let lookup = match dest.ip.parse::<std::net::IpAddr>() {
+                Ok(_) => None,
+                Err(_) => match tenant.lookups.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let n = gw.limits.max_lookups_per_gateway;
+                        return Err(refuse(
+                            Reason::Limit,
+                            format!("{n} name lookups of this gateway id are running (limits.max_lookups_per_gateway)"),
+                        ));
+                    }
+                },
+            };
             let addrs = match dial::vet(&state.egress, &req, deadline).await {
                 Ok(Vetted::Addrs(a)) => a,
                 Ok(Vetted::Name(e)) => return Err(refuse(e.reason, e.message)),
                 Err(_) => return Err(denied()),
             };
+            drop(lookup);
             let (tcp, _) = dial::tcp_any(&addrs, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;

@@ -27,6 +27,15 @@ use crate::udp::{relay_flow, FlowCounters, FlowSocket, MAX_DATAGRAM};
 /// Most datagrams queued for one flow (also bounded in bytes by `limits.udp_flow_buffer`).
 const FLOW_QUEUE: usize = 4096;
 
+/// What a queued datagram costs besides its payload (its slot in the queue, its handle),
+/// charged against the byte budgets: empty datagrams must not queue for free.
+const DATAGRAM_OVERHEAD: u64 = 64;
+
+/// A datagram's charge against the budgets.
+fn charge(len: usize) -> u64 {
+    len as u64 + DATAGRAM_OVERHEAD
+}
+
 /// A flow's queue: the sender, the bytes waiting in it, and whether its stream is open yet
 /// (until then it may hold only `udp_pending_buffer`: a spoofed source never opens).
 #[derive(Clone)]
@@ -102,7 +111,7 @@ impl FlowTx {
     /// Queues a datagram unless the flow already holds its budget (`udp_flow_buffer`, or
     /// `udp_pending_buffer` before its stream is open) or all flows hold `udp_buffer_total`.
     fn push(&self, d: Bytes, gw: &GatewayState) -> Result<(), mpsc::error::TrySendError<Bytes>> {
-        let len = d.len() as u64;
+        let len = charge(d.len());
         let budget = if self.open.load(Ordering::Acquire) {
             gw.udp_flow_buffer
         } else {
@@ -195,8 +204,8 @@ struct GatewayFlow {
 
 impl GatewayFlow {
     fn dequeued(&self, len: usize) {
-        self.queued.fetch_sub(len as u64, Ordering::Relaxed);
-        self.total.fetch_sub(len as u64, Ordering::Relaxed);
+        self.queued.fetch_sub(charge(len), Ordering::Relaxed);
+        self.total.fetch_sub(charge(len), Ordering::Relaxed);
     }
 }
 
