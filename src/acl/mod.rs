@@ -268,7 +268,8 @@ pub fn ip_key(ip: IpAddr) -> u128 {
 
 /// The address a connection to `ip` really reaches: the unspecified address (`0.0.0.0`, `::`,
 /// from a literal or a DNS answer) connects to this host itself, so it is judged as
-/// `127.0.0.1` and `acl deny 127.0.0.0/8:` covers both families (docs/ACL.md).
+/// `127.0.0.1` and `acl deny 127.0.0.0/8:` covers both families (docs/ACL.md); `::` is judged
+/// as `::1` too ([`Acl::check`]).
 pub fn judged_as(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         a if a.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -541,14 +542,27 @@ impl Acl {
 
     /// First matching rule decides; no match means the default policy. Uses the index.
     pub fn check(&self, req: &Request<'_>) -> Decision {
-        let n = Norm::new(req);
-        self.decide(self.index.first_match(&self.rules, &n))
+        self.check_by(req, |n| self.index.first_match(&self.rules, n))
     }
 
     /// The same decision by walking every rule top-down: the reference for tests and benches.
     pub fn check_naive(&self, req: &Request<'_>) -> Decision {
+        self.check_by(req, |n| self.rules.iter().position(|r| r.matches(n)))
+    }
+
+    fn check_by(&self, req: &Request<'_>, first: impl Fn(&Norm<'_>) -> Option<usize>) -> Decision {
         let n = Norm::new(req);
-        self.decide(self.rules.iter().position(|r| r.matches(&n)))
+        let d = self.decide(first(&n));
+        // `::` from an IPv6 socket reaches `::1`, which `judged_as` can't say alone (it keeps
+        // `acl deny 127.0.0.0/8:` covering both families): both must be allowed.
+        if d.allow && req.addr == Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)) {
+            let n = Norm {
+                addr: Some(ip_key(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST))),
+                ..n
+            };
+            return self.decide(first(&n));
+        }
+        d
     }
 
     /// Checks every resolved candidate of `req` and returns the allowed ones, in resolver

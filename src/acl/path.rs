@@ -11,7 +11,9 @@ pub fn path_has_prefix(p: &str, pre: &str) -> bool {
 
 /// Canonical form of a request path for matching: query and fragment dropped, percent-escapes
 /// of unreserved characters decoded, `.`/`..` segments resolved and empty segments collapsed,
-/// so `/my/%61pi/../api//x` is checked as `/my/api/x` (no traversal past a prefix rule).
+/// so `/my/%61pi/../api//x` is checked as `/my/api/x` (no traversal past a prefix rule). Every
+/// other byte a server decodes alike has one spelling: other escapes in upper-case hex, and
+/// bytes outside ASCII escaped, so `/café`, `/caf%c3%a9` and `/caf%C3%A9` are one path.
 pub fn normalize_path(p: &str) -> String {
     let p = p.split(['?', '#']).next().unwrap_or("");
     let mut decoded = String::with_capacity(p.len());
@@ -24,16 +26,19 @@ pub fn normalize_path(p: &str) -> String {
                 let c = (h * 16 + l) as u8;
                 if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
                     decoded.push(c as char);
-                    i += 3;
-                    continue;
+                } else {
+                    decoded.push_str(&format!("%{c:02X}"));
                 }
+                i += 3;
+                continue;
             }
         }
-        // Pushing byte-wise keeps multi-byte UTF-8 intact because `p` is a valid str and we only
-        // ever skip ASCII escapes.
-        let ch_len = utf8_len(b[i]);
-        decoded.push_str(&p[i..(i + ch_len).min(p.len())]);
-        i += ch_len;
+        if b[i].is_ascii() {
+            decoded.push(b[i] as char);
+        } else {
+            decoded.push_str(&format!("%{:02X}", b[i]));
+        }
+        i += 1;
     }
     let mut out: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
@@ -129,13 +134,4 @@ pub fn request_path(target: &str) -> Result<String, PathError> {
     let mut out = normalize_path(path);
     out.push_str(query);
     Ok(out)
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }

@@ -233,7 +233,20 @@ fn paths_apply_to_http_requests_only() {
     assert_eq!(normalize_path(""), "/");
     assert_eq!(normalize_path("/a/b/"), "/a/b/");
     assert_eq!(normalize_path("/a/%2F/b"), "/a/%2F/b");
-    assert_eq!(normalize_path("/é/%7e"), "/é/~");
+    assert_eq!(normalize_path("/é/%7e"), "/%C3%A9/~");
+    // One spelling for what servers decode alike: a rule can't be dodged by another one.
+    for p in ["/café", "/caf%c3%a9", "/caf%C3%A9", "/caf%C3%a9"] {
+        assert_eq!(normalize_path(p), "/caf%C3%A9", "{p}");
+    }
+    run_table(
+        "acl deny web:80/café\nacl allow web:80\n",
+        &[
+            (Request::new("web", 80).path("/caf%c3%a9/menu"), 1),
+            (Request::new("web", 80).path("/caf%C3%A9"), 1),
+            (Request::new("web", 80).path("/café"), 1),
+            (Request::new("web", 80).path("/cafe"), 2),
+        ],
+    );
 }
 
 #[test]
@@ -507,6 +520,24 @@ fn private_destinations_admit_only_listed_callers() {
 /// A name that does not resolve here is judged by name rules, and refused by an address deny
 /// rule above the one that allows it (or any, under the default allow policy): a proxy could
 /// resolve it to that address.
+/// `::` reaches `::1` from an IPv6 socket and is judged as `127.0.0.1` too: a deny of
+/// either covers it, and `acl deny 127.0.0.0/8:` still covers both families.
+#[test]
+fn the_unspecified_v6_address_is_judged_as_both_loopbacks() {
+    let any6: IpAddr = "::".parse().unwrap();
+    let a = acl("acl allow 127.0.0.1:8080\nacl deny [::1]:\nacl allow :8080\n");
+    for d in [
+        a.check(&Request::new("::", 8080).addr(any6)),
+        a.check_naive(&Request::new("::", 8080).addr(any6)),
+    ] {
+        assert!(!d.allow, "{d:?}");
+    }
+    let a = acl("acl deny 127.0.0.0/8:\nacl allow :8080\n");
+    assert!(!a.check(&Request::new("::", 8080).addr(any6)).allow);
+    let a = acl("acl allow :8080\n");
+    assert!(a.check(&Request::new("::", 8080).addr(any6)).allow);
+}
+
 #[test]
 fn an_unresolved_name_meets_the_address_deny_rules_above_its_rule() {
     let a = acl("acl allow 10.0.0.9:1080\nacl deny 10.0.0.0/8:\nacl allow :443\n");
