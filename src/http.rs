@@ -42,16 +42,26 @@ pub struct Denied(pub String);
 /// Policy and dialling for one caller connection.
 pub trait Upstream: Send + Sync + 'static {
     type Conn: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The policy in force, taken once per request: the path is read and judged under the
+    /// same rules even if they change meanwhile.
+    type Policy: Send + Sync;
+    fn policy(&self) -> Self::Policy;
     /// Does the policy judge paths at all? Only then are paths that servers read differently
     /// refused and the judged form forwarded; otherwise the target goes through as sent.
-    fn judges_paths(&self) -> bool;
+    fn judges_paths(policy: &Self::Policy) -> bool;
     /// May a request for `path` use the open upstream connection, which reaches `reached`
     /// (`None`: an address only a proxy knows)?
-    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), Denied>;
+    fn admit(
+        &self,
+        policy: &Self::Policy,
+        path: &str,
+        reached: Option<IpAddr>,
+    ) -> Result<(), Denied>;
     /// Judges a request for `path` with no upstream connection yet, and connects for it
     /// (TLS included when the destination wants it). Returns the address reached.
     fn connect(
         &self,
+        policy: &Self::Policy,
         path: &str,
     ) -> impl Future<Output = Result<(Self::Conn, Option<IpAddr>), Refused>> + Send;
 }
@@ -195,7 +205,8 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
     // Any extension method up to hyper's head limit is accepted: shown cut short.
     let method = crate::telemetry::clean(req.method().as_str(), 32);
     c.counts.lock().unwrap_or_else(|e| e.into_inner()).requests += 1;
-    let target = match judge_target(&req, c.upstream.judges_paths()) {
+    let policy = c.upstream.policy();
+    let target = match judge_target(&req, U::judges_paths(&policy)) {
         Ok(t) => t,
         Err(why) => {
             c.counts.lock().unwrap_or_else(|e| e.into_inner()).denied += 1;
@@ -222,11 +233,11 @@ async fn handle<U: Upstream>(c: &Conn<U>, mut req: Request<Incoming>) -> Respons
         )
     };
     if let Some((_, reached)) = current.as_ref() {
-        if let Err(Denied(why)) = c.upstream.admit(&path, *reached) {
+        if let Err(Denied(why)) = c.upstream.admit(&policy, &path, *reached) {
             return deny(why);
         }
     } else {
-        match c.upstream.connect(&path).await {
+        match c.upstream.connect(&policy, &path).await {
             Ok((io, ip)) => {
                 let hs = hyper::client::conn::http1::Builder::new()
                     .handshake::<_, Incoming>(TokioIo::new(io))

@@ -47,14 +47,23 @@ pub(super) struct ClientUpstream {
 
 impl Upstream for ClientUpstream {
     type Conn = crate::relay::Socket;
+    type Policy = Arc<crate::acl::Acl>;
 
-    fn judges_paths(&self) -> bool {
-        self.state.acl().has_path_rules()
+    fn policy(&self) -> Self::Policy {
+        self.state.acl()
     }
 
-    fn admit(&self, path: &str, reached: Option<IpAddr>) -> Result<(), crate::http::Denied> {
+    fn judges_paths(acl: &Self::Policy) -> bool {
+        acl.has_path_rules()
+    }
+
+    fn admit(
+        &self,
+        acl: &Self::Policy,
+        path: &str,
+        reached: Option<IpAddr>,
+    ) -> Result<(), crate::http::Denied> {
         let spec = &self.dest.spec;
-        let acl = self.state.acl();
         let mut req = Request::new(&spec.ip, spec.port).path(path);
         req.from = self.caller.parse().ok();
         if acl.has_time_windows() {
@@ -72,12 +81,16 @@ impl Upstream for ClientUpstream {
             return Ok(());
         }
         let (_, public) =
-            Refusal::denied(&acl, &d).record(&self.state, Some(&self.dest), "HTTP request denied");
+            Refusal::denied(acl, &d).record(&self.state, Some(&self.dest), "HTTP request denied");
         Err(crate::http::Denied(public))
     }
 
-    async fn connect(&self, path: &str) -> Result<(Self::Conn, Option<IpAddr>), Refused> {
-        match connect(&self.state.acl(), &self.dest, &self.caller, Some(path)).await {
+    async fn connect(
+        &self,
+        acl: &Self::Policy,
+        path: &str,
+    ) -> Result<(Self::Conn, Option<IpAddr>), Refused> {
+        match connect(acl, &self.dest, &self.caller, Some(path)).await {
             Ok((Conn::Socket(s), ip)) => Ok((s, ip)),
             Ok((Conn::Udp(_) | Conn::Http, _)) => Err(Refused::Failed(crate::dial::DialError {
                 reason: crate::proto::Reason::Internal,
