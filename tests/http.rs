@@ -167,6 +167,25 @@ async fn origin() -> SocketAddr {
     .await
 }
 
+/// An answer's head, read a byte at a time so nothing after it is taken (bounded wait).
+async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed in the head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    head
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_streaming_and_upgrades_pass_through() {
     let o = origin().await;
@@ -211,15 +230,7 @@ async fn chunked_streaming_and_upgrades_pass_through() {
     s.write_all(format!("GET /fake-upgrade HTTP/1.1\r\nhost: x\r\n{ws}\r\n").as_bytes())
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf[..1]))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        head.push(buf[0]);
-    }
+    let head = read_head(&mut s).await;
     assert!(
         head.starts_with(b"HTTP/1.1 502"),
         "{}",
@@ -243,15 +254,7 @@ async fn chunked_streaming_and_upgrades_pass_through() {
     s.write_all(format!("GET /upgrade HTTP/1.1\r\nhost: x\r\n{ws}\r\n").as_bytes())
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, s.read(&mut buf[..1]))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        head.push(buf[0]);
-    }
+    let head = read_head(&mut s).await;
     assert!(
         head.starts_with(b"HTTP/1.1 101"),
         "{}",

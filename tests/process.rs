@@ -346,12 +346,7 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
     let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
-    let text = std::fs::read_to_string(&client_toml).unwrap();
-    std::fs::write(
-        &client_toml,
-        format!("log_lines_per_second = {LIMIT}\n{text}"),
-    )
-    .unwrap();
+    prepend_toml(&client_toml, &format!("log_lines_per_second = {LIMIT}"));
     let acl = setup.path("acl.list");
     std::fs::write(&acl, format!("acl deny 127.0.0.1:{}\n", echo.port())).unwrap();
     let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
@@ -477,11 +472,8 @@ async fn the_admin_socket_serves_this_user_without_a_token_and_refuses_others() 
     // No admin token: only the socket can take the ACL change below.
     let text = text.replace("admin_token_file = \"admin.token\"\n", "");
     assert!(!text.contains("admin_token"), "{text}");
-    std::fs::write(
-        &client_toml,
-        format!("admin_socket = \"admin.sock\"\n{text}"),
-    )
-    .unwrap();
+    std::fs::write(&client_toml, text).unwrap();
+    prepend_toml(&client_toml, "admin_socket = \"admin.sock\"");
     let sock = setup.path("admin.sock");
     let spawn = || Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
     let mut p = spawn();

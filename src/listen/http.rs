@@ -57,12 +57,8 @@ pub async fn serve(
         info!(http.server = name, listen.addr = %a, "HTTP endpoint listening");
     }
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.cancelled() => break,
+        let Some(permit) = slot(&slots, &stop).await else {
+            break;
         };
         let Some((tcp, peer)) = super::accept(&listener, &stop).await else {
             break;
@@ -123,12 +119,8 @@ pub async fn serve_unix(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let tasks = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stop.cancelled() => break,
+        let Some(permit) = slot(&slots, &stop).await else {
+            break;
         };
         let conn = tokio::select! {
             r = listener.accept() => r,
@@ -171,6 +163,17 @@ pub async fn serve_unix(
     tasks.close();
     let grace = limits.head_timeout.saturating_add(Duration::from_secs(1));
     let _ = tokio::time::timeout(grace, tasks.wait()).await;
+}
+
+/// A connection slot, or `None` once `stop` is cancelled.
+async fn slot(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    tokio::select! {
+        p = slots.clone().acquire_owned() => p.ok(),
+        _ = stop.cancelled() => None,
+    }
 }
 
 async fn serve_conn<S>(

@@ -8,9 +8,10 @@
 //! the ones an operator needs included. Held per statement, a flood of one kind of line
 //! leaves the others their share; the total keeps the process under journald's limit even
 //! when several kinds flood at once, and keeps a fifth of itself for statements that are not
-//! being held back, so floods of a few kinds can't silence every other line. What is held back is counted (`sgw_log_lines_suppressed`)
-//! and named once a second in a summary line, which is itself never held back. Debug and
-//! trace lines are not held back: an operator asked for them.
+//! busy, so floods of a few kinds can't silence every other line. What is held back is
+//! counted (`sgw_log_lines_suppressed`) and named once a second in a summary line, which is
+//! itself never held back. Debug and trace lines are not held back: an operator asked for
+//! them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -209,6 +209,12 @@ pub fn which(cmd: &str) -> Option<PathBuf> {
     })
 }
 
+/// Puts top-level `lines` at the head of a TOML file (before any table).
+pub fn prepend_toml(path: &Path, lines: &str) {
+    let src = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, format!("{lines}\n{src}")).unwrap();
+}
+
 /// Rewrites `key = ...` lines of a TOML file in place.
 pub fn set_toml(path: &Path, key: &str, value: &str) {
     let src = std::fs::read_to_string(path).unwrap();
