@@ -231,15 +231,17 @@ pub async fn bind_unix(
     max_connections: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    let bound = crate::listen::bind_unix(&path).await?;
+    let crate::listen::UnixBound {
+        listener,
+        owner,
+        guard,
+    } = crate::listen::bind_unix(&path).await?;
     tracing::info!(admin.socket = %path.display(), "admin socket listening");
     let app = router(backend, Access::default());
     let limits = limits(max_connections);
-    let ino = bound.ino();
     Ok(async move {
-        let (listener, owner) = (bound.listener, bound.owner);
         crate::listen::http::serve_unix("admin", listener, owner, app, limits, shutdown).await;
-        crate::listen::UnixBound::remove(&path, ino);
+        drop(guard);
     })
 }
 

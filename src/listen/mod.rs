@@ -37,24 +37,27 @@ pub struct UnixBound {
     pub listener: UnixListener,
     /// This process's user: with root, the only one [`http::serve_unix`] serves.
     pub owner: u32,
-    /// The socket file's device and inode, so that only our own file is removed at the end.
+    /// Keep it while serving: dropped, it removes the socket file.
+    pub guard: UnixGuard,
+}
+
+/// Removes the socket file when dropped, if it is still the one bound here.
+#[derive(Debug)]
+pub struct UnixGuard {
+    path: std::path::PathBuf,
+    /// The socket file's device and inode (a removed file's inode may be reused; by a
+    /// socket, hardly).
     ino: (u64, u64),
 }
 
-impl UnixBound {
-    /// Removes the socket file at `path` if it is still the one bound here.
-    pub fn remove(path: &std::path::Path, ino: (u64, u64)) {
+impl Drop for UnixGuard {
+    fn drop(&mut self) {
         use std::os::unix::fs::{FileTypeExt, MetadataExt};
-        // A removed file's inode number may be reused; by a socket, hardly.
-        if std::fs::symlink_metadata(path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == ino && m.file_type().is_socket())
+        if std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.ino && m.file_type().is_socket())
         {
-            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(&self.path);
         }
-    }
-
-    pub fn ino(&self) -> (u64, u64) {
-        self.ino
     }
 }
 
@@ -130,7 +133,10 @@ pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
     Ok(UnixBound {
         listener,
         owner,
-        ino: (m.dev(), m.ino()),
+        guard: UnixGuard {
+            path: path.clone(),
+            ino: (m.dev(), m.ino()),
+        },
     })
 }
 
@@ -219,13 +225,19 @@ mod tests {
         let bound = bind_unix(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        // Only our own file is removed at the end.
-        let ino = bound.ino();
-        drop(bound);
+        // A second process (here, a second bind) can't take it over while it is held.
+        let e = bind_unix(&path).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        // Dropped, it removes its own socket file, and only its own.
+        let again = {
+            drop(bound);
+            assert!(!path.exists());
+            bind_unix(&path).await.unwrap()
+        };
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "someone else's").unwrap();
-        UnixBound::remove(&path, ino);
-        assert!(path.exists());
+        drop(again);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
     }
 
     /// The relay's socket options are set once, on the listener: every accepted connection
