@@ -43,21 +43,45 @@ fn timed_out(what: &str, timeout: Duration) -> DialError {
 
 /// Resolves `host` once (an address literal resolves to itself without a lookup). The ACL
 /// checks exactly these addresses and only they are dialled: no second lookup can rebind.
+/// `hold` is kept until the lookup itself ends, which may be after `deadline`: the system
+/// resolver's thread goes on until it gives up, and a cap on lookups must count it.
 pub async fn resolve(
     host: &str,
     port: u16,
     deadline: Instant,
+    hold: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Vec<SocketAddr>, DialError> {
     let started = Instant::now();
-    let lookup = tokio::net::lookup_host((host, port));
-    let addrs: Vec<SocketAddr> = match tokio::time::timeout_at(deadline, lookup).await {
-        Ok(Ok(a)) => a.collect(),
-        Ok(Err(e)) => {
-            return Err(DialError {
-                reason: Reason::Dns,
-                message: format!("cannot resolve {host}: {e}"),
-            })
+    let dns = |e: io::Error| DialError {
+        reason: Reason::Dns,
+        message: format!("cannot resolve {host}: {e}"),
+    };
+    let found = match hold {
+        None => tokio::time::timeout_at(deadline, tokio::net::lookup_host((host, port)))
+            .await
+            .map(|r| r.map(|a| a.collect::<Vec<_>>()).map_err(dns)),
+        Some(hold) => {
+            let name = host.to_owned();
+            let lookup = async move {
+                let r = tokio::net::lookup_host((name.as_str(), port))
+                    .await
+                    .map(|a| a.collect::<Vec<_>>());
+                drop(hold);
+                r
+            };
+            tokio::time::timeout_at(deadline, tokio::spawn(lookup))
+                .await
+                .map(|r| match r {
+                    Ok(r) => r.map_err(dns),
+                    Err(e) => Err(DialError {
+                        reason: Reason::Internal,
+                        message: format!("resolving {host}: {e}"),
+                    }),
+                })
         }
+    };
+    let addrs = match found {
+        Ok(r) => r?,
         Err(_) => return Err(timed_out(&format!("resolving {host}"), started.elapsed())),
     };
     if addrs.is_empty() {
@@ -124,14 +148,20 @@ pub enum Vetted {
 /// Resolves `req.host` once and keeps the addresses `acl` allows for `req`. A request no
 /// address could change the answer for is decided before any lookup, so a name no rule
 /// allows (an attacker's slow name, say) costs no DNS query. `Err` is the denying decision.
-pub async fn vet(acl: &Acl, req: &Request<'_>, deadline: Instant) -> Result<Vetted, Decision> {
+/// `hold`: see [`resolve`].
+pub async fn vet(
+    acl: &Acl,
+    req: &Request<'_>,
+    deadline: Instant,
+    hold: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<Vetted, Decision> {
     if req.addr.is_some() || !acl.has_address_rules() {
         let d = acl.check(req);
         if !d.allow {
             return Err(d);
         }
     }
-    match resolve(req.host, req.port, deadline).await {
+    match resolve(req.host, req.port, deadline, hold).await {
         Ok(addrs) => acl.allowed_addrs(req, &addrs).map(Vetted::Addrs),
         // Unresolvable here: name rules decide, but an address deny rule above the one that
         // allows the name refuses it, since the proxy could resolve it to any address.
@@ -163,7 +193,7 @@ pub async fn secure(
 /// Resolve and connect to any address: for dials no ACL governs.
 pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, DialError> {
     let deadline = Instant::now() + timeout;
-    let addrs = resolve(host, port, deadline).await?;
+    let addrs = resolve(host, port, deadline, None).await?;
     tcp_any(&addrs, deadline).await.map(|(t, _)| t)
 }
 

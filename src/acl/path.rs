@@ -11,9 +11,13 @@ pub fn path_has_prefix(p: &str, pre: &str) -> bool {
 
 /// Canonical form of a request path for matching: query and fragment dropped, percent-escapes
 /// of unreserved characters decoded, `.`/`..` segments resolved and empty segments collapsed,
-/// so `/my/%61pi/../api//x` is checked as `/my/api/x` (no traversal past a prefix rule). Every
-/// other byte a server decodes alike has one spelling: other escapes in upper-case hex, and
-/// bytes outside ASCII escaped, so `/café`, `/caf%c3%a9` and `/caf%C3%A9` are one path.
+/// so `/my/%61pi/../api//x` is checked as `/my/api/x` (no traversal past a prefix rule). What
+/// servers decode alike has one spelling: escapes of the characters a path may hold as they
+/// are (`:`, `@`, `!$&'()*+,=`) are decoded too, and the rest are escapes in upper-case hex,
+/// with bytes outside printable ASCII and the few a target may not hold as they are
+/// (`"<>\^`{|}`) escaped, so `/café`, `/caf%c3%a9` and `/caf%C3%A9` are one path, and so
+/// are `/x:y` and `/x%3ay`. `%2F`, `%3F`, `%23` and `%25` stay escaped: decoded, they would
+/// change the path's shape.
 pub fn normalize_path(p: &str) -> String {
     let p = p.split(['?', '#']).next().unwrap_or("");
     let mut decoded = String::with_capacity(p.len());
@@ -24,7 +28,7 @@ pub fn normalize_path(p: &str) -> String {
             let hex = |c: u8| (c as char).to_digit(16);
             if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
                 let c = (h * 16 + l) as u8;
-                if c.is_ascii_alphanumeric() || b"-._~".contains(&c) {
+                if as_is_in_path(c) {
                     decoded.push(c as char);
                 } else {
                     decoded.push_str(&format!("%{c:02X}"));
@@ -33,7 +37,7 @@ pub fn normalize_path(p: &str) -> String {
                 continue;
             }
         }
-        if b[i].is_ascii() {
+        if as_is_in_path(b[i]) || matches!(b[i], b'/' | b'%' | b'?' | b'#' | b';') {
             decoded.push(b[i] as char);
         } else {
             decoded.push_str(&format!("%{:02X}", b[i]));
@@ -60,6 +64,12 @@ pub fn normalize_path(p: &str) -> String {
         s.push('/');
     }
     s
+}
+
+/// A character a path segment holds as it is (RFC 3986 `pchar` less `;`, which is refused or
+/// kept apart): an escape of it means the same to servers, so it is decoded.
+fn as_is_in_path(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&c)
 }
 
 /// Why an HTTP request path cannot be judged safely (docs/ACL.md, "HTTP paths").

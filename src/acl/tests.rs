@@ -238,6 +238,15 @@ fn paths_apply_to_http_requests_only() {
     for p in ["/café", "/caf%c3%a9", "/caf%C3%A9", "/caf%C3%a9"] {
         assert_eq!(normalize_path(p), "/caf%C3%A9", "{p}");
     }
+    for p in ["/v1/x:delete", "/v1/x%3adelete", "/v1/x%3Adelete"] {
+        assert_eq!(normalize_path(p), "/v1/x:delete", "{p}");
+    }
+    for p in ["/a{b", "/a%7bb", "/a%7Bb"] {
+        assert_eq!(normalize_path(p), "/a%7Bb", "{p}");
+    }
+    // What would change the path's shape stays as it was.
+    assert_eq!(normalize_path("/a%2fb%3F%23%25"), "/a%2Fb%3F%23%25");
+    assert_eq!(normalize_path("/a;b"), "/a;b");
     run_table(
         "acl deny web:80/café\nacl allow web:80\n",
         &[
@@ -517,9 +526,6 @@ fn private_destinations_admit_only_listed_callers() {
     );
 }
 
-/// A name that does not resolve here is judged by name rules, and refused by an address deny
-/// rule above the one that allows it (or any, under the default allow policy): a proxy could
-/// resolve it to that address.
 /// `::` reaches `::1` from an IPv6 socket and is judged as `127.0.0.1` too: a deny of
 /// either covers it, and `acl deny 127.0.0.0/8:` still covers both families.
 #[test]
@@ -538,6 +544,9 @@ fn the_unspecified_v6_address_is_judged_as_both_loopbacks() {
     assert!(a.check(&Request::new("::", 8080).addr(any6)).allow);
 }
 
+/// A name that does not resolve here is judged by name rules, and refused by an address deny
+/// rule above the one that allows it (or any, under the default allow policy): a proxy could
+/// resolve it to that address.
 #[test]
 fn an_unresolved_name_meets_the_address_deny_rules_above_its_rule() {
     let a = acl("acl allow 10.0.0.9:1080\nacl deny 10.0.0.0/8:\nacl allow :443\n");

@@ -461,7 +461,7 @@ async fn vet(
     req: Request<'_>,
     deadline: tokio::time::Instant,
 ) -> Result<Vetted, Refusal> {
-    dial::vet(acl, &req, deadline)
+    dial::vet(acl, &req, deadline, None)
         .await
         .map_err(|d| Refusal::denied(acl, &d))
 }

@@ -94,8 +94,9 @@ pub async fn request(
 
 /// Calls the first of `targets`: a config's socket, then its `admin_listen` only if this
 /// user may not use the socket (such a user may still hold the token). A socket that is
-/// missing or refuses means the process is down: then its TCP port may be anyone's, and the
-/// token stays home.
+/// missing or refuses means the process is down (or started before `admin_socket` was set):
+/// then its TCP port may be anyone's, and the token stays home; a call without a token
+/// (`sgw health`) tries it all the same.
 async fn call_first(
     targets: Vec<(AdminAddr, Option<String>)>,
     method: Method,
@@ -107,13 +108,9 @@ async fn call_first(
     for (addr, token) in targets {
         let token = token.as_deref().filter(|_| send_token);
         match call(addr, method.clone(), path, body.clone(), token).await {
-            Err(
-                e @ CallError::Connect {
-                    kind: std::io::ErrorKind::PermissionDenied,
-                    ..
-                },
-            ) => {
-                eprintln!("sgw: {e}; trying admin_listen");
+            Err(e @ CallError::Connect { kind, .. })
+                if !send_token || kind == std::io::ErrorKind::PermissionDenied =>
+            {
                 last = Some(e);
             }
             r => return r,

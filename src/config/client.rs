@@ -513,6 +513,21 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_socket_must_name_a_file() {
+        for v in ["\"\"", "\"/run/sgw-client/\""] {
+            let src = format!("admin_socket = {v}\n[[gateway]]\nurl = \"wss://gw:1/t\"\ngateway_id = \"g\"\ntoken = \"t\"\n");
+            let errs = ClientConfig::from_toml(Path::new("c.toml"), &src)
+                .unwrap_err()
+                .0
+                .join("\n");
+            assert!(
+                errs.contains("c.toml:1:16: admin_socket: must name a file"),
+                "{v}: {errs}"
+            );
+        }
+    }
+
+    #[test]
     fn all_errors_at_once_with_lines() {
         let src = r#"
 log_level = "loud"

@@ -217,8 +217,9 @@ impl Default for Limits {
             max_tunnels_per_client: 16,
             max_tunnels_per_gateway: 1024,
             max_destinations: 1000,
-            // Two largest datagrams: a legitimate first burst (a DNS question, a 60 KB datagram)
-            // fits; 4096 spoofed flows together still stop at udp_buffer_total.
+            // About two largest datagrams (each is charged 64 bytes over its size): a legitimate
+            // first burst (a DNS question, a 60 KB datagram) fits; 4096 spoofed flows together
+            // still stop at udp_buffer_total.
             udp_pending_buffer: 128 * 1024,
             udp_buffer_total: 64 * 1024 * 1024,
             // 8,192 streams at the default 256 KiB window, or fewer bigger ones.
@@ -431,7 +432,15 @@ fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
 
 /// `admin_socket`: a path relative to the config file, short enough for a Unix socket.
 fn read_admin_socket(t: &walk::Table<'_, '_>) -> Option<PathBuf> {
-    let path = relative_to(t.cx.file(), &t.str("admin_socket")?);
+    let given = t.str("admin_socket")?;
+    if given.is_empty() || given.ends_with('/') {
+        t.invalid(
+            "admin_socket",
+            "must name a file (the socket), like /run/sgw-client/admin.sock",
+        );
+        return None;
+    }
+    let path = relative_to(t.cx.file(), &given);
     // sun_path holds 108 bytes with the terminating NUL.
     if path.as_os_str().len() > 107 {
         t.invalid("admin_socket", "a Unix socket's path is at most 107 bytes");

@@ -248,7 +248,7 @@ impl Backend for AdminBackend {
             ),
             one(
                 "sgw_gateway_udp_queued_bytes",
-                "Datagram bytes queued in all UDP flows now (bounded by limits.udp_buffer_total).",
+                "Datagram bytes queued in all UDP flows now, each datagram counted at its size plus 64 (bounded by limits.udp_buffer_total).",
                 Kind::Gauge,
                 v(&s.udp_queued),
             ),

@@ -132,12 +132,11 @@ pub(super) async fn serve_reverse(
                     }
                 },
             };
-            let addrs = match dial::vet(&state.egress, &req, deadline).await {
+            let addrs = match dial::vet(&state.egress, &req, deadline, lookup).await {
                 Ok(Vetted::Addrs(a)) => a,
                 Ok(Vetted::Name(e)) => return Err(refuse(e.reason, e.message)),
                 Err(_) => return Err(denied()),
             };
-            drop(lookup);
             let (tcp, _) = dial::tcp_any(&addrs, deadline)
                 .await
                 .map_err(|e| refuse(e.reason, e.message))?;

@@ -118,15 +118,25 @@ impl FlowTx {
             gw.udp_pending_buffer
         };
         let total = &gw.stats.udp_queued;
-        if self.queued.load(Ordering::Relaxed) + len > budget
-            || total.load(Ordering::Relaxed) + len > gw.udp_buffer_total
-        {
-            return Err(mpsc::error::TrySendError::Full(d));
+        // Counted before it is sent, so the flow can't take it off first (the counters would
+        // wrap below zero). An empty queue takes one datagram whatever its size, so the
+        // smallest budgets still pass the largest datagram.
+        let (q, t) = (
+            self.queued.fetch_add(len, Ordering::Relaxed),
+            total.fetch_add(len, Ordering::Relaxed),
+        );
+        let over = (q > 0 && q.saturating_add(len) > budget)
+            || (t > 0 && t.saturating_add(len) > gw.udp_buffer_total);
+        let sent = if over {
+            Err(mpsc::error::TrySendError::Full(d))
+        } else {
+            self.tx.try_send(d)
+        };
+        if sent.is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            total.fetch_sub(len, Ordering::Relaxed);
         }
-        self.tx.try_send(d)?;
-        self.queued.fetch_add(len, Ordering::Relaxed);
-        total.fetch_add(len, Ordering::Relaxed);
-        Ok(())
+        sent
     }
 }
 
