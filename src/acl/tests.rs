@@ -507,6 +507,20 @@ proptest! {
         let _ = parse_rule(&s);
         let _ = normalize_path(&s);
     }
+
+    /// What is forwarded is judged again as the same path: the normal form is a fixed point,
+    /// so the endpoint can't be handed a path that means something else to the ACL.
+    #[test]
+    fn the_judged_path_is_its_own_normal_form(
+        s in "/(%25|%2[eEfF]|%3[aAbBfF]|%4[01]|%[cC]3%[aA]9|%[0-9a-fA-F]{2}|[a-fA-F0-9:@!$&'()*+,=._~é{}|^ ;-]|/){0,40}"
+    ) {
+        let once = normalize_path(&s);
+        prop_assert_eq!(normalize_path(&once), once.clone(), "from {:?}", s);
+        if let Ok(forwarded) = request_path(&s) {
+            prop_assert_eq!(request_path(&forwarded), Ok(forwarded.clone()), "from {:?}", s);
+            prop_assert_eq!(normalize_path(&forwarded), forwarded.clone());
+        }
+    }
 }
 
 #[test]
