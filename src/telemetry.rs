@@ -101,9 +101,12 @@ impl LogControl {
         }
     }
 
-    /// Lines each log statement may write a second, and the whole process (0: no limit).
-    pub fn line_limits(&self) -> (u32, u32) {
-        (self.limit.per_second(), self.limit.total())
+    /// The line limits in force by their config keys, for `/metrics` (0: no limit).
+    pub fn limit_entries(&self) -> [(&'static str, u64); 2] {
+        [
+            ("log_lines_per_second", u64::from(self.limit.per_second())),
+            ("log_lines_per_second_total", u64::from(self.limit.total())),
+        ]
     }
 
     /// Lines held back by the limit since the process started.

@@ -31,7 +31,7 @@ pub fn normalize_path(p: &str) -> String {
                 if as_is_in_path(c) {
                     decoded.push(c as char);
                 } else {
-                    decoded.push_str(&format!("%{c:02X}"));
+                    push_escape(&mut decoded, c);
                 }
                 i += 3;
                 continue;
@@ -40,7 +40,7 @@ pub fn normalize_path(p: &str) -> String {
         if as_is_in_path(b[i]) || matches!(b[i], b'/' | b'%' | b'?' | b'#' | b';') {
             decoded.push(b[i] as char);
         } else {
-            decoded.push_str(&format!("%{:02X}", b[i]));
+            push_escape(&mut decoded, b[i]);
         }
         i += 1;
     }
@@ -64,6 +64,14 @@ pub fn normalize_path(p: &str) -> String {
         s.push('/');
     }
     s
+}
+
+/// `%XX` in upper-case hex, without a formatter: this runs for every judged request.
+fn push_escape(out: &mut String, c: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(c >> 4)]));
+    out.push(char::from(HEX[usize::from(c & 0xf)]));
 }
 
 /// A character a path segment holds as it is (RFC 3986 `pchar` less `;`, which is refused or

@@ -38,9 +38,7 @@ impl AdminBackend {
         let n = u64::try_from(self.admin_max_connections).unwrap_or(u64::MAX);
         l.push(("admin_max_connections", n));
         if let Some(log) = &self.log {
-            let (each, total) = log.line_limits();
-            l.push(("log_lines_per_second", u64::from(each)));
-            l.push(("log_lines_per_second_total", u64::from(total)));
+            l.extend(log.limit_entries());
         }
         l
     }

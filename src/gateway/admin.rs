@@ -46,9 +46,7 @@ impl AdminBackend {
         let mut l = self.gateway.limits().entries(Side::Gateway);
         l.push(("admin_max_connections", n(self.admin_max_connections)));
         if let Some(log) = &self.log {
-            let (each, total) = log.line_limits();
-            l.push(("log_lines_per_second", u64::from(each)));
-            l.push(("log_lines_per_second_total", u64::from(total)));
+            l.extend(log.limit_entries());
         }
         if let Some(a) = &self.api {
             l.extend([
