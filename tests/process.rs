@@ -532,7 +532,10 @@ async fn the_admin_socket_serves_this_user_without_a_token_and_refuses_others() 
     // A live client's socket is not taken over by a second one.
     let second = spawn();
     let line = second.wait_line("admin_socket").await;
-    assert!(line.contains("a running process answers on it"), "{line}");
+    assert!(
+        line.contains("another process holds") && line.contains("admin.sock.lock"),
+        "{line}"
+    );
     let (code, out) = sgw(&["health", "--admin", &unix]);
     assert_eq!(code, Some(0), "{out}");
 }

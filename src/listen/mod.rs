@@ -48,6 +48,11 @@ pub struct UnixGuard {
     /// The socket file's device and inode (a removed file's inode may be reused; by a
     /// socket, hardly).
     ino: (u64, u64),
+    /// `PATH.lock`, held exclusively while the socket is served: two processes starting at
+    /// once can't both judge the same socket file stale and remove each other's. Dropped
+    /// after the socket file is removed; the lock file itself stays, as removing it would
+    /// race with a process about to lock it.
+    _lock: std::fs::File,
 }
 
 impl Drop for UnixGuard {
@@ -65,7 +70,9 @@ impl Drop for UnixGuard {
 /// [`http::serve_unix`] also checks each caller's user). Its directory must belong to this
 /// user or root and be writable by no one else, or another user could swap the path between
 /// the bind and the chmod. A socket file left by a process that is gone is replaced; one that
-/// a live process answers on is not, nor is any other file.
+/// a live process answers on is not, nor is any other file. `PATH.lock` beside it is locked
+/// (`flock`) for as long as the socket is served, so of two processes that start at once
+/// only one gets that far.
 pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -97,6 +104,7 @@ pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
         }
     }
     let path = &dir.join(name);
+    let lock = lock_beside(path)?;
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
             return Err(Error::new(
@@ -136,8 +144,45 @@ pub async fn bind_unix(path: &std::path::Path) -> std::io::Result<UnixBound> {
         guard: UnixGuard {
             path: path.clone(),
             ino: (m.dev(), m.ino()),
+            _lock: lock,
         },
     })
+}
+
+/// Opens and locks `PATH.lock` (made 0600, never through a symlink), or says which process
+/// state is in the way: another process holding it is `AddrInUse`.
+fn lock_beside(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&lock_path)
+        .map_err(|e| Error::new(e.kind(), format!("{}: {e}", lock_path.display())))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(Error::new(
+            ErrorKind::AddrInUse,
+            format!(
+                "another process holds {} (a second instance with the same admin_socket?)",
+                lock_path.display()
+            ),
+        )),
+        Err(e) => {
+            let e = Error::from(e);
+            Err(Error::new(
+                e.kind(),
+                format!("{}: {e}", lock_path.display()),
+            ))
+        }
+    }
 }
 
 /// The next connection, or `None` once `stop` is cancelled.
@@ -238,6 +283,30 @@ mod tests {
         std::fs::write(&path, "someone else's").unwrap();
         drop(again);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+    }
+
+    /// Two processes starting at once both find a stale socket refusing connections: the
+    /// lock beside it lets only one judge and replace it, so neither removes the other's.
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_only_by_the_process_holding_its_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        // A socket file nobody listens on (a process killed with -9 leaves one).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let other = lock_beside(&path).unwrap();
+        let e = bind_unix(&path).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        assert!(e.to_string().contains("admin.sock.lock"), "{e}");
+        assert!(path.exists(), "the other process's socket is left alone");
+        drop(other);
+        let bound = bind_unix(&path).await.unwrap();
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        drop(bound);
+        assert!(!path.exists());
+        assert!(
+            dir.path().join("admin.sock.lock").exists(),
+            "the lock file stays"
+        );
     }
 
     /// The relay's socket options are set once, on the listener: every accepted connection
