@@ -1382,3 +1382,73 @@ async fn raw_client_with(
     };
     sgw::mux::Mux::start(r, w, cfg)
 }
+
+/// Deleting a gateway id closes its tunnels, and one still in its handshake at that moment
+/// too: a HELLO sent after the delete gets no WELCOME onto the deleted id (whose token may be
+/// why it was deleted), and the tunnel ends.
+#[tokio::test]
+async fn a_tunnel_in_its_handshake_when_its_gateway_id_is_deleted_is_refused() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::Message;
+    let echo = echo_server().await;
+    let setup = Setup::new(&[echo]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut link = setup.client.gateways[0].clone();
+    link.replicas[0].url.port = gw.handle.tunnel_addr().port();
+    let replica = &link.replicas[0];
+    sgw::tls::install_crypto();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let tcp = sgw::tunnel::reach(replica, None).await.unwrap();
+    let tls_stream = sgw::tunnel::tls_handshake(replica, &tls, tcp)
+        .await
+        .unwrap();
+    let mut req = replica.url.to_string().into_client_request().unwrap();
+    let h = req.headers_mut();
+    let bearer = format!("Bearer {}", link.token.expose());
+    h.insert("authorization", HeaderValue::from_str(&bearer).unwrap());
+    h.insert(
+        sgw::tunnel::GATEWAY_ID_HEADER,
+        HeaderValue::from_str(&link.gateway_id).unwrap(),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(sgw::proto::SUBPROTOCOL),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        req,
+        tls_stream,
+        Some(sgw::tunnel::ws_config()),
+    )
+    .await
+    .expect("the upgrade is accepted while the id exists");
+    // Upgraded on the id's token; now the operator deletes the id.
+    gw.handle.remove(&link.gateway_id).await;
+    let hello = sgw::proto::Hello {
+        version: "0.1.0".into(),
+        proto: [1, 1],
+        hostname: "late".into(),
+        env: "test".into(),
+        instance: "handshaking-through-a-delete".into(),
+        features: vec![],
+    };
+    let hello = serde_json::to_vec(&hello).unwrap();
+    let msg = sgw::tunnel::frame_message(&sgw::proto::Frame::Hello(hello.into()));
+    ws.send(Message::Binary(msg)).await.unwrap();
+    let mut frames = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                let _ = sgw::proto::decode_message(&b, |f| frames.push(format!("{f:?}")));
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel was not ended: {frames:?}");
+    assert!(
+        !frames.iter().any(|f| f.starts_with("WELCOME")),
+        "a tunnel was welcomed onto a deleted gateway id: {frames:?}"
+    );
+    assert!(gw.handle.tenant_config(&link.gateway_id).is_none());
+}

@@ -312,7 +312,7 @@ pub(super) async fn remove(gw: &Arc<GatewayState>, id: &str) {
     for r in stopping {
         r.stop().await;
     }
-    for m in tenant.all_tunnels() {
+    for m in tenant.retire() {
         m.close(Reason::Auth, "gateway id deleted");
     }
     info!(gateway.id = %id, "gateway removed");

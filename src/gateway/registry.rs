@@ -35,6 +35,9 @@ struct Clients {
     entries: HashMap<String, ClientEntry>,
     rr: usize,
     next_tunnel: u64,
+    /// The gateway id was deleted ([`Tenant::retire`]): a tunnel still in its handshake,
+    /// holding this tenant from before, must not register on it.
+    retired: bool,
 }
 
 /// Per gateway id counters (`stats`).
@@ -89,6 +92,8 @@ pub enum TunnelLimit {
     PerClient { held: usize },
     #[error("this gateway id already has {held} tunnels (limits.max_tunnels_per_gateway)")]
     PerGateway { held: usize },
+    #[error("this gateway id was deleted")]
+    Retired,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +104,9 @@ pub(crate) struct TunnelCaps {
 
 impl TunnelCaps {
     fn check(self, c: &Clients, instance: &str) -> Result<(), TunnelLimit> {
+        if c.retired {
+            return Err(TunnelLimit::Retired);
+        }
         let held = c.entries.get(instance).map_or(0, |e| e.tunnels.len());
         if held >= self.per_client {
             return Err(TunnelLimit::PerClient { held });
@@ -270,6 +278,18 @@ impl Tenant {
                 q.push_back(d);
             }
         }
+    }
+
+    /// Marks the gateway id deleted, so no tunnel registers on it from now on, and returns
+    /// the tunnels to close. Under the same lock as [`Tenant::register`]: a handshake that
+    /// finishes after this is refused, one that finished before is among those returned.
+    pub fn retire(&self) -> Vec<Mux> {
+        let mut c = self.lock();
+        c.retired = true;
+        c.entries
+            .values()
+            .flat_map(|e| e.tunnels.iter().map(|(_, m)| m.clone()))
+            .collect()
     }
 
     pub fn all_tunnels(&self) -> Vec<Mux> {

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
-use super::registry::TenantState;
+use super::registry::{TenantState, TunnelLimit};
 use super::reverse;
 use super::state::GatewayState;
 use crate::mux::Mux;
@@ -77,7 +77,11 @@ pub(super) async fn serve_tunnel(
         let room = if probe { Ok(()) } else { tenant.tunnel_room(&hello.instance, gw.tunnel_caps) };
         if let Err(why) = room {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-            warn!(reason = "limit", error = %why, "tunnel refused");
+            let reason = match why {
+                TunnelLimit::Retired => "auth",
+                _ => "limit",
+            };
+            warn!(reason, error = %why, "tunnel refused");
             return;
         }
         let state = tenant.state();
@@ -118,8 +122,12 @@ pub(super) async fn serve_tunnel(
             }
             Err(why) => {
                 gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-                warn!(reason = "limit", error = %why, "tunnel refused");
-                mux.close(Reason::Limit, &why.to_string());
+                let reason = match why {
+                    TunnelLimit::Retired => Reason::Auth,
+                    _ => Reason::Limit,
+                };
+                warn!(reason = %reason, error = %why, "tunnel refused");
+                mux.close(reason, &why.to_string());
                 return;
             }
         };
