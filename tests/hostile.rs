@@ -1452,3 +1452,73 @@ async fn a_tunnel_in_its_handshake_when_its_gateway_id_is_deleted_is_refused() {
     );
     assert!(gw.handle.tenant_config(&link.gateway_id).is_none());
 }
+
+/// A connection from `from` (a loopback address of the test's choosing) to `to`.
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    s.connect(to).await.unwrap()
+}
+
+/// Whether the gateway closes `s` soon (well before the handshake's own 10 s).
+async fn closed_at_once(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Until its token is judged a tunnel connection is anyone's: strangers who open connections
+/// and say nothing hold no more than `limits.max_pending_handshakes_per_source` from one
+/// address and `limits.max_pending_handshakes` in all; the rest are closed at once, a client
+/// from elsewhere still gets in while one address is at its cap, and a registered tunnel
+/// holds no place.
+#[tokio::test]
+async fn silent_strangers_hold_only_so_many_tunnel_handshakes() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.limits.max_pending_handshakes = 6;
+    setup.gateway.limits.max_pending_handshakes_per_source = 4;
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let tunnel = gw.handle.tunnel_addr();
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(connect_from("127.0.0.2", tunnel).await);
+    }
+    eventually("four handshakes pending", || {
+        gw.handle.handshakes_pending() == 4
+    })
+    .await;
+    let mut fifth = connect_from("127.0.0.2", tunnel).await;
+    assert!(closed_at_once(&mut fifth).await, "a fifth from one address");
+    assert!(
+        !closed_at_once(&mut silent[0]).await,
+        "the first four are kept until their handshake's deadline"
+    );
+    // A client from another address gets in, and once registered holds no place.
+    let (mux, _events) = raw_client(&setup, &gw, "from-elsewhere").await;
+    assert!(!mux.is_closed());
+    eventually("the client's handshake released", || {
+        gw.handle.handshakes_pending() == 4
+    })
+    .await;
+    for _ in 0..2 {
+        silent.push(connect_from("127.0.0.3", tunnel).await);
+    }
+    eventually("six handshakes pending", || {
+        gw.handle.handshakes_pending() == 6
+    })
+    .await;
+    let mut over = connect_from("127.0.0.4", tunnel).await;
+    assert!(closed_at_once(&mut over).await, "one over the total");
+    assert!(gw.handle.stats().tunnels_rejected.load(Relaxed) >= 2);
+    // The strangers leave; their places come back.
+    silent.clear();
+    eventually("no handshake pending", || {
+        gw.handle.handshakes_pending() == 0
+    })
+    .await;
+    let (again, _events) = raw_client(&setup, &gw, "after-the-strangers").await;
+    assert!(!again.is_closed());
+}

@@ -606,6 +606,18 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         sample(&m, "sgw_gateway_limit{limit=\"max_lookups_per_gateway\"}"),
         32
     );
+    assert_eq!(
+        sample(&m, "sgw_gateway_limit{limit=\"max_pending_handshakes\"}"),
+        512
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "sgw_gateway_limit{limit=\"max_pending_handshakes_per_source\"}"
+        ),
+        64
+    );
+    assert_eq!(sample(&m, "sgw_gateway_tunnel_handshakes_pending"), 0);
     // An id whose token is not enforced is its only credential: named only to a scrape with
     // the admin token.
     assert!(

@@ -192,6 +192,11 @@ pub struct Limits {
     /// resolver gives up, so names that never answer could otherwise take the threads every
     /// gateway id needs.
     pub max_lookups_per_gateway: usize,
+    /// Gateway: tunnel connections in their handshake (TLS, upgrade, HELLO) at once, and
+    /// from one source address (an IPv6 /64 counts as one). Until its token is judged a
+    /// connection is anyone's: these keep strangers from holding the gateway's memory.
+    pub max_pending_handshakes: usize,
+    pub max_pending_handshakes_per_source: usize,
 }
 
 impl Default for Limits {
@@ -227,6 +232,11 @@ impl Default for Limits {
             window_budget_per_gateway: 2 * 1024 * 1024 * 1024,
             // A sixteenth of tokio's 512 blocking threads.
             max_lookups_per_gateway: 32,
+            // A site behind one NAT address reconnecting 32 clients (two tunnels each) at
+            // once fits; more retry after their backoff. A stranger's handshake holds tens of
+            // KiB; one past the upgrade (a token holder's) up to a HELLO message of 2 MiB.
+            max_pending_handshakes: 512,
+            max_pending_handshakes_per_source: 64,
         }
     }
 }
@@ -264,6 +274,11 @@ impl Limits {
                 ("udp_buffer_total", self.udp_buffer_total),
                 ("window_budget_per_gateway", self.window_budget_per_gateway),
                 ("max_lookups_per_gateway", n(self.max_lookups_per_gateway)),
+                ("max_pending_handshakes", n(self.max_pending_handshakes)),
+                (
+                    "max_pending_handshakes_per_source",
+                    n(self.max_pending_handshakes_per_source),
+                ),
             ]);
         }
         v
@@ -292,6 +307,16 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
             "max_lookups_per_gateway",
             &mut l.max_lookups_per_gateway,
             1..=256,
+        ),
+        (
+            "max_pending_handshakes",
+            &mut l.max_pending_handshakes,
+            1..=1_000_000,
+        ),
+        (
+            "max_pending_handshakes_per_source",
+            &mut l.max_pending_handshakes_per_source,
+            1..=1_000_000,
         ),
     ] {
         if let Some(v) = t.int_in(key, range) {

@@ -160,6 +160,12 @@ impl Backend for AdminBackend {
                 "sgw_gateway_tunnels_rejected_by_reason",
                 "Tunnels refused at TLS or upgrade, by reason code (docs/OPERATIONS.md).",
             ),
+            one(
+                "sgw_gateway_tunnel_handshakes_pending",
+                "Tunnel connections in their handshake now (bounded by limits.max_pending_handshakes, and per source address by limits.max_pending_handshakes_per_source).",
+                Kind::Gauge,
+                n(self.gateway.handshakes_pending() as u64),
+            ),
             Family {
                 name: "sgw_gateway_tunnels_up",
                 help: "Tunnels connected now, by gateway id (bounded by limits.max_tunnels_per_gateway).",

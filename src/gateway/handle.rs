@@ -220,6 +220,14 @@ impl GatewayHandle {
     }
 
     /// Streams open over all tunnels.
+    /// Tunnel connections in their handshake now (at most `limits.max_pending_handshakes`).
+    pub fn handshakes_pending(&self) -> usize {
+        self.gw
+            .limits
+            .max_pending_handshakes
+            .saturating_sub(self.gw.handshakes.available_permits())
+    }
+
     pub fn active_streams(&self) -> usize {
         self.gw
             .all_tenants()

@@ -20,14 +20,14 @@ mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use admin::AdminBackend;
 pub use caller::CALLER_TLS_TIMEOUT;
@@ -181,6 +181,10 @@ impl Gateway {
             udp_buffer_total: cfg.limits.udp_buffer_total,
             egress,
             limits: cfg.limits,
+            handshakes: Arc::new(tokio::sync::Semaphore::new(
+                cfg.limits.max_pending_handshakes,
+            )),
+            handshake_sources: crate::listen::Sources::default(),
         });
         for t in cfg.gateways.into_iter().chain(more) {
             warn_odd(&t);
@@ -220,8 +224,28 @@ impl Gateway {
             info!(tunnel.listen = %a, "gateway started");
         }
         crate::listen::accept_until(&self.tunnel_listener, &shutdown, |tcp, peer| {
-            let fut = serve_tunnel(gw.clone(), tcp, peer, shutdown.clone());
-            gw.tracker.spawn(fut);
+            // Until its token is judged a connection is anyone's: strangers may hold only so
+            // many handshakes, in all and from one address. Over either it is closed at once.
+            let limits = &gw.limits;
+            let held = match gw.handshakes.clone().try_acquire_owned() {
+                Ok(p) => gw
+                    .handshake_sources
+                    .take(peer.ip(), limits.max_pending_handshakes_per_source)
+                    .map(|s| (p, s))
+                    .ok_or("max_pending_handshakes_per_source"),
+                Err(_) => Err("max_pending_handshakes"),
+            };
+            match held {
+                Ok(held) => {
+                    let fut = serve_tunnel(gw.clone(), tcp, peer, held, shutdown.clone());
+                    gw.tracker.spawn(fut);
+                }
+                Err(key) => {
+                    gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+                    gw.stats.tunnels_rejected_by_reason.add("limit");
+                    warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.{key} reached");
+                }
+            }
         })
         .await;
         // Drain: no new streams anywhere, open ones get a bounded grace period.

@@ -32,11 +32,16 @@ fn admits(state: &TenantState, token: Option<&crate::config::Secret>) -> bool {
 /// A client log line is kept (and logged) cut to this many bytes.
 const CLIENT_LOG_MAX: usize = 2048;
 
+/// A connection's place among the handshakes pending (`limits.max_pending_handshakes`, in
+/// all and per source), held until its tunnel registers or the handshake ends.
+pub(super) type Pending = (tokio::sync::OwnedSemaphorePermit, crate::listen::SourceSlot);
+
 /// One client tunnel from TLS accept to close.
 pub(super) async fn serve_tunnel(
     gw: Arc<GatewayState>,
     tcp: TcpStream,
     peer: SocketAddr,
+    pending: Pending,
     shutdown: CancellationToken,
 ) {
     // The token is judged again after registering and before every CONFIG this tunnel is
@@ -131,6 +136,8 @@ pub(super) async fn serve_tunnel(
                 return;
             }
         };
+        // Registered: from here its tunnel caps hold it, not the handshake limits.
+        drop(pending);
         // A change applied between the hello and registering would otherwise miss this tunnel:
         // a revoked token closes it (before anything more is sent), a new list is pushed.
         let now = tenant.state();

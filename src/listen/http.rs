@@ -8,9 +8,7 @@
 //! kernel names each caller's user (`SO_PEERCRED`), so only ours and root's are served, and
 //! other local users can neither use nor fill its connections.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -51,7 +49,7 @@ pub async fn serve(
     // slot by asking again on the same connection.
     let app = app.layer(axum::middleware::map_response(close_after_401));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let sources = Sources::default();
+    let sources = super::Sources::default();
     let tasks = TaskTracker::new();
     if let Ok(a) = listener.local_addr() {
         info!(http.server = name, listen.addr = %a, "HTTP endpoint listening");
@@ -63,7 +61,7 @@ pub async fn serve(
         let Some((tcp, peer)) = super::accept(&listener, &stop).await else {
             break;
         };
-        let Some(source) = sources.take(source_key(peer.ip()), limits.max_per_source) else {
+        let Some(source) = sources.take(peer.ip(), limits.max_per_source) else {
             let key = limits.per_source_key;
             warn!(http.server = name, peer.addr = %peer, reason = "limit", "HTTP connection refused: {key} reached");
             continue;
@@ -215,70 +213,4 @@ async fn close_after_401(mut r: axum::response::Response) -> axum::response::Res
         );
     }
     r
-}
-
-/// Whose connections count together: an IPv4 address, or an IPv6 /64 (one host usually
-/// holds a whole /64, so counting each address would give it 2^64 quotas).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
-}
-
-/// Connections per source (see [`source_key`]).
-#[derive(Clone, Default)]
-struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-/// One connection counted against its source address; released on drop.
-struct SourceSlot {
-    sources: Sources,
-    ip: IpAddr,
-}
-
-impl Sources {
-    fn take(&self, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= cap {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
-            sources: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut m = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_ipv6_host_counts_as_its_slash_64() {
-        let k = |s: &str| source_key(s.parse().unwrap());
-        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
-        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
-        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
-        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
-    }
 }

@@ -5,7 +5,9 @@
 
 pub mod http;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener};
@@ -239,6 +241,61 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other("address resolved to nothing")))
 }
 
+/// Whose connections count together: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64, so counting each address would give it 2^64 quotas).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Connections per source (see [`source_key`]), for a listener that caps them.
+#[derive(Clone, Default)]
+pub struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection counted against its source address; released on drop.
+pub struct SourceSlot {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Sources {
+    /// Counts a connection from `ip` against its source, or `None` if the source holds
+    /// `cap` already.
+    pub fn take(&self, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
+        let ip = source_key(ip);
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.sources.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +340,15 @@ mod tests {
         std::fs::write(&path, "someone else's").unwrap();
         drop(again);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's");
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let k = |s: &str| source_key(s.parse().unwrap());
+        assert_eq!(k("2001:db8:1:2:aaaa::1"), k("2001:db8:1:2:bbbb::9"));
+        assert_ne!(k("2001:db8:1:2::1"), k("2001:db8:1:3::1"));
+        assert_eq!(k("::ffff:192.0.2.7"), k("192.0.2.7"));
+        assert_ne!(k("192.0.2.7"), k("192.0.2.8"));
     }
 
     /// Two processes starting at once both find a stale socket refusing connections: the

@@ -372,12 +372,16 @@ pub struct UpgradeRequest<'a> {
     pub token: Option<&'a str>,
 }
 
+/// One step of the gateway's side of the handshake, by `deadline` (each step's own
+/// [`HANDSHAKE_TIMEOUT`] from now when `None`).
 async fn accept_step<T, E>(
     what: &'static str,
     f: impl std::future::Future<Output = Result<T, E>>,
     map: impl FnOnce(E) -> AcceptError,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<T, AcceptError> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, f).await {
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
+    match tokio::time::timeout_at(deadline, f).await {
         Ok(r) => r.map_err(map),
         Err(_) => Err(AcceptError::Timeout(what, HANDSHAKE_TIMEOUT)),
     }
@@ -399,7 +403,12 @@ pub async fn accept<T>(
     // The listener is the caller's (tests and embedders bind their own), so its options
     // are not counted on: once per tunnel, not per stream.
     let _ = tcp.set_nodelay(true);
-    let mut tls_stream = accept_step("TLS handshake", tls.accept(tcp), AcceptError::Tls).await?;
+    // One deadline for TLS, upgrade and HELLO together: a stranger trickling each step
+    // can't hold its place among the pending handshakes three times as long.
+    let deadline = Some(tokio::time::Instant::now() + HANDSHAKE_TIMEOUT);
+    let tls_accept = tls.accept(tcp);
+    let mut tls_stream =
+        accept_step("TLS handshake", tls_accept, AcceptError::Tls, deadline).await?;
     tls_stream
         .get_mut()
         .1
@@ -456,7 +465,7 @@ pub async fn accept<T>(
     };
     let upgrade =
         tokio_tungstenite::accept_hdr_async_with_config(tls_stream, callback, Some(ws_config()));
-    let res = accept_step("WebSocket upgrade", upgrade, AcceptError::Ws).await;
+    let res = accept_step("WebSocket upgrade", upgrade, AcceptError::Ws, deadline).await;
     let (mut ws, authorized) = match (res, outcome) {
         (Ok(ws), Ok(t)) => (ws, t),
         (_, Err(why)) => return Err(AcceptError::Refused(why)),
@@ -466,7 +475,7 @@ pub async fn accept<T>(
         Frame::Hello(body) => Ok(body),
         other => Err(other),
     });
-    let hello: Hello = accept_step("HELLO", hello, AcceptError::Handshake).await?;
+    let hello: Hello = accept_step("HELLO", hello, AcceptError::Handshake, deadline).await?;
     hello
         .validate()
         .map_err(|e| AcceptError::Handshake(format!("bad HELLO: {e}")))?;
@@ -489,5 +498,5 @@ pub async fn welcome(
         }
         Ok(())
     };
-    accept_step("WELCOME and CONFIG", send, AcceptError::Send).await
+    accept_step("WELCOME and CONFIG", send, AcceptError::Send, None).await
 }
