@@ -1522,3 +1522,60 @@ async fn silent_strangers_hold_only_so_many_tunnel_handshakes() {
     let (again, _events) = raw_client(&setup, &gw, "after-the-strangers").await;
     assert!(!again.is_closed());
 }
+
+/// A hostile gateway's WELCOME names ids the client puts into every log line of the tunnel
+/// and into `sgw status`: one with a line break (a forged log line) or of 300 KB (every line
+/// that long) is refused, and the tunnel is not used.
+#[tokio::test]
+async fn a_welcome_that_would_forge_or_flood_log_lines_is_refused() {
+    let setup = Setup::new(&[]);
+    let tls = sgw::tunnel::server_tls(&setup.gateway.tls).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut link = setup.client.gateways[0].clone();
+    link.replicas[0].url.port = listener.local_addr().unwrap().port();
+    let connector = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let hello = sgw::proto::Hello {
+        version: "t".into(),
+        proto: [1, 1],
+        hostname: "h".into(),
+        env: "test".into(),
+        instance: "i".into(),
+        features: Vec::new(),
+    };
+    for (client_id, why) in [
+        ("c1\nERROR forged line".to_owned(), "control character"),
+        ("x".repeat(300_000), "over the limit"),
+        ("c1".to_owned(), ""),
+    ] {
+        let welcome = sgw::proto::Welcome {
+            client_id: client_id.clone(),
+            gateway_id: link.gateway_id.clone(),
+            proto: [1, 1],
+            features: Vec::new(),
+        };
+        let (tls, listener) = (tls.clone(), &listener);
+        let fake = async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (mut ws, (), _hello) = sgw::tunnel::accept(tcp, &tls, |_| Some(())).await.unwrap();
+            let config = bytes::Bytes::from_static(b"{\"destinations\":[]}");
+            let _ = sgw::tunnel::welcome(&mut ws, &welcome, config).await;
+            ws
+        };
+        let client = sgw::tunnel::connect(&link, &link.replicas[0], None, &connector, &hello);
+        let (got, _ws) = tokio::time::timeout(WAIT, async { tokio::join!(client, fake) })
+            .await
+            .expect("the handshake ends in time");
+        match (got, why) {
+            (Ok((_, w)), "") => assert_eq!(w.client_id, client_id),
+            (Ok((_, w)), _) => panic!("took a WELCOME naming {:?}", &w.client_id[..20]),
+            (Err(e), why) => {
+                let e = e.to_string();
+                assert!(
+                    !why.is_empty() && e.contains("bad WELCOME") && e.contains(why),
+                    "{e}"
+                );
+                assert!(!e.contains('\n') && e.len() < 1024, "{e:.200}");
+            }
+        }
+    }
+}

@@ -61,6 +61,8 @@ pub enum HelloError {
     NoInstance,
     #[error("`features` holds more than {MAX_HELLO_FEATURES} entries or an entry over {MAX_HELLO_FIELD} bytes")]
     Features,
+    #[error("`{field}` holds a control character")]
+    Unprintable { field: &'static str },
 }
 
 /// The `features` value for per-stream deflate compression.
@@ -86,6 +88,34 @@ pub struct Welcome {
     /// from older gateways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+}
+
+impl Welcome {
+    /// Refuses a WELCOME the client could not log or show as it is: its ids go into every log
+    /// line of the tunnel and into `sgw status`, so a gateway must not be able to forge lines
+    /// or flood them (PROTOCOL.md §3). The caps are HELLO's.
+    pub fn validate(&self) -> Result<(), HelloError> {
+        for (field, v) in [
+            ("client_id", &self.client_id),
+            ("gateway_id", &self.gateway_id),
+        ] {
+            if v.len() > MAX_HELLO_FIELD {
+                return Err(HelloError::TooLong {
+                    field,
+                    len: v.len(),
+                });
+            }
+            if v.chars().any(char::is_control) {
+                return Err(HelloError::Unprintable { field });
+            }
+        }
+        if self.features.len() > MAX_HELLO_FEATURES
+            || self.features.iter().any(|f| f.len() > MAX_HELLO_FIELD)
+        {
+            return Err(HelloError::Features);
+        }
+        Ok(())
+    }
 }
 
 /// The JSON part of an OPEN frame.

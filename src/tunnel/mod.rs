@@ -345,6 +345,9 @@ pub async fn connect(
         other => Err(other),
     });
     let welcome: Welcome = step("WELCOME", welcome, ConnectError::Handshake).await?;
+    welcome
+        .validate()
+        .map_err(|e| ConnectError::Handshake(format!("bad WELCOME: {e}")))?;
     Ok((ws, welcome))
 }
 
