@@ -486,7 +486,7 @@ async fn destination_refusals_name_their_cause_and_fix() {
         format!("acl allow 127.0.0.1:{closed}\n"),
     )
     .unwrap();
-    let (_gw, port, cloud) =
+    let (gw, port, cloud) =
         gateway_with_destinations(d, &[("closed", closed), ("denied", echo.port())]).await;
     let (cfg, c) = client(
         d,
@@ -511,6 +511,13 @@ async fn destination_refusals_name_their_cause_and_fix() {
         "start the service",
     ];
     says(&c, "refused", &refused).await;
+    // The gateway learns the reason and the advice, not the client's error text (resolved
+    // addresses, proxies and certificates are the client's business).
+    let line = gw.wait_line("nothing accepts connections there").await;
+    assert!(
+        line.contains("reason=refused") && !line.contains("connect to"),
+        "{line}"
+    );
     let denied = [
         &format!(
             "the ACL denies destination denied at 127.0.0.1:{}",

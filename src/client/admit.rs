@@ -139,8 +139,8 @@ impl Refusal {
                     "the caller is not in the ip_table_rules of private destination {id}: add its address to the destination's rules on the gateway, or make the destination public"
                 ),
             ),
-            // The error's own text stays on this host: in the doctor's line, in the log line's
-            // `error` field (not forwarded), and in OPEN_ERR's message.
+            // The error's own text stays on this host: in the doctor's line and in the log
+            // line's `error` field (not forwarded). OPEN_ERR carries the sentence without it.
             Refusal::Failed(e) => (
                 e.reason.as_str(),
                 match local {
@@ -272,7 +272,9 @@ impl Refusal {
                         .or_default() += 1;
                 }
                 warn!(reason = %e.reason, error = %e.message, "dial failed: {sentence}");
-                (e.reason, e.message)
+                // The error's text (resolved addresses, proxies, certificates) stays here;
+                // the gateway gets the reason and the destination it named itself.
+                (e.reason, sentence)
             }
         }
     }
