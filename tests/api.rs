@@ -1408,6 +1408,19 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert!(s(&v["message"]).contains("nothing was changed"), "{v}");
     let (_, d) = env.call("GET", &d1, &token, None).await;
     assert_eq!(d["desc"], "");
+
+    // An error quoting the caller's words is logged escaped: no forged line.
+    let forged = format!("/v1/sgconfig/{id}/clients/x%0AERROR%20forged%20API%20line");
+    let (st, v) = env.call("GET", &forged, &token, None).await;
+    assert_eq!(st, 404, "{v}");
+    let gw = env.gw.as_ref().unwrap();
+    let line = gw.wait_line("forged API line").await;
+    assert!(line.contains("x\\nERROR forged"), "{line}");
+    assert!(
+        !env.logs().lines().any(|l| l.starts_with("ERROR forged")),
+        "{}",
+        env.logs()
+    );
 }
 
 /// A corrupt state file stops the gateway at start with a clear error (exit 2) instead of

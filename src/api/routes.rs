@@ -185,16 +185,24 @@ async fn gate<B: Backend>(
 /// One line per request: method, path (never the query or body: tokens and keys), status,
 /// and for errors the message.
 async fn log_request(req: Request, next: axum::middleware::Next) -> Response {
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    // The path and the error's words can quote the caller: escaped and cut short.
+    let (method, path) = (
+        req.method().clone(),
+        crate::telemetry::clean(req.uri().path(), 256),
+    );
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
     let ms = started.elapsed().as_millis() as u64;
-    match resp.extensions().get::<Logged>() {
-        Some(Logged(m)) if status >= 500 => {
+    match resp
+        .extensions()
+        .get::<Logged>()
+        .map(|Logged(m)| crate::telemetry::clean(m, 512))
+    {
+        Some(m) if status >= 500 => {
             tracing::warn!(api.method = %method, api.path = %path, api.status = status, duration_ms = ms, reason = %m, "API request failed")
         }
-        Some(Logged(m)) => {
+        Some(m) => {
             tracing::info!(api.method = %method, api.path = %path, api.status = status, duration_ms = ms, reason = %m, "API request refused")
         }
         None => {
