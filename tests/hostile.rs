@@ -1579,3 +1579,63 @@ async fn a_welcome_that_would_forge_or_flood_log_lines_is_refused() {
         }
     }
 }
+
+/// A client joined to two gateway ids gives each a share of its window budget
+/// (`limits.window_budget_per_gateway`): the callers of one (anyone who reaches its cloud
+/// ports, or the gateway itself) stop at its share, and the other's callers are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gateways_callers_cannot_use_up_the_clients_window_budget() {
+    let echo = echo_server().await;
+    let window = 256 * 1024u32;
+    let mut setup = Setup::new(&[echo]);
+    let mut b = setup.gateway.gateways[0].clone();
+    b.id = "gw-b".into();
+    b.token = sgw::config::Secret::new("token-of-gateway-b-0123456789");
+    b.destinations[0].id = "dest-b".into();
+    setup.gateway.gateways.push(b.clone());
+    let mut link_b = setup.client.gateways[0].clone();
+    link_b.gateway_id = b.id.clone();
+    link_b.token = b.token.clone();
+    setup.client.gateways.push(link_b);
+    let l = &mut setup.client.limits;
+    l.stream_window = window;
+    l.max_stream_window = window;
+    l.window_budget = 8 * u64::from(window);
+    l.window_budget_per_gateway = 4 * u64::from(window);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client = start_client(setup.client.clone(), gw.handle.tunnel_addr()).await;
+    let (a_port, b_port) = (
+        gw.handle.dest_addr("dest1").unwrap(),
+        gw.handle.dest_addr("dest-b").unwrap(),
+    );
+    let hold = |to: SocketAddr| async move {
+        let mut c = TcpStream::connect(to).await.unwrap();
+        c.write_all(b"x").await.unwrap();
+        let mut got = [0u8; 1];
+        match tokio::time::timeout(WAIT, c.read(&mut got)).await {
+            Ok(Ok(1)) => Some(c),
+            _ => None,
+        }
+    };
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            hold(a_port)
+                .await
+                .unwrap_or_else(|| panic!("caller {i} of A")),
+        );
+    }
+    assert!(
+        hold(a_port).await.is_none(),
+        "a fifth caller of A is over A's share, though the client has room"
+    );
+    for i in 0..4 {
+        held.push(
+            hold(b_port)
+                .await
+                .unwrap_or_else(|| panic!("caller {i} of B")),
+        );
+    }
+    drop(held);
+    client.stop.cancel();
+}

@@ -97,16 +97,21 @@ pub fn hello() -> Hello {
 
 impl Client {
     pub fn new(cfg: ClientConfig, acl: Acl) -> Result<Client, ClientError> {
+        let mux_cfg = MuxConfig::from_limits(Role::Client, &cfg.limits, &cfg.keepalive);
         let mut peers = Vec::new();
         for g in &cfg.gateways {
             let tls = tunnel::client_tls(&g.trust).map_err(|source| ClientError::Tls {
                 gateway: g.gateway_id.clone(),
                 source,
             })?;
-            peers.push(Arc::new(GatewayPeer::new(g.clone(), tls)));
+            let budget = crate::mux::WindowBudget::within(
+                &mux_cfg.window_budget,
+                cfg.limits.window_budget_per_gateway,
+                "window_budget_per_gateway",
+            );
+            peers.push(Arc::new(GatewayPeer::new(g.clone(), tls, budget)));
         }
         let hello = hello();
-        let mux_cfg = MuxConfig::from_limits(Role::Client, &cfg.limits, &cfg.keepalive);
         let state = Arc::new(ClientState {
             cfg,
             acl: RwLock::new(Arc::new(acl)),

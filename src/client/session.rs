@@ -219,6 +219,7 @@ async fn serve_tunnel(
     let client_id = welcome.client_id.as_str();
     let (r, w) = tunnel::split(ws);
     let mut cfg = shared.mux_cfg.clone();
+    cfg.window_budget = link.budget.clone();
     // The gateway answers `early_data` in its WELCOME when it takes early data on the streams
     // this client opens (reverse destinations).
     cfg.peer_early_data = welcome.features.iter().any(|f| f == FEATURE_EARLY_DATA);

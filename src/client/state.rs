@@ -78,6 +78,10 @@ pub(super) type Listeners = std::sync::Mutex<HashMap<String, (SocketAddr, Cancel
 pub(super) struct GatewayPeer {
     pub cfg: GatewayLink,
     pub tls: TlsConnector,
+    /// This gateway's share of the process's window budget
+    /// (`limits.window_budget_per_gateway`): the streams one gateway's callers open (or a
+    /// hostile gateway opens itself) can't refuse every other gateway's.
+    pub budget: Arc<crate::mux::WindowBudget>,
     pub dests: RwLock<Arc<HashMap<String, Arc<PushedDest>>>>,
     /// Tunnels up right now (for sending LOG frames and opening reverse streams).
     pub live: Mutex<Vec<Mux>>,
@@ -116,10 +120,15 @@ pub(super) struct SlotFailure {
 }
 
 impl GatewayPeer {
-    pub fn new(cfg: GatewayLink, tls: TlsConnector) -> GatewayPeer {
+    pub fn new(
+        cfg: GatewayLink,
+        tls: TlsConnector,
+        budget: Arc<crate::mux::WindowBudget>,
+    ) -> GatewayPeer {
         GatewayPeer {
             cfg,
             tls,
+            budget,
             dests: RwLock::new(Arc::new(HashMap::new())),
             live: Mutex::new(Vec::new()),
             reverse: Default::default(),

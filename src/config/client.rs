@@ -365,7 +365,16 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
             ),
         }
     }
-    let limits = read_limits(root.table("limits"));
+    let mut limits = read_limits(root.table("limits"));
+    // On the client each gateway's share; unset, the gateways split the budget evenly, so
+    // one gateway's callers can't refuse the others'.
+    if !root
+        .table("limits")
+        .is_some_and(|t| t.has("window_budget_per_gateway"))
+    {
+        let n = u64::try_from(gateways.len()).unwrap_or(1).max(1);
+        limits.window_budget_per_gateway = limits.window_budget / n;
+    }
     let log = read_log(root);
     let mut destinations = std::collections::HashMap::new();
     for d in root.tables("destinations") {
@@ -454,6 +463,26 @@ mod tests {
         assert!(WssUrl::parse("ws://h").is_err());
         assert!(WssUrl::parse("wss://u:p@h").is_err());
         assert!(WssUrl::parse("wss://h:99999").is_err());
+    }
+
+    /// Unset, the configured gateways split the window budget evenly; set, each gets it.
+    #[test]
+    fn each_gateway_gets_a_share_of_the_window_budget() {
+        let two = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n[[gateway]]\nurl = \"wss://b:1/t\"\ngateway_id = \"b\"\ntoken = \"t\"\n";
+        let load = |src: &str| ClientConfig::from_toml(Path::new("c.toml"), src).unwrap();
+        let c = load(&format!("{two}[limits]\nwindow_budget = \"8MiB\"\n"));
+        assert_eq!(c.limits.window_budget_per_gateway, 4 << 20);
+        let c = load(&format!(
+            "{two}[limits]\nwindow_budget = \"8MiB\"\nwindow_budget_per_gateway = \"6MiB\"\n"
+        ));
+        assert_eq!(c.limits.window_budget_per_gateway, 6 << 20);
+        let one = two
+            .split("[[gateway]]")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("[[gateway]]");
+        let c = load(&one);
+        assert_eq!(c.limits.window_budget_per_gateway, c.limits.window_budget);
     }
 
     #[test]

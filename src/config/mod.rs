@@ -186,6 +186,7 @@ pub struct Limits {
     /// Gateway: the share of `window_budget` the streams of one gateway id may hold, so the
     /// callers of one id (anyone who reaches its cloud ports) can't starve the others. Unset:
     /// all of `window_budget` (a gateway of one id, the common case, keeps all of it).
+    /// Client: each configured gateway's share; unset, `window_budget` split evenly.
     pub window_budget_per_gateway: u64,
     /// Gateway: name lookups the clients of one gateway id may have running at once for
     /// SOCKS targets and reverse destinations. Each holds a blocking thread until the system
@@ -263,6 +264,7 @@ impl Limits {
             ("tunnel_send_queue", self.tunnel_send_queue),
             ("accept_backlog", n(self.accept_backlog)),
             ("window_budget", self.window_budget),
+            ("window_budget_per_gateway", self.window_budget_per_gateway),
         ];
         if side == Side::Gateway {
             v.extend([
@@ -272,7 +274,6 @@ impl Limits {
                 ("max_destinations", n(self.max_destinations)),
                 ("udp_pending_buffer", self.udp_pending_buffer),
                 ("udp_buffer_total", self.udp_buffer_total),
-                ("window_budget_per_gateway", self.window_budget_per_gateway),
                 ("max_lookups_per_gateway", n(self.max_lookups_per_gateway)),
                 ("max_pending_handshakes", n(self.max_pending_handshakes)),
                 (
