@@ -261,3 +261,35 @@ fn the_per_gateway_window_budget_follows_the_budget_unless_set() {
     );
     assert_eq!(load("max_streams = 10"), (2 * g, 2 * g));
 }
+
+/// A gateway id goes into a header and into the client ids made from it: gateway.toml's are
+/// printable ASCII of at most 128 bytes, and the error names the line.
+#[test]
+fn gateway_ids_are_short_printable_words() {
+    let dir = tempfile::tempdir().unwrap();
+    sgw::init::write(dir.path(), &sgw::init::InitOptions::default()).unwrap();
+    let at = dir.path().join("gateway.toml");
+    let base = std::fs::read_to_string(&at).unwrap();
+    for (bad, ok) in [
+        ("x".repeat(129), false),
+        ("has space".into(), false),
+        ("gw-2.a_b".into(), true),
+    ] {
+        let text = base.replacen("id = \"gw1\"", &format!("id = \"{bad}\""), 1);
+        assert_ne!(text, base);
+        let r = config::GatewayConfig::from_toml_env(&at, &text, Default::default());
+        match (r, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => {
+                let e = e.0.join("\n");
+                assert!(
+                    e.contains("gateways[0].id: a gateway id is 1 to 128 printable"),
+                    "{e}"
+                );
+                assert!(e.contains("gateway.toml:"), "{e}");
+            }
+            (Ok(_), false) => panic!("id {bad:.20} accepted"),
+            (Err(e), true) => panic!("{}", e.0.join("\n")),
+        }
+    }
+}

@@ -513,9 +513,22 @@ async fn destination_refusals_name_their_cause_and_fix() {
     says(&c, "refused", &refused).await;
     // The gateway learns the reason and the advice, not the client's error text (resolved
     // addresses, proxies and certificates are the client's business).
-    let line = gw.wait_line("nothing accepts connections there").await;
+    // Its own `stream refused` line, not the client's forwarded one (which has no error).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let line = loop {
+        let all = gw.all();
+        let found = all
+            .lines()
+            .find(|l| l.contains("stream refused") && l.contains("reason=refused"))
+            .map(str::to_owned);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert!(
-        line.contains("reason=refused") && !line.contains("connect to"),
+        line.contains("nothing accepts connections there") && !line.contains("connect to"),
         "{line}"
     );
     let denied = [

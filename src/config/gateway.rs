@@ -112,6 +112,9 @@ impl std::fmt::Debug for TlsIdentity {
     }
 }
 
+/// The longest gateway id gateway.toml may give.
+pub const GATEWAY_ID_MAX: usize = 128;
+
 /// One `[[gateways]]` entry: a gateway id with its token and destinations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantConfig {
@@ -306,6 +309,18 @@ fn read(root: &Table<'_, '_>) -> Option<GatewayConfig> {
         if let (Some(id), Some(v)) = (&id, g.get("id")) {
             if !ids.insert(id.clone()) {
                 g.err("id", v, format!("duplicate gateway id `{id}`"));
+            }
+            // Clients send it in a header and get back a client id made from it, which they
+            // refuse past 256 bytes (PROTOCOL.md §3).
+            if id.is_empty()
+                || id.len() > GATEWAY_ID_MAX
+                || !id.bytes().all(|b| b.is_ascii_graphic())
+            {
+                g.err(
+                    "id",
+                    v,
+                    format!("a gateway id is 1 to {GATEWAY_ID_MAX} printable ASCII characters without spaces"),
+                );
             }
         }
         let desc = g.str("desc").unwrap_or_default();

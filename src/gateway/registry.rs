@@ -286,10 +286,15 @@ impl Tenant {
     pub fn retire(&self) -> Vec<Mux> {
         let mut c = self.lock();
         c.retired = true;
-        c.entries
+        let tunnels = c
+            .entries
             .values()
             .flat_map(|e| e.tunnels.iter().map(|(_, m)| m.clone()))
-            .collect()
+            .collect();
+        drop(c);
+        // Callers waiting for a client of this id give up now, not at their timeout.
+        self.registered.notify_waiters();
+        tunnels
     }
 
     pub fn all_tunnels(&self) -> Vec<Mux> {
@@ -396,6 +401,10 @@ impl Tenant {
         let mut failures = 0;
         loop {
             let registered = self.registered.notified();
+            if self.lock().retired {
+                let msg = format!("gateway `{}` was deleted", self.id);
+                return Err((Reason::Unreachable, msg));
+            }
             let Some(p) = self.pick(&tried) else {
                 if failures >= OPEN_ATTEMPTS {
                     let msg = format!("no usable client tunnel for gateway `{}`", self.id);
