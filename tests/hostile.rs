@@ -1641,3 +1641,35 @@ async fn one_gateways_callers_cannot_use_up_the_clients_window_budget() {
     drop(held);
     client.stop.cancel();
 }
+
+/// A caller waiting for a client of a gateway id that is then deleted is let go at once, not
+/// at the end of its destination's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_waiting_on_a_deleted_gateway_id_are_let_go_at_once() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.gateways[0].destinations[0].timeout = Duration::from_secs(60);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut caller = TcpStream::connect(gw.handle.dest_addr("dest1").unwrap())
+        .await
+        .unwrap();
+    caller.write_all(b"anyone there?").await.unwrap();
+    let mut b = [0u8; 16];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), caller.read(&mut b))
+            .await
+            .is_err(),
+        "the caller waits for a client"
+    );
+    let started = Instant::now();
+    gw.handle.remove("gw1").await;
+    let got = tokio::time::timeout(WAIT, caller.read(&mut b))
+        .await
+        .expect("let go");
+    assert!(matches!(got, Ok(0) | Err(_)), "{got:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "let go after {:?}",
+        started.elapsed()
+    );
+}
