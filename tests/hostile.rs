@@ -1471,9 +1471,9 @@ async fn closed_at_once(s: &mut TcpStream) -> bool {
 
 /// Until its token is judged a tunnel connection is anyone's: strangers who open connections
 /// and say nothing hold no more than `limits.max_pending_handshakes_per_source` from one
-/// address and `limits.max_pending_handshakes` in all; the rest are closed at once, a client
-/// from elsewhere still gets in while one address is at its cap, and a registered tunnel
-/// holds no place.
+/// address (more are closed at once) and `limits.max_pending_handshakes` in all. With every
+/// place taken a newcomer displaces the oldest stranger, so a client still gets in; a
+/// registered tunnel holds no place.
 #[tokio::test]
 async fn silent_strangers_hold_only_so_many_tunnel_handshakes() {
     let echo = echo_server().await;
@@ -1482,45 +1482,45 @@ async fn silent_strangers_hold_only_so_many_tunnel_handshakes() {
     setup.gateway.limits.max_pending_handshakes_per_source = 4;
     let gw = start_gateway(setup.gateway.clone()).await;
     let tunnel = gw.handle.tunnel_addr();
-    let mut silent = Vec::new();
+    let pending = |n: usize| {
+        let h = gw.handle.clone();
+        move || h.handshakes_pending() == n
+    };
+    let mut first = Vec::new();
     for _ in 0..4 {
-        silent.push(connect_from("127.0.0.2", tunnel).await);
+        first.push(connect_from("127.0.0.2", tunnel).await);
     }
-    eventually("four handshakes pending", || {
-        gw.handle.handshakes_pending() == 4
-    })
-    .await;
+    eventually("four handshakes pending", pending(4)).await;
     let mut fifth = connect_from("127.0.0.2", tunnel).await;
     assert!(closed_at_once(&mut fifth).await, "a fifth from one address");
     assert!(
-        !closed_at_once(&mut silent[0]).await,
+        !closed_at_once(&mut first[0]).await,
         "the first four are kept until their handshake's deadline"
     );
     // A client from another address gets in, and once registered holds no place.
     let (mux, _events) = raw_client(&setup, &gw, "from-elsewhere").await;
     assert!(!mux.is_closed());
-    eventually("the client's handshake released", || {
-        gw.handle.handshakes_pending() == 4
-    })
-    .await;
+    eventually("the client's handshake released", pending(4)).await;
+    let mut more = Vec::new();
     for _ in 0..2 {
-        silent.push(connect_from("127.0.0.3", tunnel).await);
+        more.push(connect_from("127.0.0.3", tunnel).await);
     }
-    eventually("six handshakes pending", || {
-        gw.handle.handshakes_pending() == 6
-    })
-    .await;
-    let mut over = connect_from("127.0.0.4", tunnel).await;
-    assert!(closed_at_once(&mut over).await, "one over the total");
-    assert!(gw.handle.stats().tunnels_rejected.load(Relaxed) >= 2);
-    // The strangers leave; their places come back.
-    silent.clear();
-    eventually("no handshake pending", || {
-        gw.handle.handshakes_pending() == 0
-    })
-    .await;
-    let (again, _events) = raw_client(&setup, &gw, "after-the-strangers").await;
+    eventually("every place taken", pending(6)).await;
+    // Full of strangers: a newcomer takes the oldest one's place.
+    let _newcomer = connect_from("127.0.0.4", tunnel).await;
+    assert!(closed_at_once(&mut first[0]).await, "the oldest stranger");
+    assert!(
+        !closed_at_once(&mut more[0]).await,
+        "a younger stranger stays"
+    );
+    eventually("still six", pending(6)).await;
+    // And a client gets in while the strangers fill every place.
+    let (again, _events) = raw_client(&setup, &gw, "through-the-strangers").await;
     assert!(!again.is_closed());
+    assert!(gw.handle.stats().tunnels_rejected.load(Relaxed) >= 3);
+    // The strangers leave; their places come back.
+    drop((first, more, _newcomer));
+    eventually("no handshake pending", pending(0)).await;
 }
 
 /// A hostile gateway's WELCOME names ids the client puts into every log line of the tunnel

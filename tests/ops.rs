@@ -276,6 +276,27 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
         sample(&after, "sgw_client_limit{limit=\"window_budget\"}"),
         limits.window_budget as i64
     );
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_limit{limit=\"window_budget_per_gateway\"}"
+        ),
+        limits.window_budget_per_gateway as i64
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",state=\"limit\"}"
+        ),
+        limits.window_budget_per_gateway as i64
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",state=\"committed\"}"
+        ),
+        0
+    );
     // Gateway-only limits are not shown as the client's.
     assert!(!after.contains("limit=\"max_destinations\""), "{after}");
     assert!(

@@ -162,6 +162,25 @@ impl Backend for AdminBackend {
                     ],
                 }
             },
+            {
+                let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+                Family {
+                    name: "sgw_client_gateway_window_budget_bytes",
+                    help: "Receive window promised to each gateway's streams (committed), and its share of limits.window_budget (limit: limits.window_budget_per_gateway).",
+                    kind: Kind::Gauge,
+                    samples: self
+                        .client
+                        .gateway_window_budgets()
+                        .into_iter()
+                        .flat_map(|(id, b)| {
+                            [
+                                (vec![("gateway", id.clone()), ("state", "committed".into())], n(b.committed())),
+                                (vec![("gateway", id), ("state", "limit".into())], n(b.cap())),
+                            ]
+                        })
+                        .collect(),
+                }
+            },
             Family {
                 name: "sgw_client_bytes",
                 help: "Payload bytes relayed, by direction (up: toward the endpoint).",

@@ -34,6 +34,14 @@ impl ClientHandle {
         self.state.mux_cfg.window_budget.clone()
     }
 
+    /// Each gateway's share of it (`limits.window_budget_per_gateway`), by gateway id.
+    pub fn gateway_window_budgets(&self) -> Vec<(String, Arc<crate::mux::WindowBudget>)> {
+        self.peers
+            .iter()
+            .map(|p| (p.cfg.gateway_id.clone(), p.budget.clone()))
+            .collect()
+    }
+
     pub fn stats(&self) -> &ClientStats {
         &self.state.stats
     }

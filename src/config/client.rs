@@ -375,6 +375,24 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
         let n = u64::try_from(gateways.len()).unwrap_or(1).max(1);
         limits.window_budget_per_gateway = limits.window_budget / n;
     }
+    // A share that can't hold one stream's first window would refuse every stream.
+    let window = u64::from(limits.stream_window);
+    if limits.window_budget_per_gateway < window {
+        if let Some(t) = root.table("limits") {
+            let share = limits.window_budget_per_gateway;
+            let why = format!("leaves each gateway {share} bytes, less than one stream's stream_window ({window})");
+            if t.has("window_budget_per_gateway") {
+                t.invalid("window_budget_per_gateway", why);
+            } else if t.has("window_budget") {
+                t.invalid(
+                    "window_budget",
+                    format!("split over {} gateways {why}", gateways.len()),
+                );
+            } else {
+                t.invalid("stream_window", why);
+            }
+        }
+    }
     let log = read_log(root);
     let mut destinations = std::collections::HashMap::new();
     for d in root.tables("destinations") {

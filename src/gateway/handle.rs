@@ -219,15 +219,12 @@ impl GatewayHandle {
             .sum()
     }
 
-    /// Streams open over all tunnels.
     /// Tunnel connections in their handshake now (at most `limits.max_pending_handshakes`).
     pub fn handshakes_pending(&self) -> usize {
-        self.gw
-            .limits
-            .max_pending_handshakes
-            .saturating_sub(self.gw.handshakes.available_permits())
+        self.gw.handshakes.held()
     }
 
+    /// Streams open over all tunnels.
     pub fn active_streams(&self) -> usize {
         self.gw
             .all_tenants()

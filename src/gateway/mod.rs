@@ -11,6 +11,7 @@ mod admin;
 mod apply;
 mod caller;
 mod handle;
+mod handshakes;
 mod registry;
 mod reverse;
 mod session;
@@ -181,10 +182,10 @@ impl Gateway {
             udp_buffer_total: cfg.limits.udp_buffer_total,
             egress,
             limits: cfg.limits,
-            handshakes: Arc::new(tokio::sync::Semaphore::new(
+            handshakes: handshakes::Handshakes::new(
                 cfg.limits.max_pending_handshakes,
-            )),
-            handshake_sources: crate::listen::Sources::default(),
+                cfg.limits.max_pending_handshakes_per_source,
+            ),
         });
         for t in cfg.gateways.into_iter().chain(more) {
             warn_odd(&t);
@@ -224,25 +225,17 @@ impl Gateway {
             info!(tunnel.listen = %a, "gateway started");
         }
         crate::listen::accept_until(&self.tunnel_listener, &shutdown, |tcp, peer| {
-            // Until its token is judged a connection is anyone's: strangers may hold only so
-            // many handshakes, in all and from one address. Over either it is closed at once.
-            let limits = &gw.limits;
-            let held = match gw.handshakes.clone().try_acquire_owned() {
-                Ok(p) => gw
-                    .handshake_sources
-                    .take(peer.ip(), limits.max_pending_handshakes_per_source)
-                    .map(|s| (p, s))
-                    .ok_or("max_pending_handshakes_per_source"),
-                Err(_) => Err("max_pending_handshakes"),
-            };
-            match held {
-                Ok(held) => {
-                    let fut = serve_tunnel(gw.clone(), tcp, peer, held, shutdown.clone());
+            // Until its token is judged a connection is anyone's: strangers hold only so many
+            // handshakes, in all and from one address (handshakes.rs).
+            match gw.handshakes.admit(peer.ip()) {
+                Ok(place) => {
+                    let fut = serve_tunnel(gw.clone(), tcp, peer, place, shutdown.clone());
                     gw.tracker.spawn(fut);
                 }
-                Err(key) => {
+                Err(no) => {
                     gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
                     gw.stats.tunnels_rejected_by_reason.add("limit");
+                    let key = no.key();
                     warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.{key} reached");
                 }
             }

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+use super::handshakes::Place;
 use super::registry::{TenantState, TunnelLimit};
 use super::reverse;
 use super::state::GatewayState;
@@ -32,27 +33,33 @@ fn admits(state: &TenantState, token: Option<&crate::config::Secret>) -> bool {
 /// A client log line is kept (and logged) cut to this many bytes.
 const CLIENT_LOG_MAX: usize = 2048;
 
-/// A connection's place among the handshakes pending (`limits.max_pending_handshakes`, in
-/// all and per source), held until its tunnel registers or the handshake ends.
-pub(super) type Pending = (tokio::sync::OwnedSemaphorePermit, crate::listen::SourceSlot);
-
 /// One client tunnel from TLS accept to close.
 pub(super) async fn serve_tunnel(
     gw: Arc<GatewayState>,
     tcp: TcpStream,
     peer: SocketAddr,
-    pending: Pending,
+    place: Place,
     shutdown: CancellationToken,
 ) {
     // The token is judged again after registering and before every CONFIG this tunnel is
     // sent: a change may revoke it at any point of the handshake.
     let mut token: Option<crate::config::Secret> = None;
-    let accepted = tunnel::accept(tcp, &gw.tls, |req| {
+    // A stranger's handshake ends when a newcomer takes its place (handshakes.rs); one that
+    // showed a good token keeps it until its tunnel registers.
+    let handshake = tunnel::accept(tcp, &gw.tls, |req| {
         let tenant = gw.tenant(req.gateway_id)?;
         token = req.token.map(crate::config::Secret::new);
-        admits(&tenant.state(), token.as_ref()).then_some(tenant)
-    })
-    .await;
+        (admits(&tenant.state(), token.as_ref()) && place.authorize()).then_some(tenant)
+    });
+    let accepted = tokio::select! {
+        r = handshake => r,
+        _ = place.displaced() => {
+            gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+            gw.stats.tunnels_rejected_by_reason.add("limit");
+            warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.max_pending_handshakes reached, and its handshake was the oldest without a token");
+            return;
+        }
+    };
     let (mut ws, tenant, hello) = match accepted {
         Ok(x) => x,
         Err(e) => {
@@ -110,6 +117,7 @@ pub(super) async fn serve_tunnel(
         if probe {
             // `sgw doctor`: it has what it asked for; never registered, so never routed to.
             info!(client.hostname = %clean(&hello.hostname, 256), "answered a probe (sgw doctor): token accepted, destinations sent");
+            drop(place);
             let _ = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, futures_util::SinkExt::close(&mut ws)).await;
             return;
         }
@@ -137,7 +145,7 @@ pub(super) async fn serve_tunnel(
             }
         };
         // Registered: from here its tunnel caps hold it, not the handshake limits.
-        drop(pending);
+        drop(place);
         // A change applied between the hello and registering would otherwise miss this tunnel:
         // a revoked token closes it (before anything more is sent), a new list is pushed.
         let now = tenant.state();

@@ -48,10 +48,9 @@ pub(super) struct GatewayState {
     pub egress: crate::acl::Acl,
     /// `[limits]` as configured, for metrics.
     pub limits: crate::config::Limits,
-    /// Tunnel connections in their handshake (`limits.max_pending_handshakes`), in all and
-    /// by source (`limits.max_pending_handshakes_per_source`).
-    pub handshakes: Arc<tokio::sync::Semaphore>,
-    pub handshake_sources: crate::listen::Sources,
+    /// Tunnel connections in their handshake (`limits.max_pending_handshakes`, in all and by
+    /// source).
+    pub handshakes: super::handshakes::Handshakes,
 }
 
 impl GatewayState {

@@ -1,7 +1,8 @@
 //! Tunnel connections: TLS, the WebSocket upgrade with token auth and version check, and
 //! the HELLO/WELCOME exchange. After that a tunnel is just a message transport for the mux.
 //!
-//! Every handshake step has a timeout ([`HANDSHAKE_TIMEOUT`]), on both sides.
+//! Every handshake step has a timeout ([`HANDSHAKE_TIMEOUT`]) on the client; on the gateway
+//! TLS, upgrade and HELLO share one, and WELCOME with CONFIG has its own.
 
 pub mod proxy;
 mod transport;
@@ -364,7 +365,7 @@ pub enum AcceptError {
     Send(tungstenite::Error),
     #[error("handshake failed: {0}")]
     Handshake(String),
-    #[error("{0} timed out after {1:?}")]
+    #[error("{0} not done in time (the handshake has {1:?})")]
     Timeout(&'static str, Duration),
 }
 
