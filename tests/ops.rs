@@ -286,14 +286,14 @@ async fn metrics_add_up_and_readyz_follows_the_gateway() {
     assert_eq!(
         sample(
             &after,
-            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",state=\"limit\"}"
+            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",link=\"0\",state=\"limit\"}"
         ),
         limits.window_budget_per_gateway as i64
     );
     assert_eq!(
         sample(
             &after,
-            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",state=\"committed\"}"
+            "sgw_client_gateway_window_budget_bytes{gateway=\"gw1\",link=\"0\",state=\"committed\"}"
         ),
         0
     );

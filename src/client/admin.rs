@@ -172,11 +172,11 @@ impl Backend for AdminBackend {
                         .client
                         .gateway_window_budgets()
                         .into_iter()
-                        .flat_map(|(id, b)| {
-                            [
-                                (vec![("gateway", id.clone()), ("state", "committed".into())], n(b.committed())),
-                                (vec![("gateway", id), ("state", "limit".into())], n(b.cap())),
-                            ]
+                        .enumerate()
+                        // `link`: the [[gateway]]'s place in client.toml, as two may share an id.
+                        .flat_map(|(i, (id, b))| {
+                            let l = |state: &str| vec![("gateway", id.clone()), ("link", i.to_string()), ("state", state.into())];
+                            [(l("committed"), n(b.committed())), (l("limit"), n(b.cap()))]
                         })
                         .collect(),
                 }

@@ -1,18 +1,19 @@
 //! Tunnel connections in their handshake: at most `limits.max_pending_handshakes` at once,
 //! and `limits.max_pending_handshakes_per_source` from one address (an IPv6 /64 counts as
-//! one). Until its upgrade is authorized a connection is a stranger's. When every place is
-//! taken, a newcomer takes the place of the oldest stranger instead of being refused: a few
-//! addresses holding silent connections can't lock every client out, since a real client's
-//! handshake ends long before the places turn over. Authorized handshakes (a token was
-//! shown) are never displaced; they hold their place until their tunnel registers or fails.
+//! one). Until it shows a good token a connection is a stranger's. When every place is taken,
+//! a newcomer takes the place of a stranger instead of being refused: the oldest of the
+//! address that holds the most. Addresses holding silent connections can't lock every client
+//! out: they lose their own connections first, and a real client's handshake ends long
+//! before the places turn over. Authorized handshakes are never displaced; they hold their
+//! place until their tunnel registers or fails.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::listen::{SourceSlot, Sources};
+use crate::listen::{source_key, SourceSlot, Sources};
 
 pub(super) struct Handshakes {
     max: usize,
@@ -25,12 +26,38 @@ pub(super) struct Handshakes {
 struct Places {
     /// Places held, strangers' and authorized ones'.
     held: usize,
-    /// Strangers by arrival, oldest first, each with what tells it to leave.
-    strangers: BTreeMap<u64, CancellationToken>,
+    /// Strangers by arrival, each with its source and what tells it to leave.
+    strangers: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    /// The same by source, oldest first: whom to displace.
+    by_source: HashMap<IpAddr, BTreeSet<u64>>,
     /// Strangers told to leave whose place went to a newcomer: their own drop frees nothing.
-    /// Bounded by `max`, and emptied as each one's task ends.
+    /// Each is a connection whose task ends at its next wake-up; at most the accepts of that
+    /// moment.
     displaced: HashSet<u64>,
     next: u64,
+}
+
+impl Places {
+    fn forget(&mut self, id: u64) -> Option<CancellationToken> {
+        let (src, leave) = self.strangers.remove(&id)?;
+        if let Some(ids) = self.by_source.get_mut(&src) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_source.remove(&src);
+            }
+        }
+        Some(leave)
+    }
+
+    /// The stranger to displace: the oldest of the source holding the most (of those, the
+    /// one whose oldest came first).
+    fn victim(&self) -> Option<u64> {
+        self.by_source
+            .values()
+            .filter_map(|ids| Some((ids.len(), *ids.first()?)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, id)| id)
+    }
 }
 
 /// Why a connection got no place.
@@ -83,8 +110,10 @@ impl Handshakes {
             .ok_or(NoPlace::PerSource)?;
         let mut p = lock(&self.places);
         if p.held >= self.max {
-            let (old, leave) = p.strangers.pop_first().ok_or(NoPlace::Full)?;
-            leave.cancel();
+            let old = p.victim().ok_or(NoPlace::Full)?;
+            if let Some(leave) = p.forget(old) {
+                leave.cancel();
+            }
             p.displaced.insert(old);
         } else {
             p.held += 1;
@@ -92,7 +121,9 @@ impl Handshakes {
         let id = p.next;
         p.next += 1;
         let leave = CancellationToken::new();
-        p.strangers.insert(id, leave.clone());
+        let src = source_key(ip);
+        p.strangers.insert(id, (src, leave.clone()));
+        p.by_source.entry(src).or_default().insert(id);
         drop(p);
         Ok(Place {
             places: self.places.clone(),
@@ -112,7 +143,12 @@ impl Place {
     /// The connection showed a good token: it is no stranger and keeps its place. False if it
     /// was displaced first.
     pub(super) fn authorize(&self) -> bool {
-        lock(&self.places).strangers.remove(&self.id).is_some()
+        lock(&self.places).forget(self.id).is_some()
+    }
+
+    /// Whether a newcomer took this place.
+    pub(super) fn was_displaced(&self) -> bool {
+        self.leave.is_cancelled()
     }
 }
 
@@ -120,7 +156,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut p = lock(&self.places);
         if !p.displaced.remove(&self.id) {
-            p.strangers.remove(&self.id);
+            p.forget(self.id);
             p.held = p.held.saturating_sub(1);
         }
     }
@@ -150,7 +186,7 @@ mod tests {
         assert_eq!(h.held(), 3);
         // Full: the oldest stranger (b; a is authorized) makes way.
         let d = h.admit(ip("192.0.2.3")).unwrap();
-        assert!(b.leave.is_cancelled() && !a.leave.is_cancelled() && !c.leave.is_cancelled());
+        assert!(b.was_displaced() && !a.was_displaced() && !c.was_displaced());
         assert!(
             !b.authorize(),
             "a displaced stranger can't authorize any more"
@@ -169,6 +205,37 @@ mod tests {
         drop(d);
         assert_eq!(h.held(), 0);
         let p = lock(&h.places);
-        assert!(p.strangers.is_empty() && p.displaced.is_empty());
+        assert!(p.strangers.is_empty() && p.displaced.is_empty() && p.by_source.is_empty());
+    }
+
+    /// A full house of one flooding address and a few clients: newcomers displace the
+    /// flood's connections, oldest first, never the clients' (each holds one).
+    #[test]
+    fn the_address_holding_the_most_makes_way() {
+        let h = Handshakes::new(5, 8);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let flood: Vec<Place> = (0..3)
+            .map(|_| h.admit(ip("2001:db8::1")).unwrap())
+            .collect();
+        let client = h.admit(ip("192.0.2.9")).unwrap();
+        let other = h.admit(ip("192.0.2.10")).unwrap();
+        // The flood's /64 holds three, each client one.
+        let n1 = h.admit(ip("2001:db8::2")).unwrap();
+        assert!(flood[0].was_displaced() && !flood[1].was_displaced());
+        let _n2 = h.admit(ip("198.51.100.1")).unwrap();
+        assert!(flood[1].was_displaced());
+        // Now the /64 holds two (flood[2] and n1): still the most.
+        let _n3 = h.admit(ip("198.51.100.2")).unwrap();
+        assert!(flood[2].was_displaced() && !n1.was_displaced());
+        assert!(!client.was_displaced() && !other.was_displaced());
+        drop(flood);
+        assert_eq!(h.held(), 5);
+        // Every source holds one: the oldest goes.
+        let _n4 = h.admit(ip("198.51.100.3")).unwrap();
+        assert!(client.was_displaced() && !other.was_displaced());
+        // A place given back before its taker leaves is counted once.
+        drop(_n4);
+        drop(client);
+        assert_eq!(h.held(), 4);
     }
 }

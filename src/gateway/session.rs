@@ -46,17 +46,28 @@ pub(super) async fn serve_tunnel(
     let mut token: Option<crate::config::Secret> = None;
     // A stranger's handshake ends when a newcomer takes its place (handshakes.rs); one that
     // showed a good token keeps it until its tunnel registers.
+    // An id whose token is not enforced takes anyone: its connections stay strangers.
     let handshake = tunnel::accept(tcp, &gw.tls, |req| {
         let tenant = gw.tenant(req.gateway_id)?;
         token = req.token.map(crate::config::Secret::new);
-        (admits(&tenant.state(), token.as_ref()) && place.authorize()).then_some(tenant)
+        let state = tenant.state();
+        if !admits(&state, token.as_ref()) {
+            return None;
+        }
+        let shown = state.cfg.enf_tok_sec;
+        drop(state);
+        (!shown || place.authorize()).then_some(tenant)
     });
-    let accepted = tokio::select! {
-        r = handshake => r,
-        _ = place.displaced() => {
+    let displaced = tokio::select! {
+        r = handshake => Err(r),
+        _ = place.displaced() => Ok(()),
+    };
+    let accepted = match displaced {
+        Err(r) if !place.was_displaced() => r,
+        _ => {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
             gw.stats.tunnels_rejected_by_reason.add("limit");
-            warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.max_pending_handshakes reached, and its handshake was the oldest without a token");
+            warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.max_pending_handshakes reached, and a newcomer took its place (its address held the most handshakes without a token)");
             return;
         }
     };

@@ -243,7 +243,7 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
 
 /// Whose connections count together: an IPv4 address, or an IPv6 /64 (one host usually
 /// holds a whole /64, so counting each address would give it 2^64 quotas).
-fn source_key(ip: IpAddr) -> IpAddr {
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
