@@ -33,23 +33,28 @@ impl Hello {
             ("env", &self.env),
             ("instance", &self.instance),
         ] {
-            if v.len() > MAX_HELLO_FIELD {
-                return Err(HelloError::TooLong {
-                    field,
-                    len: v.len(),
-                });
-            }
+            capped(field, v)?;
         }
         if self.instance.is_empty() {
             return Err(HelloError::NoInstance);
         }
-        if self.features.len() > MAX_HELLO_FEATURES
-            || self.features.iter().any(|f| f.len() > MAX_HELLO_FIELD)
-        {
-            return Err(HelloError::Features);
-        }
-        Ok(())
+        features_capped(&self.features)
     }
+}
+
+/// A HELLO or WELCOME string over [`MAX_HELLO_FIELD`] bytes.
+fn capped(field: &'static str, v: &str) -> Result<(), HelloError> {
+    match v.len() {
+        len if len > MAX_HELLO_FIELD => Err(HelloError::TooLong { field, len }),
+        _ => Ok(()),
+    }
+}
+
+fn features_capped(features: &[String]) -> Result<(), HelloError> {
+    if features.len() > MAX_HELLO_FEATURES || features.iter().any(|f| f.len() > MAX_HELLO_FIELD) {
+        return Err(HelloError::Features);
+    }
+    Ok(())
 }
 
 /// A HELLO over its caps.
@@ -99,22 +104,12 @@ impl Welcome {
             ("client_id", &self.client_id),
             ("gateway_id", &self.gateway_id),
         ] {
-            if v.len() > MAX_HELLO_FIELD {
-                return Err(HelloError::TooLong {
-                    field,
-                    len: v.len(),
-                });
-            }
+            capped(field, v)?;
             if v.chars().any(char::is_control) {
                 return Err(HelloError::Unprintable { field });
             }
         }
-        if self.features.len() > MAX_HELLO_FEATURES
-            || self.features.iter().any(|f| f.len() > MAX_HELLO_FIELD)
-        {
-            return Err(HelloError::Features);
-        }
-        Ok(())
+        features_capped(&self.features)
     }
 }
 
