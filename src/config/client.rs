@@ -494,6 +494,22 @@ mod tests {
             "{two}[limits]\nwindow_budget = \"8MiB\"\nwindow_budget_per_gateway = \"6MiB\"\n"
         ));
         assert_eq!(c.limits.window_budget_per_gateway, 6 << 20);
+        // A share too small for one stream's window is an error naming the key that set it.
+        let errs = |limits: &str| {
+            ClientConfig::from_toml(Path::new("c.toml"), &format!("{two}[limits]\n{limits}"))
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.0.join("\n"))
+        };
+        let e = errs("window_budget = \"1MiB\"\nstream_window = \"1MiB\"\n");
+        assert!(
+            e.contains("c.toml:11:17: limits.window_budget: split over 2 gateways leaves each gateway 524288 bytes, less than one stream's stream_window (1048576)"),
+            "{e}"
+        );
+        let e = errs("window_budget_per_gateway = \"1MiB\"\nstream_window = \"2MiB\"\n");
+        assert!(
+            e.contains("limits.window_budget_per_gateway: leaves each gateway 1048576 bytes"),
+            "{e}"
+        );
         let one = two
             .split("[[gateway]]")
             .take(2)
