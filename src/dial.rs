@@ -41,6 +41,10 @@ fn timed_out(what: &str, timeout: Duration) -> DialError {
     }
 }
 
+/// The places among capped lookups (a gateway id's, the process's) that one lookup holds
+/// until the system resolver is done with it.
+pub type LookupHold = Vec<tokio::sync::OwnedSemaphorePermit>;
+
 /// Resolves `host` once (an address literal resolves to itself without a lookup). The ACL
 /// checks exactly these addresses and only they are dialled: no second lookup can rebind.
 /// `hold` is kept until the lookup itself ends, which may be after `deadline`: the system
@@ -49,7 +53,7 @@ pub async fn resolve(
     host: &str,
     port: u16,
     deadline: Instant,
-    hold: Option<tokio::sync::OwnedSemaphorePermit>,
+    hold: Option<LookupHold>,
 ) -> Result<Vec<SocketAddr>, DialError> {
     let started = Instant::now();
     let dns = |e: io::Error| DialError {
@@ -153,7 +157,7 @@ pub async fn vet(
     acl: &Acl,
     req: &Request<'_>,
     deadline: Instant,
-    hold: Option<tokio::sync::OwnedSemaphorePermit>,
+    hold: Option<LookupHold>,
 ) -> Result<Vetted, Decision> {
     if req.addr.is_some() || !acl.has_address_rules() {
         let d = acl.check(req);

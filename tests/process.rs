@@ -606,6 +606,7 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         sample(&m, "sgw_gateway_limit{limit=\"max_lookups_per_gateway\"}"),
         32
     );
+    assert_eq!(sample(&m, "sgw_gateway_limit{limit=\"max_lookups\"}"), 128);
     assert_eq!(
         sample(&m, "sgw_gateway_limit{limit=\"max_pending_handshakes\"}"),
         512

@@ -193,6 +193,9 @@ pub struct Limits {
     /// resolver gives up, so names that never answer could otherwise take the threads every
     /// gateway id needs.
     pub max_lookups_per_gateway: usize,
+    /// Gateway: name lookups running at once for all gateway ids together, so several ids'
+    /// slow names can't take every blocking thread (tokio has 512) either.
+    pub max_lookups: usize,
     /// Gateway: tunnel connections in their handshake (TLS, upgrade, HELLO) at once, and
     /// from one source address (an IPv6 /64 counts as one). Until its token is judged a
     /// connection is anyone's: these keep strangers from holding the gateway's memory.
@@ -233,6 +236,9 @@ impl Default for Limits {
             window_budget_per_gateway: 2 * 1024 * 1024 * 1024,
             // A sixteenth of tokio's 512 blocking threads.
             max_lookups_per_gateway: 32,
+            // A quarter of tokio's 512 blocking threads: files, the state store and the
+            // system resolver for everything else keep the rest.
+            max_lookups: 128,
             // A site behind one NAT address reconnecting 32 clients (two tunnels each) at
             // once fits; more retry after their backoff. A stranger's handshake holds tens of
             // KiB; one past the upgrade (a token holder's) up to a HELLO message of 2 MiB.
@@ -275,6 +281,7 @@ impl Limits {
                 ("udp_pending_buffer", self.udp_pending_buffer),
                 ("udp_buffer_total", self.udp_buffer_total),
                 ("max_lookups_per_gateway", n(self.max_lookups_per_gateway)),
+                ("max_lookups", n(self.max_lookups)),
                 ("max_pending_handshakes", n(self.max_pending_handshakes)),
                 (
                     "max_pending_handshakes_per_source",
@@ -309,6 +316,7 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
             &mut l.max_lookups_per_gateway,
             1..=256,
         ),
+        ("max_lookups", &mut l.max_lookups, 1..=256),
         (
             "max_pending_handshakes",
             &mut l.max_pending_handshakes,

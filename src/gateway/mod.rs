@@ -186,6 +186,7 @@ impl Gateway {
                 cfg.limits.max_pending_handshakes,
                 cfg.limits.max_pending_handshakes_per_source,
             ),
+            lookups: Arc::new(tokio::sync::Semaphore::new(cfg.limits.max_lookups)),
         });
         for t in cfg.gateways.into_iter().chain(more) {
             warn_odd(&t);

@@ -118,18 +118,12 @@ pub(super) async fn serve_reverse(
             // (attacker-chosen slow names would tie up the resolver for everyone).
             let req = Request::new(&dest.ip, dest.port);
             // A name costs a blocking thread until the resolver answers or gives up: only a
-            // few at a time per gateway id, so one id's slow names can't take them all.
+            // few at a time per gateway id and in all, so slow names can't take them all.
             let lookup = match dest.ip.parse::<std::net::IpAddr>() {
                 Ok(_) => None,
-                Err(_) => match tenant.lookups.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        let n = gw.limits.max_lookups_per_gateway;
-                        return Err(refuse(
-                            Reason::Limit,
-                            format!("{n} name lookups of this gateway id are running (limits.max_lookups_per_gateway)"),
-                        ));
-                    }
+                Err(_) => match lookup_places(&tenant.lookups, &gw.lookups, &gw.limits) {
+                    Ok(hold) => Some(hold),
+                    Err(why) => return Err(refuse(Reason::Limit, why)),
                 },
             };
             let addrs = match dial::vet(&state.egress, &req, deadline, lookup).await {
@@ -176,4 +170,61 @@ pub(super) async fn serve_reverse(
     }
     .instrument(span)
     .await
+}
+
+/// Places for one name lookup: the gateway id's (`limits.max_lookups_per_gateway`) and the
+/// process's (`limits.max_lookups`), or the sentence naming the limit that is full.
+fn lookup_places(
+    own: &Arc<tokio::sync::Semaphore>,
+    all: &Arc<tokio::sync::Semaphore>,
+    limits: &crate::config::Limits,
+) -> Result<dial::LookupHold, String> {
+    let Ok(own) = own.clone().try_acquire_owned() else {
+        let n = limits.max_lookups_per_gateway;
+        return Err(format!(
+            "{n} name lookups of this gateway id are running (limits.max_lookups_per_gateway)"
+        ));
+    };
+    let Ok(all) = all.clone().try_acquire_owned() else {
+        let n = limits.max_lookups;
+        return Err(format!(
+            "{n} name lookups are running on this gateway (limits.max_lookups)"
+        ));
+    };
+    Ok(vec![own, all])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Semaphore;
+
+    /// Several ids' slow names stop at the process's cap, not only each at its own: the
+    /// blocking threads they hold are the whole process's.
+    #[test]
+    fn lookups_stop_at_the_ids_cap_and_at_the_processs() {
+        let limits = crate::config::Limits {
+            max_lookups_per_gateway: 2,
+            max_lookups: 3,
+            ..Default::default()
+        };
+        let all = Arc::new(Semaphore::new(limits.max_lookups));
+        let (a, b) = (Arc::new(Semaphore::new(2)), Arc::new(Semaphore::new(2)));
+        let a1 = lookup_places(&a, &all, &limits).unwrap();
+        let _a2 = lookup_places(&a, &all, &limits).unwrap();
+        let e = lookup_places(&a, &all, &limits).unwrap_err();
+        assert!(e.contains("limits.max_lookups_per_gateway"), "{e}");
+        let _b1 = lookup_places(&b, &all, &limits).unwrap();
+        let e = lookup_places(&b, &all, &limits).unwrap_err();
+        assert!(e.contains("(limits.max_lookups)"), "{e}");
+        assert_eq!(
+            b.available_permits(),
+            1,
+            "a refusal holds no place of the id's"
+        );
+        // A lookup that ends gives both places back.
+        drop(a1);
+        assert_eq!((a.available_permits(), all.available_permits()), (1, 1));
+        assert!(lookup_places(&b, &all, &limits).is_ok());
+    }
 }

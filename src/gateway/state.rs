@@ -51,6 +51,8 @@ pub(super) struct GatewayState {
     /// Tunnel connections in their handshake (`limits.max_pending_handshakes`, in all and by
     /// source).
     pub handshakes: super::handshakes::Handshakes,
+    /// Name lookups running for all gateway ids (`limits.max_lookups`).
+    pub lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl GatewayState {
