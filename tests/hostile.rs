@@ -1389,40 +1389,15 @@ async fn raw_client_with(
 #[tokio::test]
 async fn a_tunnel_in_its_handshake_when_its_gateway_id_is_deleted_is_refused() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    use tokio_tungstenite::tungstenite::http::HeaderValue;
     use tokio_tungstenite::tungstenite::Message;
     let echo = echo_server().await;
     let setup = Setup::new(&[echo]);
     let gw = start_gateway(setup.gateway.clone()).await;
     let mut link = setup.client.gateways[0].clone();
     link.replicas[0].url.port = gw.handle.tunnel_addr().port();
-    let replica = &link.replicas[0];
-    sgw::tls::install_crypto();
-    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let tcp = sgw::tunnel::reach(replica, None).await.unwrap();
-    let tls_stream = sgw::tunnel::tls_handshake(replica, &tls, tcp)
+    let mut ws = upgrade_only(&link)
         .await
-        .unwrap();
-    let mut req = replica.url.to_string().into_client_request().unwrap();
-    let h = req.headers_mut();
-    let bearer = format!("Bearer {}", link.token.expose());
-    h.insert("authorization", HeaderValue::from_str(&bearer).unwrap());
-    h.insert(
-        sgw::tunnel::GATEWAY_ID_HEADER,
-        HeaderValue::from_str(&link.gateway_id).unwrap(),
-    );
-    h.insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(sgw::proto::SUBPROTOCOL),
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-        req,
-        tls_stream,
-        Some(sgw::tunnel::ws_config()),
-    )
-    .await
-    .expect("the upgrade is accepted while the id exists");
+        .expect("the upgrade is accepted while the id exists");
     // Upgraded on the id's token; now the operator deletes the id.
     gw.handle.remove(&link.gateway_id).await;
     let hello = sgw::proto::Hello {
@@ -1556,7 +1531,7 @@ async fn a_welcome_that_would_forge_or_flood_log_lines_is_refused() {
         let (tls, listener) = (tls.clone(), &listener);
         let fake = async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (mut ws, (), _hello) = sgw::tunnel::accept(tcp, &tls, |_| Some(())).await.unwrap();
+            let (mut ws, (), _hello) = sgw::tunnel::accept(tcp, &tls, |_| Ok(())).await.unwrap();
             let config = bytes::Bytes::from_static(b"{\"destinations\":[]}");
             let _ = sgw::tunnel::welcome(&mut ws, &welcome, config).await;
             ws
@@ -1672,4 +1647,100 @@ async fn callers_waiting_on_a_deleted_gateway_id_are_let_go_at_once() {
         "let go after {:?}",
         started.elapsed()
     );
+}
+
+type ClientWs = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// TLS and the WebSocket upgrade with `link`'s gateway id and token, and no HELLO: a token
+/// holder that stops there.
+async fn upgrade_only(
+    link: &sgw::config::GatewayLink,
+) -> Result<ClientWs, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let replica = &link.replicas[0];
+    sgw::tls::install_crypto();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let tcp = sgw::tunnel::reach(replica, None).await.unwrap();
+    let tls_stream = sgw::tunnel::tls_handshake(replica, &tls, tcp)
+        .await
+        .unwrap();
+    let mut req = replica.url.to_string().into_client_request().unwrap();
+    let h = req.headers_mut();
+    let bearer = format!("Bearer {}", link.token.expose());
+    h.insert("authorization", HeaderValue::from_str(&bearer).unwrap());
+    h.insert(
+        sgw::tunnel::GATEWAY_ID_HEADER,
+        HeaderValue::from_str(&link.gateway_id).unwrap(),
+    );
+    h.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(sgw::proto::SUBPROTOCOL),
+    );
+    tokio_tungstenite::client_async_with_config(req, tls_stream, Some(sgw::tunnel::ws_config()))
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A token holder of one gateway id (hostile to the others) upgrades and stays silent before
+/// HELLO: its id's handshakes hold at most `limits.max_pending_handshakes_per_gateway` places,
+/// the next upgrade is answered 503, and a client of another id still gets a place.
+#[tokio::test]
+async fn one_ids_token_holders_cannot_take_every_handshake_place() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.limits.max_pending_handshakes = 3;
+    setup.gateway.limits.max_pending_handshakes_per_gateway = 2;
+    let mut b = setup.gateway.gateways[0].clone();
+    b.id = "gw-b".into();
+    b.token = sgw::config::Secret::new("token-of-gateway-b-0123456789");
+    b.destinations[0].id = "dest-b".into();
+    setup.gateway.gateways.push(b.clone());
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut link = setup.client.gateways[0].clone();
+    link.replicas[0].url.port = gw.handle.tunnel_addr().port();
+    let _silent = [
+        upgrade_only(&link).await.unwrap(),
+        upgrade_only(&link).await.unwrap(),
+    ];
+    let h = gw.handle.clone();
+    eventually("two handshakes pending", move || {
+        h.handshakes_pending() == 2
+    })
+    .await;
+    match upgrade_only(&link).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                body.contains("max_pending_handshakes_per_gateway"),
+                "{body}"
+            );
+        }
+        other => panic!("a third upgrade of one id: {:?}", other.map(|_| ())),
+    }
+    // The client's own words for it: busy, not a wrong URL.
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let hello = sgw::proto::Hello {
+        version: "t".into(),
+        proto: [1, 1],
+        hostname: "h".into(),
+        env: "test".into(),
+        instance: "of-gw1".into(),
+        features: Vec::new(),
+    };
+    let e = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
+        .await
+        .unwrap_err();
+    let why = sgw::tunnel::why::explain(&e, &link, &link.replicas[0]);
+    assert_eq!(why.code, "gateway_busy", "{}", why.sentence);
+    // A client of the other id takes the last place and gets in.
+    let mut link_b = link.clone();
+    link_b.gateway_id = b.id.clone();
+    link_b.token = b.token.clone();
+    let (_ws, welcome) = sgw::tunnel::connect(&link_b, &link_b.replicas[0], None, &tls, &hello)
+        .await
+        .expect("the other id's client gets in");
+    assert_eq!(welcome.gateway_id, "gw-b");
 }

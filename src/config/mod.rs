@@ -201,6 +201,9 @@ pub struct Limits {
     /// connection is anyone's: these keep strangers from holding the gateway's memory.
     pub max_pending_handshakes: usize,
     pub max_pending_handshakes_per_source: usize,
+    /// Gateway: of those, the ones past the upgrade (a token shown) for one gateway id: one
+    /// id's token holders can't hold every place.
+    pub max_pending_handshakes_per_gateway: usize,
 }
 
 impl Default for Limits {
@@ -244,6 +247,8 @@ impl Default for Limits {
             // KiB; one past the upgrade (a token holder's) up to a HELLO message of 2 MiB.
             max_pending_handshakes: 512,
             max_pending_handshakes_per_source: 64,
+            // 64 clients of one id (two tunnels each) reconnecting at once fit.
+            max_pending_handshakes_per_gateway: 128,
         }
     }
 }
@@ -287,6 +292,10 @@ impl Limits {
                     "max_pending_handshakes_per_source",
                     n(self.max_pending_handshakes_per_source),
                 ),
+                (
+                    "max_pending_handshakes_per_gateway",
+                    n(self.max_pending_handshakes_per_gateway),
+                ),
             ]);
         }
         v
@@ -325,6 +334,11 @@ fn read_limits(t: Option<walk::Table<'_, '_>>) -> Limits {
         (
             "max_pending_handshakes_per_source",
             &mut l.max_pending_handshakes_per_source,
+            1..=1_000_000,
+        ),
+        (
+            "max_pending_handshakes_per_gateway",
+            &mut l.max_pending_handshakes_per_gateway,
             1..=1_000_000,
         ),
     ] {

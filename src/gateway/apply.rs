@@ -239,6 +239,7 @@ pub(super) async fn apply(
                 "window_budget_per_gateway",
             ),
             gw.limits.max_lookups_per_gateway,
+            gw.limits.max_pending_handshakes_per_gateway,
         )),
     };
     // Stop what is gone or changed; open streams are not touched and finish on their own.

@@ -81,6 +81,9 @@ pub(crate) struct Tenant {
     pub budget: Arc<crate::mux::WindowBudget>,
     /// Name lookups this id's clients may have running (`limits.max_lookups_per_gateway`).
     pub lookups: Arc<tokio::sync::Semaphore>,
+    /// Tunnels of this id past the upgrade and not yet registered
+    /// (`limits.max_pending_handshakes_per_gateway`).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many tunnels a client process and a whole gateway id may hold at once: a client (or a
@@ -129,10 +132,12 @@ impl Tenant {
         state: TenantState,
         budget: Arc<crate::mux::WindowBudget>,
         max_lookups: usize,
+        max_handshakes: usize,
     ) -> Self {
         Tenant {
             budget,
             lookups: Arc::new(tokio::sync::Semaphore::new(max_lookups)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(max_handshakes)),
             id: state.cfg.id.clone(),
             current: RwLock::new(Arc::new(state)),
             stats: TenantStats::default(),

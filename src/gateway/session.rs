@@ -21,7 +21,7 @@ use crate::proto::{
     LogPush, Reason, Welcome, FEATURE_EARLY_DATA, FEATURE_PROBE, PROTO_MAJOR, PROTO_MINOR,
 };
 use crate::telemetry::clean;
-use crate::tunnel::{self, AcceptError};
+use crate::tunnel::{self, AcceptError, UpgradeRefusal};
 
 /// May a tunnel that presented `token` belong to this gateway id now?
 fn admits(state: &TenantState, token: Option<&crate::config::Secret>) -> bool {
@@ -46,17 +46,33 @@ pub(super) async fn serve_tunnel(
     let mut token: Option<crate::config::Secret> = None;
     // A stranger's handshake ends when a newcomer takes its place (handshakes.rs); one that
     // showed a good token keeps it until its tunnel registers.
-    // An id whose token is not enforced takes anyone: its connections stay strangers.
+    // An id whose token is not enforced takes anyone: its connections stay strangers. Past
+    // the upgrade a handshake also holds a place of its gateway id's, so one id's token
+    // holders can't take every place from the others.
+    let mut id_place = None;
     let handshake = tunnel::accept(tcp, &gw.tls, |req| {
-        let tenant = gw.tenant(req.gateway_id)?;
+        let tenant = gw
+            .tenant(req.gateway_id)
+            .ok_or(UpgradeRefusal::Unauthorized)?;
         token = req.token.map(crate::config::Secret::new);
         let state = tenant.state();
         if !admits(&state, token.as_ref()) {
-            return None;
+            return Err(UpgradeRefusal::Unauthorized);
         }
         let shown = state.cfg.enf_tok_sec;
         drop(state);
-        (!shown || place.authorize()).then_some(tenant)
+        let Ok(p) = tenant.handshakes.clone().try_acquire_owned() else {
+            let n = gw.limits.max_pending_handshakes_per_gateway;
+            return Err(UpgradeRefusal::Busy(format!(
+                "{n} tunnels of gateway id `{}` are in their handshake (limits.max_pending_handshakes_per_gateway)",
+                tenant.id
+            )));
+        };
+        id_place = Some(p);
+        match !shown || place.authorize() {
+            true => Ok(tenant),
+            false => Err(UpgradeRefusal::Unauthorized),
+        }
     });
     let displaced = tokio::select! {
         r = handshake => Err(r),
@@ -128,7 +144,7 @@ pub(super) async fn serve_tunnel(
         if probe {
             // `sgw doctor`: it has what it asked for; never registered, so never routed to.
             info!(client.hostname = %clean(&hello.hostname, 256), "answered a probe (sgw doctor): token accepted, destinations sent");
-            drop(place);
+            drop((place, id_place));
             let _ = tokio::time::timeout(tunnel::HANDSHAKE_TIMEOUT, futures_util::SinkExt::close(&mut ws)).await;
             return;
         }
@@ -156,7 +172,7 @@ pub(super) async fn serve_tunnel(
             }
         };
         // Registered: from here its tunnel caps hold it, not the handshake limits.
-        drop(place);
+        drop((place, id_place));
         // A change applied between the hello and registering would otherwise miss this tunnel:
         // a revoked token closes it (before anything more is sent), a new list is pushed.
         let now = tenant.state();

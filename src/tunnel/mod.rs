@@ -359,6 +359,8 @@ pub enum AcceptError {
     Tls(std::io::Error),
     #[error("upgrade refused: {0}")]
     Refused(String),
+    #[error("upgrade refused for now: {0}")]
+    Busy(String),
     #[error("WebSocket upgrade failed: {0}")]
     Ws(tungstenite::Error),
     #[error("sending WELCOME and CONFIG failed: {0}")]
@@ -397,12 +399,21 @@ fn error_response(status: StatusCode, body: &str) -> ErrorResponse {
     r
 }
 
-/// Gateway side: TLS, upgrade (auth decided by `authorize` before upgrading: a refusal is
-/// answered with 401 and the connection closed), then the client's HELLO.
+/// Why the gateway's `authorize` refused an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpgradeRefusal {
+    /// No such gateway id, or not its token: 401.
+    Unauthorized,
+    /// Not now (a limit, named in the text): 503, the client retries after its backoff.
+    Busy(String),
+}
+
+/// Gateway side: TLS, upgrade (decided by `authorize` before upgrading: a refusal is answered
+/// with 401 or 503 and the connection closed), then the client's HELLO.
 pub async fn accept<T>(
     tcp: TcpStream,
     tls: &TlsAcceptor,
-    authorize: impl FnOnce(&UpgradeRequest<'_>) -> Option<T> + Unpin,
+    authorize: impl FnOnce(&UpgradeRequest<'_>) -> Result<T, UpgradeRefusal> + Unpin,
 ) -> Result<(ServerWs, T, Hello), AcceptError> {
     // The listener is the caller's (tests and embedders bind their own), so its options
     // are not counted on: once per tunnel, not per stream.
@@ -417,7 +428,8 @@ pub async fn accept<T>(
         .get_mut()
         .1
         .set_buffer_limit(Some(TLS_SEND_BUFFER));
-    let mut outcome: Result<T, String> = Err("no upgrade request".into());
+    let mut outcome: Result<T, AcceptError> =
+        Err(AcceptError::Refused("no upgrade request".into()));
     // The callback's signature is tungstenite's; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
@@ -434,7 +446,7 @@ pub async fn accept<T>(
                 "unsupported protocol version {}; supported: {SUBPROTOCOL}",
                 crate::telemetry::clean(&offered.join(","), 128)
             );
-            outcome = Err(msg.clone());
+            outcome = Err(AcceptError::Refused(msg.clone()));
             return Err(error_response(StatusCode::BAD_REQUEST, &msg));
         }
         let gateway_id = h
@@ -447,7 +459,7 @@ pub async fn accept<T>(
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         match authorize(&UpgradeRequest { gateway_id, token }) {
-            Some(t) => {
+            Ok(t) => {
                 outcome = Ok(t);
                 resp.headers_mut().insert(
                     "sec-websocket-protocol",
@@ -455,15 +467,20 @@ pub async fn accept<T>(
                 );
                 Ok(resp)
             }
-            None => {
-                outcome = Err(format!(
+            Err(UpgradeRefusal::Unauthorized) => {
+                outcome = Err(AcceptError::Refused(format!(
                     "bad security token for gateway id `{}`",
                     crate::telemetry::clean(gateway_id, 128)
-                ));
+                )));
                 Err(error_response(
                     StatusCode::UNAUTHORIZED,
                     "invalid security token or gateway id\n",
                 ))
+            }
+            Err(UpgradeRefusal::Busy(why)) => {
+                let body = format!("gateway busy: {why}; retry later\n");
+                outcome = Err(AcceptError::Busy(why));
+                Err(error_response(StatusCode::SERVICE_UNAVAILABLE, &body))
             }
         }
     };
@@ -472,7 +489,7 @@ pub async fn accept<T>(
     let res = accept_step("WebSocket upgrade", upgrade, AcceptError::Ws, deadline).await;
     let (mut ws, authorized) = match (res, outcome) {
         (Ok(ws), Ok(t)) => (ws, t),
-        (_, Err(why)) => return Err(AcceptError::Refused(why)),
+        (_, Err(e)) => return Err(e),
         (Err(e), _) => return Err(e),
     };
     let hello = handshake_frame(&mut ws, "HELLO", |f| match f {

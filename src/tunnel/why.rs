@@ -34,6 +34,7 @@ pub const CODES: &[&str] = &[
     "token_rejected",
     "version_mismatch",
     "upgrade_refused",
+    "gateway_busy",
     "handshake_failed",
     "timeout",
 ];
@@ -89,6 +90,14 @@ pub fn explain(e: &ConnectError, link: &GatewayLink, replica: &Replica) -> Why {
             format!(
                 "the gateway does not speak this client's protocol ({}): upgrade the older of the two",
                 crate::telemetry::clean(v, 256)
+            ),
+        ),
+        ConnectError::Http { status: 503, body } if body.starts_with("gateway busy") => why(
+            "gateway_busy",
+            false,
+            format!(
+                "{at} is busy ({}): this client tries again after its backoff",
+                crate::telemetry::clean(body, 256)
             ),
         ),
         ConnectError::Http { status, .. } => why(
@@ -166,6 +175,7 @@ pub const ACCEPT_CODES: &[&str] = &[
     "not_an_upgrade",
     "handshake_failed",
     "timeout",
+    "limit",
 ];
 
 /// Why the gateway did not accept an incoming tunnel, as the cloud side's operator reads it.
@@ -185,6 +195,11 @@ pub fn refused(e: &AcceptError) -> Why {
             format!(
                 "{msg}, or no such gateway id (answered 401): the client needs the gateway id and its current token (`sgw enroll ID` prints both)"
             ),
+        ),
+        AcceptError::Busy(msg) => why(
+            "limit",
+            false,
+            format!("{msg} (answered 503): the client retries after its backoff"),
         ),
         AcceptError::Ws(_) => why(
             "not_an_upgrade",
