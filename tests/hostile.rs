@@ -1584,9 +1584,9 @@ async fn one_gateways_callers_cannot_use_up_the_clients_window_budget() {
         gw.handle.dest_addr("dest-b").unwrap(),
     );
     // A caller that is served gets its byte back; a refused one is closed (maybe reset
-    // before its byte is written).
+    // before its byte is written, or before its connect returns).
     let hold = |to: SocketAddr| async move {
-        let mut c = TcpStream::connect(to).await.unwrap();
+        let mut c = TcpStream::connect(to).await.ok()?;
         c.write_all(b"x").await.ok()?;
         let mut got = [0u8; 1];
         match tokio::time::timeout(WAIT, c.read(&mut got)).await {
@@ -1743,4 +1743,33 @@ async fn one_ids_token_holders_cannot_take_every_handshake_place() {
         .await
         .expect("the other id's client gets in");
     assert_eq!(welcome.gateway_id, "gw-b");
+}
+
+/// A handshake gives its gateway id's place back once its tunnel registers, and a probe
+/// (`sgw doctor`) once it is answered: with one place per id, a probe and then two tunnels of
+/// one id, one after the other, all get in.
+#[tokio::test]
+async fn an_ids_handshake_places_come_back_after_registering_and_after_a_probe() {
+    let echo = echo_server().await;
+    let mut setup = Setup::new(&[echo]);
+    setup.gateway.limits.max_pending_handshakes_per_gateway = 1;
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let mut link = setup.client.gateways[0].clone();
+    link.replicas[0].url.port = gw.handle.tunnel_addr().port();
+    let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
+    let probe = sgw::proto::Hello {
+        version: "t".into(),
+        proto: [1, 1],
+        hostname: "doctor".into(),
+        env: "test".into(),
+        instance: "probe".into(),
+        features: vec![sgw::proto::FEATURE_PROBE.to_owned()],
+    };
+    // Kept open while the tunnels come up.
+    let _probe = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &probe)
+        .await
+        .expect("the probe is answered");
+    let (a, _ea) = raw_client(&setup, &gw, "first").await;
+    let (b, _eb) = raw_client(&setup, &gw, "second").await;
+    assert!(!a.is_closed() && !b.is_closed());
 }

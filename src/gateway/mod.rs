@@ -109,6 +109,27 @@ pub struct Gateway {
     tunnel_listener: TcpListener,
 }
 
+/// A share as large as the whole it is a share of keeps one gateway id's clients from
+/// nothing: worth a line, as the operator may have meant otherwise.
+fn warn_shares(l: &crate::config::Limits) {
+    for (share, whole, of) in [
+        (
+            l.max_pending_handshakes_per_gateway,
+            l.max_pending_handshakes,
+            "max_pending_handshakes_per_gateway",
+        ),
+        (
+            l.max_lookups_per_gateway,
+            l.max_lookups,
+            "max_lookups_per_gateway",
+        ),
+    ] {
+        if share >= whole {
+            warn!(limit = of, "limits.{of} ({share}) is not below the limit for all gateway ids together ({whole}): the clients of one id can use it all up");
+        }
+    }
+}
+
 /// `t` with every destination whose cloud port can't be bound now turned off, each named in
 /// an error line: one taken port must not keep every gateway id down.
 fn without_taken_ports(mut t: TenantConfig) -> TenantConfig {
@@ -161,6 +182,7 @@ impl Gateway {
                 source,
             })?;
         let mux_cfg = MuxConfig::from_limits(Role::Gateway, &cfg.limits, &cfg.keepalive);
+        warn_shares(&cfg.limits);
         let gw = Arc::new(GatewayState {
             tls,
             mux_cfg,

@@ -46,8 +46,8 @@ pub(super) async fn serve_tunnel(
     let mut token: Option<crate::config::Secret> = None;
     // A stranger's handshake ends when a newcomer takes its place (handshakes.rs); one that
     // showed a good token keeps it until its tunnel registers.
-    // An id whose token is not enforced takes anyone: its connections stay strangers. Past
-    // the upgrade a handshake also holds a place of its gateway id's, so one id's token
+    // An id whose token is not enforced takes anyone: its connections stay strangers. One
+    // that showed a good token also holds a place of its gateway id's, so one id's token
     // holders can't take every place from the others.
     let mut id_place = None;
     let handshake = tunnel::accept(tcp, &gw.tls, |req| {
@@ -59,7 +59,9 @@ pub(super) async fn serve_tunnel(
         if !admits(&state, token.as_ref()) {
             return Err(UpgradeRefusal::Unauthorized);
         }
-        let shown = state.cfg.enf_tok_sec;
+        if !state.cfg.enf_tok_sec {
+            return Ok(tenant);
+        }
         drop(state);
         let Ok(p) = tenant.handshakes.clone().try_acquire_owned() else {
             let n = gw.limits.max_pending_handshakes_per_gateway;
@@ -68,11 +70,14 @@ pub(super) async fn serve_tunnel(
                 tenant.id
             )));
         };
-        id_place = Some(p);
-        match !shown || place.authorize() {
-            true => Ok(tenant),
-            false => Err(UpgradeRefusal::Unauthorized),
+        if !place.authorize() {
+            let n = gw.limits.max_pending_handshakes;
+            return Err(UpgradeRefusal::Busy(format!(
+                "{n} tunnel handshakes are pending (limits.max_pending_handshakes) and a newcomer took this one's place"
+            )));
         }
+        id_place = Some(p);
+        Ok(tenant)
     });
     let displaced = tokio::select! {
         r = handshake => Err(r),
