@@ -1338,6 +1338,18 @@ async fn a_rotated_token_closes_the_tunnel_before_the_new_config_is_pushed() {
     );
 }
 
+/// A HELLO as a test client sends it: `instance` and the `features` it lists.
+fn test_hello(instance: &str, features: &[&str]) -> sgw::proto::Hello {
+    sgw::proto::Hello {
+        version: "0.1.0".into(),
+        proto: [1, 1],
+        hostname: "test".into(),
+        env: "test".into(),
+        instance: instance.into(),
+        features: features.iter().map(|f| (*f).to_owned()).collect(),
+    }
+}
+
 /// A client written against the wire protocol only (`sgw::tunnel` + `sgw::mux`, no client
 /// logic), connected to `gw` with the setup's token: it does exactly what a test tells it.
 async fn raw_client(
@@ -1359,18 +1371,11 @@ async fn raw_client_with(
     link.replicas[0].url.port = gw.handle.tunnel_addr().port();
     sgw::tls::install_crypto();
     let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let hello = sgw::proto::Hello {
-        version: "0.1.0".into(),
-        proto: [1, 1],
-        hostname: "raw".into(),
-        env: "test".into(),
-        instance: instance.into(),
-        features: if early {
-            vec![sgw::proto::FEATURE_EARLY_DATA.to_owned()]
-        } else {
-            vec![]
-        },
+    let features: &[&str] = match early {
+        true => &[sgw::proto::FEATURE_EARLY_DATA],
+        false => &[],
     };
+    let hello = test_hello(instance, features);
     let (ws, _welcome) = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
         .unwrap();
@@ -1400,14 +1405,7 @@ async fn a_tunnel_in_its_handshake_when_its_gateway_id_is_deleted_is_refused() {
         .expect("the upgrade is accepted while the id exists");
     // Upgraded on the id's token; now the operator deletes the id.
     gw.handle.remove(&link.gateway_id).await;
-    let hello = sgw::proto::Hello {
-        version: "0.1.0".into(),
-        proto: [1, 1],
-        hostname: "late".into(),
-        env: "test".into(),
-        instance: "handshaking-through-a-delete".into(),
-        features: vec![],
-    };
+    let hello = test_hello("handshaking-through-a-delete", &[]);
     let hello = serde_json::to_vec(&hello).unwrap();
     let msg = sgw::tunnel::frame_message(&sgw::proto::Frame::Hello(hello.into()));
     ws.send(Message::Binary(msg)).await.unwrap();
@@ -1509,14 +1507,7 @@ async fn a_welcome_that_would_forge_or_flood_log_lines_is_refused() {
     let mut link = setup.client.gateways[0].clone();
     link.replicas[0].url.port = listener.local_addr().unwrap().port();
     let connector = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let hello = sgw::proto::Hello {
-        version: "t".into(),
-        proto: [1, 1],
-        hostname: "h".into(),
-        env: "test".into(),
-        instance: "i".into(),
-        features: Vec::new(),
-    };
+    let hello = test_hello("i", &[]);
     for (client_id, why) in [
         ("c1\nERROR forged line".to_owned(), "control character"),
         ("x".repeat(300_000), "over the limit"),
@@ -1722,14 +1713,7 @@ async fn one_ids_token_holders_cannot_take_every_handshake_place() {
     }
     // The client's own words for it: busy, not a wrong URL.
     let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let hello = sgw::proto::Hello {
-        version: "t".into(),
-        proto: [1, 1],
-        hostname: "h".into(),
-        env: "test".into(),
-        instance: "of-gw1".into(),
-        features: Vec::new(),
-    };
+    let hello = test_hello("of-gw1", &[]);
     let e = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &hello)
         .await
         .unwrap_err();
@@ -1757,14 +1741,7 @@ async fn an_ids_handshake_places_come_back_after_registering_and_after_a_probe()
     let mut link = setup.client.gateways[0].clone();
     link.replicas[0].url.port = gw.handle.tunnel_addr().port();
     let tls = sgw::tunnel::client_tls(&link.trust).unwrap();
-    let probe = sgw::proto::Hello {
-        version: "t".into(),
-        proto: [1, 1],
-        hostname: "doctor".into(),
-        env: "test".into(),
-        instance: "probe".into(),
-        features: vec![sgw::proto::FEATURE_PROBE.to_owned()],
-    };
+    let probe = test_hello("probe", &[sgw::proto::FEATURE_PROBE]);
     // Kept open while the tunnels come up.
     let _probe = sgw::tunnel::connect(&link, &link.replicas[0], None, &tls, &probe)
         .await
