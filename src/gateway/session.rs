@@ -45,10 +45,9 @@ pub(super) async fn serve_tunnel(
     // sent: a change may revoke it at any point of the handshake.
     let mut token: Option<crate::config::Secret> = None;
     // A stranger's handshake ends when a newcomer takes its place (handshakes.rs); one that
-    // showed a good token keeps it until its tunnel registers.
-    // An id whose token is not enforced takes anyone: its connections stay strangers. One
-    // that showed a good token also holds a place of its gateway id's, so one id's token
-    // holders can't take every place from the others.
+    // showed a good token keeps it until its tunnel registers, and also holds a place of its
+    // gateway id's, so one id's token holders can't take every place from the others. An id
+    // whose token is not enforced takes anyone: its connections stay strangers.
     let mut id_place = None;
     let handshake = tunnel::accept(tcp, &gw.tls, |req| {
         let tenant = gw
@@ -79,12 +78,12 @@ pub(super) async fn serve_tunnel(
         id_place = Some(p);
         Ok(tenant)
     });
-    let displaced = tokio::select! {
-        r = handshake => Err(r),
-        _ = place.displaced() => Ok(()),
+    let finished = tokio::select! {
+        r = handshake => Some(r),
+        _ = place.displaced() => None,
     };
-    let accepted = match displaced {
-        Err(r) if !place.was_displaced() => r,
+    let accepted = match finished {
+        Some(r) if !place.was_displaced() => r,
         _ => {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
             gw.stats.tunnels_rejected_by_reason.add("limit");
