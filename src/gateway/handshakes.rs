@@ -7,7 +7,7 @@
 //! before the places turn over. Authorized handshakes are never displaced; they hold their
 //! place until their tunnel registers or fails.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -24,39 +24,32 @@ pub(super) struct Handshakes {
 
 #[derive(Default)]
 struct Places {
-    /// Places held, strangers' and authorized ones'.
+    /// Places held, strangers' and authorized ones'. A displaced stranger's place is its
+    /// newcomer's at once; the stranger's own drop (its token cancelled) frees nothing.
     held: usize,
-    /// Strangers by arrival, each with its source and what tells it to leave.
-    strangers: BTreeMap<u64, (IpAddr, CancellationToken)>,
-    /// The same by source, oldest first: whom to displace.
-    by_source: HashMap<IpAddr, BTreeSet<u64>>,
-    /// Strangers told to leave whose place went to a newcomer: their own drop frees nothing.
-    /// Each is a connection whose task ends at its next wake-up; at most the accepts of that
-    /// moment.
-    displaced: HashSet<u64>,
+    /// Strangers by source, oldest first, each with what tells it to leave.
+    strangers: HashMap<IpAddr, BTreeMap<u64, CancellationToken>>,
     next: u64,
 }
 
 impl Places {
-    fn forget(&mut self, id: u64) -> Option<CancellationToken> {
-        let (src, leave) = self.strangers.remove(&id)?;
-        if let Some(ids) = self.by_source.get_mut(&src) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                self.by_source.remove(&src);
-            }
+    fn forget(&mut self, src: IpAddr, id: u64) -> Option<CancellationToken> {
+        let ids = self.strangers.get_mut(&src)?;
+        let leave = ids.remove(&id);
+        if ids.is_empty() {
+            self.strangers.remove(&src);
         }
-        Some(leave)
+        leave
     }
 
     /// The stranger to displace: the oldest of the source holding the most (of those, the
     /// one whose oldest came first).
-    fn victim(&self) -> Option<u64> {
-        self.by_source
-            .values()
-            .filter_map(|ids| Some((ids.len(), *ids.first()?)))
+    fn victim(&self) -> Option<(IpAddr, u64)> {
+        self.strangers
+            .iter()
+            .filter_map(|(src, ids)| Some((ids.len(), *ids.keys().next()?, *src)))
             .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-            .map(|(_, id)| id)
+            .map(|(_, id, src)| (src, id))
     }
 }
 
@@ -82,6 +75,7 @@ impl NoPlace {
 /// A connection's place; given back when dropped.
 pub(super) struct Place {
     places: Arc<Mutex<Places>>,
+    src: IpAddr,
     id: u64,
     leave: CancellationToken,
     _source: SourceSlot,
@@ -110,11 +104,10 @@ impl Handshakes {
             .ok_or(NoPlace::PerSource)?;
         let mut p = lock(&self.places);
         if p.held >= self.max {
-            let old = p.victim().ok_or(NoPlace::Full)?;
-            if let Some(leave) = p.forget(old) {
+            let (src, old) = p.victim().ok_or(NoPlace::Full)?;
+            if let Some(leave) = p.forget(src, old) {
                 leave.cancel();
             }
-            p.displaced.insert(old);
         } else {
             p.held += 1;
         }
@@ -122,11 +115,14 @@ impl Handshakes {
         p.next += 1;
         let leave = CancellationToken::new();
         let src = source_key(ip);
-        p.strangers.insert(id, (src, leave.clone()));
-        p.by_source.entry(src).or_default().insert(id);
+        p.strangers
+            .entry(src)
+            .or_default()
+            .insert(id, leave.clone());
         drop(p);
         Ok(Place {
             places: self.places.clone(),
+            src,
             id,
             leave,
             _source: source,
@@ -143,7 +139,7 @@ impl Place {
     /// The connection showed a good token: it is no stranger and keeps its place. False if it
     /// was displaced first.
     pub(super) fn authorize(&self) -> bool {
-        lock(&self.places).forget(self.id).is_some()
+        lock(&self.places).forget(self.src, self.id).is_some()
     }
 
     /// Whether a newcomer took this place.
@@ -154,9 +150,11 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
+        // Only displacement cancels the token, under this lock, and then the place is
+        // another's already: judged under the lock too.
         let mut p = lock(&self.places);
-        if !p.displaced.remove(&self.id) {
-            p.forget(self.id);
+        if !self.leave.is_cancelled() {
+            p.forget(self.src, self.id);
             p.held = p.held.saturating_sub(1);
         }
     }
@@ -205,7 +203,7 @@ mod tests {
         drop(d);
         assert_eq!(h.held(), 0);
         let p = lock(&h.places);
-        assert!(p.strangers.is_empty() && p.displaced.is_empty() && p.by_source.is_empty());
+        assert!(p.strangers.is_empty());
     }
 
     /// A full house of one flooding address and a few clients: newcomers displace the

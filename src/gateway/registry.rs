@@ -99,6 +99,16 @@ pub enum TunnelLimit {
     Retired,
 }
 
+impl TunnelLimit {
+    /// The reason code a tunnel refused for it is closed with.
+    pub fn reason(self) -> Reason {
+        match self {
+            TunnelLimit::Retired => Reason::Auth,
+            _ => Reason::Limit,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TunnelCaps {
     pub per_client: usize,

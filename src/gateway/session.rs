@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use super::handshakes::Place;
-use super::registry::{TenantState, TunnelLimit};
+use super::registry::TenantState;
 use super::reverse;
 use super::state::GatewayState;
 use crate::mux::Mux;
@@ -120,11 +120,7 @@ pub(super) async fn serve_tunnel(
         let room = if probe { Ok(()) } else { tenant.tunnel_room(&hello.instance, gw.tunnel_caps) };
         if let Err(why) = room {
             gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-            let reason = match why {
-                TunnelLimit::Retired => "auth",
-                _ => "limit",
-            };
-            warn!(reason, error = %why, "tunnel refused");
+            warn!(reason = %why.reason(), error = %why, "tunnel refused");
             return;
         }
         let state = tenant.state();
@@ -166,12 +162,8 @@ pub(super) async fn serve_tunnel(
             }
             Err(why) => {
                 gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-                let reason = match why {
-                    TunnelLimit::Retired => Reason::Auth,
-                    _ => Reason::Limit,
-                };
-                warn!(reason = %reason, error = %why, "tunnel refused");
-                mux.close(reason, &why.to_string());
+                warn!(reason = %why.reason(), error = %why, "tunnel refused");
+                mux.close(why.reason(), &why.to_string());
                 return;
             }
         };

@@ -272,11 +272,11 @@ impl Sources {
     pub fn take(&self, ip: IpAddr, cap: usize) -> Option<SourceSlot> {
         let ip = source_key(ip);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(ip).or_insert(0);
-        if *n >= cap {
+        // A refusal leaves no entry: the map holds only sources with connections.
+        if m.get(&ip).copied().unwrap_or(0) >= cap {
             return None;
         }
-        *n += 1;
+        *m.entry(ip).or_insert(0) += 1;
         Some(SourceSlot {
             sources: self.clone(),
             ip,
