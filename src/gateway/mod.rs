@@ -103,6 +103,14 @@ pub struct GatewayStats {
     pub udp_queued: Arc<AtomicU64>,
 }
 
+impl GatewayStats {
+    /// A tunnel refused before it registered, by its reason code.
+    pub(crate) fn tunnel_refused(&self, code: &'static str) {
+        self.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
+        self.tunnels_rejected_by_reason.add(code);
+    }
+}
+
 /// A bound, not yet running gateway.
 pub struct Gateway {
     gw: Arc<GatewayState>,
@@ -256,8 +264,7 @@ impl Gateway {
                     gw.tracker.spawn(fut);
                 }
                 Err(no) => {
-                    gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-                    gw.stats.tunnels_rejected_by_reason.add("limit");
+                    gw.stats.tunnel_refused("limit");
                     let key = no.key();
                     warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.{key} reached");
                 }

@@ -85,8 +85,7 @@ pub(super) async fn serve_tunnel(
     let accepted = match finished {
         Some(r) if !place.was_displaced() => r,
         _ => {
-            gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
-            gw.stats.tunnels_rejected_by_reason.add("limit");
+            gw.stats.tunnel_refused("limit");
             warn!(peer.addr = %peer, reason = "limit", "tunnel connection closed: limits.max_pending_handshakes reached, and a newcomer took its place (its address held the most handshakes without a token)");
             return;
         }
@@ -94,9 +93,8 @@ pub(super) async fn serve_tunnel(
     let (mut ws, tenant, hello) = match accepted {
         Ok(x) => x,
         Err(e) => {
-            gw.stats.tunnels_rejected.fetch_add(1, Ordering::Relaxed);
             let why = tunnel::why::refused(&e);
-            gw.stats.tunnels_rejected_by_reason.add(why.code);
+            gw.stats.tunnel_refused(why.code);
             warn!(peer.addr = %peer, reason = %why.code, "tunnel refused: {}", why.sentence);
             return;
         }
