@@ -82,10 +82,38 @@ enum ConfigCmd {
     Check { file: std::path::PathBuf },
 }
 
+/// A command, with what the daemons read before the runtime starts.
+enum Job {
+    Client(Box<daemon::client::Prepared>),
+    Gateway(Box<(GatewayArgs, daemon::gateway::Loaded)>),
+    Other(Cmd),
+    Done,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    // The daemons read their files first: the config's `workers` sizes the runtime.
+    let job = match cli.cmd {
+        Cmd::Client(args) => {
+            daemon::client::prepare(args).map(|p| p.map_or(Job::Done, |p| Job::Client(Box::new(p))))
+        }
+        Cmd::Gateway(args) => {
+            daemon::gateway::load(&args.config).map(|l| Job::Gateway(Box::new((args, l))))
+        }
+        cmd => Ok(Job::Other(cmd)),
+    };
+    let job = match job {
+        Ok(j) => j,
+        Err(e) => return failed(e),
+    };
+    let workers = match &job {
+        Job::Client(p) => p.workers(),
+        Job::Gateway(g) => g.1.config.workers,
+        Job::Other(_) | Job::Done => sgw::config::Workers::Auto,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(daemon::worker_threads(workers))
         .enable_all()
         .build()
     {
@@ -95,25 +123,40 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli.cmd)) {
+    match rt.block_on(run(job)) {
         Ok(code) => code,
+        Err(e) => failed(e),
+    }
+}
+
+fn failed(e: Error) -> ExitCode {
+    match e {
         // A bad config, file or argument: the message says where; exit 2.
-        Err(Error::Input(msg)) => {
+        Error::Input(msg) => {
             eprintln!("{msg}");
             ExitCode::from(2)
         }
-        Err(e) => {
+        e => {
             eprintln!("sgw: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-async fn run(cmd: Cmd) -> Result<ExitCode, Error> {
+async fn run(job: Job) -> Result<ExitCode, Error> {
     let done = |()| ExitCode::SUCCESS;
+    let cmd = match job {
+        Job::Client(p) => return daemon::client::run(*p).await.map(done),
+        Job::Gateway(g) => {
+            let (args, loaded) = *g;
+            return daemon::gateway::run(args, loaded).await.map(done);
+        }
+        Job::Done => return Ok(ExitCode::SUCCESS),
+        Job::Other(cmd) => cmd,
+    };
     match cmd {
-        Cmd::Client(args) => daemon::client::run(args).await.map(done),
-        Cmd::Gateway(args) => daemon::gateway::run(args).await.map(done),
+        // Read in `main` and run above, as `Job::Client` and `Job::Gateway`.
+        Cmd::Client(_) | Cmd::Gateway(_) => Ok(ExitCode::SUCCESS),
         Cmd::Quickstart(args) => daemon::quickstart::run(args).await.map(done),
         Cmd::Init(args) => setup::init(args),
         Cmd::Enroll(args) => setup::enroll(args),

@@ -362,6 +362,17 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
         assert_eq!(st, 200);
         m
     };
+    // `workers` unset is "auto": half this host's CPUs, at least one, said in the log and
+    // shown beside the limits.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let auto = (cpus / 2).max(1);
+    let line = p.wait_line("worker threads").await;
+    assert_eq!(field(&line, "workers"), auto.to_string(), "{line}");
+    assert_eq!(field(&line, "workers.setting"), "auto", "{line}");
+    assert_eq!(
+        sample(&metrics().await, "sgw_client_limit{limit=\"workers\"}"),
+        auto as i64
+    );
     let denied_metric = "sgw_client_streams_denied_total{reason=\"acl_rule\"}";
     let wait_denied = |n: i64| async move {
         let deadline = Instant::now() + WAIT;
@@ -575,7 +586,7 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     std::fs::write(
         &gw_toml,
         format!(
-            "admin_socket = \"gw-admin.sock\"\n{text}\n[limits]\nmax_destinations = 7\n\
+            "admin_socket = \"gw-admin.sock\"\nworkers = 3\n{text}\n[limits]\nmax_destinations = 7\n\
              [[gateways]]\nid = \"open1\"\nsecurity_token = \"open-token\"\nenf_tok_sec = false\n"
         ),
     )
@@ -619,6 +630,10 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         64
     );
     assert_eq!(sample(&m, "sgw_gateway_tunnel_handshakes_pending"), 0);
+    // `workers = 3`: the runtime the gateway runs on has three, whatever the host's CPUs.
+    assert_eq!(sample(&m, "sgw_gateway_limit{limit=\"workers\"}"), 3);
+    let line = gw.wait_line("worker threads").await;
+    assert_eq!(field(&line, "workers.setting"), "set", "{line}");
     // An id whose token is not enforced is its only credential: named only to a scrape with
     // the admin token.
     assert!(

@@ -174,6 +174,12 @@ pub fn limit_family(name: &'static str, limits: &[(&'static str, u64)]) -> Famil
     }
 }
 
+/// The worker threads of the runtime serving the admin endpoint, shown as `workers` beside
+/// the limits: the number `workers = "auto"` came to. 0 outside a runtime.
+pub fn runtime_workers() -> u64 {
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers() as u64)
+}
+
 /// Who may use the admin endpoint (docs/SECURITY.md).
 #[derive(Debug, Clone, Default)]
 pub struct Access {

@@ -37,6 +37,7 @@ impl AdminBackend {
         let mut l = self.client.limits().entries(crate::config::Side::Client);
         let n = u64::try_from(self.admin_max_connections).unwrap_or(u64::MAX);
         l.push(("admin_max_connections", n));
+        l.push(("workers", crate::admin::runtime_workers()));
         if let Some(log) = &self.log {
             l.extend(log.limit_entries());
         }

@@ -56,6 +56,9 @@ pub fn reload_from_files(
     if new.admin_socket != running.admin_socket {
         restart.push("admin_socket");
     }
+    if new.workers != running.workers {
+        restart.push("workers");
+    }
     if (new.limits, new.keepalive, new.reconnect, new.shutdown_grace)
         != (
             running.limits,

@@ -161,6 +161,8 @@ pub struct ClientConfig {
     /// Local ports a gateway may make this client listen on for reverse destinations
     /// (`reverse_ports = ["18443", "20000-20100"]`); empty, the default: none.
     pub reverse_ports: Vec<std::ops::RangeInclusive<u16>>,
+    /// Threads that run the client's tasks (`workers`).
+    pub workers: super::Workers,
 }
 
 /// `[[destinations]]` in client.toml: local TLS material for one destination.
@@ -459,6 +461,7 @@ fn read(root: &Table<'_, '_>) -> Option<ClientConfig> {
             .unwrap_or(Duration::from_secs(30)),
         limits,
         log,
+        workers: super::read_workers(root),
     })
 }
 
@@ -481,6 +484,44 @@ mod tests {
         assert!(WssUrl::parse("ws://h").is_err());
         assert!(WssUrl::parse("wss://u:p@h").is_err());
         assert!(WssUrl::parse("wss://h:99999").is_err());
+    }
+
+    /// `workers`: "auto" (also when unset) or a count, from the file or the environment;
+    /// anything else is an error naming the file, line and key.
+    #[test]
+    fn workers_is_auto_or_a_count() {
+        let base = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n";
+        let load = |top: &str, env: &[(&str, &str)]| {
+            let env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ClientConfig::from_toml_env(Path::new("c.toml"), &format!("{top}{base}"), env)
+                .map(|c| c.workers)
+                .map_err(|e| e.0.join("\n"))
+        };
+        use super::super::Workers::{Auto, Count};
+        assert_eq!(load("", &[]), Ok(Auto));
+        assert_eq!(load("workers = \"auto\"\n", &[]), Ok(Auto));
+        assert_eq!(load("workers = 4\n", &[]), Ok(Count(4)));
+        assert_eq!(
+            load("workers = 4\n", &[("SGW_CLIENT_WORKERS", "1")]),
+            Ok(Count(1))
+        );
+        assert_eq!(load("", &[("SGW_CLIENT_WORKERS", "auto")]), Ok(Auto));
+        let e = load("workers = 0\n", &[]).unwrap_err();
+        assert!(
+            e.contains("c.toml:1:11: workers: 0 is out of range 1..=1024"),
+            "{e}"
+        );
+        let e = load("workers = \"all\"\n", &[]).unwrap_err();
+        assert!(
+            e.contains("c.toml:1:11: workers: `all` is neither \"auto\" nor a number of threads"),
+            "{e}"
+        );
+        let e = load("", &[("SGW_CLIENT_WORKERS", "lots")]).unwrap_err();
+        assert!(e.contains("SGW_CLIENT_WORKERS"), "{e}");
+        assert!(e.contains("`lots` is neither"), "{e}");
     }
 
     /// Unset, the configured gateways split the window budget evenly; set, each gets it.

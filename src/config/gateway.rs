@@ -195,6 +195,8 @@ pub struct GatewayConfig {
     pub admin: Option<AdminConfig>,
     /// What enrollment strings tell clients (`public_url`, `enroll_ca_file`).
     pub enroll: EnrollDefaults,
+    /// Threads that run the gateway's tasks (`workers`).
+    pub workers: super::Workers,
 }
 
 /// What `sgw enroll` and the API's enrollment call hand to clients unless told otherwise.
@@ -368,6 +370,7 @@ fn read(root: &Table<'_, '_>) -> Option<GatewayConfig> {
         .duration("shutdown_grace")
         .unwrap_or(Duration::from_secs(30));
     let egress_allow = root.strs("egress_allow").unwrap_or_default();
+    let workers = super::read_workers(root);
     Some(GatewayConfig {
         listen: listen?,
         tls: TlsIdentity {
@@ -383,6 +386,7 @@ fn read(root: &Table<'_, '_>) -> Option<GatewayConfig> {
         api,
         admin,
         enroll,
+        workers,
     })
 }
 

@@ -554,11 +554,42 @@ fn read_secret(t: &walk::Table<'_, '_>, key: &str, file_key: &str) -> Option<Sec
     }
 }
 
-/// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.
-/// Certificates and keys from the network are PEM text; a path would read the gateway's files.
 /// Default `admin_max_connections`: the admin endpoint is local and answers quickly.
 pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
+/// `workers`: how many threads run the program's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// `"auto"`, the default: half the CPUs the process may use, at least one. The program
+    /// shares its host with the traffic's other ends, and a worker per CPU cost more than
+    /// it gained (docs/OPERATIONS.md, "Worker threads").
+    Auto,
+    /// A number of threads, 1 ..= [`MAX_WORKERS`].
+    Count(usize),
+}
+
+/// The most `workers` may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
+/// `workers = "auto"` or a count.
+fn read_workers(t: &walk::Table<'_, '_>) -> Workers {
+    match t.text("workers") {
+        Some(w) if w == "auto" => return Workers::Auto,
+        Some(w) if w.trim().parse::<i64>().is_err() => {
+            t.invalid(
+                "workers",
+                format!("`{w}` is neither \"auto\" nor a number of threads"),
+            );
+            return Workers::Auto;
+        }
+        _ => {}
+    }
+    t.int_in("workers", 1..=MAX_WORKERS as i64)
+        .map_or(Workers::Auto, |n| Workers::Count(n as usize))
+}
+
+/// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.
+/// Certificates and keys from the network are PEM text; a path would read the gateway's files.
 const NOT_PEM: &str = "must be PEM text starting with `-----BEGIN` (file paths are not read here)";
 
 fn pem_source(t: &walk::Table<'_, '_>, key: &str) -> Option<Vec<u8>> {

@@ -284,6 +284,15 @@ impl<'c, 'a> Table<'c, 'a> {
         self.get(key).is_some()
     }
 
+    /// The value of `key` when it is a string, without complaint when it is not: for keys
+    /// that take a word or a number.
+    pub fn text(&self, key: &str) -> Option<String> {
+        match &self.get(key)?.kind {
+            Kind::Str(s) | Kind::Text(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     pub fn str(&self, key: &str) -> Option<String> {
         let v = self.get(key)?;
         match &v.kind {

@@ -45,14 +45,33 @@ pub struct ClientArgs {
     pub log_format: Option<Format>,
 }
 
-/// Runs the client until SIGTERM/SIGINT, then drains. With `--enroll --write-only` it only
-/// writes the files.
-pub async fn run(args: ClientArgs) -> Result<(), Error> {
+/// What `sgw client` reads before its runtime starts (the config's `workers` sizes the
+/// runtime): the config and the ACL, checked.
+pub struct Prepared {
+    config: PathBuf,
+    cfg: ClientConfig,
+    acl_override: Option<PathBuf>,
+    acl_path: PathBuf,
+    rules: crate::acl::Acl,
+    log_level: Option<String>,
+    log_format: Option<Format>,
+}
+
+impl Prepared {
+    /// The config's `workers`.
+    pub fn workers(&self) -> crate::config::Workers {
+        self.cfg.workers
+    }
+}
+
+/// Enrolls if asked, then loads client.toml and the ACL. `None`: `--enroll --write-only`
+/// wrote the files and there is nothing to run.
+pub fn prepare(args: ClientArgs) -> Result<Option<Prepared>, Error> {
     let config = match (&args.enroll, args.config) {
         (Some(e), _) => {
             let written = enroll(e, &args.dir, args.write_only)?;
             if args.write_only {
-                return Ok(());
+                return Ok(None);
             }
             written
         }
@@ -63,7 +82,30 @@ pub async fn run(args: ClientArgs) -> Result<(), Error> {
     let acl_override = args.acl;
     let acl_path = acl_override.clone().unwrap_or_else(|| cfg.acl_file.clone());
     let rules = load_acl(&acl_path, cfg.default_policy)?;
-    let log = init_logging(args.log_level.as_deref(), args.log_format, &cfg.log)?;
+    Ok(Some(Prepared {
+        config,
+        cfg,
+        acl_override,
+        acl_path,
+        rules,
+        log_level: args.log_level,
+        log_format: args.log_format,
+    }))
+}
+
+/// Runs the client until SIGTERM/SIGINT, then drains.
+pub async fn run(p: Prepared) -> Result<(), Error> {
+    let Prepared {
+        config,
+        cfg,
+        acl_override,
+        acl_path,
+        rules,
+        log_level,
+        log_format,
+    } = p;
+    let log = init_logging(log_level.as_deref(), log_format, &cfg.log)?;
+    super::log_workers(cfg.workers);
     let shutdown = shutdown_on_signals()?;
     tokio::spawn(log.clone().report_suppressed(shutdown.clone()));
     let running = cfg.clone();

@@ -73,14 +73,15 @@ fn checked(config: GatewayConfig, state: StateFile) -> Result<Loaded, Error> {
     })
 }
 
-/// Runs the gateway until SIGTERM/SIGINT, then drains.
-pub async fn run(args: GatewayArgs) -> Result<(), Error> {
-    let loaded = load(&args.config)?;
+/// Runs the gateway until SIGTERM/SIGINT, then drains. `loaded` is [`load`]'s, read before
+/// the runtime started (the config's `workers` sizes it).
+pub async fn run(args: GatewayArgs, loaded: Loaded) -> Result<(), Error> {
     let log = init_logging(
         args.log_level.as_deref(),
         args.log_format,
         &loaded.config.log,
     )?;
+    super::log_workers(loaded.config.workers);
     let store = match &loaded.config.api {
         Some(a) => Some(Store::open(a)?),
         None => None,
@@ -235,6 +236,6 @@ impl Reload {
             self.gateway.remove(gone).await;
         }
         self.file_ids = applied;
-        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits, admin and api settings take effect after a restart");
+        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits, workers, admin and api settings take effect after a restart");
     }
 }

@@ -1,8 +1,10 @@
 //! Process wiring for the long-running programs: `sgw client`, `sgw gateway` and
-//! `sgw quickstart`. Each has one `run` here that loads its files, installs the signal
-//! handlers (SIGTERM/SIGINT drain, SIGHUP reload), starts the admin endpoint and the API,
-//! talks to systemd, and hands the bound listeners to the library's `Client` or `Gateway`.
-//! `main.rs` only parses the command line.
+//! `sgw quickstart`. Each has one `run` here that installs the signal handlers (SIGTERM/SIGINT
+//! drain, SIGHUP reload), starts the admin endpoint and the API, talks to systemd, and hands
+//! the bound listeners to the library's `Client` or `Gateway`. The client's and the gateway's
+//! files are read before that, before the runtime starts (`client::prepare`,
+//! `gateway::load`): their `workers` sizes it ([`worker_threads`]). `main.rs` only parses the
+//! command line and builds the runtime.
 
 pub mod client;
 pub mod gateway;
@@ -14,7 +16,31 @@ use std::path::Path;
 
 pub use signals::{hangup, shutdown_on_signals};
 
-use crate::config::{self, LogFormat};
+use crate::config::{self, LogFormat, Workers};
+
+/// The runtime's worker threads for `workers`. `auto`: half the CPUs this process may use
+/// (its affinity and cgroup quota count), at least one.
+pub fn worker_threads(workers: Workers) -> usize {
+    match workers {
+        Workers::Count(n) => n,
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+    }
+}
+
+/// Says how many worker threads the process runs on, and why, once logging is up.
+fn log_workers(workers: Workers) {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let setting = match workers {
+        Workers::Auto => "auto",
+        Workers::Count(_) => "set",
+    };
+    tracing::info!(
+        workers = worker_threads(workers),
+        workers.setting = setting,
+        cpus,
+        "worker threads"
+    );
+}
 
 /// Why a program or command could not do its job. [`Error::Input`] is the user's to fix
 /// (a config, a file, an argument): the CLI exits 2 for it, 1 for the rest.

@@ -96,6 +96,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
     let mut ccfg = ClientConfig::load(&written.client_toml).map_err(Error::input)?;
     ccfg.shutdown_grace = GRACE;
     let tunnels: usize = ccfg.gateways.iter().map(|g| g.tunnels).sum();
+    let client_workers = super::worker_threads(ccfg.workers);
     let rules = load_acl(&written.acl, ccfg.default_policy)?;
     let admin = AdminSettings::of(&ccfg);
     let client = Client::new(ccfg, rules)
@@ -108,6 +109,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
     // workers, the two ends of every stream took turns on the same threads: one stream
     // carried about 10 Gb/s against 12-13 as two processes (docs/PERFORMANCE.md).
     let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_workers)
         .enable_all()
         .thread_name("sgw-client")
         .build()

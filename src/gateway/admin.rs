@@ -45,6 +45,7 @@ impl AdminBackend {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let mut l = self.gateway.limits().entries(Side::Gateway);
         l.push(("admin_max_connections", n(self.admin_max_connections)));
+        l.push(("workers", crate::admin::runtime_workers()));
         if let Some(log) = &self.log {
             l.extend(log.limit_entries());
         }
