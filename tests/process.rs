@@ -586,7 +586,7 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
     std::fs::write(
         &gw_toml,
         format!(
-            "admin_socket = \"gw-admin.sock\"\nworkers = 3\n{text}\n[limits]\nmax_destinations = 7\n\
+            "admin_socket = \"gw-admin.sock\"\nworkers = 7\n{text}\n[limits]\nmax_destinations = 7\n\
              [[gateways]]\nid = \"open1\"\nsecurity_token = \"open-token\"\nenf_tok_sec = false\n"
         ),
     )
@@ -630,9 +630,10 @@ async fn gateway_admin_endpoint_shows_limits_tunnels_and_bytes() {
         64
     );
     assert_eq!(sample(&m, "sgw_gateway_tunnel_handshakes_pending"), 0);
-    // `workers = 3`: the runtime the gateway runs on has three, whatever the host's CPUs.
-    assert_eq!(sample(&m, "sgw_gateway_limit{limit=\"workers\"}"), 3);
+    // `workers = 7`: the runtime the gateway runs on has seven, whatever the host's CPUs.
+    assert_eq!(sample(&m, "sgw_gateway_limit{limit=\"workers\"}"), 7);
     let line = gw.wait_line("worker threads").await;
+    assert_eq!(field(&line, "workers"), "7", "{line}");
     assert_eq!(field(&line, "workers.setting"), "set", "{line}");
     // An id whose token is not enforced is its only credential: named only to a scrape with
     // the admin token.

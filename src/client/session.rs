@@ -311,7 +311,14 @@ pub(super) async fn watch_acl_file(handle: ClientHandle, stop: CancellationToken
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => handle.reload_acl_if_changed(),
+            // A stat each tick, and a read and parse on a change, off the workers: an ACL
+            // edit through the admin endpoint holds the file's lock while it syncs the file.
+            _ = tick.tick() => {
+                let h = handle.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || h.reload_acl_if_changed()).await {
+                    tracing::error!(error = %e, "ACL file check failed");
+                }
+            }
             _ = stop.cancelled() => break,
         }
     }

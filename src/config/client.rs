@@ -504,6 +504,13 @@ mod tests {
         assert_eq!(load("", &[]), Ok(Auto));
         assert_eq!(load("workers = \"auto\"\n", &[]), Ok(Auto));
         assert_eq!(load("workers = 4\n", &[]), Ok(Count(4)));
+        assert_eq!(load("workers = \"4\"\n", &[]), Ok(Count(4)));
+        assert_eq!(load("workers = \" Auto \"\n", &[]), Ok(Auto));
+        assert_eq!(load("workers = 1024\n", &[]), Ok(Count(1024)));
+        for bad in ["-1", "1025", "2.5", "true", "\"1025\"", "\"\""] {
+            let e = load(&format!("workers = {bad}\n"), &[]).unwrap_err();
+            assert!(e.contains("c.toml:1:11: workers: "), "{bad}: {e}");
+        }
         assert_eq!(
             load("workers = 4\n", &[("SGW_CLIENT_WORKERS", "1")]),
             Ok(Count(1))
@@ -516,7 +523,9 @@ mod tests {
         );
         let e = load("workers = \"all\"\n", &[]).unwrap_err();
         assert!(
-            e.contains("c.toml:1:11: workers: `all` is neither \"auto\" nor a number of threads"),
+            e.contains(
+                "c.toml:1:11: workers: `all` is neither \"auto\" nor a number of threads 1..=1024"
+            ),
             "{e}"
         );
         let e = load("", &[("SGW_CLIENT_WORKERS", "lots")]).unwrap_err();

@@ -573,19 +573,25 @@ pub const MAX_WORKERS: usize = 1024;
 
 /// `workers = "auto"` or a count.
 fn read_workers(t: &walk::Table<'_, '_>) -> Workers {
-    match t.text("workers") {
-        Some(w) if w == "auto" => return Workers::Auto,
-        Some(w) if w.trim().parse::<i64>().is_err() => {
+    let Some(w) = t.text("workers") else {
+        return t
+            .int_in("workers", 1..=MAX_WORKERS as i64)
+            .map_or(Workers::Auto, |n| Workers::Count(n as usize));
+    };
+    let w = w.trim();
+    if w.eq_ignore_ascii_case("auto") {
+        return Workers::Auto;
+    }
+    match w.parse::<usize>() {
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Workers::Count(n),
+        _ => {
             t.invalid(
                 "workers",
-                format!("`{w}` is neither \"auto\" nor a number of threads"),
+                format!("`{w}` is neither \"auto\" nor a number of threads 1..={MAX_WORKERS}"),
             );
-            return Workers::Auto;
+            Workers::Auto
         }
-        _ => {}
     }
-    t.int_in("workers", 1..=MAX_WORKERS as i64)
-        .map_or(Workers::Auto, |n| Workers::Count(n as usize))
 }
 
 /// PEM text inline (starting with `-----BEGIN`) or a path relative to the config file.

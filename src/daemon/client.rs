@@ -122,13 +122,20 @@ pub async fn run(p: Prepared) -> Result<(), Error> {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(config = %config.display(), "SIGHUP: reloading configuration and ACL");
-            crate::client::reload_from_files(
-                &config,
-                acl_override.as_deref(),
-                &running,
-                &handle,
-                &log,
+            // Files read and parsed off the workers, which may be one (`workers`).
+            let (config, acl, running, handle, log) = (
+                config.clone(),
+                acl_override.clone(),
+                running.clone(),
+                handle.clone(),
+                log.clone(),
             );
+            let reload = tokio::task::spawn_blocking(move || {
+                crate::client::reload_from_files(&config, acl.as_deref(), &running, &handle, &log);
+            });
+            if let Err(e) = reload.await {
+                tracing::error!(error = %e, "config reload failed");
+            }
         }
     });
     client.run(shutdown).await;

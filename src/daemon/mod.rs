@@ -34,12 +34,18 @@ fn log_workers(workers: Workers) {
         Workers::Auto => "auto",
         Workers::Count(_) => "set",
     };
+    // The runtime's own count: what it was built with, not what was asked.
+    let running = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers());
     tracing::info!(
-        workers = worker_threads(workers),
+        workers = running,
         workers.setting = setting,
         cpus,
         "worker threads"
     );
+    // tokio reads it only when the builder is not told a number, and sgw always tells it.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        tracing::warn!("TOKIO_WORKER_THREADS is not read: set `workers` in the config (or SGW_CLIENT_WORKERS, SGW_GATEWAY_WORKERS)");
+    }
 }
 
 /// Why a program or command could not do its job. [`Error::Input`] is the user's to fix

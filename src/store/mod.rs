@@ -103,7 +103,18 @@ impl Store {
     pub async fn commit(&self, after: &StateFile, change: Change<'_>) -> Result<(), StoreError> {
         match self {
             Store::Memory => Ok(()),
-            Store::File(p) => write_file(p, after),
+            Store::File(p) => {
+                let bytes = serde_json::to_vec_pretty(after)
+                    .map_err(|e| StoreError::Failed(format!("cannot encode the state: {e}")))?;
+                // The write syncs the file and its directory: off the workers, which may be
+                // one (`workers`), carrying every stream.
+                let p = p.clone();
+                tokio::task::spawn_blocking(move || write_file(&p, &bytes))
+                    .await
+                    .map_err(|e| {
+                        StoreError::Failed(format!("the state file's writer failed: {e}"))
+                    })?
+            }
             Store::Postgres(pg) => pg.commit(change).await,
         }
     }
@@ -143,9 +154,7 @@ impl Store {
     }
 }
 
-fn write_file(path: &std::path::Path, state: &StateFile) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec_pretty(state)
-        .map_err(|e| StoreError::Failed(format!("cannot encode the state: {e}")))?;
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), StoreError> {
     // The first change creates the directory (/var/lib/sgw outside systemd's StateDirectory).
     let parent = path
         .parent()
@@ -159,7 +168,7 @@ fn write_file(path: &std::path::Path, state: &StateFile) -> Result<(), StoreErro
     });
     // 0600 whatever an older file had (restored from a backup as 0644, say): it holds every
     // gateway id's token and keys.
-    made.and_then(|()| crate::fsutil::write_private(path, &bytes))
+    made.and_then(|()| crate::fsutil::write_private(path, bytes))
         .map_err(|e| {
             warn!(state_file = %path.display(), error = %e, "cannot write the state file; change undone");
             StoreError::Failed(format!(
