@@ -34,10 +34,9 @@ fn log_workers(workers: Workers) {
         Workers::Auto => "auto",
         Workers::Count(_) => "set",
     };
-    // The runtime's own count: what it was built with, not what was asked.
-    let running = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_workers());
     tracing::info!(
-        workers = running,
+        // The runtime's own count, as /metrics shows it: what it was built with.
+        workers = crate::admin::runtime_workers(),
         workers.setting = setting,
         cpus,
         "worker threads"
