@@ -123,13 +123,20 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(job)) {
-        Ok(code) => code,
+    let res = rt.block_on(run(job));
+    drop(rt);
+    match res {
+        Ok(code) => {
+            sgw::telemetry::flush();
+            code
+        }
         Err(e) => failed(e),
     }
 }
 
 fn failed(e: Error) -> ExitCode {
+    // The log lines before the failure come before its message.
+    sgw::telemetry::flush();
     match e {
         // A bad config, file or argument: the message says where; exit 2.
         Error::Input(msg) => {

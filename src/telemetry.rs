@@ -4,6 +4,11 @@
 //! Each log statement writes at most `log_lines_per_second` lines a second at info and
 //! above, the process `log_lines_per_second_total` (`limit`): peers can cause log lines.
 //!
+//! Lines reach stderr through a bounded queue and a thread of their own (`log_buffer_lines`):
+//! a journald or pipe that stops reading must not stop the workers, which may be one. Lines
+//! beyond the queue are dropped and counted (`sgw_log_lines_dropped`); [`flush`] writes what
+//! is queued before the process exits.
+//!
 //! JSON lines are flat: the fields of the enclosing spans (`client.id`, `stream.id`,
 //! `dest.id`, ...) sit next to the event's own, so `jq .["stream.id"]` works on every line.
 
@@ -14,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -32,6 +38,9 @@ pub struct LogControl {
     handle: Arc<reload::Handle<EnvFilter, Registry>>,
     forwarded: Arc<std::sync::Mutex<Option<mpsc::Receiver<ForwardedLog>>>>,
     limit: Arc<limit::LineLimit>,
+    /// Lines the stderr queue dropped, and its size.
+    dropped: ErrorCounter,
+    buffer_lines: usize,
     /// The level came from the command line or `RUST_LOG`, which win over the config file.
     level_fixed: bool,
 }
@@ -102,11 +111,18 @@ impl LogControl {
     }
 
     /// The line limits in force by their config keys, for `/metrics` (0: no limit).
-    pub fn limit_entries(&self) -> [(&'static str, u64); 2] {
+    pub fn limit_entries(&self) -> [(&'static str, u64); 3] {
         [
             ("log_lines_per_second", u64::from(self.limit.per_second())),
             ("log_lines_per_second_total", u64::from(self.limit.total())),
+            ("log_buffer_lines", self.buffer_lines as u64),
         ]
+    }
+
+    /// Lines dropped since the process started because stderr was not taking them and
+    /// `log_buffer_lines` were waiting.
+    pub fn lines_dropped(&self) -> u64 {
+        self.dropped.dropped_lines() as u64
     }
 
     /// Lines held back by the limit since the process started.
@@ -159,13 +175,24 @@ fn filter(level: &str) -> Result<EnvFilter, LogError> {
     })
 }
 
-/// Installs the global subscriber; logs go to stderr. Once per process. `level_fixed`: the
-/// level came from the command line, so a reload keeps it.
+/// What the stderr thread holds until [`flush`].
+static QUEUED: std::sync::Mutex<Option<WorkerGuard>> = std::sync::Mutex::new(None);
+
+/// Writes the lines still queued for stderr, waiting a second at most (a stderr that is not
+/// read loses them). Call before the process exits; a no-op without [`init`].
+pub fn flush() {
+    let guard = QUEUED.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(guard);
+}
+
+/// Installs the global subscriber; logs go to stderr through a queue of `buffer_lines`. Once
+/// per process. `level_fixed`: the level came from the command line, so a reload keeps it.
 pub fn init(
     level: &str,
     level_fixed: bool,
     format: LogFormat,
     (per_statement, total): (u32, u32),
+    buffer_lines: usize,
 ) -> Result<LogControl, LogError> {
     let (f, level_fixed) = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => {
@@ -179,8 +206,14 @@ pub fn init(
     };
     let (filter_layer, handle) = reload::Layer::new(f);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let (stderr, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(buffer_lines)
+        .lossy(true)
+        .thread_name("sgw-log")
+        .finish(std::io::stderr());
+    let dropped = stderr.error_counter();
     let base = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(stderr)
         .with_target(false)
         .with_ansi(false);
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
@@ -198,10 +231,13 @@ pub fn init(
         (LogFormat::Text, false) => registry.with(base).try_init(),
     };
     res.map_err(|e| LogError::Installed(e.to_string()))?;
+    *QUEUED.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     Ok(LogControl {
         handle: Arc::new(handle),
         forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),
         limit,
+        dropped,
+        buffer_lines,
         level_fixed,
     })
 }

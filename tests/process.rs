@@ -468,6 +468,88 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
     }
 }
 
+/// A stderr that nobody reads (a stalled journald) stops no stream: lines wait in a queue of
+/// `log_buffer_lines`, the rest are dropped and counted, and the log goes on once stderr is
+/// read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_stops_no_stream() {
+    use sgw::admin::client::call;
+    const BUFFER: usize = 64;
+    // A refusal is a line of about 250 bytes: far more than a pipe holds (64 KiB).
+    const CALLERS: usize = 1500;
+    let (refused, served) = (echo_server().await, echo_server().await);
+    let setup = Setup::new(&[refused, served]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
+    prepend_toml(
+        &client_toml,
+        &format!(
+            "log_lines_per_second = 0\nlog_lines_per_second_total = 0\nlog_buffer_lines = {BUFFER}"
+        ),
+    );
+    std::fs::write(
+        setup.path("acl.list"),
+        format!(
+            "acl deny 127.0.0.1:{}\nacl allow 127.0.0.1:{}\n",
+            refused.port(),
+            served.port()
+        ),
+    )
+    .unwrap();
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let admin: std::net::SocketAddr =
+        field(&p.wait_line("admin endpoint listening").await, "admin.addr")
+            .parse()
+            .unwrap();
+    p.wait_line("tunnel up").await;
+    p.pause_reading();
+    let (deny, allow) = (
+        gw.handle.dest_addr("dest1").unwrap(),
+        gw.handle.dest_addr("dest2").unwrap(),
+    );
+    for i in 0..CALLERS {
+        let r = tokio::time::timeout(Duration::from_secs(5), echo_once(deny, b"x"))
+            .await
+            .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
+        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
+    }
+    assert_eq!(
+        echo_once(allow, b"still served").await.unwrap(),
+        b"still served"
+    );
+    let (st, m) = call(admin, hyper::Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
+    assert_eq!(
+        sample(&m, "sgw_client_limit{limit=\"log_buffer_lines\"}"),
+        BUFFER as i64
+    );
+    let dropped = sample(&m, "sgw_log_lines_dropped_total");
+    assert!(
+        dropped > 0 && dropped < CALLERS as i64,
+        "{dropped} of {CALLERS} refusal lines dropped"
+    );
+    // Read again, the log goes on: a line written after the stall arrives.
+    p.resume_reading();
+    let pid = p.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    p.wait_line("configuration reloaded").await;
+    let written = p
+        .all()
+        .lines()
+        .filter(|l| l.contains("stream denied"))
+        .count();
+    assert!(
+        written >= BUFFER && written as i64 + dropped >= CALLERS as i64,
+        "{written} refusal lines written and {dropped} dropped of {CALLERS}"
+    );
+}
+
 /// `admin_socket`: the admin endpoint on a Unix socket that only the client's user and root
 /// can use, without a token; another local user is refused by the kernel-named user even when
 /// the file's mode would let it in, and a socket file left by a killed client is replaced.

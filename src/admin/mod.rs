@@ -477,6 +477,15 @@ async fn metrics(
                 i64::try_from(log.lines_suppressed()).unwrap_or(i64::MAX),
             )],
         });
+        families.push(Family {
+            name: "sgw_log_lines_dropped",
+            help: "Log lines dropped because stderr was not taking them and log_buffer_lines were already waiting.",
+            kind: Kind::Counter,
+            samples: vec![(
+                Vec::new(),
+                i64::try_from(log.lines_dropped()).unwrap_or(i64::MAX),
+            )],
+        });
     }
     reg.register_collector(Box::new(Scrape(families)));
     let mut out = String::new();

@@ -59,6 +59,9 @@ pub fn reload_from_files(
     if new.workers != running.workers {
         restart.push("workers");
     }
+    if (new.log.format, new.log.buffer_lines) != (running.log.format, running.log.buffer_lines) {
+        restart.push("log_format/log_buffer_lines");
+    }
     if (new.limits, new.keepalive, new.reconnect, new.shutdown_grace)
         != (
             running.limits,

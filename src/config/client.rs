@@ -533,6 +533,36 @@ mod tests {
         assert!(e.contains("`lots` is neither"), "{e}");
     }
 
+    /// `log_buffer_lines`: 4096 when unset, a count from the file or the environment, and
+    /// anything else an error with file, line and key.
+    #[test]
+    fn log_buffer_lines_is_a_count_of_lines() {
+        let base = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n";
+        let load = |top: &str, env: &[(&str, &str)]| {
+            let env = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ClientConfig::from_toml_env(Path::new("c.toml"), &format!("{top}{base}"), env)
+                .map(|c| c.log.buffer_lines)
+                .map_err(|e| e.0.join("\n"))
+        };
+        assert_eq!(load("", &[]), Ok(super::super::LOG_BUFFER_LINES));
+        assert_eq!(load("log_buffer_lines = 64\n", &[]), Ok(64));
+        assert_eq!(load("log_buffer_lines = 1_000_000\n", &[]), Ok(1_000_000));
+        assert_eq!(
+            load(
+                "log_buffer_lines = 64\n",
+                &[("SGW_CLIENT_LOG_BUFFER_LINES", "128")]
+            ),
+            Ok(128)
+        );
+        for bad in ["0", "1000001", "\"many\"", "2.5"] {
+            let e = load(&format!("log_buffer_lines = {bad}\n"), &[]).unwrap_err();
+            assert!(e.contains("c.toml:1:20: log_buffer_lines: "), "{bad}: {e}");
+        }
+    }
+
     /// Unset, the configured gateways split the window budget evenly; set, each gets it.
     #[test]
     fn each_gateway_gets_a_share_of_the_window_budget() {

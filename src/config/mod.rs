@@ -136,6 +136,8 @@ pub struct LogSettings {
     pub lines_per_second: u32,
     /// Lines the whole process may write a second at info and above; 0: no limit.
     pub lines_per_second_total: u32,
+    /// Lines waiting for stderr (`log_buffer_lines`); more are dropped and counted.
+    pub buffer_lines: usize,
 }
 
 /// `log_lines_per_second` when absent: far above what a healthy process writes from one
@@ -145,6 +147,14 @@ pub const LOG_LINES_PER_SECOND: u32 = 100;
 /// `log_lines_per_second_total` when absent: under journald's own limit for a whole service
 /// (10,000 lines in 30 s by default), so journald never drops sgw's lines itself.
 pub const LOG_LINES_PER_SECOND_TOTAL: u32 = 300;
+
+/// `log_buffer_lines` when absent: over ten seconds of `log_lines_per_second_total`, so a
+/// journald that stalls for a moment loses nothing, and a few MiB at most when it stalls
+/// for good.
+pub const LOG_BUFFER_LINES: usize = 4096;
+
+/// The most `log_buffer_lines` may ask for.
+pub const MAX_LOG_BUFFER_LINES: usize = 1_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {
@@ -475,6 +485,9 @@ fn read_log(t: &walk::Table<'_, '_>) -> LogSettings {
         format,
         lines_per_second: lines("log_lines_per_second", LOG_LINES_PER_SECOND),
         lines_per_second_total: lines("log_lines_per_second_total", LOG_LINES_PER_SECOND_TOTAL),
+        buffer_lines: t
+            .int_in("log_buffer_lines", 1..=MAX_LOG_BUFFER_LINES as i64)
+            .map_or(LOG_BUFFER_LINES, |n| n as usize),
     }
 }
 

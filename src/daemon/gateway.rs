@@ -236,6 +236,6 @@ impl Reload {
             self.gateway.remove(gone).await;
         }
         self.file_ids = applied;
-        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits, workers, admin and api settings take effect after a restart");
+        tracing::info!("configuration reloaded; listen, tls_cert/tls_key, limits, workers, log_format, log_buffer_lines, admin and api settings take effect after a restart");
     }
 }

@@ -122,6 +122,7 @@ pub fn init_logging(
         fixed,
         format,
         (cfg.lines_per_second, cfg.lines_per_second_total),
+        cfg.buffer_lines,
     )
     .map_err(|e| Error::Input(format!("log settings: {e}")))
 }

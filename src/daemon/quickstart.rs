@@ -42,6 +42,7 @@ pub async fn run(args: QuickstartArgs) -> Result<(), Error> {
                 crate::config::LOG_LINES_PER_SECOND,
                 crate::config::LOG_LINES_PER_SECOND_TOTAL,
             ),
+            crate::config::LOG_BUFFER_LINES,
         )
         .map_err(Error::input)?,
     );

@@ -235,6 +235,8 @@ pub fn set_toml(path: &Path, key: &str, value: &str) {
 pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
+    /// While true, nobody reads the process's stderr: its pipe fills, as a stalled journald's.
+    paused: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Proc {
@@ -254,12 +256,32 @@ impl Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let l2 = lines.clone();
+        let paused = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let p2 = paused.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 l2.lock().unwrap().push(line);
+                let (flag, cv) = &*p2;
+                // Until `resume_reading` or the drop of the `Proc`, which both clear it.
+                let _held = cv.wait_timeout_while(flag.lock().unwrap(), WAIT * 3, |p| *p);
             }
         });
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            paused,
+        }
+    }
+
+    /// Stops reading the process's stderr (after the line being read): its pipe fills.
+    pub fn pause_reading(&self) {
+        *self.paused.0.lock().unwrap() = true;
+    }
+
+    /// Reads the process's stderr again.
+    pub fn resume_reading(&self) {
+        *self.paused.0.lock().unwrap() = false;
+        self.paused.1.notify_all();
     }
 
     /// Waits (bounded) for a stderr line containing `needle` and returns it.
@@ -291,6 +313,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.resume_reading();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
