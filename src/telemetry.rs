@@ -19,7 +19,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -30,6 +29,7 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 use crate::config::{LogFormat, LogSettings};
 
 mod limit;
+mod stderr;
 
 /// Changes the log level and line limit of the running process; hands out the warn/error
 /// lines to forward.
@@ -38,8 +38,8 @@ pub struct LogControl {
     handle: Arc<reload::Handle<EnvFilter, Registry>>,
     forwarded: Arc<std::sync::Mutex<Option<mpsc::Receiver<ForwardedLog>>>>,
     limit: Arc<limit::LineLimit>,
-    /// Lines the stderr queue dropped, and its size.
-    dropped: ErrorCounter,
+    /// The queue to stderr, and its size.
+    stderr: stderr::Stderr,
     buffer_lines: usize,
     /// The level came from the command line or `RUST_LOG`, which win over the config file.
     level_fixed: bool,
@@ -89,6 +89,8 @@ pub enum LogError {
     Installed(String),
     #[error("this process cannot change its log level")]
     Fixed,
+    #[error("cannot start the thread that writes log lines: {0}")]
+    Thread(std::io::Error),
 }
 
 impl LogControl {
@@ -119,10 +121,10 @@ impl LogControl {
         ]
     }
 
-    /// Lines dropped since the process started because stderr was not taking them and
-    /// `log_buffer_lines` were waiting.
+    /// Lines dropped since the process started: `log_buffer_lines` were already waiting for
+    /// stderr, or stderr refused them.
     pub fn lines_dropped(&self) -> u64 {
-        self.dropped.dropped_lines() as u64
+        self.stderr.dropped()
     }
 
     /// Lines held back by the limit since the process started.
@@ -175,14 +177,46 @@ fn filter(level: &str) -> Result<EnvFilter, LogError> {
     })
 }
 
-/// What the stderr thread holds until [`flush`].
-static QUEUED: std::sync::Mutex<Option<WorkerGuard>> = std::sync::Mutex::new(None);
+/// The process's queue to stderr, for [`flush`].
+static STDERR: std::sync::OnceLock<stderr::Stderr> = std::sync::OnceLock::new();
 
-/// Writes the lines still queued for stderr, waiting a second at most (a stderr that is not
-/// read loses them). Call before the process exits; a no-op without [`init`].
+/// How long [`flush`] waits for stderr to take the queued lines.
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the lines queued for stderr so far, waiting [`FLUSH_WITHIN`] at most (a stderr that
+/// takes nothing loses them). Call before the process exits; a no-op without [`init`].
 pub fn flush() {
-    let guard = QUEUED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    drop(guard);
+    if let Some(s) = STDERR.get() {
+        s.flush(FLUSH_WITHIN);
+    }
+}
+
+/// A panic becomes an error line in the queue, in order with the rest, instead of a write to
+/// stderr that could block; on the main thread, which is about to end the process, the queue
+/// is flushed first.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        tracing::error!(
+            panic.message = %clean(message, FORWARD_MESSAGE_MAX),
+            panic.location = %location,
+            panic.thread = thread.name().unwrap_or("unnamed"),
+            "panicked (a bug: please report it)"
+        );
+        if thread.name() == Some("main") {
+            flush();
+        }
+    }));
 }
 
 /// Installs the global subscriber; logs go to stderr through a queue of `buffer_lines`. Once
@@ -206,14 +240,9 @@ pub fn init(
     };
     let (filter_layer, handle) = reload::Layer::new(f);
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let (stderr, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(buffer_lines)
-        .lossy(true)
-        .thread_name("sgw-log")
-        .finish(std::io::stderr());
-    let dropped = stderr.error_counter();
+    let stderr = stderr::Stderr::start(buffer_lines).map_err(LogError::Thread)?;
     let base = tracing_subscriber::fmt::layer()
-        .with_writer(stderr)
+        .with_writer(stderr.clone())
         .with_target(false)
         .with_ansi(false);
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
@@ -231,12 +260,13 @@ pub fn init(
         (LogFormat::Text, false) => registry.with(base).try_init(),
     };
     res.map_err(|e| LogError::Installed(e.to_string()))?;
-    *QUEUED.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
+    let _ = STDERR.set(stderr.clone());
+    log_panics();
     Ok(LogControl {
         handle: Arc::new(handle),
         forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),
         limit,
-        dropped,
+        stderr,
         buffer_lines,
         level_fixed,
     })

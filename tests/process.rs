@@ -513,10 +513,10 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
             .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
         assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
     }
-    assert_eq!(
-        echo_once(allow, b"still served").await.unwrap(),
-        b"still served"
-    );
+    let served = tokio::time::timeout(Duration::from_secs(5), echo_once(allow, b"still served"))
+        .await
+        .expect("a permitted stream waited 5 s: the client is stuck");
+    assert_eq!(served.unwrap(), b"still served");
     let (st, m) = call(admin, hyper::Method::GET, "/metrics", None, None)
         .await
         .unwrap();
@@ -526,10 +526,7 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
         BUFFER as i64
     );
     let dropped = sample(&m, "sgw_log_lines_dropped_total");
-    assert!(
-        dropped > 0 && dropped < CALLERS as i64,
-        "{dropped} of {CALLERS} refusal lines dropped"
-    );
+    assert!(dropped > 0, "no line dropped with stderr unread");
     // Read again, the log goes on: a line written after the stall arrives.
     p.resume_reading();
     let pid = p.child.id().to_string();

@@ -149,12 +149,12 @@ pub const LOG_LINES_PER_SECOND: u32 = 100;
 pub const LOG_LINES_PER_SECOND_TOTAL: u32 = 300;
 
 /// `log_buffer_lines` when absent: over ten seconds of `log_lines_per_second_total`, so a
-/// journald that stalls for a moment loses nothing, and a few MiB at most when it stalls
-/// for good.
+/// journald that stalls for a moment loses nothing. Lines are at most a few KiB (what peers
+/// send is cut short in them), so a few MiB when it stalls for good.
 pub const LOG_BUFFER_LINES: usize = 4096;
 
-/// The most `log_buffer_lines` may ask for.
-pub const MAX_LOG_BUFFER_LINES: usize = 1_000_000;
+/// The most `log_buffer_lines` may ask for (the queue's slots are allocated up front).
+pub const MAX_LOG_BUFFER_LINES: usize = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {

@@ -23,6 +23,7 @@ pub fn shutdown_on_signals() -> Result<CancellationToken, Error> {
             _ = int.recv() => {}
         }
         tracing::warn!("second signal: exiting without waiting for open streams");
+        crate::telemetry::flush();
         std::process::exit(1);
     });
     Ok(token)
