@@ -3,8 +3,9 @@
 # what bounds them on this host. Rows: direct to redis; one hop of examples/hop.rs, a bare TCP
 # relay (accept, dial, copy; no TLS, no multiplexing), the least any tunnel does per connection;
 # two hops in two processes, the shape of a tunnel that opens a connection per stream, minus its
-# TLS; sgw, gateway and client as two processes, logging at info as peers.sh runs them. The
-# rounds alternate, and the last line gives each row's median.
+# TLS; sgw, gateway and client as two processes, logging at info as peers.sh runs them. Each
+# round runs the four in a different order; the last line gives each column's median. A cell
+# of 0 is a run that failed.
 #
 #   cargo build --release --bins --example hop && bash benches/connrate.sh    # ROUNDS=5 N=3000
 # Needs: redis-server, redis-tools, python3.
@@ -24,6 +25,7 @@ redis_server
 hop() {
   "$HOP" 127.0.0.1:0 "$1" >"$dir/$2.addr" & pids+=($!)
   for _ in $(seq 100); do [ -s "$dir/$2.addr" ] && break; sleep 0.1; done
+  [ -s "$dir/$2.addr" ] || { echo "$HOP did not start"; exit 1; }
   HOP_PORT=$(sed -E 's/.*://' "$dir/$2.addr")
 }
 hop "127.0.0.1:$RP" one; ONE=$HOP_PORT
@@ -34,23 +36,29 @@ sgw_init --expose "127.0.0.1:$RP@$CP"
 "$SGW" gateway --config "$dir/sgw/gateway.toml" 2>"$dir/gw.log" & pids+=($!)
 "$SGW" client --config "$dir/sgw/client.toml" 2>"$dir/cl.log" & pids+=($!)
 for _ in $(seq 100); do grep -q "tunnel up" "$dir/cl.log" && break; sleep 0.1; done
-wait_port "$CP"
+wait_port "$CP" || { echo "sgw did not come up:"; cat "$dir/gw.log" "$dir/cl.log"; exit 1; }
 
-cps() { # port -> connections/s
-  timeout 60 redis-benchmark -p "$1" -c 20 -n "$N" -k 0 -t ping --csv 2>/dev/null |
+cps() { # port -> connections/s (0: the run failed)
+  { timeout 60 redis-benchmark -p "$1" -c 20 -n "$N" -k 0 -t ping --csv 2>/dev/null || true; } |
     awk -F'"' '/PING_MBULK/{printf "%d", $4; f=1} END{if(!f) printf "0"}'
 }
 printf '%-6s %8s %8s %8s %8s\n' round direct one-hop two-hop sgw
 : >"$dir/rows"
+ports=("$RP" "$ONE" "$TWO" "$CP")
 for r in $(seq "$ROUNDS"); do
-  row="$(cps "$RP") $(cps "$ONE") $(cps "$TWO") $(cps "$CP")"
-  echo "$row" >>"$dir/rows"
-  printf '%-6s %8s %8s %8s %8s\n' "$r" $row
+  got=(0 0 0 0)
+  for k in 0 1 2 3; do # this round's order: rotated by one each round
+    i=$(((k + r) % 4))
+    got[i]=$(cps "${ports[i]}")
+  done
+  echo "${got[*]}" >>"$dir/rows"
+  printf '%-6s %8s %8s %8s %8s\n' "$r" "${got[@]}"
 done
 python3 - "$dir/rows" <<'PY'
 import statistics, sys
 rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 med = [int(statistics.median(c)) for c in zip(*rows)]
 print("%-6s %8d %8d %8d %8d" % ("median", *med))
-print("sgw / one-hop: %.2f   sgw / two-hop: %.2f   one-hop / direct: %.2f" % (med[3] / med[1], med[3] / med[2], med[1] / med[0]))
+if all(med):
+    print("sgw / one-hop: %.2f   sgw / two-hop: %.2f   one-hop / direct: %.2f" % (med[3] / med[1], med[3] / med[2], med[1] / med[0]))
 PY

@@ -25,8 +25,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let (mut caller, _) = match listener.accept().await {
                 Ok(c) => c,
-                // Out of descriptors, say: the caller is dropped, the relay goes on.
-                Err(_) => continue,
+                // Out of descriptors, say: a pause, not a spin, and the relay goes on.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let target = target.clone();
             tokio::spawn(async move {

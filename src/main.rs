@@ -124,7 +124,9 @@ fn main() -> ExitCode {
         }
     };
     let res = rt.block_on(run(job));
-    drop(rt);
+    // Blocking tasks nobody waits for any more (a name lookup past its deadline) get a
+    // moment, not a hold on the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     match res {
         Ok(code) => {
             sgw::telemetry::flush();
@@ -134,17 +136,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The failure's message goes after the log lines already queued, and through the same queue
+/// once logging is up ([`sgw::telemetry::write_last`]).
 fn failed(e: Error) -> ExitCode {
-    // The log lines before the failure come before its message.
-    sgw::telemetry::flush();
     match e {
         // A bad config, file or argument: the message says where; exit 2.
         Error::Input(msg) => {
-            eprintln!("{msg}");
+            sgw::telemetry::write_last(&msg);
             ExitCode::from(2)
         }
         e => {
-            eprintln!("sgw: {e}");
+            sgw::telemetry::write_last(&format!("sgw: {e}"));
             ExitCode::from(1)
         }
     }

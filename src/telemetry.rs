@@ -191,11 +191,31 @@ pub fn flush() {
     }
 }
 
-/// A panic becomes an error line in the queue, in order with the rest, instead of a write to
-/// stderr that could block; on the main thread, which is about to end the process, the queue
-/// is flushed first.
-fn log_panics() {
-    std::panic::set_hook(Box::new(|info| {
+/// Writes `text` after the queued lines, through the queue when there is one (a stderr that
+/// takes nothing must not hold the process at exit), waiting [`FLUSH_WITHIN`] at most.
+pub fn write_last(text: &str) {
+    match STDERR.get() {
+        Some(s) => {
+            for line in text.lines() {
+                s.push(format!("{line}\n").as_bytes());
+            }
+            s.flush(FLUSH_WITHIN);
+        }
+        None => eprintln!("{text}"),
+    }
+}
+
+/// A panic (a bug) becomes a line in the queue, in order with the rest, instead of a write
+/// to stderr that could block. It goes around the subscriber, whose filters could hide it and
+/// whose locks the panicking code may hold. On the main thread, which is about to end the
+/// process, the queue is flushed; the writer thread itself keeps the standard hook.
+fn log_panics(format: LogFormat) {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let Some(queue) = STDERR.get().filter(|_| thread.name() != Some("sgw-log")) else {
+            return standard(info);
+        };
         let payload = info.payload();
         let message = payload
             .downcast_ref::<&str>()
@@ -206,17 +226,47 @@ fn log_panics() {
             .location()
             .map(|l| format!("{}:{}", l.file(), l.line()))
             .unwrap_or_default();
-        let thread = std::thread::current();
-        tracing::error!(
-            panic.message = %clean(message, FORWARD_MESSAGE_MAX),
-            panic.location = %location,
-            panic.thread = thread.name().unwrap_or("unnamed"),
-            "panicked (a bug: please report it)"
-        );
+        let name = thread.name().unwrap_or("unnamed");
+        // `RUST_BACKTRACE` decides, as with the standard hook.
+        let trace = std::backtrace::Backtrace::capture();
+        let trace = match trace.status() {
+            std::backtrace::BacktraceStatus::Captured => trace.to_string(),
+            _ => String::new(),
+        };
+        let line = panic_line(format, message, &location, name, &trace);
+        queue.push(line.as_bytes());
         if thread.name() == Some("main") {
             flush();
         }
     }));
+}
+
+/// The line a panic is logged as, in the process's log format.
+fn panic_line(
+    format: LogFormat,
+    message: &str,
+    location: &str,
+    thread: &str,
+    trace: &str,
+) -> String {
+    match format {
+        LogFormat::Json => {
+            let mut o = Map::new();
+            o.insert("timestamp".into(), jiff::Timestamp::now().to_string().into());
+            o.insert("level".into(), "ERROR".into());
+            o.insert("message".into(), "panicked (a bug: please report it)".into());
+            o.insert("panic.message".into(), message.into());
+            o.insert("panic.location".into(), location.into());
+            o.insert("panic.thread".into(), thread.into());
+            if !trace.is_empty() {
+                o.insert("panic.backtrace".into(), trace.into());
+            }
+            format!("{}\n", Value::Object(o))
+        }
+        LogFormat::Text => format!(
+            "ERROR panicked (a bug: please report it) panic.message={message:?} panic.location={location} panic.thread={thread}\n{trace}"
+        ),
+    }
 }
 
 /// Installs the global subscriber; logs go to stderr through a queue of `buffer_lines`. Once
@@ -261,7 +311,7 @@ pub fn init(
     };
     res.map_err(|e| LogError::Installed(e.to_string()))?;
     let _ = STDERR.set(stderr.clone());
-    log_panics();
+    log_panics(format);
     Ok(LogControl {
         handle: Arc::new(handle),
         forwarded: Arc::new(std::sync::Mutex::new(Some(rx))),
@@ -433,4 +483,39 @@ pub fn clean(s: &str, max: usize) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic's line is one JSON object in JSON mode (the backtrace a field of it), one text
+    /// line plus the backtrace in text mode, with a message that can't start a line of its own.
+    #[test]
+    fn a_panic_is_a_line_in_the_log_format() {
+        let json = panic_line(
+            LogFormat::Json,
+            "boom\nERROR forged",
+            "src/x.rs:7",
+            "tokio-runtime-worker",
+            "0: frame\n1: frame\n",
+        );
+        assert_eq!(json.matches('\n').count(), 1, "{json}");
+        let v: Value = serde_json::from_str(json.trim_end()).unwrap();
+        assert_eq!(v["level"], "ERROR");
+        assert_eq!(v["panic.message"], "boom\nERROR forged");
+        assert_eq!(v["panic.location"], "src/x.rs:7");
+        assert_eq!(v["panic.backtrace"], "0: frame\n1: frame\n");
+        let text = panic_line(
+            LogFormat::Text,
+            "boom\nERROR forged",
+            "src/x.rs:7",
+            "main",
+            "",
+        );
+        assert_eq!(
+            text,
+            "ERROR panicked (a bug: please report it) panic.message=\"boom\\nERROR forged\" panic.location=src/x.rs:7 panic.thread=main\n"
+        );
+    }
 }

@@ -479,7 +479,7 @@ async fn metrics(
         });
         families.push(Family {
             name: "sgw_log_lines_dropped",
-            help: "Log lines dropped because stderr was not taking them and log_buffer_lines were already waiting.",
+            help: "Log lines dropped: log_buffer_lines were already waiting for stderr, or stderr refused them.",
             kind: Kind::Counter,
             samples: vec![(
                 Vec::new(),

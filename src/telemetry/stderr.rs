@@ -5,7 +5,8 @@
 //! 2-CPU host, every stream of the process). So a statement only queues its line; a thread
 //! writes them, and when `log_buffer_lines` are already waiting the line is dropped and
 //! counted. Nothing here waits on stderr except that thread, and [`Stderr::flush`] at exit,
-//! for a bounded time.
+//! for a bounded time. A line is cut at [`LINE_MAX`] bytes, so the queue holds at most
+//! `log_buffer_lines` times that (what peers send is cut far shorter inside lines).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+/// The longest line queued; longer ones are cut and end in `…`.
+pub const LINE_MAX: usize = 8192;
 
 /// A line to write, or a request to say when everything queued before it is written.
 enum Msg {
@@ -42,6 +46,29 @@ impl Stderr {
     /// Lines dropped: the queue was full, or stderr refused them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues one line (ending in a newline), cut at [`LINE_MAX`]; dropped and counted when
+    /// the queue is full. Never waits.
+    pub fn push(&self, line: &[u8]) {
+        let line = match line.len() > LINE_MAX {
+            true => {
+                // Not inside a UTF-8 character: back to the start of the one that is cut.
+                let mut end = LINE_MAX - "…\n".len();
+                while end > 0 && line[end] & 0xC0 == 0x80 {
+                    end -= 1;
+                }
+                let mut cut = line[..end].to_vec();
+                cut.extend_from_slice("…\n".as_bytes());
+                cut
+            }
+            false => line.to_vec(),
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.tx.try_send(Msg::Line(line))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Waits until the lines queued so far are written, at most `within`: a stderr that
@@ -78,13 +105,10 @@ fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
 pub struct Line<'a>(&'a Stderr);
 
 impl Write for Line<'_> {
+    /// Always `Ok`: on an error the fmt layer would `eprintln!` it, the blocking write to
+    /// stderr that this queue is here to avoid. A dropped line is counted instead.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.tx.try_send(Msg::Line(buf.to_vec())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.0.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.0.push(buf);
         Ok(buf.len())
     }
 
@@ -105,8 +129,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Stderr {
 mod tests {
     use super::*;
 
-    /// Past `lines` waiting, a line is dropped and counted, never waited for; `flush` returns
-    /// within its bound even when nothing is being written.
+    /// Past `lines` waiting, a line is dropped and counted, never waited for; a long line is
+    /// cut; `flush` returns within its bound even when nothing is being written.
     #[test]
     fn a_full_queue_drops_and_counts() {
         // A queue whose thread is not running: nothing is taken from it.
@@ -120,6 +144,28 @@ mod tests {
             assert_eq!(w.write(b"line\n").unwrap(), 5);
         }
         assert_eq!(s.dropped(), 3);
+        let (tx, rx) = crossbeam_channel::bounded(2);
+        let s = Stderr {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        s.push("é".repeat(LINE_MAX).as_bytes());
+        s.push(&vec![b'y'; LINE_MAX]);
+        let lines: Vec<Vec<u8>> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                Msg::Line(l) => Some(l),
+                Msg::Flush(_) => None,
+            })
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let cut = std::str::from_utf8(&lines[0]).expect("cut between characters");
+        assert!(
+            cut.ends_with("é…\n") && cut.len() <= LINE_MAX,
+            "{}",
+            cut.len()
+        );
+        assert_eq!(lines[1], vec![b'y'; LINE_MAX]);
         let t = Instant::now();
         s.flush(Duration::from_millis(50));
         assert!(t.elapsed() < Duration::from_secs(5));
