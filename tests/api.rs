@@ -85,11 +85,7 @@ impl Env {
     /// SIGTERM, wait for exit, start again on the same ports.
     async fn restart(&mut self) {
         let mut p = self.gw.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-TERM", &p.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        signal("-TERM", &p.child.id().to_string());
         let st = wait_exit(&mut p.child).await;
         assert!(st.success(), "gateway exit: {st:?}\n{}", p.all());
         self.write_config(self.tunnel, self.api);

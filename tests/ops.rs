@@ -346,11 +346,7 @@ async fn sigterm_lets_a_100mb_transfer_finish_then_exits_0() {
     let pid = p.child.id().to_string();
     for i in 0..100 {
         if i == 10 {
-            assert!(Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success());
+            signal("-TERM", &pid);
             p.wait_line("draining tunnel").await;
         }
         s.write_all(&chunk).await.unwrap();
@@ -383,11 +379,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_logs_every_error() {
     set_toml(&client_toml, "default_policy", "\"maybe\"");
     set_toml(&client_toml, "interval", "\"soon\"");
     let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     let first = p.wait_line("config reload failed").await;
     // Every error is logged, each with its line.
     let deadline = Instant::now() + WAIT;
@@ -412,11 +404,7 @@ async fn sighup_with_a_broken_config_keeps_the_old_one_and_logs_every_error() {
     );
     // Fixed: the reload goes through.
     std::fs::write(&client_toml, good).unwrap();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     p.wait_line("configuration reloaded").await;
     assert_eq!(
         gw.handle.stats().tunnels_accepted.load(Relaxed),
@@ -623,11 +611,7 @@ async fn gateway_survives_sighup_and_reports_a_broken_config() {
     let good = std::fs::read_to_string(&gw_toml).unwrap();
     std::fs::write(&gw_toml, format!("bogus = 1\n{good}")).unwrap();
     let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     let line = p.wait_line("config reload failed").await;
     assert!(line.contains("bogus"), "{line}");
     assert!(
@@ -640,11 +624,7 @@ async fn gateway_survives_sighup_and_reports_a_broken_config() {
     );
     std::fs::write(&gw_toml, added).unwrap();
     let hup = || {
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
+        signal("-HUP", &pid);
     };
     hup();
     let line = p.wait_line("dest.id=added").await;

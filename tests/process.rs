@@ -314,11 +314,7 @@ async fn acl_denial_is_one_log_line_and_sighup_reloads() {
     // SIGHUP: a rewritten file applies without a restart.
     std::fs::write(&acl, format!("acl allow 127.0.0.1:{}\n", echo.port())).unwrap();
     let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     p.wait_line("ACL reloaded").await;
     assert_eq!(echo_once(cloud, b"after").await.unwrap(), b"after");
     // The admin endpoint the log named answers for operators (the token from the config).
@@ -349,12 +345,7 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
     prepend_toml(&client_toml, &format!("log_lines_per_second = {LIMIT}"));
     let acl = setup.path("acl.list");
     std::fs::write(&acl, format!("acl deny 127.0.0.1:{}\n", echo.port())).unwrap();
-    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
-    let admin: std::net::SocketAddr =
-        field(&p.wait_line("admin endpoint listening").await, "admin.addr")
-            .parse()
-            .unwrap();
-    p.wait_line("tunnel up").await;
+    let (p, admin) = client_up(&client_toml).await;
     let metrics = || async move {
         let (st, m) = call(admin, hyper::Method::GET, "/metrics", None, None)
             .await
@@ -435,11 +426,7 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
     // SIGHUP with no limit: every refusal is a line again.
     set_toml(&client_toml, "log_lines_per_second", "0");
     let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     let deadline = Instant::now() + WAIT;
     while sample(
         &metrics().await,
@@ -496,12 +483,7 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
         ),
     )
     .unwrap();
-    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
-    let admin: std::net::SocketAddr =
-        field(&p.wait_line("admin endpoint listening").await, "admin.addr")
-            .parse()
-            .unwrap();
-    p.wait_line("tunnel up").await;
+    let (p, admin) = client_up(&client_toml).await;
     p.pause_reading();
     let (deny, allow) = (
         gw.handle.dest_addr("dest1").unwrap(),
@@ -530,11 +512,7 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
     // Read again, the log goes on: a line written after the stall arrives.
     p.resume_reading();
     let pid = p.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal("-HUP", &pid);
     p.wait_line("configuration reloaded").await;
     let written = p
         .all()
@@ -825,6 +803,16 @@ async fn a_taken_cloud_port_at_start_leaves_the_rest_served() {
         "the other destination listens"
     );
     drop(squatter);
+}
+
+/// `sgw client` with this config, once its tunnel is up; and its admin endpoint's address.
+async fn client_up(client_toml: &std::path::Path) -> (Proc, std::net::SocketAddr) {
+    let p = Proc::spawn(&["client", "--config", client_toml.to_str().unwrap()]);
+    let admin = field(&p.wait_line("admin endpoint listening").await, "admin.addr")
+        .parse()
+        .unwrap();
+    p.wait_line("tunnel up").await;
+    (p, admin)
 }
 
 async fn gateway_process(

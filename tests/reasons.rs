@@ -667,15 +667,6 @@ async fn a_gateway_closing_on_purpose_says_why() {
     drop(gw);
 }
 
-/// Sends `sig` (`-HUP`, `-TERM`) to process `pid`.
-fn signal(sig: &str, pid: &str) {
-    assert!(Command::new("kill")
-        .args([sig, pid])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// `sgw doctor --gateway`: a key that is not the certificate's, and a gateway that is not
 /// running, each fail with the cause and the fix; the same gateway running with a client
 /// passes.

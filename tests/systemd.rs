@@ -173,11 +173,7 @@ async fn client_speaks_the_notify_protocol() {
     assert!(accepted() >= 1);
     got.clear();
     recv_until(&sock, &mut got, "WATCHDOG=1");
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal("-TERM", &child.id().to_string());
     recv_until(&sock, &mut got, "STOPPING=1");
     let status = wait_exit(&mut child).await;
     assert_eq!(status.code(), Some(0));

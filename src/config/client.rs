@@ -488,18 +488,21 @@ mod tests {
 
     /// `workers`: "auto" (also when unset) or a count, from the file or the environment;
     /// anything else is an error naming the file, line and key.
+    /// A one-gateway client.toml `c.toml` with `top` in front, read under `env`; the errors
+    /// joined.
+    fn load_with(top: &str, env: &[(&str, &str)]) -> Result<ClientConfig, String> {
+        let base = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n";
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ClientConfig::from_toml_env(Path::new("c.toml"), &format!("{top}{base}"), env)
+            .map_err(|e| e.0.join("\n"))
+    }
+
     #[test]
     fn workers_is_auto_or_a_count() {
-        let base = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n";
-        let load = |top: &str, env: &[(&str, &str)]| {
-            let env = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            ClientConfig::from_toml_env(Path::new("c.toml"), &format!("{top}{base}"), env)
-                .map(|c| c.workers)
-                .map_err(|e| e.0.join("\n"))
-        };
+        let load = |top: &str, env: &[(&str, &str)]| load_with(top, env).map(|c| c.workers);
         use super::super::Workers::{Auto, Count};
         assert_eq!(load("", &[]), Ok(Auto));
         assert_eq!(load("workers = \"auto\"\n", &[]), Ok(Auto));
@@ -537,16 +540,8 @@ mod tests {
     /// anything else an error with file, line and key.
     #[test]
     fn log_buffer_lines_is_a_count_of_lines() {
-        let base = "acl_file = \"acl.list\"\n[[gateway]]\nurl = \"wss://a:1/t\"\ngateway_id = \"a\"\ntoken = \"t\"\n";
-        let load = |top: &str, env: &[(&str, &str)]| {
-            let env = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            ClientConfig::from_toml_env(Path::new("c.toml"), &format!("{top}{base}"), env)
-                .map(|c| c.log.buffer_lines)
-                .map_err(|e| e.0.join("\n"))
-        };
+        let load =
+            |top: &str, env: &[(&str, &str)]| load_with(top, env).map(|c| c.log.buffer_lines);
         assert_eq!(load("", &[]), Ok(super::super::LOG_BUFFER_LINES));
         assert_eq!(load("log_buffer_lines = 64\n", &[]), Ok(64));
         assert_eq!(load("log_buffer_lines = 100_000\n", &[]), Ok(100_000));

@@ -378,6 +378,12 @@ pub async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
+/// Sends `sig` (`-HUP`, `-TERM`, ...) to the process `pid` with kill(1).
+pub fn signal(sig: &str, pid: &str) {
+    let st = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(st.success(), "kill {sig} {pid}: {st}");
+}
+
 /// `kill -9` (no drain, no goodbye), and waits (bounded) until it is gone.
 pub async fn kill9(child: &mut Child) {
     child.kill().unwrap();
