@@ -525,6 +525,58 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
     );
 }
 
+/// What is queued for stderr when the process stops is written before it exits: with stderr
+/// unread, a stopping client waits (at most `FLUSH_WITHIN`) for its queue, and once stderr is
+/// read again every line arrives, the last one included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queued_log_is_written_before_exit() {
+    // Refusal lines of about 250 bytes: more than the pipe holds, fewer than the queue does.
+    const CALLERS: usize = 1000;
+    let refused = echo_server().await;
+    let setup = Setup::new(&[refused]);
+    let gw = start_gateway(setup.gateway.clone()).await;
+    let client_toml = point_client_at(&setup, gw.handle.tunnel_addr());
+    prepend_toml(
+        &client_toml,
+        "log_lines_per_second = 0\nlog_lines_per_second_total = 0",
+    );
+    std::fs::write(
+        setup.path("acl.list"),
+        format!("acl deny 127.0.0.1:{}\n", refused.port()),
+    )
+    .unwrap();
+    let (mut p, _admin) = client_up(&client_toml).await;
+    p.pause_reading();
+    let deny = gw.handle.dest_addr("dest1").unwrap();
+    for i in 0..CALLERS {
+        let r = tokio::time::timeout(Duration::from_secs(5), echo_once(deny, b"x"))
+            .await
+            .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
+        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
+    }
+    signal("-TERM", &p.child.id().to_string());
+    // Without the flush the client would be gone by now, its queue with it. With it, the
+    // client waits for stderr, up to a second.
+    let alive_until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < alive_until {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "the client exited with its log lines still queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.resume_reading();
+    let status = wait_exit(&mut p.child).await;
+    assert_eq!(status.code(), Some(0), "{}", p.all());
+    p.wait_line("client stopped").await;
+    let written = p
+        .all()
+        .lines()
+        .filter(|l| l.contains("stream denied"))
+        .count();
+    assert_eq!(written, CALLERS, "refusal lines written");
+}
+
 /// `admin_socket`: the admin endpoint on a Unix socket that only the client's user and root
 /// can use, without a token; another local user is refused by the kernel-named user even when
 /// the file's mode would let it in, and a socket file left by a killed client is replaced.
