@@ -83,7 +83,8 @@ impl Stderr {
 }
 
 fn write_lines(rx: Receiver<Msg>, dropped: Arc<AtomicU64>) {
-    // Not locked for good: `main` writes its last error with `eprintln!`.
+    // Not locked for good: the standard panic hook (this thread's) and what runs before
+    // logging is set up write to stderr too.
     let mut out = std::io::stderr();
     for msg in rx {
         match msg {
