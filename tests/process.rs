@@ -376,23 +376,14 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let written = |p: &Proc| {
-        p.all()
-            .lines()
-            .filter(|l| l.contains("stream denied"))
-            .count()
-    };
     let cloud = gw.handle.dest_addr("dest1").unwrap();
     let started = Instant::now();
-    for _ in 0..CALLERS {
-        let r = echo_once(cloud, b"x").await;
-        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "denied: {r:?}");
-    }
+    refuse_callers(cloud, CALLERS).await;
     let m = wait_denied(CALLERS as i64).await;
     // A second's worth at once, then LIMIT a second.
     let allowed = LIMIT + (started.elapsed().as_secs_f64() * LIMIT as f64).ceil() as usize;
     let summary = p.wait_line("log lines held back").await;
-    let shown = written(&p);
+    let shown = denied_lines(&p);
     assert!(
         (1..=allowed).contains(&shown) && shown < CALLERS / 2,
         "{shown} refusal lines written for {CALLERS} callers (at most {allowed}):\n{}",
@@ -439,17 +430,17 @@ async fn a_flood_of_refusals_is_held_to_log_lines_per_second() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = written(&p);
+    let before = denied_lines(&p);
     for _ in 0..50 {
         let _ = echo_once(cloud, b"x").await;
     }
     wait_denied(CALLERS as i64 + 50).await;
     let deadline = Instant::now() + WAIT;
-    while written(&p) < before + 50 {
+    while denied_lines(&p) < before + 50 {
         assert!(
             Instant::now() < deadline,
             "{} of 50 refusals written without a limit",
-            written(&p) - before
+            denied_lines(&p) - before
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -489,12 +480,7 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
         gw.handle.dest_addr("dest1").unwrap(),
         gw.handle.dest_addr("dest2").unwrap(),
     );
-    for i in 0..CALLERS {
-        let r = tokio::time::timeout(Duration::from_secs(5), echo_once(deny, b"x"))
-            .await
-            .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
-        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
-    }
+    refuse_callers(deny, CALLERS).await;
     let served = tokio::time::timeout(Duration::from_secs(5), echo_once(allow, b"still served"))
         .await
         .expect("a permitted stream waited 5 s: the client is stuck");
@@ -514,11 +500,7 @@ async fn a_stderr_nobody_reads_stops_no_stream() {
     let pid = p.child.id().to_string();
     signal("-HUP", &pid);
     p.wait_line("configuration reloaded").await;
-    let written = p
-        .all()
-        .lines()
-        .filter(|l| l.contains("stream denied"))
-        .count();
+    let written = denied_lines(&p);
     assert!(
         written >= BUFFER && written as i64 + dropped >= CALLERS as i64,
         "{written} refusal lines written and {dropped} dropped of {CALLERS}"
@@ -548,12 +530,7 @@ async fn the_queued_log_is_written_before_exit() {
     let (mut p, _admin) = client_up(&client_toml).await;
     p.pause_reading();
     let deny = gw.handle.dest_addr("dest1").unwrap();
-    for i in 0..CALLERS {
-        let r = tokio::time::timeout(Duration::from_secs(5), echo_once(deny, b"x"))
-            .await
-            .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
-        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
-    }
+    refuse_callers(deny, CALLERS).await;
     signal("-TERM", &p.child.id().to_string());
     // Without the flush the client would be gone by now, its queue with it. With it, the
     // client waits for stderr, up to a second.
@@ -569,11 +546,7 @@ async fn the_queued_log_is_written_before_exit() {
     let status = wait_exit(&mut p.child).await;
     assert_eq!(status.code(), Some(0), "{}", p.all());
     p.wait_line("client stopped").await;
-    let written = p
-        .all()
-        .lines()
-        .filter(|l| l.contains("stream denied"))
-        .count();
+    let written = denied_lines(&p);
     assert_eq!(written, CALLERS, "refusal lines written");
 }
 
@@ -855,6 +828,25 @@ async fn a_taken_cloud_port_at_start_leaves_the_rest_served() {
         "the other destination listens"
     );
     drop(squatter);
+}
+
+/// `n` callers of a destination the client's ACL refuses, one after another, each refused
+/// within 5 s.
+async fn refuse_callers(deny: std::net::SocketAddr, n: usize) {
+    for i in 0..n {
+        let r = tokio::time::timeout(Duration::from_secs(5), echo_once(deny, b"x"))
+            .await
+            .unwrap_or_else(|_| panic!("refused caller {i} waited 5 s: the client is stuck"));
+        assert!(!matches!(&r, Ok(b) if !b.is_empty()), "refused: {r:?}");
+    }
+}
+
+/// The client's "stream denied" lines so far.
+fn denied_lines(p: &Proc) -> usize {
+    p.all()
+        .lines()
+        .filter(|l| l.contains("stream denied"))
+        .count()
 }
 
 /// `sgw client` with this config, once its tunnel is up; and its admin endpoint's address.

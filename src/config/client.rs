@@ -486,8 +486,6 @@ mod tests {
         assert!(WssUrl::parse("wss://h:99999").is_err());
     }
 
-    /// `workers`: "auto" (also when unset) or a count, from the file or the environment;
-    /// anything else is an error naming the file, line and key.
     /// A one-gateway client.toml `c.toml` with `top` in front, read under `env`; the errors
     /// joined.
     fn load_with(top: &str, env: &[(&str, &str)]) -> Result<ClientConfig, String> {
@@ -500,6 +498,8 @@ mod tests {
             .map_err(|e| e.0.join("\n"))
     }
 
+    /// `workers`: "auto" (also when unset) or a count, from the file or the environment;
+    /// anything else is an error naming the file, line and key.
     #[test]
     fn workers_is_auto_or_a_count() {
         let load = |top: &str, env: &[(&str, &str)]| load_with(top, env).map(|c| c.workers);
